@@ -1,0 +1,129 @@
+/**
+ * The frozen, fully-defaulted shape of capsul.yaml after parseConfig().
+ * Every duration is in milliseconds, every size in bytes; names carry units.
+ * Every key here is documented in capsul.yaml.example.
+ */
+
+export type RouteKind = "tls" | "http" | "tcp";
+export type ProxyProtocol = "none" | "v1" | "v2";
+
+/** host:port as parsed; host may be an IPv4/IPv6 literal or a name. */
+export interface HostPort { host: string; port: number }
+
+/** Inclusive TCP port range. */
+export interface PortRange { from: number; to: number }
+
+export interface HubCogGrant {
+  /** Cog name (matches the CN of its enrolled certificate). ^[a-z][a-z0-9-]{0,38}$ */
+  name: string;
+  /** Hostname patterns this cog may announce: exact names or "*.suffix" wildcards, lower-case A-labels. */
+  hostnames: string[];
+  /** TCP port ranges this cog may be assigned (must lie inside hub.listen.tcp_ports). */
+  tcpPorts: PortRange[];
+}
+
+export interface HubLimits {
+  /** Deadline to receive a whole ClientHello (DESIGN: default 5s). */
+  clientHelloTimeoutMs: number;
+  /** Cap on buffered ClientHello bytes, record headers included (default 16KiB + 5*5 headers = 16409). */
+  clientHelloMaxBytes: number;
+  /** Deadline to receive the request line + headers on the HTTP listener (default 5s). */
+  httpHeaderTimeoutMs: number;
+  /** Cap on buffered HTTP request head bytes (default 16KiB). */
+  httpHeaderMaxBytes: number;
+  /** How long a visitor is held while its cog reconnects (default 5s; 0 disables). */
+  graceMs: number;
+  /** Max concurrent visitor connections hub-wide (default 20000). */
+  maxVisitors: number;
+  /** Idle timeout of a proxied connection, no bytes either way (default 0 = none). */
+  idleTimeoutMs: number;
+}
+
+export interface TunnelTuning {
+  /** yamux max per-stream receive window (default 8MiB: 50 ms RTT at ~160 MB/s). */
+  maxStreamWindowBytes: number;
+  /** Ping interval on an idle tunnel (default 15s). */
+  keepaliveIntervalMs: number;
+  /** No ping answer / no bytes within this → the peer is dead (default 30s... must be > interval). */
+  keepaliveTimeoutMs: number;
+  /** TLS handshake deadline on the tunnel listener / when dialing (default 10s). */
+  handshakeTimeoutMs: number;
+}
+
+export interface HubConfig {
+  /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
+  dataDir: string;
+  /** Public DNS name of the hub; used in invites and as the suffix of default grants "*.<cog>.<domain>". */
+  domain: string;
+  listen: {
+    /** TLS passthrough listener (SNI), or null to disable. */
+    tls: HostPort | null;
+    /** Plain HTTP listener (Host header), or null to disable. */
+    http: HostPort | null;
+    /** The tunnel listener cogs dial (mTLS). */
+    tunnel: HostPort;
+    /** Address the raw TCP port listeners bind to (default 0.0.0.0). */
+    tcpHost: string;
+    /** The pool of TCP ports the hub may open for cogs' tcp routes (default none). */
+    tcpPorts: PortRange[];
+  };
+  /** Address cogs use to reach the tunnel listener, as printed in invites (default domain:tunnel-port). */
+  publicTunnelAddress: string;
+  /** Per-cog grants. A cog enrolled but not listed here gets the default grant only. */
+  cogs: HubCogGrant[];
+  /** Grant every cog "<cog>.<domain>" and "*.<cog>.<domain>" (default true). */
+  defaultGrants: boolean;
+  /** TCP ports a cog without tcp_ports grants may take from the pool (default 8). */
+  defaultTcpPortsPerCog: number;
+  /** Invite token lifetime (default 24h). */
+  inviteTtlMs: number;
+  /** Lifetime of cog certificates the hub issues (default 90d). */
+  cogCertTtlMs: number;
+  limits: HubLimits;
+  tunnel: TunnelTuning;
+}
+
+export interface CogRoute {
+  /** Stable name, unique in this cog; TCP port assignments are keyed by it. ^[a-z][a-z0-9-]{0,38}$ */
+  name: string;
+  kind: RouteKind;
+  /** For tls/http: hostname pattern (exact or "*.suffix"). */
+  hostname?: string;
+  /** For tcp: the hub port wanted (optional; otherwise the hub assigns one and keeps it). */
+  port?: number;
+  /** Where the cog sends the stream. */
+  target: HostPort;
+  /** PROXY protocol header written to the target first (default none). */
+  proxyProtocol: ProxyProtocol;
+}
+
+export interface CogConfig {
+  /** Directory for the cog's key, certificate and state (default /var/lib/capsul/cog). */
+  dataDir: string;
+  /** Hub tunnel address host:port; if absent, the one stored at enrollment is used. */
+  hub: HostPort | null;
+  routes: CogRoute[];
+  reconnect: {
+    /** First backoff delay (default 500ms). */
+    minDelayMs: number;
+    /** Cap of the exponential backoff (default 30s). Jitter is ±25%. */
+    maxDelayMs: number;
+  };
+  /** Deadline for dialing a route's target (default 5s). */
+  targetDialTimeoutMs: number;
+  tunnel: TunnelTuning;
+  /** Settings for the VM provisioner, or null when disabled (issue 4). */
+  provisioner: ProvisionerConfig | null;
+}
+
+export interface ProvisionerConfig {
+  /** API listen address (default 127.0.0.1:7480). */
+  listen: HostPort;
+}
+
+export interface CapsulConfig {
+  hub: HubConfig | null;
+  cog: CogConfig | null;
+  /** Log level (default info). */
+  log: { level: "debug" | "info" | "warn" | "error" };
+}

@@ -1,0 +1,46 @@
+import type { HostPort, ProxyProtocol, RouteKind } from "../config/types.js";
+
+/**
+ * A route some part of the cog wants published at the hub. The provisioner
+ * publishes one set per VM; `capsul cog` wires a RouteSink to the tunnel client,
+ * so the provisioner never imports the tunnel and can be tested on its own.
+ */
+export interface PublishedRoute {
+  /** Unique within the cog; hub TCP port assignments are keyed by it (e.g. "vm-web1-ssh"). */
+  name: string;
+  kind: RouteKind;
+  /** tls/http: exact hostname or "*.suffix". */
+  hostname?: string;
+  /** tcp: hub port wanted; omit to let the hub assign one (stable across restarts). */
+  port?: number;
+  target: HostPort;
+  proxyProtocol: ProxyProtocol;
+}
+
+export type RouteStatus =
+  | { state: "pending" }
+  | { state: "accepted"; port?: number }
+  | { state: "refused"; reason: string };
+
+export interface RouteSink {
+  /** Replace the whole set of routes owned by `owner` (e.g. "vm:web1"). */
+  publish(owner: string, routes: PublishedRoute[]): void;
+  /** Remove every route owned by `owner`. */
+  withdraw(owner: string): void;
+  /** What the hub said about a route, by route name. */
+  status(routeName: string): RouteStatus;
+}
+
+/** A RouteSink that keeps routes in memory and accepts them all: for running the provisioner alone. */
+export class MemoryRouteSink implements RouteSink {
+  readonly owners = new Map<string, PublishedRoute[]>();
+  publish(owner: string, routes: PublishedRoute[]): void { this.owners.set(owner, routes); }
+  withdraw(owner: string): void { this.owners.delete(owner); }
+  status(routeName: string): RouteStatus {
+    for (const routes of this.owners.values()) {
+      const r = routes.find((x) => x.name === routeName);
+      if (r) return { state: "accepted", port: r.port };
+    }
+    return { state: "pending" };
+  }
+}
