@@ -1,0 +1,62 @@
+import fs from "node:fs";
+import type { Command } from "commander";
+import { parseConfig } from "../config/config.js";
+import type { CogConfig } from "../config/types.js";
+import { parseHostPort } from "../lib/hostname.js";
+import { startCog } from "../tunnel-client/cog.js";
+import { enroll } from "../tunnel-client/enroll.js";
+import { identityExists } from "../tunnel-client/identity.js";
+import { ConfigError } from "../lib/errors.js";
+import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, untilSignal } from "./common.js";
+import { provisionerExtras } from "./provision.js";
+
+const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
+
+export function registerCogCommands(program: Command): void {
+  const cog = program
+    .command("cog")
+    .description("run the cog: keep the tunnel to the hub up and serve its routes (and the VM provisioner if configured)")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .action(async (opts: { config?: string }) => {
+      const { cfg, file } = loadConfig(opts.config);
+      const cogCfg = requireCog(cfg, file);
+      const log = makeLogger(cfg).child("cog");
+      const c = await startCog(cogCfg, log, provisionerExtras(cogCfg, log));
+      await untilSignal(() => c.close(), log);
+    });
+
+  cog
+    .command("enroll")
+    .description("enroll this machine as a cog of a hub, with the command `capsul hub invite` printed")
+    .requiredOption("--hub <host:port>", "the hub's tunnel address")
+    .requiredOption("--token <token>", "the one-time invite token")
+    .requiredOption("--ca-fingerprint <sha256:hex>", "fingerprint of the hub's CA, pinned from now on")
+    .option("-c, --config <file>", CONFIG_HELP + "; its cog.data_dir receives the key and certificate")
+    .option("--data-dir <dir>", "where to keep the key and certificate (overrides cog.data_dir)")
+    .option("--force", "replace an existing enrollment")
+    .action(async (opts: { hub: string; token: string; caFingerprint: string; config?: string; dataDir?: string; force?: boolean }) => {
+      const cogCfg = enrollConfig(opts.config, opts.dataDir);
+      const hub = parseHostPort(opts.hub, "--hub");
+      if (identityExists(cogCfg.dataDir) && !opts.force) {
+        throw new ConfigError(`${cogCfg.dataDir} already holds an enrollment; pass --force to replace it`);
+      }
+      const id = await enroll({ hub, token: opts.token, caFingerprint: opts.caFingerprint, dataDir: cogCfg.dataDir, tuning: cogCfg.tunnel });
+      process.stdout.write(
+        `Enrolled as cog "${id.name}" of hub ${id.hub} (CA ${id.caFingerprint}).\n` +
+        `Key and certificate are in ${cogCfg.dataDir}. Start the cog with: capsul cog${opts.config ? ` -c ${opts.config}` : ""}\n`,
+      );
+    });
+}
+
+/** The cog settings enrollment needs, from a config file if there is one, else defaults. */
+function enrollConfig(explicit: string | undefined, dataDir: string | undefined): CogConfig {
+  const haveFile = explicit !== undefined || DEFAULT_CONFIG_PATHS.some((p) => fs.existsSync(p));
+  let cogCfg: CogConfig;
+  if (haveFile) {
+    const { cfg, file } = loadConfig(explicit);
+    cogCfg = requireCog(cfg, file);
+  } else {
+    cogCfg = parseConfig({ cog: {} }).cog!;
+  }
+  return dataDir ? { ...cogCfg, dataDir } : cogCfg;
+}

@@ -1,0 +1,66 @@
+import fs from "node:fs";
+import path from "node:path";
+import { loadConfigFile } from "../config/config.js";
+import type { CapsulConfig } from "../config/types.js";
+import { ConfigError } from "../lib/errors.js";
+import { createLogger, type Logger } from "../lib/log.js";
+
+/** Where `-c` looks when it is not given. */
+export const DEFAULT_CONFIG_PATHS = ["capsul.yaml", "/etc/capsul/capsul.yaml"];
+
+export function findConfig(explicit: string | undefined): string {
+  if (explicit) return explicit;
+  for (const p of DEFAULT_CONFIG_PATHS) if (fs.existsSync(p)) return p;
+  throw new ConfigError(`no capsul.yaml found (looked for ${DEFAULT_CONFIG_PATHS.join(", ")}); pass -c FILE (capsul.yaml.example documents every key)`);
+}
+
+export function loadConfig(explicit: string | undefined): { cfg: CapsulConfig; file: string } {
+  const file = findConfig(explicit);
+  return { cfg: loadConfigFile(path.resolve(file)), file };
+}
+
+export function requireHub(cfg: CapsulConfig, file: string): NonNullable<CapsulConfig["hub"]> {
+  if (!cfg.hub) throw new ConfigError(`${file} has no hub: section`);
+  return cfg.hub;
+}
+
+export function requireCog(cfg: CapsulConfig, file: string): NonNullable<CapsulConfig["cog"]> {
+  if (!cfg.cog) throw new ConfigError(`${file} has no cog: section`);
+  return cfg.cog;
+}
+
+export function makeLogger(cfg?: CapsulConfig): Logger {
+  return createLogger({ level: cfg?.log.level ?? "info" });
+}
+
+export function exitCodeFor(err: unknown): number {
+  return err instanceof ConfigError ? 2 : 1;
+}
+
+export function reportError(err: unknown, verbose: boolean): void {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const line = e instanceof ConfigError ? `capsul: config error: ${e.message}` : `capsul: ${e.message}`;
+  process.stderr.write(line.split("\n")[0] + "\n");
+  if (verbose && e.stack) process.stderr.write(e.stack + "\n");
+}
+
+/** Runs until SIGINT/SIGTERM, then closes and resolves. */
+export function untilSignal(close: () => Promise<void>, log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    let closing = false;
+    const stop = (sig: string): void => {
+      if (closing) return;
+      closing = true;
+      log.info("shutting down", { signal: sig });
+      close().catch((err: Error) => log.error("shutdown failed", { error: err.message })).finally(() => {
+        process.off("SIGINT", onInt);
+        process.off("SIGTERM", onTerm);
+        resolve();
+      });
+    };
+    const onInt = (): void => stop("SIGINT");
+    const onTerm = (): void => stop("SIGTERM");
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
+  });
+}

@@ -1,0 +1,139 @@
+/**
+ * `capsul demo` (what `npm start` runs): a hub, a cog enrolled through the
+ * real invite + enroll path, and three small backends, all on loopback in a
+ * temporary directory. Prints ready-to-paste commands that reach each
+ * backend through the hub, then runs until Ctrl-C / SIGTERM and cleans up.
+ */
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import type { Command } from "commander";
+import { parseConfig } from "../config/config.js";
+import { createInvite, startHub, type Hub } from "../gateway/hub.js";
+import { loadOrCreateHubPki } from "../certs/pki.js";
+import { startCog, type Cog } from "../tunnel-client/cog.js";
+import { enroll } from "../tunnel-client/enroll.js";
+import { createLogger, type Level } from "../lib/log.js";
+import { startBackends, type Backends } from "./demo-backends.js";
+import { untilSignal } from "./common.js";
+
+export const DEMO_DOMAIN = "demo.capsul.test";
+export const DEMO_COG = "home1";
+/** First port tried for the demo's TCP port pool. */
+export const DEMO_TCP_POOL_START = 20000;
+const DEMO_TCP_POOL_SIZE = 4;
+
+async function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once("error", () => resolve(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+  });
+}
+
+async function freePool(start: number, size: number): Promise<string> {
+  for (let p = start; p + size < 65535; p += size) {
+    let ok = true;
+    for (let i = 0; i < size && ok; i++) ok = await portFree(p + i);
+    if (ok) return `${p}-${p + size - 1}`;
+  }
+  throw new Error("no free TCP ports for the demo pool");
+}
+
+export interface Demo {
+  dir: string;
+  hub: Hub;
+  cog: Cog;
+  backends: Backends;
+  hosts: { web: string; blog: string };
+  caFile: string;
+  commands: string[];
+  close(): Promise<void>;
+}
+
+export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): Promise<Demo> {
+  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "capsul-demo-"));
+  const log = createLogger({ level: opts.logLevel ?? "warn" });
+  const web = `web.${DEMO_COG}.${DEMO_DOMAIN}`;
+  const blog = `blog.${DEMO_COG}.${DEMO_DOMAIN}`;
+  const cleanups: Array<() => Promise<void>> = [];
+  const close = async (): Promise<void> => {
+    for (const c of cleanups.reverse()) await c().catch(() => {});
+    if (!opts.dir) fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    // The HTTPS backend's certificate comes from its own little CA, like a site's real one would.
+    const sitePki = await loadOrCreateHubPki(path.join(dir, "site"), [web]);
+    const caFile = path.join(dir, "site-ca.crt");
+    fs.writeFileSync(caFile, sitePki.caCertPem);
+    const backends = await startBackends({ keyPem: sitePki.hubKeyPem, certPem: sitePki.hubCertPem });
+    cleanups.push(() => backends.close());
+
+    const pool = await freePool(DEMO_TCP_POOL_START, DEMO_TCP_POOL_SIZE);
+    const hubCfg = parseConfig({
+      hub: {
+        data_dir: path.join(dir, "hub"),
+        domain: DEMO_DOMAIN,
+        listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool] },
+        public_tunnel_address: "127.0.0.1:7443",
+      },
+    }).hub!;
+    const hub = await startHub(hubCfg, log.child("hub"));
+    cleanups.push(() => hub.close());
+
+    const cogCfg = parseConfig({
+      cog: {
+        data_dir: path.join(dir, "cog"),
+        hub: `127.0.0.1:${hub.ports.tunnel}`,
+        routes: [
+          { name: "web", kind: "tls", hostname: web, target: `127.0.0.1:${backends.https}` },
+          { name: "blog", kind: "http", hostname: blog, target: `127.0.0.1:${backends.http}` },
+          { name: "echo", kind: "tcp", target: `127.0.0.1:${backends.echo}`, proxy_protocol: "v2" },
+        ],
+      },
+    }).cog!;
+    const invite = await createInvite(hubCfg, DEMO_COG);
+    await enroll({ hub: cogCfg.hub!, token: invite.token, caFingerprint: invite.caFingerprint, dataDir: cogCfg.dataDir, tuning: cogCfg.tunnel });
+    const cog = await startCog(cogCfg, log.child("cog"));
+    cleanups.push(() => cog.close());
+    const routes = await new Promise<{ accepted: Array<{ name: string; port?: number }> }>((resolve) => cog.client.once("routes", resolve));
+    const echoPort = routes.accepted.find((r) => r.name === "echo")?.port;
+
+    const tlsPort = hub.ports.tls!;
+    const httpPort = hub.ports.http!;
+    const commands = [
+      `curl --resolve ${web}:${tlsPort}:127.0.0.1 --cacert ${caFile} https://${web}:${tlsPort}/`,
+      `curl --resolve ${blog}:${httpPort}:127.0.0.1 http://${blog}:${httpPort}/`,
+    ];
+    if (echoPort) commands.push(`nc 127.0.0.1 ${echoPort}`);
+    return { dir, hub, cog, backends, hosts: { web, blog }, caFile, commands, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+export function registerDemoCommand(program: Command): void {
+  program
+    .command("demo")
+    .description("run a hub, a cog and demo backends on loopback, and print commands that reach them through the hub")
+    .option("--log-level <level>", "debug, info, warn or error", "warn")
+    .action(async (opts: { logLevel: Level }) => {
+      const demo = await startDemo({ logLevel: opts.logLevel });
+      const lines = [
+        "capsul demo is running: a hub, a cog named home1 and three backends, all on 127.0.0.1.",
+        `TLS (by SNI) on :${demo.hub.ports.tls}, HTTP (by Host) on :${demo.hub.ports.http}, tunnel on :${demo.hub.ports.tunnel}. Data in ${demo.dir}.`,
+        "Try these in another terminal (each goes visitor -> hub -> tunnel -> cog -> backend):",
+        "",
+        ...demo.commands.map((c) => "  " + c),
+        "",
+        "An unknown name is refused by the hub (no catch-all route):",
+        `  curl --resolve nope.${DEMO_DOMAIN}:${demo.hub.ports.tls}:127.0.0.1 -k https://nope.${DEMO_DOMAIN}:${demo.hub.ports.tls}/`,
+        "",
+        "Press Ctrl-C to stop.",
+      ];
+      process.stdout.write(lines.join("\n") + "\n");
+      await untilSignal(() => demo.close(), createLogger({ level: "warn" }));
+    });
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env node
+/**
+ * The capsul command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or
+ * config error. Errors print as one line; --verbose adds the stack.
+ */
+import { Command, CommanderError, Option } from "commander";
+import { registerHubCommands } from "./hub.js";
+import { registerCogCommands } from "./cog.js";
+import { registerDemoCommand } from "./demo.js";
+import { exitCodeFor, reportError } from "./common.js";
+
+const program = new Command();
+program
+  .name("capsul")
+  .description("capsul dispenser: reach VMs on home servers (cogs) through one public hub.\n" +
+    "TLS by SNI, HTTP by Host, and raw TCP ports, over a multiplexed mTLS tunnel the cog dials out.")
+  .version("0.1.0")
+  .addOption(new Option("--verbose", "print stack traces with errors"))
+  .showHelpAfterError("(run with --help for usage)")
+  .exitOverride();
+
+registerDemoCommand(program);
+registerHubCommands(program);
+registerCogCommands(program);
+try {
+  const vm = await import("./vm.js").catch(() => null);
+  if (vm && typeof vm.registerVmCommands === "function") vm.registerVmCommands(program);
+} catch {
+  // the VM commands are optional until the provisioner lands
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // commander already printed its message (or the help / version text)
+    process.exitCode = err.exitCode === 0 ? 0 : 2;
+  } else {
+    reportError(err, process.argv.includes("--verbose"));
+    process.exitCode = exitCodeFor(err);
+  }
+}

@@ -1,0 +1,27 @@
+/**
+ * Wires the provisioner into `capsul cog` when cog.provisioner is configured.
+ * Loaded lazily so a cog without VMs never loads QEMU code.
+ */
+import type { CogConfig } from "../config/types.js";
+import type { Logger } from "../lib/log.js";
+import type { CogExtras } from "../tunnel-client/cog.js";
+
+export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
+  const pcfg = cfg.provisioner;
+  if (!pcfg) return {};
+  return {
+    async start(client, identity, hub) {
+      const mod = await import("../provisioner/index.js");
+      const p = await mod.startProvisioner({
+        config: pcfg,
+        cogName: identity.name,
+        hubDomain: identity.hubDomain,
+        hubHost: hub.host,
+        sink: client,
+        logger: log.child("provisioner"),
+      });
+      log.info("provisioner API ready", { url: p.url });
+      return () => p.close();
+    },
+  };
+}

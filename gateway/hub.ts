@@ -1,0 +1,149 @@
+/**
+ * The hub: public listeners (TLS passthrough, HTTP, raw TCP ports), the
+ * tunnel listener, and the state that ties them together. `startHub()` is
+ * what `capsul hub` and `capsul demo` run.
+ */
+import net from "node:net";
+import type { HubConfig } from "../config/types.js";
+import type { Logger } from "../lib/log.js";
+import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
+import { newInviteToken } from "../certs/tokens.js";
+import { Router } from "./router.js";
+import { RouteTable, type TcpPortOpener } from "./routes.js";
+import { HubState } from "./state.js";
+import { Tunnels } from "./tunnels.js";
+import { Visitors } from "./visitors.js";
+
+export interface Hub {
+  readonly pki: HubPki;
+  readonly state: HubState;
+  readonly router: Router;
+  readonly tunnels: Tunnels;
+  readonly visitors: Visitors;
+  /** Bound ports (useful when the config asked for port 0). */
+  readonly ports: { tls: number | null; http: number | null; tunnel: number };
+  close(): Promise<void>;
+}
+
+function listen(server: net.Server, host: string, port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const onErr = (err: Error): void => reject(err);
+    server.once("error", onErr);
+    server.listen({ host, port, backlog: 1024 }, () => {
+      server.off("error", onErr);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+function closeServer(server: net.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/** The names the hub's tunnel certificate carries. */
+export function hubNames(cfg: HubConfig): string[] {
+  const names = [cfg.domain];
+  const pubHost = cfg.publicTunnelAddress.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+  if (pubHost && !names.includes(pubHost)) names.push(pubHost);
+  const lh = cfg.listen.tunnel.host;
+  if (lh && lh !== "0.0.0.0" && lh !== "::" && !names.includes(lh)) names.push(lh);
+  return names;
+}
+
+/** Raw TCP listeners opened on demand as cogs are assigned ports. */
+class TcpListeners implements TcpPortOpener {
+  readonly servers = new Map<number, net.Server>();
+  constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
+  async open(port: number): Promise<void> {
+    if (this.servers.has(port)) return;
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.onConn(s, port));
+    await listen(server, this.host, port);
+    server.on("error", (err) => this.log.error("tcp listener error", { port, error: err.message }));
+    this.servers.set(port, server);
+    this.log.info("tcp port open", { port });
+  }
+  close(port: number): void {
+    const s = this.servers.get(port);
+    if (!s) return;
+    this.servers.delete(port);
+    s.close();
+    this.log.info("tcp port closed", { port });
+  }
+  async closeAll(): Promise<void> {
+    const all = [...this.servers.values()];
+    this.servers.clear();
+    await Promise.all(all.map(closeServer));
+  }
+}
+
+export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
+  const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
+  const state = new HubState(cfg.dataDir);
+  const router = new Router();
+  let tunnels: Tunnels | null = null;
+  const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
+  const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
+  const routes = new RouteTable(cfg, state, router, tcp, log.child("routes"));
+  tunnels = new Tunnels(cfg, state, pki, routes, log.child("tunnel"));
+
+  const servers: net.Server[] = [];
+  const cleanup = async (): Promise<void> => {
+    visitors.closeAll();
+    await tunnels!.close();
+    await tcp.closeAll();
+    await Promise.all(servers.map(closeServer));
+    state.close();
+  };
+  try {
+    const tunnelPort = await tunnels.listen();
+    let tlsPort: number | null = null;
+    let httpPort: number | null = null;
+    if (cfg.listen.tls) {
+      const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onTls(sock));
+      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port);
+      servers.push(s);
+    }
+    if (cfg.listen.http) {
+      const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onHttp(sock));
+      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port);
+      servers.push(s);
+    }
+    for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
+    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint });
+    return {
+      pki, state, router, tunnels, visitors,
+      ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort },
+      close: cleanup,
+    };
+  } catch (err) {
+    await cleanup().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Creates a one-time invite for a cog and returns the exact enroll command.
+ * Works against the hub's data dir whether or not the hub is running.
+ */
+export async function createInvite(
+  cfg: HubConfig,
+  name: string,
+  opts: { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string } = {},
+): Promise<{ token: string; command: string; expiresAt: Date; caFingerprint: string }> {
+  const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
+  const state = new HubState(cfg.dataDir);
+  try {
+    const { token, hash } = newInviteToken();
+    const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
+    state.db.transaction(() => {
+      state.addInvite(name, hash, expiresAt.getTime());
+      for (const h of opts.hostnames ?? []) state.addGrant(name, "hostname", h);
+      for (const p of opts.tcpPorts ?? []) state.addGrant(name, "tcp", p);
+    })();
+    const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
+    const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
+    return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
+  } finally {
+    state.close();
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * The control stream and the visitor-stream header: message shapes and their
+ * validation. See protocol/PROTOCOL.md for the prose spec.
+ */
+import type { RouteKind } from "../config/types.js";
+import { ProtocolError } from "../lib/errors.js";
+
+/** Bump on any incompatible change to the messages below. */
+export const TUNNEL_PROTOCOL_VERSION = 1;
+
+/** A route as the cog asks for it. Targets stay on the cog; the hub never learns them. */
+export interface WireRoute {
+  name: string;
+  kind: RouteKind;
+  hostname?: string;
+  port?: number;
+}
+/** A route the hub accepted; tcp routes carry the hub port assigned. */
+export interface AcceptedRoute extends WireRoute { port?: number }
+export interface RefusedRoute { name: string; reason: string }
+
+export type CogMessage =
+  | { type: "hello"; protocol: number; software: string; routes: WireRoute[] }
+  | { type: "routes"; routes: WireRoute[] }
+  | { type: "enroll"; protocol: number; token: string; csr: string }
+  | { type: "renew"; csr: string };
+
+export type ErrorCode = "version" | "auth" | "revoked" | "bad-request" | "enroll";
+
+export type HubMessage =
+  | { type: "welcome"; protocol: number; cog: string; domain: string; accepted: AcceptedRoute[]; refused: RefusedRoute[] }
+  | { type: "routes-result"; accepted: AcceptedRoute[]; refused: RefusedRoute[] }
+  | { type: "enrolled"; cog: string; cert: string; ca: string; domain: string }
+  | { type: "renewed"; cert: string }
+  | { type: "error"; code: ErrorCode; message: string };
+
+/** First message on every visitor stream (hub → cog). */
+export interface VisitorHeader {
+  type: "visitor";
+  kind: RouteKind;
+  /** Name of the cog route the hub matched. */
+  route: string;
+  /** SNI or Host for tls/http; absent for tcp. */
+  host?: string;
+  /** Visitor's address and port as the hub saw them. */
+  srcAddr: string;
+  srcPort: number;
+  /** The hub address and port the visitor connected to. */
+  dstAddr: string;
+  dstPort: number;
+}
+
+const KINDS: readonly string[] = ["tls", "http", "tcp"];
+
+/** The hub's answer to a hello with another protocol version: says which side to upgrade. */
+export function versionMismatchMessage(hubVersion: number, cogVersion: unknown): string {
+  const older = typeof cogVersion === "number" && cogVersion > hubVersion ? "hub" : "cog";
+  const newer = older === "hub" ? "cog" : "hub";
+  return `tunnel protocol mismatch: the hub speaks version ${hubVersion}, the cog ${String(cogVersion)}; upgrade the ${older} to the same capsul release as the ${newer}`;
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Validates a route list received from a cog (shape only; grants are checked by the hub). */
+export function checkWireRoutes(v: unknown): WireRoute[] {
+  if (!Array.isArray(v)) throw new ProtocolError("routes must be a list");
+  if (v.length > 10_000) throw new ProtocolError("too many routes");
+  return v.map((r, i) => {
+    if (!isObj(r)) throw new ProtocolError(`routes[${i}] is not an object`);
+    if (typeof r.name !== "string" || r.name.length === 0 || r.name.length > 64) throw new ProtocolError(`routes[${i}].name is missing or too long`);
+    if (typeof r.kind !== "string" || !KINDS.includes(r.kind)) throw new ProtocolError(`routes[${i}].kind must be tls, http or tcp`);
+    const out: WireRoute = { name: r.name, kind: r.kind as RouteKind };
+    if (r.hostname !== undefined) {
+      if (typeof r.hostname !== "string") throw new ProtocolError(`routes[${i}].hostname is not a string`);
+      out.hostname = r.hostname;
+    }
+    if (r.port !== undefined) {
+      if (typeof r.port !== "number" || !Number.isInteger(r.port) || r.port < 1 || r.port > 65535) throw new ProtocolError(`routes[${i}].port is not a port`);
+      out.port = r.port;
+    }
+    return out;
+  });
+}
+
+export function checkVisitorHeader(v: { type: string }): VisitorHeader {
+  const h = v as unknown as Record<string, unknown>;
+  if (h.type !== "visitor") throw new ProtocolError(`expected a visitor header, got ${JSON.stringify(h.type)}`);
+  if (typeof h.kind !== "string" || !KINDS.includes(h.kind)) throw new ProtocolError("visitor header: bad kind");
+  if (typeof h.route !== "string") throw new ProtocolError("visitor header: missing route");
+  if (typeof h.srcAddr !== "string" || typeof h.srcPort !== "number" || typeof h.dstAddr !== "string" || typeof h.dstPort !== "number") {
+    throw new ProtocolError("visitor header: bad addresses");
+  }
+  return h as unknown as VisitorHeader;
+}

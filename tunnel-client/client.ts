@@ -1,0 +1,314 @@
+/**
+ * The cog's tunnel client: keeps one mTLS + yamux tunnel to the hub up,
+ * announces routes (capsul.yaml's plus whatever the provisioner publishes),
+ * and splices every visitor stream the hub opens to its local target, with a
+ * PROXY protocol header first when the route asks for one.
+ *
+ * Reconnects with jittered exponential backoff; a dead hub is noticed by the
+ * mux keepalive. Refusals from the hub are logged with the hub's reason.
+ */
+import { EventEmitter } from "node:events";
+import net from "node:net";
+import type { CogConfig, HostPort, ProxyProtocol } from "../config/types.js";
+import type { Logger } from "../lib/log.js";
+import type { MuxSession, MuxStream } from "../protocol/mux.js";
+import { encodeMessage, MessageReader } from "../protocol/messages.js";
+import {
+  checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
+  type AcceptedRoute, type HubMessage, type RefusedRoute, type WireRoute,
+} from "../protocol/control.js";
+import { encodeProxyV1, encodeProxyV2 } from "../protocol/proxyproto.js";
+import { splice } from "../protocol/splice.js";
+import { certInfo, createKeyAndCsr } from "../certs/pki.js";
+import { dialHub } from "./dial.js";
+import { saveCert, type CogIdentity } from "./identity.js";
+import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
+import { writeSecretFile } from "../certs/files.js";
+import path from "node:path";
+import { KEY_FILE } from "./identity.js";
+
+/** Deadline for the hub's welcome after the hello. */
+export const WELCOME_TIMEOUT_MS = 15_000;
+/** Deadline for the visitor header on a new stream. */
+export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
+/** The visitor header is small; anything bigger is a protocol error. */
+export const VISITOR_HEADER_MAX_BYTES = 4096;
+/** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
+export const RECONNECT_JITTER_RATIO = 0.25;
+/** Renew the certificate over the tunnel once less than this fraction of its lifetime is left. */
+export const CERT_RENEW_REMAINING_RATIO = 1 / 3;
+
+export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
+
+interface Target { target: HostPort; proxyProtocol: ProxyProtocol }
+
+export class TunnelClient extends EventEmitter implements RouteSink {
+  state: ClientState = "idle";
+  private session: MuxSession | null = null;
+  private control: MuxStream | null = null;
+  private readonly published = new Map<string, PublishedRoute[]>();
+  private readonly statuses = new Map<string, RouteStatus>();
+  private targets = new Map<string, Target>();
+  private attempt = 0;
+  private wakeup: (() => void) | null = null;
+  private updateQueued = false;
+  private loopDone: Promise<void> | null = null;
+  private readonly streams = new Set<MuxStream>();
+  private identity: CogIdentity;
+
+  constructor(
+    private readonly cfg: CogConfig,
+    identity: CogIdentity,
+    private readonly hub: HostPort,
+    private readonly log: Logger,
+    private readonly dataDir: string = cfg.dataDir,
+  ) {
+    super();
+    this.identity = identity;
+    this.rebuildTargets();
+  }
+
+  start(): void {
+    if (this.loopDone) return;
+    this.loopDone = this.loop();
+  }
+
+  async close(): Promise<void> {
+    this.state = "closed";
+    this.wakeup?.();
+    for (const s of this.streams) s.destroy();
+    this.session?.destroy();
+    await this.loopDone;
+  }
+
+  /** The current session, for tests and status. */
+  get connected(): boolean { return this.state === "connected"; }
+
+  // ---- RouteSink ----
+
+  publish(owner: string, routes: PublishedRoute[]): void {
+    this.published.set(owner, routes);
+    for (const r of routes) if (!this.statuses.has(r.name)) this.statuses.set(r.name, { state: "pending" });
+    this.routesChanged();
+  }
+
+  withdraw(owner: string): void {
+    const had = this.published.get(owner);
+    if (!had) return;
+    this.published.delete(owner);
+    for (const r of had) this.statuses.delete(r.name);
+    this.routesChanged();
+  }
+
+  status(routeName: string): RouteStatus {
+    return this.statuses.get(routeName) ?? { state: "pending" };
+  }
+
+  // ---- internals ----
+
+  private allRoutes(): PublishedRoute[] {
+    const out: PublishedRoute[] = this.cfg.routes.map((r) => ({ ...r }));
+    for (const list of this.published.values()) out.push(...list);
+    return out;
+  }
+
+  private wireRoutes(): WireRoute[] {
+    return this.allRoutes().map((r) => {
+      const w: WireRoute = { name: r.name, kind: r.kind };
+      if (r.hostname !== undefined) w.hostname = r.hostname;
+      if (r.port !== undefined) w.port = r.port;
+      return w;
+    });
+  }
+
+  private rebuildTargets(): void {
+    const m = new Map<string, Target>();
+    for (const r of this.allRoutes()) m.set(r.name, { target: r.target, proxyProtocol: r.proxyProtocol });
+    this.targets = m;
+  }
+
+  private routesChanged(): void {
+    this.rebuildTargets();
+    if (this.updateQueued) return;
+    this.updateQueued = true;
+    // Batch the publishes of one tick into one update.
+    setImmediate(() => {
+      this.updateQueued = false;
+      if (this.state === "connected" && this.control) {
+        this.control.write(encodeMessage({ type: "routes", routes: this.wireRoutes() }));
+      }
+    });
+  }
+
+  private applyResult(accepted: AcceptedRoute[], refused: RefusedRoute[]): void {
+    for (const a of accepted) this.statuses.set(a.name, { state: "accepted", port: a.port });
+    for (const r of refused) {
+      this.statuses.set(r.name, { state: "refused", reason: r.reason });
+      this.log.warn("hub refused route", { route: r.name, reason: r.reason });
+    }
+    this.emit("routes", { accepted, refused });
+  }
+
+  private backoffMs(): number {
+    const { minDelayMs, maxDelayMs } = this.cfg.reconnect;
+    const base = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(this.attempt, 30));
+    const jitter = 1 + (Math.random() * 2 - 1) * RECONNECT_JITTER_RATIO;
+    return Math.max(0, Math.round(base * jitter));
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => { this.wakeup = null; resolve(); }, ms);
+      this.wakeup = () => { clearTimeout(t); this.wakeup = null; resolve(); };
+    });
+  }
+
+  /** Read through a method so TypeScript does not narrow it across awaits. */
+  private current(): ClientState { return this.state; }
+
+  private async loop(): Promise<void> {
+    while (this.current() !== "closed") {
+      this.state = "connecting";
+      let fatal = false;
+      try {
+        fatal = await this.runOnce();
+      } catch (err) {
+        if (this.current() !== "closed") this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
+      }
+      this.session?.destroy();
+      this.session = null;
+      this.control = null;
+      if (this.current() === "closed") break;
+      if (this.current() === "connected") this.emit("disconnected");
+      this.state = "waiting";
+      if (fatal) this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
+      const delay = this.backoffMs();
+      this.attempt++;
+      this.log.info("reconnecting", { inMs: delay });
+      await this.sleep(delay);
+    }
+  }
+
+  /** One tunnel's life. Returns true when the hub refused us (auth, version). */
+  private async runOnce(): Promise<boolean> {
+    const { socket, session } = await dialHub({
+      hub: this.hub, tuning: this.cfg.tunnel,
+      caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem,
+    });
+    if (this.state === "closed") { session.destroy(); return false; }
+    this.session = session;
+    const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
+    session.on("error", () => {});
+    session.on("stream", (s: MuxStream) => this.onVisitor(s));
+    const control = session.open();
+    control.on("error", () => {});
+    this.control = control;
+    const reader = new MessageReader<HubMessage>(control);
+    control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "capsul/0.1.0", routes: this.wireRoutes() }));
+    const timer = setTimeout(() => session.destroy(new Error("the hub did not answer the hello in time")), WELCOME_TIMEOUT_MS);
+    let first: HubMessage | null;
+    try {
+      first = await reader.next();
+    } finally {
+      clearTimeout(timer);
+    }
+    if (!first) throw new Error("the hub closed the control stream");
+    if (first.type === "error") {
+      this.log.error(first.message, { code: first.code });
+      return true;
+    }
+    if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
+    this.state = "connected";
+    this.attempt = 0;
+    this.log.info("connected to hub", { hub: `${this.hub.host}:${this.hub.port}`, cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length });
+    this.applyResult(first.accepted, first.refused);
+    this.emit("connected", first);
+    void this.maybeRenew(control);
+    for (;;) {
+      const m = await reader.next().catch(() => null);
+      if (!m) break;
+      if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
+      else if (m.type === "renewed") await this.onRenewed(m.cert);
+      else if (m.type === "error") this.log.error(m.message, { code: m.code });
+    }
+    await closed;
+    return false;
+  }
+
+  private pendingKeyPem: string | null = null;
+
+  private async maybeRenew(control: MuxStream): Promise<void> {
+    try {
+      const info = certInfo(this.identity.certPem);
+      const life = info.notAfter.getTime() - info.notBefore.getTime();
+      if (info.notAfter.getTime() - Date.now() > life * CERT_RENEW_REMAINING_RATIO) return;
+      const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
+      this.pendingKeyPem = keyPem;
+      control.write(encodeMessage({ type: "renew", csr: csrPem }));
+      this.log.info("asking the hub to renew this cog's certificate", { notAfter: info.notAfter.toISOString() });
+    } catch (err) {
+      this.log.warn("certificate renewal failed", { error: (err as Error).message });
+    }
+  }
+
+  private async onRenewed(certPem: string): Promise<void> {
+    if (!this.pendingKeyPem) return;
+    await writeSecretFile(path.join(this.dataDir, KEY_FILE), this.pendingKeyPem);
+    await saveCert(this.dataDir, certPem);
+    this.identity = { ...this.identity, keyPem: this.pendingKeyPem, certPem };
+    this.pendingKeyPem = null;
+    this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
+  }
+
+  private onVisitor(stream: MuxStream): void {
+    this.streams.add(stream);
+    stream.once("close", () => this.streams.delete(stream));
+    stream.on("error", () => {});
+    const reader = new MessageReader(stream, VISITOR_HEADER_MAX_BYTES);
+    const timer = setTimeout(() => stream.destroy(), VISITOR_HEADER_TIMEOUT_MS);
+    reader.next().then((msg) => {
+      clearTimeout(timer);
+      const rest = reader.detach();
+      if (!msg) { stream.destroy(); return; }
+      const h = checkVisitorHeader(msg);
+      const t = this.targets.get(h.route);
+      if (!t) {
+        this.log.warn("visitor for an unknown route", { route: h.route });
+        stream.destroy();
+        return;
+      }
+      const target = net.connect({ host: t.target.host, port: t.target.port, allowHalfOpen: true });
+      target.setNoDelay(true);
+      const dialTimer = setTimeout(() => target.destroy(new Error("dial timeout")), this.cfg.targetDialTimeoutMs);
+      target.once("error", (err) => {
+        clearTimeout(dialTimer);
+        if (target.connecting || !target.remoteAddress) {
+          this.log.warn("target unreachable", { route: h.route, target: `${t.target.host}:${t.target.port}`, error: err.message });
+        }
+        stream.destroy();
+      });
+      target.once("connect", () => {
+        clearTimeout(dialTimer);
+        const src = { address: h.srcAddr, port: h.srcPort };
+        const dst = { address: h.dstAddr, port: h.dstPort };
+        const parts: Buffer[] = [];
+        try {
+          if (t.proxyProtocol === "v1") parts.push(encodeProxyV1(src, dst));
+          else if (t.proxyProtocol === "v2") parts.push(encodeProxyV2(src, dst));
+        } catch (err) {
+          this.log.warn("cannot write PROXY header", { route: h.route, error: (err as Error).message });
+          target.destroy();
+          stream.destroy();
+          return;
+        }
+        if (rest.length) parts.push(rest);
+        if (parts.length) target.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+        splice(stream, target);
+      });
+    }).catch((err: Error) => {
+      clearTimeout(timer);
+      this.log.warn("bad visitor stream", { error: err.message });
+      stream.destroy();
+    });
+  }
+}

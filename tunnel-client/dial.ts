@@ -1,0 +1,65 @@
+/**
+ * Dialing the hub's tunnel listener: TLS 1.3, our client certificate when we
+ * have one, and the hub's CA as the only trust anchor. The hub's certificate
+ * must be a serverAuth leaf signed by that CA (another cog's client
+ * certificate, also signed by it, can never pose as the hub).
+ */
+import tls from "node:tls";
+import type { HostPort } from "../config/types.js";
+import { AuthError } from "../lib/errors.js";
+import { MuxSession } from "../protocol/mux.js";
+import type { TunnelTuning } from "../config/types.js";
+
+const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
+
+export interface DialOptions {
+  hub: HostPort;
+  tuning: TunnelTuning;
+  /** PEM of the pinned CA; when absent the caller verifies the chain itself (enrollment). */
+  caPem?: string;
+  keyPem?: string;
+  certPem?: string;
+}
+
+export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; session: MuxSession }> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: opts.hub.host,
+      port: opts.hub.port,
+      servername: /^[\d.]+$|:/.test(opts.hub.host) ? undefined : opts.hub.host,
+      minVersion: "TLSv1.3",
+      ca: opts.caPem,
+      key: opts.keyPem,
+      cert: opts.certPem,
+      rejectUnauthorized: opts.caPem !== undefined,
+      // The CA is ours alone, so any name is fine; what matters is the role.
+      checkServerIdentity: (_host, cert) => {
+        const eku = (cert as unknown as { ext_key_usage?: string[] }).ext_key_usage ?? [];
+        return eku.includes(OID_SERVER_AUTH) ? undefined : new AuthError("the hub presented a certificate that is not a server certificate");
+      },
+    });
+    socket.setNoDelay(true);
+    const timer = setTimeout(() => socket.destroy(new Error(`TLS handshake with ${opts.hub.host}:${opts.hub.port} timed out`)), opts.tuning.handshakeTimeoutMs);
+    socket.once("error", (err) => { clearTimeout(timer); reject(err); });
+    socket.once("secureConnect", () => {
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      socket.on("error", () => {});
+      const session = new MuxSession(socket, {
+        role: "client",
+        maxStreamWindowBytes: opts.tuning.maxStreamWindowBytes,
+        keepaliveIntervalMs: opts.tuning.keepaliveIntervalMs,
+        keepaliveTimeoutMs: opts.tuning.keepaliveTimeoutMs,
+      });
+      resolve({ socket, session });
+    });
+  });
+}
+
+/** The hub's leaf and issuer certificates as DER, for pinning during enrollment. */
+export function peerChain(socket: tls.TLSSocket): { leaf: Buffer; issuer: Buffer | null } {
+  const peer = socket.getPeerCertificate(true);
+  const leaf = peer.raw;
+  const issuer = peer.issuerCertificate && peer.issuerCertificate.raw && !peer.issuerCertificate.raw.equals(leaf) ? peer.issuerCertificate.raw : null;
+  return { leaf, issuer };
+}
