@@ -44,7 +44,7 @@ export interface TunnelTuning {
   maxStreamWindowBytes: number;
   /** Ping interval on an idle tunnel (default 15s). */
   keepaliveIntervalMs: number;
-  /** No ping answer / no bytes within this → the peer is dead (default 30s... must be > interval). */
+  /** No ping answer / no bytes within this → the peer is dead (default 30s; must be > keepaliveIntervalMs). */
   keepaliveTimeoutMs: number;
   /** TLS handshake deadline on the tunnel listener / when dialing (default 10s). */
   handshakeTimeoutMs: number;
@@ -56,11 +56,11 @@ export interface HubConfig {
   /** Public DNS name of the hub; used in invites and as the suffix of default grants "*.<cog>.<domain>". */
   domain: string;
   listen: {
-    /** TLS passthrough listener (SNI), or null to disable. */
+    /** TLS passthrough listener (SNI), or null to disable (default 0.0.0.0:443). */
     tls: HostPort | null;
-    /** Plain HTTP listener (Host header), or null to disable. */
+    /** Plain HTTP listener (Host header), or null to disable (default 0.0.0.0:80). */
     http: HostPort | null;
-    /** The tunnel listener cogs dial (mTLS). */
+    /** The tunnel listener cogs dial (mTLS) (default 0.0.0.0:7443). */
     tunnel: HostPort;
     /** Address the raw TCP port listeners bind to (default 0.0.0.0). */
     tcpHost: string;
@@ -116,9 +116,61 @@ export interface CogConfig {
   provisioner: ProvisionerConfig | null;
 }
 
+/** One VM size (issue 4). IO limits are per second; 0 means unlimited. */
+export interface ProvisionerSize {
+  /** Virtual CPUs. */
+  vcpus: number;
+  /** Guest memory in bytes (QEMU -m, rounded down to whole MiB). */
+  memoryBytes: number;
+  /** Virtual size of the VM's qcow2 disk in bytes. */
+  diskBytes: number;
+  /** Disk operations per second, reads + writes (QEMU throttling.iops-total; 0 = unlimited). */
+  diskIopsPerSec: number;
+  /** Disk bytes per second, reads + writes (QEMU throttling.bps-total; 0 = unlimited). */
+  diskBytesPerSec: number;
+}
+
 export interface ProvisionerConfig {
-  /** API listen address (default 127.0.0.1:7480). */
+  /** API listen address (default 127.0.0.1:7480). Anything but loopback requires the bearer token in <dataDir>/api-token. */
   listen: HostPort;
+  /** Directory for the SQLite database, image catalogue and VM run dirs (default /var/lib/capsul/provisioner). At most 60 bytes long: QMP unix socket paths live under it. */
+  dataDir: string;
+  /** Accelerator: "kvm", "tcg", or "auto" (default): probe KVM once by booting a kernel under it, fall back to TCG if it hangs. */
+  accel: "auto" | "kvm" | "tcg";
+  /** Sizes offered, by name: capsul's table (f1-s … f1-xxx, see DESIGN.md) merged with overrides/additions from capsul.yaml. */
+  sizes: Record<string, ProvisionerSize>;
+  /** Host memory the provisioner plans with (default null = the machine's total memory). */
+  hostMemoryBytes: number | null;
+  /** Refuse to start a VM when the memory of all VMs that should run would exceed hostMemory × this ratio (default 1.0). */
+  memoryOvercommitRatio: number;
+  /** QEMU system emulator (default qemu-system-x86_64, looked up on PATH). */
+  qemuBinary: string;
+  /** qemu-img (default qemu-img). */
+  qemuImgBinary: string;
+  /** genisoimage, builds the cloud-init NoCloud seed (default genisoimage). */
+  genisoimageBinary: string;
+  /** From QEMU start until the guest answers on its SSH port; past it the VM is marked running with a warning (default 180s). */
+  bootTimeoutMs: number;
+  /** From system_powerdown until QEMU has exited; then quit, then SIGKILL (default 60s). */
+  stopTimeoutMs: number;
+  /** Deadline for `qemu-system … -daemonize` to return, i.e. for QEMU to initialise (default 30s). */
+  launchTimeoutMs: number;
+  /** Deadline for one QMP command (default 10s). */
+  qmpTimeoutMs: number;
+  /** accel auto: how long a probe kernel may take to print its banner under KVM before KVM is declared unusable (default 15s). */
+  kvmProbeTimeoutMs: number;
+  /** Deadline for one qemu-img or genisoimage run (default 120s; conversions of big images take a while). */
+  toolTimeoutMs: number;
+  /** Largest request body the API accepts (default 64KiB). */
+  maxRequestBodyBytes: number;
+  /** Largest image an import may download or copy (default 20GiB). */
+  maxImageBytes: number;
+  /** Tail of the serial console returned by GET /v1/vms/:name/console (default 64KiB). */
+  consoleTailBytes: number;
+  /** Most VMs this cog holds, whatever their state (default 64). */
+  maxVms: number;
+  /** Most SSH keys per VM (default 32). */
+  maxSshKeys: number;
 }
 
 export interface CapsulConfig {

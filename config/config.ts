@@ -1,0 +1,519 @@
+/**
+ * capsul.yaml → CapsulConfig. The one path for configuration:
+ * YAML text → `unknown` → parseConfig() → a frozen, fully-defaulted object.
+ * Unknown keys are refused (a typo must fail at start-up, not at 3 a.m.) and
+ * every error names the key path, e.g. `hub.cogs[1].hostnames[0]: …`.
+ * YAML keys are the snake_case of the fields in ./types.ts; every key is
+ * documented in capsul.yaml.example at the repository root.
+ */
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
+import { dirname, resolve } from "node:path";
+import { parseDocument } from "yaml";
+import { ConfigError } from "../lib/errors.js";
+import {
+  COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostname,
+  normalizeHostnamePattern, parseHostPort, parsePortRange, patternsOverlap, rangesOverlap, suggestALabel,
+} from "../lib/hostname.js";
+import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { parseProvisionerConfig } from "../provisioner/config.js";
+import type {
+  CapsulConfig, CogConfig, CogRoute, HostPort, HubCogGrant, HubConfig, HubLimits, PortRange,
+  ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
+} from "./types.js";
+
+// Defaults. Each one is stated in the doc comment of its field in ./types.ts
+// (test/config.test.ts checks that they agree).
+export const DEFAULT_HUB_DATA_DIR = "/var/lib/capsul/hub";
+export const DEFAULT_HUB_TLS_LISTEN = "0.0.0.0:443";
+export const DEFAULT_HUB_HTTP_LISTEN = "0.0.0.0:80";
+export const DEFAULT_HUB_TUNNEL_LISTEN = "0.0.0.0:7443";
+export const DEFAULT_HUB_TCP_HOST = "0.0.0.0";
+export const DEFAULT_HUB_DEFAULT_GRANTS = true;
+export const DEFAULT_TCP_PORTS_PER_COG = 8;
+export const DEFAULT_INVITE_TTL_MS = 24 * 3_600_000;
+export const DEFAULT_COG_CERT_TTL_MS = 90 * 86_400_000;
+export const DEFAULT_CLIENT_HELLO_TIMEOUT_MS = 5_000;
+/** 16 KiB of handshake message (RFC 8446 §5.1 record limit) + 5 record headers of 5 bytes. */
+export const DEFAULT_CLIENT_HELLO_MAX_BYTES = 16 * 1024 + 5 * 5;
+export const DEFAULT_HTTP_HEADER_TIMEOUT_MS = 5_000;
+export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
+export const DEFAULT_GRACE_MS = 5_000;
+export const DEFAULT_MAX_VISITORS = 20_000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 0;
+export const DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
+export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+export const DEFAULT_COG_DATA_DIR = "/var/lib/capsul/cog";
+export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
+export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
+export const DEFAULT_RECONNECT_MAX_DELAY_MS = 30_000;
+export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
+export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
+
+/** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
+export const MIN_STREAM_WINDOW_BYTES = 256 * 1024;
+
+const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
+const PROXY_PROTOCOLS: readonly ProxyProtocol[] = ["none", "v1", "v2"];
+const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "warn", "error"];
+
+// The keys each mapping may hold, in the order capsul.yaml.example documents them.
+const TOP_KEYS = ["hub", "cog", "log"] as const;
+const HUB_KEYS = ["data_dir", "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel"] as const;
+const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
+const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
+const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
+  "http_header_max_bytes", "grace", "max_visitors", "idle_timeout"] as const;
+const TUNNEL_KEYS = ["max_stream_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout"] as const;
+const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "tunnel", "provisioner"] as const;
+const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
+const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
+const LOG_KEYS = ["level"] as const;
+
+type Obj = Record<string, unknown>;
+
+// ---- reading values -------------------------------------------------------
+
+function describe(v: unknown): string {
+  if (v === null || v === undefined) return "nothing";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object") return "a mapping";
+  return `${typeof v === "number" ? "the number" : `a ${typeof v}`} ${JSON.stringify(v)}`;
+}
+
+const at = (path: string, key: string) => (path ? `${path}.${key}` : key);
+
+/** Levenshtein distance, for "did you mean" hints; keys are short, so O(n·m) is fine. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+function unknownKey(key: string, path: string, known: readonly string[]): ConfigError {
+  // "dataDir" and "data-dir" are data_dir spelled another way: always suggest it.
+  const squash = (s: string) => s.toLowerCase().replace(/[-_]/g, "");
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const k of known) {
+    const d = squash(k) === squash(key) ? 0 : editDistance(key, k);
+    if (d < bestDistance) { best = k; bestDistance = d; }
+  }
+  const close = best !== undefined && bestDistance <= Math.min(2, Math.floor(best.length / 3));
+  return new ConfigError(close ? `unknown key (did you mean "${best}"?)` : "unknown key", at(path, key));
+}
+
+/** A mapping whose keys are all in `known`; checked before any value, so a typo is reported as such. */
+function mapping(value: unknown, path: string, known: readonly string[]): Obj {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new ConfigError(`expected a mapping, got ${describe(value)}`, path || undefined);
+  }
+  for (const key of Object.keys(value)) if (!known.includes(key)) throw unknownKey(key, path, known);
+  return value as Obj;
+}
+
+/** A list; absent or null is the empty list. */
+function list(value: unknown, path: string): unknown[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw new ConfigError(`expected a list, got ${describe(value)}`, path);
+  return value;
+}
+
+// In every reader below, absent and null mean "use the default" (an empty YAML
+// value is usually a section whose keys are all commented out); a required key
+// has no default.
+
+function required(path: string): never {
+  throw new ConfigError("required", path);
+}
+
+function string(value: unknown, path: string, def?: string): string {
+  if (value === undefined || value === null) return def ?? required(path);
+  if (typeof value !== "string" || value === "") throw new ConfigError(`expected a non-empty string, got ${describe(value)}`, path);
+  return value;
+}
+
+function boolean(value: unknown, path: string, def: boolean): boolean {
+  if (value === undefined || value === null) return def;
+  if (typeof value !== "boolean") throw new ConfigError(`expected true or false, got ${describe(value)}`, path);
+  return value;
+}
+
+function integer(value: unknown, path: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (value === undefined || value === null) return def ?? required(path);
+  if (typeof value !== "number" || !Number.isInteger(value)) throw new ConfigError(`expected an integer, got ${describe(value)}`, path);
+  if (value < min || value > max) {
+    throw new ConfigError(max === Number.MAX_SAFE_INTEGER ? `must be at least ${min}, got ${value}` : `out of range (${min}-${max}): ${value}`, path);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(value: unknown, path: string, choices: readonly T[], def?: T): T {
+  if (value === undefined || value === null) return def ?? required(path);
+  if (!choices.includes(value as T)) throw new ConfigError(`expected one of ${choices.join(", ")}, got ${describe(value)}`, path);
+  return value as T;
+}
+
+/** A duration; `min` 0 allows "off", 1 requires a positive duration. */
+function duration(value: unknown, path: string, def: number, min: 0 | 1): number {
+  if (value === undefined || value === null) return def;
+  const ms = parseDurationMs(value, path);
+  if (ms < min) throw new ConfigError("must be greater than 0", path);
+  return ms;
+}
+
+function size(value: unknown, path: string, def: number, min: number): number {
+  if (value === undefined || value === null) return def;
+  const bytes = parseSizeBytes(value, path);
+  if (bytes < min) throw new ConfigError(`must be at least ${min} bytes, got ${bytes}`, path);
+  return bytes;
+}
+
+function directory(value: unknown, path: string, def: string, baseDir: string): string {
+  return resolve(baseDir, string(value, path, def));
+}
+
+function hostname(value: unknown, path: string): string {
+  const s = string(value, path);
+  const name = normalizeHostname(s);
+  if (name === null) throw new ConfigError(`not a hostname: ${JSON.stringify(s)}${aLabelHint(s)}`, path);
+  return name;
+}
+
+function hostnamePattern(value: unknown, path: string): string {
+  if (typeof value !== "string") throw new ConfigError(`expected a hostname pattern, got ${describe(value)}`, path);
+  const pattern = normalizeHostnamePattern(value);
+  if (pattern === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(value)}${aLabelHint(value)}`, path);
+  return pattern;
+}
+
+function aLabelHint(s: string): string {
+  const ascii = suggestALabel(s);
+  return ascii ? ` (write internationalized names as A-labels: "${ascii}")` : "";
+}
+
+function fmtMs(ms: number): string {
+  for (const [unit, unitMs] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= unitMs && ms % unitMs === 0) return `${ms / unitMs}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+// ---- sections -------------------------------------------------------------
+
+function parseTunnelTuning(value: unknown, path: string): TunnelTuning {
+  const m = value == null ? {} : mapping(value, path, TUNNEL_KEYS);
+  const t: TunnelTuning = {
+    maxStreamWindowBytes: size(m.max_stream_window, at(path, "max_stream_window"), DEFAULT_MAX_STREAM_WINDOW_BYTES, MIN_STREAM_WINDOW_BYTES),
+    keepaliveIntervalMs: duration(m.keepalive_interval, at(path, "keepalive_interval"), DEFAULT_KEEPALIVE_INTERVAL_MS, 1),
+    keepaliveTimeoutMs: duration(m.keepalive_timeout, at(path, "keepalive_timeout"), DEFAULT_KEEPALIVE_TIMEOUT_MS, 1),
+    handshakeTimeoutMs: duration(m.handshake_timeout, at(path, "handshake_timeout"), DEFAULT_HANDSHAKE_TIMEOUT_MS, 1),
+  };
+  // A timeout no longer than the interval declares a healthy idle peer dead before its ping is due.
+  if (t.keepaliveTimeoutMs <= t.keepaliveIntervalMs) {
+    throw new ConfigError(`must be greater than keepalive_interval (${fmtMs(t.keepaliveIntervalMs)})`, at(path, "keepalive_timeout"));
+  }
+  return t;
+}
+
+function parseLimits(value: unknown, path: string): HubLimits {
+  const m = value == null ? {} : mapping(value, path, LIMIT_KEYS);
+  return {
+    clientHelloTimeoutMs: duration(m.client_hello_timeout, at(path, "client_hello_timeout"), DEFAULT_CLIENT_HELLO_TIMEOUT_MS, 1),
+    clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_CLIENT_HELLO_MAX_BYTES, 1),
+    httpHeaderTimeoutMs: duration(m.http_header_timeout, at(path, "http_header_timeout"), DEFAULT_HTTP_HEADER_TIMEOUT_MS, 1),
+    httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_HTTP_HEADER_MAX_BYTES, 1),
+    graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
+    maxVisitors: integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1),
+    idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0),
+  };
+}
+
+/** A listener that may be turned off with null, false or "off". */
+function optionalListener(value: unknown, path: string, def: string): HostPort | null {
+  if (value === undefined) return parseHostPort(def, path, { allowPortZero: true });
+  if (value === null || value === false || value === "off") return null;
+  return parseHostPort(value, path, { allowPortZero: true });
+}
+
+function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
+  const m = value == null ? {} : mapping(value, path, LISTEN_KEYS);
+  const tunnelPath = at(path, "tunnel");
+  if (m.tunnel === false || m.tunnel === "off") throw new ConfigError("cannot be disabled: cogs reach the hub through it", tunnelPath);
+  const tcpHostPath = at(path, "tcp_host");
+  const tcpHostText = string(m.tcp_host, tcpHostPath, DEFAULT_HUB_TCP_HOST);
+  const tcpHost = isIP(tcpHostText) ? tcpHostText.toLowerCase() : normalizeHostname(tcpHostText);
+  if (tcpHost === null) throw new ConfigError(`not an IP address or hostname: ${JSON.stringify(tcpHostText)}`, tcpHostPath);
+  const poolPath = at(path, "tcp_ports");
+  const tcpPorts = list(m.tcp_ports, poolPath).map((r, i) => parsePortRange(r, `${poolPath}[${i}]`));
+  tcpPorts.forEach((r, j) => {
+    const i = tcpPorts.findIndex((other, k) => k < j && rangesOverlap(other, r));
+    if (i >= 0) throw new ConfigError(`${formatPortRange(r)} overlaps ${poolPath}[${i}] (${formatPortRange(tcpPorts[i]!)})`, `${poolPath}[${j}]`);
+  });
+  return {
+    tls: optionalListener(m.tls, at(path, "tls"), DEFAULT_HUB_TLS_LISTEN),
+    http: optionalListener(m.http, at(path, "http"), DEFAULT_HUB_HTTP_LISTEN),
+    tunnel: parseHostPort(m.tunnel ?? DEFAULT_HUB_TUNNEL_LISTEN, tunnelPath, { allowPortZero: true }),
+    tcpHost,
+    tcpPorts,
+  };
+}
+
+/** Is every port of `r` inside the union of `pool`? */
+function insidePool(r: PortRange, pool: readonly PortRange[]): boolean {
+  let next = r.from;
+  for (const p of [...pool].sort((a, b) => a.from - b.from)) {
+    if (p.from <= next && p.to >= next) next = p.to + 1;
+    if (next > r.to) return true;
+  }
+  return false;
+}
+
+function parseGrants(value: unknown, path: string, hub: { domain: string; defaultGrants: boolean; pool: PortRange[] }): HubCogGrant[] {
+  const grants = list(value, path).map((item, i): HubCogGrant => {
+    const p = `${path}[${i}]`;
+    const m = mapping(item, p, GRANT_KEYS);
+    const name = string(m.name, `${p}.name`);
+    if (!COG_NAME_RE.test(name)) {
+      throw new ConfigError(`not a cog name (a-z first, then a-z, 0-9 or "-", at most 39): ${JSON.stringify(name)}`, `${p}.name`);
+    }
+    const hostnames = list(m.hostnames, `${p}.hostnames`).map((h, k) => hostnamePattern(h, `${p}.hostnames[${k}]`));
+    const tcpPorts = list(m.tcp_ports, `${p}.tcp_ports`).map((r, k) => {
+      const range = parsePortRange(r, `${p}.tcp_ports[${k}]`);
+      if (!insidePool(range, hub.pool)) {
+        throw new ConfigError(`${formatPortRange(range)} is not inside the pool hub.listen.tcp_ports`, `${p}.tcp_ports[${k}]`);
+      }
+      return range;
+    });
+    return { name, hostnames, tcpPorts };
+  });
+
+  // Pairwise checks between different cogs; each error is reported at the later entry.
+  grants.forEach((g, j) => {
+    const dup = grants.findIndex((other, i) => i < j && other.name === g.name);
+    if (dup >= 0) throw new ConfigError(`duplicate cog name ${JSON.stringify(g.name)} (also ${path}[${dup}])`, `${path}[${j}].name`);
+  });
+  grants.forEach((g, j) => {
+    g.hostnames.forEach((pattern, k) => {
+      grants.forEach((other, i) => {
+        if (i === j) return;
+        if (i < j) {
+          const n = other.hostnames.findIndex((o) => patternsOverlap(o, pattern));
+          if (n >= 0) {
+            throw new ConfigError(`${JSON.stringify(pattern)} overlaps ${path}[${i}].hostnames[${n}] (${JSON.stringify(other.hostnames[n])})`, `${path}[${j}].hostnames[${k}]`);
+          }
+        }
+        // The implicit "<cog>.<domain>" and "*.<cog>.<domain>" grants of every listed cog count too.
+        if (hub.defaultGrants) {
+          const implicit = [`${other.name}.${hub.domain}`, `*.${other.name}.${hub.domain}`].find((d) => patternsOverlap(d, pattern));
+          if (implicit) {
+            throw new ConfigError(`${JSON.stringify(pattern)} overlaps the default grant ${JSON.stringify(implicit)} of ${path}[${i}] (set hub.default_grants: false to allow it)`, `${path}[${j}].hostnames[${k}]`);
+          }
+        }
+      });
+    });
+    g.tcpPorts.forEach((range, k) => {
+      for (let i = 0; i < j; i++) {
+        const n = grants[i]!.tcpPorts.findIndex((o) => rangesOverlap(o, range));
+        if (n >= 0) {
+          throw new ConfigError(`${formatPortRange(range)} overlaps ${path}[${i}].tcp_ports[${n}] (${formatPortRange(grants[i]!.tcpPorts[n]!)})`, `${path}[${j}].tcp_ports[${k}]`);
+        }
+      }
+    });
+  });
+  return grants;
+}
+
+function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
+  const m = mapping(value, path, HUB_KEYS);
+  const dataDir = directory(m.data_dir, at(path, "data_dir"), DEFAULT_HUB_DATA_DIR, baseDir);
+  const domain = hostname(m.domain, at(path, "domain"));
+  const listen = parseHubListen(m.listen, at(path, "listen"));
+  const publicPath = at(path, "public_tunnel_address");
+  const publicTunnelAddress = m.public_tunnel_address == null
+    ? formatHostPort({ host: domain, port: listen.tunnel.port })
+    : formatHostPort(parseHostPort(m.public_tunnel_address, publicPath));
+  const defaultGrants = boolean(m.default_grants, at(path, "default_grants"), DEFAULT_HUB_DEFAULT_GRANTS);
+  return {
+    dataDir,
+    domain,
+    listen,
+    publicTunnelAddress,
+    cogs: parseGrants(m.cogs, at(path, "cogs"), { domain, defaultGrants, pool: listen.tcpPorts }),
+    defaultGrants,
+    defaultTcpPortsPerCog: integer(m.default_tcp_ports_per_cog, at(path, "default_tcp_ports_per_cog"), DEFAULT_TCP_PORTS_PER_COG, 0),
+    inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
+    cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
+    limits: parseLimits(m.limits, at(path, "limits")),
+    tunnel: parseTunnelTuning(m.tunnel, at(path, "tunnel")),
+  };
+}
+
+function parseRoutes(value: unknown, path: string): CogRoute[] {
+  const routes = list(value, path).map((item, i): CogRoute => {
+    const p = `${path}[${i}]`;
+    const m = mapping(item, p, ROUTE_KEYS);
+    const name = string(m.name, `${p}.name`);
+    if (!COG_NAME_RE.test(name)) {
+      throw new ConfigError(`not a route name (a-z first, then a-z, 0-9 or "-", at most 39): ${JSON.stringify(name)}`, `${p}.name`);
+    }
+    const kind = oneOf(m.kind, `${p}.kind`, ROUTE_KINDS);
+    const route: CogRoute = {
+      name,
+      kind,
+      target: parseHostPort(m.target ?? required(`${p}.target`), `${p}.target`),
+      proxyProtocol: oneOf(m.proxy_protocol, `${p}.proxy_protocol`, PROXY_PROTOCOLS, DEFAULT_PROXY_PROTOCOL),
+    };
+    if (kind === "tcp") {
+      if (m.hostname != null) throw new ConfigError("not allowed for tcp routes (they are matched by port)", `${p}.hostname`);
+      if (m.port != null) route.port = integer(m.port, `${p}.port`, undefined, 1, 65535);
+    } else {
+      if (m.port != null) throw new ConfigError(`not allowed for ${kind} routes (only tcp routes have a port)`, `${p}.port`);
+      if (m.hostname == null) throw new ConfigError(`required for ${kind} routes`, `${p}.hostname`);
+      route.hostname = hostnamePattern(m.hostname, `${p}.hostname`);
+    }
+    return route;
+  });
+  routes.forEach((r, j) => {
+    for (let i = 0; i < j; i++) {
+      const o = routes[i]!;
+      if (o.name === r.name) throw new ConfigError(`duplicate route name ${JSON.stringify(r.name)} (also ${path}[${i}])`, `${path}[${j}].name`);
+      // tls and http routes for one name are normal (two listeners); two of the same kind are ambiguous.
+      if (r.hostname !== undefined && o.kind === r.kind && o.hostname === r.hostname) {
+        throw new ConfigError(`${r.kind} route for ${JSON.stringify(r.hostname)} already defined by ${path}[${i}]`, `${path}[${j}].hostname`);
+      }
+      if (r.port !== undefined && o.port === r.port) {
+        throw new ConfigError(`port ${r.port} already wanted by ${path}[${i}]`, `${path}[${j}].port`);
+      }
+    }
+  });
+  return routes;
+}
+
+/** Absent, null or false: no provisioner. Its keys and defaults belong to provisioner/config.ts. */
+function parseProvisioner(value: unknown, path: string, baseDir: string): ProvisionerConfig | null {
+  if (value === undefined || value === null || value === false) return null;
+  return parseProvisionerConfig(value, path, baseDir);
+}
+
+function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
+  const m = mapping(value, path, COG_KEYS);
+  const reconnectPath = at(path, "reconnect");
+  const rc = m.reconnect == null ? {} : mapping(m.reconnect, reconnectPath, RECONNECT_KEYS);
+  const minDelayMs = duration(rc.min_delay, at(reconnectPath, "min_delay"), DEFAULT_RECONNECT_MIN_DELAY_MS, 1);
+  const maxDelayMs = duration(rc.max_delay, at(reconnectPath, "max_delay"), DEFAULT_RECONNECT_MAX_DELAY_MS, 1);
+  if (minDelayMs > maxDelayMs) throw new ConfigError(`must not exceed max_delay (${fmtMs(maxDelayMs)})`, at(reconnectPath, "min_delay"));
+  return {
+    dataDir: directory(m.data_dir, at(path, "data_dir"), DEFAULT_COG_DATA_DIR, baseDir),
+    hub: m.hub == null ? null : parseHostPort(m.hub, at(path, "hub")),
+    routes: parseRoutes(m.routes, at(path, "routes")),
+    reconnect: { minDelayMs, maxDelayMs },
+    targetDialTimeoutMs: duration(m.target_dial_timeout, at(path, "target_dial_timeout"), DEFAULT_TARGET_DIAL_TIMEOUT_MS, 1),
+    tunnel: parseTunnelTuning(m.tunnel, at(path, "tunnel")),
+    provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
+  };
+}
+
+/**
+ * Listeners of one machine must not take the same port: the process would
+ * start, then fail on the second bind. Port 0 (ephemeral) never collides.
+ */
+function checkListeners(hub: HubConfig | null, cog: CogConfig | null): void {
+  const listeners: [string, HostPort][] = [];
+  if (hub?.listen.tls) listeners.push(["hub.listen.tls", hub.listen.tls]);
+  if (hub?.listen.http) listeners.push(["hub.listen.http", hub.listen.http]);
+  if (hub) listeners.push(["hub.listen.tunnel", hub.listen.tunnel]);
+  if (cog?.provisioner) listeners.push(["cog.provisioner.listen", cog.provisioner.listen]);
+  const sameHost = (a: string, b: string) => a === b || isWildcardAddress(a) || isWildcardAddress(b);
+  listeners.forEach(([path, hp], j) => {
+    if (hp.port === 0) return;
+    const clash = listeners.find(([, o], i) => i < j && o.port === hp.port && sameHost(o.host, hp.host));
+    if (clash) throw new ConfigError(`port ${hp.port} collides with ${clash[0]} (${formatHostPort(clash[1])})`, path);
+  });
+  hub?.listen.tcpPorts.forEach((r, i) => {
+    const clash = listeners.find(([, o]) => o.port >= r.from && o.port <= r.to && sameHost(o.host, hub.listen.tcpHost));
+    if (clash) {
+      throw new ConfigError(`${formatPortRange(r)} includes port ${clash[1].port} of ${clash[0]}`, `hub.listen.tcp_ports[${i}]`);
+    }
+  });
+}
+
+/** Recurses even into already-frozen objects: a shallow Object.freeze from a section parser is not enough. */
+function deepFreeze<T>(value: T, seen = new WeakSet<object>()): T {
+  if (value !== null && typeof value === "object" && !seen.has(value)) {
+    seen.add(value);
+    for (const v of Object.values(value)) deepFreeze(v, seen);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+// ---- entry points ---------------------------------------------------------
+
+/**
+ * Validates parsed YAML (`unknown`) and returns the frozen, fully-defaulted
+ * config. Relative data_dir values are resolved against `baseDir` (default: the
+ * working directory; loadConfigFile passes the file's directory).
+ * Throws ConfigError whose message starts with the key path.
+ */
+export function parseConfig(raw: unknown, opts: { baseDir?: string } = {}): CapsulConfig {
+  const baseDir = resolve(opts.baseDir ?? process.cwd());
+  if (raw === undefined || raw === null) throw new ConfigError("the configuration is empty (it needs a hub: or cog: section)");
+  const top = mapping(raw, "", TOP_KEYS);
+  // hub: / cog: left empty (null) mean "not configured", like an absent key.
+  const hub = top.hub == null ? null : parseHub(top.hub, "hub", baseDir);
+  const cog = top.cog == null ? null : parseCog(top.cog, "cog", baseDir);
+  const logMap = top.log == null ? {} : mapping(top.log, "log", LOG_KEYS);
+  const log = { level: oneOf(logMap.level, "log.level", LOG_LEVELS, DEFAULT_LOG_LEVEL) };
+  if (hub === null && cog === null) throw new ConfigError("neither hub: nor cog: is configured (at least one is required)");
+  checkListeners(hub, cog);
+  return deepFreeze({ hub, cog, log });
+}
+
+/**
+ * Reads and parses a capsul.yaml. Every error is a one-line ConfigError that
+ * starts with the file name: "FILE: hub.limts: unknown key (did you mean "limits"?)".
+ */
+export function loadConfigFile(file: string): CapsulConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied"
+      : code === "EISDIR" ? "is a directory" : (err as Error).message;
+    throw new ConfigError(`cannot read config: ${why}`, file, { cause: err });
+  }
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  const yamlError = doc.errors[0];
+  if (yamlError) {
+    // yaml's message is "<reason> at line L, column C:\n\n<excerpt>"; keep the first line only.
+    const pos = yamlError.linePos?.[0];
+    const reason = yamlError.message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "");
+    const where = pos ? ` at line ${pos.line}, column ${pos.col}` : "";
+    throw new ConfigError(`YAML syntax error${where}: ${reason}`, file, { cause: yamlError });
+  }
+  let raw: unknown;
+  try {
+    // maxAliasCount bounds "billion laughs" alias expansion.
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    throw new ConfigError(`YAML error: ${(err as Error).message}`, file, { cause: err });
+  }
+  if (raw === null || raw === undefined) throw new ConfigError("file is empty (it needs a hub: or cog: section)", file);
+  try {
+    return parseConfig(raw, { baseDir: dirname(resolve(file)) });
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(err.message, file, { cause: err });
+    throw err;
+  }
+}

@@ -1,0 +1,319 @@
+import t from "tap";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parse } from "yaml";
+import * as C from "../config/config.js";
+import { loadConfigFile, parseConfig } from "../config/config.js";
+import type { CapsulConfig } from "../config/types.js";
+import { ConfigError } from "../lib/errors.js";
+import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "..");
+const fixtures = join(here, "fixtures", "config");
+const examplePath = join(root, "capsul.yaml.example");
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir).filter((f) => f.endsWith(".yaml")).sort().map((f) => join(dir, f));
+}
+
+function errorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error("expected a ConfigError, nothing was thrown");
+}
+
+t.test("invalid fixtures fail with the exact message on their first line", async (t) => {
+  const files = yamlFiles(join(fixtures, "invalid"));
+  // At least 25 fixtures, so a broken filter or a moved directory cannot pass vacuously.
+  t.ok(files.length >= 25, `found ${files.length} invalid fixtures`);
+  for (const file of files) {
+    const firstLine = readFileSync(file, "utf8").split("\n")[0]!;
+    const expect = /^# expect: (.+)$/.exec(firstLine)?.[1];
+    t.ok(expect, `${file}: first line is "# expect: <message>"`);
+    const err = errorOf(() => loadConfigFile(file));
+    // loadConfigFile prefixes every message with the file name.
+    t.equal(err.message, `${file}: ${expect}`, file);
+    t.notMatch(err.message, /\n/, `${file}: one line`);
+  }
+});
+
+t.test("valid fixtures load", async (t) => {
+  const files = yamlFiles(join(fixtures, "valid"));
+  t.ok(files.length > 0, `found ${files.length} valid fixtures`);
+  for (const file of files) {
+    const cfg = loadConfigFile(file);
+    t.ok(cfg.hub !== null || cfg.cog !== null, file);
+    t.ok(Object.isFrozen(cfg), `${file}: frozen`);
+  }
+});
+
+t.test("file-level errors name the file", async (t) => {
+  const missing = join(fixtures, "no-such-file.yaml");
+  t.equal(errorOf(() => loadConfigFile(missing)).message, `${missing}: cannot read config: no such file`);
+  const dir = join(fixtures, "valid");
+  t.equal(errorOf(() => loadConfigFile(dir)).message, `${dir}: cannot read config: is a directory`);
+  const err = errorOf(() => loadConfigFile(join(fixtures, "invalid", "unknown-key-suggest.yaml")));
+  t.equal(err.path, join(fixtures, "invalid", "unknown-key-suggest.yaml"));
+  t.type(err.cause, ConfigError, "the original error is kept as cause");
+  t.equal((err.cause as ConfigError).path, "hub.limts");
+});
+
+t.test("parseConfig errors carry the key path", async (t) => {
+  t.equal(errorOf(() => parseConfig(null)).message, "the configuration is empty (it needs a hub: or cog: section)");
+  t.equal(errorOf(() => parseConfig("hub")).message, 'expected a mapping, got a string "hub"');
+  const err = errorOf(() => parseConfig({ hub: { domain: "hub.example.net", cogs: [{ name: "a" }, { name: "b", hostnames: [42] }] } }));
+  t.equal(err.path, "hub.cogs[1].hostnames[0]");
+  t.equal(err.message, "hub.cogs[1].hostnames[0]: expected a hostname pattern, got the number 42");
+  // Nothing above was rejected for the wrong reason: the same config with a valid pattern parses.
+  t.ok(parseConfig({ hub: { domain: "hub.example.net", cogs: [{ name: "a" }, { name: "b", hostnames: ["b.example"] }] } }));
+});
+
+t.test("overlapping grants are fine for one cog, or with default grants off", async (t) => {
+  const cfg = parseConfig({
+    hub: {
+      domain: "hub.example.net",
+      cogs: [
+        { name: "home1", hostnames: ["example.org", "*.example.org", "www.example.org"] },
+        { name: "home2", hostnames: ["example.com"] },
+      ],
+    },
+  });
+  t.same(cfg.hub!.cogs[0]!.hostnames, ["example.org", "*.example.org", "www.example.org"]);
+  const wide = { domain: "hub.example.net", cogs: [{ name: "home1" }, { name: "home2", hostnames: ["*.hub.example.net"] }] };
+  t.throws(() => parseConfig({ hub: wide }), { message: /overlaps the default grant "home1.hub.example.net"/ });
+  t.ok(parseConfig({ hub: { ...wide, default_grants: false } }));
+});
+
+t.test("capsul.yaml.example parses, has hub and cog, and documents every key", async (t) => {
+  const cfg = loadConfigFile(examplePath);
+  t.ok(cfg.hub, "hub");
+  t.ok(cfg.cog, "cog");
+  t.equal(cfg.hub!.domain, "hub.example.net");
+  t.same(cfg.hub!.cogs.map((c) => c.name), ["home1"]);
+  t.same(cfg.cog!.routes.map((r) => r.kind).sort(), ["http", "tcp", "tls"]);
+  t.ok(cfg.cog!.routes.some((r) => r.kind === "tcp" && r.proxyProtocol !== "none"), "an SSH route with PROXY protocol");
+  t.ok(cfg.cog!.provisioner, "provisioner");
+
+  const text = readFileSync(examplePath, "utf8");
+  const raw = parse(text) as Record<string, Record<string, unknown>>;
+  // Every key path the parser knows, written out here independently of config.ts.
+  const paths = [
+    "hub.data_dir", "hub.domain", "hub.listen.tls", "hub.listen.http", "hub.listen.tunnel", "hub.listen.tcp_host",
+    "hub.listen.tcp_ports", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
+    "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
+    "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
+    "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
+    "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
+    "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
+    "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
+    "cog.target_dial_timeout", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
+    "cog.tunnel.keepalive_timeout", "cog.tunnel.handshake_timeout", "cog.provisioner.listen", "log.level",
+    // cog.provisioner's keys are parsed by provisioner/config.ts; the example documents them too.
+    ...["data_dir", "accel", "sizes", "memory_overcommit_ratio", "qemu_binary", "qemu_img_binary", "genisoimage_binary",
+      "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout", "tool_timeout",
+      "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys"].map((k) => `cog.provisioner.${k}`),
+  ];
+  for (const path of paths) {
+    let node: unknown = raw;
+    for (const part of path.split(".")) node = (node as Record<string, unknown> | undefined)?.[part];
+    t.not(node, undefined, `example sets ${path}`);
+  }
+  // The first time each key appears, it is commented: on its line or the line above.
+  const lines = text.split("\n");
+  const seen = new Set<string>();
+  lines.forEach((line, i) => {
+    const key = /^\s*(?:- )?([a-z_]+):/.exec(line)?.[1];
+    if (!key || seen.has(key)) return;
+    seen.add(key);
+    t.ok(line.includes("#") || /^\s*#/.test(lines[i - 1] ?? ""), `example line ${i + 1} (${key}) has a comment`);
+  });
+  t.ok(seen.size >= 40, `example has ${seen.size} distinct keys`);
+});
+
+t.test("defaults are filled", async (t) => {
+  const cfg = parseConfig({ hub: { domain: "hub.example.net" }, cog: {} });
+  const tunnel = { maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000 };
+  const want: CapsulConfig = {
+    hub: {
+      dataDir: "/var/lib/capsul/hub",
+      domain: "hub.example.net",
+      listen: {
+        tls: { host: "0.0.0.0", port: 443 },
+        http: { host: "0.0.0.0", port: 80 },
+        tunnel: { host: "0.0.0.0", port: 7443 },
+        tcpHost: "0.0.0.0",
+        tcpPorts: [],
+      },
+      publicTunnelAddress: "hub.example.net:7443",
+      cogs: [],
+      defaultGrants: true,
+      defaultTcpPortsPerCog: 8,
+      inviteTtlMs: 86400000,
+      cogCertTtlMs: 7776000000,
+      limits: {
+        clientHelloTimeoutMs: 5000,
+        clientHelloMaxBytes: 16409,
+        httpHeaderTimeoutMs: 5000,
+        httpHeaderMaxBytes: 16384,
+        graceMs: 5000,
+        maxVisitors: 20000,
+        idleTimeoutMs: 0,
+      },
+      tunnel,
+    },
+    cog: {
+      dataDir: "/var/lib/capsul/cog",
+      hub: null,
+      routes: [],
+      reconnect: { minDelayMs: 500, maxDelayMs: 30000 },
+      targetDialTimeoutMs: 5000,
+      tunnel,
+      provisioner: null,
+    },
+    log: { level: "info" },
+  };
+  t.strictSame(cfg, want);
+
+  // The provisioner's own keys and defaults are provisioner/config.ts's; here only that {} enables it.
+  const prov = parseConfig({ cog: { provisioner: {} } }).cog!.provisioner!;
+  t.same(prov.listen, { host: "127.0.0.1", port: 7480 });
+  t.equal(prov.dataDir, "/var/lib/capsul/provisioner");
+  t.equal(parseConfig({ cog: { provisioner: false } }).cog!.provisioner, null);
+  t.equal(parseConfig({ cog: { provisioner: null } }).cog!.provisioner, null);
+  t.equal(parseConfig({ hub: { domain: "hub.example.net" } }).cog, null);
+  t.equal(parseConfig({ cog: {} }).hub, null);
+  const route = parseConfig({ cog: { routes: [{ name: "s", kind: "tcp", target: "127.0.0.1:22" }] } }).cog!.routes[0]!;
+  t.strictSame(route, { name: "s", kind: "tcp", target: { host: "127.0.0.1", port: 22 }, proxyProtocol: "none" });
+  // publicTunnelAddress follows the tunnel port when not set.
+  t.equal(parseConfig({ hub: { domain: "h.example", listen: { tunnel: ":9000" } } }).hub!.publicTunnelAddress, "h.example:9000");
+});
+
+t.test("sections left empty take defaults", async (t) => {
+  const cfg = loadConfigFile(join(fixtures, "valid", "empty-sections.yaml"));
+  const defaults = parseConfig({ hub: { domain: "hub.example.net" }, cog: {} });
+  t.strictSame(cfg, defaults);
+});
+
+t.test("the result is deeply frozen", async (t) => {
+  const cfg = loadConfigFile(examplePath);
+  const unfrozen: string[] = [];
+  const walk = (v: unknown, path: string) => {
+    if (v === null || typeof v !== "object") return;
+    if (!Object.isFrozen(v)) unfrozen.push(path);
+    for (const [k, child] of Object.entries(v)) walk(child, `${path}.${k}`);
+  };
+  walk(cfg, "config");
+  t.same(unfrozen, []);
+  t.throws(() => { (cfg.hub!.limits as { graceMs: number }).graceMs = 1; }, TypeError);
+  t.throws(() => { (cfg.cog!.routes as unknown[]).push({}); }, TypeError);
+});
+
+t.test("durations, sizes, addresses and names are parsed and normalized", async (t) => {
+  const cfg = loadConfigFile(join(fixtures, "valid", "numbers-and-ipv6.yaml"));
+  const hub = cfg.hub!;
+  const cog = cfg.cog!;
+  t.equal(hub.domain, "xn--bcher-kva.example");
+  t.same(hub.listen.tls, { host: "::", port: 8443 });
+  t.same(hub.listen.http, { host: "::1", port: 8080 });
+  t.equal(hub.listen.tcpHost, "::");
+  t.same(hub.listen.tcpPorts, [{ from: 30000, to: 30000 }, { from: 30001, to: 30010 }, { from: 2222, to: 2222 }]);
+  t.equal(hub.publicTunnelAddress, "[2001:db8::1]:7000");
+  t.same(hub.cogs[1]!.tcpPorts, [{ from: 2222, to: 2222 }, { from: 30003, to: 30010 }]);
+  t.equal(hub.inviteTtlMs, 2 * 3600_000);
+  t.equal(hub.cogCertTtlMs, 1.5 * 86400_000);
+  t.same(hub.limits, {
+    clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
+    graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000,
+  });
+  t.same(hub.tunnel, { maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000 });
+  t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
+  t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
+  t.equal(cog.routes[0]!.proxyProtocol, "v1");
+  t.same(cog.routes[1]!.target, { host: "localhost", port: 80 });
+  t.equal(cog.routes[2]!.port, undefined, "tcp port left to the hub");
+  t.same(cog.reconnect, { minDelayMs: 30000, maxDelayMs: 30000 });
+  t.equal(cog.targetDialTimeoutMs, 750);
+  t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
+  t.equal(cfg.log.level, "debug");
+});
+
+t.test("listeners can be turned off; relative data_dir is resolved against the file", async (t) => {
+  const file = join(fixtures, "valid", "listeners-off.yaml");
+  const cfg = loadConfigFile(file);
+  t.equal(cfg.hub!.domain, "hub.example.net");
+  t.equal(cfg.hub!.listen.tls, null);
+  t.equal(cfg.hub!.listen.http, null);
+  t.same(cfg.hub!.listen.tunnel, { host: "127.0.0.1", port: 0 });
+  t.equal(cfg.hub!.dataDir, join(fixtures, "valid", "state", "hub"));
+  t.equal(cfg.cog!.dataDir, join(fixtures, "valid", "state", "cog"));
+  t.same(cfg.cog!.provisioner!.listen, { host: "127.0.0.1", port: 0 }, "port 0 never collides");
+  t.equal(parseConfig({ hub: { domain: "h.example", listen: { tls: false } } }).hub!.listen.tls, null);
+
+  const dir = mkdtempSync(join(tmpdir(), "capsul-config-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  t.equal(parseConfig({ cog: { data_dir: "d" } }, { baseDir: dir }).cog!.dataDir, join(dir, "d"));
+  t.equal(parseConfig({ cog: { data_dir: "/abs" } }, { baseDir: dir }).cog!.dataDir, "/abs");
+  t.equal(parseConfig({ cog: { data_dir: "d" } }).cog!.dataDir, resolve("d"), "default base: the working directory");
+});
+
+t.test("every default constant matches the doc comment in config/types.ts", async (t) => {
+  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
+  /** The doc comment just before `field:` (first one after `interface NAME {`). */
+  const docOf = (iface: string, field: string): string => {
+    const start = types.indexOf(`interface ${iface} {`);
+    t.ok(start >= 0, `interface ${iface} exists`);
+    const m = new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start));
+    return m?.[1] ?? "";
+  };
+  const same = (s: string) => s;
+  const dur = (s: string) => parseDurationMs(s);
+  const bytes = (s: string) => parseSizeBytes(s);
+  const int = (s: string) => Number(s);
+  const bool = (s: string) => s === "true";
+  // [constant, interface, field, text after "default " in the doc comment, how to read that text]
+  const table: [keyof typeof C, string, string, string, (s: string) => unknown][] = [
+    ["DEFAULT_HUB_DATA_DIR", "HubConfig", "dataDir", "/var/lib/capsul/hub", same],
+    ["DEFAULT_HUB_TLS_LISTEN", "HubConfig", "tls", "0.0.0.0:443", same],
+    ["DEFAULT_HUB_HTTP_LISTEN", "HubConfig", "http", "0.0.0.0:80", same],
+    ["DEFAULT_HUB_TUNNEL_LISTEN", "HubConfig", "tunnel", "0.0.0.0:7443", same],
+    ["DEFAULT_HUB_TCP_HOST", "HubConfig", "tcpHost", "0.0.0.0", same],
+    ["DEFAULT_HUB_DEFAULT_GRANTS", "HubConfig", "defaultGrants", "true", bool],
+    ["DEFAULT_TCP_PORTS_PER_COG", "HubConfig", "defaultTcpPortsPerCog", "8", int],
+    ["DEFAULT_INVITE_TTL_MS", "HubConfig", "inviteTtlMs", "24h", dur],
+    ["DEFAULT_COG_CERT_TTL_MS", "HubConfig", "cogCertTtlMs", "90d", dur],
+    ["DEFAULT_CLIENT_HELLO_TIMEOUT_MS", "HubLimits", "clientHelloTimeoutMs", "5s", dur],
+    ["DEFAULT_CLIENT_HELLO_MAX_BYTES", "HubLimits", "clientHelloMaxBytes", "16KiB + 5*5 headers = 16409",
+      (s) => parseSizeBytes(s.split(" ")[0]) + 5 * 5 === Number(s.split("= ")[1]) ? Number(s.split("= ")[1]) : NaN],
+    ["DEFAULT_HTTP_HEADER_TIMEOUT_MS", "HubLimits", "httpHeaderTimeoutMs", "5s", dur],
+    ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
+    ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
+    ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
+    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "0", int],
+    ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
+    ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
+    ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
+    ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "TunnelTuning", "handshakeTimeoutMs", "10s", dur],
+    ["DEFAULT_COG_DATA_DIR", "CogConfig", "dataDir", "/var/lib/capsul/cog", same],
+    ["DEFAULT_PROXY_PROTOCOL", "CogRoute", "proxyProtocol", "none", same],
+    ["DEFAULT_RECONNECT_MIN_DELAY_MS", "CogConfig", "minDelayMs", "500ms", dur],
+    ["DEFAULT_RECONNECT_MAX_DELAY_MS", "CogConfig", "maxDelayMs", "30s", dur],
+    ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
+    ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
+  ];
+  for (const [name, iface, field, text, read] of table) {
+    const doc = docOf(iface, field);
+    t.ok(doc.includes(`default ${text}`), `${iface}.${field} doc says "default ${text}": ${doc.trim()}`);
+    t.equal(C[name], read(text), `${name} = ${text}`);
+  }
+  // Each exported default is in the table, so a new one cannot skip this check.
+  const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
+  t.same(exported, table.map(([name]) => name).sort());
+  t.ok(exported.length > 0);
+});
