@@ -106,7 +106,8 @@ export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): 
       `curl --resolve ${web}:${tlsPort}:127.0.0.1 --cacert ${caFile} https://${web}:${tlsPort}/`,
       `curl --resolve ${blog}:${httpPort}:127.0.0.1 http://${blog}:${httpPort}/`,
     ];
-    if (echoPort) commands.push(`nc 127.0.0.1 ${echoPort}`);
+    // curl's telnet:// speaks raw TCP, so no netcat is needed: type a line, Ctrl-C to quit.
+    if (echoPort) commands.push(`curl telnet://127.0.0.1:${echoPort}`);
     return { dir, hub, cog, backends, hosts: { web, blog }, caFile, commands, close };
   } catch (err) {
     await close();

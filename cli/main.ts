@@ -23,7 +23,8 @@ registerDemoCommand(program);
 registerHubCommands(program);
 registerCogCommands(program);
 try {
-  const vm = await import("./vm.js").catch(() => null);
+  const vmModule = "./vm.js"; // optional until the provisioner lands
+  const vm = (await import(vmModule).catch(() => null)) as { registerVmCommands?: (p: Command) => void } | null;
   if (vm && typeof vm.registerVmCommands === "function") vm.registerVmCommands(program);
 } catch {
   // the VM commands are optional until the provisioner lands

@@ -117,8 +117,11 @@ export class Tunnels extends EventEmitter {
     session.once("stream", (control: MuxStream) => {
       clearTimeout(timer);
       this.onControl(sock, session, control, remote).catch((err: Error) => {
-        const level = err instanceof ProtocolError ? "warn" : "error";
-        this.log[level]("tunnel control failed", { remote, error: err.message });
+        // A tunnel that simply went away ends its control stream with an error too; that is not news.
+        if (!session.closed && !this.closing) {
+          const level = err instanceof ProtocolError ? "warn" : "error";
+          this.log[level]("tunnel control failed", { remote, error: err.message });
+        }
         session.destroy();
       });
     });

@@ -1,0 +1,102 @@
+/**
+ * The socket-level peek every public listener runs before routing: read until a
+ * pure parser (ClientHello, HTTP head) has an answer, under one deadline and one
+ * byte cap, then hand the socket back PAUSED together with every byte read so far.
+ *
+ * Invariant: bytes are never lost. The caller writes `bytes` downstream first and
+ * only then resumes/pipes the socket. We pause inside the 'data' handler that
+ * completes the peek, so no later chunk can be emitted to nobody; a FIN that
+ * arrived meanwhile stays queued ('end' is only emitted once the caller reads).
+ */
+import type { Socket } from "node:net";
+
+/** Default deadline for the whole peek (DESIGN.md: "under a deadline (default 5 s)"). */
+export const PEEK_TIMEOUT_MS = 5_000;
+/** Default byte cap when the caller gives none: the ClientHello cap (16 KiB + 8 record headers). */
+export const PEEK_MAX_BYTES = 16 * 1024 + 5 * 8;
+
+/** What a peek parser may answer; parseClientHello and parseHttpHead both fit. */
+export type PeekParseResult = { type: "need-more" } | { type: "invalid"; reason: string } | { type: "ok" };
+
+export type PeekOutcome<T> =
+  | { kind: "ok"; value: T; bytes: Buffer }
+  | { kind: "invalid"; reason: string; bytes: Buffer }
+  | { kind: "timeout"; bytes: Buffer }
+  | { kind: "too-large"; bytes: Buffer }
+  | { kind: "closed"; bytes: Buffer };
+
+export interface PeekOptions {
+  /** Deadline for the whole peek, in milliseconds. Default PEEK_TIMEOUT_MS. */
+  timeoutMs?: number;
+  /** Give up with `too-large` once this many bytes are buffered without an answer. Default PEEK_MAX_BYTES. */
+  maxBytes?: number;
+}
+
+/**
+ * Reads from `socket` until `parse` answers ok or invalid, the deadline passes, the
+ * byte cap is reached, or the peer closes. Never throws and never destroys the
+ * socket: every failure is an outcome, and the caller decides whether to answer
+ * (alert, 400 page) before closing.
+ */
+export function peek<R extends PeekParseResult>(
+  socket: Socket,
+  parse: (buf: Buffer) => R,
+  opts: PeekOptions = {},
+): Promise<PeekOutcome<Extract<R, { type: "ok" }>>> {
+  const timeoutMs = opts.timeoutMs ?? PEEK_TIMEOUT_MS;
+  const maxBytes = opts.maxBytes ?? PEEK_MAX_BYTES;
+  type Outcome = PeekOutcome<Extract<R, { type: "ok" }>>;
+
+  return new Promise<Outcome>((resolve) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let done = false;
+
+    const finish = (outcome: Outcome): void => {
+      if (done) return;
+      done = true;
+      socket.pause();
+      clearTimeout(timer);
+      socket.off("data", onData);
+      socket.off("end", onClosed);
+      socket.off("close", onClosed);
+      socket.off("error", onError);
+      resolve(outcome);
+    };
+
+    const onData = (chunk: Buffer | string): void => {
+      if (done) return;
+      const bytes = typeof chunk === "string" ? Buffer.from(chunk, "latin1") : chunk;
+      buf = buf.length === 0 ? bytes : Buffer.concat([buf, bytes], buf.length + bytes.length);
+      let result: PeekParseResult;
+      try {
+        result = parse(buf);
+      } catch (err) {
+        // Parsers are meant to be total; if one is not, that is one bad visitor, not a crash.
+        finish({ kind: "invalid", reason: `parser threw: ${(err as Error)?.message ?? String(err)}`, bytes: buf });
+        return;
+      }
+      if (result.type === "ok") finish({ kind: "ok", value: result as Extract<R, { type: "ok" }>, bytes: buf });
+      else if (result.type === "invalid") finish({ kind: "invalid", reason: result.reason, bytes: buf });
+      else if (buf.length >= maxBytes) finish({ kind: "too-large", bytes: buf });
+    };
+    const onClosed = (): void => finish({ kind: "closed", bytes: buf });
+    // Attaching an 'error' listener for the duration also keeps an ECONNRESET
+    // during the peek from becoming an uncaught exception.
+    const onError = (): void => finish({ kind: "closed", bytes: buf });
+
+    // One timer per connection, cleared in finish().
+    const timer = setTimeout(() => finish({ kind: "timeout", bytes: buf }), timeoutMs);
+
+    if (socket.destroyed || socket.readableEnded) {
+      finish({ kind: "closed", bytes: buf });
+      return;
+    }
+    socket.on("end", onClosed);
+    socket.on("close", onClosed);
+    socket.on("error", onError);
+    // Adding a 'data' listener switches the stream to flowing mode and first
+    // delivers anything already buffered in it.
+    socket.on("data", onData);
+    socket.resume();
+  });
+}
