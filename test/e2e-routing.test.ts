@@ -1,0 +1,162 @@
+/**
+ * End to end through a real hub and real cogs on loopback, with real curl as
+ * the visitor: two hostnames on two cogs through one hub port (SNI), plain
+ * HTTP by Host, raw TCP by port with PROXY v1/v2, half-close, refusals.
+ */
+import t from "tap";
+import { execFile } from "node:child_process";
+import net from "node:net";
+import { promisify } from "node:util";
+import {
+  cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, listen, closeServer, startTestHub, tlsBackend, tmpDir,
+} from "./helpers/cluster.js";
+import { parseProxyHeader } from "../protocol/proxyproto.js";
+
+const execFileP = promisify(execFile);
+
+async function curl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileP("curl", ["-sS", "--max-time", "20", ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : -1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+/** A TCP backend that reads a PROXY header, answers "src=ADDR:PORT" and then echoes until the visitor ends. */
+async function proxyEchoBackend(): Promise<{ port: number; close(): Promise<void> }> {
+  const server = net.createServer({ allowHalfOpen: true }, (sock) => {
+    sock.on("error", () => {});
+    let buf = Buffer.alloc(0);
+    const onData = (chunk: Buffer): void => {
+      buf = Buffer.concat([buf, chunk]);
+      const r = parseProxyHeader(buf);
+      if (r.type === "need-more") return;
+      sock.off("data", onData);
+      if (r.type !== "ok") { sock.end(`invalid ${r.reason}\n`); return; }
+      sock.write(`v${r.version} src=${r.src?.address}:${r.src?.port} dst=${r.dst?.address}:${r.dst?.port}\n`);
+      const rest = buf.subarray(r.headerLength);
+      if (rest.length) sock.write(rest);
+      sock.pipe(sock);
+    };
+    sock.on("data", onData);
+  });
+  const port = await listen(server);
+  return { port, close: () => closeServer(server) };
+}
+
+/** Connects, sends `payload`, half-closes, and collects everything until the server closes. */
+function tcpExchange(port: number, payload: string): Promise<{ text: string; localPort: number }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const s = net.connect({ port, host: "127.0.0.1", allowHalfOpen: true }, () => {
+      s.write(payload);
+      s.end();
+    });
+    let localPort = 0;
+    s.on("connect", () => { localPort = s.localPort ?? 0; });
+    s.on("data", (c: Buffer) => chunks.push(c));
+    s.on("error", reject);
+    s.on("close", () => resolve({ text: Buffer.concat(chunks).toString(), localPort }));
+  });
+}
+
+t.test("two cogs, one hub: SNI, Host and TCP routing with PROXY headers", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir, { listen: { tcp_ports: ["21000-21049"] } });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+
+  const aliceHost = `www.alice.${HUB_DOMAIN}`;
+  const bobHost = `www.bob.${HUB_DOMAIN}`;
+  const aTls = await tlsBackend(dir, aliceHost, "alice-tls");
+  const bTls = await tlsBackend(dir, bobHost, "bob-tls");
+  const aHttp = await httpBackend("alice-http");
+  const echo1 = await proxyEchoBackend();
+  const echo2 = await proxyEchoBackend();
+  t.teardown(async () => { for (const b of [aTls, bTls, aHttp, echo1, echo2]) await b.close(); });
+
+  const alice = await enrolledCog(hubCfg, hub, cogConfig(dir, "alice", hub.ports.tunnel, [
+    { name: "site", kind: "tls", hostname: aliceHost, target: `127.0.0.1:${aTls.port}` },
+    { name: "site-http", kind: "http", hostname: aliceHost, target: `127.0.0.1:${aHttp.port}` },
+    { name: "ssh1", kind: "tcp", target: `127.0.0.1:${echo1.port}`, proxy_protocol: "v1" },
+    { name: "ssh2", kind: "tcp", target: `127.0.0.1:${echo2.port}`, proxy_protocol: "v2" },
+  ]), "alice");
+  t.teardown(() => alice.close());
+  const bob = await enrolledCog(hubCfg, hub, cogConfig(dir, "bob", hub.ports.tunnel, [
+    { name: "site", kind: "tls", hostname: bobHost, target: `127.0.0.1:${bTls.port}` },
+    // Not bob's to take: refused with a reason, alice keeps it.
+    { name: "steal", kind: "tls", hostname: `evil.alice.${HUB_DOMAIN}`, target: `127.0.0.1:${bTls.port}` },
+  ]), "bob");
+  t.teardown(() => bob.close());
+
+  const tlsPort = hub.ports.tls!;
+  const httpPort = hub.ports.http!;
+
+  await t.test("each hostname reaches its own cog's TLS backend through one hub port", async (t) => {
+    const a = await curl(["--resolve", `${aliceHost}:${tlsPort}:127.0.0.1`, "--cacert", aTls.caFile, `https://${aliceHost}:${tlsPort}/`]);
+    t.equal(a.code, 0, a.stderr);
+    t.equal(a.stdout, `alice-tls ${aliceHost}:${tlsPort}\n`);
+    const b = await curl(["--resolve", `${bobHost}:${tlsPort}:127.0.0.1`, "--cacert", bTls.caFile, `https://${bobHost}:${tlsPort}/`]);
+    t.equal(b.code, 0, b.stderr);
+    t.equal(b.stdout, `bob-tls ${bobHost}:${tlsPort}\n`);
+  });
+
+  await t.test("plain HTTP is routed by Host header", async (t) => {
+    const r = await curl(["--resolve", `${aliceHost}:${httpPort}:127.0.0.1`, `http://${aliceHost}:${httpPort}/path?q=1`]);
+    t.equal(r.code, 0, r.stderr);
+    t.equal(r.stdout, `alice-http ${aliceHost}:${httpPort} /path?q=1\n`);
+  });
+
+  await t.test("ownership: a cog cannot announce another cog's hostname", async (t) => {
+    const st = bob.client.status("steal");
+    t.equal(st.state, "refused");
+    t.match(st.state === "refused" ? st.reason : "", /not granted to cog bob/);
+    t.equal(hub.router.lookupHost("tls", `evil.alice.${HUB_DOMAIN}`), undefined);
+  });
+
+  await t.test("raw TCP by port with PROXY v1 and v2 carrying the visitor's address; half-close kept", async (t) => {
+    for (const [route, version] of [["ssh1", 1], ["ssh2", 2]] as const) {
+      const st = alice.client.status(route);
+      t.equal(st.state, "accepted", route);
+      const port = st.state === "accepted" ? st.port! : 0;
+      t.ok(port >= 21000 && port <= 21049, `${route} got a hub port from the pool (${port})`);
+      // The visitor sends, then half-closes, and still reads the whole echo.
+      const { text, localPort } = await tcpExchange(port, "ping through the tunnel\n");
+      t.equal(text, `v${version} src=127.0.0.1:${localPort} dst=127.0.0.1:${port}\nping through the tunnel\n`, route);
+    }
+  });
+
+  await t.test("no route: TLS alert, HTTP 404", async (t) => {
+    const unknown = `nope.${HUB_DOMAIN}`;
+    const r = await curl(["--resolve", `${unknown}:${tlsPort}:127.0.0.1`, "-k", `https://${unknown}:${tlsPort}/`]);
+    t.not(r.code, 0);
+    t.match(r.stderr, /unrecognized name/i);
+    const h = await curl(["-o", "/dev/null", "-w", "%{http_code}", "--resolve", `${unknown}:${httpPort}:127.0.0.1`, `http://${unknown}:${httpPort}/`]);
+    t.equal(h.stdout, "404");
+  });
+});
+
+t.test("a hostname granted to two cogs goes to the first; the second is refused", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir);
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const shared = "shop.example.org";
+  const back = await httpBackend("first");
+  t.teardown(() => back.close());
+  const one = await enrolledCog(hubCfg, hub, cogConfig(dir, "one", hub.ports.tunnel, [
+    { name: "shop", kind: "http", hostname: shared, target: `127.0.0.1:${back.port}` },
+  ]), "one", { hostnames: [shared] });
+  t.teardown(() => one.close());
+  const two = await enrolledCog(hubCfg, hub, cogConfig(dir, "two", hub.ports.tunnel, [
+    { name: "shop", kind: "http", hostname: shared, target: `127.0.0.1:${back.port}` },
+  ]), "two", { hostnames: [shared] });
+  t.teardown(() => two.close());
+  t.same(one.client.status("shop"), { state: "accepted", port: undefined });
+  const st = two.client.status("shop");
+  t.equal(st.state, "refused");
+  t.match(st.state === "refused" ? st.reason : "", /held by cog one/);
+  t.equal(hub.router.lookupHost("http", shared)?.cog, "one");
+});
