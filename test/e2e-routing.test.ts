@@ -160,3 +160,52 @@ t.test("a hostname granted to two cogs goes to the first; the second is refused"
   t.match(st.state === "refused" ? st.reason : "", /held by cog one/);
   t.equal(hub.router.lookupHost("http", shared)?.cog, "one");
 });
+
+t.test("a visitor arriving while its cog reconnects is held for the grace period, then served", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir, { limits: { grace: "30s" } });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const host = `app.gina.${HUB_DOMAIN}`;
+  const back = await httpBackend("gina");
+  t.teardown(() => back.close());
+  const cog = await enrolledCog(hubCfg, hub, cogConfig(dir, "gina", hub.ports.tunnel, [
+    { name: "app", kind: "http", hostname: host, target: `127.0.0.1:${back.port}` },
+  ]), "gina");
+  t.teardown(() => cog.close());
+  const reconnected = new Promise<void>((resolve) => cog.client.once("connected", () => resolve()));
+  // Cut the tunnel from the hub's side, as a network drop would.
+  hub.tunnels.links.get("gina")!.session!.destroy();
+  t.equal(hub.tunnels.links.get("gina")?.session, null, "the cog is away, its routes held");
+  const r = await curl(["--resolve", `${host}:${hub.ports.http}:127.0.0.1`, `http://${host}:${hub.ports.http}/held`]);
+  await reconnected;
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, `gina ${host}:${hub.ports.http} /held\n`);
+});
+
+t.test("tcp ports: a cog cannot take a port granted to another cog", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir, {
+    listen: { tcp_ports: ["21100-21119"] },
+    cogs: [{ name: "owner", tcp_ports: ["21100-21104"] }, { name: "other", tcp_ports: ["21105-21109"] }],
+  });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const echo = await proxyEchoBackend();
+  t.teardown(() => echo.close());
+  const owner = await enrolledCog(hubCfg, hub, cogConfig(dir, "owner", hub.ports.tunnel, [
+    { name: "ssh", kind: "tcp", target: `127.0.0.1:${echo.port}`, proxy_protocol: "v1" },
+  ]), "owner");
+  t.teardown(() => owner.close());
+  const other = await enrolledCog(hubCfg, hub, cogConfig(dir, "other", hub.ports.tunnel, [
+    { name: "grab", kind: "tcp", port: 21100, target: `127.0.0.1:${echo.port}` },
+    { name: "mine", kind: "tcp", port: 21107, target: `127.0.0.1:${echo.port}` },
+  ]), "other");
+  t.teardown(() => other.close());
+  t.same(owner.client.status("ssh"), { state: "accepted", port: 21100 }, "first port of the owner's own grant");
+  const grab = other.client.status("grab");
+  t.equal(grab.state, "refused");
+  t.match(grab.state === "refused" ? grab.reason : "", /hub port 21100 is not granted to cog other/);
+  t.same(other.client.status("mine"), { state: "accepted", port: 21107 });
+  t.equal(hub.router.lookupPort(21100)?.cog, "owner");
+});
