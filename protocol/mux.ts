@@ -1,0 +1,782 @@
+/**
+ * The yamux v0 session: many `MuxStream`s (Node Duplex) over one connection.
+ * Wire format: frame.ts and hashicorp/yamux spec.md; what we implement: PROTOCOL.md.
+ *
+ * Hot path (per data chunk): `pump()` on send, `onConnData()` -> `onPayload()` on
+ * receive, `creditConsumed()` from `_read()`. No closures, logging or awaits there;
+ * frames produced in one tick are written with one cork()/uncork() batch.
+ */
+import { EventEmitter } from "node:events";
+import { Duplex } from "node:stream";
+import { ProtocolError } from "../lib/errors.js";
+import {
+  FRAME_HEADER_BYTES,
+  Flag,
+  FrameDecoder,
+  FrameType,
+  GoAwayCode,
+  encodeHeader,
+  type FrameHeader,
+  type FrameTypeValue,
+} from "./frame.js";
+
+/** Enough for 50 ms RTT at ~160 MB/s (frp uses 6 MiB). Also the per-stream receive memory bound. */
+export const MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+/** spec.md §Flow Control: every stream starts with a 256 KiB window, both directions. */
+export const MUX_INITIAL_WINDOW_BYTES = 256 * 1024;
+export const MUX_DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
+export const MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
+/** Peer-opened streams queued while nobody listens for "stream"; further SYNs get RST. */
+export const MUX_DEFAULT_ACCEPT_BACKLOG = 1024;
+/** Largest Data payload we send in one frame: keeps streams interleaved fairly (4 TLS records). */
+export const MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES = 64 * 1024;
+/** Bytes queued in one tick before we hand them to the connection early (and learn its backpressure). */
+export const MUX_DEFAULT_WRITE_BATCH_MAX_BYTES = 256 * 1024;
+/** After close()/GoAway-on-error ends the connection, destroy it if the peer has not closed within this. */
+export const MUX_DEFAULT_CLOSE_LINGER_MS = 5_000;
+/** Payloads up to this size are copied next to their header instead of written as their own buffer. */
+export const MUX_COPY_PAYLOAD_MAX_BYTES = 2 * 1024;
+/** Size of the scratch arena headers and small payloads are packed into. */
+export const MUX_ARENA_BYTES = 64 * 1024;
+/** spec.md §Length Field: windows are u32. */
+export const MUX_MAX_WINDOW_BYTES = 0xffff_ffff;
+
+export interface MuxOptions {
+  /** client uses odd stream ids, server even (spec.md §StreamID Field). */
+  role: "client" | "server";
+  maxStreamWindowBytes?: number;
+  /** 0 disables our pings (we still answer the peer's). */
+  keepaliveIntervalMs?: number;
+  /** Ping outstanding and nothing at all received for this long -> destroyed with "keepalive timeout". */
+  keepaliveTimeoutMs?: number;
+  acceptBacklog?: number;
+  maxFramePayloadBytes?: number;
+  writeBatchMaxBytes?: number;
+  closeLingerMs?: number;
+}
+
+type WriteCb = (err?: Error | null) => void;
+
+interface PendingPing {
+  resolve: (rttMs: number) => void;
+  reject: (err: Error) => void;
+  t0: number;
+  timer: NodeJS.Timeout;
+}
+
+function errWithCode(message: string, code: string, cause?: unknown): Error {
+  const e = new Error(message, cause === undefined ? undefined : { cause }) as Error & { code: string };
+  e.code = code;
+  return e;
+}
+
+function checkInt(name: string, v: number, min: number, max: number): number {
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new RangeError(`MuxOptions.${name} must be an integer in [${min}, ${max}], got ${v}`);
+  }
+  return v;
+}
+
+export class MuxSession extends EventEmitter {
+  readonly role: "client" | "server";
+  readonly maxStreamWindowBytes: number;
+  readonly keepaliveIntervalMs: number;
+  readonly keepaliveTimeoutMs: number;
+  readonly acceptBacklog: number;
+  readonly maxFramePayloadBytes: number;
+  readonly writeBatchMaxBytes: number;
+  readonly closeLingerMs: number;
+
+  private readonly conn: Duplex;
+  private readonly streams = new Map<number, MuxStream>();
+  private readonly decoder = new FrameDecoder();
+  private nextId: number;
+  private readonly ourParity: number;
+  /** Credit is returned once this much has been consumed (hashicorp: half the max window). */
+  private readonly creditThreshold: number;
+
+  // ---- write side
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private arena = Buffer.allocUnsafe(MUX_ARENA_BYTES);
+  private arenaStart = 0;
+  private arenaPos = 0;
+  private flushScheduled = false;
+  private connBlocked = false;
+  private waitingConn: MuxStream[] = [];
+
+  // ---- receive side: the Data frame whose payload is arriving
+  private rxStream: MuxStream | null = null;
+  private rxFin = false;
+  private rxChunks = 0;
+
+  // ---- lifecycle
+  private _closed = false;
+  private closing = false;
+  private localGoAway = false;
+  private remoteGoAway = false;
+  private remoteGoAwayCode = -1;
+  private readonly acceptQueue: MuxStream[] = [];
+  private lingerTimer: NodeJS.Timeout | null = null;
+
+  // ---- ping / keepalive
+  private nextPingId = 1;
+  private readonly pings = new Map<number, PendingPing>();
+  private kaTimer: NodeJS.Timeout | null = null;
+  private kaDeadline: NodeJS.Timeout | null = null;
+  private kaId = 0; // 0: no keepalive ping outstanding
+  private kaRxMark = 0;
+
+  private readonly flushBound = (): void => {
+    this.flushScheduled = false;
+    this.flush();
+  };
+
+  constructor(conn: Duplex, opts: MuxOptions) {
+    super();
+    if (opts.role !== "client" && opts.role !== "server") {
+      throw new RangeError(`MuxOptions.role must be "client" or "server", got ${String(opts.role)}`);
+    }
+    this.role = opts.role;
+    this.maxStreamWindowBytes = checkInt(
+      "maxStreamWindowBytes", opts.maxStreamWindowBytes ?? MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES,
+      MUX_INITIAL_WINDOW_BYTES, MUX_MAX_WINDOW_BYTES,
+    );
+    this.keepaliveIntervalMs = checkInt(
+      "keepaliveIntervalMs", opts.keepaliveIntervalMs ?? MUX_DEFAULT_KEEPALIVE_INTERVAL_MS, 0, 2 ** 31 - 1,
+    );
+    this.keepaliveTimeoutMs = checkInt(
+      "keepaliveTimeoutMs", opts.keepaliveTimeoutMs ?? MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS, 1, 2 ** 31 - 1,
+    );
+    this.acceptBacklog = checkInt("acceptBacklog", opts.acceptBacklog ?? MUX_DEFAULT_ACCEPT_BACKLOG, 0, 2 ** 31 - 1);
+    this.maxFramePayloadBytes = checkInt(
+      "maxFramePayloadBytes", opts.maxFramePayloadBytes ?? MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES, 1, MUX_MAX_WINDOW_BYTES,
+    );
+    this.writeBatchMaxBytes = checkInt(
+      "writeBatchMaxBytes", opts.writeBatchMaxBytes ?? MUX_DEFAULT_WRITE_BATCH_MAX_BYTES, 1, 2 ** 31 - 1,
+    );
+    this.closeLingerMs = checkInt("closeLingerMs", opts.closeLingerMs ?? MUX_DEFAULT_CLOSE_LINGER_MS, 0, 2 ** 31 - 1);
+    this.creditThreshold = Math.floor(this.maxStreamWindowBytes / 2);
+    this.ourParity = this.role === "client" ? 1 : 0;
+    this.nextId = this.role === "client" ? 1 : 2;
+
+    this.conn = conn;
+    conn.on("data", this.onConnData);
+    conn.on("drain", this.onConnDrain);
+    conn.on("error", this.onConnError);
+    conn.on("end", this.onConnEnd);
+    conn.on("close", this.onConnClose);
+    this.on("newListener", this.onNewListener);
+
+    if (this.keepaliveIntervalMs > 0) {
+      this.kaTimer = setInterval(this.onKeepaliveTick, this.keepaliveIntervalMs);
+      this.kaTimer.unref();
+    }
+  }
+
+  /** Live streams: ids are freed when both directions are finished or on RST. */
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  get closed(): boolean {
+    return this._closed;
+  }
+
+  /** Opens a stream; its SYN (a Window Update advertising our full window) goes out this tick. */
+  open(): MuxStream {
+    if (this._closed) throw errWithCode("mux: session is closed; cannot open a stream", "ERR_MUX_CLOSED");
+    if (this.closing) throw errWithCode("mux: session is closing; cannot open a stream", "ERR_MUX_CLOSED");
+    if (this.remoteGoAway) {
+      throw errWithCode(
+        `mux: the peer sent GoAway (code ${this.remoteGoAwayCode}) and accepts no new streams; open a new session`,
+        "ERR_MUX_GOAWAY",
+      );
+    }
+    const id = this.nextId;
+    if (id > MUX_MAX_WINDOW_BYTES) throw errWithCode("mux: stream ids exhausted; open a new session", "ERR_MUX_IDS_EXHAUSTED");
+    this.nextId = id + 2;
+    const s = new MuxStream(this, id);
+    this.streams.set(id, s);
+    // spec.md §Flow Control: "can immediately send a window update as part of the SYN/ACK
+    // indicating a larger window" -> the peer may send maxStreamWindowBytes at once.
+    s.recvWindow = this.maxStreamWindowBytes;
+    this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
+    this.scheduleFlush();
+    return s;
+  }
+
+  /** Round trip of one Ping frame, in ms. Rejects if no answer within keepaliveTimeoutMs or on close. */
+  ping(): Promise<number> {
+    if (this._closed) return Promise.reject(errWithCode("mux: session is closed", "ERR_MUX_CLOSED"));
+    return new Promise<number>((resolve, reject) => {
+      const id = this.takePingId();
+      const timer = setTimeout(() => {
+        this.pings.delete(id);
+        reject(errWithCode("mux: ping timeout", "ETIMEDOUT"));
+      }, this.keepaliveTimeoutMs);
+      timer.unref();
+      this.pings.set(id, { resolve, reject, t0: performance.now(), timer });
+      this.sendControl(FrameType.Ping, Flag.SYN, 0, id);
+    });
+  }
+
+  /** Tells the peer we accept no new streams (their SYNs get RST from now on). Existing streams keep working. */
+  goAway(): void {
+    if (this._closed || this.localGoAway) return;
+    this.localGoAway = true;
+    this.sendControl(FrameType.GoAway, 0, 0, GoAwayCode.Normal);
+  }
+
+  /** GoAway, then end the connection once every stream has finished both ways. */
+  close(): void {
+    if (this._closed || this.closing) return;
+    this.goAway();
+    this.closing = true;
+    // Peer-opened streams nobody took will never finish: refuse them.
+    for (const s of this.acceptQueue.splice(0)) s.destroy();
+    if (this.streams.size === 0) this.finishClose();
+  }
+
+  /** Tears everything down now: every live stream is destroyed with an error, the connection destroyed. */
+  destroy(err?: Error): void {
+    if (this._closed) return;
+    this._closed = true;
+    this.stopTimers();
+    const streamErr = errWithCode(
+      err ? `mux session closed: ${err.message}` : "mux session closed",
+      "ERR_MUX_SESSION_CLOSED",
+      err,
+    );
+    const live = [...this.streams.values()];
+    this.streams.clear();
+    const queued = new Set(this.acceptQueue.splice(0));
+    for (const s of live) {
+      s.freed = true;
+      s.destroy(queued.has(s) ? undefined : streamErr);
+    }
+    this.failPings(streamErr);
+    this.out = [];
+    this.outBytes = 0;
+    this.waitingConn = [];
+    if (err instanceof ProtocolError && !this.conn.destroyed) {
+      // Tell the peer why (spec.md §Session termination), then hang up.
+      this.conn.end(encodeHeader(FrameType.GoAway, 0, 0, GoAwayCode.ProtocolError));
+      this.startLinger();
+    } else {
+      this.conn.destroy();
+    }
+    this.emit("close", err);
+  }
+
+  // ------------------------------------------------------------------ write side
+
+  /** @internal Appends one header to the current batch. */
+  putHeader(type: FrameTypeValue, flags: number, id: number, length: number): void {
+    if (this.arena.length - this.arenaPos < FRAME_HEADER_BYTES) this.newArena();
+    encodeHeader(type, flags, id, length, this.arena, this.arenaPos);
+    this.arenaPos += FRAME_HEADER_BYTES;
+    this.outBytes += FRAME_HEADER_BYTES;
+  }
+
+  private putPayload(buf: Buffer): void {
+    const n = buf.length;
+    if (n <= MUX_COPY_PAYLOAD_MAX_BYTES) {
+      if (this.arena.length - this.arenaPos < n) this.newArena();
+      buf.copy(this.arena, this.arenaPos);
+      this.arenaPos += n;
+    } else {
+      this.sealArena();
+      this.out.push(buf);
+    }
+    this.outBytes += n;
+  }
+
+  /** Bytes handed out of the arena are never overwritten: we only move forward, then replace it. */
+  private sealArena(): void {
+    if (this.arenaPos > this.arenaStart) {
+      this.out.push(this.arena.subarray(this.arenaStart, this.arenaPos));
+      this.arenaStart = this.arenaPos;
+    }
+  }
+
+  private newArena(): void {
+    this.sealArena();
+    this.arena = Buffer.allocUnsafe(MUX_ARENA_BYTES);
+    this.arenaStart = 0;
+    this.arenaPos = 0;
+  }
+
+  /** @internal A control frame (no payload), written with this tick's batch. */
+  sendControl(type: FrameTypeValue, flags: number, id: number, length: number): void {
+    if (this._closed) return;
+    this.putHeader(type, flags, id, length);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushBound);
+    }
+  }
+
+  /** Hands the batch to the connection: one write, or cork + writes + uncork (one writev). */
+  private flush(): void {
+    this.sealArena();
+    const out = this.out;
+    if (out.length === 0 || this._closed) return;
+    this.out = [];
+    this.outBytes = 0;
+    const conn = this.conn;
+    let ok: boolean;
+    if (out.length === 1) {
+      ok = conn.write(out[0]);
+    } else {
+      conn.cork();
+      ok = true;
+      for (let i = 0; i < out.length; i++) ok = conn.write(out[i]);
+      conn.uncork();
+    }
+    if (!ok) this.connBlocked = true;
+  }
+
+  private readonly onConnDrain = (): void => {
+    this.connBlocked = false;
+    const waiting = this.waitingConn;
+    if (waiting.length === 0) return;
+    this.waitingConn = [];
+    for (let i = 0; i < waiting.length; i++) {
+      const s = waiting[i]!;
+      s.waitingConn = false;
+      if (s.txCb !== null) this.pump(s);
+    }
+  };
+
+  /**
+   * @internal Moves a stream's pending write into frames while it has send window and the
+   * connection is not pushing back. The stream's write callback is withheld until every
+   * byte is framed: that is the backpressure the writer sees.
+   */
+  pump(s: MuxStream): void {
+    while (s.txCb !== null) {
+      const chunk = s.txChunk!;
+      const off = s.txOff;
+      if (off < chunk.length) {
+        if (this.connBlocked) {
+          if (!s.waitingConn) {
+            s.waitingConn = true;
+            this.waitingConn.push(s);
+          }
+          return;
+        }
+        const win = s.sendWindow;
+        if (win === 0) return; // resumed by a Window Update (onHeader)
+        let n = chunk.length - off;
+        if (n > win) n = win;
+        if (n > this.maxFramePayloadBytes) n = this.maxFramePayloadBytes;
+        this.putHeader(FrameType.Data, 0, s.id, n);
+        this.putPayload(off === 0 && n === chunk.length ? chunk : chunk.subarray(off, off + n));
+        s.sendWindow = win - n;
+        s.txOff = off + n;
+        if (this.outBytes >= this.writeBatchMaxBytes) this.flush();
+        if (s.txOff < chunk.length) continue;
+      }
+      const list = s.txList;
+      if (list !== null && s.txIdx + 1 < list.length) {
+        s.txIdx++;
+        s.txChunk = list[s.txIdx]!;
+        s.txOff = 0;
+        continue;
+      }
+      const cb = s.txCb;
+      s.txCb = null;
+      s.txChunk = null;
+      s.txList = null;
+      this.scheduleFlush();
+      cb(); // may re-enter _write -> pump; the loop re-checks s.txCb
+    }
+  }
+
+  // ------------------------------------------------------------------ receive side
+
+  private readonly onConnData = (chunk: Buffer): void => {
+    if (this._closed) return;
+    this.rxChunks++;
+    const dec = this.decoder;
+    dec.push(chunk);
+    for (;;) {
+      const step = dec.next();
+      switch (step.kind) {
+        case "need-more":
+          return;
+        case "payload":
+          this.onPayload(step.data, step.last);
+          break;
+        case "header":
+          this.onHeader(step.header);
+          break;
+        case "invalid":
+          this.destroy(new ProtocolError(`yamux: ${step.reason}`));
+          return;
+      }
+      if (this._closed) return;
+    }
+  };
+
+  private onPayload(data: Buffer, last: boolean): void {
+    const s = this.rxStream;
+    if (s !== null && !s.destroyed) {
+      s.rxBuffered += data.length;
+      s.push(data);
+      if (last && this.rxFin) this.onRemoteFin(s);
+    }
+    if (last) this.rxStream = null;
+  }
+
+  private onHeader(h: FrameHeader): void {
+    const type = h.type;
+    if (type === FrameType.Data || type === FrameType.WindowUpdate) {
+      const id = h.streamId;
+      const flags = h.flags;
+      let s = this.streams.get(id);
+      if ((flags & Flag.SYN) !== 0) {
+        if (s !== undefined) return this.fail(`peer sent SYN for stream ${id}, which is already open`);
+        s = this.acceptIncoming(id, type === FrameType.WindowUpdate ? h.length : 0);
+        if (s === undefined) return; // refused (RST sent) or session failed; payload is discarded
+      } else if (s === undefined) {
+        // A stream we already reset or finished: late frames are dropped (hashicorp does the same).
+        return;
+      }
+      if ((flags & Flag.ACK) !== 0) s.acked = true;
+      if ((flags & Flag.RST) !== 0) return this.onRemoteReset(s);
+      if (type === FrameType.WindowUpdate) {
+        if ((flags & Flag.SYN) === 0 && h.length > 0) {
+          s.sendWindow += h.length;
+          if (s.txCb !== null && !s.waitingConn) this.pump(s);
+        }
+        if ((flags & Flag.FIN) !== 0) this.onRemoteFin(s);
+        return;
+      }
+      // Data frame
+      const len = h.length;
+      if (len > s.recvWindow) {
+        // Flow-control violation: the peer ignores our window, so nothing bounds our memory.
+        // Tear the whole session down (as hashicorp does): the peer is broken, not one stream.
+        return this.fail(
+          `stream ${id}: peer sent a ${len}-byte data frame with only ${s.recvWindow} bytes of receive window left`,
+        );
+      }
+      if (s.finRecv) {
+        s.destroy(new ProtocolError(`yamux: stream ${id}: peer sent data after its FIN`));
+        return;
+      }
+      s.recvWindow -= len;
+      if (len > 0) {
+        this.rxStream = s;
+        this.rxFin = (flags & Flag.FIN) !== 0;
+      } else if ((flags & Flag.FIN) !== 0) {
+        this.onRemoteFin(s);
+      }
+      return;
+    }
+    if (type === FrameType.Ping) {
+      if ((h.flags & Flag.SYN) !== 0) this.sendControl(FrameType.Ping, Flag.ACK, 0, h.length);
+      else if ((h.flags & Flag.ACK) !== 0) this.onPong(h.length);
+      return;
+    }
+    // GoAway
+    if (!this.remoteGoAway) {
+      this.remoteGoAway = true;
+      this.remoteGoAwayCode = h.length;
+      this.emit("goaway", h.length);
+    }
+  }
+
+  /** Returns the new stream, or undefined if refused with RST (or the session failed). */
+  private acceptIncoming(id: number, synDelta: number): MuxStream | undefined {
+    if ((id & 1) === this.ourParity) {
+      this.fail(
+        `peer opened stream ${id}, but ${this.role === "client" ? "odd" : "even"} ids are ours ` +
+          `(we are the ${this.role}; spec.md §StreamID Field)`,
+      );
+      return undefined;
+    }
+    const noTaker = this.listenerCount("stream") === 0;
+    if (this.localGoAway || this.closing || (noTaker && this.acceptQueue.length >= this.acceptBacklog)) {
+      this.sendControl(FrameType.WindowUpdate, Flag.RST, id, 0);
+      return undefined;
+    }
+    const s = new MuxStream(this, id);
+    s.sendWindow += synDelta;
+    s.recvWindow = this.maxStreamWindowBytes;
+    this.streams.set(id, s);
+    this.sendControl(FrameType.WindowUpdate, Flag.ACK, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
+    if (noTaker) this.acceptQueue.push(s);
+    else this.emit("stream", s);
+    return s;
+  }
+
+  private readonly onNewListener = (event: string | symbol): void => {
+    if (event === "stream" && this.acceptQueue.length > 0) process.nextTick(this.drainAcceptQueue);
+  };
+
+  private readonly drainAcceptQueue = (): void => {
+    while (this.acceptQueue.length > 0 && this.listenerCount("stream") > 0) {
+      const s = this.acceptQueue.shift()!;
+      if (!s.destroyed) this.emit("stream", s);
+    }
+  };
+
+  private onRemoteFin(s: MuxStream): void {
+    if (s.finRecv) return;
+    s.finRecv = true;
+    s.push(null);
+    if (s.finSent) this.forget(s);
+  }
+
+  private onRemoteReset(s: MuxStream): void {
+    this.forget(s);
+    s.rstRecv = true;
+    if (this.rxStream === s) this.rxStream = null;
+    s.destroy(
+      errWithCode(
+        s.acked || (s.id & 1) !== this.ourParity
+          ? `mux: stream ${s.id} reset by peer`
+          : `mux: stream ${s.id} refused by peer (RST before ACK)`,
+        "ECONNRESET",
+      ),
+    );
+  }
+
+  /**
+   * @internal Called from `_read()`: bytes the reader consumed since last time become
+   * credit; returned to the peer once they reach half the max window (hashicorp policy),
+   * so a paused reader stops the sender after at most maxStreamWindowBytes.
+   */
+  creditConsumed(s: MuxStream): void {
+    const unread = s.readableLength;
+    const consumed = s.rxBuffered - unread;
+    if (consumed <= 0) return;
+    s.rxBuffered = unread;
+    const credit = s.rxUncredited + consumed;
+    if (credit >= this.creditThreshold && !s.finRecv && !s.freed && !this._closed) {
+      s.rxUncredited = 0;
+      s.recvWindow += credit;
+      this.sendControl(FrameType.WindowUpdate, 0, s.id, credit);
+    } else {
+      s.rxUncredited = credit;
+    }
+  }
+
+  /** @internal Frees a stream id: both directions finished, or RST either way. */
+  forget(s: MuxStream): void {
+    if (s.freed) return;
+    s.freed = true;
+    this.streams.delete(s.id);
+    if (this.closing && this.streams.size === 0) this.finishClose();
+  }
+
+  private fail(message: string): void {
+    this.destroy(new ProtocolError(`yamux: ${message}`));
+  }
+
+  // ------------------------------------------------------------------ ping / keepalive
+
+  private takePingId(): number {
+    const id = this.nextPingId;
+    this.nextPingId = id >= MUX_MAX_WINDOW_BYTES ? 1 : id + 1;
+    return id;
+  }
+
+  private onPong(id: number): void {
+    if (id === this.kaId && this.kaId !== 0) {
+      this.kaId = 0;
+      if (this.kaDeadline) clearTimeout(this.kaDeadline);
+      this.kaDeadline = null;
+      return;
+    }
+    const p = this.pings.get(id);
+    if (p === undefined) return;
+    this.pings.delete(id);
+    clearTimeout(p.timer);
+    p.resolve(performance.now() - p.t0);
+  }
+
+  private readonly onKeepaliveTick = (): void => {
+    if (this._closed || this.kaId !== 0) return;
+    this.kaId = this.takePingId();
+    this.kaRxMark = this.rxChunks;
+    this.sendControl(FrameType.Ping, Flag.SYN, 0, this.kaId);
+    this.kaDeadline = setTimeout(this.onKeepaliveDeadline, this.keepaliveTimeoutMs);
+    this.kaDeadline.unref();
+  };
+
+  /**
+   * No pong yet. If anything else arrived meanwhile the peer is alive and its pong is
+   * queued behind data (a saturated link): wait another period. Total silence kills.
+   */
+  private readonly onKeepaliveDeadline = (): void => {
+    this.kaDeadline = null;
+    if (this._closed || this.kaId === 0) return;
+    if (this.rxChunks !== this.kaRxMark) {
+      this.kaRxMark = this.rxChunks;
+      this.kaDeadline = setTimeout(this.onKeepaliveDeadline, this.keepaliveTimeoutMs);
+      this.kaDeadline.unref();
+      return;
+    }
+    this.destroy(errWithCode("keepalive timeout", "ETIMEDOUT"));
+  };
+
+  private failPings(err: Error): void {
+    for (const p of this.pings.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pings.clear();
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  private stopTimers(): void {
+    if (this.kaTimer) clearInterval(this.kaTimer);
+    if (this.kaDeadline) clearTimeout(this.kaDeadline);
+    this.kaTimer = null;
+    this.kaDeadline = null;
+  }
+
+  private startLinger(): void {
+    if (this.lingerTimer || this.conn.destroyed) return;
+    this.lingerTimer = setTimeout(() => this.conn.destroy(), this.closeLingerMs);
+    this.lingerTimer.unref();
+  }
+
+  /** Graceful end: all streams finished. Flush, half-close the connection, report. */
+  private finishClose(): void {
+    if (this._closed) return;
+    this.flush();
+    this._closed = true;
+    this.stopTimers();
+    this.failPings(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
+    this.conn.end();
+    this.startLinger();
+    this.emit("close");
+  }
+
+  private readonly onConnError = (err: Error): void => {
+    if (!this._closed) this.destroy(err);
+  };
+
+  private readonly onConnEnd = (): void => {
+    if (this._closed) {
+      this.conn.destroy();
+      return;
+    }
+    const n = this.streams.size;
+    this.destroy(n > 0 ? errWithCode(`mux: connection ended by peer with ${n} streams open`, "ECONNRESET") : undefined);
+  };
+
+  private readonly onConnClose = (): void => {
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.lingerTimer = null;
+    if (!this._closed) this.destroy(errWithCode("mux: connection closed", "ECONNRESET"));
+  };
+}
+
+export class MuxStream extends Duplex {
+  readonly id: number;
+  readonly session: MuxSession;
+
+  /** @internal Bytes we may still send (peer's credit to us). */
+  sendWindow = MUX_INITIAL_WINDOW_BYTES;
+  /** @internal Bytes the peer may still send us. */
+  recvWindow = MUX_INITIAL_WINDOW_BYTES;
+  /** @internal Bytes pushed into the readable side and not yet seen consumed. */
+  rxBuffered = 0;
+  /** @internal Consumed bytes not yet returned as credit. */
+  rxUncredited = 0;
+  /** @internal The write being framed: one chunk, or a _writev list. */
+  txChunk: Buffer | null = null;
+  txList: Buffer[] | null = null;
+  txIdx = 0;
+  txOff = 0;
+  txCb: WriteCb | null = null;
+  /** @internal Parked until the connection drains. */
+  waitingConn = false;
+  acked = false;
+  finSent = false;
+  finRecv = false;
+  rstRecv = false;
+  /** @internal The id is no longer in the session's map. */
+  freed = false;
+
+  /** @internal Use MuxSession.open() or the session's "stream" event. */
+  constructor(session: MuxSession, id: number) {
+    super({ allowHalfOpen: true });
+    this.session = session;
+    this.id = id;
+  }
+
+  override _read(): void {
+    this.session.creditConsumed(this);
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: WriteCb): void {
+    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
+    this.txChunk = chunk;
+    this.txList = null;
+    this.txOff = 0;
+    this.txCb = cb;
+    this.session.pump(this);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>, cb: WriteCb): void {
+    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
+    const list = new Array<Buffer>(chunks.length);
+    let total = 0;
+    for (let i = 0; i < chunks.length; i++) total += (list[i] = chunks[i]!.chunk).length;
+    // Many small writes become one frame; big ones are framed in place (no copy).
+    if (total <= MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES) {
+      this.txChunk = Buffer.concat(list, total);
+      this.txList = null;
+    } else {
+      this.txChunk = list[0]!;
+      this.txList = list;
+      this.txIdx = 0;
+    }
+    this.txOff = 0;
+    this.txCb = cb;
+    this.session.pump(this);
+  }
+
+  /** end(): every write is framed by now; send FIN (half-close, we keep reading). */
+  override _final(cb: (err?: Error | null) => void): void {
+    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
+    this.finSent = true;
+    this.session.sendControl(FrameType.WindowUpdate, Flag.FIN, this.id, 0);
+    if (this.finRecv) this.session.forget(this);
+    cb();
+  }
+
+  /** destroy(): RST unless both directions already finished; fails a withheld write. */
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    const pending = this.txCb;
+    this.txCb = null;
+    this.txChunk = null;
+    this.txList = null;
+    if (!this.freed) {
+      this.session.forget(this);
+      if (!(this.finSent && this.finRecv) && !this.rstRecv) {
+        this.session.sendControl(FrameType.WindowUpdate, Flag.RST, this.id, 0);
+      }
+    }
+    if (pending !== null) pending(err ?? errWithCode(`mux: stream ${this.id} destroyed`, "ERR_STREAM_DESTROYED"));
+    cb(err);
+  }
+}
+
+/** For error messages elsewhere (e.g. logs of a GoAway code). */
+export function describeGoAwayCode(code: number): string {
+  return code === GoAwayCode.Normal ? "normal" : code === GoAwayCode.ProtocolError ? "protocol error"
+    : code === GoAwayCode.InternalError ? "internal error" : `code ${code}`;
+}
