@@ -8,6 +8,7 @@
  * before it is trusted: record ⊇ handshake fragment, handshake ⊇ ClientHello body,
  * extensions block ⊇ extension ⊇ server_name list / ALPN list.
  */
+import { normalizeHostname } from "../lib/hostname.js";
 
 /**
  * Hard cap on the bytes the peek may buffer: a 16 KiB handshake message plus the
@@ -82,7 +83,8 @@ export function parseClientHello(buf: Buffer, maxBytes = CLIENT_HELLO_MAX_BYTES)
       // The record is incomplete, but its partial payload may already reveal the
       // handshake header: reject a wrong message type or an absurd length early.
       if (handshakeLength < 0) {
-        const early = checkHandshakeHeader(fragments, buf.subarray(off + RECORD_HEADER_BYTES), maxBytes);
+        // Only the first 4 bytes matter; slicing keeps a drip-fed hello linear, not quadratic.
+        const early = checkHandshakeHeader(fragments, buf.subarray(off + RECORD_HEADER_BYTES, off + RECORD_HEADER_BYTES + HANDSHAKE_HEADER_BYTES), maxBytes);
         if (early.type === "invalid") return early;
         if (early.type === "ok" && fragmentBytes + recordLength > early.length) {
           return invalid("handshake record extends past the end of the ClientHello");
@@ -293,27 +295,9 @@ class Reader {
   }
 }
 
-// RFC 1035 §2.3.4 / RFC 1123 §2.1: LDH labels of 1–63 octets, no leading or trailing hyphen.
-const LDH_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-/** RFC 1035 §2.3.4: 255 octets on the wire = 253 characters in dotted text without the root dot. */
-export const HOSTNAME_MAX_CHARS = 253;
-
-/**
- * Lower-cases a DNS host name, drops one trailing dot, and checks it is made of
- * ASCII LDH labels (A-labels, so IDNs arrive as `xn--…`). Returns null when it is
- * not a host name: empty labels, bad characters, over-long, or an IPv4 literal
- * (a name whose last label is all digits cannot be a DNS name, RFC 3696 §2).
- * Shared with the HTTP Host peek so both listeners agree on what a name is.
- */
-export function normalizeHostname(raw: string): string | null {
-  let name = raw.toLowerCase();
-  if (name.endsWith(".")) name = name.slice(0, -1);
-  if (name.length === 0 || name.length > HOSTNAME_MAX_CHARS) return null;
-  const labels = name.split(".");
-  for (const label of labels) if (!LDH_LABEL.test(label)) return null;
-  if (/^[0-9]+$/.test(labels[labels.length - 1]!)) return null;
-  return name;
-}
+// Hostname rules (LDH A-labels, ≤253 chars, no IPv4 literal) live in lib/hostname.ts, shared
+// with the HTTP Host peek and the config, so every part agrees on what a name is.
+export { normalizeHostname };
 
 /** RFC 8446 §6: struct { AlertLevel level; AlertDescription description; } in one alert record. */
 function alertRecord(description: number): Buffer {

@@ -11,10 +11,16 @@
  */
 import { isIPv4, isIPv6 } from "node:net";
 import { STATUS_CODES } from "node:http";
-import { normalizeHostname } from "./clienthello.js";
+import { normalizeHostname } from "../lib/hostname.js";
 
 /** Cap on the request head (request line + header fields + blank line) the peek will buffer. */
 export const HTTP_HEAD_MAX_BYTES = 16 * 1024;
+/**
+ * Sanity bound on the method token (RFC 9110 sets none; the longest registered
+ * method, VERSION-CONTROL, is 15). Keeps the fail-fast method scan cheap when a
+ * client drips a long run of token characters one byte at a time.
+ */
+export const HTTP_METHOD_MAX_BYTES = 64;
 
 export type HttpHeadResult =
   | { type: "need-more" }
@@ -60,14 +66,17 @@ export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES): Http
   // Fail fast on non-HTTP bytes (a TLS hello on port 80, an SSH banner): the method
   // is a token followed by SP (RFC 9112 §3), checked as the bytes arrive.
   let i = start;
-  while (i < buf.length && TCHAR[buf[i]!]) i++;
+  const methodEnd = Math.min(buf.length, start + HTTP_METHOD_MAX_BYTES + 1);
+  while (i < methodEnd && TCHAR[buf[i]!]) i++;
+  if (i - start > HTTP_METHOD_MAX_BYTES) return invalid(`request method longer than ${HTTP_METHOD_MAX_BYTES} bytes`);
   if (i < buf.length && (buf[i] !== SP || i === start)) return invalid("not an HTTP/1.x request (request line does not start with a method token)");
 
-  // Find the blank line that ends the head: an LF that ends an empty line.
+  // Find the blank line that ends the head: an LF that ends an empty line. The
+  // parser is re-run on every chunk, so hop between LFs with the native indexOf.
   let end = -1;
   let lineStart = start;
-  for (let j = start; j < buf.length && j < maxBytes; j++) {
-    if (buf[j] !== LF) continue;
+  const limit = Math.min(buf.length, maxBytes);
+  for (let j = buf.indexOf(LF, start); j >= 0 && j < limit; j = buf.indexOf(LF, j + 1)) {
     const lineLength = j - lineStart - (j > lineStart && buf[j - 1] === CR ? 1 : 0);
     if (lineLength === 0 && lineStart !== start) {
       end = j + 1;

@@ -7,6 +7,8 @@
  * only then resumes/pipes the socket. We pause inside the 'data' handler that
  * completes the peek, so no later chunk can be emitted to nobody; a FIN that
  * arrived meanwhile stays queued ('end' is only emitted once the caller reads).
+ * The pause is explicit, so Node will not resume on a new 'data' listener alone:
+ * the caller resumes with `pipe()` (which calls resume()) or `socket.resume()`.
  */
 import type { Socket } from "node:net";
 

@@ -86,7 +86,9 @@ export class Visitors {
 
   async onHttp(socket: net.Socket): Promise<void> {
     if (!this.admit(socket)) return;
-    const out = await peek(socket, (b) => parseHttpHead(b, this.cfg.limits.httpHeaderMaxBytes), {
+    // The parser's own cap sits one byte above the peek's, so an oversized head is
+    // reported by the peek as too-large (431), not by the parser as invalid (400).
+    const out = await peek(socket, (b) => parseHttpHead(b, this.cfg.limits.httpHeaderMaxBytes + 1), {
       timeoutMs: this.cfg.limits.httpHeaderTimeoutMs,
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
