@@ -1,0 +1,175 @@
+/**
+ * The paths a visitor's TLS connection can take to nginx, each started as real
+ * processes on loopback: direct, HAProxy SNI passthrough, gopeer (Go, hashicorp/yamux),
+ * and capsul's hub + cog through the CLI (invite, enroll, run).
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { BENCH_COG, BENCH_DOMAIN, BENCH_HOST, makeCert, waitListening } from "./backend.js";
+import { BENCH_NOFILE, run, startProc, type Proc } from "./procs.js";
+
+export const PATH_NAMES = ["direct", "haproxy", "gopeer", "capsul"] as const;
+export type PathName = (typeof PATH_NAMES)[number];
+
+/** gopeer's frp-like setting, on both hub and cog (gopeer README). */
+export const GOPEER_WINDOW_BYTES = 6_291_456;
+export const HAPROXY_INSPECT_DELAY = "5s";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** dist/bench -> repo root */
+export const REPO_ROOT = path.resolve(HERE, "..", "..");
+export const CAPSUL_CLI = path.join(REPO_ROOT, "dist", "cli", "main.js");
+export const GOPEER_SRC = path.resolve(REPO_ROOT, "..", "shared", "tools", "gopeer");
+
+export interface RunningPath {
+  name: string;
+  /** Where visitors connect (TLS, SNI = BENCH_HOST). */
+  port: number;
+  /** Proxy processes whose RSS/CPU we report (hub first). Empty for direct. */
+  procs: Proc[];
+  /** Counters the proxy itself reports, read on demand (HAProxy stats). */
+  proxyCounters?(): Promise<Record<string, number>>;
+  stop(): Promise<void>;
+}
+
+/** HAProxy holds two fds per proxied connection (client and server side). */
+export function haproxyMaxConn(): number {
+  return Math.floor((BENCH_NOFILE - 200) / 2);
+}
+
+export function direct(nginxPort: number): RunningPath {
+  return { name: "direct", port: nginxPort, procs: [], stop: async () => {} };
+}
+
+export async function startHaproxy(dir: string, listenPort: number, nginxPort: number): Promise<RunningPath> {
+  await mkdir(dir, { recursive: true });
+  const sock = path.join(dir, "stats.sock");
+  const cfg = `# written by bench/paths.ts: SNI passthrough, no TLS termination
+global
+  maxconn ${haproxyMaxConn()}
+  stats socket ${sock} mode 600 level admin
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+frontend fe_tls
+  bind 127.0.0.1:${listenPort}
+  tcp-request inspect-delay ${HAPROXY_INSPECT_DELAY}
+  tcp-request content accept if { req_ssl_hello_type 1 }
+  use_backend be_nginx if { req_ssl_sni -i ${BENCH_HOST} }
+backend be_nginx
+  server nginx 127.0.0.1:${nginxPort}
+`;
+  const file = path.join(dir, "haproxy.cfg");
+  await writeFile(file, cfg);
+  const proc = startProc("haproxy", "haproxy", ["-db", "-f", file]);
+  await waitListening(listenPort, proc);
+  return {
+    name: "haproxy",
+    port: listenPort,
+    procs: [proc],
+    async proxyCounters() {
+      const csv = await statsSocket(sock, "show stat\n");
+      // CSV: # pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,...
+      const rows = csv.split("\n").filter((l) => l && !l.startsWith("#")).map((l) => l.split(","));
+      const be = rows.find((r) => r[0] === "be_nginx" && r[1] === "nginx");
+      return { sessionsTotal: Number(be?.[7] ?? 0), bytesOut: Number(be?.[9] ?? 0) };
+    },
+    stop: () => proc.stop(),
+  };
+}
+
+function statsSocket(sock: string, cmd: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(sock);
+    let out = "";
+    s.on("connect", () => s.end(cmd));
+    s.on("data", (b) => { out += b.toString(); });
+    s.on("end", () => resolve(out));
+    s.on("error", reject);
+  });
+}
+
+/** Builds gopeer with its own build.sh into dir (Go's build cache makes reruns quick). */
+export async function buildGopeer(dir: string): Promise<string> {
+  const out = path.join(dir, "gopeer");
+  await run("sh", [path.join(GOPEER_SRC, "build.sh"), out], { timeoutMs: 600_000 });
+  return out;
+}
+
+export async function startGopeer(
+  dir: string, bin: string, nginxPort: number, opts: { hubAddrForCog?: (tunnelPort: number) => Promise<string>; name?: string } = {},
+): Promise<RunningPath> {
+  await mkdir(dir, { recursive: true });
+  const { cert, key } = await makeCert(dir, "gopeer-hub", "gopeer-hub");
+  const win = String(GOPEER_WINDOW_BYTES);
+  const hub = startProc("gopeer-hub", bin, ["hub", "-public", "127.0.0.1:0", "-tunnel", "127.0.0.1:0", "-cert", cert, "-key", key, "-window", win]);
+  const m = await hub.waitFor(/hub: public 127\.0\.0\.1:(\d+), tunnel 127\.0\.0\.1:(\d+)/);
+  const publicPort = Number(m[1]);
+  const tunnelPort = Number(m[2]);
+  const hubAddr = opts.hubAddrForCog ? await opts.hubAddrForCog(tunnelPort) : `127.0.0.1:${tunnelPort}`;
+  const cog = startProc("gopeer-cog", bin, ["cog", "-hub", hubAddr, "-name", BENCH_COG, "-route", `${BENCH_HOST}=127.0.0.1:${nginxPort}`, "-window", win]);
+  await hub.waitFor(/hub: cog "bench" connected/);
+  return {
+    name: opts.name ?? "gopeer",
+    port: publicPort,
+    procs: [hub, cog],
+    async stop() { await cog.stop(); await hub.stop(); },
+  };
+}
+
+/**
+ * capsul hub and cog as separate processes, set up exactly as the README says:
+ * `capsul hub`, `capsul hub invite bench --json`, `capsul cog enroll ...`, `capsul cog`.
+ * Each role runs in its own directory holding its capsul.yaml (found as ./capsul.yaml).
+ */
+export async function startCapsul(
+  dir: string, nginxPort: number, opts: { hubAddrForCog?: (tunnelPort: number) => Promise<string>; name?: string; nodeArgs?: string[] } = {},
+): Promise<RunningPath> {
+  const hubDir = path.join(dir, "hub");
+  const cogDir = path.join(dir, "cog");
+  await mkdir(hubDir, { recursive: true });
+  await mkdir(cogDir, { recursive: true });
+  await writeFile(path.join(hubDir, "capsul.yaml"), `hub:
+  data_dir: ./data
+  domain: ${BENCH_DOMAIN}
+  listen:
+    tls: 127.0.0.1:0
+    http: off
+    tunnel: 127.0.0.1:0
+  limits:
+    max_visitors: 60000
+`);
+  const nodeArgs = opts.nodeArgs ?? [];
+  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, CAPSUL_CLI, "hub", "-c", "capsul.yaml"], { cwd: hubDir });
+  const m = await hub.waitFor(/hub ready tls=(\d+) http=\S+ tunnel=(\d+)/);
+  const tlsPort = Number(m[1]);
+  const tunnelPort = Number(m[2]);
+  // Run in hubDir: it finds ./capsul.yaml (an earlier CLI lost -c after `hub invite`).
+  const invite = JSON.parse(await run(process.execPath, [CAPSUL_CLI, "hub", "invite", BENCH_COG, "--json"], { cwd: hubDir })) as {
+    token: string; caFingerprint: string;
+  };
+  const hubAddr = opts.hubAddrForCog ? await opts.hubAddrForCog(tunnelPort) : `127.0.0.1:${tunnelPort}`;
+  await writeFile(path.join(cogDir, "capsul.yaml"), `cog:
+  data_dir: ./data
+  hub: ${hubAddr}
+  routes:
+    - name: web
+      kind: tls
+      hostname: ${BENCH_HOST}
+      target: 127.0.0.1:${nginxPort}
+`);
+  await run(process.execPath, [CAPSUL_CLI, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint], { cwd: cogDir });
+  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, CAPSUL_CLI, "cog"], { cwd: cogDir });
+  await cog.waitFor(/connected to hub .*routes=1/);
+  await hub.waitFor(/cog connected cog=bench/);
+  return {
+    name: opts.name ?? "capsul",
+    port: tlsPort,
+    procs: [hub, cog],
+    async stop() { await cog.stop(); await hub.stop(); },
+  };
+}
