@@ -35,6 +35,8 @@ export function registerCogCommands(program: Command): void {
     .option("--data-dir <dir>", "where to keep the key and certificate (overrides cog.data_dir)")
     .option("--force", "replace an existing enrollment")
     .action(async (opts: { hub: string; token: string; caFingerprint: string; config?: string; dataDir?: string; force?: boolean }) => {
+      // `-c` is an option of `cog` itself too, so commander hands `cog enroll … -c FILE` to the parent: look there as well.
+      opts.config ??= cog.opts<{ config?: string }>().config;
       const cogCfg = enrollConfig(opts.config, opts.dataDir);
       const hub = parseHostPort(opts.hub, "--hub");
       if (identityExists(cogCfg.dataDir) && !opts.force) {

@@ -28,6 +28,8 @@ export function table(rows: string[][]): string {
 }
 
 export function registerHubCommands(program: Command): void {
+  // `-c` is an option of `hub` itself too, so commander hands `hub invite x -c FILE` to the parent: look there as well.
+  const configOpt = (opts: { config?: string }): string | undefined => opts.config ?? hub.opts<{ config?: string }>().config;
   const hub = program
     .command("hub")
     .description("run the hub (public listeners + tunnel listener), or manage its cogs")
@@ -51,7 +53,7 @@ export function registerHubCommands(program: Command): void {
     .option("--json", "print JSON instead of text")
     .action(async (name: string, opts: { config?: string; hostname?: string[]; tcpPorts?: string[]; ttl?: string; json?: boolean }) => {
       checkCogName(name);
-      const { cfg, file } = loadConfig(opts.config);
+      const { cfg, file } = loadConfig(configOpt(opts));
       const hubCfg = requireHub(cfg, file);
       const hostnames = (opts.hostname ?? []).map((h) => {
         const n = normalizeHostnamePattern(h);
@@ -81,7 +83,7 @@ export function registerHubCommands(program: Command): void {
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--json", "print JSON instead of a table")
     .action((opts: { config?: string; json?: boolean }) => {
-      const { cfg, file } = loadConfig(opts.config);
+      const { cfg, file } = loadConfig(configOpt(opts));
       const state = new HubState(requireHub(cfg, file).dataDir);
       try {
         const cogs = state.listCogs();
@@ -111,7 +113,7 @@ export function registerHubCommands(program: Command): void {
     .argument("<name>", "the cog to revoke")
     .option("-c, --config <file>", CONFIG_HELP)
     .action((name: string, opts: { config?: string }) => {
-      const { cfg, file } = loadConfig(opts.config);
+      const { cfg, file } = loadConfig(configOpt(opts));
       const state = new HubState(requireHub(cfg, file).dataDir);
       try {
         if (!state.getCog(name)) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);

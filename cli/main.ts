@@ -16,7 +16,8 @@ program
     "TLS by SNI, HTTP by Host, and raw TCP ports, over a multiplexed mTLS tunnel the cog dials out.")
   .version("0.1.0")
   .addOption(new Option("--verbose", "print stack traces with errors"))
-  .showHelpAfterError("(run with --help for usage)")
+  // Usage errors are one line too: commander's message (and its "Did you mean" hint) plus where to look.
+  .configureOutput({ outputError: (str, write) => write(`${str.trim().replace(/\s*\n\s*/g, " ")} (run with --help for usage)\n`) })
   .exitOverride();
 
 registerDemoCommand(program);
