@@ -7,7 +7,7 @@ import { startCog } from "../tunnel-client/cog.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import { identityExists } from "../tunnel-client/identity.js";
 import { ConfigError } from "../lib/errors.js";
-import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, untilSignal } from "./common.js";
+import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, surviveBugs, untilSignal } from "./common.js";
 import { provisionerExtras } from "./provision.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -22,6 +22,7 @@ export function registerCogCommands(program: Command): void {
       const cogCfg = requireCog(cfg, file);
       const log = makeLogger(cfg).child("cog");
       const c = await startCog(cogCfg, log, provisionerExtras(cogCfg, log));
+      surviveBugs(log);
       await untilSignal(() => c.close(), log);
     });
 

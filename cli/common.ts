@@ -44,6 +44,19 @@ export function reportError(err: unknown, verbose: boolean): void {
   if (verbose && e.stack) process.stderr.write(e.stack + "\n");
 }
 
+/**
+ * A long-running hub or cog serves many people at once: one visitor tripping a
+ * bug must not take everybody's connections down. Log it loudly and go on.
+ */
+export function surviveBugs(log: Logger): void {
+  process.on("uncaughtException", (err) => {
+    log.error("internal error (a bug: please report it)", { error: err.message, stack: err.stack?.split("\n")[1]?.trim() });
+  });
+  process.on("unhandledRejection", (err) => {
+    log.error("internal error (a bug: please report it)", { error: err instanceof Error ? err.message : String(err) });
+  });
+}
+
 /** Runs until SIGINT/SIGTERM, then closes and resolves. */
 export function untilSignal(close: () => Promise<void>, log: Logger): Promise<void> {
   return new Promise((resolve) => {

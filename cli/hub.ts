@@ -4,7 +4,7 @@ import { HubState } from "../gateway/state.js";
 import { COG_NAME_RE, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
-import { loadConfig, makeLogger, requireHub, untilSignal } from "./common.js";
+import { loadConfig, makeLogger, requireHub, surviveBugs, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -39,6 +39,7 @@ export function registerHubCommands(program: Command): void {
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
       const h = await startHub(hubCfg, log);
+      surviveBugs(log);
       await untilSignal(() => h.close(), log);
     });
 

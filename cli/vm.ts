@@ -1,0 +1,280 @@
+/**
+ * `capsul vm …` and `capsul image …`: a client of the provisioner's HTTP API
+ * (provisioner/api.ts). Tables for people, --json for scripts. Exit codes:
+ * 0 ok, 1 runtime failure, 2 usage (a request the provisioner refused as bad).
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { type Command, Option } from "commander";
+import { loadConfigFile } from "../config/config.js";
+import { ConfigError, RuntimeError } from "../lib/errors.js";
+import { findConfig } from "./common.js";
+import { formatBytes } from "../lib/units.js";
+
+export const DEFAULT_API_URL = "http://127.0.0.1:7480";
+export const DEFAULT_PROVISIONER_DATA_DIR = "/var/lib/capsul/provisioner";
+/** A create/stop/start through the API must answer within this (stop waits for the guest to power off). */
+export const API_REQUEST_TIMEOUT_MS = 5 * 60_000;
+/** `vm create --wait`: how long to wait for `running`. */
+export const CREATE_WAIT_TIMEOUT_MS = 10 * 60_000;
+const WAIT_POLL_MS = 1000;
+
+interface GlobalOpts { api: string; dataDir: string; config?: string; json?: boolean }
+
+/** API statuses that mean "what you asked for is wrong" → exit code 2. */
+const USAGE_STATUSES = new Set([400, 413, 415]);
+
+class Api {
+  constructor(private readonly base: string, private readonly token: string | null) {}
+
+  async call(method: string, p: string, body?: unknown, accept = "application/json"): Promise<Response> {
+    const headers: Record<string, string> = { accept };
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    if (body !== undefined) headers["content-type"] = "application/json";
+    let res: Response;
+    try {
+      res = await fetch(this.base + p, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body), signal: AbortSignal.timeout(API_REQUEST_TIMEOUT_MS),
+      });
+    } catch (e) {
+      const why = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).message;
+      throw new RuntimeError(`cannot reach the provisioner at ${this.base} (${why}); is \`capsul cog\` running with cog.provisioner?`);
+    }
+    if (!res.ok && !res.headers.get("content-type")?.includes("ndjson")) {
+      const text = await res.text();
+      let msg = text.trim() || res.statusText;
+      try {
+        const j = JSON.parse(text) as { error?: { code?: string; message?: string } };
+        if (j.error?.message) msg = `${j.error.message} [${j.error.code}]`;
+      } catch { /* not JSON */ }
+      if (USAGE_STATUSES.has(res.status)) throw new ConfigError(msg);
+      throw new RuntimeError(msg);
+    }
+    return res;
+  }
+
+  async json<T = any>(method: string, p: string, body?: unknown): Promise<T> {
+    return (await (await this.call(method, p, body)).json()) as T;
+  }
+}
+
+function readToken(dataDir: string): string | null {
+  if (process.env.CAPSUL_API_TOKEN) return process.env.CAPSUL_API_TOKEN;
+  try {
+    return fs.readFileSync(path.join(dataDir, "api-token"), "utf8").trim() || null;
+  } catch {
+    return null; // loopback needs none
+  }
+}
+
+/**
+ * --api and --data-dir not given: take them from cog.provisioner of capsul.yaml
+ * (-c FILE, or the default locations when one exists).
+ */
+function fromConfig(cmd: Command, opts: GlobalOpts): GlobalOpts {
+  const group = cmd.parent!;
+  const explicit = (k: string): boolean => group.getOptionValueSource(k) !== "default";
+  if (explicit("api") && explicit("dataDir")) return opts;
+  let file: string;
+  try {
+    file = findConfig(opts.config);
+  } catch (e) {
+    if (opts.config) throw e;
+    return opts; // no capsul.yaml: the defaults stand
+  }
+  const p = loadConfigFile(path.resolve(file)).cog?.provisioner;
+  if (!p) {
+    if (opts.config) throw new ConfigError(`${file} has no cog.provisioner section`);
+    return opts;
+  }
+  const host = p.listen.host === "0.0.0.0" ? "127.0.0.1" : p.listen.host === "::" ? "::1" : p.listen.host;
+  return {
+    ...opts,
+    api: explicit("api") ? opts.api : `http://${host.includes(":") ? `[${host}]` : host}:${p.listen.port}`,
+    dataDir: explicit("dataDir") ? opts.dataDir : p.dataDir,
+  };
+}
+
+function api(cmd: Command): { api: Api; opts: GlobalOpts } {
+  const opts = fromConfig(cmd, cmd.optsWithGlobals<GlobalOpts>());
+  const base = opts.api.replace(/\/+$/, "");
+  if (!/^https?:\/\//.test(base)) throw new ConfigError(`--api: not an http(s) URL: ${opts.api}`);
+  return { api: new Api(base, readToken(opts.dataDir)), opts };
+}
+
+const out = (s: string): void => { process.stdout.write(s.endsWith("\n") ? s : s + "\n"); };
+
+/** Left-aligned columns, two spaces apart. */
+export function table(headers: string[], rows: string[][]): string {
+  const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(w[i]!))).join("  ").trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}
+
+function describeVm(vm: any): string {
+  const lines: Array<[string, string]> = [
+    ["name", vm.name], ["state", `${vm.state}${vm.desired !== (vm.state === "stopped" ? "stopped" : "running") ? ` (should be ${vm.desired})` : ""}`],
+    ["image", vm.image], ["size", `${vm.size} (${vm.vcpus} vCPU, ${formatBytes(vm.memory_bytes ?? 0)} RAM, ${formatBytes(vm.disk_bytes ?? 0)} disk)`],
+    ["accel", vm.accel ?? "-"], ["url", vm.url], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
+  ];
+  if (vm.local) lines.push(["ssh (on this cog)", vm.local.ssh_command], ["http (on this cog)", `http://${vm.local.http}/`], ["https (on this cog)", `https://${vm.local.https}/`]);
+  if (vm.message) lines.push(["message", vm.message]);
+  lines.push(["uuid", vm.uuid], ["created", vm.created_at]);
+  const w = Math.max(...lines.map(([k]) => k.length));
+  return lines.map(([k, v]) => `${(k + ":").padEnd(w + 1)} ${v}`).join("\n");
+}
+
+function readKeys(specs: string[]): string[] {
+  const keys: string[] = [];
+  for (const s of specs) {
+    if (/^(ssh-|ecdsa-|sk-)/.test(s)) { keys.push(s.trim()); continue; }
+    let text: string;
+    try { text = fs.readFileSync(s, "utf8"); } catch { throw new ConfigError(`--ssh-key ${s}: not a key and not a readable file`); }
+    for (const l of text.split("\n")) if (l.trim() && !l.startsWith("#")) keys.push(l.trim());
+  }
+  return keys;
+}
+
+function defaultKeyFiles(): string[] {
+  const dir = path.join(os.homedir(), ".ssh");
+  return ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"].map((f) => path.join(dir, f)).filter((f) => fs.existsSync(f)).slice(0, 1);
+}
+
+async function waitRunning(a: Api, name: string): Promise<any> {
+  const deadline = Date.now() + CREATE_WAIT_TIMEOUT_MS;
+  for (;;) {
+    const { vm } = await a.json("GET", `/v1/vms/${name}`);
+    if (vm.state === "running") return vm;
+    if (vm.state === "error") throw new RuntimeError(`VM ${name} failed: ${vm.message}`);
+    if (Date.now() > deadline) throw new RuntimeError(`VM ${name} not running after ${CREATE_WAIT_TIMEOUT_MS / 1000} s (state ${vm.state})`);
+    await new Promise((r) => setTimeout(r, WAIT_POLL_MS));
+  }
+}
+
+function progressBar(bytes: number, total: number | null): string {
+  if (!total) return `${formatBytes(bytes)}`;
+  const width = 30;
+  const done = Math.min(width, Math.round((bytes / total) * width));
+  return `[${"#".repeat(done)}${" ".repeat(width - done)}] ${Math.floor((bytes / total) * 100)}% ${formatBytes(bytes)} / ${formatBytes(total)}`;
+}
+
+const resolveSource = (s: string): string => (/^https?:\/\//.test(s) ? s : path.resolve(s));
+
+export function registerVmCommands(program: Command): void {
+  const common = (c: Command): Command => c
+    .addOption(new Option("--api <url>", "provisioner API").env("CAPSUL_API").default(DEFAULT_API_URL))
+    .addOption(new Option("--data-dir <dir>", "provisioner data dir (for its api-token)").env("CAPSUL_PROVISIONER_DATA_DIR").default(DEFAULT_PROVISIONER_DATA_DIR))
+    .option("-c, --config <file>", "capsul.yaml to take --api and --data-dir from (cog.provisioner)")
+    .option("--json", "print JSON instead of text");
+
+  const vm = common(program.command("vm").description("create and manage VMs (capsuls) on this cog"));
+
+  vm.command("create <name>")
+    .description("create a VM and boot it")
+    .requiredOption("--image <image>", "image name (capsul image list)")
+    .option("--size <size>", "size (GET /v1/sizes)", "f1-s")
+    .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option("--wait", "wait until the VM answers ssh")
+    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; wait?: boolean }, cmd: Command) => {
+      const { api: a, opts } = api(cmd);
+      const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
+      if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
+      let { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files) });
+      if (o.wait) v = await waitRunning(a, name);
+      out(opts.json ? JSON.stringify(v, null, 2) : o.wait ? describeVm(v) : `${name}: ${v.state} (capsul vm show ${name})`);
+    });
+
+  vm.command("list").description("list VMs").action(async (_o: unknown, cmd: Command) => {
+    const { api: a, opts } = api(cmd);
+    const { vms } = await a.json("GET", "/v1/vms");
+    if (opts.json) { out(JSON.stringify(vms, null, 2)); return; }
+    if (vms.length === 0) { out("no VMs (capsul vm create NAME --image IMAGE)"); return; }
+    out(table(["NAME", "STATE", "SIZE", "IMAGE", "SSH", "URL"],
+      vms.map((v: any) => [v.name, v.state, v.size, v.image, v.ssh_command ?? v.local?.ssh_command ?? "-", v.url])));
+  });
+
+  vm.command("show <name>").description("show a VM and how to reach it").action(async (name: string, _o: unknown, cmd: Command) => {
+    const { api: a, opts } = api(cmd);
+    const { vm: v } = await a.json("GET", `/v1/vms/${encodeURIComponent(name)}`);
+    out(opts.json ? JSON.stringify(v, null, 2) : describeVm(v));
+  });
+
+  for (const [verb, what] of [["start", "boot a stopped VM"], ["stop", "power a VM off (ACPI, then forced)"], ["reboot", "reset a VM"]] as const) {
+    vm.command(`${verb} <name>`).description(what).action(async (name: string, _o: unknown, cmd: Command) => {
+      const { api: a, opts } = api(cmd);
+      const { vm: v } = await a.json("POST", `/v1/vms/${encodeURIComponent(name)}/${verb}`);
+      out(opts.json ? JSON.stringify(v, null, 2) : `${name}: ${v.state}`);
+    });
+  }
+
+  vm.command("delete <name>").description("delete a VM and its disk").action(async (name: string, _o: unknown, cmd: Command) => {
+    const { api: a, opts } = api(cmd);
+    const r = await a.json("DELETE", `/v1/vms/${encodeURIComponent(name)}`);
+    out(opts.json ? JSON.stringify(r) : `${name}: deleted`);
+  });
+
+  vm.command("console <name>").description("print the tail of a VM's serial console").action(async (name: string, _o: unknown, cmd: Command) => {
+    const { api: a } = api(cmd);
+    process.stdout.write(await (await a.call("GET", `/v1/vms/${encodeURIComponent(name)}/console`, undefined, "text/plain")).text());
+  });
+
+  const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
+
+  image.command("import [source]")
+    .description("import a qcow2 or raw disk (path on this cog or http(s) URL), or --kernel/--initrd")
+    .requiredOption("--name <name>", "image name")
+    .option("--sha256 <hex>", "expected sha256 of the source (or of --kernel)")
+    .option("--kernel <file>", "kernel (instead of a disk image)")
+    .option("--initrd <file>", "initrd (with --kernel)")
+    .option("--initrd-sha256 <hex>", "expected sha256 of --initrd")
+    .option("--cmdline <cmdline>", "kernel command line (with --kernel)")
+    .option("--ssh-user <user>", "user to ssh in as (default root)")
+    .action(async (source: string | undefined, o: Record<string, string | undefined>, cmd: Command) => {
+      const { api: a, opts } = api(cmd);
+      if (!source && !(o.kernel && o.initrd)) throw new ConfigError("give a SOURCE (disk image) or --kernel and --initrd");
+      const body: Record<string, string> = { name: o.name! };
+      if (source) body.source = resolveSource(source);
+      if (o.kernel) body.kernel = resolveSource(o.kernel);
+      if (o.initrd) body.initrd = resolveSource(o.initrd);
+      for (const [k, v] of [["sha256", o.sha256], ["initrd_sha256", o.initrdSha256], ["cmdline", o.cmdline], ["ssh_user", o.sshUser]]) if (v) body[k!] = v;
+      const res = await a.call("POST", "/v1/images", body, "application/x-ndjson");
+      const tty = process.stderr.isTTY && !opts.json;
+      let result: any;
+      let buf = "";
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += Buffer.from(chunk).toString("utf8");
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const msg = JSON.parse(buf.slice(0, nl)) as any;
+          buf = buf.slice(nl + 1);
+          if (msg.progress && tty) process.stderr.write(`\r${path.basename(msg.progress.file)} ${progressBar(msg.progress.bytes, msg.progress.total_bytes)}`);
+          if (msg.image || msg.error) result = msg;
+        }
+      }
+      if (tty) process.stderr.write("\n");
+      if (!result) throw new RuntimeError("import: the provisioner closed the connection without an answer");
+      if (result.error) {
+        const m = `${result.error.message} [${result.error.code}]`;
+        throw USAGE_STATUSES.has(result.error.status) ? new ConfigError(m) : new RuntimeError(m);
+      }
+      out(opts.json ? JSON.stringify(result.image, null, 2) : `${result.image.name}: imported (${result.image.format})`);
+    });
+
+  image.command("list").description("list images").action(async (_o: unknown, cmd: Command) => {
+    const { api: a, opts } = api(cmd);
+    const { images } = await a.json("GET", "/v1/images");
+    if (opts.json) { out(JSON.stringify(images, null, 2)); return; }
+    if (images.length === 0) { out("no images (capsul image import FILE --name NAME)"); return; }
+    out(table(["NAME", "FORMAT", "SIZE", "SHA256", "USED BY"], images.map((i: any) => {
+      const files = Object.values(i.files) as Array<{ sha256: string; bytes: number }>;
+      return [i.name, i.format, formatBytes(files.reduce((s, f) => s + f.bytes, 0)), files[0]!.sha256.slice(0, 16), String(i.used_by)];
+    })));
+  });
+
+  image.command("delete <name>").description("delete an unused image").action(async (name: string, _o: unknown, cmd: Command) => {
+    const { api: a, opts } = api(cmd);
+    const r = await a.json("DELETE", `/v1/images/${encodeURIComponent(name)}`);
+    out(opts.json ? JSON.stringify(r) : `${name}: deleted`);
+  });
+}
