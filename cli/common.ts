@@ -77,3 +77,10 @@ export function untilSignal(close: () => Promise<void>, log: Logger): Promise<vo
     process.on("SIGTERM", onTerm);
   });
 }
+
+/** Left-aligned columns, two spaces apart. */
+export function table(headers: string[], rows: string[][]): string {
+  const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(w[i]!))).join("  ").trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}

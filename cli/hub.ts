@@ -4,7 +4,7 @@ import { HubState } from "../gateway/state.js";
 import { COG_NAME_RE, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
-import { loadConfig, makeLogger, requireHub, surviveBugs, untilSignal } from "./common.js";
+import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -20,11 +20,6 @@ function ago(ms: number | null): string {
   if (s < 7200) return `${Math.round(s / 60)}m ago`;
   if (s < 172800) return `${Math.round(s / 3600)}h ago`;
   return `${Math.round(s / 86400)}d ago`;
-}
-
-export function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join("  ").trimEnd()).join("\n") + "\n";
 }
 
 export function registerHubCommands(program: Command): void {
@@ -102,7 +97,7 @@ export function registerHubCommands(program: Command): void {
           rows.push([c.name, status, c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
-        process.stdout.write(table(rows));
+        process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
       } finally {
         state.close();
       }

@@ -7,6 +7,7 @@ import { Command, CommanderError, Option } from "commander";
 import { registerHubCommands } from "./hub.js";
 import { registerCogCommands } from "./cog.js";
 import { registerDemoCommand } from "./demo.js";
+import { registerVmCommands } from "./vm.js";
 import { exitCodeFor, reportError } from "./common.js";
 
 const program = new Command();
@@ -23,13 +24,7 @@ program
 registerDemoCommand(program);
 registerHubCommands(program);
 registerCogCommands(program);
-try {
-  const vmModule = "./vm.js"; // optional until the provisioner lands
-  const vm = (await import(vmModule).catch(() => null)) as { registerVmCommands?: (p: Command) => void } | null;
-  if (vm && typeof vm.registerVmCommands === "function") vm.registerVmCommands(program);
-} catch {
-  // the VM commands are optional until the provisioner lands
-}
+registerVmCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -11,10 +11,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
   if (!pcfg) return {};
   return {
     async start(client, identity, hub) {
-      const spec = "../provisioner/index.js";
-      const mod = (await import(spec)) as {
-        startProvisioner(o: Record<string, unknown>): Promise<{ url: string; close(): Promise<void> }>;
-      };
+      const mod = await import("../provisioner/index.js");
       const p = await mod.startProvisioner({
         config: pcfg,
         cogName: identity.name,

@@ -9,7 +9,7 @@ import path from "node:path";
 import { type Command, Option } from "commander";
 import { loadConfigFile } from "../config/config.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
-import { findConfig } from "./common.js";
+import { findConfig, table } from "./common.js";
 import { formatBytes } from "../lib/units.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
@@ -104,13 +104,6 @@ function api(cmd: Command): { api: Api; opts: GlobalOpts } {
 }
 
 const out = (s: string): void => { process.stdout.write(s.endsWith("\n") ? s : s + "\n"); };
-
-/** Left-aligned columns, two spaces apart. */
-export function table(headers: string[], rows: string[][]): string {
-  const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(w[i]!))).join("  ").trimEnd();
-  return [line(headers), ...rows.map(line)].join("\n");
-}
 
 function describeVm(vm: any): string {
   const lines: Array<[string, string]> = [

@@ -1,0 +1,553 @@
+import { randomUUID } from "node:crypto";
+import fs from "node:fs";
+import fsp from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import type { ProvisionerConfig, ProvisionerSize } from "../config/types.js";
+import type { Logger } from "../lib/log.js";
+import type { RouteSink } from "../tunnel-client/routesink.js";
+import type { ImageRecord, Store, VmPorts, VmRecord } from "./db.js";
+import { prepareRunDir, imageVirtualSize } from "./disk.js";
+import { computeDrift, type DriftItem } from "./drift.js";
+import { badRequest, conflict, notFound } from "./errors.js";
+import { pickFreePorts, portFree, sshBanner } from "./net.js";
+import { QmpClient } from "./qmp.js";
+import {
+  buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, kvmDeviceUsable, launchQemu, probeKvm, processAlive, readPidFile, runFiles,
+} from "./qemu.js";
+import { type Reach, routeOwner, vmReach, vmRoutes } from "./routes.js";
+import type { CreateRequest } from "./requests.js";
+
+/** Wait between SSH banner probes while a guest boots. */
+export const BOOT_POLL_INTERVAL_MS = 1000;
+/** One SSH banner probe: through hostfwd the guest answers in milliseconds once sshd runs. */
+export const BANNER_TIMEOUT_MS = 3000;
+/** Poll interval while waiting for a QEMU process to exit. */
+export const EXIT_POLL_INTERVAL_MS = 100;
+/** Launch attempts when a freshly picked port was taken before QEMU bound it. */
+export const LAUNCH_ATTEMPTS = 3;
+/** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
+export const QMP_CONNECT_ATTEMPTS = 5;
+/** Pause before restarting a crashed VM. */
+export const CRASH_RESTART_DELAY_MS = 1000;
+
+/** QEMU and its connections, for a VM whose process we know. */
+interface Live {
+  pid: number;
+  qmp: QmpClient;
+  /** Bumped by every stop/start/reboot; a boot watcher of an older generation gives up. */
+  generation: number;
+  /** Set by stop/delete so that the exit is expected. */
+  stopping: boolean;
+  /** The guest asked to power off (SHUTDOWN event, guest: true). */
+  guestShutdown: boolean;
+}
+
+
+export class VmManager {
+  readonly vmsDir: string;
+  private readonly live = new Map<string, Live>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private accelChoice: Promise<"kvm" | "tcg"> | null = null;
+  /** What reconcile found and fixed at start-up (GET /v1/drift "resolved"). */
+  readonly resolved: DriftItem[] = [];
+  private closed = false;
+  /** Times of recent unexpected exits, per VM. */
+  private readonly crashes = new Map<string, number[]>();
+  private readonly background = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly cfg: ProvisionerConfig,
+    private readonly store: Store,
+    private readonly sink: RouteSink,
+    private readonly reach: Reach,
+    private readonly log: Logger,
+  ) {
+    this.vmsDir = path.join(cfg.dataDir, "vms");
+    fs.mkdirSync(this.vmsDir, { recursive: true });
+  }
+
+  runDir(name: string): string { return path.join(this.vmsDir, name); }
+
+  // ---------------------------------------------------------------- queries
+
+  private record(name: string): VmRecord {
+    const v = this.store.getVm(name);
+    if (!v) throw notFound("vm_not_found", `no VM named ${JSON.stringify(name)}`);
+    return v;
+  }
+
+  view(v: VmRecord): Record<string, unknown> {
+    const size = this.cfg.sizes[v.size];
+    const img = this.store.getImage(v.image);
+    return {
+      name: v.name, uuid: v.uuid, image: v.image, size: v.size, state: v.state, desired: v.desired, message: v.message,
+      accel: v.accel, vcpus: size?.vcpus ?? null, memory_bytes: size?.memoryBytes ?? null, disk_bytes: size?.diskBytes ?? null,
+      pid: this.live.get(v.name)?.pid ?? null, created_at: v.createdAt, updated_at: v.updatedAt,
+      ...vmReach(v, img?.sshUser ?? "root", this.reach, this.sink),
+    };
+  }
+
+  list(): Record<string, unknown>[] { return this.store.listVms().map((v) => this.view(v)); }
+  get(name: string): Record<string, unknown> { return this.view(this.record(name)); }
+  liveVm(name: string): { pid: number; qmp: QmpClient } | undefined { return this.live.get(name); }
+
+  /** Memory of every VM that should run, with `extra` added. */
+  committedMemoryBytes(exceptVm?: string): number {
+    let sum = 0;
+    for (const v of this.store.listVms()) {
+      if (v.name === exceptVm || (v.desired !== "running" && !this.live.has(v.name))) continue;
+      sum += this.cfg.sizes[v.size]?.memoryBytes ?? 0;
+    }
+    return sum;
+  }
+
+  hostMemoryBytes(): number { return this.cfg.hostMemoryBytes ?? os.totalmem(); }
+
+  memoryLimitBytes(): number { return Math.floor(this.hostMemoryBytes() * this.cfg.memoryOvercommitRatio); }
+
+  private checkMemory(vm: string, size: ProvisionerSize): void {
+    const limit = this.memoryLimitBytes();
+    const after = this.committedMemoryBytes(vm) + size.memoryBytes;
+    if (after > limit) {
+      const mib = (n: number): string => `${Math.round(n / 1048576)} MiB`;
+      throw conflict("memory_overcommit",
+        `not enough memory: VMs would need ${mib(after)}, the limit is ${mib(limit)} (host × memory_overcommit_ratio ${this.cfg.memoryOvercommitRatio})`);
+    }
+  }
+
+  async consoleTail(name: string): Promise<string> {
+    this.record(name);
+    const file = runFiles(this.runDir(name)).console;
+    let fh: fsp.FileHandle;
+    try { fh = await fsp.open(file, "r"); } catch { return ""; }
+    try {
+      const { size } = await fh.stat();
+      const len = Math.min(size, this.cfg.consoleTailBytes);
+      const buf = Buffer.alloc(len);
+      await fh.read(buf, 0, len, size - len);
+      return buf.toString("utf8");
+    } finally {
+      await fh.close();
+    }
+  }
+
+  // --------------------------------------------------------------- locking
+
+  /** Runs `fn` after every earlier operation on the same VM: no two lifecycle steps interleave. */
+  private withLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(name) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    this.locks.set(name, tail);
+    void tail.then(() => { if (this.locks.get(name) === tail) this.locks.delete(name); });
+    return next;
+  }
+
+  private spawnBackground(p: Promise<unknown>): void {
+    const tracked = p.catch((e: unknown) => this.log.error("background task failed", { err: (e as Error).message }));
+    this.background.add(tracked);
+    void tracked.finally(() => this.background.delete(tracked));
+  }
+
+  // ---------------------------------------------------------------- create
+
+  /**
+   * Validates, records the VM, makes its disk and seed (fast, synchronous with the
+   * request so that a failure is the request's error and leaves nothing behind),
+   * then boots it in the background. Returns the VM in state `creating`.
+   */
+  async create(req: CreateRequest): Promise<Record<string, unknown>> {
+    const image = this.store.getImage(req.image);
+    if (!image) throw badRequest("image_not_found", `no image named ${JSON.stringify(req.image)} (GET /v1/images)`);
+    const size = this.cfg.sizes[req.size];
+    if (!size) throw badRequest("size_not_found", `no size named ${JSON.stringify(req.size)} (GET /v1/sizes)`);
+    if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
+    if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
+    if (image.format === "qcow2" && image.files.disk && size.diskBytes < (await imageVirtualSize(this.cfg, image))) {
+      throw badRequest("disk_too_small", `image ${image.name} is larger than the disk of size ${req.size}`);
+    }
+    this.checkMemory(req.name, size);
+    const uuid = randomUUID();
+    // The row is the reservation: from here on the name is taken (SQLite's primary key).
+    this.store.insertVm({
+      name: req.name, uuid, image: image.name, size: req.size, sshKeys: req.sshKeys, desired: "running",
+      state: "creating", message: null, accel: null, ports: null,
+    });
+    try {
+      await this.prepare(this.record(req.name), image, size);
+    } catch (e) {
+      await fsp.rm(this.runDir(req.name), { recursive: true, force: true });
+      this.store.deleteVm(req.name);
+      throw e;
+    }
+    this.log.info("vm created", { vm: req.name, image: image.name, size: req.size });
+    const view = this.get(req.name);
+    this.spawnBackground(this.withLock(req.name, () => this.startLocked(req.name)));
+    return view;
+  }
+
+  private prepare(v: VmRecord, image: ImageRecord, size: ProvisionerSize): Promise<void> {
+    return prepareRunDir(this.cfg, this.runDir(v.name), v, image, size);
+  }
+
+  // ----------------------------------------------------------------- start
+
+  async start(name: string): Promise<Record<string, unknown>> {
+    const v = this.record(name);
+    if (v.state === "deleting") throw conflict("vm_busy", `VM ${name} is being deleted`);
+    if (!this.live.has(name)) this.checkMemory(name, this.cfg.sizes[v.size]!);
+    this.store.updateVm(name, { desired: "running" });
+    await this.withLock(name, () => this.startLocked(name));
+    return this.get(name);
+  }
+
+  private async chooseAccel(image: ImageRecord): Promise<"kvm" | "tcg"> {
+    if (this.cfg.accel !== "auto") return this.cfg.accel;
+    if (!kvmDeviceUsable()) return "tcg";
+    this.accelChoice ??= (async () => {
+      const kernel = this.probeKernel(image);
+      if (!kernel) {
+        this.log.warn("accel auto: no Linux kernel to probe KVM with; using tcg (set accel: kvm to force KVM)");
+        return "tcg";
+      }
+      const ok = await probeKvm(this.cfg.qemuBinary, kernel, this.cfg.dataDir, this.cfg.kvmProbeTimeoutMs);
+      this.log.info(ok ? "accel auto: KVM boots a guest; using kvm" : "accel auto: guest hangs under KVM; using tcg", { kernel });
+      return ok ? "kvm" : "tcg";
+    })();
+    return this.accelChoice;
+  }
+
+  private probeKernel(image: ImageRecord): string | null {
+    if (image.format === "kernel") return image.files.kernel!.path;
+    const k = this.store.listImages().find((i) => i.format === "kernel");
+    if (k) return k.files.kernel!.path;
+    const host = `/boot/vmlinuz-${os.release()}`;
+    try { fs.accessSync(host, fs.constants.R_OK); return host; } catch { return null; }
+  }
+
+  /** Keeps the VM's recorded ports when they are still free, so that its routes stay the same. */
+  private async portsFor(v: VmRecord, fresh: boolean): Promise<VmPorts> {
+    const others = new Set<number>();
+    for (const o of this.store.listVms()) if (o.name !== v.name && o.ports) others.add(o.ports.ssh).add(o.ports.http).add(o.ports.https);
+    if (v.ports && !fresh) {
+      const mine = [v.ports.ssh, v.ports.http, v.ports.https];
+      const clash = mine.filter((p) => others.has(p));
+      const free = await Promise.all(mine.map(portFree));
+      if (clash.length === 0 && free.every(Boolean)) return v.ports;
+      const item: DriftItem = { vm: v.name, kind: "port-clash", detail: `recorded ports ${mine.join(",")} not free; picked new ones` };
+      this.resolved.push(item);
+      this.log.warn("drift: port clash", { vm: v.name, ports: mine.join(",") });
+    }
+    const [ssh, http, https] = await pickFreePorts(3, others);
+    return { ssh: ssh!, http: http!, https: https! };
+  }
+
+  private async startLocked(name: string): Promise<void> {
+    const v = this.store.getVm(name);
+    if (!v || v.desired !== "running" || this.closed) return;
+    if (this.live.has(name)) return;
+    const image = this.store.getImage(v.image);
+    const size = this.cfg.sizes[v.size];
+    if (!image || !size) {
+      this.store.updateVm(name, { state: "error", message: `image ${v.image} or size ${v.size} no longer exists` });
+      return;
+    }
+    try {
+      await this.prepare(v, image, size);
+      const accel = await this.chooseAccel(image);
+      const dir = this.runDir(name);
+      const f = runFiles(dir);
+      let pid = 0;
+      let ports = v.ports;
+      for (let attempt = 1; ; attempt++) {
+        ports = await this.portsFor({ ...v, ports }, attempt > 1);
+        await fsp.rm(f.qmp, { force: true });
+        const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size, image, ports });
+        try {
+          pid = await launchQemu(this.cfg.qemuBinary, args, f.pid, this.cfg.launchTimeoutMs);
+          break;
+        } catch (e) {
+          // QEMU: "Could not set up host forwarding rule 'tcp:…'" when a port was taken meanwhile.
+          if (attempt >= LAUNCH_ATTEMPTS || !/host forwarding/i.test((e as Error).message)) throw e;
+          this.log.warn("port taken before QEMU bound it; retrying with new ports", { vm: name, attempt });
+        }
+      }
+      this.store.updateVm(name, { state: "starting", accel, ports, message: null });
+      const qmp = await this.connectQmp(f.qmp);
+      const live = this.attach(name, pid, qmp);
+      this.sink.publish(routeOwner(name), vmRoutes(name, ports!, this.reach));
+      this.log.info("vm started", { vm: name, pid, accel, ssh: ports!.ssh, http: ports!.http, https: ports!.https });
+      this.spawnBackground(this.watchBoot(name, live.generation, ports!.ssh));
+    } catch (e) {
+      const err = e as Error;
+      this.store.updateVm(name, { state: "error", message: err.message });
+      this.log.error("vm start failed", { vm: name, err: err.message });
+    }
+  }
+
+  private async connectQmp(sock: string): Promise<QmpClient> {
+    let last: unknown;
+    for (let i = 0; i < QMP_CONNECT_ATTEMPTS; i++) {
+      try {
+        return await QmpClient.connect(sock, this.cfg.qmpTimeoutMs);
+      } catch (e) {
+        last = e;
+        await new Promise((r) => setTimeout(r, 200 * (i + 1)));
+      }
+    }
+    throw last as Error;
+  }
+
+  /** Registers a running QEMU and what happens when it exits. */
+  private attach(name: string, pid: number, qmp: QmpClient): Live {
+    const live: Live = { pid, qmp, generation: 1, stopping: false, guestShutdown: false };
+    this.live.set(name, live);
+    qmp.on("event", (ev: { event: string; data?: Record<string, unknown> }) => {
+      if (ev.event === "SHUTDOWN" && ev.data?.guest === true) live.guestShutdown = true;
+      if (ev.event === "RESET" && !live.stopping) {
+        const v = this.store.getVm(name);
+        if (v?.ports && v.state === "running") {
+          this.store.updateVm(name, { state: "starting" });
+          live.generation++;
+          this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
+        }
+      }
+    });
+    qmp.once("close", () => this.spawnBackground(this.onQmpClosed(name, live)));
+    return live;
+  }
+
+  private async onQmpClosed(name: string, live: Live): Promise<void> {
+    if (this.closed || live.stopping || this.live.get(name) !== live) return;
+    // QMP closes when QEMU exits; give the process a moment to be reaped.
+    await this.waitExit(live.pid, 2000);
+    if (processAlive(live.pid)) {
+      // Socket dropped but QEMU lives: reconnect.
+      try {
+        const qmp = await this.connectQmp(runFiles(this.runDir(name)).qmp);
+        live.qmp = qmp;
+        qmp.once("close", () => this.spawnBackground(this.onQmpClosed(name, live)));
+        return;
+      } catch { /* fall through: treat as gone */ }
+    }
+    this.live.delete(name);
+    this.sink.withdraw(routeOwner(name));
+    if (live.guestShutdown) {
+      this.store.updateVm(name, { state: "stopped", desired: "stopped", message: "powered off from inside the guest" });
+      this.log.info("vm powered off by its guest", { vm: name });
+      return;
+    }
+    const now = Date.now();
+    const recent = (this.crashes.get(name) ?? []).filter((t) => now - t < this.cfg.crashWindowMs);
+    const v = this.store.getVm(name);
+    if (v?.desired !== "running" || recent.length >= this.cfg.crashRestarts) {
+      this.store.updateVm(name, { state: "error", message: `QEMU exited unexpectedly (${recent.length} restarts in the last ${this.cfg.crashWindowMs / 60_000} min; see console)` });
+      this.log.error("drift: QEMU exited unexpectedly; not restarting", { vm: name, pid: live.pid, restarts: recent.length });
+      return;
+    }
+    recent.push(now);
+    this.crashes.set(name, recent);
+    this.resolved.push({ vm: name, kind: "not-running", detail: `QEMU pid ${live.pid} exited unexpectedly; restarted` });
+    this.store.updateVm(name, { state: "stopped", message: "QEMU exited unexpectedly; restarting" });
+    this.log.warn("drift: QEMU exited unexpectedly; restarting", { vm: name, pid: live.pid });
+    await new Promise((r) => setTimeout(r, CRASH_RESTART_DELAY_MS));
+    await this.withLock(name, () => this.startLocked(name));
+  }
+
+  /** Polls the guest's SSH banner until it answers: then the VM is `running`. */
+  private async watchBoot(name: string, generation: number, sshPort: number): Promise<void> {
+    const deadline = Date.now() + this.cfg.bootTimeoutMs;
+    const current = (): boolean => !this.closed && this.live.get(name)?.generation === generation && !this.live.get(name)?.stopping;
+    while (current()) {
+      if (await sshBanner(sshPort, BANNER_TIMEOUT_MS)) {
+        if (!current()) return;
+        this.store.updateVm(name, { state: "running", message: null });
+        this.log.info("vm running: guest answers ssh", { vm: name });
+        return;
+      }
+      if (Date.now() > deadline) {
+        if (!current()) return;
+        const msg = `guest did not answer ssh within ${this.cfg.bootTimeoutMs} ms (see console)`;
+        this.store.updateVm(name, { state: "running", message: msg });
+        this.log.warn("vm booted without ssh", { vm: name });
+        return;
+      }
+      await new Promise((r) => setTimeout(r, BOOT_POLL_INTERVAL_MS));
+    }
+  }
+
+  // ------------------------------------------------------------ stop, reboot
+
+  async stop(name: string): Promise<Record<string, unknown>> {
+    const v = this.record(name);
+    if (v.state === "deleting") throw conflict("vm_busy", `VM ${name} is being deleted`);
+    this.store.updateVm(name, { desired: "stopped" });
+    await this.withLock(name, () => this.stopLocked(name, true));
+    return this.get(name);
+  }
+
+  private async waitExit(pid: number, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (processAlive(pid)) {
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, EXIT_POLL_INTERVAL_MS));
+    }
+    return true;
+  }
+
+  /** system_powerdown (when graceful), then `quit`, then SIGKILL; each after its deadline. */
+  private async stopLocked(name: string, graceful: boolean): Promise<void> {
+    const live = this.live.get(name);
+    if (!live) {
+      const v = this.store.getVm(name);
+      if (v && v.state !== "deleting") this.store.updateVm(name, { state: "stopped" });
+      return;
+    }
+    live.stopping = true;
+    live.generation++;
+    this.store.updateVm(name, { state: "stopping" });
+    this.sink.withdraw(routeOwner(name));
+    let exited = false;
+    if (graceful) {
+      try { await live.qmp.execute("system_powerdown"); } catch { /* QEMU may be going already */ }
+      exited = await this.waitExit(live.pid, this.cfg.stopTimeoutMs);
+      if (!exited) this.log.warn("guest ignored powerdown; quitting QEMU", { vm: name, after_ms: this.cfg.stopTimeoutMs });
+    }
+    if (!exited) {
+      try { await live.qmp.execute("quit"); } catch { /* closed as it quits */ }
+      exited = await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
+    }
+    if (!exited) {
+      this.log.warn("QEMU ignored quit; killing it", { vm: name, pid: live.pid });
+      try { process.kill(live.pid, "SIGKILL"); } catch { /* gone */ }
+      await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
+    }
+    live.qmp.close();
+    this.live.delete(name);
+    const f = runFiles(this.runDir(name));
+    await fsp.rm(f.pid, { force: true });
+    await fsp.rm(f.qmp, { force: true });
+    if (this.store.getVm(name)?.state !== "deleting") this.store.updateVm(name, { state: "stopped", message: null });
+    this.log.info("vm stopped", { vm: name });
+  }
+
+  /** A hard reset (QMP system_reset): the guest boots again; state `starting` until ssh answers. */
+  async reboot(name: string): Promise<Record<string, unknown>> {
+    this.record(name);
+    await this.withLock(name, async () => {
+      const live = this.live.get(name);
+      const v = this.store.getVm(name);
+      if (!live || !v?.ports) throw conflict("vm_not_running", `VM ${name} is not running (start it)`);
+      live.generation++;
+      this.store.updateVm(name, { state: "starting", message: null });
+      // Watch for ssh only once the reset happened (RESET event), or the old
+      // guest's sshd could still answer the first probe.
+      const reset = live.qmp.waitEvent("RESET", this.cfg.qmpTimeoutMs);
+      await live.qmp.execute("system_reset");
+      await reset;
+      this.log.info("vm reset", { vm: name });
+      this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
+    });
+    return this.get(name);
+  }
+
+  /** Changes the disk limits of a running VM (QMP block_set_io_throttle); 0 = unlimited. */
+  async setIoLimits(name: string, iops: number, bps: number): Promise<void> {
+    this.record(name);
+    const live = this.live.get(name);
+    if (!live) throw conflict("vm_not_running", `VM ${name} is not running`);
+    await live.qmp.execute("block_set_io_throttle", {
+      id: DISK_BACKEND_QOM_PATH, iops, iops_rd: 0, iops_wr: 0, bps, bps_rd: 0, bps_wr: 0,
+    });
+    this.log.info("vm io limits changed", { vm: name, iops, bps });
+  }
+
+  // ---------------------------------------------------------------- delete
+
+  /** Kills QEMU (the disk goes anyway), withdraws routes, removes the run dir, then the record. */
+  async delete(name: string): Promise<void> {
+    this.record(name);
+    this.store.updateVm(name, { state: "deleting", desired: "stopped" });
+    await this.withLock(name, () => this.deleteLocked(name));
+  }
+
+  private async deleteLocked(name: string): Promise<void> {
+    const v = this.store.getVm(name);
+    if (!v) return;
+    await this.stopLocked(name, false);
+    // A QEMU we never attached to (adoption failed): find it by pidfile + uuid.
+    const pid = readPidFile(runFiles(this.runDir(name)).pid);
+    if (pid && isQemuOf(pid, v.uuid)) {
+      try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+      await this.waitExit(pid, this.cfg.quitTimeoutMs);
+    }
+    this.sink.withdraw(routeOwner(name));
+    await fsp.rm(this.runDir(name), { recursive: true, force: true });
+    this.store.deleteVm(name);
+    this.log.info("vm deleted", { vm: name });
+  }
+
+  // ------------------------------------------------------- restart safety
+
+  /**
+   * After a (re)start of the provisioner: re-adopt every QEMU that still runs
+   * (pidfile + uuid in /proc/PID/cmdline + QMP), restart VMs that should run but
+   * do not, finish interrupted deletes, and report what did not match.
+   */
+  async reconcile(): Promise<void> {
+    for (const v of this.store.listVms()) {
+      await this.withLock(v.name, () => this.reconcileOne(v)).catch((e: Error) => {
+        this.store.updateVm(v.name, { state: "error", message: e.message });
+        this.log.error("reconcile failed", { vm: v.name, err: e.message });
+      });
+    }
+    for (const d of this.drift()) this.log.warn("drift", { vm: d.vm ?? undefined, kind: d.kind, detail: d.detail, pid: d.pid });
+  }
+
+  private async reconcileOne(v: VmRecord): Promise<void> {
+    if (v.state === "deleting") { await this.deleteLocked(v.name); return; }
+    const f = runFiles(this.runDir(v.name));
+    const pid = readPidFile(f.pid);
+    if (pid && isQemuOf(pid, v.uuid)) {
+      const qmp = await this.connectQmp(f.qmp);
+      const status = await qmp.execute<{ status: string }>("query-status");
+      const live = this.attach(v.name, pid, qmp);
+      this.log.info("re-adopted running vm", { vm: v.name, pid, status: status.status });
+      if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
+      if (status.status === "paused") await qmp.execute("cont");
+      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, v.ports!, this.reach));
+      if (await sshBanner(v.ports!.ssh, BANNER_TIMEOUT_MS)) {
+        this.store.updateVm(v.name, { state: "running", message: null });
+      } else {
+        this.store.updateVm(v.name, { state: "starting" });
+        this.spawnBackground(this.watchBoot(v.name, live.generation, v.ports!.ssh));
+      }
+      return;
+    }
+    if (v.desired === "running") {
+      if (v.state !== "creating") {
+        const item: DriftItem = { vm: v.name, kind: "not-running", detail: `should run but QEMU was not running (state was ${v.state}); restarted` };
+        this.resolved.push(item);
+        this.log.warn("drift: vm not running; restarting", { vm: v.name, was: v.state });
+      }
+      await this.startLocked(v.name);
+    } else if (v.state !== "stopped") {
+      this.store.updateVm(v.name, { state: "stopped" });
+    }
+  }
+
+  /** Desired against actual, now. Empty when everything matches. */
+  drift(): DriftItem[] {
+    return computeDrift(this.store.listVms(), new Map([...this.live].map(([n, l]) => [n, l.pid])), this.vmsDir);
+  }
+
+  /** Closes our connections; QEMU processes keep running and are re-adopted next time. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const live of this.live.values()) live.qmp.close();
+    await Promise.allSettled([...this.locks.values()]);
+    await Promise.allSettled([...this.background]);
+    this.live.clear();
+  }
+}

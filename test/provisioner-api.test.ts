@@ -1,0 +1,223 @@
+import { createHash } from "node:crypto";
+import fs from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import path from "node:path";
+import t, { type Test } from "tap";
+import { silentLogger } from "../lib/log.js";
+import { buildApi } from "../provisioner/api.js";
+import { Store } from "../provisioner/db.js";
+import { ImageCatalogue } from "../provisioner/images.js";
+import { startProvisioner } from "../provisioner/index.js";
+import { VmManager } from "../provisioner/vms.js";
+import { MemoryRouteSink } from "../tunnel-client/routesink.js";
+import { api, cleanupDataDir, run, sshKeypair, tempDataDir, testConfig, waitFor } from "./helpers/vm.js";
+
+// No VM boots here: QEMU is /bin/false, so every start fails fast and cheaply.
+const MIB = 1024 * 1024;
+
+async function setup(t: Test, over: Parameters<typeof testConfig>[1] = {}) {
+  const dataDir = tempDataDir();
+  const sink = new MemoryRouteSink();
+  const cfg = testConfig(dataDir, {
+    qemuBinary: "/bin/false",
+    hostMemoryBytes: 512 * MIB,
+    sizes: { ...testConfig(dataDir).sizes, big: { vcpus: 1, memoryBytes: 1024 * MIB, diskBytes: 1024 * MIB, diskIopsPerSec: 0, diskBytesPerSec: 0 } },
+    ...over,
+  });
+  const prov = await startProvisioner({ config: cfg, cogName: "home1", hubDomain: "hub.example", hubHost: "hub.example", sink, logger: silentLogger });
+  t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
+  const { pub } = sshKeypair(dataDir);
+  // A tiny raw "disk" is enough for everything that does not boot.
+  const raw = path.join(dataDir, "disk.raw");
+  fs.writeFileSync(raw, Buffer.alloc(MIB, 0));
+  return { dataDir, base: prov.url, pub, raw, sink };
+}
+
+function postOwnConnection(url: string, body: string): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: "POST", agent: false, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+      let text = "";
+      res.on("data", (d: Buffer) => { text += d.toString(); });
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
+    });
+    // The server may close while we still write: that is the point.
+    req.on("error", (e) => { if (!req.writableEnded) reject(e); });
+    req.end(body);
+  });
+}
+
+const isError = (r: { body: any }, code: string): boolean => r.body?.error?.code === code && typeof r.body.error.message === "string";
+
+t.test("bad VM requests are clear 4xx JSON errors and leave nothing behind", async (t) => {
+  const { dataDir, base, pub, raw } = await setup(t);
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const ok = { name: "vm1", image: "disk", size: "t1", ssh_keys: [pub] };
+  const cases: Array<[string, unknown, number, string, Record<string, string>?]> = [
+    ["bad JSON", "{not json", 400, "bad_json"],
+    ["wrong content type", JSON.stringify(ok), 415, "bad_content_type", { "content-type": "text/plain" }],
+    ["array body", [], 400, "bad_request"],
+    ["null body", "null", 400, "bad_request"],
+    ["unknown field", { ...ok, cpus: 4 }, 400, "bad_request"],
+    ["upper-case name", { ...ok, name: "Web" }, 400, "bad_name"],
+    ["name with a path", { ...ok, name: "../etc" }, 400, "bad_name"],
+    ["name like an option", { ...ok, name: "-daemonize" }, 400, "bad_name"],
+    ["name too long", { ...ok, name: "a".repeat(40) }, 400, "bad_name"],
+    ["name not a string", { ...ok, name: 7 }, 400, "bad_name"],
+    ["unknown image", { ...ok, image: "nope" }, 400, "image_not_found"],
+    ["unknown size", { ...ok, size: "f9-z" }, 400, "size_not_found"],
+    ["no keys", { ...ok, ssh_keys: [] }, 400, "bad_ssh_key"],
+    ["keys not a list", { ...ok, ssh_keys: pub }, 400, "bad_ssh_key"],
+    ["garbage key", { ...ok, ssh_keys: ["hello"] }, 400, "bad_ssh_key"],
+    ["key with bad base64", { ...ok, ssh_keys: ["ssh-ed25519 !!!!"] }, 400, "bad_ssh_key"],
+    ["key with a newline (cloud-config injection)", { ...ok, ssh_keys: [`${pub}\nruncmd: [reboot]`] }, 400, "bad_ssh_key"],
+    ["key with a quote", { ...ok, ssh_keys: [`${pub.split(" ").slice(0, 2).join(" ")} a"b`] }, 400, "bad_ssh_key"],
+    ["key type does not match data", { ...ok, ssh_keys: [pub.replace("ssh-ed25519", "ssh-rsa")] }, 400, "bad_ssh_key"],
+    ["too many keys", { ...ok, ssh_keys: Array(33).fill(pub) }, 400, "bad_ssh_key"],
+    ["more memory than the host", { ...ok, size: "big" }, 409, "memory_overcommit"],
+    ["number body", "42", 400, "bad_request"],
+    ["string body", '"vm1"', 400, "bad_request"],
+    ["name as object", { ...ok, name: { x: 1 } }, 400, "bad_name"],
+    ["image as list", { ...ok, image: ["disk"] }, 400, "bad_request"],
+    ["size empty", { ...ok, size: "" }, 400, "bad_request"],
+    ["keys not strings", { ...ok, ssh_keys: [1, null] }, 400, "bad_ssh_key"],
+    ["empty object", {}, 400, "bad_name"],
+    ["deeply nested", "[".repeat(5000) + "]".repeat(5000), 400, "bad_request"],
+    ["prototype pollution attempt", '{"__proto__": {"x": 1}, "name": "vm9"}', 400, "bad_request"],
+  ];
+  for (const [what, body, status, code, headers] of cases) {
+    const r = await api(base, "POST", "/v1/vms", body, headers);
+    t.equal(r.status, status, `${what}: ${r.text}`);
+    t.ok(isError(r, code), `${what}: code ${code}`);
+  }
+  // Oversize: the server answers before reading the body and closes the
+  // connection, so this one goes on its own connection (agent: false).
+  const big = await postOwnConnection(`${base}/v1/vms`, JSON.stringify({ ...ok, pad: "x".repeat(200_000) }));
+  t.equal(big.status, 413);
+  t.ok(isError(big, "body_too_large"));
+  t.same((await api(base, "GET", "/v1/vms")).body.vms, [], "no VM recorded");
+  t.same(fs.readdirSync(path.join(dataDir, "vms")), [], "no run dir left");
+
+  // A good request, then the same name again.
+  const c = await api(base, "POST", "/v1/vms", ok);
+  t.equal(c.status, 202, c.text);
+  const dup = await api(base, "POST", "/v1/vms", ok);
+  t.equal(dup.status, 409);
+  t.ok(isError(dup, "vm_exists"));
+  // QEMU is /bin/false: the start fails, the VM says why.
+  const failed = await waitFor("vm1 in error", async () => {
+    const r = await api(base, "GET", "/v1/vms/vm1");
+    return r.body.vm.state === "error" ? r.body.vm : undefined;
+  }, 30_000);
+  t.match(failed.message, /false/);
+  t.match((await api(base, "GET", "/v1/drift")).body.drift, [{ vm: "vm1", kind: "not-running" }]);
+
+  // Paths and lifecycle on bad targets.
+  t.ok(isError(await api(base, "GET", "/v1/vms/BAD"), "bad_name"));
+  t.equal((await api(base, "GET", "/v1/vms/nope")).status, 404);
+  t.ok(isError(await api(base, "POST", "/v1/vms/nope/stop"), "vm_not_found"));
+  t.ok(isError(await api(base, "POST", "/v1/vms/vm1/reboot"), "vm_not_running"));
+  t.ok(isError(await api(base, "POST", "/v1/vms/vm1/io-limits", { iops: -1, bps: 0 }), "bad_request"));
+  t.ok(isError(await api(base, "GET", "/v1/nothing"), "not_found"));
+
+  // An image in use cannot be deleted; once the VM is gone it can.
+  const inUse = await api(base, "DELETE", "/v1/images/disk");
+  t.equal(inUse.status, 409);
+  t.ok(isError(inUse, "image_in_use"));
+  t.equal((await api(base, "DELETE", "/v1/vms/vm1")).status, 200);
+  t.notOk(fs.existsSync(path.join(dataDir, "vms", "vm1")));
+  t.equal((await api(base, "DELETE", "/v1/images/disk")).status, 200);
+  t.notOk(fs.existsSync(path.join(dataDir, "images", "disk")));
+
+  // Sizes and memory accounting are visible.
+  const sizes = (await api(base, "GET", "/v1/sizes")).body;
+  t.match(sizes.sizes, [{ name: "f1-s", vcpus: 1, memory_bytes: 512 * MIB }]);
+  t.equal(sizes.memory.limit_bytes, 512 * MIB);
+});
+
+t.test("qemu-img failing: a 500 JSON error, nothing half-created", async (t) => {
+  const dir = tempDataDir();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const fake = path.join(dir, "qemu-img");
+  // Real qemu-img for `info`/`convert` (image import), failure for `create` (the VM disk).
+  fs.writeFileSync(fake, `#!/bin/sh\nif [ "$1" = create ]; then echo "qemu-img: simulated: No space left on device" >&2; exit 1; fi\nexec qemu-img "$@"\n`, { mode: 0o755 });
+  const { dataDir, base, pub, raw } = await setup(t, { qemuImgBinary: fake });
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const r = await api(base, "POST", "/v1/vms", { name: "vm1", image: "disk", size: "t1", ssh_keys: [pub] });
+  t.equal(r.status, 500, r.text);
+  t.ok(isError(r, "disk_create_failed"));
+  t.match(r.body.error.message, /No space left on device/);
+  t.same((await api(base, "GET", "/v1/vms")).body.vms, [], "no VM recorded");
+  t.same(fs.readdirSync(path.join(dataDir, "vms")), [], "no run dir left");
+  t.equal((await api(base, "DELETE", "/v1/images/disk")).status, 200, "image not held by a half-created VM");
+});
+
+t.test("image import: raw → qcow2, checksums, URLs, progress, bad sources", async (t) => {
+  const { dataDir, base, raw } = await setup(t);
+  const sha = createHash("sha256").update(fs.readFileSync(raw)).digest("hex");
+
+  const imp = await api(base, "POST", "/v1/images", { name: "raw1", source: raw, sha256: sha });
+  t.equal(imp.status, 201, imp.text);
+  t.equal(imp.body.image.format, "qcow2");
+  t.equal(imp.body.image.files.disk.sha256, sha);
+  const info = await run("qemu-img", ["info", "--output=json", path.join(dataDir, "images", "raw1", "disk.qcow2")]);
+  t.equal(JSON.parse(info.stdout).format, "qcow2", "raw was converted to qcow2");
+  t.equal(fs.statSync(path.join(dataDir, "images", "raw1", "disk.qcow2")).mode & 0o222, 0, "base image is read-only");
+
+  const bad = await api(base, "POST", "/v1/images", { name: "raw2", source: raw, sha256: "0".repeat(64) });
+  t.equal(bad.status, 400);
+  t.ok(isError(bad, "checksum_mismatch"));
+  t.same(fs.readdirSync(path.join(dataDir, "images")).sort(), ["raw1"], "nothing left of the failed import");
+  t.same((await api(base, "GET", "/v1/images")).body.images.map((i: any) => i.name), ["raw1"]);
+
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "raw1", source: raw }), "image_exists"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: "relative/path" }), "bad_source"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: "/nonexistent/disk" }), "bad_source"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: dataDir }), "bad_source"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x" }), "bad_request"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: raw, sha256: "abc" }), "bad_checksum"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "X", source: raw }), "bad_name"));
+  // A qcow2 that names a backing file could read any file on the cog.
+  const evil = path.join(dataDir, "evil.qcow2");
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname", evil]);
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "evil", source: evil }), "image_invalid"));
+
+  // Download over HTTP (loopback) with NDJSON progress.
+  const big = path.join(dataDir, "big.raw");
+  fs.writeFileSync(big, Buffer.alloc(3 * MIB, 1));
+  const srv = http.createServer((req, res) => {
+    if (req.url === "/big.raw") { res.setHeader("content-length", 3 * MIB); fs.createReadStream(big).pipe(res); return; }
+    res.statusCode = 404;
+    res.end();
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  t.teardown(() => new Promise<void>((r) => srv.close(() => r())));
+  const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+  const res = await fetch(`${base}/v1/images`, {
+    method: "POST", headers: { "content-type": "application/json", accept: "application/x-ndjson" },
+    body: JSON.stringify({ name: "dl", source: `${url}/big.raw` }),
+  });
+  const lines = (await res.text()).trim().split("\n").map((l) => JSON.parse(l));
+  t.ok(lines.some((l) => l.progress?.bytes === 3 * MIB && l.progress.total_bytes === 3 * MIB), "progress reported");
+  t.equal(lines.at(-1).image?.name, "dl", "last line is the image");
+  const missing = await api(base, "POST", "/v1/images", { name: "dl2", source: `${url}/nope` });
+  t.equal(missing.status, 502);
+  t.ok(isError(missing, "download_failed"));
+});
+
+t.test("token required off loopback", async (t) => {
+  const dataDir = tempDataDir();
+  t.teardown(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+  const cfg = testConfig(dataDir);
+  const store = new Store(path.join(dataDir, "p.db"));
+  t.teardown(() => store.close());
+  const images = new ImageCatalogue(dataDir, store, { qemuImg: "qemu-img", toolTimeoutMs: 10_000, maxImageBytes: MIB, log: silentLogger });
+  const vms = new VmManager(cfg, store, new MemoryRouteSink(), { cogName: "c", hubDomain: "d", hubHost: "h" }, silentLogger);
+  const app = buildApi({ cfg, store, images, vms, log: silentLogger, token: "s3cret" });
+  const no = await app.request("/v1/vms");
+  t.equal(no.status, 401);
+  t.equal(((await no.json()) as any).error.code, "unauthorized");
+  t.equal((await app.request("/v1/vms", { headers: { authorization: "Bearer wrong!" } })).status, 401);
+  t.equal((await app.request("/v1/vms", { headers: { authorization: "Bearer s3cret" } })).status, 200);
+  await vms.close();
+});

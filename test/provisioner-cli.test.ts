@@ -1,0 +1,94 @@
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import t from "tap";
+import { table } from "../cli/vm.js";
+import { silentLogger } from "../lib/log.js";
+import { startProvisioner } from "../provisioner/index.js";
+import { MemoryRouteSink } from "../tunnel-client/routesink.js";
+import { cleanupDataDir, sshKeypair, tempDataDir, testConfig } from "./helpers/vm.js";
+
+const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "vm-cli.ts");
+
+function capsul(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript"));
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const p = spawn(process.execPath, [...loader, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env });
+  let stdout = "";
+  let stderr = "";
+  p.stdout.on("data", (d: Buffer) => { stdout += d.toString(); });
+  p.stderr.on("data", (d: Buffer) => { stderr += d.toString(); });
+  return new Promise((resolve) => p.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr })));
+}
+
+t.test("table", async (t) => {
+  t.equal(table(["A", "BB"], [["xxx", "y"], ["z", ""]]), "A    BB\nxxx  y\nz");
+});
+
+t.test("capsul vm / capsul image against a provisioner", async (t) => {
+  const dataDir = tempDataDir();
+  // QEMU is /bin/false: nothing boots; this is about the command line.
+  const prov = await startProvisioner({
+    config: testConfig(dataDir, { qemuBinary: "/bin/false" }), cogName: "home1", hubDomain: "hub.example", hubHost: "hub.example",
+    sink: new MemoryRouteSink(), logger: silentLogger,
+  });
+  t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
+  const g = ["--api", prov.url, "--data-dir", dataDir];
+  const { key } = sshKeypair(dataDir);
+  const raw = path.join(dataDir, "d.raw");
+  fs.writeFileSync(raw, Buffer.alloc(2 * 1024 * 1024));
+
+  let r = await capsul(["image", "import", raw, "--name", "base", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout.trim(), "base: imported (qcow2)");
+  r = await capsul(["image", "list", ...g]);
+  t.match(r.stdout, /^NAME\s+FORMAT\s+SIZE\s+SHA256\s+USED BY\nbase\s+qcow2\s/);
+
+  r = await capsul(["vm", "create", "web1", "--image", "base", "--size", "t1", "--ssh-key", `${key}.pub`, ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /^web1: creating/);
+  r = await capsul(["vm", "list", ...g]);
+  t.match(r.stdout, /^NAME\s+STATE\s+SIZE\s+IMAGE\s+SSH\s+URL\nweb1\s+\S+\s+t1\s+base\s+.*https:\/\/web1\.home1\.hub\.example\//);
+  r = await capsul(["vm", "show", "web1", "--json", ...g]);
+  t.equal(JSON.parse(r.stdout).hostname, "web1.home1.hub.example");
+  r = await capsul(["vm", "show", "web1", ...g]);
+  t.match(r.stdout, /^name:\s+web1$/m);
+  t.match(r.stdout, /^url:\s+https:\/\/web1\.home1\.hub\.example\/$/m);
+
+  // Errors: one line, exit 2 for a refused request, 1 for runtime failures.
+  r = await capsul(["vm", "create", "web2", "--image", "base", "--size", "t1", "--ssh-key", "ssh-ed25519 nope", ...g]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /^capsul: ssh_keys\[0\]: .*\[bad_ssh_key\]\n$/);
+  r = await capsul(["vm", "show", "ghost", ...g]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^capsul: no VM named "ghost" \[vm_not_found\]\n$/);
+  r = await capsul(["image", "delete", "base", ...g]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /image_in_use/);
+  r = await capsul(["vm", "list", "--api", "http://127.0.0.1:1", "--data-dir", dataDir]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^capsul: cannot reach the provisioner at http:\/\/127\.0\.0\.1:1/);
+  r = await capsul(["vm", "create", "x", ...g]);
+  t.equal(r.code, 2, "missing --image is a usage error");
+  r = await capsul(["image", "import", "/nonexistent", "--name", "n", ...g]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /bad_source/);
+
+  // -c capsul.yaml: the API address and data dir come from cog.provisioner.
+  const yml = path.join(dataDir, "capsul.yaml");
+  fs.writeFileSync(yml, `cog:\n  provisioner:\n    listen: 127.0.0.1:${new URL(prov.url).port}\n    data_dir: ${dataDir}\n`);
+  r = await capsul(["vm", "list", "--json", "-c", yml]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(JSON.parse(r.stdout)[0].name, "web1");
+  r = await capsul(["vm", "list", "-c", path.join(dataDir, "missing.yaml")]);
+  t.equal(r.code, 2, "a -c file that does not exist is a usage error");
+
+  r = await capsul(["vm", "delete", "web1", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  r = await capsul(["image", "delete", "base", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  r = await capsul(["vm", "list", ...g]);
+  t.match(r.stdout, /^no VMs/);
+});
