@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
-import { table } from "../cli/vm.js";
+import { table } from "../cli/common.js";
 import { silentLogger } from "../lib/log.js";
 import { startProvisioner } from "../provisioner/index.js";
 import { MemoryRouteSink } from "../tunnel-client/routesink.js";
