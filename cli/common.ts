@@ -1,4 +1,5 @@
 import fs from "node:fs";
+import { CommanderError, type Command } from "commander";
 import path from "node:path";
 import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
@@ -83,4 +84,22 @@ export function table(headers: string[], rows: string[][]): string {
   const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(w[i]!))).join("  ").trimEnd();
   return [line(headers), ...rows.map(line)].join("\n");
+}
+
+/**
+ * Parses and runs a commander program with capsul's exit codes: 0 ok, 1 runtime
+ * failure, 2 usage or config error; errors as one line (+ stack with --verbose).
+ */
+export async function runProgram(program: Command, argv: string[] = process.argv): Promise<void> {
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander already printed its message (or the help / version text)
+      process.exitCode = err.exitCode === 0 ? 0 : 2;
+    } else {
+      reportError(err, argv.includes("--verbose"));
+      process.exitCode = exitCodeFor(err);
+    }
+  }
 }

@@ -3,12 +3,12 @@
  * The capsul command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or
  * config error. Errors print as one line; --verbose adds the stack.
  */
-import { Command, CommanderError, Option } from "commander";
+import { Command, Option } from "commander";
 import { registerHubCommands } from "./hub.js";
 import { registerCogCommands } from "./cog.js";
 import { registerDemoCommand } from "./demo.js";
 import { registerVmCommands } from "./vm.js";
-import { exitCodeFor, reportError } from "./common.js";
+import { runProgram } from "./common.js";
 
 const program = new Command();
 program
@@ -26,14 +26,4 @@ registerHubCommands(program);
 registerCogCommands(program);
 registerVmCommands(program);
 
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (err instanceof CommanderError) {
-    // commander already printed its message (or the help / version text)
-    process.exitCode = err.exitCode === 0 ? 0 : 2;
-  } else {
-    reportError(err, process.argv.includes("--verbose"));
-    process.exitCode = exitCodeFor(err);
-  }
-}
+await runProgram(program);

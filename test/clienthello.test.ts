@@ -10,22 +10,13 @@ import {
   TLS_ALERT_UNRECOGNIZED_NAME,
   type HelloResult,
 } from "../gateway/clienthello.js";
+import { prng } from "./helpers/prng.js";
 
 const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "clienthello");
 interface Fixture { file: string; client: string; sni: string | null; alpn: string[]; bytes: number }
 const manifest: Fixture[] = JSON.parse(readFileSync(join(FIXTURES, "fixtures.json"), "utf8"));
 const fixtures = manifest.map((f) => ({ ...f, data: readFileSync(join(FIXTURES, f.file)) }));
 
-/** Deterministic PRNG (mulberry32) so a failing split or fuzz case can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---- builders for hand-made hellos (RFC 8446 §4.1.2, §4.2; RFC 6066 §3; RFC 7301 §3.1) ----
 const u16 = (n: number) => Buffer.from([n >> 8, n & 0xff]);

@@ -10,6 +10,7 @@ import {
   type FrameHeader,
   type FrameTypeValue,
 } from "../protocol/frame.js";
+import { prng as rng } from "./helpers/prng.js";
 
 interface Frame {
   type: FrameTypeValue;
@@ -24,18 +25,6 @@ function encodeFrame(f: Frame): Buffer {
   return f.payload ? Buffer.concat([h, f.payload]) : h;
 }
 
-/** A deterministic PRNG so failures reproduce. */
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 0x1_0000_0000;
-  };
-}
 
 function sampleFrames(): Frame[] {
   const r = rng(7);

@@ -1,15 +1,7 @@
 import t from "tap";
 import { HTTP_HEAD_MAX_BYTES, HTTP_METHOD_MAX_BYTES, httpErrorResponse, parseHttpHead, type HttpHeadResult } from "../gateway/httphost.js";
+import { prng } from "./helpers/prng.js";
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Feeds growing prefixes at the cut points; returns where the first non-need-more answer came and what it was. */
 function feed(buf: Buffer, cuts: number[]): { at: number; result: HttpHeadResult } {

@@ -60,7 +60,7 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   // Errors: one line, exit 2 for a refused request, 1 for runtime failures.
   r = await capsul(["vm", "create", "web2", "--image", "base", "--size", "t1", "--ssh-key", "ssh-ed25519 nope", ...g]);
   t.equal(r.code, 2);
-  t.match(r.stderr, /^capsul: ssh_keys\[0\]: .*\[bad_ssh_key\]\n$/);
+  t.match(r.stderr, /^capsul: config error: ssh_keys\[0\]: .*\[bad_ssh_key\]\n$/);
   r = await capsul(["vm", "show", "ghost", ...g]);
   t.equal(r.code, 1);
   t.match(r.stderr, /^capsul: no VM named "ghost" \[vm_not_found\]\n$/);
