@@ -8,7 +8,7 @@ import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { BENCH_HOST } from "./backend.js";
-import { run } from "./procs.js";
+import { collectChild, run } from "./procs.js";
 
 export const WRK_THREADS = 1;
 export const WRK_CONNECTIONS = 50;
@@ -98,21 +98,23 @@ export interface BulkResult {
 /** `n` concurrent curl downloads of /big through `port` (TLS, SNI = BENCH_HOST). */
 export async function bulk(port: number, n: number, expectBytes: number, timeoutMs: number): Promise<BulkResult> {
   const t0 = process.hrtime.bigint();
-  const one = (): Promise<{ size: number; code: string; why: string }> => new Promise((resolve, reject) => {
+  const one = async (): Promise<{ size: number; code: string; why: string }> => {
     const c = spawn("curl", [
-      "-s", "-k", "--max-time", String(Math.ceil(timeoutMs / 1000)),
+      "-sS", "-k", "--max-time", String(Math.ceil(timeoutMs / 1000)),
       "--resolve", `${BENCH_HOST}:${port}:127.0.0.1`,
       "-o", "/dev/null", "-w", "%{size_download} %{http_code} %{exitcode} %{errormsg}",
       `https://${BENCH_HOST}:${port}/big`,
     ], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    c.stdout.on("data", (b) => { out += b.toString(); });
-    c.on("error", reject);
-    c.on("exit", () => {
-      const [size, code, ...why] = out.trim().split(" ");
-      resolve({ size: Number(size) || 0, code: code ?? "000", why: why.join(" ") });
-    });
-  });
+    // collectChild waits for 'close', not 'exit': with 'exit' the -w line was sometimes not
+    // read yet, and a complete download was reported as 0 bytes (bench round 3, bulk x16).
+    const r = await collectChild(c);
+    const m = /^(\d+) (\d{3}) (\d+) ?(.*)$/s.exec(r.stdout.trim());
+    if (!m) {
+      // No -w line: curl itself failed (killed, crashed); say so instead of "0 bytes".
+      return { size: 0, code: "000", why: `curl printed no result (exit ${r.exitCode}, signal ${r.signal}): ${r.stderr.trim().slice(-200)}` };
+    }
+    return { size: Number(m[1]), code: m[2]!, why: `${m[3]} ${m[4]}`.trim() };
+  };
   const res = await Promise.all(Array.from({ length: n }, one));
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const bytes = res.reduce((a, r) => a + r.size, 0);

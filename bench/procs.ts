@@ -89,6 +89,30 @@ export function startProc(name: string, cmd: string, args: string[], opts: { cwd
   };
 }
 
+export interface ChildResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/**
+ * Everything a short-lived child printed, once it has exited AND its stdout/stderr are
+ * closed ('close'). Never use 'exit' for this: Node emits it as soon as the process is
+ * reaped, possibly before the last bytes on its pipes were read. Under load that race
+ * turned complete curl downloads into "0 bytes" in the bench (see bench/RESULTS.md).
+ */
+export function collectChild(child: ChildProcess): Promise<ChildResult> {
+  return new Promise((resolve, reject) => {
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (b: Buffer) => { stdout += b.toString(); });
+    child.stderr?.on("data", (b: Buffer) => { stderr += b.toString(); });
+    child.on("error", reject);
+    child.on("close", (exitCode: number | null, signal: NodeJS.Signals | null) => resolve({ stdout, stderr, exitCode, signal }));
+  });
+}
+
 /** Resident set size in bytes (VmRSS). */
 export function rssBytes(pid: number): number {
   const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB/m);

@@ -20,8 +20,24 @@ import {
   type FrameTypeValue,
 } from "./frame.js";
 
-/** Enough for 50 ms RTT at ~160 MB/s (frp uses 6 MiB). Also the per-stream receive memory bound. */
+/**
+ * Every stream's starting receive window (frp uses 6 MiB): 50 ms RTT at ~160 MB/s, and what a
+ * reader that never drains fast (stalled, slow, or on loopback) can ever have buffered.
+ */
 export const MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * Auto-tuning ceiling: a stream whose reader drains its whole window within
+ * MUX_AUTOTUNE_RTTS round trips has its window doubled, up to this (50 ms RTT at ~670 MB/s).
+ * The per-stream receive memory bound of a reader that was fast and then stalls.
+ */
+export const MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES = 32 * 1024 * 1024;
+/** Grow a window when its reader consumed one full window in less than this many RTTs (quic-go uses ~2). */
+export const MUX_AUTOTUNE_RTTS = 2;
+/**
+ * Credit goes back once a quarter of the stream's window was consumed (hashicorp waits for
+ * half: the sender then idles on a half-empty window, which halved our 50 ms RTT throughput).
+ */
+export const MUX_CREDIT_WINDOW_DIVISOR = 4;
 /** spec.md §Flow Control: every stream starts with a 256 KiB window, both directions. */
 export const MUX_INITIAL_WINDOW_BYTES = 256 * 1024;
 export const MUX_DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
@@ -45,6 +61,10 @@ export interface MuxOptions {
   /** client uses odd stream ids, server even (spec.md §StreamID Field). */
   role: "client" | "server";
   maxStreamWindowBytes?: number;
+  /** Ceiling for window auto-tuning (>= maxStreamWindowBytes; equal disables growth). */
+  maxAutoWindowBytes?: number;
+  /** Millisecond clock for RTT samples and auto-tuning (default performance.now); tests freeze it. */
+  clock?: () => number;
   /** 0 disables our pings (we still answer the peer's). */
   keepaliveIntervalMs?: number;
   /** Ping outstanding and nothing at all received for this long -> destroyed with "keepalive timeout". */
@@ -80,6 +100,7 @@ function checkInt(name: string, v: number, min: number, max: number): number {
 export class MuxSession extends EventEmitter {
   readonly role: "client" | "server";
   readonly maxStreamWindowBytes: number;
+  readonly maxAutoWindowBytes: number;
   readonly keepaliveIntervalMs: number;
   readonly keepaliveTimeoutMs: number;
   readonly acceptBacklog: number;
@@ -92,8 +113,9 @@ export class MuxSession extends EventEmitter {
   private readonly decoder = new FrameDecoder();
   private nextId: number;
   private readonly ourParity: number;
-  /** Credit is returned once this much has been consumed (hashicorp: half the max window). */
-  private readonly creditThreshold: number;
+  private readonly clock: () => number;
+  /** Smallest round trip seen (SYN->ACK of our streams, pings); Infinity until the first sample. */
+  private minRttMs = Infinity;
 
   // ---- write side
   private out: Buffer[] = [];
@@ -126,6 +148,7 @@ export class MuxSession extends EventEmitter {
   private kaDeadline: NodeJS.Timeout | null = null;
   private kaId = 0; // 0: no keepalive ping outstanding
   private kaRxMark = 0;
+  private kaSentAt = 0;
 
   private readonly flushBound = (): void => {
     this.flushScheduled = false;
@@ -142,6 +165,11 @@ export class MuxSession extends EventEmitter {
       "maxStreamWindowBytes", opts.maxStreamWindowBytes ?? MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES,
       MUX_INITIAL_WINDOW_BYTES, MUX_MAX_WINDOW_BYTES,
     );
+    this.maxAutoWindowBytes = checkInt(
+      "maxAutoWindowBytes", opts.maxAutoWindowBytes ?? Math.max(MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES, this.maxStreamWindowBytes),
+      this.maxStreamWindowBytes, MUX_MAX_WINDOW_BYTES,
+    );
+    this.clock = opts.clock ?? performance.now.bind(performance);
     this.keepaliveIntervalMs = checkInt(
       "keepaliveIntervalMs", opts.keepaliveIntervalMs ?? MUX_DEFAULT_KEEPALIVE_INTERVAL_MS, 0, 2 ** 31 - 1,
     );
@@ -156,7 +184,6 @@ export class MuxSession extends EventEmitter {
       "writeBatchMaxBytes", opts.writeBatchMaxBytes ?? MUX_DEFAULT_WRITE_BATCH_MAX_BYTES, 1, 2 ** 31 - 1,
     );
     this.closeLingerMs = checkInt("closeLingerMs", opts.closeLingerMs ?? MUX_DEFAULT_CLOSE_LINGER_MS, 0, 2 ** 31 - 1);
-    this.creditThreshold = Math.floor(this.maxStreamWindowBytes / 2);
     this.ourParity = this.role === "client" ? 1 : 0;
     this.nextId = this.role === "client" ? 1 : 2;
 
@@ -201,6 +228,8 @@ export class MuxSession extends EventEmitter {
     // spec.md §Flow Control: "can immediately send a window update as part of the SYN/ACK
     // indicating a larger window" -> the peer may send maxStreamWindowBytes at once.
     s.recvWindow = this.maxStreamWindowBytes;
+    s.rxWindow = this.maxStreamWindowBytes;
+    s.synAt = this.clock();
     this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
     this.scheduleFlush();
     return s;
@@ -216,7 +245,7 @@ export class MuxSession extends EventEmitter {
         reject(errWithCode("mux: ping timeout", "ETIMEDOUT"));
       }, this.keepaliveTimeoutMs);
       timer.unref();
-      this.pings.set(id, { resolve, reject, t0: performance.now(), timer });
+      this.pings.set(id, { resolve, reject, t0: this.clock(), timer });
       this.sendControl(FrameType.Ping, Flag.SYN, 0, id);
     });
   }
@@ -448,7 +477,10 @@ export class MuxSession extends EventEmitter {
         // A stream we already reset or finished: late frames are dropped (hashicorp does the same).
         return;
       }
-      if ((flags & Flag.ACK) !== 0) s.acked = true;
+      if ((flags & Flag.ACK) !== 0 && !s.acked) {
+        s.acked = true;
+        if (s.synAt >= 0) this.rttSample(this.clock() - s.synAt);
+      }
       if ((flags & Flag.RST) !== 0) return this.onRemoteReset(s);
       if (type === FrameType.WindowUpdate) {
         if ((flags & Flag.SYN) === 0 && h.length > 0) {
@@ -510,6 +542,7 @@ export class MuxSession extends EventEmitter {
     const s = new MuxStream(this, id);
     s.sendWindow += synDelta;
     s.recvWindow = this.maxStreamWindowBytes;
+    s.rxWindow = this.maxStreamWindowBytes;
     this.streams.set(id, s);
     this.sendControl(FrameType.WindowUpdate, Flag.ACK, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
     if (noTaker) this.acceptQueue.push(s);
@@ -551,8 +584,16 @@ export class MuxSession extends EventEmitter {
 
   /**
    * @internal Called from `_read()`: bytes the reader consumed since last time become
-   * credit; returned to the peer once they reach half the max window (hashicorp policy),
-   * so a paused reader stops the sender after at most maxStreamWindowBytes.
+   * credit; returned to the peer once they reach a quarter of the stream's window, so a
+   * paused reader stops the sender after at most one window (s.rxWindow).
+   *
+   * Auto-tuning (as QUIC and HTTP/2 stacks do): credit is counted in epochs of one full
+   * window, from the first consumed byte. If the reader consumed the window in less than
+   * MUX_AUTOTUNE_RTTS x the smallest RTT seen, the window, not the reader, is what limits
+   * the stream: the window doubles (up to maxAutoWindowBytes) by sending extra credit.
+   * A slow or stalled reader never completes a fast epoch, so it keeps its window; with no
+   * RTT sample yet (or on loopback, where a window drains in far more than 2 RTTs) no
+   * stream grows.
    */
   creditConsumed(s: MuxStream): void {
     const unread = s.readableLength;
@@ -560,13 +601,32 @@ export class MuxSession extends EventEmitter {
     if (consumed <= 0) return;
     s.rxBuffered = unread;
     const credit = s.rxUncredited + consumed;
-    if (credit >= this.creditThreshold && !s.finRecv && !s.freed && !this._closed) {
+    const win = s.rxWindow;
+    if (credit >= win / MUX_CREDIT_WINDOW_DIVISOR && !s.finRecv && !s.freed && !this._closed) {
+      let grow = 0;
+      if (win < this.maxAutoWindowBytes) {
+        const now = this.clock();
+        if (s.rxEpochStart < 0) s.rxEpochStart = now;
+        s.rxEpochBytes += credit;
+        if (s.rxEpochBytes >= win) {
+          if (now - s.rxEpochStart <= MUX_AUTOTUNE_RTTS * this.minRttMs) {
+            grow = Math.min(win, this.maxAutoWindowBytes - win);
+            s.rxWindow = win + grow;
+          }
+          s.rxEpochStart = now;
+          s.rxEpochBytes = 0;
+        }
+      }
       s.rxUncredited = 0;
-      s.recvWindow += credit;
-      this.sendControl(FrameType.WindowUpdate, 0, s.id, credit);
+      s.recvWindow += credit + grow;
+      this.sendControl(FrameType.WindowUpdate, 0, s.id, credit + grow);
     } else {
       s.rxUncredited = credit;
     }
+  }
+
+  private rttSample(ms: number): void {
+    if (ms < this.minRttMs) this.minRttMs = ms;
   }
 
   /** @internal Frees a stream id: both directions finished, or RST either way. */
@@ -592,6 +652,7 @@ export class MuxSession extends EventEmitter {
   private onPong(id: number): void {
     if (id === this.kaId && this.kaId !== 0) {
       this.kaId = 0;
+      this.rttSample(this.clock() - this.kaSentAt);
       if (this.kaDeadline) clearTimeout(this.kaDeadline);
       this.kaDeadline = null;
       return;
@@ -600,13 +661,16 @@ export class MuxSession extends EventEmitter {
     if (p === undefined) return;
     this.pings.delete(id);
     clearTimeout(p.timer);
-    p.resolve(performance.now() - p.t0);
+    const rtt = this.clock() - p.t0;
+    this.rttSample(rtt);
+    p.resolve(rtt);
   }
 
   private readonly onKeepaliveTick = (): void => {
     if (this._closed || this.kaId !== 0) return;
     this.kaId = this.takePingId();
     this.kaRxMark = this.rxChunks;
+    this.kaSentAt = this.clock();
     this.sendControl(FrameType.Ping, Flag.SYN, 0, this.kaId);
     this.kaDeadline = setTimeout(this.onKeepaliveDeadline, this.keepaliveTimeoutMs);
     this.kaDeadline.unref();
@@ -695,6 +759,13 @@ export class MuxStream extends Duplex {
   rxBuffered = 0;
   /** @internal Consumed bytes not yet returned as credit. */
   rxUncredited = 0;
+  /** @internal This stream's receive window: maxStreamWindowBytes, grown by auto-tuning. */
+  rxWindow = MUX_INITIAL_WINDOW_BYTES;
+  /** @internal Auto-tuning epoch: when it started (-1: nothing consumed yet) and credit in it. */
+  rxEpochStart = -1;
+  rxEpochBytes = 0;
+  /** @internal When our SYN went out (RTT sample on the ACK); -1 for peer-opened streams. */
+  synAt = -1;
   /** @internal The write being framed: one chunk, or a _writev list. */
   txChunk: Buffer | null = null;
   txList: Buffer[] | null = null;

@@ -87,3 +87,23 @@ t.test("bench --quick measures every path through its own proxy and writes the r
   t.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
   t.match(svg, /<\/svg>\n$/);
 });
+
+t.test("collectChild waits for the child's output, not just its exit (bench bulk x16 '0 bytes')", async (t) => {
+  const { spawn } = await import("node:child_process");
+  const { collectChild } = await import("../bench/procs.js");
+  // The shell exits at once while a grandchild still holds stdout; the grandchild prints
+  // the result line only when we tell it to, after 'exit' was seen: exactly the order that
+  // made 'exit' see an empty output. 'close' waits for the pipe, so the line is always there.
+  const child = spawn("sh", ["-c", "exec 3<&0; (read go <&3; printf '268435456 200 0 ') & exit 0"], { stdio: ["pipe", "pipe", "pipe"] });
+  let stdoutAtExit: string | null = null;
+  let seen = "";
+  child.stdout.on("data", (b: Buffer) => { seen += b.toString(); });
+  child.once("exit", () => {
+    stdoutAtExit = seen;
+    child.stdin.end("go\n");
+  });
+  const r = await collectChild(child);
+  t.equal(stdoutAtExit, "", "at 'exit' nothing had been read yet (the race the old bench lost)");
+  t.equal(r.stdout, "268435456 200 0 ", "collectChild has the whole result line");
+  t.equal(r.exitCode, 0);
+});

@@ -240,6 +240,46 @@ function body(kind: PairKind) {
       t.equal(acked, TOTAL);
     });
 
+    t.test("window auto-tuning: a fast reader's window doubles up to maxAutoWindowBytes, a stalled one never grows", async (t) => {
+      const W = MUX_INITIAL_WINDOW_BYTES;
+      const MAX = 4 * W;
+      // A frozen clock makes every RTT sample 0 and every epoch take 0 ms: "drained within
+      // 2 RTTs" always holds once an RTT is known, so growth depends on consumption alone.
+      const frozen = { maxStreamWindowBytes: W, maxAutoWindowBytes: MAX, clock: () => 0 };
+      const { client, server, close } = await sessions(kind, frozen, frozen);
+      t.teardown(close);
+      await server.ping(); // the receiver's first RTT sample
+      const s = client.open();
+      s.on("error", () => {});
+      const [rs] = (await once(server, "stream")) as [MuxStream];
+      const s2 = client.open();
+      s2.on("error", () => {});
+      const [stalled] = (await once(server, "stream")) as [MuxStream];
+      rs.on("error", () => {});
+      stalled.on("error", () => {});
+      stalled.pause(); // never reads: must keep its first window
+      s2.write(POOL.subarray(0, 2 * MAX));
+      const TOTAL = 4 * MiB;
+      const h = createHash("sha256");
+      const rx = hashReadable(rs);
+      let sent = 0;
+      while (sent < TOTAL) {
+        const c = POOL.subarray(sent % (POOL.length - 64 * KiB), (sent % (POOL.length - 64 * KiB)) + 64 * KiB);
+        h.update(c);
+        sent += c.length;
+        if (!s.write(c)) await once(s, "drain");
+      }
+      s.end();
+      const got = await rx;
+      t.equal(got.bytes, TOTAL);
+      t.equal(got.hex, h.digest("hex"), "every byte of the fast stream arrives");
+      t.equal(rs.rxWindow, MAX, "the fast reader's window grew to the ceiling, no further");
+      await untilPing(client, () => stalled.readableLength >= W);
+      for (let i = 0; i < 20; i++) await client.ping();
+      t.equal(stalled.rxWindow, W, "the stalled reader's window did not grow");
+      t.equal(stalled.readableLength, W, "the stalled reader holds exactly its first window");
+    });
+
     t.test("keepalive timeout when the peer goes silent", async (t) => {
       const pair = await duplexPair(kind);
       t.teardown(() => pair.close());

@@ -1,21 +1,13 @@
-import type { HostPort, ProxyProtocol, RouteKind } from "../config/types.js";
+import type { CogRoute } from "../config/types.js";
 
 /**
- * A route some part of the cog wants published at the hub. The provisioner
+ * A route some part of the cog wants published at the hub: the same shape as a
+ * capsul.yaml cog route (name unique within the cog; tcp routes without a port
+ * get one assigned by the hub, kept stable across restarts). The provisioner
  * publishes one set per VM; `capsul cog` wires a RouteSink to the tunnel client,
  * so the provisioner never imports the tunnel and can be tested on its own.
  */
-export interface PublishedRoute {
-  /** Unique within the cog; hub TCP port assignments are keyed by it (e.g. "vm-web1-ssh"). */
-  name: string;
-  kind: RouteKind;
-  /** tls/http: exact hostname or "*.suffix". */
-  hostname?: string;
-  /** tcp: hub port wanted; omit to let the hub assign one (stable across restarts). */
-  port?: number;
-  target: HostPort;
-  proxyProtocol: ProxyProtocol;
-}
+export type PublishedRoute = CogRoute;
 
 export type RouteStatus =
   | { state: "pending" }
