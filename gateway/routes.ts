@@ -61,9 +61,10 @@ export class RouteTable {
     for (const old of this.router.entriesOf(cog)) {
       if (keep.some((k) => sameSlot(k, old))) continue;
       this.router.release(old);
-      if (old.kind === "tcp" && old.port !== undefined) this.tcp.close(old.port);
+      if (old.kind === "tcp" && old.port !== undefined) this.closePort(old.port);
     }
-    for (const p of this.state.portsOf(cog)) if (!names.has(p.route)) this.state.releasePort(cog, p.route);
+    // Port assignments outlive the routes (a VM stopped and started keeps its SSH
+    // port); they are reclaimed only when a pool runs dry (see reclaimablePort).
     return { accepted, refused };
   }
 
@@ -78,10 +79,19 @@ export class RouteTable {
       port = r.port;
     }
     if (port === undefined) {
-      if (grants.fromPool && this.state.portsOf(cog).length >= this.cfg.defaultTcpPortsPerCog) {
+      const live = this.router.entriesOf(cog).filter((e) => e.kind === "tcp" && e.route !== r.name).length;
+      if (grants.fromPool && live >= this.cfg.defaultTcpPortsPerCog) {
         return { reason: `cog ${cog} already holds ${this.cfg.defaultTcpPortsPerCog} hub TCP ports (hub.default_tcp_ports_per_cog)` };
       }
       port = this.freePort(cog, grants.tcpPorts);
+      if (port === undefined) {
+        const stale = this.reclaimablePort(cog, grants.tcpPorts);
+        if (stale) {
+          this.log.info("reclaiming an unused hub TCP port", { port: stale.port, from: `${stale.cog}/${stale.route}`, to: `${cog}/${r.name}` });
+          this.state.releasePort(stale.cog, stale.route);
+          port = stale.port;
+        }
+      }
       if (port === undefined) return { reason: grants.tcpPorts.length ? "no free hub TCP port left in this cog's grant" : "this hub has no TCP ports to assign (hub.listen.tcp_ports)" };
       this.state.assignPort(cog, r.name, port);
     }
@@ -120,10 +130,31 @@ export class RouteTable {
     return undefined;
   }
 
+  /** Stops serving a port; its assignment stays, stamped with when it was last served. */
+  private closePort(port: number): void {
+    this.tcp.close(port);
+    this.state.touchPort(port);
+  }
+
+  /**
+   * When no port is free: the longest-unused assignment in the ranges that no
+   * route currently serves and that is not inside another cog's explicit grant.
+   */
+  private reclaimablePort(cog: string, ranges: readonly { from: number; to: number }[]): { port: number; cog: string; route: string } | undefined {
+    let best: { port: number; cog: string; route: string; assignedAt: number } | undefined;
+    for (const r of ranges) {
+      for (const a of this.state.assignmentsIn(r.from, r.to)) {
+        if (this.router.lookupPort(a.port) || this.reservedForOther(cog, a.port)) continue;
+        if (!best || a.assignedAt < best.assignedAt) best = a;
+      }
+    }
+    return best;
+  }
+
   /** The cog is gone for good (grace over, or revoked): free its routes and listeners, keep port assignments. */
   dropCog(cog: string): void {
     for (const e of this.router.releaseCog(cog)) {
-      if (e.kind === "tcp" && e.port !== undefined) this.tcp.close(e.port);
+      if (e.kind === "tcp" && e.port !== undefined) this.closePort(e.port);
     }
     this.log.debug("routes dropped", { cog });
   }

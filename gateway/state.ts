@@ -215,8 +215,14 @@ export class HubState {
     return this.db.prepare("SELECT cog, route FROM tcp_ports WHERE port = ?").get(port) as { cog: string; route: string } | undefined;
   }
 
-  portsOf(cog: string): Array<{ port: number; route: string }> {
-    return this.db.prepare("SELECT port, route FROM tcp_ports WHERE cog = ? ORDER BY port").all(cog) as Array<{ port: number; route: string }>;
+  /** Stamps an assignment as last served now: reclaiming takes the longest-unused first. */
+  touchPort(port: number, now = Date.now()): void {
+    this.db.prepare("UPDATE tcp_ports SET assigned_at = ? WHERE port = ?").run(now, port);
+  }
+
+  assignmentsIn(from: number, to: number): Array<{ port: number; cog: string; route: string; assignedAt: number }> {
+    return this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports WHERE port BETWEEN ? AND ?").all(from, to) as
+      Array<{ port: number; cog: string; route: string; assignedAt: number }>;
   }
 
   assignPort(cog: string, route: string, port: number, now = Date.now()): void {

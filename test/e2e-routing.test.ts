@@ -209,3 +209,58 @@ t.test("tcp ports: a cog cannot take a port granted to another cog", async (t) =
   t.same(other.client.status("mine"), { state: "accepted", port: 21107 });
   t.equal(hub.router.lookupPort(21100)?.cog, "owner");
 });
+
+t.test("tcp port assignments outlive withdrawn routes and are reclaimed longest-unused first", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir, { listen: { tcp_ports: ["21200-21201"] } });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const echo = await proxyEchoBackend();
+  t.teardown(() => echo.close());
+  const cog = await enrolledCog(hubCfg, hub, cogConfig(dir, "pat", hub.ports.tunnel, []), "pat");
+  t.teardown(() => cog.close());
+  const route = (name: string) => ({ name, kind: "tcp" as const, target: { host: "127.0.0.1", port: echo.port }, proxyProtocol: "v1" as const });
+  const answered = (): Promise<void> => new Promise((resolve) => cog.client.once("routes", () => resolve()));
+  const portOf = (name: string): number | undefined => {
+    const st = cog.client.status(name);
+    return st.state === "accepted" ? st.port : undefined;
+  };
+
+  let next = answered();
+  cog.client.publish("vm:a", [route("a-ssh")]);
+  await next;
+  next = answered();
+  cog.client.publish("vm:b", [route("b-ssh")]);
+  await next;
+  t.equal(portOf("a-ssh"), 21200);
+  t.equal(portOf("b-ssh"), 21201);
+
+  // Stop and start "a": same port.
+  next = answered();
+  cog.client.withdraw("vm:a");
+  await next;
+  t.equal(hub.router.lookupPort(21200), undefined, "withdrawn route no longer served");
+  next = answered();
+  cog.client.publish("vm:a", [route("a-ssh")]);
+  await next;
+  t.equal(portOf("a-ssh"), 21200, "the port came back with the route");
+
+  // Pool dry: a new route takes the longest-unused assignment (b's, withdrawn first), not a's.
+  next = answered();
+  cog.client.withdraw("vm:b");
+  await next;
+  await new Promise((resolve) => setTimeout(resolve, 5)); // distinct millisecond stamps
+  next = answered();
+  cog.client.withdraw("vm:a");
+  await next;
+  next = answered();
+  cog.client.publish("vm:c", [route("c-ssh")]);
+  await next;
+  t.equal(portOf("c-ssh"), 21201);
+  next = answered();
+  cog.client.publish("vm:a", [route("a-ssh")]);
+  await next;
+  t.equal(portOf("a-ssh"), 21200, "a's assignment survived");
+  const { text } = await tcpExchange(21201, "x\n");
+  t.match(text, /^v1 src=127\.0\.0\.1:\d+ dst=127\.0\.0\.1:21201\nx\n$/, "the reclaimed port serves its new route");
+});
