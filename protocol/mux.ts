@@ -31,8 +31,13 @@ export const MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
  * The per-stream receive memory bound of a reader that was fast and then stalls.
  */
 export const MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES = 32 * 1024 * 1024;
-/** Grow a window when its reader consumed one full window in less than this many RTTs (quic-go uses ~2). */
-export const MUX_AUTOTUNE_RTTS = 2;
+/**
+ * Grow a window when its reader consumed one full window in at most this many of the smallest
+ * RTTs seen (quic-go: 4). Not 2: with credit returned at a quarter, a window-limited stream
+ * drains its window in ~4/3 of the *effective* RTT, which queues in buffers inflate well past
+ * the minimum; at 2 a 50 ms stream stopped growing at 16 MiB (0.35x plain TCP).
+ */
+export const MUX_AUTOTUNE_RTTS = 4;
 /**
  * Credit goes back once a quarter of the stream's window was consumed (hashicorp waits for
  * half: the sender then idles on a half-empty window, which halved our 50 ms RTT throughput).
@@ -592,7 +597,7 @@ export class MuxSession extends EventEmitter {
    * MUX_AUTOTUNE_RTTS x the smallest RTT seen, the window, not the reader, is what limits
    * the stream: the window doubles (up to maxAutoWindowBytes) by sending extra credit.
    * A slow or stalled reader never completes a fast epoch, so it keeps its window; with no
-   * RTT sample yet (or on loopback, where a window drains in far more than 2 RTTs) no
+   * RTT sample yet (or on loopback, where a window drains in far more than 4 RTTs) no
    * stream grows.
    */
   creditConsumed(s: MuxStream): void {

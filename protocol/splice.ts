@@ -42,8 +42,6 @@ class Direction {
   private readonly batch: boolean;
   private corked = false;
   private paused = false;
-  /** Bytes moved this way (the hot path's only bookkeeping). */
-  bytes = 0;
 
   constructor(private readonly src: Duplex, private readonly dst: Duplex) {
     this.batch = !(dst instanceof MuxStream);
@@ -60,7 +58,6 @@ class Direction {
       dst.cork();
       setImmediate(this.uncork);
     }
-    this.bytes += chunk.length;
     dst.write(chunk);
     if (dst.writableLength >= SPLICE_MAX_QUEUED_BYTES && !this.paused) {
       this.paused = true;

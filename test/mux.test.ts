@@ -244,7 +244,7 @@ function body(kind: PairKind) {
       const W = MUX_INITIAL_WINDOW_BYTES;
       const MAX = 4 * W;
       // A frozen clock makes every RTT sample 0 and every epoch take 0 ms: "drained within
-      // 2 RTTs" always holds once an RTT is known, so growth depends on consumption alone.
+      // 4 RTTs" always holds once an RTT is known, so growth depends on consumption alone.
       const frozen = { maxStreamWindowBytes: W, maxAutoWindowBytes: MAX, clock: () => 0 };
       const { client, server, close } = await sessions(kind, frozen, frozen);
       t.teardown(close);
