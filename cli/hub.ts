@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { createInvite, startHub } from "../gateway/hub.js";
 import { HubState } from "../gateway/state.js";
-import { COG_NAME_RE, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
+import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
@@ -56,10 +56,7 @@ export function registerHubCommands(program: Command): void {
         if (!n) throw new ConfigError(`--hostname: not a hostname pattern: ${JSON.stringify(h)}`);
         return n;
       });
-      const tcpPorts = (opts.tcpPorts ?? []).map((r) => {
-        const pr = parsePortRange(r, "--tcp-ports");
-        return pr.from === pr.to ? String(pr.from) : `${pr.from}-${pr.to}`;
-      });
+      const tcpPorts = (opts.tcpPorts ?? []).map((r) => formatPortRange(parsePortRange(r, "--tcp-ports")));
       const ttlMs = opts.ttl === undefined ? undefined : parseDurationMs(opts.ttl, "--ttl");
       const inv = await createInvite(hubCfg, name, { ttlMs, hostnames, tcpPorts });
       if (opts.json) {

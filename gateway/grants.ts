@@ -5,6 +5,7 @@
  * A cog's identity is its certificate's CN, so nothing here trusts the wire.
  */
 import type { HubConfig, PortRange } from "../config/types.js";
+import { parsePortRange } from "../lib/hostname.js";
 import type { HubState } from "./state.js";
 
 export interface CogGrants { hostnames: string[]; tcpPorts: PortRange[]; fromPool: boolean }
@@ -17,15 +18,6 @@ export function patternCovers(grant: string, route: string): boolean {
   return route.startsWith("*.") ? tail === suffix || tail.endsWith("." + suffix) : tail.endsWith("." + suffix);
 }
 
-export function parseRange(s: string): PortRange | null {
-  const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(s.trim());
-  if (!m) return null;
-  const from = Number(m[1]);
-  const to = m[2] === undefined ? from : Number(m[2]);
-  if (from < 1 || to > 65535 || from > to) return null;
-  return { from, to };
-}
-
 export function inRanges(port: number, ranges: readonly PortRange[]): boolean {
   return ranges.some((r) => port >= r.from && port <= r.to);
 }
@@ -36,10 +28,8 @@ export function grantsFor(cfg: HubConfig, state: HubState, cog: string): CogGran
   const hostnames = [...(fromConfig?.hostnames ?? []), ...stored.hostnames];
   if (cfg.defaultGrants) hostnames.push(`${cog}.${cfg.domain}`, `*.${cog}.${cfg.domain}`);
   const tcpPorts = [...(fromConfig?.tcpPorts ?? [])];
-  for (const s of stored.tcp) {
-    const r = parseRange(s);
-    if (r) tcpPorts.push(r);
-  }
+  // Stored by `capsul hub invite --tcp-ports`, which validated them with the same parser.
+  for (const s of stored.tcp) tcpPorts.push(parsePortRange(s, `grant of cog ${cog}`));
   // A cog with no explicit TCP grant draws a few ports from the hub's pool.
   const fromPool = tcpPorts.length === 0;
   return { hostnames: [...new Set(hostnames)], tcpPorts: fromPool ? [...cfg.listen.tcpPorts] : tcpPorts, fromPool };

@@ -168,7 +168,7 @@ export class Tunnels extends EventEmitter {
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
 
     for (;;) {
-      const m = await reader.next().catch((err: Error) => { throw err; });
+      const m = await reader.next();
       if (!m) break;
       if (m.type === "routes") {
         const res = await this.routes.apply(cog, checkWireRoutes(m.routes));

@@ -165,7 +165,6 @@ export class Visitors {
     // backend sees the ClientHello / request head exactly as the visitor sent it.
     stream.write(bytes.length ? Buffer.concat([encodeMessage(header), bytes]) : encodeMessage(header));
     splice(socket, stream);
-    socket.resume();
   }
 
   private countBad(kind: string, socket: net.Socket, reason?: string): void {

@@ -21,11 +21,8 @@ import { encodeProxyV1, encodeProxyV2 } from "../protocol/proxyproto.js";
 import { splice } from "../protocol/splice.js";
 import { certInfo, createKeyAndCsr } from "../certs/pki.js";
 import { dialHub } from "./dial.js";
-import { saveCert, type CogIdentity } from "./identity.js";
+import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
-import { writeSecretFile } from "../certs/files.js";
-import path from "node:path";
-import { KEY_FILE } from "./identity.js";
 
 /** Deadline for the hub's welcome after the hello. */
 export const WELCOME_TIMEOUT_MS = 15_000;
@@ -253,8 +250,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
 
   private async onRenewed(certPem: string): Promise<void> {
     if (!this.pendingKeyPem) return;
-    await writeSecretFile(path.join(this.dataDir, KEY_FILE), this.pendingKeyPem);
-    await saveCert(this.dataDir, certPem);
+    await saveKeyAndCert(this.dataDir, this.pendingKeyPem, certPem);
     this.identity = { ...this.identity, keyPem: this.pendingKeyPem, certPem };
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });

@@ -61,7 +61,8 @@ export async function saveIdentity(dataDir: string, id: CogIdentity): Promise<vo
   );
 }
 
-/** Replaces just the certificate (after renewal). */
-export async function saveCert(dataDir: string, certPem: string): Promise<void> {
+/** Replaces the key and certificate after a renewal (the key is new too). */
+export async function saveKeyAndCert(dataDir: string, keyPem: string, certPem: string): Promise<void> {
+  await writeSecretFile(path.join(dataDir, KEY_FILE), keyPem);
   await writeSecretFile(path.join(dataDir, CERT_FILE), certPem);
 }
