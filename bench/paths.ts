@@ -9,6 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { BENCH_COG, BENCH_DOMAIN, BENCH_HOST, makeCert, waitListening } from "./backend.js";
 import { BENCH_NOFILE, run, startProc, type Proc } from "./procs.js";
+import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 
 export const PATH_NAMES = ["direct", "haproxy", "gopeer", "capsul"] as const;
 export type PathName = (typeof PATH_NAMES)[number];
@@ -127,8 +128,16 @@ export async function startGopeer(
  * Each role runs in its own directory holding its capsul.yaml (found as ./capsul.yaml).
  */
 export async function startCapsul(
-  dir: string, nginxPort: number, opts: { hubAddrForCog?: (tunnelPort: number) => Promise<string>; name?: string; nodeArgs?: string[] } = {},
+  dir: string, nginxPort: number,
+  opts: {
+    hubAddrForCog?: (tunnelPort: number) => Promise<string>; name?: string; cli?: string;
+    /** Extra node flags (e.g. --cpu-prof), after the launcher's. */
+    nodeArgs?: string[];
+    /** The launcher's flags (cli/main.ts shebang); [] runs plain `node main.js` (A/B of the flags). */
+    launcherFlags?: readonly string[];
+  } = {},
 ): Promise<RunningPath> {
+  const cli = opts.cli ?? CAPSUL_CLI;
   const hubDir = path.join(dir, "hub");
   const cogDir = path.join(dir, "cog");
   await mkdir(hubDir, { recursive: true });
@@ -143,13 +152,14 @@ export async function startCapsul(
   limits:
     max_visitors: 60000
 `);
-  const nodeArgs = opts.nodeArgs ?? [];
-  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, CAPSUL_CLI, "hub", "-c", "capsul.yaml"], { cwd: hubDir });
+  // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
+  const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
+  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir });
   const m = await hub.waitFor(/hub ready tls=(\d+) http=\S+ tunnel=(\d+)/);
   const tlsPort = Number(m[1]);
   const tunnelPort = Number(m[2]);
   // Run in hubDir: it finds ./capsul.yaml (an earlier CLI lost -c after `hub invite`).
-  const invite = JSON.parse(await run(process.execPath, [CAPSUL_CLI, "hub", "invite", BENCH_COG, "--json"], { cwd: hubDir })) as {
+  const invite = JSON.parse(await run(process.execPath, [cli, "hub", "invite", BENCH_COG, "--json"], { cwd: hubDir })) as {
     token: string; caFingerprint: string;
   };
   const hubAddr = opts.hubAddrForCog ? await opts.hubAddrForCog(tunnelPort) : `127.0.0.1:${tunnelPort}`;
@@ -162,8 +172,8 @@ export async function startCapsul(
       hostname: ${BENCH_HOST}
       target: 127.0.0.1:${nginxPort}
 `);
-  await run(process.execPath, [CAPSUL_CLI, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint], { cwd: cogDir });
-  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, CAPSUL_CLI, "cog"], { cwd: cogDir });
+  await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint], { cwd: cogDir });
+  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
   await cog.waitFor(/connected to hub .*routes=1/);
   await hub.waitFor(/cog connected cog=bench/);
   return {

@@ -5,6 +5,7 @@ import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
 import { createLogger, type Logger } from "../lib/log.js";
+import { missingHeapFlags, NODE_HEAP_FLAGS } from "./runtime.js";
 
 /** Where `-c` looks when it is not given. */
 export const DEFAULT_CONFIG_PATHS = ["capsul.yaml", "/etc/capsul/capsul.yaml"];
@@ -58,8 +59,16 @@ export function surviveBugs(log: Logger): void {
   });
 }
 
-/** Runs until SIGINT/SIGTERM, then closes and resolves. */
+/**
+ * Runs until SIGINT/SIGTERM, then closes and resolves. Every long-running command
+ * (hub, cog, demo) comes through here, so this is also where a node started without
+ * capsul's heap flags says so, once.
+ */
 export function untilSignal(close: () => Promise<void>, log: Logger): Promise<void> {
+  const missing = missingHeapFlags();
+  if (missing.length) {
+    log.info(`node was started without ${missing.join(" ")}: bulk transfers will spend ~30% more CPU on garbage collection; start capsul as \`capsul\` (npm link) or \`node ${NODE_HEAP_FLAGS.join(" ")} dist/cli/main.js\``);
+  }
   return new Promise((resolve) => {
     let closing = false;
     const stop = (sig: string): void => {

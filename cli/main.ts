@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=64
 /**
  * The capsul command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or
  * config error. Errors print as one line; --verbose adds the stack.

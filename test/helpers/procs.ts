@@ -79,8 +79,10 @@ export class CliProc {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
 
-  constructor(readonly name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
-    this.child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd, env: opts.env ?? childEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  /** `launcher`: run dist/cli/main.js itself (its shebang picks node and its flags) instead of `node main.js`. */
+  constructor(readonly name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; launcher?: boolean } = {}) {
+    const [file, argv] = opts.launcher ? [CLI, args] : [process.execPath, [CLI, ...args]];
+    this.child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? childEnv(), stdio: ["ignore", "pipe", "pipe"] });
     for (const s of ["stdout", "stderr"] as const) {
       const stream = this.child[s]!;
       stream.setEncoding("utf8");
@@ -181,7 +183,7 @@ export class CliProc {
 }
 
 /** Spawns the CLI and registers a teardown that kills it (SIGKILL) if it is still running. */
-export function spawnCli(t: Teardown, name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): CliProc {
+export function spawnCli(t: Teardown, name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; launcher?: boolean } = {}): CliProc {
   const p = new CliProc(name, args, opts);
   t.teardown(async () => {
     if (p.alive) {

@@ -1,0 +1,138 @@
+/**
+ * A/B of two capsul builds (or node flags) in one run, with gopeer as the yardstick:
+ *
+ *   node dist/bench/ab.js --a /path/to/other/checkout [--a-node-args "..."] [--b-node-args "..."]
+ *
+ * `a` is the baseline (another checkout's dist/cli/main.js, or this one with other node
+ * flags), `b` is this checkout. All paths sit behind one nginx; each round runs every
+ * path in turn, the order rotating, and the medians are printed as a markdown table for
+ * bench/OPTIMISATION-LOG.md. Sizes are checked as in the full suite.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { startBackend } from "./backend.js";
+import { bulk, wrk, writeWrkScripts, WRK_CONNECTIONS } from "./load.js";
+import { buildGopeer, CAPSUL_CLI, startCapsul, startGopeer, type RunningPath } from "./paths.js";
+import { cpuSeconds } from "./procs.js";
+import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
+
+const MIB = 1024 * 1024;
+const GIB = 1024 ** 3;
+const METRICS = ["keepalive", "newconn", "bulk1", "bulk16", "cpuHub", "cpuCog"] as const;
+type Metric = (typeof METRICS)[number];
+
+const USAGE = `usage: node dist/bench/ab.js [options]
+  --a DIR              baseline checkout (its dist/cli/main.js; default: this one)
+  --a-node-args "..."  node flags for a's hub and cog, instead of the launcher's
+                       (cli/runtime.ts NODE_HEAP_FLAGS); "" for none
+  --b-node-args "..."  the same for b (this checkout)
+  --rounds N           interleaved rounds (default 3)
+  --seconds N          wrk duration (default 5)
+  --big-mib N          download size (default 128)
+  --no-gopeer          leave gopeer out
+  --metrics a,b        ${METRICS.filter((m) => !m.startsWith("cpu")).join(",")} (default: all)`;
+
+interface AbOptions { aCli: string; aArgs?: string[]; bArgs?: string[]; rounds: number; seconds: number; bigBytes: number; gopeer: boolean; metrics: string[] }
+
+function parse(argv: string[]): AbOptions {
+  const o: AbOptions = { aCli: CAPSUL_CLI, rounds: 3, seconds: 5, bigBytes: 128 * MIB, gopeer: true, metrics: ["keepalive", "newconn", "bulk1", "bulk16"] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
+      return v;
+    };
+    const int = (): number => {
+      const n = Number(val());
+      if (!Number.isInteger(n) || n <= 0) throw new Error(`${a}: positive integer expected`);
+      return n;
+    };
+    switch (a) {
+      case "--a": o.aCli = path.join(path.resolve(val()), "dist", "cli", "main.js"); break;
+      case "--a-node-args": o.aArgs = val().split(/\s+/).filter(Boolean); break;
+      case "--b-node-args": o.bArgs = val().split(/\s+/).filter(Boolean); break;
+      case "--rounds": o.rounds = int(); break;
+      case "--seconds": o.seconds = int(); break;
+      case "--big-mib": o.bigBytes = int() * MIB; break;
+      case "--no-gopeer": o.gopeer = false; break;
+      case "--metrics": o.metrics = val().split(","); break;
+      case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
+      default: throw new Error(`unknown option ${a}\n${USAGE}`);
+    }
+  }
+  return o;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN;
+}
+
+async function main(): Promise<void> {
+  const o = parse(process.argv.slice(2));
+  const tmp = await mkdtemp(path.join(os.tmpdir(), "capsul-ab-"));
+  const names = ["a", "b", ...(o.gopeer ? ["gopeer"] : [])];
+  const be = await startBackend(path.join(tmp, "nginx"), names, o.bigBytes);
+  const paths: RunningPath[] = [];
+  const samples = new Map<string, Map<Metric, number[]>>(names.map((n) => [n, new Map(METRICS.map((m) => [m, []]))]));
+  const problems: string[] = [];
+  try {
+    const scripts = await writeWrkScripts(tmp);
+    paths.push(await startCapsul(path.join(tmp, "a"), be.httpsPorts.a, { name: "a", cli: o.aCli, launcherFlags: o.aArgs }));
+    paths.push(await startCapsul(path.join(tmp, "b"), be.httpsPorts.b, { name: "b", launcherFlags: o.bArgs }));
+    if (o.gopeer) paths.push(await startGopeer(path.join(tmp, "gopeer"), await buildGopeer(path.join(tmp, "gobin")), be.httpsPorts.gopeer));
+    const put = (p: string, m: Metric, v: number): void => {
+      samples.get(p)!.get(m)!.push(v);
+      process.stderr.write(`${p.padEnd(7)} ${m.padEnd(9)} ${v.toFixed(m.startsWith("cpu") ? 2 : 0)}\n`);
+    };
+    for (let r = 0; r < o.rounds; r++) {
+      const order = paths.map((_, i) => paths[(i + r) % paths.length]);
+      for (const [metric, close] of [["keepalive", false], ["newconn", true]] as const) {
+        if (!o.metrics.includes(metric)) continue;
+        for (const p of order) {
+          const w = await wrk(p.port, { script: scripts.resolve, seconds: o.seconds, connections: WRK_CONNECTIONS, close });
+          if (w.errors + w.non2xx) problems.push(`${p.name} ${metric}: ${w.errors} socket errors, ${w.non2xx} non-2xx`);
+          put(p.name, metric, w.reqPerSec);
+        }
+      }
+      for (const n of [1, 16]) {
+        const metric = n === 1 ? "bulk1" : "bulk16";
+        if (!o.metrics.includes(metric)) continue;
+        for (const p of order) {
+          const cpu0 = p.procs.map((x) => cpuSeconds(x.pid));
+          const b = await bulk(p.port, n, o.bigBytes, 600_000);
+          const cpu = p.procs.map((x, i) => cpuSeconds(x.pid) - cpu0[i]);
+          if (!b.complete) problems.push(`${p.name} bulk x${n}: ${b.failures.join("; ")}`);
+          put(p.name, metric, b.mbPerSec);
+          put(p.name, "cpuHub", cpu[0] / (b.bytes / GIB));
+          put(p.name, "cpuCog", cpu[1] / (b.bytes / GIB));
+        }
+      }
+    }
+  } finally {
+    for (const p of paths) await p.stop().catch(() => {});
+    await be.stop();
+    await rm(tmp, { recursive: true, force: true });
+  }
+  const shown = METRICS.filter((m) => samples.get("a")!.get(m)!.length);
+  const med = (p: string, m: Metric): number => median(samples.get(p)!.get(m)!);
+  const flags = (f?: string[]): string => (f ?? NODE_HEAP_FLAGS).join(" ");
+  let out = `a = node ${flags(o.aArgs)} ${o.aCli}\nb = node ${flags(o.bArgs)} ${CAPSUL_CLI}\n${o.rounds} rounds, medians; bulk ${o.bigBytes / MIB} MiB; cpu = CPU s/GiB over both bulk runs\n\n`;
+  out += `| metric | ${names.join(" | ")} | b / a |${o.gopeer ? " a / gopeer | b / gopeer |" : ""}\n| --- |${names.map(() => " ---: |").join("")} ---: |${o.gopeer ? " ---: | ---: |" : ""}\n`;
+  for (const m of shown) {
+    const v = names.map((n) => med(n, m));
+    const fmt = (x: number): string => (m.startsWith("cpu") ? x.toFixed(2) : x.toFixed(0));
+    const ratio = (x: number, y: number): string => (x / y).toFixed(2);
+    out += `| ${m} | ${v.map(fmt).join(" | ")} | ${ratio(v[1], v[0])} |${o.gopeer ? ` ${ratio(v[0], v[2])} | ${ratio(v[1], v[2])} |` : ""}\n`;
+  }
+  if (problems.length) out += `\nproblems:\n${problems.map((p) => `- ${p}`).join("\n")}\n`;
+  process.stdout.write(out);
+  if (problems.length) process.exitCode = 1;
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`ab: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});
