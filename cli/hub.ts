@@ -4,6 +4,7 @@ import { HubState } from "../gateway/state.js";
 import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
+import { fmtMs } from "../config/values.js";
 import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -107,11 +108,13 @@ export function registerHubCommands(program: Command): void {
     .option("-c, --config <file>", CONFIG_HELP)
     .action((name: string, opts: { config?: string }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
-      const state = new HubState(requireHub(cfg, file).dataDir);
+      const hubCfg = requireHub(cfg, file);
+      const state = new HubState(hubCfg.dataDir);
       try {
         if (!state.getCog(name)) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);
         state.revokeCog(name);
-        process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel within a second.\n`);
+        const within = fmtMs(hubCfg.tunnel.revocationPollIntervalMs);
+        process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel within ${within} (hub.tunnel.revocation_poll_interval).\n`);
       } finally {
         state.close();
       }

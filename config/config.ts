@@ -4,7 +4,8 @@
  * Unknown keys are refused (a typo must fail at start-up, not at 3 a.m.) and
  * every error names the key path, e.g. `hub.cogs[1].hostnames[0]: …`.
  * YAML keys are the snake_case of the fields in ./types.ts; every key is
- * documented in capsul.yaml.example at the repository root.
+ * documented in capsul.yaml.example at the repository root. The value readers
+ * (durations, sizes, mappings with their "did you mean" hints) are in ./values.ts.
  */
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
@@ -13,14 +14,17 @@ import { parseDocument } from "yaml";
 import { ConfigError } from "../lib/errors.js";
 import {
   COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostname,
-  normalizeHostnamePattern, parseHostPort, parsePortRange, patternsOverlap, rangesOverlap, suggestALabel,
+  parseHostPort, parsePortRange, patternsOverlap, rangesOverlap,
 } from "../lib/hostname.js";
-import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
 import type {
-  CapsulConfig, CogConfig, CogRoute, HostPort, HubCogGrant, HubConfig, HubLimits, PortRange,
-  ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
+  CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
+  PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
 } from "./types.js";
+import {
+  at, boolean, directory, duration, fmtMs, hostname, hostnamePattern, integer, list, mapping, oneOf, required, size,
+  string, type Obj,
+} from "./values.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
 // (test/config.test.ts checks that they agree).
@@ -45,6 +49,16 @@ export const DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
 export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+// hub.tunnel only. gateway/tunnels.ts exports the same values as CONTROL_HELLO_TIMEOUT_MS
+// and REVOCATION_POLL_MS (test/timeouts.test.ts checks that they agree).
+export const DEFAULT_CONTROL_HELLO_TIMEOUT_MS = 10_000;
+export const DEFAULT_REVOCATION_POLL_INTERVAL_MS = 500;
+// cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
+// WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
+export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
+export const DEFAULT_ENROLL_TIMEOUT_MS = 20_000;
+export const DEFAULT_VISITOR_HEADER_TIMEOUT_MS = 10_000;
+export const DEFAULT_VISITOR_HEADER_MAX_BYTES = 4 * 1024;
 export const DEFAULT_COG_DATA_DIR = "/var/lib/capsul/cog";
 export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
 export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
@@ -54,6 +68,12 @@ export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
 
 /** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
 export const MIN_STREAM_WINDOW_BYTES = 256 * 1024;
+/**
+ * The largest visitor header a hub sends is under 600 bytes (a 253-byte SNI or
+ * Host, a 64-byte route name, two IPv6 addresses with ports, the JSON keys); a
+ * smaller cap would refuse real visitors, so 1 KiB is the least allowed.
+ */
+export const MIN_VISITOR_HEADER_MAX_BYTES = 1024;
 
 const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
 const PROXY_PROTOCOLS: readonly ProxyProtocol[] = ["none", "v1", "v2"];
@@ -68,150 +88,18 @@ const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
   "http_header_max_bytes", "grace", "max_visitors", "idle_timeout"] as const;
 const TUNNEL_KEYS = ["max_stream_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout"] as const;
+const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval"] as const;
+const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
+  "visitor_header_max_bytes"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "tunnel", "provisioner"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
 
-type Obj = Record<string, unknown>;
-
-// ---- reading values -------------------------------------------------------
-
-function describe(v: unknown): string {
-  if (v === null || v === undefined) return "nothing";
-  if (Array.isArray(v)) return "a list";
-  if (typeof v === "object") return "a mapping";
-  return `${typeof v === "number" ? "the number" : `a ${typeof v}`} ${JSON.stringify(v)}`;
-}
-
-const at = (path: string, key: string) => (path ? `${path}.${key}` : key);
-
-/** Levenshtein distance, for "did you mean" hints; keys are short, so O(n·m) is fine. */
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
-
-function unknownKey(key: string, path: string, known: readonly string[]): ConfigError {
-  // "dataDir" and "data-dir" are data_dir spelled another way: always suggest it.
-  const squash = (s: string) => s.toLowerCase().replace(/[-_]/g, "");
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const k of known) {
-    const d = squash(k) === squash(key) ? 0 : editDistance(key, k);
-    if (d < bestDistance) { best = k; bestDistance = d; }
-  }
-  const close = best !== undefined && bestDistance <= Math.min(2, Math.floor(best.length / 3));
-  return new ConfigError(close ? `unknown key (did you mean "${best}"?)` : "unknown key", at(path, key));
-}
-
-/** A mapping whose keys are all in `known`; checked before any value, so a typo is reported as such. */
-function mapping(value: unknown, path: string, known: readonly string[]): Obj {
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new ConfigError(`expected a mapping, got ${describe(value)}`, path || undefined);
-  }
-  for (const key of Object.keys(value)) if (!known.includes(key)) throw unknownKey(key, path, known);
-  return value as Obj;
-}
-
-/** A list; absent or null is the empty list. */
-function list(value: unknown, path: string): unknown[] {
-  if (value === undefined || value === null) return [];
-  if (!Array.isArray(value)) throw new ConfigError(`expected a list, got ${describe(value)}`, path);
-  return value;
-}
-
-// In every reader below, absent and null mean "use the default" (an empty YAML
-// value is usually a section whose keys are all commented out); a required key
-// has no default.
-
-function required(path: string): never {
-  throw new ConfigError("required", path);
-}
-
-function string(value: unknown, path: string, def?: string): string {
-  if (value === undefined || value === null) return def ?? required(path);
-  if (typeof value !== "string" || value === "") throw new ConfigError(`expected a non-empty string, got ${describe(value)}`, path);
-  return value;
-}
-
-function boolean(value: unknown, path: string, def: boolean): boolean {
-  if (value === undefined || value === null) return def;
-  if (typeof value !== "boolean") throw new ConfigError(`expected true or false, got ${describe(value)}`, path);
-  return value;
-}
-
-function integer(value: unknown, path: string, def: number | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (value === undefined || value === null) return def ?? required(path);
-  if (typeof value !== "number" || !Number.isInteger(value)) throw new ConfigError(`expected an integer, got ${describe(value)}`, path);
-  if (value < min || value > max) {
-    throw new ConfigError(max === Number.MAX_SAFE_INTEGER ? `must be at least ${min}, got ${value}` : `out of range (${min}-${max}): ${value}`, path);
-  }
-  return value;
-}
-
-function oneOf<T extends string>(value: unknown, path: string, choices: readonly T[], def?: T): T {
-  if (value === undefined || value === null) return def ?? required(path);
-  if (!choices.includes(value as T)) throw new ConfigError(`expected one of ${choices.join(", ")}, got ${describe(value)}`, path);
-  return value as T;
-}
-
-/** A duration; `min` 0 allows "off", 1 requires a positive duration. */
-function duration(value: unknown, path: string, def: number, min: 0 | 1): number {
-  if (value === undefined || value === null) return def;
-  const ms = parseDurationMs(value, path);
-  if (ms < min) throw new ConfigError("must be greater than 0", path);
-  return ms;
-}
-
-function size(value: unknown, path: string, def: number, min: number): number {
-  if (value === undefined || value === null) return def;
-  const bytes = parseSizeBytes(value, path);
-  if (bytes < min) throw new ConfigError(`must be at least ${min} bytes, got ${bytes}`, path);
-  return bytes;
-}
-
-function directory(value: unknown, path: string, def: string, baseDir: string): string {
-  return resolve(baseDir, string(value, path, def));
-}
-
-function hostname(value: unknown, path: string): string {
-  const s = string(value, path);
-  const name = normalizeHostname(s);
-  if (name === null) throw new ConfigError(`not a hostname: ${JSON.stringify(s)}${aLabelHint(s)}`, path);
-  return name;
-}
-
-function hostnamePattern(value: unknown, path: string): string {
-  if (typeof value !== "string") throw new ConfigError(`expected a hostname pattern, got ${describe(value)}`, path);
-  const pattern = normalizeHostnamePattern(value);
-  if (pattern === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(value)}${aLabelHint(value)}`, path);
-  return pattern;
-}
-
-function aLabelHint(s: string): string {
-  const ascii = suggestALabel(s);
-  return ascii ? ` (write internationalized names as A-labels: "${ascii}")` : "";
-}
-
-function fmtMs(ms: number): string {
-  for (const [unit, unitMs] of [["d", 86_400_000], ["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
-    if (ms >= unitMs && ms % unitMs === 0) return `${ms / unitMs}${unit}`;
-  }
-  return `${ms}ms`;
-}
-
 // ---- sections -------------------------------------------------------------
 
-function parseTunnelTuning(value: unknown, path: string): TunnelTuning {
-  const m = value == null ? {} : mapping(value, path, TUNNEL_KEYS);
+/** The keys hub.tunnel and cog.tunnel share; `m` was checked against the section's own key list. */
+function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
   const t: TunnelTuning = {
     maxStreamWindowBytes: size(m.max_stream_window, at(path, "max_stream_window"), DEFAULT_MAX_STREAM_WINDOW_BYTES, MIN_STREAM_WINDOW_BYTES),
     keepaliveIntervalMs: duration(m.keepalive_interval, at(path, "keepalive_interval"), DEFAULT_KEEPALIVE_INTERVAL_MS, 1),
@@ -223,6 +111,26 @@ function parseTunnelTuning(value: unknown, path: string): TunnelTuning {
     throw new ConfigError(`must be greater than keepalive_interval (${fmtMs(t.keepaliveIntervalMs)})`, at(path, "keepalive_timeout"));
   }
   return t;
+}
+
+function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
+  const m = value == null ? {} : mapping(value, path, HUB_TUNNEL_KEYS);
+  return {
+    ...parseTunnelTuning(m, path),
+    controlHelloTimeoutMs: duration(m.control_hello_timeout, at(path, "control_hello_timeout"), DEFAULT_CONTROL_HELLO_TIMEOUT_MS, 1),
+    revocationPollIntervalMs: duration(m.revocation_poll_interval, at(path, "revocation_poll_interval"), DEFAULT_REVOCATION_POLL_INTERVAL_MS, 1),
+  };
+}
+
+function parseCogTunnel(value: unknown, path: string): CogTunnelTuning {
+  const m = value == null ? {} : mapping(value, path, COG_TUNNEL_KEYS);
+  return {
+    ...parseTunnelTuning(m, path),
+    welcomeTimeoutMs: duration(m.welcome_timeout, at(path, "welcome_timeout"), DEFAULT_WELCOME_TIMEOUT_MS, 1),
+    enrollTimeoutMs: duration(m.enroll_timeout, at(path, "enroll_timeout"), DEFAULT_ENROLL_TIMEOUT_MS, 1),
+    visitorHeaderTimeoutMs: duration(m.visitor_header_timeout, at(path, "visitor_header_timeout"), DEFAULT_VISITOR_HEADER_TIMEOUT_MS, 1),
+    visitorHeaderMaxBytes: size(m.visitor_header_max_bytes, at(path, "visitor_header_max_bytes"), DEFAULT_VISITOR_HEADER_MAX_BYTES, MIN_VISITOR_HEADER_MAX_BYTES),
+  };
 }
 
 function parseLimits(value: unknown, path: string): HubLimits {
@@ -354,7 +262,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
     limits: parseLimits(m.limits, at(path, "limits")),
-    tunnel: parseTunnelTuning(m.tunnel, at(path, "tunnel")),
+    tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
   };
 }
 
@@ -418,7 +326,7 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     routes: parseRoutes(m.routes, at(path, "routes")),
     reconnect: { minDelayMs, maxDelayMs },
     targetDialTimeoutMs: duration(m.target_dial_timeout, at(path, "target_dial_timeout"), DEFAULT_TARGET_DIAL_TIMEOUT_MS, 1),
-    tunnel: parseTunnelTuning(m.tunnel, at(path, "tunnel")),
+    tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),
     provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
   };
 }

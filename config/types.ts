@@ -50,6 +50,26 @@ export interface TunnelTuning {
   handshakeTimeoutMs: number;
 }
 
+/** hub.tunnel: the shared tuning plus what only the tunnel listener needs. */
+export interface HubTunnelTuning extends TunnelTuning {
+  /** After the TLS handshake, deadline for a new tunnel's first control message, hello or enroll (default 10s). */
+  controlHelloTimeoutMs: number;
+  /** How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel is dropped within this (default 500ms). */
+  revocationPollIntervalMs: number;
+}
+
+/** cog.tunnel: the shared tuning plus what only the dialing end needs. */
+export interface CogTunnelTuning extends TunnelTuning {
+  /** Deadline for the hub's welcome after the cog's hello; past it the cog redials (default 15s). */
+  welcomeTimeoutMs: number;
+  /** Deadline for the hub's answer to `capsul cog enroll`, after the TLS handshake (default 20s). */
+  enrollTimeoutMs: number;
+  /** Deadline for the visitor header at the start of each stream the hub opens (default 10s). */
+  visitorHeaderTimeoutMs: number;
+  /** Cap on the visitor header's JSON (length prefix excluded); a bigger one is a protocol error (default 4KiB, at least 1KiB). */
+  visitorHeaderMaxBytes: number;
+}
+
 export interface HubConfig {
   /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
   dataDir: string;
@@ -80,7 +100,7 @@ export interface HubConfig {
   /** Lifetime of cog certificates the hub issues (default 90d). */
   cogCertTtlMs: number;
   limits: HubLimits;
-  tunnel: TunnelTuning;
+  tunnel: HubTunnelTuning;
 }
 
 export interface CogRoute {
@@ -111,7 +131,7 @@ export interface CogConfig {
   };
   /** Deadline for dialing a route's target (default 5s). */
   targetDialTimeoutMs: number;
-  tunnel: TunnelTuning;
+  tunnel: CogTunnelTuning;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
 }

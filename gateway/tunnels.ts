@@ -22,9 +22,15 @@ import { hashToken } from "../certs/tokens.js";
 import type { HubState } from "./state.js";
 import type { RouteTable } from "./routes.js";
 
-/** How long an unauthenticated or silent connection may take to send its first control message. */
+/**
+ * How long an unauthenticated or silent connection may take to send its first
+ * control message: the default of hub.tunnel.control_hello_timeout.
+ */
 export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
-/** How often the hub checks SQLite for revocations written by `capsul hub revoke`. */
+/**
+ * How often the hub checks SQLite for revocations written by `capsul hub
+ * revoke`: the default of hub.tunnel.revocation_poll_interval.
+ */
 export const REVOCATION_POLL_MS = 500;
 
 export interface CogLink {
@@ -85,7 +91,7 @@ export class Tunnels extends EventEmitter {
     });
     server.on("error", (err) => this.log.error("tunnel listener error", { error: err.message }));
     this.state.markAllOffline();
-    this.pollTimer = setInterval(() => this.checkRevocations(), REVOCATION_POLL_MS);
+    this.pollTimer = setInterval(() => this.checkRevocations(), this.cfg.tunnel.revocationPollIntervalMs);
     this.pollTimer.unref();
     return (server.address() as { port: number }).port;
   }
@@ -112,7 +118,7 @@ export class Tunnels extends EventEmitter {
     const timer = setTimeout(() => {
       this.log.warn("tunnel closed: no control message in time", { remote });
       session.destroy();
-    }, CONTROL_HELLO_TIMEOUT_MS);
+    }, this.cfg.tunnel.controlHelloTimeoutMs);
     session.once("close", () => clearTimeout(timer));
     session.once("stream", (control: MuxStream) => {
       clearTimeout(timer);

@@ -111,10 +111,12 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
+    "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
-    "cog.tunnel.keepalive_timeout", "cog.tunnel.handshake_timeout", "cog.provisioner.listen", "log.level",
+    "cog.tunnel.keepalive_timeout", "cog.tunnel.handshake_timeout", "cog.tunnel.welcome_timeout", "cog.tunnel.enroll_timeout",
+    "cog.tunnel.visitor_header_timeout", "cog.tunnel.visitor_header_max_bytes", "cog.provisioner.listen", "log.level",
     // cog.provisioner's keys are parsed by provisioner/config.ts; the example documents them too.
     ...["data_dir", "accel", "sizes", "memory_overcommit_ratio", "qemu_binary", "qemu_img_binary", "genisoimage_binary",
       "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout", "tool_timeout",
@@ -140,6 +142,8 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
 t.test("defaults are filled", async (t) => {
   const cfg = parseConfig({ hub: { domain: "hub.example.net" }, cog: {} });
   const tunnel = { maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000 };
+  const hubTunnel = { ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500 };
+  const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096 };
   const want: CapsulConfig = {
     hub: {
       dataDir: "/var/lib/capsul/hub",
@@ -166,7 +170,7 @@ t.test("defaults are filled", async (t) => {
         maxVisitors: 20000,
         idleTimeoutMs: 0,
       },
-      tunnel,
+      tunnel: hubTunnel,
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -174,7 +178,7 @@ t.test("defaults are filled", async (t) => {
       routes: [],
       reconnect: { minDelayMs: 500, maxDelayMs: 30000 },
       targetDialTimeoutMs: 5000,
-      tunnel,
+      tunnel: cogTunnel,
       provisioner: null,
     },
     log: { level: "info" },
@@ -232,7 +236,10 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
     graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000,
   });
-  t.same(hub.tunnel, { maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000 });
+  t.same(hub.tunnel, {
+    maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
+    controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
+  });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
   t.equal(cog.routes[0]!.proxyProtocol, "v1");
@@ -240,8 +247,50 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(cog.routes[2]!.port, undefined, "tcp port left to the hub");
   t.same(cog.reconnect, { minDelayMs: 30000, maxDelayMs: 30000 });
   t.equal(cog.targetDialTimeoutMs, 750);
+  t.same(cog.tunnel, {
+    maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
+    welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000,
+  });
   t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
   t.equal(cfg.log.level, "debug");
+});
+
+t.test("the tunnel keys of one role: each is read on its own, the rest keep their defaults", async (t) => {
+  const hubDefaults = parseConfig({ hub: { domain: "hub.example.net" } }).hub!.tunnel;
+  const cogDefaults = parseConfig({ cog: {} }).cog!.tunnel;
+  // [section, key, YAML value, field, parsed value]
+  const cases: ["hub" | "cog", string, unknown, string, number][] = [
+    ["hub", "control_hello_timeout", "750ms", "controlHelloTimeoutMs", 750],
+    ["hub", "control_hello_timeout", 1, "controlHelloTimeoutMs", 1],
+    ["hub", "revocation_poll_interval", "2s", "revocationPollIntervalMs", 2000],
+    ["cog", "welcome_timeout", "1.5m", "welcomeTimeoutMs", 90_000],
+    ["cog", "enroll_timeout", "1h", "enrollTimeoutMs", 3_600_000],
+    ["cog", "visitor_header_timeout", 300, "visitorHeaderTimeoutMs", 300],
+    ["cog", "visitor_header_max_bytes", "1KiB", "visitorHeaderMaxBytes", C.MIN_VISITOR_HEADER_MAX_BYTES],
+    ["cog", "visitor_header_max_bytes", "64KiB", "visitorHeaderMaxBytes", 65536],
+  ];
+  for (const [section, key, value, field, want] of cases) {
+    const raw = section === "hub"
+      ? { hub: { domain: "hub.example.net", tunnel: { [key]: value } } }
+      : { cog: { tunnel: { [key]: value } } };
+    const got = parseConfig(raw)[section]!.tunnel as unknown as Record<string, number>;
+    const defaults = (section === "hub" ? hubDefaults : cogDefaults) as unknown as Record<string, number>;
+    t.strictSame(got, { ...defaults, [field]: want }, `${section}.tunnel.${key}: ${JSON.stringify(value)}`);
+  }
+  // Bad values: one line, naming the key (the invalid/tunnel-*.yaml fixtures cover the file path too).
+  const bad: [unknown, string][] = [
+    [{ hub: { domain: "h.example", tunnel: { control_hello_timeout: "0ms" } } }, "hub.tunnel.control_hello_timeout: must be greater than 0"],
+    [{ hub: { domain: "h.example", tunnel: { revocation_poll_interval: true } } }, "hub.tunnel.revocation_poll_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): true"],
+    [{ cog: { tunnel: { welcome_timeout: "soon" } } }, 'cog.tunnel.welcome_timeout: not a duration (use e.g. 500ms, 5s, 2m, 1h): "soon"'],
+    [{ cog: { tunnel: { enroll_timeout: 0 } } }, "cog.tunnel.enroll_timeout: must be greater than 0"],
+    [{ cog: { tunnel: { visitor_header_timeout: "0s" } } }, "cog.tunnel.visitor_header_timeout: must be greater than 0"],
+    [{ cog: { tunnel: { visitor_header_max_bytes: 1023 } } }, "cog.tunnel.visitor_header_max_bytes: must be at least 1024 bytes, got 1023"],
+  ];
+  for (const [raw, message] of bad) {
+    const err = errorOf(() => parseConfig(raw));
+    t.equal(err.message, message);
+    t.notMatch(err.message, /\n/, "one line");
+  }
 });
 
 t.test("listeners can be turned off; relative data_dir is resolved against the file", async (t) => {
@@ -265,9 +314,9 @@ t.test("listeners can be turned off; relative data_dir is resolved against the f
 
 t.test("every default constant matches the doc comment in config/types.ts", async (t) => {
   const types = readFileSync(join(root, "config", "types.ts"), "utf8");
-  /** The doc comment just before `field:` (first one after `interface NAME {`). */
+  /** The doc comment just before `field:` (first one after `interface NAME {` or `interface NAME extends BASE {`). */
   const docOf = (iface: string, field: string): string => {
-    const start = types.indexOf(`interface ${iface} {`);
+    const start = types.search(new RegExp(`interface ${iface} (?:extends \\w+ )?\\{`));
     t.ok(start >= 0, `interface ${iface} exists`);
     const m = new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start));
     return m?.[1] ?? "";
@@ -300,6 +349,12 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
     ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
     ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "TunnelTuning", "handshakeTimeoutMs", "10s", dur],
+    ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "HubTunnelTuning", "controlHelloTimeoutMs", "10s", dur],
+    ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "HubTunnelTuning", "revocationPollIntervalMs", "500ms", dur],
+    ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
+    ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
+    ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],
+    ["DEFAULT_VISITOR_HEADER_MAX_BYTES", "CogTunnelTuning", "visitorHeaderMaxBytes", "4KiB", bytes],
     ["DEFAULT_COG_DATA_DIR", "CogConfig", "dataDir", "/var/lib/capsul/cog", same],
     ["DEFAULT_PROXY_PROTOCOL", "CogRoute", "proxyProtocol", "none", same],
     ["DEFAULT_RECONNECT_MIN_DELAY_MS", "CogConfig", "minDelayMs", "500ms", dur],

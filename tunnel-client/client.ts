@@ -24,11 +24,11 @@ import { dialHub } from "./dial.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 
-/** Deadline for the hub's welcome after the hello. */
+/** Deadline for the hub's welcome after the hello: the default of cog.tunnel.welcome_timeout. */
 export const WELCOME_TIMEOUT_MS = 15_000;
-/** Deadline for the visitor header on a new stream. */
+/** Deadline for the visitor header on a new stream: the default of cog.tunnel.visitor_header_timeout. */
 export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
-/** The visitor header is small; anything bigger is a protocol error. */
+/** The visitor header is small; anything bigger is a protocol error. The default of cog.tunnel.visitor_header_max_bytes. */
 export const VISITOR_HEADER_MAX_BYTES = 4096;
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
@@ -202,7 +202,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.control = control;
     const reader = new MessageReader<HubMessage>(control);
     control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "capsul/0.1.0", routes: this.wireRoutes() }));
-    const timer = setTimeout(() => session.destroy(new Error("the hub did not answer the hello in time")), WELCOME_TIMEOUT_MS);
+    const timer = setTimeout(() => session.destroy(new Error("the hub did not answer the hello in time")), this.cfg.tunnel.welcomeTimeoutMs);
     let first: HubMessage | null;
     try {
       first = await reader.next();
@@ -260,8 +260,8 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.streams.add(stream);
     stream.once("close", () => this.streams.delete(stream));
     stream.on("error", () => {});
-    const reader = new MessageReader(stream, VISITOR_HEADER_MAX_BYTES);
-    const timer = setTimeout(() => stream.destroy(), VISITOR_HEADER_TIMEOUT_MS);
+    const reader = new MessageReader(stream, this.cfg.tunnel.visitorHeaderMaxBytes);
+    const timer = setTimeout(() => stream.destroy(), this.cfg.tunnel.visitorHeaderTimeoutMs);
     reader.next().then((msg) => {
       clearTimeout(timer);
       const rest = reader.detach();
@@ -300,6 +300,10 @@ export class TunnelClient extends EventEmitter implements RouteSink {
         if (rest.length) parts.push(rest);
         if (parts.length) target.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
         splice(stream, target);
+        // The visitor's FIN may have come with its first bytes, before the target
+        // answered: the header reader then saw the stream's 'end', and splice never
+        // will. Pass it on, or the target is left half-open for good.
+        if (stream.readableEnded) target.end();
       });
     }).catch((err: Error) => {
       clearTimeout(timer);

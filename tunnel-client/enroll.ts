@@ -3,7 +3,7 @@
  * token over TLS to the hub, pin the hub's CA by the fingerprint the operator
  * gave us, and store the signed certificate. The private key never leaves.
  */
-import type { HostPort, TunnelTuning } from "../config/types.js";
+import type { CogTunnelTuning, HostPort, TunnelTuning } from "../config/types.js";
 import { AuthError, RuntimeError } from "../lib/errors.js";
 import { createKeyAndCsr, parseFingerprint, verifyPinnedChain, certInfo } from "../certs/pki.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
@@ -11,7 +11,10 @@ import { TUNNEL_PROTOCOL_VERSION, type HubMessage } from "../protocol/control.js
 import { dialHub, peerChain } from "./dial.js";
 import { saveIdentity, type CogIdentity } from "./identity.js";
 
-/** Deadline for the whole enrollment exchange after the TLS handshake. */
+/**
+ * Deadline for the whole enrollment exchange after the TLS handshake: the
+ * default of cog.tunnel.enroll_timeout, used when `tuning` does not carry one.
+ */
 export const ENROLL_TIMEOUT_MS = 20_000;
 
 export async function enroll(opts: {
@@ -19,8 +22,10 @@ export async function enroll(opts: {
   token: string;
   caFingerprint: string;
   dataDir: string;
-  tuning: TunnelTuning;
+  /** cog.tunnel; its enrollTimeoutMs (default ENROLL_TIMEOUT_MS) bounds the wait for the hub's answer. */
+  tuning: TunnelTuning & Partial<Pick<CogTunnelTuning, "enrollTimeoutMs">>;
 }): Promise<CogIdentity> {
+  const timeoutMs = opts.tuning.enrollTimeoutMs ?? ENROLL_TIMEOUT_MS;
   const fingerprint = parseFingerprint(opts.caFingerprint);
   const { keyPem, csrPem } = await createKeyAndCsr("capsul cog");
   let dialed;
@@ -40,7 +45,7 @@ export async function enroll(opts: {
     const reader = new MessageReader<HubMessage>(control);
     control.write(encodeMessage({ type: "enroll", protocol: TUNNEL_PROTOCOL_VERSION, token: opts.token, csr: csrPem }));
     const timeout = new Promise<never>((_, reject) => {
-      setTimeout(() => reject(new RuntimeError("the hub did not answer the enrollment in time")), ENROLL_TIMEOUT_MS).unref();
+      setTimeout(() => reject(new RuntimeError("the hub did not answer the enrollment in time")), timeoutMs).unref();
     });
     const answer = await Promise.race([reader.next(), timeout]);
     if (!answer) throw new RuntimeError("the hub closed the connection without answering");
