@@ -26,6 +26,8 @@ export interface Options {
   outDir: string;
   /** Also profile hub and cog (node --cpu-prof) under bulk and keep-alive load. */
   profile: boolean;
+  /** Only the profiles: writes PROFILE.md and leaves RESULTS.md alone. */
+  profileOnly: boolean;
   command: string;
 }
 
@@ -40,7 +42,9 @@ export const USAGE = `usage: node dist/bench/run.js [options]
   --micro-mib N        bytes per mux microbenchmark run (default 256)
   --rtt-mib N          download size over the delay relay (default 256)
   --out DIR            output directory (default bench/)
-  --profile            also write PROFILE.md: hub/cog --cpu-prof under bulk and keep-alive load`;
+  --profile            also write PROFILE.md: hub/cog --cpu-prof under bulk and keep-alive
+                       load, and (with Linux perf) capsul's and gopeer's CPU by kind of work
+  --profile-only       only that: write PROFILE.md, leave RESULTS.md as it is`;
 
 export function parseOptions(argv: string[]): Options {
   const quick = argv.includes("--quick");
@@ -57,6 +61,7 @@ export function parseOptions(argv: string[]): Options {
     rttDelayMs: 25,
     outDir: path.join(REPO_ROOT, "bench"),
     profile: false,
+    profileOnly: false,
     command: ["node", "dist/bench/run.js", ...argv].join(" "),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -93,9 +98,11 @@ export function parseOptions(argv: string[]): Options {
       case "--rtt-mib": o.rttBytes = int() * MIB; break;
       case "--out": o.outDir = path.resolve(val()); break;
       case "--profile": o.profile = true; break;
+      case "--profile-only": o.profile = true; o.profileOnly = true; break;
       case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
   }
+  if (o.profileOnly) o.sections = [];
   return o;
 }

@@ -8,6 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { execFileP } from "./procs.js";
 import { GOPEER_WINDOW_BYTES } from "./paths.js";
+import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 import { LATENCY_CONNECTIONS, LATENCY_THINK_MS, WRK_CONNECTIONS } from "./load.js";
 import type { Options } from "./options.js";
 import { MUXBENCH_WINDOW_BYTES, type MicroResult } from "./micro.js";
@@ -163,7 +164,7 @@ export function renderMarkdown(res: Results): string {
   if (res.rtt.length) {
     L.push(`## Long RTT: ${2 * o.rttDelayMs} ms round trip (bench/delay-relay.ts, ${o.rttDelayMs} ms per direction, no bandwidth limit)`, "");
     L.push("`plain TCP`: curl -> relay -> nginx (the visitor's own TLS over one delayed TCP connection). `capsul` / `gopeer`: curl -> hub, and the cog's tunnel to the hub goes through the relay.", "");
-    L.push("Caveat: the relay holds data in user space, so the kernel's TCP on each side sees a ~0 ms loopback RTT; plain TCP is then limited by nothing but the relay's 64 MiB cap, while the muxes are bounded by their stream window per RTT (capsul starts at 8 MiB and auto-tunes a stream whose reader keeps up to at most 32 MiB: 670 MB/s per 50 ms; gopeer's fixed 6 MiB / 50 ms = 126 MB/s). A real 50 ms path would also bound plain TCP by its socket buffers (tcp_rmem/tcp_wmem). A netem qdisc would be more faithful but needs NET_ADMIN.", "");
+    L.push("Caveat: the relay holds data in user space, so the kernel's TCP on each side sees a ~0 ms loopback RTT; plain TCP is then limited by nothing but the relay's 64 MiB cap, while the muxes are bounded by their stream window per RTT (capsul starts at 8 MiB and auto-tunes a stream whose reader keeps up to at most 32 MiB: 670 MB/s per 50 ms; gopeer's fixed 6 MiB / 50 ms = 126 MB/s). A real 50 ms path would also bound plain TCP by its socket buffers (tcp_rmem/tcp_wmem). The relay runs with the same node heap flags as capsul. A netem qdisc would be more faithful, but this kernel has neither netem nor tbf (`tc qdisc add dev lo root netem delay 25ms` says \"Specified qdisc kind is unknown\", even inside a network namespace of our own).", "");
     L.push(`| route | single download MB/s (${mb(o.bigBytes)} MB) | vs plain TCP |`);
     L.push("| --- | ---: | ---: |");
     const plain = median(res.rtt.filter((x) => x.route === "plain TCP").map((x) => x.mbPerSec));
@@ -175,7 +176,7 @@ export function renderMarkdown(res: Results): string {
   }
   L.push("## How it was measured", "");
   L.push(`- Backend: nginx-light, 1 worker, HTTPS (self-signed P-256 certificate for the test hostname), /small = 100 bytes, /big = ${mb(o.bigBytes)} MB (sparse file); one listen port per path so its access log shows which proxy each request came through.`);
-  L.push(`- HAProxy: \`mode tcp\`, \`tcp-request inspect-delay\`, \`req_ssl_sni\` (SNI passthrough). gopeer: built by shared/tools/gopeer/build.sh, hub and cog with \`-window ${GOPEER_WINDOW_BYTES}\`. capsul: \`capsul hub\`, \`hub invite --json\`, \`cog enroll\`, \`capsul cog\` as separate processes, route kind tls, default 8 MiB stream window (auto-tuned up to 32 MiB when a reader drains it within 4 RTTs).`);
+  L.push(`- HAProxy: \`mode tcp\`, \`tcp-request inspect-delay\`, \`req_ssl_sni\` (SNI passthrough). gopeer: built by shared/tools/gopeer/build.sh, hub and cog with \`-window ${GOPEER_WINDOW_BYTES}\`. capsul: \`capsul hub\`, \`hub invite --json\`, \`cog enroll\`, \`capsul cog\` as separate processes, started as capsul's launcher starts them (\`node ${NODE_HEAP_FLAGS.join(" ")}\`, cli/runtime.ts), route kind tls, default 8 MiB stream window (auto-tuned up to 32 MiB when a reader drains it within 4 RTTs).`);
   L.push(`- Keep-alive: wrk, 1 thread, ${WRK_CONNECTIONS} connections, ${o.seconds} s, GET /small. New connections: same with \`Connection: close\` (a full TLS handshake per request). wrk connects to 127.0.0.1 via a Lua \`wrk.resolve\` override, so SNI and Host are the test hostname without touching /etc/hosts.`);
   L.push(`- Latency: wrk's own latency distribution, ${LATENCY_CONNECTIONS} keep-alive connections, each waiting ${LATENCY_THINK_MS} ms (Lua \`delay()\`) before every request: a moderate, roughly fixed offered rate (closed loop with think time, not wrk2's open loop); the achieved rate is in the table.`);
   L.push("- Bulk: curl downloads of /big, 1 and 16 at once; MB/s = all bytes received / wall time; every size is checked. CPU s/GiB = (utime+stime of the proxy process from /proc/PID/stat over both bulk phases) / GiB downloaded; peak RSS = max VmRSS sampled every 200 ms during bulk.");
@@ -256,4 +257,18 @@ export function renderSvg(res: Results): string {
   });
   out.push("</svg>");
   return out.join("\n") + "\n";
+}
+
+/**
+ * `node dist/bench/report.js [DIR]`: renders DIR/RESULTS.md and DIR/results.svg again
+ * from DIR/results.json (default bench/), e.g. after OPTIMISATION-LOG.md changed. The
+ * figures are the stored run's; only the text around them is today's.
+ */
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const dir = path.resolve(process.argv[2] ?? path.join(path.dirname(OPTIMISATION_LOG_FILE)));
+  const { writeFileSync } = await import("node:fs");
+  const res = JSON.parse(readFileSync(path.join(dir, "results.json"), "utf8")) as Results;
+  writeFileSync(path.join(dir, "RESULTS.md"), renderMarkdown(res));
+  writeFileSync(path.join(dir, "results.svg"), renderSvg(res));
+  process.stdout.write(`rendered ${path.join(dir, "RESULTS.md")} and results.svg from results.json\n`);
 }

@@ -14,12 +14,16 @@ import { parseOptions, type Options } from "./options.js";
 import { cpuSeconds, rssBytes, rssSampler, run, sleep, startProc, type Proc } from "./procs.js";
 import { direct, haproxyMaxConn, startCapsul, startGopeer, startHaproxy, buildGopeer, REPO_ROOT, type PathName, type RunningPath } from "./paths.js";
 import { profileCapsul } from "./profile.js";
+import { perfAvailable, perfPath, renderBreakdown, PERF_FREQ_HZ } from "./perfprof.js";
+import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 import { machineInfo, renderMarkdown, renderSvg, type Results, type PathRound } from "./report.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const GIB = 1024 ** 3;
 /** A bulk download slower than 2 MB/s is a failure, not a measurement. */
 const BULK_MIN_MB_PER_SEC = 2;
+/** Single downloads through a fresh proxy before perf records it (JIT warm-up). */
+const PERF_WARMUP_DOWNLOADS = 2;
 
 async function prereqs(): Promise<void> {
   await run("bash", [path.join(REPO_ROOT, "bench", "prereqs.sh")], { timeoutMs: 900_000 });
@@ -146,7 +150,9 @@ async function measureMicro(o: Options, tmp: string, res: Results): Promise<void
 async function measureRtt(o: Options, tmp: string, be: Backend, gopeerBin: string | null, res: Results): Promise<void> {
   const relays: Proc[] = [];
   const relay = async (targetPort: number): Promise<number> => {
-    const p = startProc("delay-relay", process.execPath, [path.join(HERE, "delay-relay.js"), `127.0.0.1:${targetPort}`, String(o.rttDelayMs)]);
+    // The relay is the link for every route: it runs with capsul's heap flags too, so that
+    // its own GC (it moves the same bytes) slows neither route.
+    const p = startProc("delay-relay", process.execPath, [...NODE_HEAP_FLAGS, path.join(HERE, "delay-relay.js"), `127.0.0.1:${targetPort}`, String(o.rttDelayMs)]);
     relays.push(p);
     return Number((await p.waitFor(/relay (\d+)/))[1]);
   };
@@ -175,6 +181,32 @@ async function measureRtt(o: Options, tmp: string, be: Backend, gopeerBin: strin
     for (const s of started) await s.stop();
     for (const p of relays) await p.stop();
   }
+}
+
+/** PROFILE.md's second half: capsul's and gopeer's CPU by kind of work (bench/perfprof.ts). */
+async function perfProfiles(o: Options, tmp: string, be: Backend, gopeerBin: string | null, res: Results): Promise<string> {
+  const head = `## Where the CPU goes, by kind of work (Linux perf, all threads, kernel included)\n\n`;
+  if (!perfAvailable()) return `${head}perf is not installed here (\`apt-get install linux-perf\`), so this part was not measured.\n`;
+  const out = [head, `Each proxy freshly started, warmed up with ${PERF_WARMUP_DOWNLOADS} single downloads, then \`perf record -F ${PERF_FREQ_HZ}\` on its processes during 16 concurrent downloads of /big.\n`];
+  const names: PathName[] = ["capsul", ...(gopeerBin && o.only.includes("gopeer") ? ["gopeer" as const] : [])];
+  const all = [];
+  for (const name of names) {
+    const p = await startPath(name, tmp, be, gopeerBin);
+    try {
+      for (let i = 0; i < PERF_WARMUP_DOWNLOADS; i++) await bulk(p.port, 1, o.bigBytes, 600_000);
+      all.push(...await perfPath(p, path.join(tmp, `${name}.perf.data`), [`${name} hub`, `${name} cog`], async () => {
+        const b = await bulk(p.port, 16, o.bigBytes, 600_000);
+        if (!b.complete) res.problems.push(`perf ${name}: bulk x16 incomplete: ${b.failures.join("; ")}`);
+        return b.bytes;
+      }));
+    } catch (err) {
+      res.problems.push(`perf ${name}: ${(err as Error).message}`);
+    } finally {
+      await p.stop();
+    }
+  }
+  if (all.length) out.push(renderBreakdown("bulk: 16 concurrent downloads of /big", all));
+  return out.join("\n");
 }
 
 async function main(): Promise<void> {
@@ -213,10 +245,22 @@ async function main(): Promise<void> {
     if (o.sections.includes("rtt")) await measureRtt(o, tmp, be, gopeerBin, res);
     if (o.profile && o.only.includes("capsul")) {
       res.profile = await profileCapsul(o, tmp, be, scripts.resolve, (nodeArgs) => startPath("capsul", tmp, be, null, nodeArgs));
+      res.profile += "\n" + await perfProfiles(o, tmp, be, gopeerBin, res);
     }
   } finally {
     for (const p of paths) await p.stop().catch(() => {});
     await be.stop();
+  }
+  if (o.profileOnly) {
+    await mkdir(o.outDir, { recursive: true });
+    if (res.profile) await writeFile(path.join(o.outDir, "PROFILE.md"), res.profile);
+    process.stdout.write(res.profile ?? "");
+    await rm(tmp, { recursive: true, force: true });
+    if (res.problems.length) {
+      process.stderr.write(`bench: problems:\n${res.problems.map((p) => `- ${p}`).join("\n")}\n`);
+      process.exitCode = 1;
+    }
+    return;
   }
   res.finishedAt = new Date().toISOString();
   res.machine.loadAtEnd = os.loadavg().map((l) => l.toFixed(2)).join(" ");
