@@ -202,6 +202,7 @@ function targetsSection(res: Results): string[] {
     rows.push(["new TLS conn/s >= 1.2x gopeer", c("newConn") / pathMedian(res, "gopeer", "newConn"), 1.2]);
     rows.push(["bulk 1x MB/s >= 1.2x gopeer", c("bulk1") / pathMedian(res, "gopeer", "bulk1"), 1.2]);
     rows.push(["bulk 16x MB/s >= 1.2x gopeer", c("bulk16") / pathMedian(res, "gopeer", "bulk16"), 1.2]);
+    rows.push(["p99 latency <= gopeer's (capsul / gopeer)", c("p99Ms") / pathMedian(res, "gopeer", "p99Ms"), -1]);
   }
   if (res.paths.capsul && res.paths.haproxy) {
     rows.push(["bulk 1x MB/s >= 0.5x HAProxy", c("bulk1") / pathMedian(res, "haproxy", "bulk1"), 0.5]);
