@@ -405,7 +405,12 @@ export class MuxSession extends EventEmitter {
           return;
         }
         const win = s.sendWindow;
-        if (win === 0) return; // resumed by a Window Update (onHeader)
+        if (win === 0) {
+          // Out of window mid-write: what we framed so far must still leave this tick
+          // (the write is not finished, so its completion will not schedule the flush).
+          if (this.outBytes > 0) this.scheduleFlush();
+          return; // resumed by a Window Update (onHeader)
+        }
         let n = chunk.length - off;
         if (n > win) n = win;
         if (n > this.maxFramePayloadBytes) n = this.maxFramePayloadBytes;
@@ -577,6 +582,13 @@ export class MuxSession extends EventEmitter {
     this.forget(s);
     s.rstRecv = true;
     if (this.rxStream === s) this.rxStream = null;
+    // Still waiting in the accept queue: nobody holds it, so nobody could hear an error.
+    const q = this.acceptQueue.indexOf(s);
+    if (q >= 0) {
+      this.acceptQueue.splice(q, 1);
+      s.destroy();
+      return;
+    }
     s.destroy(
       errWithCode(
         s.acked || (s.id & 1) !== this.ourParity

@@ -514,3 +514,53 @@ t.test("the connection closing under live streams errors them; session 'close' f
   await new Promise((r) => setImmediate(r));
   t.equal(closes, 1, "close emitted exactly once");
 });
+
+t.test("a write bigger than the peer's window is delivered in full (frames framed after a Window Update are flushed)", async (t) => {
+  // Both ends at the smallest window: one 1 MiB write needs three Window Updates mid-write.
+  // Before the fix the frames pumped after each update sat unflushed: stuck at 262144 bytes.
+  for (const kind of PAIR_KINDS) {
+    const ss = await sessions(kind, { maxStreamWindowBytes: MUX_INITIAL_WINDOW_BYTES }, { maxStreamWindowBytes: MUX_INITIAL_WINDOW_BYTES });
+    t.teardown(() => ss.close());
+    const accepted = once(ss.server, "stream");
+    const s = ss.client.open();
+    s.on("error", () => {}); // the teardown destroys the session under both streams
+    const payload = randomBytes(MiB);
+    s.end(payload);
+    const [rs] = (await accepted) as [MuxStream];
+    rs.on("error", () => {});
+    const got = await readAll(rs);
+    t.equal(got.length, MiB, `${kind}: every byte arrived`);
+    t.ok(got.equals(payload), `${kind}: in order`);
+  }
+});
+
+t.test("a stream reset by the peer while it waits in the accept backlog is dropped quietly", async (t) => {
+  const pair = memoryPair();
+  t.teardown(() => pair.close());
+  const session = new MuxSession(pair.a, { role: "client", keepaliveIntervalMs: 0, acceptBacklog: 4 });
+  t.teardown(() => session.destroy());
+  const uncaught: unknown[] = [];
+  const onUncaught = (err: unknown): void => void uncaught.push(err);
+  process.on("uncaughtException", onUncaught);
+  t.teardown(() => process.off("uncaughtException", onUncaught));
+  let pongs = 0;
+  const dec = new FrameDecoder();
+  pair.b.on("data", (c: Buffer) => {
+    dec.push(c);
+    for (let s = dec.next(); s.kind !== "need-more"; s = dec.next()) if (s.kind === "header" && s.header.type === FrameType.Ping) pongs++;
+  });
+  for (const id of [2, 4]) pair.b.write(encodeHeader(FrameType.WindowUpdate, Flag.SYN, id, 0));
+  pair.b.write(encodeHeader(FrameType.WindowUpdate, Flag.RST, 2, 0));
+  pair.b.write(encodeHeader(FrameType.Ping, Flag.SYN, 0, 7)); // barrier
+  while (pongs === 0) await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  t.same(uncaught, [], "no error event without a listener");
+  t.equal(session.streamCount, 1, "the reset stream is gone");
+  const got: number[] = [];
+  session.on("stream", (s: MuxStream) => {
+    s.on("error", () => {}); // the teardown destroys the session under it
+    got.push(s.id);
+  });
+  await new Promise((r) => setImmediate(r));
+  t.same(got, [4], "only the live stream is handed out");
+});
