@@ -22,7 +22,7 @@ import type {
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
 } from "./types.js";
 import {
-  at, boolean, directory, duration, fmtMs, hostname, hostnamePattern, integer, list, mapping, oneOf, required, size,
+  at, boolean, directory, duration, fmtBytes, fmtMs, hostname, hostnamePattern, integer, list, mapping, oneOf, required, size,
   string, type Obj,
 } from "./values.js";
 
@@ -45,10 +45,22 @@ export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
 export const DEFAULT_IDLE_TIMEOUT_MS = 0;
+// hub.limits.splice_queue and cog.splice_queue. protocol/splice.ts exports the same value as
+// SPLICE_MAX_QUEUED_BYTES (test/muxlimits.test.ts checks that they agree).
+export const DEFAULT_SPLICE_QUEUE_BYTES = 256 * 1024;
 export const DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
 export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+// hub.tunnel and cog.tunnel, passed to MuxSession. protocol/mux.ts exports the same values as
+// MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES, MUX_DEFAULT_ACCEPT_BACKLOG, MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES,
+// MUX_DEFAULT_WRITE_BATCH_MAX_BYTES and MUX_DEFAULT_CLOSE_LINGER_MS (test/muxlimits.test.ts checks
+// that they agree). max_auto_window defaults to max_stream_window when that is larger, as MuxSession does.
+export const DEFAULT_MAX_AUTO_WINDOW_BYTES = 32 * 1024 * 1024;
+export const DEFAULT_ACCEPT_BACKLOG = 1024;
+export const DEFAULT_MAX_FRAME_PAYLOAD_BYTES = 64 * 1024;
+export const DEFAULT_WRITE_BATCH_MAX_BYTES = 256 * 1024;
+export const DEFAULT_CLOSE_LINGER_MS = 5_000;
 // hub.tunnel only. gateway/tunnels.ts exports the same values as CONTROL_HELLO_TIMEOUT_MS
 // and REVOCATION_POLL_MS (test/timeouts.test.ts checks that they agree).
 export const DEFAULT_CONTROL_HELLO_TIMEOUT_MS = 10_000;
@@ -74,6 +86,20 @@ export const MIN_STREAM_WINDOW_BYTES = 256 * 1024;
  * smaller cap would refuse real visitors, so 1 KiB is the least allowed.
  */
 export const MIN_VISITOR_HEADER_MAX_BYTES = 1024;
+/**
+ * Splice pauses a source once this much waits in its destination's write queue. A
+ * socket read is up to 64 KiB and a TLS record 16 KiB; below one record the source
+ * would be paused and resumed for nearly every chunk, so 16 KiB is the least allowed.
+ */
+export const MIN_SPLICE_QUEUE_BYTES = 16 * 1024;
+/**
+ * The upper bounds MuxSession's constructor checks (protocol/mux.ts checkInt), so that a
+ * value it would throw on is refused here with a message naming the key instead:
+ * windows and frame lengths are u32 (spec.md §Length Field, MUX_MAX_WINDOW_BYTES);
+ * counts, batch sizes and timer delays are at most 2^31-1 (Node's largest timer delay).
+ */
+export const MAX_WINDOW_BYTES = 0xffff_ffff;
+export const MAX_MUX_INT = 2 ** 31 - 1;
 
 const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
 const PROXY_PROTOCOLS: readonly ProxyProtocol[] = ["none", "v1", "v2"];
@@ -86,12 +112,13 @@ const HUB_KEYS = ["data_dir", "domain", "listen", "public_tunnel_address", "cogs
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
-  "http_header_max_bytes", "grace", "max_visitors", "idle_timeout"] as const;
-const TUNNEL_KEYS = ["max_stream_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout"] as const;
+  "http_header_max_bytes", "grace", "max_visitors", "idle_timeout", "splice_queue"] as const;
+const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
+  "max_frame_payload", "write_batch", "close_linger"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
-  "visitor_header_max_bytes"] as const;
-const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "tunnel", "provisioner"] as const;
+  "visitor_header_max_bytes", "accept_backlog"] as const;
+const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
@@ -100,15 +127,28 @@ const LOG_KEYS = ["level"] as const;
 
 /** The keys hub.tunnel and cog.tunnel share; `m` was checked against the section's own key list. */
 function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
+  const maxStreamWindowBytes = size(m.max_stream_window, at(path, "max_stream_window"), DEFAULT_MAX_STREAM_WINDOW_BYTES,
+    MIN_STREAM_WINDOW_BYTES, MAX_WINDOW_BYTES);
   const t: TunnelTuning = {
-    maxStreamWindowBytes: size(m.max_stream_window, at(path, "max_stream_window"), DEFAULT_MAX_STREAM_WINDOW_BYTES, MIN_STREAM_WINDOW_BYTES),
-    keepaliveIntervalMs: duration(m.keepalive_interval, at(path, "keepalive_interval"), DEFAULT_KEEPALIVE_INTERVAL_MS, 1),
-    keepaliveTimeoutMs: duration(m.keepalive_timeout, at(path, "keepalive_timeout"), DEFAULT_KEEPALIVE_TIMEOUT_MS, 1),
+    maxStreamWindowBytes,
+    keepaliveIntervalMs: duration(m.keepalive_interval, at(path, "keepalive_interval"), DEFAULT_KEEPALIVE_INTERVAL_MS, 1, MAX_MUX_INT),
+    keepaliveTimeoutMs: duration(m.keepalive_timeout, at(path, "keepalive_timeout"), DEFAULT_KEEPALIVE_TIMEOUT_MS, 1, MAX_MUX_INT),
     handshakeTimeoutMs: duration(m.handshake_timeout, at(path, "handshake_timeout"), DEFAULT_HANDSHAKE_TIMEOUT_MS, 1),
+    // The ceiling is checked against max_stream_window below, so its own minimum is 0 here.
+    maxAutoWindowBytes: size(m.max_auto_window, at(path, "max_auto_window"),
+      Math.max(DEFAULT_MAX_AUTO_WINDOW_BYTES, maxStreamWindowBytes), 0, MAX_WINDOW_BYTES),
+    maxFramePayloadBytes: size(m.max_frame_payload, at(path, "max_frame_payload"), DEFAULT_MAX_FRAME_PAYLOAD_BYTES, 1, MAX_WINDOW_BYTES),
+    writeBatchMaxBytes: size(m.write_batch, at(path, "write_batch"), DEFAULT_WRITE_BATCH_MAX_BYTES, 1, MAX_MUX_INT),
+    closeLingerMs: duration(m.close_linger, at(path, "close_linger"), DEFAULT_CLOSE_LINGER_MS, 0, MAX_MUX_INT),
   };
   // A timeout no longer than the interval declares a healthy idle peer dead before its ping is due.
   if (t.keepaliveTimeoutMs <= t.keepaliveIntervalMs) {
     throw new ConfigError(`must be greater than keepalive_interval (${fmtMs(t.keepaliveIntervalMs)})`, at(path, "keepalive_timeout"));
+  }
+  // Auto-tuning only ever grows a window: a ceiling below the starting window is a contradiction.
+  if (t.maxAutoWindowBytes < t.maxStreamWindowBytes) {
+    throw new ConfigError(`must be at least max_stream_window (${fmtBytes(t.maxStreamWindowBytes)}), got ${fmtBytes(t.maxAutoWindowBytes)}`,
+      at(path, "max_auto_window"));
   }
   return t;
 }
@@ -130,6 +170,7 @@ function parseCogTunnel(value: unknown, path: string): CogTunnelTuning {
     enrollTimeoutMs: duration(m.enroll_timeout, at(path, "enroll_timeout"), DEFAULT_ENROLL_TIMEOUT_MS, 1),
     visitorHeaderTimeoutMs: duration(m.visitor_header_timeout, at(path, "visitor_header_timeout"), DEFAULT_VISITOR_HEADER_TIMEOUT_MS, 1),
     visitorHeaderMaxBytes: size(m.visitor_header_max_bytes, at(path, "visitor_header_max_bytes"), DEFAULT_VISITOR_HEADER_MAX_BYTES, MIN_VISITOR_HEADER_MAX_BYTES),
+    acceptBacklog: integer(m.accept_backlog, at(path, "accept_backlog"), DEFAULT_ACCEPT_BACKLOG, 0, MAX_MUX_INT),
   };
 }
 
@@ -143,6 +184,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
     graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
     maxVisitors: integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1),
     idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0),
+    spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
   };
 }
 
@@ -326,6 +368,7 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     routes: parseRoutes(m.routes, at(path, "routes")),
     reconnect: { minDelayMs, maxDelayMs },
     targetDialTimeoutMs: duration(m.target_dial_timeout, at(path, "target_dial_timeout"), DEFAULT_TARGET_DIAL_TIMEOUT_MS, 1),
+    spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
     tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),
     provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
   };

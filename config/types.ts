@@ -37,6 +37,8 @@ export interface HubLimits {
   maxVisitors: number;
   /** Idle timeout of a proxied connection, no bytes either way (default 0 = none). */
   idleTimeoutMs: number;
+  /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side (default 256KiB, at least 16KiB). */
+  spliceQueueBytes: number;
 }
 
 export interface TunnelTuning {
@@ -48,6 +50,18 @@ export interface TunnelTuning {
   keepaliveTimeoutMs: number;
   /** TLS handshake deadline on the tunnel listener / when dialing (default 10s). */
   handshakeTimeoutMs: number;
+  /**
+   * Ceiling of window auto-tuning: a stream whose reader drains a whole window within 4 round
+   * trips has it doubled, up to this (default 32MiB, or maxStreamWindowBytes if that is larger;
+   * at least maxStreamWindowBytes, at most 4GiB-1 B; equal to it disables growth).
+   */
+  maxAutoWindowBytes: number;
+  /** Largest Data frame payload we send, so streams interleave fairly (default 64KiB; 1 B to 4GiB-1 B). */
+  maxFramePayloadBytes: number;
+  /** Frame bytes gathered in one turn of the event loop before they go to the connection early (default 256KiB; at most 2GiB-1 B). */
+  writeBatchMaxBytes: number;
+  /** After a close or a protocol-error teardown, how long the peer has to close its side before the connection is destroyed (default 5s; 0 = at once). */
+  closeLingerMs: number;
 }
 
 /** hub.tunnel: the shared tuning plus what only the tunnel listener needs. */
@@ -68,6 +82,13 @@ export interface CogTunnelTuning extends TunnelTuning {
   visitorHeaderTimeoutMs: number;
   /** Cap on the visitor header's JSON (length prefix excluded); a bigger one is a protocol error (default 4KiB, at least 1KiB). */
   visitorHeaderMaxBytes: number;
+  /**
+   * Visitor streams the hub opened that wait while the cog is not yet listening (between
+   * tunnel setup and its stream handler); further ones are refused with RST (default 1024;
+   * 0 refuses them all). The hub has no such key: it takes each tunnel's control stream and
+   * refuses any other stream a cog opens (gateway/tunnels.ts HUB_ACCEPT_BACKLOG).
+   */
+  acceptBacklog: number;
 }
 
 export interface HubConfig {
@@ -131,6 +152,8 @@ export interface CogConfig {
   };
   /** Deadline for dialing a route's target (default 5s). */
   targetDialTimeoutMs: number;
+  /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side (default 256KiB, at least 16KiB). */
+  spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;

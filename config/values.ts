@@ -96,18 +96,28 @@ export function oneOf<T extends string>(value: unknown, path: string, choices: r
   return value as T;
 }
 
-/** A duration; `min` 0 allows "off", 1 requires a positive duration. */
-export function duration(value: unknown, path: string, def: number, min: 0 | 1): number {
+/**
+ * A duration; `min` 0 allows "off", 1 requires a positive duration. With `max`
+ * (for values a consumer range-checks as integers, e.g. MuxOptions) it must also
+ * be a whole number of milliseconds no greater than `max`.
+ */
+export function duration(value: unknown, path: string, def: number, min: 0 | 1, max?: number): number {
   if (value === undefined || value === null) return def;
   const ms = parseDurationMs(value, path);
   if (ms < min) throw new ConfigError("must be greater than 0", path);
+  if (max !== undefined) {
+    // Strings are rounded to whole ms by parseDurationMs; only a bare number can carry a fraction.
+    if (!Number.isInteger(ms)) throw new ConfigError(`must be a whole number of milliseconds, got ${ms}`, path);
+    if (ms > max) throw new ConfigError(`must be at most ${fmtMs(max)}, got ${fmtMs(ms)}`, path);
+  }
   return ms;
 }
 
-export function size(value: unknown, path: string, def: number, min: number): number {
+export function size(value: unknown, path: string, def: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (value === undefined || value === null) return def;
   const bytes = parseSizeBytes(value, path);
   if (bytes < min) throw new ConfigError(`must be at least ${min} bytes, got ${bytes}`, path);
+  if (bytes > max) throw new ConfigError(`must be at most ${max} bytes, got ${bytes}`, path);
   return bytes;
 }
 
@@ -132,6 +142,14 @@ export function hostnamePattern(value: unknown, path: string): string {
 function aLabelHint(s: string): string {
   const ascii = suggestALabel(s);
   return ascii ? ` (write internationalized names as A-labels: "${ascii}")` : "";
+}
+
+/** Bytes as capsul.yaml would write them: the largest binary unit that divides them ("8MiB"), else "1023B". */
+export function fmtBytes(bytes: number): string {
+  for (const [unit, unitBytes] of [["TiB", 1024 ** 4], ["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]] as const) {
+    if (bytes >= unitBytes && bytes % unitBytes === 0) return `${bytes / unitBytes}${unit}`;
+  }
+  return `${bytes}B`;
 }
 
 export function fmtMs(ms: number): string {

@@ -32,6 +32,13 @@ export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
  * revoke`: the default of hub.tunnel.revocation_poll_interval.
  */
 export const REVOCATION_POLL_MS = 500;
+/**
+ * The hub takes exactly one stream per tunnel, the control stream, straight from the
+ * session's "stream" event; a stream a cog opens after it would only wait in the backlog,
+ * holding up to max_stream_window of our memory. 0: every such stream is refused (RST) at
+ * once. Not a config key on purpose: any other value only lets a peer park memory.
+ */
+export const HUB_ACCEPT_BACKLOG = 0;
 
 export interface CogLink {
   cog: string;
@@ -108,11 +115,17 @@ export class Tunnels extends EventEmitter {
   private onConnection(sock: tls.TLSSocket): void {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     sock.setNoDelay(true);
+    const tuning = this.cfg.tunnel;
     const session = new MuxSession(sock, {
       role: "server",
-      maxStreamWindowBytes: this.cfg.tunnel.maxStreamWindowBytes,
-      keepaliveIntervalMs: this.cfg.tunnel.keepaliveIntervalMs,
-      keepaliveTimeoutMs: this.cfg.tunnel.keepaliveTimeoutMs,
+      maxStreamWindowBytes: tuning.maxStreamWindowBytes,
+      maxAutoWindowBytes: tuning.maxAutoWindowBytes,
+      keepaliveIntervalMs: tuning.keepaliveIntervalMs,
+      keepaliveTimeoutMs: tuning.keepaliveTimeoutMs,
+      acceptBacklog: HUB_ACCEPT_BACKLOG,
+      maxFramePayloadBytes: tuning.maxFramePayloadBytes,
+      writeBatchMaxBytes: tuning.writeBatchMaxBytes,
+      closeLingerMs: tuning.closeLingerMs,
     });
     session.on("error", () => {});
     const timer = setTimeout(() => {

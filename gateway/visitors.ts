@@ -164,7 +164,7 @@ export class Visitors {
     // The peeked bytes go first and in the same write as the header, so the
     // backend sees the ClientHello / request head exactly as the visitor sent it.
     stream.write(bytes.length ? Buffer.concat([encodeMessage(header), bytes]) : encodeMessage(header));
-    splice(socket, stream);
+    splice(socket, stream, undefined, this.cfg.limits.spliceQueueBytes);
   }
 
   private countBad(kind: string, socket: net.Socket, reason?: string): void {

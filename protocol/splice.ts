@@ -43,7 +43,7 @@ class Direction {
   private corked = false;
   private paused = false;
 
-  constructor(private readonly src: Duplex, private readonly dst: Duplex) {
+  constructor(private readonly src: Duplex, private readonly dst: Duplex, private readonly maxQueuedBytes: number) {
     this.batch = !(dst instanceof MuxStream);
     src.on("data", this.onData);
     src.on("end", this.onEnd);
@@ -59,7 +59,7 @@ class Direction {
       setImmediate(this.uncork);
     }
     dst.write(chunk);
-    if (dst.writableLength >= SPLICE_MAX_QUEUED_BYTES && !this.paused) {
+    if (dst.writableLength >= this.maxQueuedBytes && !this.paused) {
       this.paused = true;
       this.src.pause();
     }
@@ -86,8 +86,9 @@ class Direction {
  * Splices `a` and `b`. `onClose` runs once when both are closed; `err` is the
  * first error seen, if any. Both sources are resumed: a socket handed over paused
  * (after a peek) starts flowing only now, after the caller wrote what it had read.
+ * `maxQueuedBytes` is each direction's queue bound (hub.limits.splice_queue, cog.splice_queue).
  */
-export function splice(a: Duplex, b: Duplex, onClose?: (err?: Error) => void): void {
+export function splice(a: Duplex, b: Duplex, onClose?: (err?: Error) => void, maxQueuedBytes = SPLICE_MAX_QUEUED_BYTES): void {
   let open = 2;
   let firstErr: Error | undefined;
   const done = (): void => {
@@ -103,7 +104,7 @@ export function splice(a: Duplex, b: Duplex, onClose?: (err?: Error) => void): v
       if (!(x.readableEnded && x.writableFinished)) abort(y);
       done();
     });
-    new Direction(x, y);
+    new Direction(x, y, maxQueuedBytes);
   };
   wire(a, b);
   wire(b, a);

@@ -110,12 +110,16 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
+    "hub.limits.splice_queue",
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
-    "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
+    "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
+    "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
-    "cog.target_dial_timeout", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
-    "cog.tunnel.keepalive_timeout", "cog.tunnel.handshake_timeout", "cog.tunnel.welcome_timeout", "cog.tunnel.enroll_timeout",
+    "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
+    "cog.tunnel.keepalive_timeout", "cog.tunnel.handshake_timeout", "cog.tunnel.max_auto_window", "cog.tunnel.accept_backlog",
+    "cog.tunnel.max_frame_payload", "cog.tunnel.write_batch", "cog.tunnel.close_linger",
+    "cog.tunnel.welcome_timeout", "cog.tunnel.enroll_timeout",
     "cog.tunnel.visitor_header_timeout", "cog.tunnel.visitor_header_max_bytes", "cog.provisioner.listen", "log.level",
     // cog.provisioner's keys are parsed by provisioner/config.ts; the example documents them too.
     ...["data_dir", "accel", "sizes", "memory_overcommit_ratio", "qemu_binary", "qemu_img_binary", "genisoimage_binary",
@@ -141,9 +145,12 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
 
 t.test("defaults are filled", async (t) => {
   const cfg = parseConfig({ hub: { domain: "hub.example.net" }, cog: {} });
-  const tunnel = { maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000 };
+  const tunnel = {
+    maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
+    maxAutoWindowBytes: 33554432, maxFramePayloadBytes: 65536, writeBatchMaxBytes: 262144, closeLingerMs: 5000,
+  };
   const hubTunnel = { ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500 };
-  const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096 };
+  const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
     hub: {
       dataDir: "/var/lib/capsul/hub",
@@ -169,6 +176,7 @@ t.test("defaults are filled", async (t) => {
         graceMs: 5000,
         maxVisitors: 20000,
         idleTimeoutMs: 0,
+        spliceQueueBytes: 262144,
       },
       tunnel: hubTunnel,
     },
@@ -178,6 +186,7 @@ t.test("defaults are filled", async (t) => {
       routes: [],
       reconnect: { minDelayMs: 500, maxDelayMs: 30000 },
       targetDialTimeoutMs: 5000,
+      spliceQueueBytes: 262144,
       tunnel: cogTunnel,
       provisioner: null,
     },
@@ -234,10 +243,11 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(hub.cogCertTtlMs, 1.5 * 86400_000);
   t.same(hub.limits, {
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
-    graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000,
+    graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
   });
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
+    maxAutoWindowBytes: 1048576, maxFramePayloadBytes: 1, writeBatchMaxBytes: 1000000, closeLingerMs: 0,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
@@ -247,8 +257,11 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(cog.routes[2]!.port, undefined, "tcp port left to the hub");
   t.same(cog.reconnect, { minDelayMs: 30000, maxDelayMs: 30000 });
   t.equal(cog.targetDialTimeoutMs, 750);
+  t.equal(cog.spliceQueueBytes, 1_000_000);
   t.same(cog.tunnel, {
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
+    maxAutoWindowBytes: 4294967295, acceptBacklog: 2147483647, maxFramePayloadBytes: 16384, writeBatchMaxBytes: 2147483647,
+    closeLingerMs: 2147483647,
     welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000,
   });
   t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
@@ -285,6 +298,91 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ cog: { tunnel: { enroll_timeout: 0 } } }, "cog.tunnel.enroll_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_timeout: "0s" } } }, "cog.tunnel.visitor_header_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_max_bytes: 1023 } } }, "cog.tunnel.visitor_header_max_bytes: must be at least 1024 bytes, got 1023"],
+  ];
+  for (const [raw, message] of bad) {
+    const err = errorOf(() => parseConfig(raw));
+    t.equal(err.message, message);
+    t.notMatch(err.message, /\n/, "one line");
+  }
+});
+
+t.test("the mux and splice keys: each is read on its own, on both ends, the rest keep their defaults", async (t) => {
+  const MiB = 1024 * 1024;
+  const hubDefaults = parseConfig({ hub: { domain: "hub.example.net" } }).hub!;
+  const cogDefaults = parseConfig({ cog: {} }).cog!;
+  // [key under hub.tunnel and cog.tunnel, YAML value, field, parsed value]
+  const cases: [string, unknown, string, number][] = [
+    ["max_auto_window", "8MiB", "maxAutoWindowBytes", 8 * MiB], // equal to max_stream_window: no growth
+    ["max_auto_window", "1GiB", "maxAutoWindowBytes", 1024 * MiB],
+    ["max_auto_window", 4294967295, "maxAutoWindowBytes", C.MAX_WINDOW_BYTES],
+    ["accept_backlog", 0, "acceptBacklog", 0],
+    ["accept_backlog", 16, "acceptBacklog", 16],
+    ["accept_backlog", 2147483647, "acceptBacklog", C.MAX_MUX_INT],
+    ["max_frame_payload", "16KiB", "maxFramePayloadBytes", 16384],
+    ["max_frame_payload", 1, "maxFramePayloadBytes", 1],
+    ["max_frame_payload", "4294967295B", "maxFramePayloadBytes", C.MAX_WINDOW_BYTES],
+    ["write_batch", "1MiB", "writeBatchMaxBytes", MiB],
+    ["write_batch", 1, "writeBatchMaxBytes", 1],
+    ["close_linger", 0, "closeLingerMs", 0],
+    ["close_linger", "250ms", "closeLingerMs", 250],
+    ["close_linger", "1m", "closeLingerMs", 60_000],
+  ];
+  for (const [key, value, field, want] of cases) {
+    // accept_backlog is the cog's alone: the hub refuses every stream but the control one.
+    for (const section of key === "accept_backlog" ? ["cog"] as const : ["hub", "cog"] as const) {
+      const raw = section === "hub"
+        ? { hub: { domain: "hub.example.net", tunnel: { [key]: value } } }
+        : { cog: { tunnel: { [key]: value } } };
+      const got = parseConfig(raw)[section]!.tunnel as unknown as Record<string, number>;
+      const defaults = (section === "hub" ? hubDefaults : cogDefaults).tunnel as unknown as Record<string, number>;
+      t.strictSame(got, { ...defaults, [field]: want }, `${section}.tunnel.${key}: ${JSON.stringify(value)}`);
+    }
+  }
+  // Absent, max_auto_window follows a larger max_stream_window, as MuxSession's own default does.
+  t.equal(parseConfig({ cog: { tunnel: { max_stream_window: "64MiB" } } }).cog!.tunnel.maxAutoWindowBytes, 64 * MiB);
+  t.equal(parseConfig({ cog: { tunnel: { max_stream_window: "1MiB" } } }).cog!.tunnel.maxAutoWindowBytes, 32 * MiB);
+
+  // The splice queue: hub.limits.splice_queue and cog.splice_queue.
+  for (const [value, want] of [["16KiB", C.MIN_SPLICE_QUEUE_BYTES], ["1MiB", MiB], [65536, 65536]] as const) {
+    const hub = parseConfig({ hub: { domain: "hub.example.net", limits: { splice_queue: value } } }).hub!;
+    t.strictSame(hub.limits, { ...hubDefaults.limits, spliceQueueBytes: want }, `hub.limits.splice_queue: ${value}`);
+    const cog = parseConfig({ cog: { splice_queue: value } }).cog!;
+    t.strictSame(cog, { ...cogDefaults, spliceQueueBytes: want }, `cog.splice_queue: ${value}`);
+  }
+
+  // Bad values: one line, naming the key; the bounds are those MuxSession's constructor
+  // checks (test/muxlimits.test.ts shows it throws just past each one).
+  const hub = (tunnel: object) => ({ hub: { domain: "h.example", tunnel } });
+  const cog = (tunnel: object) => ({ cog: { tunnel } });
+  const bad: [unknown, string][] = [
+    [hub({ max_auto_window: "4MiB" }), "hub.tunnel.max_auto_window: must be at least max_stream_window (8MiB), got 4MiB"],
+    [cog({ max_stream_window: "1MiB", max_auto_window: 1048575 }), "cog.tunnel.max_auto_window: must be at least max_stream_window (1MiB), got 1048575B"],
+    [hub({ max_auto_window: "4GiB" }), "hub.tunnel.max_auto_window: must be at most 4294967295 bytes, got 4294967296"],
+    [cog({ max_auto_window: true }), "cog.tunnel.max_auto_window: not a size (use e.g. 512KiB, 16MiB, 1GiB): true"],
+    [cog({ accept_backlog: -1 }), "cog.tunnel.accept_backlog: out of range (0-2147483647): -1"],
+    [cog({ accept_backlog: 2147483648 }), "cog.tunnel.accept_backlog: out of range (0-2147483647): 2147483648"],
+    [cog({ accept_backlog: 1.5 }), "cog.tunnel.accept_backlog: expected an integer, got the number 1.5"],
+    [cog({ accept_backlog: "16" }), 'cog.tunnel.accept_backlog: expected an integer, got a string "16"'],
+    [hub({ accept_backlog: 16 }), "hub.tunnel.accept_backlog: unknown key"],
+    [hub({ max_frame_payload: 0 }), "hub.tunnel.max_frame_payload: must be at least 1 bytes, got 0"],
+    [cog({ max_frame_payload: "4GiB" }), "cog.tunnel.max_frame_payload: must be at most 4294967295 bytes, got 4294967296"],
+    [cog({ max_frame_payload: "64k" }), 'cog.tunnel.max_frame_payload: not a size (use e.g. 512KiB, 16MiB, 1GiB): "64k"'],
+    [cog({ write_batch: "0B" }), "cog.tunnel.write_batch: must be at least 1 bytes, got 0"],
+    [hub({ write_batch: "2GiB" }), "hub.tunnel.write_batch: must be at most 2147483647 bytes, got 2147483648"],
+    [hub({ close_linger: "soon" }), 'hub.tunnel.close_linger: not a duration (use e.g. 500ms, 5s, 2m, 1h): "soon"'],
+    [cog({ close_linger: 0.5 }), "cog.tunnel.close_linger: must be a whole number of milliseconds, got 0.5"],
+    [cog({ close_linger: "25d" }), "cog.tunnel.close_linger: must be at most 2147483647ms, got 25d"],
+    // The keys MuxSession already took are held to its bounds too.
+    [hub({ keepalive_interval: "25d" }), "hub.tunnel.keepalive_interval: must be at most 2147483647ms, got 25d"],
+    [cog({ keepalive_timeout: 30000.5 }), "cog.tunnel.keepalive_timeout: must be a whole number of milliseconds, got 30000.5"],
+    [cog({ max_stream_window: "4GiB" }), "cog.tunnel.max_stream_window: must be at most 4294967295 bytes, got 4294967296"],
+    [{ hub: { domain: "h.example", limits: { splice_queue: "16383B" } } }, "hub.limits.splice_queue: must be at least 16384 bytes, got 16383"],
+    [{ cog: { splice_queue: 0 } }, "cog.splice_queue: must be at least 16384 bytes, got 0"],
+    [{ cog: { splice_queue: "lots" } }, 'cog.splice_queue: not a size (use e.g. 512KiB, 16MiB, 1GiB): "lots"'],
+    // Each key lives in one place only.
+    [hub({ splice_queue: "1MiB" }), "hub.tunnel.splice_queue: unknown key"],
+    [{ hub: { domain: "h.example", limits: { accept_backlog: 1 } } }, "hub.limits.accept_backlog: unknown key"],
+    [cog({ write_batches: "1MiB" }), 'cog.tunnel.write_batches: unknown key (did you mean "write_batch"?)'],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -345,10 +443,16 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
     ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
     ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "0", int],
+    ["DEFAULT_SPLICE_QUEUE_BYTES", "HubLimits", "spliceQueueBytes", "256KiB", bytes],
     ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
     ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
     ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
     ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "TunnelTuning", "handshakeTimeoutMs", "10s", dur],
+    ["DEFAULT_MAX_AUTO_WINDOW_BYTES", "TunnelTuning", "maxAutoWindowBytes", "32MiB", bytes],
+    ["DEFAULT_ACCEPT_BACKLOG", "CogTunnelTuning", "acceptBacklog", "1024", int],
+    ["DEFAULT_MAX_FRAME_PAYLOAD_BYTES", "TunnelTuning", "maxFramePayloadBytes", "64KiB", bytes],
+    ["DEFAULT_WRITE_BATCH_MAX_BYTES", "TunnelTuning", "writeBatchMaxBytes", "256KiB", bytes],
+    ["DEFAULT_CLOSE_LINGER_MS", "TunnelTuning", "closeLingerMs", "5s", dur],
     ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "HubTunnelTuning", "controlHelloTimeoutMs", "10s", dur],
     ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "HubTunnelTuning", "revocationPollIntervalMs", "500ms", dur],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
@@ -367,6 +471,8 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     t.ok(doc.includes(`default ${text}`), `${iface}.${field} doc says "default ${text}": ${doc.trim()}`);
     t.equal(C[name], read(text), `${name} = ${text}`);
   }
+  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default.
+  t.ok(docOf("CogConfig", "spliceQueueBytes").includes("default 256KiB"), "CogConfig.spliceQueueBytes doc says default 256KiB");
   // Each exported default is in the table, so a new one cannot skip this check.
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
   t.same(exported, table.map(([name]) => name).sort());

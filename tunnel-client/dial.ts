@@ -8,13 +8,14 @@ import tls from "node:tls";
 import type { HostPort } from "../config/types.js";
 import { AuthError } from "../lib/errors.js";
 import { MuxSession } from "../protocol/mux.js";
-import type { TunnelTuning } from "../config/types.js";
+import type { CogTunnelTuning, TunnelTuning } from "../config/types.js";
 
 const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 
 export interface DialOptions {
   hub: HostPort;
-  tuning: TunnelTuning;
+  /** cog.tunnel (enrollment passes the same; acceptBacklog absent means MuxSession's default). */
+  tuning: TunnelTuning & Partial<Pick<CogTunnelTuning, "acceptBacklog">>;
   /** PEM of the pinned CA; when absent the caller verifies the chain itself (enrollment). */
   caPem?: string;
   keyPem?: string;
@@ -45,11 +46,17 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
       clearTimeout(timer);
       socket.removeAllListeners("error");
       socket.on("error", () => {});
+      const tuning = opts.tuning;
       const session = new MuxSession(socket, {
         role: "client",
-        maxStreamWindowBytes: opts.tuning.maxStreamWindowBytes,
-        keepaliveIntervalMs: opts.tuning.keepaliveIntervalMs,
-        keepaliveTimeoutMs: opts.tuning.keepaliveTimeoutMs,
+        maxStreamWindowBytes: tuning.maxStreamWindowBytes,
+        maxAutoWindowBytes: tuning.maxAutoWindowBytes,
+        keepaliveIntervalMs: tuning.keepaliveIntervalMs,
+        keepaliveTimeoutMs: tuning.keepaliveTimeoutMs,
+        acceptBacklog: tuning.acceptBacklog,
+        maxFramePayloadBytes: tuning.maxFramePayloadBytes,
+        writeBatchMaxBytes: tuning.writeBatchMaxBytes,
+        closeLingerMs: tuning.closeLingerMs,
       });
       resolve({ socket, session });
     });
