@@ -10,6 +10,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { perfAvailable } from "../bench/perfprof.js";
 
 const execFileP = promisify(execFile);
 const RUN_JS = path.resolve("dist", "bench", "run.js");
@@ -106,4 +107,25 @@ t.test("collectChild waits for the child's output, not just its exit (bench bulk
   t.equal(stdoutAtExit, "", "at 'exit' nothing had been read yet (the race the old bench lost)");
   t.equal(r.stdout, "268435456 200 0 ", "collectChild has the whole result line");
   t.equal(r.exitCode, 0);
+});
+
+t.test("bench --profile-only writes PROFILE.md (cpu-prof always, the perf breakdown where perf exists) and leaves RESULTS.md alone", async (t) => {
+  const out = await mkdtemp(path.join(os.tmpdir(), "bench-test-"));
+  t.teardown(() => rm(out, { recursive: true, force: true }));
+  await execFileP(process.execPath, [
+    RUN_JS, "--quick", "--profile-only", "--only", "gopeer,capsul", "--out", out, "--big-mib", String(QUICK_BIG_MIB), "--seconds", "2",
+  ], { timeout: 190_000, maxBuffer: 16 * 1024 * 1024 });
+  const md = await readFile(path.join(out, "PROFILE.md"), "utf8");
+  for (const role of ["hub", "cog"]) {
+    for (const load of ["bulk", "keep-alive"]) t.match(md, new RegExp(`^### ${role} under ${load}`, "m"), `${role} profiled under ${load}`);
+  }
+  t.match(md, /^\| [\d.]+ \| \d+ \| `/m, "profile rows with self time");
+  t.match(md, /^## Where the CPU goes, by kind of work/m);
+  if (perfAvailable()) {
+    t.match(md, /^\| category \| capsul hub \| capsul cog \| gopeer hub \| gopeer cog \|$/m, "perf breakdown for both proxies");
+    t.match(md, /^\| \*\*total CPU s\/GiB\*\* \| \*\*\d+\.\d\d\*\* \| \*\*\d+\.\d\d\*\* \| \*\*\d+\.\d\d\*\* \| \*\*\d+\.\d\d\*\* \|$/m);
+  } else {
+    t.match(md, /perf is not installed here \(`apt-get install linux-perf`\)/, "says why the breakdown is missing");
+  }
+  await t.rejects(readFile(path.join(out, "RESULTS.md"), "utf8"), "no RESULTS.md written");
 });
