@@ -2,7 +2,7 @@
  * The V8 settings capsul's data path is tuned for, and a check that the running node
  * has them. They cannot be set from JavaScript once the heap exists, so the launcher
  * passes them: the shebang of cli/main.ts (`env -S node …`, used by `capsul` after
- * `npm link` and by `./dist/cli/main.js`) and `npm start`. test/cli.test.ts keeps those
+ * `npm link` and by `./dist/cli/main.js`) and `npm start`. test/runtime.test.ts keeps those
  * three in step with NODE_HEAP_FLAGS.
  *
  * Why: every socket read hands JavaScript a fresh Buffer whose memory lives outside the
