@@ -24,9 +24,14 @@ export interface VmRecord {
   /** Accelerator of the current/last run. */
   accel: string | null;
   ports: VmPorts | null;
+  /** Disk limits set at run time (POST /v1/vms/:name/io-limits); null: the size's. Kept across restarts. */
+  ioLimits: IoLimits | null;
   createdAt: string;
   updatedAt: string;
 }
+
+/** 0 = unlimited. */
+export interface IoLimits { iops: number; bps: number }
 
 export type ImageFormat = "qcow2" | "kernel";
 
@@ -67,11 +72,15 @@ const MIGRATIONS: string[] = [
      ssh_user TEXT NOT NULL,
      created_at TEXT NOT NULL
    );`,
+  // 2: disk limits changed at run time survive a stop/start, a crash restart and a provisioner restart.
+  `ALTER TABLE vms ADD COLUMN io_iops INTEGER;
+   ALTER TABLE vms ADD COLUMN io_bps INTEGER;`,
 ];
 
 interface VmRow {
   name: string; uuid: string; image: string; size: string; ssh_keys: string; desired: string; state: string;
   message: string | null; accel: string | null; port_ssh: number | null; port_http: number | null; port_https: number | null;
+  io_iops: number | null; io_bps: number | null;
   created_at: string; updated_at: string;
 }
 interface ImageRow { name: string; format: string; files: string; cmdline: string | null; ssh_user: string; created_at: string }
@@ -82,6 +91,7 @@ function vmFromRow(r: VmRow): VmRecord {
     sshKeys: JSON.parse(r.ssh_keys) as string[],
     desired: r.desired as Desired, state: r.state as VmState, message: r.message, accel: r.accel,
     ports: r.port_ssh && r.port_http && r.port_https ? { ssh: r.port_ssh, http: r.port_http, https: r.port_https } : null,
+    ioLimits: r.io_iops !== null && r.io_bps !== null ? { iops: r.io_iops, bps: r.io_bps } : null,
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
 }
@@ -128,7 +138,7 @@ export class Store {
     return r ? vmFromRow(r) : undefined;
   }
 
-  insertVm(v: Omit<VmRecord, "createdAt" | "updatedAt">): void {
+  insertVm(v: Omit<VmRecord, "createdAt" | "updatedAt" | "ioLimits">): void {
     const now = new Date().toISOString();
     this.db.prepare(
       `INSERT INTO vms (name, uuid, image, size, ssh_keys, desired, state, message, accel, port_ssh, port_http, port_https, created_at, updated_at)
@@ -137,7 +147,7 @@ export class Store {
       v.ports?.ssh ?? null, v.ports?.http ?? null, v.ports?.https ?? null, now, now);
   }
 
-  updateVm(name: string, patch: Partial<Pick<VmRecord, "desired" | "state" | "message" | "accel" | "ports">>): void {
+  updateVm(name: string, patch: Partial<Pick<VmRecord, "desired" | "state" | "message" | "accel" | "ports" | "ioLimits">>): void {
     const sets: string[] = [];
     const args: unknown[] = [];
     if (patch.desired !== undefined) { sets.push("desired = ?"); args.push(patch.desired); }
@@ -147,6 +157,10 @@ export class Store {
     if (patch.ports !== undefined) {
       sets.push("port_ssh = ?", "port_http = ?", "port_https = ?");
       args.push(patch.ports?.ssh ?? null, patch.ports?.http ?? null, patch.ports?.https ?? null);
+    }
+    if (patch.ioLimits !== undefined) {
+      sets.push("io_iops = ?", "io_bps = ?");
+      args.push(patch.ioLimits?.iops ?? null, patch.ioLimits?.bps ?? null);
     }
     sets.push("updated_at = ?");
     args.push(new Date().toISOString(), name);

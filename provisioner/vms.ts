@@ -6,7 +6,7 @@ import path from "node:path";
 import type { ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { RouteSink } from "../tunnel-client/routesink.js";
-import type { ImageRecord, Store, VmPorts, VmRecord } from "./db.js";
+import type { ImageRecord, IoLimits, Store, VmPorts, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
 import { badRequest, conflict, notFound } from "./errors.js";
@@ -43,6 +43,11 @@ interface Live {
   guestShutdown: boolean;
 }
 
+
+/** The size a VM's QEMU starts with: its size, with the disk limits set at run time if any. */
+function withIoLimits(size: ProvisionerSize, io: IoLimits | null): ProvisionerSize {
+  return io ? { ...size, diskIopsPerSec: io.iops, diskBytesPerSec: io.bps } : size;
+}
 
 export class VmManager {
   readonly vmsDir: string;
@@ -83,6 +88,7 @@ export class VmManager {
     return {
       name: v.name, uuid: v.uuid, image: v.image, size: v.size, state: v.state, desired: v.desired, message: v.message,
       accel: v.accel, vcpus: size?.vcpus ?? null, memory_bytes: size?.memoryBytes ?? null, disk_bytes: size?.diskBytes ?? null,
+      io_limits: size ? { iops: withIoLimits(size, v.ioLimits).diskIopsPerSec, bps: withIoLimits(size, v.ioLimits).diskBytesPerSec } : null,
       pid: this.live.get(v.name)?.pid ?? null, created_at: v.createdAt, updated_at: v.updatedAt,
       ...vmReach(v, img?.sshUser ?? "root", this.reach, this.sink),
     };
@@ -263,7 +269,7 @@ export class VmManager {
       for (let attempt = 1; ; attempt++) {
         ports = await this.portsFor({ ...v, ports }, attempt > 1);
         await fsp.rm(f.qmp, { force: true });
-        const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size, image, ports });
+        const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports });
         try {
           pid = await launchQemu(this.cfg.qemuBinary, args, f.pid, this.cfg.launchTimeoutMs);
           break;
@@ -452,7 +458,10 @@ export class VmManager {
     return this.get(name);
   }
 
-  /** Changes the disk limits of a running VM (QMP block_set_io_throttle); 0 = unlimited. */
+  /**
+   * Changes the disk limits of a running VM (QMP block_set_io_throttle); 0 = unlimited.
+   * Stored too, so every later QEMU of this VM (start, crash restart) starts with them.
+   */
   async setIoLimits(name: string, iops: number, bps: number): Promise<void> {
     this.record(name);
     const live = this.live.get(name);
@@ -460,6 +469,7 @@ export class VmManager {
     await live.qmp.execute("block_set_io_throttle", {
       id: DISK_BACKEND_QOM_PATH, iops, iops_rd: 0, iops_wr: 0, bps, bps_rd: 0, bps_wr: 0,
     });
+    this.store.updateVm(name, { ioLimits: { iops, bps } });
     this.log.info("vm io limits changed", { vm: name, iops, bps });
   }
 

@@ -221,3 +221,30 @@ t.test("token required off loopback", async (t) => {
   t.equal((await app.request("/v1/vms", { headers: { authorization: "Bearer s3cret" } })).status, 200);
   await vms.close();
 });
+
+t.test("state from before run-time disk limits were stored opens, migrates, and keeps its VMs", async (t) => {
+  const dataDir = tempDataDir();
+  t.teardown(() => cleanupDataDir(dataDir));
+  const file = path.join(dataDir, "old.db");
+  // Schema version 1, as an earlier capsul left it, with one VM.
+  const { default: Database } = await import("better-sqlite3");
+  const old = new Database(file);
+  old.exec(`CREATE TABLE vms (name TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, image TEXT NOT NULL, size TEXT NOT NULL,
+    ssh_keys TEXT NOT NULL, desired TEXT NOT NULL, state TEXT NOT NULL, message TEXT, accel TEXT,
+    port_ssh INTEGER, port_http INTEGER, port_https INTEGER, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE images (name TEXT PRIMARY KEY, format TEXT NOT NULL, files TEXT NOT NULL, cmdline TEXT,
+    ssh_user TEXT NOT NULL, created_at TEXT NOT NULL);
+    INSERT INTO vms VALUES ('web1', 'u-1', 'tiny', 'f1-s', '[]', 'running', 'running', NULL, 'tcg', 2201, 2202, 2203, 't0', 't0');
+    PRAGMA user_version = 1;`);
+  old.close();
+  const store = new Store(file);
+  t.teardown(() => store.close());
+  t.equal(store.db.pragma("user_version", { simple: true }), 2, "migrated");
+  const v = store.getVm("web1")!;
+  t.same([v.uuid, v.state, v.ports], ["u-1", "running", { ssh: 2201, http: 2202, https: 2203 }], "the VM is intact");
+  t.equal(v.ioLimits, null, "no run-time limits: the size's apply");
+  store.updateVm("web1", { ioLimits: { iops: 100, bps: 0 } });
+  t.same(store.getVm("web1")!.ioLimits, { iops: 100, bps: 0 }, "stored (0 = unlimited)");
+  store.updateVm("web1", { state: "stopped" });
+  t.same(store.getVm("web1")!.ioLimits, { iops: 100, bps: 0 }, "other updates leave them alone");
+});

@@ -86,6 +86,7 @@ t.test("a VM from create to delete", async (t) => {
 
   const io = await api(base, "POST", "/v1/vms/web1/io-limits", { iops: 100, bps: 1048576 });
   t.equal(io.status, 200, `io limits change at run time: ${io.text}`);
+  t.same(io.body.vm.io_limits, { iops: 100, bps: 1048576 }, "the VM shows its new limits");
 
   t.same((await api(base, "GET", "/v1/drift")).body.drift, [], "no drift");
 
@@ -110,6 +111,12 @@ t.test("a VM from create to delete", async (t) => {
   t.equal(sa.status, 202, sa.text);
   const again = await waitForState(base, "web1", "running");
   t.equal(again.local.ssh, `127.0.0.1:${ports.ssh}`, "ports kept across stop/start");
+  // The limits set at run time were stored: the new QEMU starts with them.
+  const argv = fs.readFileSync(`/proc/${again.pid as number}/cmdline`, "utf8").split("\0");
+  const drive = argv.find((a) => a.includes("throttling.")) ?? "";
+  t.match(drive, /throttling\.iops-total=100(,|$)/, `iops limit kept across stop/start: ${drive}`);
+  t.match(drive, /throttling\.bps-total=1048576(,|$)/, "bps limit kept across stop/start");
+  t.same(again.io_limits, { iops: 100, bps: 1048576 });
   t.equal((await sshUntil(ports.ssh, key, "hostname")).trim(), "web1");
   t.ok(sink.owners.has("vm:web1"), "routes back");
 
