@@ -1,13 +1,14 @@
 /**
- * The yamux v0 session: many `MuxStream`s (Node Duplex) over one connection.
- * Wire format: frame.ts and hashicorp/yamux spec.md; what we implement: PROTOCOL.md.
+ * The yamux v0 session: many `MuxStream`s (Node Duplex, muxstream.ts) over one connection;
+ * its limits and defaults are in muxlimits.ts. Wire format: frame.ts and hashicorp/yamux
+ * spec.md; what we implement: PROTOCOL.md.
  *
  * Hot path (per data chunk): `pump()` on send, `onConnData()` -> `onPayload()` on
  * receive, `creditConsumed()` from `_read()`. No closures, logging or awaits there;
  * frames produced in one tick are written with one cork()/uncork() batch.
  */
 import { EventEmitter } from "node:events";
-import { Duplex } from "node:stream";
+import type { Duplex } from "node:stream";
 import { ProtocolError } from "../lib/errors.js";
 import {
   FRAME_HEADER_BYTES,
@@ -19,80 +20,34 @@ import {
   type FrameHeader,
   type FrameTypeValue,
 } from "./frame.js";
+import {
+  MUX_ARENA_BYTES,
+  MUX_AUTOTUNE_RTTS,
+  MUX_COPY_PAYLOAD_MAX_BYTES,
+  MUX_CREDIT_WINDOW_DIVISOR,
+  MUX_DEFAULT_ACCEPT_BACKLOG,
+  MUX_DEFAULT_CLOSE_LINGER_MS,
+  MUX_DEFAULT_KEEPALIVE_INTERVAL_MS,
+  MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS,
+  MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES,
+  MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES,
+  MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES,
+  MUX_DEFAULT_WRITE_BATCH_MAX_BYTES,
+  MUX_INITIAL_WINDOW_BYTES,
+  MUX_MAX_WINDOW_BYTES,
+  type MuxOptions,
+} from "./muxlimits.js";
+import { MuxStream, errWithCode } from "./muxstream.js";
 
-/**
- * Every stream's starting receive window (frp uses 6 MiB): 50 ms RTT at ~160 MB/s, and what a
- * reader that never drains fast (stalled, slow, or on loopback) can ever have buffered.
- */
-export const MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
-/**
- * Auto-tuning ceiling: a stream whose reader drains its whole window within
- * MUX_AUTOTUNE_RTTS round trips has its window doubled, up to this (50 ms RTT at ~670 MB/s).
- * The per-stream receive memory bound of a reader that was fast and then stalls.
- */
-export const MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES = 32 * 1024 * 1024;
-/**
- * Grow a window when its reader consumed one full window in at most this many of the smallest
- * RTTs seen (quic-go: 4). Not 2: with credit returned at a quarter, a window-limited stream
- * drains its window in ~4/3 of the *effective* RTT, which queues in buffers inflate well past
- * the minimum; at 2 a 50 ms stream stopped growing at 16 MiB (0.35x plain TCP).
- */
-export const MUX_AUTOTUNE_RTTS = 4;
-/**
- * Credit goes back once a quarter of the stream's window was consumed (hashicorp waits for
- * half: the sender then idles on a half-empty window, which halved our 50 ms RTT throughput).
- */
-export const MUX_CREDIT_WINDOW_DIVISOR = 4;
-/** spec.md §Flow Control: every stream starts with a 256 KiB window, both directions. */
-export const MUX_INITIAL_WINDOW_BYTES = 256 * 1024;
-export const MUX_DEFAULT_KEEPALIVE_INTERVAL_MS = 15_000;
-export const MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS = 30_000;
-/** Peer-opened streams queued while nobody listens for "stream"; further SYNs get RST. */
-export const MUX_DEFAULT_ACCEPT_BACKLOG = 1024;
-/** Largest Data payload we send in one frame: keeps streams interleaved fairly (4 TLS records). */
-export const MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES = 64 * 1024;
-/** Bytes queued in one tick before we hand them to the connection early (and learn its backpressure). */
-export const MUX_DEFAULT_WRITE_BATCH_MAX_BYTES = 256 * 1024;
-/** After close()/GoAway-on-error ends the connection, destroy it if the peer has not closed within this. */
-export const MUX_DEFAULT_CLOSE_LINGER_MS = 5_000;
-/** Payloads up to this size are copied next to their header instead of written as their own buffer. */
-export const MUX_COPY_PAYLOAD_MAX_BYTES = 2 * 1024;
-/** Size of the scratch arena headers and small payloads are packed into. */
-export const MUX_ARENA_BYTES = 64 * 1024;
-/** spec.md §Length Field: windows are u32. */
-export const MUX_MAX_WINDOW_BYTES = 0xffff_ffff;
-
-export interface MuxOptions {
-  /** client uses odd stream ids, server even (spec.md §StreamID Field). */
-  role: "client" | "server";
-  maxStreamWindowBytes?: number;
-  /** Ceiling for window auto-tuning (>= maxStreamWindowBytes; equal disables growth). */
-  maxAutoWindowBytes?: number;
-  /** Millisecond clock for RTT samples and auto-tuning (default performance.now); tests freeze it. */
-  clock?: () => number;
-  /** 0 disables our pings (we still answer the peer's). */
-  keepaliveIntervalMs?: number;
-  /** Ping outstanding and nothing at all received for this long -> destroyed with "keepalive timeout". */
-  keepaliveTimeoutMs?: number;
-  acceptBacklog?: number;
-  maxFramePayloadBytes?: number;
-  writeBatchMaxBytes?: number;
-  closeLingerMs?: number;
-}
-
-type WriteCb = (err?: Error | null) => void;
+// The public surface stays here: protocol/mux.js exports the session, its streams and limits.
+export * from "./muxlimits.js";
+export { MuxStream } from "./muxstream.js";
 
 interface PendingPing {
   resolve: (rttMs: number) => void;
   reject: (err: Error) => void;
   t0: number;
   timer: NodeJS.Timeout;
-}
-
-function errWithCode(message: string, code: string, cause?: unknown): Error {
-  const e = new Error(message, cause === undefined ? undefined : { cause }) as Error & { code: string };
-  e.code = code;
-  return e;
 }
 
 function checkInt(name: string, v: number, min: number, max: number): number {
@@ -764,104 +719,6 @@ export class MuxSession extends EventEmitter {
   };
 }
 
-export class MuxStream extends Duplex {
-  readonly id: number;
-  readonly session: MuxSession;
-
-  /** @internal Bytes we may still send (peer's credit to us). */
-  sendWindow = MUX_INITIAL_WINDOW_BYTES;
-  /** @internal Bytes the peer may still send us. */
-  recvWindow = MUX_INITIAL_WINDOW_BYTES;
-  /** @internal Bytes pushed into the readable side and not yet seen consumed. */
-  rxBuffered = 0;
-  /** @internal Consumed bytes not yet returned as credit. */
-  rxUncredited = 0;
-  /** @internal This stream's receive window: maxStreamWindowBytes, grown by auto-tuning. */
-  rxWindow = MUX_INITIAL_WINDOW_BYTES;
-  /** @internal Auto-tuning epoch: when it started (-1: nothing consumed yet) and credit in it. */
-  rxEpochStart = -1;
-  rxEpochBytes = 0;
-  /** @internal When our SYN went out (RTT sample on the ACK); -1 for peer-opened streams. */
-  synAt = -1;
-  /** @internal The write being framed: one chunk, or a _writev list. */
-  txChunk: Buffer | null = null;
-  txList: Buffer[] | null = null;
-  txIdx = 0;
-  txOff = 0;
-  txCb: WriteCb | null = null;
-  /** @internal Parked until the connection drains. */
-  waitingConn = false;
-  acked = false;
-  finSent = false;
-  finRecv = false;
-  rstRecv = false;
-  /** @internal The id is no longer in the session's map. */
-  freed = false;
-
-  /** @internal Use MuxSession.open() or the session's "stream" event. */
-  constructor(session: MuxSession, id: number) {
-    super({ allowHalfOpen: true });
-    this.session = session;
-    this.id = id;
-  }
-
-  override _read(): void {
-    this.session.creditConsumed(this);
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: WriteCb): void {
-    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
-    this.txChunk = chunk;
-    this.txList = null;
-    this.txOff = 0;
-    this.txCb = cb;
-    this.session.pump(this);
-  }
-
-  override _writev(chunks: Array<{ chunk: Buffer; encoding: BufferEncoding }>, cb: WriteCb): void {
-    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
-    const list = new Array<Buffer>(chunks.length);
-    let total = 0;
-    for (let i = 0; i < chunks.length; i++) total += (list[i] = chunks[i]!.chunk).length;
-    // Many small writes become one frame; big ones are framed in place (no copy).
-    if (total <= MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES) {
-      this.txChunk = Buffer.concat(list, total);
-      this.txList = null;
-    } else {
-      this.txChunk = list[0]!;
-      this.txList = list;
-      this.txIdx = 0;
-    }
-    this.txOff = 0;
-    this.txCb = cb;
-    this.session.pump(this);
-  }
-
-  /** end(): every write is framed by now; send FIN (half-close, we keep reading). */
-  override _final(cb: (err?: Error | null) => void): void {
-    if (this.session.closed) return cb(errWithCode("mux session closed", "ERR_MUX_SESSION_CLOSED"));
-    this.finSent = true;
-    this.session.sendControl(FrameType.WindowUpdate, Flag.FIN, this.id, 0);
-    if (this.finRecv) this.session.forget(this);
-    cb();
-  }
-
-  /** destroy(): RST unless both directions already finished; fails a withheld write. */
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    const pending = this.txCb;
-    this.txCb = null;
-    this.txChunk = null;
-    this.txList = null;
-    if (!this.freed) {
-      this.session.forget(this);
-      if (!(this.finSent && this.finRecv) && !this.rstRecv) {
-        this.session.sendControl(FrameType.WindowUpdate, Flag.RST, this.id, 0);
-      }
-    }
-    if (pending !== null) pending(err ?? errWithCode(`mux: stream ${this.id} destroyed`, "ERR_STREAM_DESTROYED"));
-    cb(err);
-  }
-}
 
 /** For error messages elsewhere (e.g. logs of a GoAway code). */
 export function describeGoAwayCode(code: number): string {
