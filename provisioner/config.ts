@@ -9,6 +9,8 @@ const GIB = 1024 * MIB;
 export const DEFAULT_LISTEN: HostPort = { host: "127.0.0.1", port: 7480 };
 export const DEFAULT_DATA_DIR = "/var/lib/capsul/provisioner";
 export const DEFAULT_MEMORY_OVERCOMMIT_RATIO = 1.0;
+/** QEMU's own memory per VM, counted with the VM's size (see ProvisionerConfig.vmMemoryOverheadBytes). */
+export const DEFAULT_VM_MEMORY_OVERHEAD_BYTES = 128 * 1024 * 1024;
 export const DEFAULT_BOOT_TIMEOUT_MS = 180_000;
 export const DEFAULT_STOP_TIMEOUT_MS = 60_000;
 export const DEFAULT_LAUNCH_TIMEOUT_MS = 30_000;
@@ -45,7 +47,7 @@ export const NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
 
 const KEYS: Record<string, true> = {
   listen: true, data_dir: true, accel: true, sizes: true, host_memory: true,
-  memory_overcommit_ratio: true, qemu_binary: true, qemu_img_binary: true, genisoimage_binary: true,
+  memory_overcommit_ratio: true, vm_memory_overhead: true, qemu_binary: true, qemu_img_binary: true, genisoimage_binary: true,
   boot_timeout: true, stop_timeout: true, launch_timeout: true, qmp_timeout: true,
   kvm_probe_timeout: true, tool_timeout: true, max_request_body: true, max_image_size: true,
   console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
@@ -153,6 +155,7 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     sizes: Object.freeze(sizes),
     hostMemoryBytes,
     memoryOvercommitRatio,
+    vmMemoryOverheadBytes: bytes("vm_memory_overhead", DEFAULT_VM_MEMORY_OVERHEAD_BYTES),
     qemuBinary: raw.qemu_binary === undefined ? "qemu-system-x86_64" : binary(raw.qemu_binary, `${at}.qemu_binary`, baseDir),
     qemuImgBinary: raw.qemu_img_binary === undefined ? "qemu-img" : binary(raw.qemu_img_binary, `${at}.qemu_img_binary`, baseDir),
     genisoimageBinary: raw.genisoimage_binary === undefined ? "genisoimage" : binary(raw.genisoimage_binary, `${at}.genisoimage_binary`, baseDir),

@@ -98,12 +98,12 @@ export class VmManager {
   get(name: string): Record<string, unknown> { return this.view(this.record(name)); }
   liveVm(name: string): { pid: number; qmp: QmpClient } | undefined { return this.live.get(name); }
 
-  /** Memory of every VM that should run, with `extra` added. */
+  /** Memory of every VM that should run: its size plus vm_memory_overhead. */
   committedMemoryBytes(exceptVm?: string): number {
     let sum = 0;
     for (const v of this.store.listVms()) {
       if (v.name === exceptVm || (v.desired !== "running" && !this.live.has(v.name))) continue;
-      sum += this.cfg.sizes[v.size]?.memoryBytes ?? 0;
+      sum += (this.cfg.sizes[v.size]?.memoryBytes ?? 0) + this.cfg.vmMemoryOverheadBytes;
     }
     return sum;
   }
@@ -114,11 +114,12 @@ export class VmManager {
 
   private checkMemory(vm: string, size: ProvisionerSize): void {
     const limit = this.memoryLimitBytes();
-    const after = this.committedMemoryBytes(vm) + size.memoryBytes;
+    const after = this.committedMemoryBytes(vm) + size.memoryBytes + this.cfg.vmMemoryOverheadBytes;
     if (after > limit) {
       const mib = (n: number): string => `${Math.round(n / 1048576)} MiB`;
       throw conflict("memory_overcommit",
-        `not enough memory: VMs would need ${mib(after)}, the limit is ${mib(limit)} (host × memory_overcommit_ratio ${this.cfg.memoryOvercommitRatio})`);
+        `not enough memory: VMs would need ${mib(after)} (their sizes + vm_memory_overhead ${mib(this.cfg.vmMemoryOverheadBytes)} each), ` +
+        `the limit is ${mib(limit)} (host × memory_overcommit_ratio ${this.cfg.memoryOvercommitRatio})`);
     }
   }
 

@@ -248,3 +248,18 @@ t.test("state from before run-time disk limits were stored opens, migrates, and 
   store.updateVm("web1", { state: "stopped" });
   t.same(store.getVm("web1")!.ioLimits, { iops: 100, bps: 0 }, "other updates leave them alone");
 });
+
+t.test("the memory check counts QEMU's own memory (vm_memory_overhead) for every VM that should run", async (t) => {
+  // 512 MiB host; t1 VMs are 160 MiB. With 90 MiB of QEMU overhead each, two fit and a third does not.
+  const { base, pub, raw } = await setup(t, { vmMemoryOverheadBytes: 90 * MIB });
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const mk = (name: string) => api(base, "POST", "/v1/vms", { name, image: "disk", size: "t1", ssh_keys: [pub] });
+  t.equal((await mk("vm1")).status, 202, "160 + 90 MiB fits in 512");
+  t.equal((await mk("vm2")).status, 202, "2 x 250 MiB = 500 MiB fits");
+  const third = await mk("vm3");
+  t.equal(third.status, 409, "a third would need 750 MiB");
+  t.ok(isError(third, "memory_overcommit"));
+  t.match(third.body.error.message, /VMs would need 750 MiB \(their sizes \+ vm_memory_overhead 90 MiB each\), the limit is 512 MiB/);
+  const sizes = await api(base, "GET", "/v1/sizes");
+  t.equal(sizes.body.memory.committed_bytes, 2 * 250 * MIB, "committed memory includes the overhead");
+});

@@ -1,6 +1,6 @@
 import t from "tap";
 import { ConfigError } from "../lib/errors.js";
-import { DEFAULT_SIZES, parseProvisionerConfig } from "../provisioner/config.js";
+import { DEFAULT_SIZES, DEFAULT_VM_MEMORY_OVERHEAD_BYTES, parseProvisionerConfig } from "../provisioner/config.js";
 import { buildQemuArgs, qemuOpt } from "../provisioner/qemu.js";
 import { seedFiles } from "../provisioner/seed.js";
 import { parseSshKey } from "../provisioner/sshkeys.js";
@@ -27,7 +27,11 @@ t.test("values and overrides", async (t) => {
     listen: "[::1]:9000", data_dir: "state", accel: "tcg", memory_overcommit_ratio: 1.5, boot_timeout: "2m",
     sizes: { "f1-s": { memory: "256MiB" }, tiny: { vcpus: 1, memory: "128MiB", disk: "1GiB", disk_iops: 100 } },
     qemu_binary: "bin/qemu", host_memory: "8GiB", crash_restarts: 0, crash_window: "1h", quit_timeout: "2s",
+    vm_memory_overhead: "48MiB",
   }, "cog.provisioner", "/etc/capsul");
+  t.equal(c.vmMemoryOverheadBytes, 48 * MIB);
+  t.equal(parseProvisionerConfig({}, "cog.provisioner", "/etc/capsul").vmMemoryOverheadBytes, DEFAULT_VM_MEMORY_OVERHEAD_BYTES, "default");
+  t.equal(DEFAULT_VM_MEMORY_OVERHEAD_BYTES, 128 * MIB);
   t.equal(c.crashRestarts, 0, "0 = never restart");
   t.equal(c.crashWindowMs, 3_600_000);
   t.equal(c.quitTimeoutMs, 2000);
@@ -44,6 +48,7 @@ t.test("values and overrides", async (t) => {
 t.test("errors name the key path", async (t) => {
   const bad: Array<[unknown, RegExp]> = [
     [{ lisen: "x" }, /^cog\.provisioner\.lisen: unknown key/],
+    [{ vm_memory_overhead: "lots" }, /^cog\.provisioner\.vm_memory_overhead: /],
     [{ listen: "nope" }, /^cog\.provisioner\.listen: /],
     [{ accel: "xen" }, /^cog\.provisioner\.accel: must be auto, kvm or tcg/],
     [{ memory_overcommit_ratio: 0 }, /^cog\.provisioner\.memory_overcommit_ratio: /],
