@@ -14,13 +14,17 @@ import path from "node:path";
 import { startBackend } from "./backend.js";
 import { bulk, wrk, writeWrkScripts, WRK_CONNECTIONS } from "./load.js";
 import { buildGopeer, CAPSUL_CLI, startCapsul, startGopeer, type RunningPath } from "./paths.js";
+import { walkArgs } from "./options.js";
 import { cpuSeconds } from "./procs.js";
+import { median } from "./report.js";
 import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 
 const MIB = 1024 * 1024;
 const GIB = 1024 ** 3;
 const METRICS = ["keepalive", "newconn", "bulk1", "bulk16", "cpuHub", "cpuCog"] as const;
 type Metric = (typeof METRICS)[number];
+/** What --metrics can pick; the CPU figures come with the bulk runs. */
+const RATE_METRICS: readonly string[] = METRICS.filter((m) => !m.startsWith("cpu"));
 
 const USAGE = `usage: node dist/bench/ab.js [options]
   --a DIR              baseline checkout (its dist/cli/main.js; default: this one)
@@ -31,24 +35,13 @@ const USAGE = `usage: node dist/bench/ab.js [options]
   --seconds N          wrk duration (default 5)
   --big-mib N          download size (default 128)
   --no-gopeer          leave gopeer out
-  --metrics a,b        ${METRICS.filter((m) => !m.startsWith("cpu")).join(",")} (default: all)`;
+  --metrics a,b        ${RATE_METRICS.join(",")} (default: all)`;
 
 interface AbOptions { aCli: string; aArgs?: string[]; bArgs?: string[]; rounds: number; seconds: number; bigBytes: number; gopeer: boolean; metrics: string[] }
 
 function parse(argv: string[]): AbOptions {
-  const o: AbOptions = { aCli: CAPSUL_CLI, rounds: 3, seconds: 5, bigBytes: 128 * MIB, gopeer: true, metrics: ["keepalive", "newconn", "bulk1", "bulk16"] };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
-      return v;
-    };
-    const int = (): number => {
-      const n = Number(val());
-      if (!Number.isInteger(n) || n <= 0) throw new Error(`${a}: positive integer expected`);
-      return n;
-    };
+  const o: AbOptions = { aCli: CAPSUL_CLI, rounds: 3, seconds: 5, bigBytes: 128 * MIB, gopeer: true, metrics: [...RATE_METRICS] };
+  walkArgs(argv, USAGE, (a, { val, int }) => {
     switch (a) {
       case "--a": o.aCli = path.join(path.resolve(val()), "dist", "cli", "main.js"); break;
       case "--a-node-args": o.aArgs = val().split(/\s+/).filter(Boolean); break;
@@ -57,17 +50,16 @@ function parse(argv: string[]): AbOptions {
       case "--seconds": o.seconds = int(); break;
       case "--big-mib": o.bigBytes = int() * MIB; break;
       case "--no-gopeer": o.gopeer = false; break;
-      case "--metrics": o.metrics = val().split(","); break;
+      case "--metrics": {
+        o.metrics = val().split(",");
+        for (const m of o.metrics) if (!RATE_METRICS.includes(m)) throw new Error(`--metrics: unknown metric ${m}\n${USAGE}`);
+        break;
+      }
       case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
-  }
+  });
   return o;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN;
 }
 
 async function main(): Promise<void> {

@@ -46,6 +46,27 @@ export const USAGE = `usage: node dist/bench/run.js [options]
                        load, and (with Linux perf) capsul's and gopeer's CPU by kind of work
   --profile-only       only that: write PROFILE.md, leave RESULTS.md as it is`;
 
+/**
+ * Walks a bench command line: `on(flag, reader)` for each flag, where `reader.val()` takes
+ * the flag's value and `reader.int()` takes it as a positive integer (bench/run.ts, bench/ab.ts).
+ */
+export function walkArgs(argv: string[], usage: string, on: (flag: string, reader: { val(): string; int(): number }) => void): void {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const val = (): string => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value\n${usage}`);
+      return v;
+    };
+    const int = (): number => {
+      const n = Number(val());
+      if (!Number.isInteger(n) || n <= 0) throw new Error(`${a}: positive integer expected\n${usage}`);
+      return n;
+    };
+    on(a, { val, int });
+  }
+}
+
 export function parseOptions(argv: string[]): Options {
   const quick = argv.includes("--quick");
   const o: Options = {
@@ -64,18 +85,7 @@ export function parseOptions(argv: string[]): Options {
     profileOnly: false,
     command: ["node", "dist/bench/run.js", ...argv].join(" "),
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const val = (): string => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value\n${USAGE}`);
-      return v;
-    };
-    const int = (): number => {
-      const n = Number(val());
-      if (!Number.isInteger(n) || n <= 0) throw new Error(`${a}: positive integer expected\n${USAGE}`);
-      return n;
-    };
+  walkArgs(argv, USAGE, (a, { val, int }) => {
     switch (a) {
       case "--quick": break;
       case "--only": {
@@ -102,7 +112,7 @@ export function parseOptions(argv: string[]): Options {
       case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
-  }
+  });
   if (o.profileOnly) o.sections = [];
   return o;
 }
