@@ -28,7 +28,7 @@ import { RuntimeError } from "../lib/errors.js";
 import { MuxSession, type MuxStream } from "../protocol/mux.js";
 import { encodeMessage } from "../protocol/messages.js";
 import type { VisitorHeader } from "../protocol/control.js";
-import { closeServer, HUB_DOMAIN, listen, tmpDir } from "./helpers/cluster.js";
+import { closeServer, cogConfig, HUB_DOMAIN, listen, tmpDir } from "./helpers/cluster.js";
 
 /** What each test sets its key to; every default is at least 20 times this. */
 const SHORT = "200ms";
@@ -62,18 +62,6 @@ function hubCfg(dir: string, tunnel: Record<string, unknown> = {}): HubConfig {
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
     },
   }).hub!;
-}
-
-function cogCfg(dir: string, name: string, hubPort: number, tunnel: Record<string, unknown> = {}, routes: unknown[] = []): CogConfig {
-  return parseConfig({
-    cog: {
-      data_dir: path.join(dir, `cog-${name}`),
-      hub: `127.0.0.1:${hubPort}`,
-      routes,
-      reconnect: { min_delay: "100ms", max_delay: "500ms" },
-      tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
-    },
-  }).cog!;
 }
 
 async function setupHub(t: Test, tunnel: Record<string, unknown> = {}): Promise<{ dir: string; cfg: HubConfig; hub: Hub; lines: string[] }> {
@@ -177,7 +165,7 @@ t.test("hub.tunnel.control_hello_timeout: a silent tunnel connection is closed a
 t.test("hub.tunnel.revocation_poll_interval: a revoked cog is dropped after it, not before", async (t) => {
   t.test("short interval: dropped", async (t) => {
     const { dir, cfg, hub } = await setupHub(t, { revocation_poll_interval: "20ms" });
-    const cog = await connectedCog(t, cfg, hub, cogCfg(dir, "quick", hub.ports.tunnel), "quick");
+    const cog = await connectedCog(t, cfg, hub, cogConfig(dir, "quick", hub.ports.tunnel, []), "quick");
     const dropped = new Promise<void>((resolve) => cog.client.once("disconnected", () => resolve()));
     const state = new HubState(cfg.dataDir);
     t.teardown(() => state.close());
@@ -188,7 +176,7 @@ t.test("hub.tunnel.revocation_poll_interval: a revoked cog is dropped after it, 
 
   t.test("long interval: not yet dropped after three default intervals", async (t) => {
     const { dir, cfg, hub } = await setupHub(t, { revocation_poll_interval: "1h" });
-    const cog = await connectedCog(t, cfg, hub, cogCfg(dir, "slow", hub.ports.tunnel), "slow");
+    const cog = await connectedCog(t, cfg, hub, cogConfig(dir, "slow", hub.ports.tunnel, []), "slow");
     let dropped = false;
     cog.client.once("disconnected", () => { dropped = true; });
     const state = new HubState(cfg.dataDir);
@@ -208,7 +196,7 @@ t.test("cog.tunnel.welcome_timeout: a hub that never answers the hello is left a
   const fake = await silentHub(t, pki);
   const { keyPem, csrPem } = await createKeyAndCsr("capsul cog");
   const signed = await signCogCsr(pki, csrPem, "waiter", { validityMs: 86_400_000 });
-  const cfg = cogCfg(dir, "waiter", fake.port, { welcome_timeout: SHORT });
+  const cfg = cogConfig(dir, "waiter", fake.port, [], { welcome_timeout: SHORT });
   const { log, lines } = capturingLogger("cog");
   const client = new TunnelClient(cfg, {
     name: "waiter", hub: `127.0.0.1:${fake.port}`, hubDomain: HUB_DOMAIN, caFingerprint: pki.caFingerprint,
@@ -233,7 +221,7 @@ t.test("cog.tunnel.enroll_timeout: enrollment against a hub that never answers f
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const pki = await loadOrCreateHubPki(path.join(dir, "fake-hub"), ["127.0.0.1"]);
   const fake = await silentHub(t, pki);
-  const cfg = cogCfg(dir, "late", fake.port, { enroll_timeout: SHORT });
+  const cfg = cogConfig(dir, "late", fake.port, [], { enroll_timeout: SHORT });
   const dataDir = path.join(dir, "cog-late");
   const failed = enroll({ hub: { host: "127.0.0.1", port: fake.port }, token: "never-answered", caFingerprint: pki.caFingerprint, dataDir, tuning: cfg.tunnel })
     .then(() => { throw new Error("enrollment succeeded"); }, (err: unknown) => ({ err, at: Date.now() }));
@@ -263,8 +251,8 @@ t.test("cog.tunnel.visitor_header_timeout and visitor_header_max_bytes, on strea
   const { dir, cfg, hub } = await setupHub(t);
   const route = (cog: string) => [{ name: "web", kind: "http", hostname: `web.${cog}.${HUB_DOMAIN}`, target: `127.0.0.1:${backendPort}` }];
   // "tight" shortens both; "roomy" keeps the defaults.
-  await connectedCog(t, cfg, hub, cogCfg(dir, "tight", hub.ports.tunnel, { visitor_header_timeout: SHORT, visitor_header_max_bytes: "1KiB" }, route("tight")), "tight");
-  await connectedCog(t, cfg, hub, cogCfg(dir, "roomy", hub.ports.tunnel, {}, route("roomy")), "roomy");
+  await connectedCog(t, cfg, hub, cogConfig(dir, "tight", hub.ports.tunnel, route("tight"), { visitor_header_timeout: SHORT, visitor_header_max_bytes: "1KiB" }), "tight");
+  await connectedCog(t, cfg, hub, cogConfig(dir, "roomy", hub.ports.tunnel, route("roomy")), "roomy");
 
   /** Opens a visitor stream from the hub's end of `cog`'s tunnel, as the hub's visitors.ts does. */
   const openStream = (cog: string): MuxStream => {

@@ -39,14 +39,15 @@ export function hubConfig(dir: string, extra: Record<string, unknown> = {}): Hub
   }).hub!;
 }
 
-export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[]): CogConfig {
+/** `tunnel`: cog.tunnel keys over the quick keepalive the tests use. */
+export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[], tunnel: Record<string, unknown> = {}): CogConfig {
   return parseConfig({
     cog: {
       data_dir: path.join(dir, `cog-${name}`),
       hub: `127.0.0.1:${hubPort}`,
       routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
-      tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
+      tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
     },
   }).cog!;
 }
