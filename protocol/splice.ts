@@ -19,7 +19,8 @@
  * the queue only exceeds the cap after a write() returned false.
  *
  * Half-close survives: when one side ends (FIN), the other side's writable is
- * ended and bytes keep flowing the other way until that side ends too.
+ * ended and bytes keep flowing the other way until that side ends too; also when
+ * the FIN was read before splice() was called.
  * An error or abrupt close on either side destroys the other (a TCP socket is
  * reset, a mux stream sends RST), so a dead peer never leaves a half-open
  * connection behind.
@@ -48,6 +49,9 @@ class Direction {
     src.on("data", this.onData);
     src.on("end", this.onEnd);
     dst.on("drain", this.onDrain);
+    // The source's FIN may already have been read (a peek or a header reader took the
+    // last bytes with it): its 'end' is gone, so pass it on now.
+    if (src.readableEnded) this.onEnd();
   }
 
   private readonly onData = (chunk: Buffer): void => {

@@ -84,3 +84,21 @@ t.test("a destination that does not drain pauses the source at the queue bound; 
   await writer;
   t.equal(sha256(await got), sha256([payload]), "every byte arrives once the backend reads");
 });
+
+t.test("a source whose FIN was read before splice() still half-closes the destination", async (t) => {
+  // As on the cog: the header reader consumed the visitor's last bytes and its FIN.
+  const front = await socketPair();
+  const back = await socketPair();
+  t.teardown(() => { front.close(); back.close(); });
+  front.client.end("hello");
+  front.server.resume();
+  await once(front.server, "end");
+  t.ok(front.server.readableEnded, "the source already ended");
+  const backendGot = collect(back.server);
+  const closed = new Promise<Error | undefined>((r) => splice(front.server, back.client, r));
+  t.same(Buffer.concat(await backendGot), Buffer.alloc(0), "the backend sees the FIN");
+  const visitorGot = collect(front.client);
+  back.server.end("bye");
+  t.equal(Buffer.concat(await visitorGot).toString(), "bye", "and the answer still flows back");
+  t.equal(await closed, undefined, "clean close");
+});

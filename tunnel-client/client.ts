@@ -299,11 +299,9 @@ export class TunnelClient extends EventEmitter implements RouteSink {
         }
         if (rest.length) parts.push(rest);
         if (parts.length) target.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
-        splice(stream, target, undefined, this.cfg.spliceQueueBytes);
         // The visitor's FIN may have come with its first bytes, before the target
-        // answered: the header reader then saw the stream's 'end', and splice never
-        // will. Pass it on, or the target is left half-open for good.
-        if (stream.readableEnded) target.end();
+        // answered: splice() passes on an 'end' the header reader already saw.
+        splice(stream, target, undefined, this.cfg.spliceQueueBytes);
       });
     }).catch((err: Error) => {
       clearTimeout(timer);
