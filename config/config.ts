@@ -14,7 +14,7 @@ import { parseDocument } from "yaml";
 import { ConfigError } from "../lib/errors.js";
 import {
   COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostname,
-  parseHostPort, parsePortRange, patternsOverlap, rangesOverlap,
+  parseHostPort, parsePortRange, patternsOverlap, rangeInside, rangesOverlap,
 } from "../lib/hostname.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
 import type {
@@ -218,16 +218,6 @@ function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
   };
 }
 
-/** Is every port of `r` inside the union of `pool`? */
-function insidePool(r: PortRange, pool: readonly PortRange[]): boolean {
-  let next = r.from;
-  for (const p of [...pool].sort((a, b) => a.from - b.from)) {
-    if (p.from <= next && p.to >= next) next = p.to + 1;
-    if (next > r.to) return true;
-  }
-  return false;
-}
-
 function parseGrants(value: unknown, path: string, hub: { domain: string; defaultGrants: boolean; pool: PortRange[] }): HubCogGrant[] {
   const grants = list(value, path).map((item, i): HubCogGrant => {
     const p = `${path}[${i}]`;
@@ -239,7 +229,7 @@ function parseGrants(value: unknown, path: string, hub: { domain: string; defaul
     const hostnames = list(m.hostnames, `${p}.hostnames`).map((h, k) => hostnamePattern(h, `${p}.hostnames[${k}]`));
     const tcpPorts = list(m.tcp_ports, `${p}.tcp_ports`).map((r, k) => {
       const range = parsePortRange(r, `${p}.tcp_ports[${k}]`);
-      if (!insidePool(range, hub.pool)) {
+      if (!rangeInside(range, hub.pool)) {
         throw new ConfigError(`${formatPortRange(range)} is not inside the pool hub.listen.tcp_ports`, `${p}.tcp_ports[${k}]`);
       }
       return range;
