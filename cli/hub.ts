@@ -135,8 +135,9 @@ export function registerHubCommands(program: Command): void {
           process.stdout.write("No hub TCP ports are assigned.\n");
           return;
         }
-        process.stdout.write(table(["PORT", "COG", "ROUTE", "STATE", "SINCE"],
-          rows.map((r) => [String(r.port), r.cog, r.route, r.live ? "serving" : "unused", r.live ? ago(r.assignedAt) : `${ago(r.assignedAt)} (last served)`])) + "\n");
+        // assignedAt: when the port was assigned, or last stopped serving (gateway/state.ts touchPort).
+        process.stdout.write(table(["PORT", "COG", "ROUTE", "STATE", "UNUSED SINCE"],
+          rows.map((r) => [String(r.port), r.cog, r.route, r.live ? "serving" : "unused", r.live ? "-" : ago(r.assignedAt)])) + "\n");
       } finally {
         state.close();
       }
