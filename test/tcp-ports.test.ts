@@ -259,3 +259,41 @@ t.test("enrolling keeps working for a cog invited with a valid --tcp-ports grant
   t.teardown(() => cog.close());
   t.equal(portOf(cog, "ssh"), from + 1, "the first port of its own grant, not the pool's first");
 });
+
+t.test("grants changed while a cog was away: its port now granted to another cog moves; a stored grant outside a shrunk pool is clipped", async (t) => {
+  const dir = tmpDir();
+  const pool = await freePortRange(6);
+  const from = pool.from;
+  const back = await tagBackend("moved");
+  t.teardown(() => back.close());
+  const before = hubConfig(dir, { listen: { tcp_ports: [pool.spec] } });
+  const hub1 = await startTestHub(before);
+  const xRoutes = [{ name: "ssh", kind: "tcp", target: `127.0.0.1:${back.port}` }];
+  const x1 = await enrolledCog(before, hub1, cogConfig(dir, "x", hub1.ports.tunnel, xRoutes), "x");
+  t.equal(portOf(x1, "ssh"), from);
+  await createInvite(before, "y", { tcpPorts: [`${from + 4}-${from + 5}`] });
+  await x1.close();
+  await hub1.close();
+
+  // The operator gives x's port to z in capsul.yaml and shrinks the pool below y's stored grant.
+  const after = hubConfig(dir, { listen: { tcp_ports: [`${from}-${from + 4}`] }, cogs: [{ name: "z", tcp_ports: [String(from)] }] });
+  const hub2 = await startTestHub(after);
+  t.teardown(() => hub2.close());
+  const x2 = await startConnectedCog(cogConfig(dir, "x", hub2.ports.tunnel, xRoutes), "x");
+  t.teardown(() => x2.close());
+  t.equal(portOf(x2, "ssh"), from + 1, "x moved off the port now granted to z");
+  const z = await enrolledCog(after, hub2, cogConfig(dir, "z", hub2.ports.tunnel, [{ name: "ssh", kind: "tcp", target: `127.0.0.1:${back.port}` }]), "z");
+  t.teardown(() => z.close());
+  t.equal(portOf(z, "ssh"), from, "z got its granted port");
+
+  const yInvite = await createInvite(after, "y");
+  const yCfg = cogConfig(dir, "y", hub2.ports.tunnel, [
+    { name: "outside", kind: "tcp", port: from + 5, target: `127.0.0.1:${back.port}` },
+    { name: "inside", kind: "tcp", target: `127.0.0.1:${back.port}` },
+  ]);
+  await enroll({ hub: { host: "127.0.0.1", port: hub2.ports.tunnel }, token: yInvite.token, caFingerprint: yInvite.caFingerprint, dataDir: yCfg.dataDir, tuning: yCfg.tunnel });
+  const y = await startConnectedCog(yCfg, "y");
+  t.teardown(() => y.close());
+  t.match(reasonOf(y, "outside"), new RegExp(`hub port ${from + 5} is not granted to cog y`), "the part of y's grant outside the pool is gone");
+  t.equal(portOf(y, "inside"), from + 4, "the part inside is y's");
+});
