@@ -9,6 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { createInvite } from "../gateway/hub.js";
 import { ConfigError } from "../lib/errors.js";
+import { patternsOverlap } from "../lib/hostname.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import {
   cogConfig, enrolledCog, HUB_DOMAIN, httpBackend, hubConfig, startConnectedCog, startTestHub, tmpDir,
@@ -125,4 +126,28 @@ t.test("the CLI: overlapping grants and bad --tcp-ports are refused with exit 2 
   const started = spawnCli(t, "hub", ["hub", "-c", under]);
   await started.waitLine(/hub ready/);
   await started.stop();
+});
+
+t.test("the indexed default-grant check finds exactly what checking every cog's default grant would", async (t) => {
+  const dir = tmpDir();
+  const hubCfg = hubConfig(dir);
+  const cogs = ["alice", "bob", "c1", "hub"];
+  for (const c of cogs) await createInvite(hubCfg, c);
+  const patterns = [
+    "*.hub.test", "hub.test", "test.example", "alice.hub.test", "*.alice.hub.test", "x.alice.hub.test",
+    "*.x.alice.hub.test", "a.b.c1.hub.test", "*.bob.hub.test", "bob.hub.test.example", "*.hub.hub.test", "hub.hub.test",
+    "*.xhub.test", "alice.xhub.test", "*.nobody.hub.test", "nobody.hub.test", "*.example.org",
+  ];
+  t.ok(patterns.length > 0);
+  for (const pattern of patterns) {
+    // Carol's own grants never clash with each other, so carol may collect every pattern that passes.
+    const brute = cogs.filter((c) => [`${c}.${HUB_DOMAIN}`, `*.${c}.${HUB_DOMAIN}`].some((d) => patternsOverlap(d, pattern)));
+    const refused = await createInvite(hubCfg, "carol", { hostnames: [pattern] }).then(() => null, (err: Error) => err);
+    if (brute.length === 0) {
+      t.equal(refused, null, `${pattern} overlaps no cog's default grant`);
+    } else {
+      t.ok(refused instanceof ConfigError, `${pattern} overlaps the default grant of ${brute.join(", ")}`);
+      t.match(refused?.message ?? "", new RegExp(`of cog (${brute.join("|")}) \\(its default grant\\)`));
+    }
+  }
 });
