@@ -1,6 +1,6 @@
 /**
  * The reference hashicorp/yamux as an interop peer: test/interop/yamuxpeer (our own Go
- * program), built by scripts/build-go-peer.sh into os.tmpdir()/capsul-go-peers/, keyed by
+ * program), built by scripts/build-go-peer.sh into ${TMPDIR:-/tmp}/capsul-go-peers/, keyed by
  * a hash of its sources, and reused. A failed build fails the test with the exact command
  * that fixes it; it never skips silently.
  */
