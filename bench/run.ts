@@ -222,7 +222,7 @@ async function main(): Promise<void> {
   const paths: RunningPath[] = [];
   try {
     const needGo = o.only.includes("gopeer");
-    const gopeerBin = needGo ? await buildGopeer(path.join(tmp, "gopeer-bin")) : null;
+    const gopeerBin = needGo ? await buildGopeer() : null;
     const scripts = await writeWrkScripts(tmp);
     if (o.sections.includes("paths")) {
       for (const n of o.only) paths.push(await startPath(n, tmp, be, gopeerBin));

@@ -13,15 +13,8 @@ root=$(dirname "$0")/..
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
   nginx=nginx-light haproxy=haproxy wrk=wrk
 
-# Build the reference yamux peer once, ahead of the tests (test/helpers/yamuxref.ts
-# reuses this binary; building it inside a test would eat into that test's timeout).
-yamuxref_bin="${TMPDIR:-/tmp}/capsul-yamuxref/yamuxref"
-if [ ! -x "$yamuxref_bin" ]; then
-  shared="$root/../shared/tools/yamuxref"
-  if [ ! -f "$shared/build.sh" ]; then
-    echo "npm test needs ../shared/tools/yamuxref beside the repository (the reference yamux peer)" >&2
-    exit 1
-  fi
-  mkdir -p "$(dirname "$yamuxref_bin")"
-  sh "$shared/build.sh" "$yamuxref_bin.tmp.$$" >&2 && mv "$yamuxref_bin.tmp.$$" "$yamuxref_bin"
-fi
+# Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
+# these binaries; a cold build inside a test would eat into that test's timeout). They
+# are cached outside the repository, keyed by a hash of their sources.
+"$root/scripts/build-go-peer.sh" "$root/test/interop/yamuxpeer" >/dev/null
+"$root/scripts/build-go-peer.sh" "$root/bench/peers/gopeer" >/dev/null
