@@ -41,6 +41,11 @@ export class Issuance {
 
   constructor(private readonly cfg: HubConfig, private readonly state: HubState, private readonly pki: HubPki) {}
 
+  /** Renewals being signed right now (for tests and status). */
+  get renewalsInFlight(): number {
+    return this.renewing.size;
+  }
+
   async enroll(token: unknown, csr: unknown): Promise<Issued | Refused> {
     if (typeof token !== "string" || typeof csr !== "string") throw new ProtocolError("enroll needs token and csr");
     const hash = hashToken(token);

@@ -86,7 +86,7 @@ export class Tunnels extends EventEmitter {
   private closing = false;
   private readonly strangers: ThrottledLog;
   readonly admission: TunnelAdmission;
-  private readonly issuance: Issuance;
+  readonly issuance: Issuance;
   /** Admitted TCP connections whose TLS handshake has not finished, by connKey. */
   private readonly handshaking = new Map<string, AdmissionTicket>();
   /** Every TCP connection on the tunnel port, so close() can end the unauthenticated ones too. */
