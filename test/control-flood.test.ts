@@ -15,7 +15,7 @@ import { encodeMessage } from "../protocol/messages.js";
 import { createKeyAndCsr } from "../certs/pki.js";
 import type { HubMessage, WireRoute } from "../protocol/control.js";
 import { enrolledCog, cogConfig, httpBackend, HUB_DOMAIN, hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
-import { cogIdentity, helloTunnel, type RawTunnel, within } from "./helpers/rawpeer.js";
+import { cogIdentity, helloTunnel, type RawTunnel, until, within } from "./helpers/rawpeer.js";
 
 const RATE = 2;
 const BURST = 2;
@@ -27,7 +27,7 @@ function sqliteWrites(hub: Hub): number {
 
 function get(port: number, host: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    http.get({ host: "127.0.0.1", port, path: "/", headers: { host } }, (res) => {
+    http.get({ host: "127.0.0.1", port, path: "/", headers: { host }, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString() }));
@@ -81,6 +81,8 @@ t.test("2000 route sets at once: a handful applied, the last one wins, another c
   const served = await within(visitor, "the other cog's visitor", 30_000);
   t.equal(served.status, 200);
   t.match(served.body, /^other web\.other\.hub\.test \//, "another cog's visitor is served during the flood");
+  // Closed before teardown tears the tunnels down (see hub-sqlite-busy.test.ts visitorsGone: the exit hang).
+  await until("the visitor's socket closed on the hub", () => hub.visitors.stats.active === 0);
 
   const applied = results.filter((m) => m.type === "routes-result").length;
   // The bucket's own bound: what it can hand out in the time the test took, plus the hello's token back.
