@@ -61,10 +61,20 @@ export const DEFAULT_ACCEPT_BACKLOG = 1024;
 export const DEFAULT_MAX_FRAME_PAYLOAD_BYTES = 64 * 1024;
 export const DEFAULT_WRITE_BATCH_MAX_BYTES = 256 * 1024;
 export const DEFAULT_CLOSE_LINGER_MS = 5_000;
+// protocol/muxlimits.ts MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES (test/tunnel-dos.test.ts checks that they agree).
+export const DEFAULT_MAX_QUEUED_CONTROL_FRAMES = 16_384;
 // hub.tunnel only. gateway/tunnels.ts exports the same values as CONTROL_HELLO_TIMEOUT_MS
 // and REVOCATION_POLL_MS (test/timeouts.test.ts checks that they agree).
 export const DEFAULT_CONTROL_HELLO_TIMEOUT_MS = 10_000;
 export const DEFAULT_REVOCATION_POLL_INTERVAL_MS = 500;
+// hub.tunnel only. gateway/admission.ts, gateway/control.ts and gateway/renewal.ts export the same
+// values as MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, CONTROL_RATE_PER_SEC, CONTROL_BURST
+// and RENEW_MIN_INTERVAL_MS (test/tunnel-dos.test.ts checks that they agree).
+export const DEFAULT_MAX_UNAUTHENTICATED = 512;
+export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
+export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
+export const DEFAULT_CONTROL_BURST = 100;
+export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
 // WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
 export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
@@ -114,8 +124,9 @@ const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
   "http_header_max_bytes", "grace", "max_visitors", "idle_timeout", "splice_queue"] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
-  "max_frame_payload", "write_batch", "close_linger"] as const;
-const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval"] as const;
+  "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
+const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
+  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner"] as const;
@@ -140,6 +151,7 @@ function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
     maxFramePayloadBytes: size(m.max_frame_payload, at(path, "max_frame_payload"), DEFAULT_MAX_FRAME_PAYLOAD_BYTES, 1, MAX_WINDOW_BYTES),
     writeBatchMaxBytes: size(m.write_batch, at(path, "write_batch"), DEFAULT_WRITE_BATCH_MAX_BYTES, 1, MAX_MUX_INT),
     closeLingerMs: duration(m.close_linger, at(path, "close_linger"), DEFAULT_CLOSE_LINGER_MS, 0, MAX_MUX_INT),
+    maxQueuedControlFrames: integer(m.max_queued_control_frames, at(path, "max_queued_control_frames"), DEFAULT_MAX_QUEUED_CONTROL_FRAMES, 1, MAX_MUX_INT),
   };
   // A timeout no longer than the interval declares a healthy idle peer dead before its ping is due.
   if (t.keepaliveTimeoutMs <= t.keepaliveIntervalMs) {
@@ -155,10 +167,18 @@ function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
 
 function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
   const m = value == null ? {} : mapping(value, path, HUB_TUNNEL_KEYS);
+  const maxUnauthenticated = integer(m.max_unauthenticated, at(path, "max_unauthenticated"), DEFAULT_MAX_UNAUTHENTICATED, 1);
   return {
     ...parseTunnelTuning(m, path),
     controlHelloTimeoutMs: duration(m.control_hello_timeout, at(path, "control_hello_timeout"), DEFAULT_CONTROL_HELLO_TIMEOUT_MS, 1),
     revocationPollIntervalMs: duration(m.revocation_poll_interval, at(path, "revocation_poll_interval"), DEFAULT_REVOCATION_POLL_INTERVAL_MS, 1),
+    maxUnauthenticated,
+    // A per-source cap above the overall one could never be reached: surely a mix-up.
+    maxUnauthenticatedPerIp: integer(m.max_unauthenticated_per_ip, at(path, "max_unauthenticated_per_ip"),
+      Math.min(DEFAULT_MAX_UNAUTHENTICATED_PER_IP, maxUnauthenticated), 1, maxUnauthenticated),
+    controlRatePerSec: integer(m.control_rate, at(path, "control_rate"), DEFAULT_CONTROL_RATE_PER_SEC, 1),
+    controlBurst: integer(m.control_burst, at(path, "control_burst"), DEFAULT_CONTROL_BURST, 1),
+    renewMinIntervalMs: duration(m.renew_min_interval, at(path, "renew_min_interval"), DEFAULT_RENEW_MIN_INTERVAL_MS, 0),
   };
 }
 

@@ -62,6 +62,11 @@ export interface TunnelTuning {
   writeBatchMaxBytes: number;
   /** After a close or a protocol-error teardown, how long the peer has to close its side before the connection is destroyed (default 5s; 0 = at once). */
   closeLingerMs: number;
+  /**
+   * Control frames (pongs, credit, resets) queued while the connection does not drain; one more
+   * ends the session as a peer that is not reading (default 16384, 192 KiB; 1 to 2^31-1).
+   */
+  maxQueuedControlFrames: number;
 }
 
 /** hub.tunnel: the shared tuning plus what only the tunnel listener needs. */
@@ -70,6 +75,23 @@ export interface HubTunnelTuning extends TunnelTuning {
   controlHelloTimeoutMs: number;
   /** How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel is dropped within this (default 500ms). */
   revocationPollIntervalMs: number;
+  /**
+   * Tunnel connections not yet authenticated (from TCP accept through the TLS handshake until
+   * a hello with a valid certificate or an enrollment is processed), hub-wide; more are closed
+   * at once (default 512).
+   */
+  maxUnauthenticated: number;
+  /** The same, per source address (an IPv6 source counts per /64); at most maxUnauthenticated (default 16). */
+  maxUnauthenticatedPerIp: number;
+  /** Control messages the hub acts on per tunnel and second (route sets applied, renewals); a token bucket's rate (default 20). */
+  controlRatePerSec: number;
+  /** The token bucket's size: control messages acted on at once before control_rate applies (default 100). */
+  controlBurst: number;
+  /**
+   * Least time between two certificates for one cog over the tunnel: a renewal with a
+   * certificate that was already renewed within this is refused (default 1h; 0 = no limit).
+   */
+  renewMinIntervalMs: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */

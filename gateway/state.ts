@@ -147,6 +147,18 @@ export class HubState {
     return null;
   }
 
+  /**
+   * When another certificate was issued to this cog at or after the one with `serial`
+   * (i.e. that one was already renewed or replaced), the latest such time; else null.
+   */
+  newerCertIssuedAt(cog: string, serial: string): number | null {
+    const r = this.db.prepare(
+      `SELECT MAX(c.issued_at) AS at FROM certs c JOIN certs p ON p.serial = ?
+        WHERE c.cog = ? AND c.serial <> p.serial AND c.issued_at >= p.issued_at`,
+    ).get(serial, cog) as { at: number | null } | undefined;
+    return r?.at ?? null;
+  }
+
   /** Revokes the cog and every certificate it holds. Returns false if unknown. */
   revokeCog(name: string, now = Date.now()): boolean {
     return this.db.transaction(() => {
@@ -173,19 +185,25 @@ export class HubState {
     })();
   }
 
+  /** The cog an invite is for, or why it cannot be used; consumes nothing (see useInvite). */
+  checkInvite(tokenHash: string, now = Date.now()): { cog: string } | { problem: string } {
+    const r = this.db.prepare("SELECT cog, expires_at, used_at FROM invites WHERE token_hash = ?").get(tokenHash) as
+      { cog: string; expires_at: number; used_at: number | null } | undefined;
+    if (!r) return { problem: "unknown invite token" };
+    if (r.used_at !== null) return { problem: "this invite token was already used" };
+    if (r.expires_at <= now) return { problem: "this invite token has expired; ask the hub operator for a new one" };
+    return { cog: r.cog };
+  }
+
   /**
    * Consumes an invite atomically: returns the cog name, or a reason it cannot
    * be used. A token works once, before it expires.
    */
   useInvite(tokenHash: string, now = Date.now()): { cog: string } | { problem: string } {
     return this.db.transaction(() => {
-      const r = this.db.prepare("SELECT cog, expires_at, used_at FROM invites WHERE token_hash = ?").get(tokenHash) as
-        { cog: string; expires_at: number; used_at: number | null } | undefined;
-      if (!r) return { problem: "unknown invite token" };
-      if (r.used_at !== null) return { problem: "this invite token was already used" };
-      if (r.expires_at <= now) return { problem: "this invite token has expired; ask the hub operator for a new one" };
-      this.db.prepare("UPDATE invites SET used_at = ? WHERE token_hash = ?").run(now, tokenHash);
-      return { cog: r.cog };
+      const r = this.checkInvite(tokenHash, now);
+      if ("cog" in r) this.db.prepare("UPDATE invites SET used_at = ? WHERE token_hash = ?").run(now, tokenHash);
+      return r;
     })();
   }
 

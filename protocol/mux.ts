@@ -31,6 +31,7 @@ import {
   MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS,
   MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES,
   MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES,
+  MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES,
   MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES,
   MUX_DEFAULT_WRITE_BATCH_MAX_BYTES,
   MUX_INITIAL_WINDOW_BYTES,
@@ -67,6 +68,7 @@ export class MuxSession extends EventEmitter {
   readonly maxFramePayloadBytes: number;
   readonly writeBatchMaxBytes: number;
   readonly closeLingerMs: number;
+  readonly maxQueuedControlFrames: number;
 
   private readonly conn: Duplex;
   private readonly streams = new Map<number, MuxStream>();
@@ -86,6 +88,8 @@ export class MuxSession extends EventEmitter {
   private flushScheduled = false;
   private connBlocked = false;
   private waitingConn: MuxStream[] = [];
+  /** Control frames queued since write() returned false and no 'drain' came (see maxQueuedControlFrames). */
+  private controlWhileBlocked = 0;
 
   // ---- receive side: the Data frame whose payload is arriving
   private rxStream: MuxStream | null = null;
@@ -144,6 +148,9 @@ export class MuxSession extends EventEmitter {
       "writeBatchMaxBytes", opts.writeBatchMaxBytes ?? MUX_DEFAULT_WRITE_BATCH_MAX_BYTES, 1, 2 ** 31 - 1,
     );
     this.closeLingerMs = checkInt("closeLingerMs", opts.closeLingerMs ?? MUX_DEFAULT_CLOSE_LINGER_MS, 0, 2 ** 31 - 1);
+    this.maxQueuedControlFrames = checkInt(
+      "maxQueuedControlFrames", opts.maxQueuedControlFrames ?? MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES, 1, 2 ** 31 - 1,
+    );
     this.ourParity = this.role === "client" ? 1 : 0;
     this.nextId = this.role === "client" ? 1 : 2;
 
@@ -296,9 +303,21 @@ export class MuxSession extends EventEmitter {
     this.arenaPos = 0;
   }
 
-  /** @internal A control frame (no payload), written with this tick's batch. */
+  /**
+   * @internal A control frame (no payload), written with this tick's batch. Data waits for
+   * 'drain' but control frames do not, so while the connection is blocked they are counted:
+   * past maxQueuedControlFrames the peer is provoking replies it never reads, and the session ends.
+   */
   sendControl(type: FrameTypeValue, flags: number, id: number, length: number): void {
     if (this._closed) return;
+    if (this.connBlocked && ++this.controlWhileBlocked > this.maxQueuedControlFrames) {
+      this.destroy(errWithCode(
+        `mux: the peer is not reading: more than ${this.maxQueuedControlFrames} control frames (pings, credit, resets) ` +
+          "queued without the connection draining",
+        "ERR_MUX_CONTROL_QUEUE",
+      ));
+      return;
+    }
     this.putHeader(type, flags, id, length);
     this.scheduleFlush();
   }
@@ -332,6 +351,7 @@ export class MuxSession extends EventEmitter {
 
   private readonly onConnDrain = (): void => {
     this.connBlocked = false;
+    this.controlWhileBlocked = 0;
     const waiting = this.waitingConn;
     if (waiting.length === 0) return;
     this.waitingConn = [];

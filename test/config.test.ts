@@ -114,6 +114,8 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
+    "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
+    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
@@ -148,8 +150,12 @@ t.test("defaults are filled", async (t) => {
   const tunnel = {
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
     maxAutoWindowBytes: 33554432, maxFramePayloadBytes: 65536, writeBatchMaxBytes: 262144, closeLingerMs: 5000,
+    maxQueuedControlFrames: 16384,
   };
-  const hubTunnel = { ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500 };
+  const hubTunnel = {
+    ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+  };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
     hub: {
@@ -248,7 +254,9 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
     maxAutoWindowBytes: 1048576, maxFramePayloadBytes: 1, writeBatchMaxBytes: 1000000, closeLingerMs: 0,
+    maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -261,7 +269,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.same(cog.tunnel, {
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
     maxAutoWindowBytes: 4294967295, acceptBacklog: 2147483647, maxFramePayloadBytes: 16384, writeBatchMaxBytes: 2147483647,
-    closeLingerMs: 2147483647,
+    closeLingerMs: 2147483647, maxQueuedControlFrames: 16384,
     welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000,
   });
   t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
@@ -276,6 +284,15 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     ["hub", "control_hello_timeout", "750ms", "controlHelloTimeoutMs", 750],
     ["hub", "control_hello_timeout", 1, "controlHelloTimeoutMs", 1],
     ["hub", "revocation_poll_interval", "2s", "revocationPollIntervalMs", 2000],
+    ["hub", "max_unauthenticated", 2000, "maxUnauthenticated", 2000],
+    ["hub", "max_unauthenticated_per_ip", 512, "maxUnauthenticatedPerIp", 512],
+    ["hub", "max_unauthenticated_per_ip", 1, "maxUnauthenticatedPerIp", 1],
+    ["hub", "control_rate", 1, "controlRatePerSec", 1],
+    ["hub", "control_burst", 5000, "controlBurst", 5000],
+    ["hub", "renew_min_interval", 0, "renewMinIntervalMs", 0],
+    ["hub", "renew_min_interval", "1d", "renewMinIntervalMs", 86_400_000],
+    ["hub", "max_queued_control_frames", 64, "maxQueuedControlFrames", 64],
+    ["cog", "max_queued_control_frames", 1, "maxQueuedControlFrames", 1],
     ["cog", "welcome_timeout", "1.5m", "welcomeTimeoutMs", 90_000],
     ["cog", "enroll_timeout", "1h", "enrollTimeoutMs", 3_600_000],
     ["cog", "visitor_header_timeout", 300, "visitorHeaderTimeoutMs", 300],
@@ -298,6 +315,12 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ cog: { tunnel: { enroll_timeout: 0 } } }, "cog.tunnel.enroll_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_timeout: "0s" } } }, "cog.tunnel.visitor_header_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_max_bytes: 1023 } } }, "cog.tunnel.visitor_header_max_bytes: must be at least 1024 bytes, got 1023"],
+    [{ hub: { domain: "h.example", tunnel: { max_unauthenticated: 0 } } }, "hub.tunnel.max_unauthenticated: must be at least 1, got 0"],
+    [{ hub: { domain: "h.example", tunnel: { max_unauthenticated: 8, max_unauthenticated_per_ip: 9 } } }, "hub.tunnel.max_unauthenticated_per_ip: out of range (1-8): 9"],
+    [{ hub: { domain: "h.example", tunnel: { control_rate: 0.5 } } }, "hub.tunnel.control_rate: expected an integer, got the number 0.5"],
+    [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
+    [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
+    [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -455,6 +478,12 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CLOSE_LINGER_MS", "TunnelTuning", "closeLingerMs", "5s", dur],
     ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "HubTunnelTuning", "controlHelloTimeoutMs", "10s", dur],
     ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "HubTunnelTuning", "revocationPollIntervalMs", "500ms", dur],
+    ["DEFAULT_MAX_QUEUED_CONTROL_FRAMES", "TunnelTuning", "maxQueuedControlFrames", "16384", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED", "HubTunnelTuning", "maxUnauthenticated", "512", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED_PER_IP", "HubTunnelTuning", "maxUnauthenticatedPerIp", "16", int],
+    ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
+    ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
+    ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],

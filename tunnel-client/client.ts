@@ -19,7 +19,7 @@ import {
 } from "../protocol/control.js";
 import { encodeProxyV1, encodeProxyV2 } from "../protocol/proxyproto.js";
 import { splice } from "../protocol/splice.js";
-import { certInfo, createKeyAndCsr } from "../certs/pki.js";
+import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { dialHub } from "./dial.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
@@ -32,8 +32,6 @@ export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
 export const VISITOR_HEADER_MAX_BYTES = 4096;
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
-/** Renew the certificate over the tunnel once less than this fraction of its lifetime is left. */
-export const CERT_RENEW_REMAINING_RATIO = 1 / 3;
 
 export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
 
@@ -237,8 +235,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private async maybeRenew(control: MuxStream): Promise<void> {
     try {
       const info = certInfo(this.identity.certPem);
-      const life = info.notAfter.getTime() - info.notBefore.getTime();
-      if (info.notAfter.getTime() - Date.now() > life * CERT_RENEW_REMAINING_RATIO) return;
+      if (Date.now() < renewalDueAt(info.notBefore, info.notAfter)) return;
       const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
       this.pendingKeyPem = keyPem;
       control.write(encodeMessage({ type: "renew", csr: csrPem }));
