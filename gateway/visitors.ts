@@ -128,6 +128,11 @@ export class Visitors {
     return conn;
   }
 
+  /** The hub's end of every admitted visitor connection (status, tests). */
+  get connections(): ReadonlySet<net.Socket> {
+    return this.sockets;
+  }
+
   /** The connection's peek is over, whatever its outcome: it no longer counts as un-peeked. */
   private peeked(conn: Conn): void {
     if (!conn.peeking) return;
