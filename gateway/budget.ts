@@ -112,6 +112,8 @@ export interface BudgetOptions {
   onShed(v: Visit, pool: Pool): void;
   /** Millisecond clock of the mux sessions (MuxStream.lastProgressAt); default performance.now. */
   clock?: () => number;
+  /** A visit without progress for this long counts as stalled (default checkIntervalMs; tests set it apart from the timer). */
+  stalledAfterMs?: number;
 }
 
 export class BufferBudget {
@@ -265,7 +267,7 @@ export class BufferBudget {
   private relieve(pool: Pool, visits: Visit[], now: number): number {
     const holders = visits.filter((v) => !v.ended && v.measured > 0);
     holders.sort((a, b) => (a.stream?.lastProgressAt ?? 0) - (b.stream?.lastProgressAt ?? 0));
-    const stalledBefore = now - this.opts.checkIntervalMs;
+    const stalledBefore = now - (this.opts.stalledAfterMs ?? this.opts.checkIntervalMs);
     let cut = 0;
     // 1. Visits with no progress for a whole interval, longest first.
     for (const v of holders) {
