@@ -19,7 +19,7 @@ import { splice } from "../protocol/splice.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { BufferBudget, type Pool, type Visit } from "./budget.js";
 import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js";
-import { httpErrorResponse, parseHttpHead } from "./httphost.js";
+import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
 import type { RouteEntry, Router } from "./router.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
@@ -168,7 +168,7 @@ export class Visitors {
     if (conn === null) return;
     // The parser's own cap sits one byte above the peek's, so an oversized head is
     // reported by the peek as too-large (431), not by the parser as invalid (400).
-    const out = await peek(socket, (b) => parseHttpHead(b, this.cfg.limits.httpHeaderMaxBytes + 1), {
+    const out = await peek(socket, httpHeadPeekParser(this.cfg.limits.httpHeaderMaxBytes + 1), {
       timeoutMs: this.cfg.limits.httpHeaderTimeoutMs,
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
