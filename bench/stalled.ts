@@ -25,7 +25,7 @@ import { cpuSeconds, rssBytes, sleep } from "./procs.js";
 const MIB = 1024 * 1024;
 /** Readers being connected at once. */
 const OPEN_CONCURRENCY = 50;
-/** A reader that has not received its first bytes by then is a failure. */
+/** Default of --first-bytes-s: a reader that has not received its first bytes by then is a failure. */
 const READER_FIRST_BYTES_TIMEOUT_MS = 30_000;
 /** Settled: hub RSS moved less than this fraction over SETTLE_WINDOW samples. */
 const SETTLE_TOLERANCE = 0.02;
@@ -39,18 +39,20 @@ const USAGE = `usage: node dist/bench/stalled.js [options]
   --a DIR              measure another checkout's build (its dist/cli/main.js; default: this one)
   --readers N          stalled readers (default 1000)
   --rss-cap-mib N      stop opening readers once the hub's RSS passes this (default 8192)
-  --big-mib N          size of the download each reader starts (default 64)`;
+  --big-mib N          size of the download each reader starts (default 64)
+  --first-bytes-s N    a reader without its first bytes after N s counts as failed (default 30)`;
 
-interface Opts { cli: string; readers: number; rssCapBytes: number; bigBytes: number }
+interface Opts { cli: string; readers: number; rssCapBytes: number; bigBytes: number; firstBytesMs: number }
 
 function parse(argv: string[]): Opts {
-  const o: Opts = { cli: CAPSUL_CLI, readers: 1000, rssCapBytes: 8192 * MIB, bigBytes: 64 * MIB };
+  const o: Opts = { cli: CAPSUL_CLI, readers: 1000, rssCapBytes: 8192 * MIB, bigBytes: 64 * MIB, firstBytesMs: READER_FIRST_BYTES_TIMEOUT_MS };
   walkArgs(argv, USAGE, (a, { val, int }) => {
     switch (a) {
       case "--a": o.cli = path.join(path.resolve(val()), "dist", "cli", "main.js"); break;
       case "--readers": o.readers = int(); break;
       case "--rss-cap-mib": o.rssCapBytes = int() * MIB; break;
       case "--big-mib": o.bigBytes = int() * MIB; break;
+      case "--first-bytes-s": o.firstBytesMs = int() * 1000; break;
       case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
     }
@@ -63,12 +65,12 @@ function sourceAddress(i: number): string {
   return `127.10.${Math.floor(i / 250)}.${(i % 250) + 1}`;
 }
 
-function stalledReader(port: number, i: number): Promise<tls.TLSSocket> {
+function stalledReader(port: number, i: number, firstBytesMs: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const raw = net.connect({ host: "127.0.0.1", port, localAddress: sourceAddress(i) });
     raw.on("error", () => {});
     const s = tls.connect({ socket: raw, servername: BENCH_HOST, rejectUnauthorized: false });
-    const timer = setTimeout(() => { s.destroy(); reject(new Error(`reader ${i}: no bytes within ${READER_FIRST_BYTES_TIMEOUT_MS} ms`)); }, READER_FIRST_BYTES_TIMEOUT_MS);
+    const timer = setTimeout(() => { s.destroy(); reject(new Error(`reader ${i}: no bytes within ${firstBytesMs} ms`)); }, firstBytesMs);
     s.on("error", (err) => { clearTimeout(timer); reject(err); });
     s.once("secureConnect", () => s.write(`GET /big HTTP/1.1\r\nHost: ${BENCH_HOST}\r\n\r\n`));
     s.once("data", () => {
@@ -112,7 +114,7 @@ async function main(): Promise<void> {
         while (next < o.readers && !capped) {
           const i = next++;
           try {
-            readers.push(await stalledReader(capsul.port, i));
+            readers.push(await stalledReader(capsul.port, i, o.firstBytesMs));
           } catch (err) {
             if (++failures <= 3) process.stderr.write(`${(err as Error).message}\n`);
           }

@@ -194,6 +194,9 @@ t.test("visitors that stop reading: the hub's buffered bytes end within buffer_b
   t.equal(hub.visitors.stats.active, STALLED - hub.visitors.stats.shed, "the cut connections are closed, the rest still open");
   t.ok(hub.visitors.stats.shed < STALLED, `not every stalled visitor had to go (${STALLED - hub.visitors.stats.shed} of ${STALLED} kept)`);
   for (const s of stalled) s.destroy();
+  await until("every visit to end", () => hub.visitors.budget.visitCount === 0);
+  t.equal(hub.visitors.budget.reservedBytes, 0, "every window reservation went back to the pool");
+  t.equal(hub.visitors.budget.bufferedBytes().bytes, 0);
 });
 
 t.test("max_visitors_per_ip: the (cap+1)th connection from one source is refused, another source is served", async (t) => {
