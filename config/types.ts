@@ -47,7 +47,8 @@ export interface HubLimits {
   maxUnpeekedPerIp: number;
   /**
    * Closes a visitor connection after this long without a byte either way, a stalled reader
-   * included (default 10m; 0 = never; at most 2^31-1 ms, Node's largest timer).
+   * included; checked 8 times per period, so within 1 to 1.125 times this (default 10m;
+   * 0 = never; at most 2^31-1 ms, Node's largest timer).
    */
   idleTimeoutMs: number;
   /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side (default 256KiB, at least 16KiB). */

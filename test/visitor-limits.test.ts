@@ -13,6 +13,7 @@ import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
 import net from "node:net";
 import { DEFAULT_IDLE_TIMEOUT_MS } from "../config/config.js";
+import { IDLE_CHECKS_PER_TIMEOUT } from "../gateway/visitors.js";
 import type { HubConfig } from "../config/types.js";
 import type { Hub } from "../gateway/hub.js";
 import { cogConfig, closeServer, enrolledCog, HUB_DOMAIN, hubConfig, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
@@ -249,25 +250,36 @@ t.test("max_unpeeked_per_ip: silent connections from one source are capped, a so
 });
 
 t.test("idle timeout: on by default, and it cuts a silent connection", async (t) => {
-  // The default, on the hub's own end of a real connection (10 minutes cannot be waited out here).
+  // The default, through the hub's real check, with the check's clock moved ahead (10 minutes
+  // cannot be waited out here).
   const def = await cluster(t, {});
   t.equal(def.hubCfg.limits.idleTimeoutMs, DEFAULT_IDLE_TIMEOUT_MS);
   t.ok(DEFAULT_IDLE_TIMEOUT_MS > 0, "a default idle timeout exists");
-  const v = await stalledVisitor(def.hub.ports.http!, "127.0.0.6");
-  const hubEnd = [...def.hub.visitors.connections][0]!;
-  t.equal((hubEnd as net.Socket & { timeout?: number }).timeout, DEFAULT_IDLE_TIMEOUT_MS, "the hub's socket has the default idle timer armed");
-  v.destroy();
+  t.equal(def.hub.visitors.idleCheckIntervalMs, DEFAULT_IDLE_TIMEOUT_MS / IDLE_CHECKS_PER_TIMEOUT, "and is checked while visitors are connected");
+  const t0 = Date.now();
+  const silent = rawVisitor(def.hub.ports.http!, "127.0.0.6");
+  await until("the silent connection to be admitted", () => def.hub.visitors.stats.active === 1);
+  def.hub.visitors.checkIdle(t0 + DEFAULT_IDLE_TIMEOUT_MS - 1);
+  t.equal(def.hub.visitors.stats.idleTimeout, 0, "not cut a moment before the default idle timeout");
+  def.hub.visitors.checkIdle(Date.now() + DEFAULT_IDLE_TIMEOUT_MS);
+  t.equal((await silent.closed).length, 0, "cut once it has passed, without an answer");
+  t.equal(def.hub.visitors.stats.idleTimeout, 1, "and counted");
 
-  // A shorter one, waited out: a spliced connection with no byte either way is cut.
+  // A shorter one, waited out on the real clock: a connection with no byte either way is cut.
   const { hub } = await cluster(t, { idle_timeout: "300ms" });
   const quiet = rawVisitor(hub.ports.http!, "127.0.0.7", request("/bytes/0"));
   const got = await quiet.closed;
   t.match(got.toString("latin1"), /^HTTP\/1\.1 200 OK/, "the request was answered");
-  const silent = rawVisitor(hub.ports.http!, "127.0.0.7");
+  const mute = rawVisitor(hub.ports.http!, "127.0.0.7");
   await until("the silent connection to be admitted", () => hub.visitors.stats.active >= 1);
-  // A TCP-level silent visitor: it never sends a byte; the idle timer (300ms) fires before
-  // the request-head deadline (hub default 5s), so it is the idle timeout that closes it.
-  await silent.closed;
+  // It never sends a byte; the idle timeout (300ms) passes before the request-head
+  // deadline (hub default 5s), so it is the idle timeout that closes it.
+  await mute.closed;
   t.equal(hub.visitors.stats.idleTimeout, 1, "closed by the idle timeout, and counted");
   t.equal(hub.visitors.stats.peekTimeout, 0, "not by the request-head deadline");
+
+  // A stalled download is cut by it too (nothing moves either way once its queues are full).
+  const stalled = await stalledVisitor(hub.ports.http!, "127.0.0.8");
+  await until("the stalled download to be cut", () => hub.visitors.stats.idleTimeout === 2);
+  stalled.destroy();
 });
