@@ -61,7 +61,7 @@ interface Conn {
   readonly socket: net.Socket;
   readonly source: string;
   peeking: boolean;
-  /** bytesRead + bytesWritten at the last idle check that saw them change, and when. */
+  /** bytesRead + bytesWritten at the last idle check that saw them change, and when (performance.now). */
   moved: number;
   quietSince: number;
 }
@@ -123,7 +123,7 @@ export class Visitors {
       socket.destroy();
       return null;
     }
-    const conn: Conn = { socket, source, peeking, moved: 0, quietSince: Date.now() };
+    const conn: Conn = { socket, source, peeking, moved: 0, quietSince: performance.now() };
     this.stats.active++;
     this.stats.total++;
     this.conns.set(socket, conn);
@@ -145,9 +145,13 @@ export class Visitors {
     return conn;
   }
 
-  /** Cuts the connections that moved no byte either way for idle_timeout (see IDLE_CHECKS_PER_TIMEOUT). `now`: tests. */
-  readonly checkIdle = (now = Date.now()): void => {
+  /**
+   * Cuts the connections that moved no byte either way for idle_timeout (see
+   * IDLE_CHECKS_PER_TIMEOUT). `now`: the monotonic clock (performance.now), moved by tests.
+   */
+  readonly checkIdle = (now = performance.now()): void => {
     const idleMs = this.cfg.limits.idleTimeoutMs;
+    if (idleMs <= 0) return;
     for (const c of this.conns.values()) {
       const moved = c.socket.bytesRead + c.socket.bytesWritten;
       if (moved !== c.moved) {

@@ -112,9 +112,12 @@ function body(kind: PairKind) {
         };
         s2.on("data", onData);
       });
-      await untilPing(hub, () => s2.readableLength >= MUX_INITIAL_WINDOW_BYTES);
+      // The writer still has bytes to send: it stops once our (shrunk) window is used up.
+      await untilPing(hub, () => peer2.sendWindow === 0);
       for (let i = 0; i < 20; i++) await hub.ping();
+      t.equal(s2.rxWindow, MUX_INITIAL_WINDOW_BYTES, "its window shrank to the floor too");
       t.ok(s2.readableLength <= MUX_INITIAL_WINDOW_BYTES, `the stalled reader holds at most the floor (${s2.readableLength})`);
+      t.equal(peer2.sendWindow, 0, "and the writer is held back");
     });
 
     t.test("auto-tuning grows a window only by what its budget grants", async (t) => {
