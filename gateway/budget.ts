@@ -23,7 +23,7 @@
  * 2. Sweeps. Floors and queues are over-committed (0.94 MiB per visit, 18 GiB for 20,000),
  *    so while what the visits *could* hold exceeds a budget, every buffer_check_interval
  *    (250 ms) the budget measures what they *do* hold: four O(1) length reads per visit,
- *    ~1 ms for 20,000 (bench/stalled.ts).
+ *    0.47 ms measured for 20,000 (bench/OPTIMISATION-LOG.md, 8).
  * 3. Over a budget: first the visits that made no progress for a whole interval (no credit
  *    either way, MuxStream.lastProgressAt, and no fewer bytes held than at the last sweep),
  *    longest first, are cut until the pool is within its budget. Visits still draining are
