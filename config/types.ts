@@ -35,10 +35,37 @@ export interface HubLimits {
   graceMs: number;
   /** Max concurrent visitor connections hub-wide (default 20000). */
   maxVisitors: number;
-  /** Idle timeout of a proxied connection, no bytes either way (default 0 = none). */
+  /**
+   * Max concurrent visitor connections from one source: an IPv4 address or an IPv6 /64
+   * (default 256; at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
+   */
+  maxVisitorsPerIp: number;
+  /**
+   * Of those, max connections that have not yet sent a whole ClientHello or HTTP request
+   * head (default 64; at most maxVisitorsPerIp).
+   */
+  maxUnpeekedPerIp: number;
+  /**
+   * Closes a visitor connection after this long without a byte either way, a stalled reader
+   * included; checked 8 times per period, so within 1 to 1.125 times this (default 10m;
+   * 0 = never; at most 2^31-1 ms, Node's largest timer).
+   */
   idleTimeoutMs: number;
   /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side (default 256KiB, at least 16KiB). */
   spliceQueueBytes: number;
+  /**
+   * Bytes all visitors together may make the hub buffer: stream receive windows above the
+   * 256 KiB floor are reserved from it, and past it the visitors that hold bytes without
+   * draining are cut (gateway/budget.ts) (default 512MiB; at least one visitor's floor
+   * window and splice queues, 960KiB with the default splice_queue).
+   */
+  bufferBudgetBytes: number;
+  /** The same, for the visitors of one cog (default 128MiB; at least one visitor's share, at most bufferBudgetBytes). */
+  cogBufferBudgetBytes: number;
+  /** How often the hub measures buffered bytes while its visitors could exceed a budget (default 250ms; 1ms to 2^31-1 ms). */
+  bufferCheckIntervalMs: number;
+  /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
+  refusalLogIntervalMs: number;
 }
 
 export interface TunnelTuning {
