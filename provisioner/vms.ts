@@ -169,11 +169,13 @@ export class VmManager {
     if (!image) throw badRequest("image_not_found", `no image named ${JSON.stringify(req.image)} (GET /v1/images)`);
     const size = this.cfg.sizes[req.size];
     if (!size) throw badRequest("size_not_found", `no size named ${JSON.stringify(req.size)} (GET /v1/sizes)`);
-    if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
-    if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     if (image.format === "qcow2" && image.files.disk && size.diskBytes < (await imageVirtualSize(this.cfg, image))) {
       throw badRequest("disk_too_small", `image ${image.name} is larger than the disk of size ${req.size}`);
     }
+    // From these checks to the insert nothing awaits: concurrent creates cannot
+    // all pass the count (or the name, or the memory) before any of them is recorded.
+    if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
+    if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     this.checkMemory(req.name, size);
     const uuid = randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).

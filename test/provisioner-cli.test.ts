@@ -37,7 +37,7 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
   const g = ["--api", prov.url, "--data-dir", dataDir];
   const { key } = sshKeypair(dataDir);
-  const raw = path.join(dataDir, "d.raw");
+  const raw = path.join(dataDir, "import", "d.raw");
   fs.writeFileSync(raw, Buffer.alloc(2 * 1024 * 1024));
 
   let r = await capsul(["image", "import", raw, "--name", "base", ...g]);
@@ -72,9 +72,13 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.match(r.stderr, /^capsul: cannot reach the provisioner at http:\/\/127\.0\.0\.1:1/);
   r = await capsul(["vm", "create", "x", ...g]);
   t.equal(r.code, 2, "missing --image is a usage error");
-  r = await capsul(["image", "import", "/nonexistent", "--name", "n", ...g]);
+  r = await capsul(["image", "import", path.join(dataDir, "import", "nonexistent"), "--name", "n", ...g]);
   t.equal(r.code, 2);
   t.match(r.stderr, /bad_source/);
+  // Outside the import dir: refused, and the message says where images go.
+  r = await capsul(["image", "import", path.join(dataDir, "api-token"), "--name", "n", ...g]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, new RegExp(`outside the import directory ${dataDir}/import .*\\[source_refused\\]`));
 
   // -c capsul.yaml: the API address and data dir come from cog.provisioner.
   const yml = path.join(dataDir, "capsul.yaml");

@@ -19,7 +19,7 @@ t.test("kill -9 the provisioner: VMs keep running and are re-adopted", async (t)
 
   child = await startChild(cfg, routesFile);
   const { key, pub } = sshKeypair(dataDir);
-  await importTestImage(child.url);
+  await importTestImage(child.url, dataDir);
   t.equal((await api(child.url, "POST", "/v1/vms", { name: "keep", image: "tiny", size: "t1", ssh_keys: [pub] })).status, 202);
   const vm = await waitForState(child.url, "keep", "running");
   const sshPort = Number(vm.local.ssh.split(":")[1]);
