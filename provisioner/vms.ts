@@ -9,7 +9,11 @@ import type { RouteSink } from "../tunnel-client/routesink.js";
 import type { ImageRecord, IoLimits, Store, VmPorts, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
+import { ConsoleLog, consoleTail } from "./console.js";
 import { badRequest, conflict, notFound } from "./errors.js";
+import {
+  inOurNetNamespace, inOwnNamespace, NS_FORWARD_PORTS, PortTakenError, readPastaPid, startPasta, stopPasta, writePastaPid,
+} from "./guestnet.js";
 import { pickFreePorts, portFree, sshBanner } from "./net.js";
 import { QmpClient } from "./qmp.js";
 import {
@@ -24,7 +28,7 @@ export const BOOT_POLL_INTERVAL_MS = 1000;
 export const BANNER_TIMEOUT_MS = 3000;
 /** Poll interval while waiting for a QEMU process to exit. */
 export const EXIT_POLL_INTERVAL_MS = 100;
-/** Launch attempts when a freshly picked port was taken before QEMU bound it. */
+/** pasta start attempts when a freshly picked port was taken before pasta bound it. */
 export const LAUNCH_ATTEMPTS = 3;
 /** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
 export const QMP_CONNECT_ATTEMPTS = 5;
@@ -35,6 +39,8 @@ export const CRASH_RESTART_DELAY_MS = 1000;
 interface Live {
   pid: number;
   qmp: QmpClient;
+  /** Writes the serial console to console.log (capped, rotated); null for a VM from before the console socket. */
+  console: ConsoleLog | null;
   /** Bumped by every stop/start/reboot; a boot watcher of an older generation gives up. */
   generation: number;
   /** Set by stop/delete so that the exit is expected. */
@@ -125,18 +131,7 @@ export class VmManager {
 
   async consoleTail(name: string): Promise<string> {
     this.record(name);
-    const file = runFiles(this.runDir(name)).console;
-    let fh: fsp.FileHandle;
-    try { fh = await fsp.open(file, "r"); } catch { return ""; }
-    try {
-      const { size } = await fh.stat();
-      const len = Math.min(size, this.cfg.consoleTailBytes);
-      const buf = Buffer.alloc(len);
-      await fh.read(buf, 0, len, size - len);
-      return buf.toString("utf8");
-    } finally {
-      await fh.close();
-    }
+    return consoleTail(runFiles(this.runDir(name)).console, this.cfg.consoleTailBytes);
   }
 
   // --------------------------------------------------------------- locking
@@ -262,36 +257,61 @@ export class VmManager {
       this.store.updateVm(name, { state: "error", message: `image ${v.image} or size ${v.size} no longer exists` });
       return;
     }
+    const dir = this.runDir(name);
+    const f = runFiles(dir);
+    let pid = 0;
+    let consoleLog: ConsoleLog | null = null;
     try {
       await this.prepare(v, image, size);
       const accel = await this.chooseAccel(image);
-      const dir = this.runDir(name);
-      const f = runFiles(dir);
-      let pid = 0;
-      let ports = v.ports;
-      for (let attempt = 1; ; attempt++) {
-        ports = await this.portsFor({ ...v, ports }, attempt > 1);
-        await fsp.rm(f.qmp, { force: true });
-        const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports });
-        try {
-          pid = await launchQemu(this.cfg.qemuBinary, args, f.pid, this.cfg.launchTimeoutMs);
-          break;
-        } catch (e) {
-          // QEMU: "Could not set up host forwarding rule 'tcp:…'" when a port was taken meanwhile.
-          if (attempt >= LAUNCH_ATTEMPTS || !/host forwarding/i.test((e as Error).message)) throw e;
-          this.log.warn("port taken before QEMU bound it; retrying with new ports", { vm: name, attempt });
-        }
-      }
-      this.store.updateVm(name, { state: "starting", accel, ports, message: null });
+      // A pasta left from a QEMU that died while we were not looking holds the VM's ports.
+      await stopPasta(f.pasta);
+      await fsp.rm(f.qmp, { force: true });
+      await fsp.rm(f.consoleSock, { force: true });
+      const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports: NS_FORWARD_PORTS });
+      pid = await launchQemu(inOwnNamespace(this.cfg.qemuBinary, args), f.pid, this.cfg.launchTimeoutMs);
+      const ports = await this.connectNetwork(v, pid);
       const qmp = await this.connectQmp(f.qmp);
-      const live = this.attach(name, pid, qmp);
-      this.sink.publish(routeOwner(name), vmRoutes(name, ports!, this.reach));
-      this.log.info("vm started", { vm: name, pid, accel, ssh: ports!.ssh, http: ports!.http, https: ports!.https });
-      this.spawnBackground(this.watchBoot(name, live.generation, ports!.ssh));
+      consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+      await consoleLog.attach(f.consoleSock);
+      // Started paused (-S): the console is connected, the guest may run.
+      await qmp.execute("cont");
+      this.store.updateVm(name, { state: "starting", accel, ports, message: null });
+      const live = this.attach(name, pid, qmp, consoleLog);
+      this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach));
+      this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https });
+      this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
     } catch (e) {
       const err = e as Error;
+      consoleLog?.close();
+      if (pid && isQemuOf(pid, v.uuid)) {
+        try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+        await this.waitExit(pid, this.cfg.quitTimeoutMs);
+      }
+      await stopPasta(f.pasta);
       this.store.updateVm(name, { state: "error", message: err.message });
       this.log.error("vm start failed", { vm: name, err: err.message });
+    }
+  }
+
+  /**
+   * Connects the QEMU `pid` (in its own namespace) to the world with pasta, on
+   * the VM's recorded host ports when they are free, else on fresh ones; a port
+   * taken between our check and pasta's bind gets new ports, LAUNCH_ATTEMPTS times.
+   */
+  private async connectNetwork(v: VmRecord, pid: number): Promise<VmPorts> {
+    const f = runFiles(this.runDir(v.name));
+    let ports = v.ports;
+    for (let attempt = 1; ; attempt++) {
+      ports = await this.portsFor({ ...v, ports }, attempt > 1);
+      try {
+        const pastaPid = await startPasta(this.cfg.pastaBinary, pid, ports, this.cfg.launchTimeoutMs);
+        writePastaPid(f.pasta, pastaPid, pid);
+        return ports;
+      } catch (e) {
+        if (!(e instanceof PortTakenError) || attempt >= LAUNCH_ATTEMPTS) throw e;
+        this.log.warn("port taken before pasta bound it; retrying with new ports", { vm: v.name, attempt });
+      }
     }
   }
 
@@ -309,8 +329,8 @@ export class VmManager {
   }
 
   /** Registers a running QEMU and what happens when it exits. */
-  private attach(name: string, pid: number, qmp: QmpClient): Live {
-    const live: Live = { pid, qmp, generation: 1, stopping: false, guestShutdown: false };
+  private attach(name: string, pid: number, qmp: QmpClient, consoleLog: ConsoleLog | null): Live {
+    const live: Live = { pid, qmp, console: consoleLog, generation: 1, stopping: false, guestShutdown: false };
     this.live.set(name, live);
     qmp.on("event", (ev: { event: string; data?: Record<string, unknown> }) => {
       if (ev.event === "SHUTDOWN" && ev.data?.guest === true) live.guestShutdown = true;
@@ -342,6 +362,8 @@ export class VmManager {
     }
     this.live.delete(name);
     this.sink.withdraw(routeOwner(name));
+    live.console?.close();
+    await this.withLock(name, () => stopPasta(runFiles(this.runDir(name)).pasta));
     if (live.guestShutdown) {
       this.store.updateVm(name, { state: "stopped", desired: "stopped", message: "powered off from inside the guest" });
       this.log.info("vm powered off by its guest", { vm: name });
@@ -433,10 +455,13 @@ export class VmManager {
       await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
     }
     live.qmp.close();
+    live.console?.close();
     this.live.delete(name);
     const f = runFiles(this.runDir(name));
+    await stopPasta(f.pasta);
     await fsp.rm(f.pid, { force: true });
     await fsp.rm(f.qmp, { force: true });
+    await fsp.rm(f.consoleSock, { force: true });
     if (this.store.getVm(name)?.state !== "deleting") this.store.updateVm(name, { state: "stopped", message: null });
     this.log.info("vm stopped", { vm: name });
   }
@@ -495,6 +520,7 @@ export class VmManager {
       try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
       await this.waitExit(pid, this.cfg.quitTimeoutMs);
     }
+    await stopPasta(runFiles(this.runDir(name)).pasta);
     this.sink.withdraw(routeOwner(name));
     await fsp.rm(this.runDir(name), { recursive: true, force: true });
     this.store.deleteVm(name);
@@ -525,19 +551,31 @@ export class VmManager {
     if (pid && isQemuOf(pid, v.uuid)) {
       const qmp = await this.connectQmp(f.qmp);
       const status = await qmp.execute<{ status: string }>("query-status");
-      const live = this.attach(v.name, pid, qmp);
+      let consoleLog: ConsoleLog | null = null;
+      if (fs.existsSync(f.consoleSock)) {
+        consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+        await consoleLog.attach(f.consoleSock).catch((e: Error) => {
+          this.log.warn("cannot reconnect the console", { vm: v.name, err: e.message });
+          consoleLog?.close();
+          consoleLog = null;
+        });
+      }
+      const live = this.attach(v.name, pid, qmp, consoleLog);
       this.log.info("re-adopted running vm", { vm: v.name, pid, status: status.status });
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
+      const ports = await this.readoptNetwork(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
-      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, v.ports!, this.reach));
-      if (await sshBanner(v.ports!.ssh, BANNER_TIMEOUT_MS)) {
+      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach));
+      if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
         this.store.updateVm(v.name, { state: "running", message: null });
       } else {
         this.store.updateVm(v.name, { state: "starting" });
-        this.spawnBackground(this.watchBoot(v.name, live.generation, v.ports!.ssh));
+        this.spawnBackground(this.watchBoot(v.name, live.generation, ports.ssh));
       }
       return;
     }
+    // QEMU is gone: so must its pasta be, or it keeps the VM's ports.
+    await stopPasta(f.pasta);
     if (v.desired === "running") {
       if (v.state !== "creating") {
         const item: DriftItem = { vm: v.name, kind: "not-running", detail: `should run but QEMU was not running (state was ${v.state}); restarted` };
@@ -550,6 +588,28 @@ export class VmManager {
     }
   }
 
+  /**
+   * A re-adopted QEMU keeps its pasta (it outlives us too); one that lost it
+   * (killed) gets a new one, on new ports if its old ones were taken meanwhile.
+   * A QEMU in our own network namespace was started before VMs had their own:
+   * its slirp still reaches the cog's loopback until it is stopped and started.
+   */
+  private async readoptNetwork(v: VmRecord, pid: number): Promise<VmPorts> {
+    const f = runFiles(this.runDir(v.name));
+    if (inOurNetNamespace(pid)) {
+      const detail = "runs without its own network namespace (started by an older capsul); stop and start it to isolate it";
+      this.resolved.push({ vm: v.name, kind: "network-not-isolated", detail });
+      this.log.warn("drift: vm network not isolated", { vm: v.name, pid });
+      return v.ports!;
+    }
+    if (readPastaPid(f.pasta)?.qemuPid === pid) return v.ports!;
+    this.log.warn("drift: vm had no pasta; reconnecting its network", { vm: v.name, pid });
+    const ports = await this.connectNetwork(v, pid);
+    this.resolved.push({ vm: v.name, kind: "network-reconnected", detail: `pasta was gone; reconnected on ports ${ports.ssh},${ports.http},${ports.https}` });
+    if (ports.ssh !== v.ports?.ssh || ports.http !== v.ports?.http || ports.https !== v.ports?.https) this.store.updateVm(v.name, { ports });
+    return ports;
+  }
+
   /** Desired against actual, now. Empty when everything matches. */
   drift(): DriftItem[] {
     return computeDrift(this.store.listVms(), new Map([...this.live].map(([n, l]) => [n, l.pid])), this.vmsDir);
@@ -558,7 +618,7 @@ export class VmManager {
   /** Closes our connections; QEMU processes keep running and are re-adopted next time. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const live of this.live.values()) live.qmp.close();
+    for (const live of this.live.values()) { live.qmp.close(); live.console?.close(); }
     await Promise.allSettled([...this.locks.values()]);
     await Promise.allSettled([...this.background]);
     this.live.clear();

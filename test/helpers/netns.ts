@@ -24,7 +24,7 @@ export interface TestNet {
   close(): void;
 }
 
-const ip = (...args: string[]): string => execFileSync("ip", args, { encoding: "utf8" });
+const ip = (...args: string[]): string => execFileSync("ip", args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 
 export function createTestNet(): TestNet {
   const id = randomBytes(3).toString("hex");
