@@ -37,9 +37,16 @@ t.test("a guest reaches the internet but not the cog's loopback; hostfwd works; 
 
   // A loopback service of the cog, standing for everything else on 127.0.0.1.
   let svcHits = 0;
-  const svc = net.createServer((s) => { svcHits++; s.end("LOOPBACK-SECRET\n"); });
+  const svcSockets = new Set<net.Socket>();
+  const svc = net.createServer((s) => {
+    svcHits++;
+    svcSockets.add(s);
+    s.on("error", () => { /* a guest's half-open connection reset: only the count matters */ });
+    s.on("close", () => svcSockets.delete(s));
+    s.end("LOOPBACK-SECRET\n");
+  });
   await new Promise<void>((r) => svc.listen(0, "127.0.0.1", () => r()));
-  t.teardown(() => new Promise<void>((r) => svc.close(() => r())));
+  t.teardown(() => new Promise<void>((r) => { for (const s of svcSockets) s.destroy(); svc.close(() => r()); }));
   const svcPort = (svc.address() as net.AddressInfo).port;
 
   const dataDir = tempDataDir();

@@ -43,6 +43,9 @@ export function createTestNet(): TestNet {
   const nsAddr = `198.51.100.${base + 2}`;
   const routes: string[] = [];
   const procs: ChildProcess[] = [];
+  // A test killed before its teardown still takes its servers along when it exits.
+  const killAll = (): void => { for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL"); };
+  process.once("exit", killAll);
   ip("netns", "add", ns);
   try {
     ip("link", "add", hostIf, "type", "veth", "peer", "name", peer);
@@ -81,7 +84,8 @@ export function createTestNet(): TestNet {
       });
     },
     close() {
-      for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+      killAll();
+      process.removeListener("exit", killAll);
       for (const r of routes) { try { ip("route", "del", `${r}/32`); } catch { /* gone with the link */ } }
       try { ip("netns", "del", ns); } catch { /* gone */ }
       // Deleting the namespace deletes the peer, and with it the pair.

@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { ProvisionerConfig } from "../../config/types.js";
 import { provisionerConfigWith } from "../../provisioner/config.js";
+import { readPastaPid } from "../../provisioner/guestnet.js";
 import { findOurQemus } from "../../provisioner/qemu.js";
 import { testImage } from "./testimage.js";
 
@@ -134,10 +135,17 @@ export async function importTestImage(base: string, dataDir: string, name = "tin
   return r.body.image;
 }
 
-/** Kills every QEMU under this data dir and removes it: tests close everything they open. */
+/** Kills every QEMU under this data dir and its pasta, and removes it: tests close everything they open. */
 export function cleanupDataDir(dataDir: string): void {
-  for (const p of findOurQemus(path.join(dataDir, "vms"))) {
+  const vmsDir = path.join(dataDir, "vms");
+  for (const p of findOurQemus(vmsDir)) {
     try { process.kill(p.pid, "SIGKILL"); } catch { /* gone */ }
+  }
+  let names: string[] = [];
+  try { names = fs.readdirSync(vmsDir); } catch { /* no VMs */ }
+  for (const n of names) {
+    const pasta = readPastaPid(path.join(vmsDir, n, "pasta.pid"));
+    if (pasta) { try { process.kill(pasta.pid, "SIGKILL"); } catch { /* gone */ } }
   }
   fs.rmSync(dataDir, { recursive: true, force: true });
 }
