@@ -55,8 +55,8 @@ export class PortTakenError extends ProvisionerError {
 }
 
 /** QEMU's argv, run in a new user + network namespace. */
-export function inOwnNamespace(qemu: string, args: string[]): { file: string; args: string[] } {
-  return { file: UNSHARE_BINARY, args: [...UNSHARE_ARGS, qemu, ...args] };
+export function inOwnNamespace(qemu: string, args: string[]): { file: string; args: string[]; qemu: string } {
+  return { file: UNSHARE_BINARY, args: [...UNSHARE_ARGS, qemu, ...args], qemu };
 }
 
 export function pastaArgs(qemuPid: number, ports: VmPorts, asRoot: boolean): string[] {

@@ -103,13 +103,15 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
  * Starts QEMU (`cmd`: its argv, possibly behind unshare, see guestnet.ts);
  * resolves with the daemon's pid once it has initialised (paused, see -S).
  */
-export async function launchQemu(cmd: { file: string; args: string[] }, pidFile: string, timeoutMs: number): Promise<number> {
+export async function launchQemu(cmd: { file: string; args: string[]; qemu: string }, pidFile: string, timeoutMs: number): Promise<number> {
   await fsp.rm(pidFile, { force: true });
   try {
-    await runTool("launch_failed", cmd.file, cmd.args, timeoutMs);
+    // Errors are QEMU's unless unshare itself speaks ("unshare: …").
+    await runTool("launch_failed", cmd.file, cmd.args, timeoutMs, cmd.qemu);
   } catch (e) {
-    if (/unshare failed/.test((e as Error).message)) {
-      throw new ProvisionerError("launch_failed", `${(e as Error).message} (VMs need user namespaces: sysctl kernel.unprivileged_userns_clone=1)`, 500, { cause: e });
+    const msg = (e as Error).message;
+    if (/: unshare: unshare failed/.test(msg)) {
+      throw new ProvisionerError("launch_failed", `${msg} (VMs run in user namespaces: sysctl kernel.unprivileged_userns_clone=1)`, 500, { cause: e });
     }
     throw e;
   }

@@ -76,8 +76,9 @@ t.test("local sources only from the import dir: no path, symlink or .. reaches t
     ["the token as an initrd", { kernel: path.join(p.importDir, "innocent.raw"), initrd: path.join(p.dataDir, "api-token") }],
     ["/etc/shadow", { source: "/etc/shadow" }],
   ];
-  for (const [what, fields] of attempts) {
-    const r = await api(p.base, "POST", "/v1/images", { name: "stolen", ...fields });
+  for (const [i, [what, fields]] of attempts.entries()) {
+    // A name of its own each: every attempt stands alone.
+    const r = await api(p.base, "POST", "/v1/images", { name: `stolen${i}`, ...fields });
     t.equal(r.status, 400, `${what}: ${r.text}`);
     t.ok(isError(r, "source_refused"), `${what}: source_refused`);
   }
@@ -148,14 +149,14 @@ t.test("URL imports refuse the cog itself and private targets, also after redire
   // if the check were broken.)
   const direct = [`http://127.0.0.1:${port}/secret`, `http://localhost:${port}/secret`, `http://[::1]:${port}/secret`,
     `http://[::ffff:127.0.0.1]:${port}/secret`, `http://0.0.0.0:${port}/secret`, `http://127.1:${port}/secret`];
-  for (const url of direct) {
-    const r = await api(p.base, "POST", "/v1/images", { name: "ssrf", source: url });
+  for (const [i, url] of direct.entries()) {
+    const r = await api(p.base, "POST", "/v1/images", { name: `ssrf${i}`, source: url });
     t.equal(r.status, 400, `${url}: ${r.text}`);
     t.ok(isError(r, "source_refused"), `${url}: source_refused`);
   }
   // After a redirect from an allowed server.
   for (const hop of ["/to-cog", "/to-localhost"]) {
-    const r = await api(p.base, "POST", "/v1/images", { name: "ssrf", source: `${inet}${hop}` });
+    const r = await api(p.base, "POST", "/v1/images", { name: `redirect${hop.replace(/\W/g, "")}`, source: `${inet}${hop}` });
     t.equal(r.status, 400, `${hop}: ${r.text}`);
     t.ok(isError(r, "source_refused"), `${hop}: source_refused`);
     t.match(r.body.error.message, /loopback/, `${hop}: says why`);
