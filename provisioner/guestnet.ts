@@ -87,7 +87,8 @@ export function inOurNetNamespace(pid: number): boolean {
   }
 }
 
-function findPasta(qemuPid: number): number | null {
+/** The pasta serving the QEMU `qemuPid`, found in /proc (when its pasta.pid is lost). */
+export function findPasta(qemuPid: number): number | null {
   for (const e of fs.readdirSync("/proc")) {
     if (/^\d+$/.test(e) && isPastaOf(Number(e), qemuPid)) return Number(e);
   }

@@ -6,16 +6,15 @@ import path from "node:path";
 import type { ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { RouteSink } from "../tunnel-client/routesink.js";
-import type { ImageRecord, IoLimits, Store, VmPorts, VmRecord } from "./db.js";
+import type { ImageRecord, IoLimits, Store, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
 import { ConsoleLog, consoleTail } from "./console.js";
 import { badRequest, conflict, notFound } from "./errors.js";
-import {
-  inOurNetNamespace, inOwnNamespace, NS_FORWARD_PORTS, PortTakenError, readPastaPid, startPasta, stopPasta, writePastaPid,
-} from "./guestnet.js";
-import { pickFreePorts, portFree, sshBanner } from "./net.js";
+import { inOwnNamespace, NS_FORWARD_PORTS, stopPasta } from "./guestnet.js";
+import { sshBanner } from "./net.js";
 import { QmpClient } from "./qmp.js";
+import { VmNetwork } from "./vmnet.js";
 import {
   buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, kvmDeviceUsable, launchQemu, probeKvm, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
@@ -28,8 +27,6 @@ export const BOOT_POLL_INTERVAL_MS = 1000;
 export const BANNER_TIMEOUT_MS = 3000;
 /** Poll interval while waiting for a QEMU process to exit. */
 export const EXIT_POLL_INTERVAL_MS = 100;
-/** pasta start attempts when a freshly picked port was taken before pasta bound it. */
-export const LAUNCH_ATTEMPTS = 3;
 /** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
 export const QMP_CONNECT_ATTEMPTS = 5;
 /** Pause before restarting a crashed VM. */
@@ -66,6 +63,7 @@ export class VmManager {
   /** Times of recent unexpected exits, per VM. */
   private readonly crashes = new Map<string, number[]>();
   private readonly background = new Set<Promise<unknown>>();
+  private readonly net: VmNetwork;
 
   constructor(
     private readonly cfg: ProvisionerConfig,
@@ -76,6 +74,7 @@ export class VmManager {
   ) {
     this.vmsDir = path.join(cfg.dataDir, "vms");
     fs.mkdirSync(this.vmsDir, { recursive: true });
+    this.net = new VmNetwork(cfg, store, this.vmsDir, this.resolved, log);
   }
 
   runDir(name: string): string { return path.join(this.vmsDir, name); }
@@ -230,23 +229,6 @@ export class VmManager {
     try { fs.accessSync(host, fs.constants.R_OK); return host; } catch { return null; }
   }
 
-  /** Keeps the VM's recorded ports when they are still free, so that its routes stay the same. */
-  private async portsFor(v: VmRecord, fresh: boolean): Promise<VmPorts> {
-    const others = new Set<number>();
-    for (const o of this.store.listVms()) if (o.name !== v.name && o.ports) others.add(o.ports.ssh).add(o.ports.http).add(o.ports.https);
-    if (v.ports && !fresh) {
-      const mine = [v.ports.ssh, v.ports.http, v.ports.https];
-      const clash = mine.filter((p) => others.has(p));
-      const free = await Promise.all(mine.map(portFree));
-      if (clash.length === 0 && free.every(Boolean)) return v.ports;
-      const item: DriftItem = { vm: v.name, kind: "port-clash", detail: `recorded ports ${mine.join(",")} not free; picked new ones` };
-      this.resolved.push(item);
-      this.log.warn("drift: port clash", { vm: v.name, ports: mine.join(",") });
-    }
-    const [ssh, http, https] = await pickFreePorts(3, others);
-    return { ssh: ssh!, http: http!, https: https! };
-  }
-
   private async startLocked(name: string): Promise<void> {
     const v = this.store.getVm(name);
     if (!v || v.desired !== "running" || this.closed) return;
@@ -270,7 +252,7 @@ export class VmManager {
       await fsp.rm(f.consoleSock, { force: true });
       const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports: NS_FORWARD_PORTS });
       pid = await launchQemu(inOwnNamespace(this.cfg.qemuBinary, args), f.pid, this.cfg.launchTimeoutMs);
-      const ports = await this.connectNetwork(v, pid);
+      const ports = await this.net.connect(v, pid);
       const qmp = await this.connectQmp(f.qmp);
       consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
       await consoleLog.attach(f.consoleSock);
@@ -291,27 +273,6 @@ export class VmManager {
       await stopPasta(f.pasta);
       this.store.updateVm(name, { state: "error", message: err.message });
       this.log.error("vm start failed", { vm: name, err: err.message });
-    }
-  }
-
-  /**
-   * Connects the QEMU `pid` (in its own namespace) to the world with pasta, on
-   * the VM's recorded host ports when they are free, else on fresh ones; a port
-   * taken between our check and pasta's bind gets new ports, LAUNCH_ATTEMPTS times.
-   */
-  private async connectNetwork(v: VmRecord, pid: number): Promise<VmPorts> {
-    const f = runFiles(this.runDir(v.name));
-    let ports = v.ports;
-    for (let attempt = 1; ; attempt++) {
-      ports = await this.portsFor({ ...v, ports }, attempt > 1);
-      try {
-        const pastaPid = await startPasta(this.cfg.pastaBinary, pid, ports, this.cfg.launchTimeoutMs);
-        writePastaPid(f.pasta, pastaPid, pid);
-        return ports;
-      } catch (e) {
-        if (!(e instanceof PortTakenError) || attempt >= LAUNCH_ATTEMPTS) throw e;
-        this.log.warn("port taken before pasta bound it; retrying with new ports", { vm: v.name, attempt });
-      }
     }
   }
 
@@ -563,7 +524,7 @@ export class VmManager {
       const live = this.attach(v.name, pid, qmp, consoleLog);
       this.log.info("re-adopted running vm", { vm: v.name, pid, status: status.status });
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
-      const ports = await this.readoptNetwork(v, pid);
+      const ports = await this.net.readopt(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
       this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach));
       if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
@@ -586,28 +547,6 @@ export class VmManager {
     } else if (v.state !== "stopped") {
       this.store.updateVm(v.name, { state: "stopped" });
     }
-  }
-
-  /**
-   * A re-adopted QEMU keeps its pasta (it outlives us too); one that lost it
-   * (killed) gets a new one, on new ports if its old ones were taken meanwhile.
-   * A QEMU in our own network namespace was started before VMs had their own:
-   * its slirp still reaches the cog's loopback until it is stopped and started.
-   */
-  private async readoptNetwork(v: VmRecord, pid: number): Promise<VmPorts> {
-    const f = runFiles(this.runDir(v.name));
-    if (inOurNetNamespace(pid)) {
-      const detail = "runs without its own network namespace (started by an older capsul); stop and start it to isolate it";
-      this.resolved.push({ vm: v.name, kind: "network-not-isolated", detail });
-      this.log.warn("drift: vm network not isolated", { vm: v.name, pid });
-      return v.ports!;
-    }
-    if (readPastaPid(f.pasta)?.qemuPid === pid) return v.ports!;
-    this.log.warn("drift: vm had no pasta; reconnecting its network", { vm: v.name, pid });
-    const ports = await this.connectNetwork(v, pid);
-    this.resolved.push({ vm: v.name, kind: "network-reconnected", detail: `pasta was gone; reconnected on ports ${ports.ssh},${ports.http},${ports.https}` });
-    if (ports.ssh !== v.ports?.ssh || ports.http !== v.ports?.http || ports.https !== v.ports?.https) this.store.updateVm(v.name, { ports });
-    return ports;
   }
 
   /** Desired against actual, now. Empty when everything matches. */

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { ProvisionerConfig } from "../../config/types.js";
 import { provisionerConfigWith } from "../../provisioner/config.js";
-import { readPastaPid } from "../../provisioner/guestnet.js";
+import { findPasta, readPastaPid } from "../../provisioner/guestnet.js";
 import { findOurQemus } from "../../provisioner/qemu.js";
 import { testImage } from "./testimage.js";
 
@@ -139,6 +139,9 @@ export async function importTestImage(base: string, dataDir: string, name = "tin
 export function cleanupDataDir(dataDir: string): void {
   const vmsDir = path.join(dataDir, "vms");
   for (const p of findOurQemus(vmsDir)) {
+    // Found by QEMU's pid too: the data dir (and pasta.pid) may be gone already.
+    const pasta = findPasta(p.pid);
+    if (pasta) { try { process.kill(pasta, "SIGKILL"); } catch { /* gone */ } }
     try { process.kill(p.pid, "SIGKILL"); } catch { /* gone */ }
   }
   let names: string[] = [];
