@@ -274,6 +274,30 @@ export interface ProvisionerConfig {
   crashRestarts: number;
   /** The window crashRestarts counts in (default 10m). */
   crashWindowMs: number;
+  /**
+   * Local image sources (POST /v1/images "source", "kernel", "initrd" paths) must
+   * lie in this directory after resolving symlinks and ".." (default <dataDir>/import,
+   * created 0700). Keep it writable only by the operator.
+   */
+  importDir: string;
+  /**
+   * CIDR blocks an image URL may reach although they are loopback, private (RFC 1918,
+   * CGNAT, ULA), link-local, unspecified or multicast (default none: such targets,
+   * also after a redirect, are refused). For a mirror on the LAN; tests use 127.0.0.0/8.
+   */
+  importAllowedCidrs: string[];
+  /** Redirects an image download follows, each hop's address checked (default 5). */
+  importMaxRedirects: number;
+  /** An image download whose server sends nothing for this long is abandoned (default 60s). */
+  downloadIdleTimeoutMs: number;
+  /** Address space `qemu-img info` may use on an imported qcow2 (prlimit --as; default 1GiB). */
+  imageInspectMemoryBytes: number;
+  /** CPU time `qemu-img info` may use on an imported qcow2 (prlimit --cpu, whole seconds; default 30s). */
+  imageInspectCpuMs: number;
+  /** A VM's console.log is rotated to console.log.1 when it reaches this size (default 1MiB; 2 files kept). */
+  consoleLogMaxBytes: number;
+  /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
+  pastaBinary: string;
 }
 
 export interface CapsulConfig {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: real curl, openssl and ssh as clients, Go with
-# hashicorp/yamux for the reference peer, QEMU and friends for the provisioner,
+# hashicorp/yamux for the reference peer, QEMU and friends for the provisioner
+# (passt's pasta for the VMs' network, iproute2 for the tests' network namespaces),
 # nginx/haproxy/wrk for the bench's own correctness test. Installed when run as
 # root; otherwise this stops with the exact apt-get line. Tests never skip
 # because a tool is missing.
@@ -11,6 +12,7 @@ root=$(dirname "$0")/..
   go=golang-go /usr/share/gocode/src/github.com/hashicorp/yamux/session.go=golang-github-hashicorp-yamux-dev \
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
+  pasta=passt unshare=util-linux prlimit=util-linux ip=iproute2 \
   nginx=nginx-light haproxy=haproxy wrk=wrk
 
 # Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
