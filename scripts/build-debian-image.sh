@@ -25,7 +25,9 @@
 # Needs root (mmdebstrap's root mode: files owned by root, device nodes) and
 # mmdebstrap, e2fsprogs, fdisk (sfdisk), qemu-utils; as root it installs the
 # missing ones with apt-get (scripts/debian-prereqs.sh). It needs no loop device,
-# no mount, no udev and no systemd on the build host, so it works in a container:
+# no udev, no systemd and no right to mount on the build host, so it works in a
+# container (mmdebstrap mounts /proc and /sys in the chroot when it may and
+# skips that otherwise; checked with CAP_SYS_ADMIN dropped):
 # the ext4 file system is written from the root tree by `mkfs.ext4 -d` into a
 # plain file, the partition table by sfdisk into a plain file, and GRUB is put in
 # place the way grub-bios-setup would, by hand: the target's own grub-mkimage
@@ -36,9 +38,10 @@
 # (grub-install needs the disk as a block device with partition nodes, which a
 # container without udev does not get from `losetup -P`.)
 #
-# Time: ~N min on a busy 2-core machine (mostly downloading ~250 MB of packages
-# and unpacking them). Callers cache the output: test/helpers/debianimage.ts keys
-# it by this script's hash and the environment above.
+# Time: 4–7 min on a 2-core machine shared with other builds (load 12–20), most
+# of it mmdebstrap downloading and installing the packages; the qcow2 is ~260 MB.
+# Callers cache the output: test/helpers/debianimage.ts keys it by this script's
+# hash and the environment above.
 set -euo pipefail
 
 if [ $# -ne 1 ]; then
@@ -51,7 +54,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SIZE_MIB=${IMAGE_SIZE:-2048}
 # The partition starts at 1 MiB (sector 2048): the gap before it holds GRUB's
-# core.img (~40 KiB here), as on any disk partitioned since ~2009.
+# core.img (tens of KiB), as on any disk partitioned since ~2009.
 PART_START_SECTORS=2048
 LABEL=capsul-root
 
@@ -174,6 +177,7 @@ printf 'label: dos\nstart=%d, type=83, bootable\n' "$PART_START_SECTORS" \
   | sfdisk --quiet --no-reread --no-tell-kernel "$WORK/disk.raw" >/dev/null
 dd if="$WORK/root.ext4" of="$WORK/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
 rm -f "$WORK/root.ext4"
+packages=$(dpkg-query --admindir="$R/var/lib/dpkg" -W | wc -l)
 # MBR boot code: bytes 0..439 of boot.img (440.. are the disk signature and the
 # partition table sfdisk wrote). Like grub-bios-setup for a hard disk, replace
 # the 2-byte jump at 0x66 with NOPs so that a BIOS passing a wrong boot drive
@@ -186,4 +190,4 @@ dd if="$WORK/core.img" of="$WORK/disk.raw" bs=512 seek=1 conv=notrunc status=non
 mkdir -p "$(dirname "$OUT")"
 qemu-img convert -c -O qcow2 "$WORK/disk.raw" "$OUT.tmp.$$"
 mv "$OUT.tmp.$$" "$OUT"
-echo "build-debian-image: $OUT ($(du -h "$OUT" | cut -f1) on disk, ${SIZE_MIB} MiB virtual, fs $FS_UUID) in $(( $(date +%s) - started )) s" >&2
+echo "build-debian-image: $OUT ($(du -h "$OUT" | cut -f1) on disk, ${SIZE_MIB} MiB virtual, $packages packages, core.img $core_bytes bytes, fs $FS_UUID) in $(( $(date +%s) - started )) s" >&2
