@@ -38,8 +38,9 @@
 # (grub-install needs the disk as a block device with partition nodes, which a
 # container without udev does not get from `losetup -P`.)
 #
-# Time: 4–7 min on a 2-core machine shared with other builds (load 12–20), most
-# of it mmdebstrap downloading and installing the packages; the qcow2 is ~260 MB.
+# Time: 4–11 min (247–627 s measured) on a 2-core machine shared with other
+# builds (load 12–20), most of it mmdebstrap downloading and installing the 244
+# packages; the qcow2 is ~260 MB.
 # Callers cache the output: test/helpers/debianimage.ts keys it by this script's
 # hash and the environment above.
 set -euo pipefail
@@ -175,7 +176,7 @@ mkfs.ext4 -q -F -L "$LABEL" -U "$FS_UUID" -O ^metadata_csum_seed -d "$R" "$WORK/
 truncate -s "${SIZE_MIB}M" "$WORK/disk.raw"
 printf 'label: dos\nstart=%d, type=83, bootable\n' "$PART_START_SECTORS" \
   | sfdisk --quiet --no-reread --no-tell-kernel "$WORK/disk.raw" >/dev/null
-dd if="$WORK/root.ext4" of="$WORK/disk.raw" bs=1M seek=1 conv=notrunc,sparse status=none
+dd if="$WORK/root.ext4" of="$WORK/disk.raw" bs=1M seek=$(( PART_START_SECTORS / 2048 )) conv=notrunc,sparse status=none
 rm -f "$WORK/root.ext4"
 packages=$(dpkg-query --admindir="$R/var/lib/dpkg" -W | wc -l)
 # MBR boot code: bytes 0..439 of boot.img (440.. are the disk signature and the

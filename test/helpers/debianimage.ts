@@ -20,7 +20,7 @@ const SCRIPT = path.join(ROOT, "scripts", "build-debian-image.sh");
 export const DEBIAN_IMAGE_CACHE = process.env.CAPSUL_IMAGE_CACHE || "/var/tmp/capsul-debian-image";
 /** The script's inputs besides its own text (see its header). */
 const INPUT_ENV = ["DEBIAN_MIRROR", "DEBIAN_SECURITY_MIRROR", "IMAGE_SIZE"] as const;
-/** A build takes 4–8 min on this busy 2-core machine (mostly apt); past this it is stuck. */
+/** A build took 4–11 min on this busy 2-core machine (mostly mmdebstrap); past this it is stuck. */
 export const DEBIAN_IMAGE_BUILD_TIMEOUT_MS = 30 * 60_000;
 const LOCK_POLL_MS = 2_000;
 /** A lock dir still without its pid file after this long was left by a builder that died. */
