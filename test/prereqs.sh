@@ -2,7 +2,9 @@
 # Debian packages the tests use: real curl, openssl and ssh as clients, Go with
 # hashicorp/yamux for the reference peer, QEMU and friends for the provisioner
 # (passt's pasta for the VMs' network, iproute2 for the tests' network namespaces),
-# nginx/haproxy/wrk for the bench's own correctness test. Installed when run as
+# nginx/haproxy/wrk for the bench's own correctness test, mmdebstrap and the
+# disk tools for the real Debian image (scripts/build-debian-image.sh, built by
+# test/helpers/debianimage.ts inside its test). Installed when run as
 # root; otherwise this stops with the exact apt-get line. Tests never skip
 # because a tool is missing.
 set -euo pipefail
@@ -13,7 +15,9 @@ root=$(dirname "$0")/..
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
   pasta=passt unshare=util-linux prlimit=util-linux ip=iproute2 \
-  nginx=nginx-light haproxy=haproxy wrk=wrk
+  nginx=nginx-light haproxy=haproxy wrk=wrk \
+  mmdebstrap=mmdebstrap sfdisk=fdisk mkfs.ext4=e2fsprogs \
+  /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring
 
 # Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
 # these binaries; a cold build inside a test would eat into that test's timeout). They
