@@ -39,8 +39,8 @@ export function hubConfig(dir: string, extra: Record<string, unknown> = {}): Hub
   }).hub!;
 }
 
-/** `tunnel`: cog.tunnel keys over the quick keepalive the tests use. */
-export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[], tunnel: Record<string, unknown> = {}): CogConfig {
+/** `tunnel`: cog.tunnel keys over the quick keepalive the tests use; `extra`: other cog keys (acme, terminate, ...). */
+export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[], tunnel: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): CogConfig {
   return parseConfig({
     cog: {
       data_dir: path.join(dir, `cog-${name}`),
@@ -48,6 +48,7 @@ export function cogConfig(dir: string, name: string, hubPort: number, routes: un
       routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
+      ...extra,
     },
   }).cog!;
 }
