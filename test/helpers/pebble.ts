@@ -123,8 +123,11 @@ export async function startPebble(t: Teardown, dir: string, opts: { httpPort: nu
   };
   const configFile = path.join(dir, "pebble-config.json");
   fs.writeFileSync(configFile, JSON.stringify(config, null, 2));
-  // NOSLEEP: no random 0-5 s validation delay per challenge.
-  const pebble = startProc("pebble", ["-config", configFile, "-dnsserver", `127.0.0.1:${dnsPort}`], { PEBBLE_VA_NOSLEEP: "1" }, out);
+  // NOSLEEP: no random 0-5 s validation delay per challenge. AUTHZREUSE 0: every order is
+  // validated again (pebble reuses a valid authorization half the time by default), so a
+  // renewal always goes through the challenge path under test.
+  const pebble = startProc("pebble", ["-config", configFile, "-dnsserver", `127.0.0.1:${dnsPort}`],
+    { PEBBLE_VA_NOSLEEP: "1", PEBBLE_AUTHZREUSE: "0" }, out);
   const close = async (): Promise<void> => { await stopProc(pebble); await stopProc(chall); };
   t.teardown(close);
   const directoryUrl = `https://127.0.0.1:${port}/dir`;
