@@ -15,9 +15,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
-import type net from "node:net";
+import net, { createServer } from "node:net";
 import path from "node:path";
-import { freePort, runProgram, waitFor, type Teardown } from "./procs.js";
+import { runProgram, waitFor, type Teardown } from "./procs.js";
 
 export interface TestCa { caFile: string; caPem: string; leafKeyFile: string; leafCertFile: string }
 
@@ -36,6 +36,21 @@ export async function makeTestCa(dir: string): Promise<TestCa> {
   await run(["x509", "-req", "-in", f("leaf.csr"), "-CA", f("ca.crt"), "-CAkey", f("ca.key"), "-CAcreateserial",
     "-out", f("leaf.crt"), "-days", "3", "-extfile", f("leaf.ext")]);
   return { caFile: f("ca.crt"), caPem: fs.readFileSync(f("ca.crt"), "utf8"), leafKeyFile: f("leaf.key"), leafCertFile: f("leaf.crt") };
+}
+
+/** `n` different ports on 127.0.0.1 that were free a moment ago (all held open while choosing, so none repeats). */
+async function distinctFreePorts(n: number): Promise<number[]> {
+  const servers: net.Server[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const s = createServer();
+      servers.push(s);
+      await new Promise<void>((resolve, reject) => { s.once("error", reject); s.listen(0, "127.0.0.1", () => resolve()); });
+    }
+    return servers.map((s) => (s.address() as net.AddressInfo).port);
+  } finally {
+    await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  }
 }
 
 /** GET over HTTPS trusting `caPem` only; resolves status and body. */
@@ -102,7 +117,7 @@ async function stopProc(child: ChildProcess): Promise<void> {
  */
 export async function startPebble(t: Teardown, dir: string, opts: { httpPort: number; tlsPort: number; validitySec?: number }): Promise<Pebble> {
   const ca = await makeTestCa(path.join(dir, "pebble-ca"));
-  const [port, mgmtPort, dnsPort, dnsMgmtPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [port, mgmtPort, dnsPort, dnsMgmtPort] = await distinctFreePorts(4);
   const out: string[] = [];
   const chall = startProc("pebble-challtestsrv", [
     "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01", `127.0.0.1:${dnsPort}`,
@@ -131,7 +146,14 @@ export async function startPebble(t: Teardown, dir: string, opts: { httpPort: nu
   const close = async (): Promise<void> => { await stopProc(pebble); await stopProc(chall); };
   t.teardown(close);
   const directoryUrl = `https://127.0.0.1:${port}/dir`;
-  await waitFor("pebble's directory", async () => (await httpsGet(directoryUrl, ca.caPem)).status === 200, { timeoutMs: 30_000 });
+  try {
+    await waitFor("pebble's directory", async () => {
+      if (pebble.exitCode !== null) throw new Error(`pebble exited (${pebble.exitCode})`);
+      return (await httpsGet(directoryUrl, ca.caPem)).status === 200;
+    }, { timeoutMs: 30_000 });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; pebble and challtestsrv said:\n${out.join("")}`);
+  }
   await waitFor("challtestsrv", async () => (await httpPost(`http://127.0.0.1:${dnsMgmtPort}/set-default-ipv4`, { ip: "127.0.0.1" })) === 200, { timeoutMs: 30_000 });
   let root: string | null = null;
   return {
