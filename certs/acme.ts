@@ -270,16 +270,16 @@ export class AcmeManager extends EventEmitter {
     slot.lastError = slot.lastErrorKind = null;
     slot.lastErrorAtMs = null;
     slot.lastIssuedAtMs = Date.now();
-    this.log.info("certificate issued", {
-      name: slot.name, issuer: held.facts.issuer, serial: held.facts.serial, notAfter: held.facts.notAfter.toISOString(),
-      renewIn: fmtDuration(held.renewAtMs - Date.now()), tookMs: Date.now() - started,
-    });
     try {
       await this.store.saveCert(stored);
     } catch (err) {
       // Ordering again would spend the CA's duplicate-certificate limit on a local disk problem.
       this.log.error("could not store the new certificate; serving it from memory (a restart loses it)", { name: slot.name, error: (err as Error).message });
     }
+    this.log.info("certificate issued", {
+      name: slot.name, issuer: held.facts.issuer, serial: held.facts.serial, notAfter: held.facts.notAfter.toISOString(),
+      renewIn: fmtDuration(held.renewAtMs - Date.now()), tookMs: Date.now() - started,
+    });
     this.emit("issued", { name: slot.name, serial: held.facts.serial });
   }
 
