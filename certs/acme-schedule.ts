@@ -41,6 +41,9 @@ export function parseRetryAfterMs(value: string | string[] | undefined | null, n
   if (typeof v !== "string" || v.trim() === "") return null;
   const text = v.trim();
   if (/^\d+$/.test(text)) return Number(text) * 1000;
+  // An HTTP-date starts with the day name in all three of its forms (IMF-fixdate, RFC 850, asctime);
+  // without that check V8's lenient Date.parse reads "-5" or "1.5" as dates.
+  if (!/^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /.test(text)) return null;
   const at = Date.parse(text);
   if (Number.isNaN(at)) return null;
   return Math.max(0, at - nowMs);
