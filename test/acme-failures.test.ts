@@ -14,8 +14,9 @@ import { AcmeFrontProxy } from "./helpers/pebble.js";
 import { waitFor } from "./helpers/procs.js";
 import { createLogger } from "../lib/log.js";
 import type { CertRow } from "../certs/acme.js";
+import type { CogConfig } from "../config/types.js";
 
-interface Failing { lines: string[]; failures: CertRow[]; serial: string; name: string; cog: Awaited<ReturnType<typeof startConnectedCog>> }
+interface Failing { lines: string[]; failures: CertRow[]; serial: string; name: string; cog: Awaited<ReturnType<typeof startConnectedCog>>; cfg: CogConfig }
 
 /**
  * Issues a certificate for `site.<cogName>` through the proxy, stops that cog,
@@ -41,7 +42,7 @@ async function renewalFailing(t: Test, w: AcmeWorld, proxy: AcmeFrontProxy, cogN
   const cog = await startConnectedCog(again, cogName, log);
   cog.acme.on("failed", () => failures.push(row(cog, name)!));
   t.teardown(() => cog.close());
-  return { lines, failures, serial: issued.serial!, name, cog };
+  return { lines, failures, serial: issued.serial!, name, cog, cfg: again };
 }
 
 /** Each failure's wait: next attempt minus the moment it failed. */
@@ -107,7 +108,7 @@ t.test("renewal failures: one log line each, the old certificate keeps serving, 
     t.equal(await presentedSerial(tlsPort, f.name, rootPem), f.serial, "the old certificate is still served");
     // The wait survives a restart: the next cog does not ask before the hour is up.
     await f.cog.close();
-    const next = await startConnectedCog(f.cog.client["cfg"], "busy");
+    const next = await startConnectedCog(f.cfg, "busy");
     t.teardown(() => next.close());
     const after = row(next, f.name)!;
     t.equal(after.state, "retrying");
