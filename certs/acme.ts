@@ -166,7 +166,9 @@ export class AcmeManager extends EventEmitter {
       slot.configured = w !== undefined;
       slot.ready = w?.ready ?? false;
       if (w) slot.challenge = w.challenge;
-      if (!slot.configured && !slot.held && !slot.inFlight && slot.failures === 0) {
+      // A name no route wants and no certificate holds is forgotten, once any wait the CA asked for is over.
+      const waitOver = slot.failures === 0 || (slot.nextAttemptAtMs ?? 0) <= Date.now();
+      if (!slot.configured && !slot.held && !slot.inFlight && waitOver) {
         this.slots.delete(slot.name);
         continue;
       }

@@ -7,6 +7,7 @@
  * nobody opened, unreadable and mismatched stored files, a missing CA bundle.
  */
 import t from "tap";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -21,6 +22,9 @@ import { closeServer, cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig
 import { curl, freePort, waitFor } from "./helpers/procs.js";
 
 const NOWHERE = "https://127.0.0.1:1/dir";
+/** Enough to fill the mux window (256 KiB..8 MiB) and several TLS records both ways. */
+const SEND_BYTES = 3 * 1024 * 1024;
+const REPLY_BYTES = 2 * 1024 * 1024;
 
 /** The first bytes a real TLS client sends for `servername`: its ClientHello, caught by a plain TCP server. */
 async function captureClientHello(servername: string): Promise<Buffer> {
@@ -45,7 +49,20 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
   const dead = await freePort();
 
   const n = (label: string) => `${label}.home1.${HUB_DOMAIN}`;
-  const seededNames = [n("seeded"), n("down"), n("hstsdown"), n("redir")];
+  const seededNames = [n("seeded"), n("down"), n("hstsdown"), n("redir"), n("echo")];
+  // A TCP target that reads until the visitor's FIN, then answers with what it got and closes.
+  const echo = net.createServer({ allowHalfOpen: true }, (s) => {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    s.on("data", (c: Buffer) => { hash.update(c); bytes += c.length; });
+    s.on("end", () => {
+      const reply = Buffer.alloc(REPLY_BYTES, 7);
+      s.end(Buffer.concat([Buffer.from(`${bytes} ${hash.digest("hex")}\n`), reply]));
+    });
+    s.on("error", () => {});
+  });
+  const echoPort = await listen(echo);
+  t.teardown(() => closeServer(echo));
   const pki = await loadOrCreateHubPki(path.join(dir, "local-ca"), seededNames);
   const caFile = path.join(dir, "local-ca.crt");
   fs.writeFileSync(caFile, pki.caCertPem);
@@ -56,6 +73,7 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
     { name: "down", kind: "tls", hostname: n("down"), target: `127.0.0.1:${dead}`, tls: "terminate" },
     { name: "hstsdown", kind: "tls", hostname: n("hstsdown"), target: `127.0.0.1:${dead}`, tls: "terminate", hsts: "1h" },
     { name: "redir", kind: "tls", hostname: n("redir"), target: `127.0.0.1:${backend.port}`, tls: "terminate", redirect_http: true },
+    { name: "echo", kind: "tls", hostname: n("echo"), target: `127.0.0.1:${echoPort}`, tls: "terminate", proxy_protocol: "none" },
     { name: "broken", kind: "tls", hostname: n("broken"), target: `127.0.0.1:${backend.port}`, tls: "terminate" },
     { name: "mismatch", kind: "tls", hostname: n("mismatch"), target: `127.0.0.1:${backend.port}`, tls: "terminate" },
   ], {}, { acme: { directory_url: NOWHERE, retry_min_delay: "1h", retry_max_delay: "2h" }, terminate: { handshake_timeout: "300ms" } });
@@ -86,6 +104,23 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
     const row = cog.acme.list().find((x) => x.name === n("seeded"))!;
     t.equal(row.state, "scheduled");
     t.notOk(lines.some((l) => l.includes("ordering a certificate") && l.includes(`name=${n("seeded")}`)), "nothing ordered for it");
+  });
+
+  await t.test("a TCP target behind termination: megabytes both ways, half-close kept end to end", async (t) => {
+    const payload = randomBytes(SEND_BYTES);
+    const got: Buffer[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const s = tls.connect({ host: "127.0.0.1", port: tlsPort, servername: n("echo"), ca: pki.caCertPem, allowHalfOpen: true }, () => {
+        s.end(payload); // FIN (close_notify) after the last byte; the answer comes after it
+      });
+      s.on("data", (c: Buffer) => got.push(c));
+      s.on("end", () => resolve());
+      s.on("error", reject);
+    });
+    const all = Buffer.concat(got);
+    const nl = all.indexOf(10);
+    t.equal(all.subarray(0, nl).toString(), `${SEND_BYTES} ${createHash("sha256").update(payload).digest("hex")}`, "the target got every byte, then the FIN");
+    t.equal(all.length - nl - 1, REPLY_BYTES, "and its whole answer, sent after the visitor's FIN, arrived");
   });
 
   await t.test("unreadable and mismatched files are set aside with a warning; a crash's temp file is ignored", async (t) => {
