@@ -183,12 +183,17 @@ export class AcmeStore {
     return { updatedAt: "", names: {} };
   }
 
-  /** Queues a write of `s`; resolves when it (and every earlier one) is on disk. */
+  /** Queues a write of `s`; resolves when it (and every earlier one) is on disk, rejects if it failed. */
   saveStatus(s: StatusFile): Promise<void> {
     const text = JSON.stringify({ updated_at: s.updatedAt, names: Object.fromEntries(Object.entries(s.names).map(([n, v]) => [n, statusToJson(v)])) }, null, 2) + "\n";
     const file = path.join(this.root, STATUS_FILE);
     this.statusWrite = this.statusWrite.catch(() => {}).then(() => writeSecretFile(file, text));
     return this.statusWrite;
+  }
+
+  /** Waits for the status writes queued so far (their failures were reported to whoever queued them). */
+  async flush(): Promise<void> {
+    await this.statusWrite.catch(() => {});
   }
 }
 

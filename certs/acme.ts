@@ -99,6 +99,8 @@ export class AcmeManager extends EventEmitter {
   private readonly slots = new Map<string, Slot>();
   private issuer: AcmeIssuer | null = null;
   private readonly stopping = new AbortController();
+  /** What status.json holds (names only), so that it is written when that changes and not otherwise. */
+  private lastStatus = "{}";
 
   constructor(
     private readonly cfg: AcmeConfig,
@@ -134,7 +136,9 @@ export class AcmeManager extends EventEmitter {
         this.log.warn("ignoring a stored certificate that does not load; its name will be ordered again", { name: c.name, error: (err as Error).message });
       }
     }
-    for (const [name, s] of Object.entries(this.store.loadStatus().names)) {
+    const status = this.store.loadStatus().names;
+    this.lastStatus = JSON.stringify(status);
+    for (const [name, s] of Object.entries(status)) {
       const slot = this.slots.get(name) ?? (s.failures > 0 ? this.slot(name) : null);
       if (!slot) continue;
       slot.failures = s.failures;
@@ -186,6 +190,8 @@ export class AcmeManager extends EventEmitter {
     this.stopping.abort();
     for (const s of this.slots.values()) if (s.timer) clearTimeout(s.timer);
     await Promise.all([...this.slots.values()].map((s) => s.inFlight));
+    // Nothing may touch the data dir after close (the demo removes it next).
+    await this.store.flush();
   }
 
   // ---- internals ----
@@ -341,9 +347,13 @@ export class AcmeManager extends EventEmitter {
         lastError: r.lastError, lastErrorKind: r.lastErrorKind, lastErrorAt: r.lastErrorAt, lastIssuedAt: r.lastIssuedAt,
       };
     }
-    this.store.saveStatus({ updatedAt: new Date().toISOString(), names }).catch((err: Error) => {
-      this.log.warn("could not write the ACME status file", { error: err.message });
-    });
+    const text = JSON.stringify(names);
+    if (text !== this.lastStatus && !this.stopping.signal.aborted) {
+      this.lastStatus = text;
+      this.store.saveStatus({ updatedAt: new Date().toISOString(), names }).catch((err: Error) => {
+        this.log.warn("could not write the ACME status file", { error: err.message });
+      });
+    }
     this.emit("change");
   }
 }
