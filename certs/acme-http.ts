@@ -18,6 +18,13 @@ import https from "node:https";
 import type { Duplex } from "node:stream";
 import { parseRetryAfterMs } from "./acme-schedule.js";
 
+/**
+ * Connections one order may hold to the CA. acme-client sends its requests one at
+ * a time (each needs the nonce of the one before), so one would do; the second
+ * covers a HEAD for a fresh nonce racing a keep-alive socket being closed.
+ */
+export const ACME_MAX_SOCKETS_PER_ORDER = 2;
+
 /** What the CA answered to the last request that failed with an HTTP status (RFC 8555 §6.7 problem document). */
 export interface CaAnswer {
   status: number;
@@ -50,7 +57,7 @@ export class AcmeCallContext {
         s?.once("error", (err: Error) => { ctx.networkError = err.message; });
         return s;
       }
-    })({ ca, keepAlive: true, maxSockets: 2 });
+    })({ ca, keepAlive: true, maxSockets: ACME_MAX_SOCKETS_PER_ORDER });
   }
 
   close(): void {

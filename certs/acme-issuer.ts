@@ -153,15 +153,24 @@ export class AcmeIssuer {
   private async register(): Promise<{ keyPem: string; accountUrl: string }> {
     let stored = this.store.loadAccount(this.cfg.directoryUrl);
     if (!stored) {
-      stored = { directoryUrl: this.cfg.directoryUrl, keyPem: newEcKeyPem(), accountUrl: null };
+      stored = { directoryUrl: this.cfg.directoryUrl, keyPem: newEcKeyPem(), accountUrl: null, email: null };
       await this.store.saveAccount(stored);
     }
-    if (stored.accountUrl) return { keyPem: stored.keyPem, accountUrl: stored.accountUrl };
+    const contact = this.cfg.email ? [`mailto:${this.cfg.email}`] : [];
+    if (stored.accountUrl) {
+      if (stored.email !== this.cfg.email) {
+        // cog.acme.email changed: RFC 8555 §7.3.2 account update.
+        await this.client(stored.keyPem, stored.accountUrl).updateAccount({ contact });
+        await this.store.saveAccount({ ...stored, email: this.cfg.email });
+        this.log.info("ACME account contact updated", { email: this.cfg.email ?? "none" });
+      }
+      return { keyPem: stored.keyPem, accountUrl: stored.accountUrl };
+    }
     const client = this.client(stored.keyPem);
     // RFC 8555 §7.3: newAccount with a key the CA already knows returns that account (200).
-    await client.createAccount({ termsOfServiceAgreed: true, contact: this.cfg.email ? [`mailto:${this.cfg.email}`] : [] });
+    await client.createAccount({ termsOfServiceAgreed: true, contact });
     const accountUrl = client.getAccountUrl();
-    await this.store.saveAccount({ ...stored, accountUrl });
+    await this.store.saveAccount({ ...stored, accountUrl, email: this.cfg.email });
     const tos = await client.getTermsOfServiceUrl().catch(() => null);
     this.log.info("ACME account registered (it agrees to the CA's terms of service)", { directory: this.cfg.directoryUrl, account: accountUrl, terms: tos ?? undefined });
     return { keyPem: stored.keyPem, accountUrl };

@@ -27,6 +27,8 @@ export interface StoredAccount {
   keyPem: string;
   /** The account's URL once registered (RFC 8555 §7.3: the "kid" of later requests). */
   accountUrl: string | null;
+  /** The contact address the CA has for it (null: none). */
+  email: string | null;
 }
 
 export interface StoredCert {
@@ -121,12 +123,12 @@ export class AcmeStore {
     if (!isObj(v) || typeof v.key_pem !== "string" || v.directory_url !== directoryUrl) {
       throw new Error(`${file} is not an ACME account file for ${directoryUrl}`);
     }
-    return { directoryUrl, keyPem: v.key_pem, accountUrl: typeof v.account_url === "string" ? v.account_url : null };
+    return { directoryUrl, keyPem: v.key_pem, accountUrl: str(v.account_url), email: str(v.email) };
   }
 
   async saveAccount(a: StoredAccount): Promise<void> {
     const file = path.join(this.root, ACCOUNTS_DIR, accountFileName(a.directoryUrl));
-    await writeSecretFile(file, JSON.stringify({ directory_url: a.directoryUrl, account_url: a.accountUrl, key_pem: a.keyPem }, null, 2) + "\n");
+    await writeSecretFile(file, JSON.stringify({ directory_url: a.directoryUrl, account_url: a.accountUrl, email: a.email, key_pem: a.keyPem }, null, 2) + "\n");
   }
 
   /**

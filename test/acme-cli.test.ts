@@ -32,7 +32,7 @@ t.test("capsul cog: a crash mid-order leaves nothing half-written; the next star
       hub: `127.0.0.1:${w.hub.ports.tunnel}`,
       routes: [{ name: "www", kind: "tls", hostname: name, target: `127.0.0.1:${backend.port}`, tls: "terminate", redirect_http: true }],
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
-      acme: { directory_url: proxy.directoryUrl, ca_bundle: w.pebble.ca.caFile, poll_interval: "100ms", retry_min_delay: "500ms" },
+      acme: { directory_url: proxy.directoryUrl, ca_bundle: w.pebble.ca.caFile, email: "first@example.org", poll_interval: "100ms", retry_min_delay: "500ms" },
     },
   };
   const file = writeYaml(path.join(dir, "capsul.yaml"), doc);
@@ -57,14 +57,19 @@ t.test("capsul cog: a crash mid-order leaves nothing half-written; the next star
   const accounts = fs.readdirSync(path.join(dataDir, "acme", "accounts"));
   t.equal(accounts.length, 1);
   const account = JSON.parse(fs.readFileSync(path.join(dataDir, "acme", "accounts", accounts[0]!), "utf8"));
-  t.match(account, { directory_url: proxy.directoryUrl, account_url: /^https:\/\//, key_pem: /BEGIN PRIVATE KEY/ }, "the account file is whole");
+  t.match(account, { directory_url: proxy.directoryUrl, account_url: /^https:\/\//, email: "first@example.org", key_pem: /BEGIN PRIVATE KEY/ }, "the account file is whole");
   const mid = JSON.parse((await runCli(["cog", "certs", "-c", file, "--json"])).stdout) as Record<string, unknown>[];
   t.match(mid, [{ name, serial: null, not_after: null }], "certs shows the name without a certificate");
 
-  // 2. The CA answers again: a new process orders afresh and serves.
+  // 2. The CA answers again: a new process (with a new contact address) orders afresh and serves.
   proxy.mode = "pass";
+  doc.cog.acme.email = "second@example.org";
+  writeYaml(file, doc);
   const c2 = spawnCli(t, "cog-2", ["cog", "-c", file]);
+  await c2.waitLine(/ACME account contact updated email=second@example\.org/);
   await c2.waitLine(/certificate issued .*name=www\.home1\.hub\.test/);
+  const updated = JSON.parse(fs.readFileSync(path.join(dataDir, "acme", "accounts", accounts[0]!), "utf8"));
+  t.match(updated, { account_url: account.account_url, email: "second@example.org" }, "the same account, with the new contact");
   t.same(fs.readdirSync(certsDir), [`${name}.json`], "one file: the certificate with its key");
   t.equal(fs.statSync(path.join(certsDir, `${name}.json`)).mode & 0o777, 0o600);
 

@@ -35,7 +35,7 @@ async function renewalFailing(t: Test, w: AcmeWorld, proxy: AcmeFrontProxy, cogN
 
   await inject();
   const lines: string[] = [];
-  const log = createLogger({ level: "info", component: cogName, write: (l) => lines.push(l) });
+  const log = createLogger({ level: "debug", component: cogName, write: (l) => lines.push(l) });
   const again = cogConfig(w.dir, cogName, w.hub.ports.tunnel, routes, {},
     acmeKeys(proxy.directoryUrl, w.pebble.ca.caFile, { renew_at: 0.01, retry_min_delay: "200ms", retry_max_delay: "1h" }));
   const failures: CertRow[] = [];
@@ -45,12 +45,25 @@ async function renewalFailing(t: Test, w: AcmeWorld, proxy: AcmeFrontProxy, cogN
   return { lines, failures, serial: issued.serial!, name, cog, cfg: again };
 }
 
+/** Waits for `n` failed orders; on timeout the error carries the cog's log, to see why. */
+async function failuresAtLeast(f: Failing, n: number): Promise<void> {
+  try {
+    await waitFor(`${n} failed renewals`, () => f.failures.length >= n);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; the cog logged:\n${f.lines.join("\n")}`);
+  }
+}
+
+const VALIDITY_SEC = 120;
+
 /** Each failure's wait: next attempt minus the moment it failed. */
 const waits = (rows: CertRow[]) => rows.map((r) => Date.parse(r.nextAttemptAt!) - Date.parse(r.lastErrorAt!));
 
 t.test("renewal failures: one log line each, the old certificate keeps serving, retries back off", async (t) => {
   const dir = tmpDir("capsul-acme-fail-");
-  const w = await acmeWorld(t, dir);
+  // Two-minute certificates: renew_at 0.01 then puts the renewal within 1.2 s of issuance
+  // (1% of pebble's default five years would be 18 days, jitter or not).
+  const w = await acmeWorld(t, dir, { validitySec: VALIDITY_SEC });
   const rootPem = await w.pebble.rootPem();
   const proxy = new AcmeFrontProxy(w.pebble);
   await proxy.start();
@@ -60,7 +73,7 @@ t.test("renewal failures: one log line each, the old certificate keeps serving, 
   await t.test("the CA is unreachable", async (t) => {
     const f = await renewalFailing(t, w, proxy, "down", () => proxy.stop());
     t.teardown(() => proxy.start());
-    await waitFor("three failed renewals", () => f.failures.length >= 3);
+    await failuresAtLeast(f, 3);
     const lines = f.lines.filter((l) => / WARN .*cannot reach the ACME CA/.test(l));
     t.ok(lines.length >= 3, `one warning per failure (${lines.length})`);
     for (const l of lines.slice(0, 3)) {
@@ -82,7 +95,7 @@ t.test("renewal failures: one log line each, the old certificate keeps serving, 
       // The name now resolves where no hub listens: the validator's connection is refused.
       await w.pebble.setA(`site.wrong.${HUB_DOMAIN}`, ["127.0.0.2"]);
     });
-    await waitFor("two failed renewals", () => f.failures.length >= 2);
+    await failuresAtLeast(f, 2);
     const lines = f.lines.filter((l) => / WARN .*could not validate the challenge/.test(l));
     t.ok(lines.length >= 2, `one warning per failure (${lines.length})`);
     t.match(lines[0], /error="the CA could not validate the challenge: .*127\.0\.0\.2/, "it says what the CA's validator saw");
@@ -96,7 +109,7 @@ t.test("renewal failures: one log line each, the old certificate keeps serving, 
     proxy.retryAfterSec = 3600;
     const f = await renewalFailing(t, w, proxy, "busy", async () => { proxy.mode = "rate-limit"; });
     t.teardown(() => { proxy.mode = "pass"; });
-    await waitFor("a rate-limited renewal", () => f.failures.length >= 1);
+    await failuresAtLeast(f, 1);
     const r = f.failures[0]!;
     t.equal(r.lastErrorKind, "rate-limited");
     t.ok(waits([r])[0]! >= 3_599_000, `the next try waits out Retry-After: ${r.nextAttemptAt} after ${r.lastErrorAt}`);
