@@ -9,6 +9,7 @@
 import t from "tap";
 import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import tls from "node:tls";
@@ -49,7 +50,20 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
   const dead = await freePort();
 
   const n = (label: string) => `${label}.home1.${HUB_DOMAIN}`;
-  const seededNames = [n("seeded"), n("down"), n("hstsdown"), n("redir"), n("echo")];
+  const seededNames = [n("seeded"), n("down"), n("hstsdown"), n("redir"), n("echo"), n("hsts")];
+  // An HTTP target that echoes request bodies, and upgrades to a raw echo (as a WebSocket would).
+  const web = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => res.end(`${req.method} ${req.url} ${Buffer.concat(chunks).length} ${createHash("sha256").update(Buffer.concat(chunks)).digest("hex")}\n`));
+  });
+  web.on("upgrade", (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => {
+    sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade}\r\nConnection: Upgrade\r\n\r\n`);
+    if (head.length) sock.write(head);
+    sock.pipe(sock);
+  });
+  const webPort = await listen(web);
+  t.teardown(() => closeServer(web));
   // A TCP target that reads until the visitor's FIN, then answers with what it got and closes.
   const echo = net.createServer({ allowHalfOpen: true }, (s) => {
     const hash = createHash("sha256");
@@ -74,6 +88,7 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
     { name: "hstsdown", kind: "tls", hostname: n("hstsdown"), target: `127.0.0.1:${dead}`, tls: "terminate", hsts: "1h" },
     { name: "redir", kind: "tls", hostname: n("redir"), target: `127.0.0.1:${backend.port}`, tls: "terminate", redirect_http: true },
     { name: "echo", kind: "tls", hostname: n("echo"), target: `127.0.0.1:${echoPort}`, tls: "terminate", proxy_protocol: "none" },
+    { name: "hsts", kind: "tls", hostname: n("hsts"), target: `127.0.0.1:${webPort}`, tls: "terminate", hsts: true },
     { name: "broken", kind: "tls", hostname: n("broken"), target: `127.0.0.1:${backend.port}`, tls: "terminate" },
     { name: "mismatch", kind: "tls", hostname: n("mismatch"), target: `127.0.0.1:${backend.port}`, tls: "terminate" },
   ], {}, { acme: { directory_url: NOWHERE, retry_min_delay: "1h", retry_max_delay: "2h" }, terminate: { handshake_timeout: "300ms" } });
@@ -121,6 +136,36 @@ t.test("terminated routes: seeded certificates, no certificate yet, stalled hand
     const nl = all.indexOf(10);
     t.equal(all.subarray(0, nl).toString(), `${SEND_BYTES} ${createHash("sha256").update(payload).digest("hex")}`, "the target got every byte, then the FIN");
     t.equal(all.length - nl - 1, REPLY_BYTES, "and its whole answer, sent after the visitor's FIN, arrived");
+  });
+
+  await t.test("with HSTS (an HTTP proxy on the TLS side): request bodies, keep-alive and upgrades pass", async (t) => {
+    const bodyFile = path.join(dir, "body.bin");
+    const body = randomBytes(SEND_BYTES);
+    fs.writeFileSync(bodyFile, body);
+    const r = await https(n("hsts"), "/up", ["--data-binary", `@${bodyFile}`, "-H", "Content-Type: application/octet-stream"]);
+    t.equal(r.code, 0, r.stderr);
+    t.match(r.stdout, `POST /up ${SEND_BYTES} ${createHash("sha256").update(body).digest("hex")}`, "a 3 MiB POST body arrives whole");
+    t.match(r.stdout, /^strict-transport-security: max-age=31536000\r?$/im);
+    // Two requests on one connection.
+    const two = await curl(["-s", "--cacert", caFile, "--resolve", `${n("hsts")}:${tlsPort}:127.0.0.1`,
+      `https://${n("hsts")}:${tlsPort}/a`, `https://${n("hsts")}:${tlsPort}/b`, "-w", "%{num_connects}\n"]);
+    t.match(two.stdout, /^GET \/a 0 [0-9a-f]+\n1\nGET \/b 0 [0-9a-f]+\n0\n$/, "the second request reused the connection");
+    // An upgrade: the head goes through, then raw bytes both ways.
+    const echoed = await new Promise<string>((resolve, reject) => {
+      const s = tls.connect({ host: "127.0.0.1", port: tlsPort, servername: n("hsts"), ca: pki.caCertPem }, () => {
+        s.write(`GET /ws HTTP/1.1\r\nHost: ${n("hsts")}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+      });
+      let got = "";
+      s.setEncoding("utf8");
+      s.on("data", (c: string) => {
+        got += c;
+        if (got.includes("\r\n\r\n") && !got.includes("ping")) s.write("ping");
+        if (got.endsWith("ping")) { s.end(); resolve(got); }
+      });
+      s.on("error", reject);
+    });
+    t.match(echoed, /^HTTP\/1.1 101 Switching Protocols\r\n/, "101 from the target");
+    t.ok(echoed.endsWith("\r\n\r\nping"), "then raw bytes echoed through");
   });
 
   await t.test("unreadable and mismatched files are set aside with a warning; a crash's temp file is ignored", async (t) => {

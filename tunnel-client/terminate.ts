@@ -50,11 +50,13 @@ export class Terminator {
     });
   }
 
-  /** Reads until `parse` answers, with `first` (bytes the header reader took) put back in front. */
-  private peekStream<R extends { type: string }>(stream: Duplex, first: Buffer, parse: (b: Buffer) => R, maxBytes: number) {
+  /**
+   * The stream for peek(), with `first` (what the header reader took past the
+   * header) put back in front. peek() only needs a readable with pause/resume.
+   */
+  private rewound(stream: Duplex, first: Buffer): net.Socket {
     if (first.length) stream.unshift(first);
-    // peek() only needs a readable with pause/resume; a mux stream is one.
-    return peek(stream as net.Socket, parse as never, { timeoutMs: this.cfg.terminate.handshakeTimeoutMs, maxBytes });
+    return stream as net.Socket;
   }
 
   /** A visitor on the TLS side of `route`. */
@@ -75,14 +77,13 @@ export class Terminator {
   private async serveTls(stream: Duplex, h: VisitorHeader, first: Buffer, route: CogRoute): Promise<void> {
     const name = route.hostname!;
     const max = this.cfg.terminate.clientHelloMaxBytes;
-    const out = await this.peekStream(stream, first, (b) => parseClientHello(b, max), max);
+    const out = await peek(this.rewound(stream, first), (b) => parseClientHello(b, max), { timeoutMs: this.cfg.terminate.handshakeTimeoutMs, maxBytes: max });
     if (out.kind !== "ok") {
       this.log.debug("bad ClientHello on a terminated route", { route: route.name, kind: out.kind });
       stream.destroy();
       return;
     }
-    const hello = out.value as unknown as { alpn: string[] };
-    const challenge = hello.alpn.includes(ACME_TLS_ALPN_PROTOCOL) ? this.acme.challenges.alpnContext(name) : undefined;
+    const challenge = out.value.alpn.includes(ACME_TLS_ALPN_PROTOCOL) ? this.acme.challenges.alpnContext(name) : undefined;
     const context = challenge ?? this.acme.secureContext(name);
     if (!context) {
       this.log.debug("no certificate yet for a terminated route", { route: route.name, name });
@@ -124,7 +125,7 @@ export class Terminator {
     const name = route.hostname!;
     const max = this.cfg.terminate.httpHeaderMaxBytes;
     // The parser's cap sits one byte above the peek's, as on the hub: an oversized head is too-large, not invalid.
-    const out = await this.peekStream(stream, first, (b) => parseHttpHead(b, max + 1), max);
+    const out = await peek(this.rewound(stream, first), (b) => parseHttpHead(b, max + 1), { timeoutMs: this.cfg.terminate.handshakeTimeoutMs, maxBytes: max });
     if (out.kind !== "ok") {
       if (out.kind === "invalid") stream.end(httpErrorResponse(400, "Bad Request", "The request could not be read."));
       else if (out.kind === "too-large") stream.end(httpErrorResponse(431, "Request Header Fields Too Large", "The request head is too large."));
@@ -132,7 +133,7 @@ export class Terminator {
       else stream.destroy();
       return;
     }
-    const path = (out.value as unknown as { path: string }).path;
+    const path = out.value.path;
     if (path.startsWith(ACME_HTTP_CHALLENGE_PREFIX)) {
       const token = path.slice(ACME_HTTP_CHALLENGE_PREFIX.length).split("?")[0]!;
       const answer = this.acme.challenges.httpAnswer(name, token);
