@@ -13,6 +13,7 @@ import { acmeKeys, acmeWorld, presentedSerial, row, waitIssued, type AcmeWorld }
 import { AcmeFrontProxy } from "./helpers/pebble.js";
 import { waitFor } from "./helpers/procs.js";
 import { createLogger } from "../lib/log.js";
+import { terminatedNames } from "../tunnel-client/cog.js";
 import type { CertRow } from "../certs/acme.js";
 import type { CogConfig } from "../config/types.js";
 
@@ -103,6 +104,24 @@ t.test("renewal failures: one log line each, the old certificate keeps serving, 
     const [d1, d2] = waits(f.failures);
     t.ok(d1! < d2!, `the waits grow: ${d1} < ${d2} ms`);
     t.equal(await presentedSerial(tlsPort, f.name, rootPem), f.serial, "the old certificate is still served");
+  });
+
+  await t.test("one order at a time per name, however often the routes are announced", async (t) => {
+    const backend = await httpBackend("one");
+    t.teardown(() => backend.close());
+    const name = `site.one.${HUB_DOMAIN}`;
+    const lines: string[] = [];
+    proxy.mode = "hold"; // the CA never answers finalize: the first order stays in flight
+    t.teardown(() => { proxy.mode = "pass"; });
+    const cfg = cogConfig(w.dir, "one", w.hub.ports.tunnel, [{ name: "site", kind: "tls", hostname: name, target: `127.0.0.1:${backend.port}`, tls: "terminate" }],
+      {}, acmeKeys(proxy.directoryUrl, w.pebble.ca.caFile));
+    const cog = await enrolledCog(w.hubCfg, w.hub, cfg, "one", { log: createLogger({ level: "info", write: (l) => lines.push(l) }) });
+    t.teardown(() => cog.close());
+    await waitFor("the finalize request to be held", () => proxy.seen.some((s) => s.action === "held"));
+    // What every route answer from the hub does; ordering is decided synchronously in it.
+    for (let i = 0; i < 5; i++) cog.acme.setNames(terminatedNames(cog.client, true));
+    t.equal(lines.filter((l) => l.includes("ordering a certificate") && l.includes(`name=${name}`)).length, 1, "one order in flight, no second one");
+    t.equal(row(cog, name)!.state, "issuing");
   });
 
   await t.test("the CA rate-limits: Retry-After is honoured, also across a restart", async (t) => {
