@@ -18,6 +18,7 @@ import {
 } from "../lib/hostname.js";
 import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
+import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
 import type {
   CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -161,8 +162,9 @@ const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_po
   "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
-const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner"] as const;
-const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
+const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
+  "acme", "terminate"] as const;
+const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
 
@@ -403,6 +405,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       if (m.hostname == null) throw new ConfigError(`required for ${kind} routes`, `${p}.hostname`);
       route.hostname = hostnamePattern(m.hostname, `${p}.hostname`);
     }
+    parseRouteTermination(m, p, route);
     return route;
   });
   routes.forEach((r, j) => {
@@ -418,6 +421,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       }
     }
   });
+  checkTerminatedHostnames(routes, path);
   return routes;
 }
 
@@ -443,6 +447,8 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
     tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),
     provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
+    acme: parseAcme(m.acme, at(path, "acme"), baseDir),
+    terminate: parseTerminate(m.terminate, at(path, "terminate")),
   };
 }
 

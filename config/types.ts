@@ -185,6 +185,59 @@ export interface CogRoute {
   target: HostPort;
   /** PROXY protocol header written to the target first (default none). */
   proxyProtocol: ProxyProtocol;
+  /**
+   * tls routes only: present when the route says `tls: terminate` (the cog obtains a
+   * certificate by ACME, serves TLS itself and sends plaintext to `target`); absent
+   * means passthrough, the default (the target holds its own certificate and key).
+   */
+  terminate?: RouteTermination;
+}
+
+/** ACME challenge types the cog can answer through the hub (RFC 8555 §8.3, RFC 8737). */
+export type AcmeChallengeType = "http-01" | "tls-alpn-01";
+
+/** What a `tls: terminate` route asks of the cog, besides its target. */
+export interface RouteTermination {
+  /** How the cog proves the hostname to the CA: http-01 through the hub's port 80, tls-alpn-01 through its SNI routing (default http-01). */
+  challenge: AcmeChallengeType;
+  /** Answer plain-HTTP requests for the hostname with a 308 redirect to https:// instead of passing them to the target (default false). */
+  redirectHttp: boolean;
+  /** Strict-Transport-Security max-age, in seconds, added to every HTTPS response; 0 = no HSTS header (default 0; `hsts: true` means 365d). */
+  hstsMaxAgeSec: number;
+}
+
+/** cog.acme: the ACME client that gets certificates for `tls: terminate` routes. */
+export interface AcmeConfig {
+  /** ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's (default letsencrypt). */
+  directoryUrl: string;
+  /** PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA (default null). */
+  caBundle: string | null;
+  /** Contact address registered with the account, for the CA's expiry notices (default null: none). */
+  email: string | null;
+  /** Renew once this fraction of a certificate's lifetime has passed, less a random jitter of up to 5% of it (default 0.667, two thirds). */
+  renewAtRatio: number;
+  /** First delay after a failed order; doubled per failure, with jitter (default 5m). A longer Retry-After from the CA wins. */
+  retryMinDelayMs: number;
+  /** Cap of that backoff (default 12h). */
+  retryMaxDelayMs: number;
+  /** Deadline for one HTTP request to the CA (default 30s). */
+  requestTimeoutMs: number;
+  /** Deadline for one whole order: account, challenge, finalize, download (default 5m). */
+  orderTimeoutMs: number;
+  /** First delay between polls of a pending challenge or order; acme-client doubles it up to 8 times this (default 1s). */
+  pollIntervalMs: number;
+}
+
+/** cog.terminate: limits of the TLS the cog terminates itself (`tls: terminate` routes). */
+export interface TerminateConfig {
+  /** Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake (default 10s). */
+  handshakeTimeoutMs: number;
+  /** Cap on a buffered ClientHello, record headers included; as hub.limits.client_hello_max_bytes (default 16KiB + 5*5 headers = 16409). */
+  clientHelloMaxBytes: number;
+  /** Cap on a buffered HTTP request head on the port-80 side (default 16KiB). */
+  httpHeaderMaxBytes: number;
+  /** With HSTS on, an idle kept-alive HTTPS connection is closed after this (default 5s). */
+  httpKeepAliveTimeoutMs: number;
 }
 
 export interface CogConfig {
@@ -206,6 +259,10 @@ export interface CogConfig {
   tunnel: CogTunnelTuning;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
+  /** The ACME client for `tls: terminate` routes (always present; idle while no route terminates). */
+  acme: AcmeConfig;
+  /** Limits of TLS termination on the cog. */
+  terminate: TerminateConfig;
 }
 
 /** One VM size (issue 4). IO limits are per second; 0 means unlimited. */

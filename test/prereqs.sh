@@ -4,7 +4,8 @@
 # (passt's pasta for the VMs' network, iproute2 for the tests' network namespaces),
 # nginx/haproxy/wrk for the bench's own correctness test, mmdebstrap and the
 # disk tools for the real Debian image (scripts/build-debian-image.sh, built by
-# test/helpers/debianimage.ts inside its test). Installed when run as
+# test/helpers/debianimage.ts inside its test), pebble (an RFC 8555 test CA, with
+# pebble-challtestsrv as its DNS) for the ACME tests. Installed when run as
 # root; otherwise this stops with the exact apt-get line. Tests never skip
 # because a tool is missing.
 set -euo pipefail
@@ -17,7 +18,8 @@ root=$(dirname "$0")/..
   pasta=passt unshare=util-linux prlimit=util-linux ip=iproute2 \
   nginx=nginx-light haproxy=haproxy wrk=wrk \
   mmdebstrap=mmdebstrap sfdisk=fdisk mkfs.ext4=e2fsprogs \
-  /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring
+  /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring \
+  pebble=pebble pebble-challtestsrv=pebble
 
 # Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
 # these binaries; a cold build inside a test would eat into that test's timeout). They
