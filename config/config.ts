@@ -19,8 +19,9 @@ import {
 import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
 import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
+import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import type {
-  CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
+  CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
 } from "./types.js";
 import {
@@ -152,10 +153,10 @@ const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
   "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
-const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
+const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
   "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
-  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval"] as const;
+  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval", ...HUB_QUOTA_KEYS] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
@@ -253,6 +254,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
   if (cogBufferBudgetBytes > bufferBudgetBytes) {
     throw new ConfigError(`must be at most buffer_budget (${fmtBytes(bufferBudgetBytes)}), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
   }
+  const quotas = parseHubQuotas(m, path, maxVisitors);
   return {
     clientHelloTimeoutMs: duration(m.client_hello_timeout, at(path, "client_hello_timeout"), DEFAULT_CLIENT_HELLO_TIMEOUT_MS, 1),
     clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_CLIENT_HELLO_MAX_BYTES, 1),
@@ -269,6 +271,10 @@ function parseLimits(value: unknown, path: string): HubLimits {
     cogBufferBudgetBytes,
     bufferCheckIntervalMs: duration(m.buffer_check_interval, at(path, "buffer_check_interval"), DEFAULT_BUFFER_CHECK_INTERVAL_MS, 1, MAX_MUX_INT),
     refusalLogIntervalMs: duration(m.refusal_log_interval, at(path, "refusal_log_interval"), DEFAULT_REFUSAL_LOG_INTERVAL_MS, 0),
+    maxStreamsPerCog: quotas.maxStreams,
+    maxConnectionsPerRoute: quotas.maxConnectionsPerRoute,
+    cogBandwidthBytesPerSec: quotas.bandwidthBytesPerSec,
+    cogBandwidthBurstBytes: quotas.bandwidthBurstBytes,
   };
 }
 
@@ -302,7 +308,10 @@ function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
   };
 }
 
-function parseGrants(value: unknown, path: string, hub: { domain: string; defaultGrants: boolean; pool: PortRange[] }): HubCogGrant[] {
+function parseGrants(
+  value: unknown, path: string,
+  hub: { domain: string; defaultGrants: boolean; pool: PortRange[]; limits: CogLimits; maxVisitors: number },
+): HubCogGrant[] {
   const grants = list(value, path).map((item, i): HubCogGrant => {
     const p = `${path}[${i}]`;
     const m = mapping(item, p, GRANT_KEYS);
@@ -318,7 +327,7 @@ function parseGrants(value: unknown, path: string, hub: { domain: string; defaul
       }
       return range;
     });
-    return { name, hostnames, tcpPorts };
+    return { name, hostnames, tcpPorts, limits: parseCogLimits(m.limits, `${p}.limits`, hub.limits, hub.maxVisitors) };
   });
 
   // Pairwise checks between different cogs; each error is reported at the later entry.
@@ -367,17 +376,20 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     ? formatHostPort({ host: domain, port: listen.tunnel.port })
     : formatHostPort(parseHostPort(m.public_tunnel_address, publicPath));
   const defaultGrants = boolean(m.default_grants, at(path, "default_grants"), DEFAULT_HUB_DEFAULT_GRANTS);
+  const limits = parseLimits(m.limits, at(path, "limits"));
   return {
     dataDir,
     domain,
     listen,
     publicTunnelAddress,
-    cogs: parseGrants(m.cogs, at(path, "cogs"), { domain, defaultGrants, pool: listen.tcpPorts }),
+    cogs: parseGrants(m.cogs, at(path, "cogs"), {
+      domain, defaultGrants, pool: listen.tcpPorts, limits: hubCogLimits(limits), maxVisitors: limits.maxVisitors,
+    }),
     defaultGrants,
     defaultTcpPortsPerCog: integer(m.default_tcp_ports_per_cog, at(path, "default_tcp_ports_per_cog"), DEFAULT_TCP_PORTS_PER_COG, 0),
     inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
-    limits: parseLimits(m.limits, at(path, "limits")),
+    limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
   };
 }

@@ -20,6 +20,25 @@ export interface HubCogGrant {
   hostnames: string[];
   /** TCP port ranges this cog may be assigned (must lie inside hub.listen.tcp_ports). */
   tcpPorts: PortRange[];
+  /** This cog's visitor limits: hub.cogs[].limits over the hub-wide ones of hub.limits. */
+  limits: CogLimits;
+}
+
+/**
+ * Limits on one cog's visitors (gateway/quotas.ts). hub.limits sets them for every cog
+ * (max_streams_per_cog, max_connections_per_route, cog_bandwidth, cog_bandwidth_burst);
+ * hub.cogs[].limits (max_streams, max_connections_per_route, bandwidth, bandwidth_burst)
+ * for one. The defaults are hub.limits' (config/quotas.ts).
+ */
+export interface CogLimits {
+  /** Visitor streams the cog's tunnel carries at once; a visitor over it is refused as if the cog were offline (HTTP: 503). */
+  maxStreams: number;
+  /** Visitor connections open at once to one route of the cog (one hostname's tls or http route, one tcp port); refused the same way. */
+  maxConnectionsPerRoute: number;
+  /** Bytes per second the cog's visitors may move, each direction on its own, all visitors together (0 = unlimited). */
+  bandwidthBytesPerSec: number;
+  /** Bytes they may move at once before that rate applies: the token bucket's size (0 when bandwidth is 0). */
+  bandwidthBurstBytes: number;
 }
 
 export interface HubLimits {
@@ -66,6 +85,25 @@ export interface HubLimits {
   bufferCheckIntervalMs: number;
   /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
   refusalLogIntervalMs: number;
+  /**
+   * Visitor streams one cog's tunnel carries at once; past it its visitors are refused as if it
+   * were offline (HTTP: 503), so one busy or attacked cog cannot take every slot (default 5000,
+   * a quarter of the default max_visitors, or maxVisitors if smaller; at most maxVisitors).
+   */
+  maxStreamsPerCog: number;
+  /**
+   * Visitor connections open at once to one route (one hostname's tls or http route, one tcp
+   * port), refused the same way: one capsul's flood leaves its cog's others room (default 2000,
+   * or maxStreamsPerCog if smaller; at most maxStreamsPerCog).
+   */
+  maxConnectionsPerRoute: number;
+  /**
+   * Bytes per second each cog's visitors may move, each direction on its own, shared by all the
+   * cog's visitors: a token bucket (default 0 = unlimited; at least 1KiB/s).
+   */
+  cogBandwidthBytesPerSec: number;
+  /** That bucket's size: bytes that pass at full speed before the rate applies (default 1s of cogBandwidthBytesPerSec, at least 64KiB; 0 when unlimited). */
+  cogBandwidthBurstBytes: number;
 }
 
 export interface TunnelTuning {
