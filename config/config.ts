@@ -48,6 +48,14 @@ export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
 /**
+ * A flood of 2,000 connections opened at once overflowed a backlog of 1,024 (Linux counted
+ * ~800 ListenOverflows per flood in test/silent-flood.test.ts): every source's connection
+ * that arrived then waited a second for its retry. 4096 is somaxconn's default since Linux 5.4.
+ */
+export const DEFAULT_LISTEN_BACKLOG = 4096;
+/** Catches a slip of the finger: the kernel caps the backlog at net.core.somaxconn anyway. */
+export const MAX_LISTEN_BACKLOG = 65_535;
+/**
  * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
  * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).
  */
@@ -155,7 +163,7 @@ const HUB_KEYS = ["data_dir", "domain", "listen", "public_tunnel_address", "cogs
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
-  "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
+  "http_header_max_bytes", "grace", "max_visitors", "listen_backlog", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
   "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval", ...HUB_QUOTA_KEYS] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
@@ -262,6 +270,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
     httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_HTTP_HEADER_MAX_BYTES, 1),
     graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
     maxVisitors,
+    listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
     maxVisitorsPerIp,
     maxUnpeekedPerIp,
     // Node turns a timer delay above 2^31-1 ms into 1 ms: every visitor would be cut at once.

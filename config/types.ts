@@ -55,6 +55,13 @@ export interface HubLimits {
   /** Max concurrent visitor connections hub-wide (default 20000). */
   maxVisitors: number;
   /**
+   * Connections the kernel queues on each public listener (TLS, HTTP, TCP ports) until the hub
+   * accepts them; past it the kernel drops new ones, whoever sent them, until a SYN-ACK retry a
+   * second later. Capped by the kernel at net.core.somaxconn (default 4096, somaxconn's own
+   * default since Linux 5.4; 1 to 65535).
+   */
+  listenBacklog: number;
+  /**
    * Max concurrent visitor connections from one source: an IPv4 address or an IPv6 /64
    * (default 256; at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
    */

@@ -11,6 +11,7 @@ import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
+import { osLimitWarnings } from "./oslimits.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
 import { HubState } from "./state.js";
@@ -28,11 +29,12 @@ export interface Hub {
   close(): Promise<void>;
 }
 
-function listen(server: net.Server, host: string, port: number): Promise<number> {
+/** `backlog`: hub.limits.listen_backlog. */
+function listen(server: net.Server, host: string, port: number, backlog: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onErr = (err: Error): void => reject(err);
     server.once("error", onErr);
-    server.listen({ host, port, backlog: 1024 }, () => {
+    server.listen({ host, port, backlog }, () => {
       server.off("error", onErr);
       resolve((server.address() as net.AddressInfo).port);
     });
@@ -56,11 +58,14 @@ export function hubNames(cfg: HubConfig): string[] {
 /** Raw TCP listeners opened on demand as cogs are assigned ports. */
 class TcpListeners implements TcpPortOpener {
   readonly servers = new Map<number, net.Server>();
-  constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
+  constructor(
+    private readonly host: string, private readonly backlog: number,
+    private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger,
+  ) {}
   async open(port: number): Promise<void> {
     if (this.servers.has(port)) return;
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.onConn(s, port));
-    await listen(server, this.host, port);
+    await listen(server, this.host, port, this.backlog);
     server.on("error", (err) => this.log.error("tcp listener error", { port, error: err.message }));
     this.servers.set(port, server);
     this.log.info("tcp port open", { port });
@@ -92,7 +97,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   const router = new Router();
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
-  const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
+  const tcp = new TcpListeners(cfg.listen.tcpHost, cfg.limits.listenBacklog, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
   const routes = new RouteTable(cfg, state, router, tcp, log.child("routes"));
   tunnels = new Tunnels(cfg, state, pki, routes, log.child("tunnel"));
 
@@ -110,16 +115,17 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     let httpPort: number | null = null;
     if (cfg.listen.tls) {
       const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onTls(sock));
-      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port);
+      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port, cfg.limits.listenBacklog);
       servers.push(s);
     }
     if (cfg.listen.http) {
       const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onHttp(sock));
-      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port);
+      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port, cfg.limits.listenBacklog);
       servers.push(s);
     }
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
     log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint });
+    for (const w of osLimitWarnings(cfg)) log.warn(w.msg, w.fields);
     return {
       pki, state, router, tunnels, visitors,
       ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort },

@@ -110,7 +110,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.listen.tcp_ports", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
-    "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
+    "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.listen_backlog", "hub.limits.idle_timeout",
     "hub.limits.splice_queue", "hub.limits.max_visitors_per_ip", "hub.limits.max_unpeeked_per_ip",
     "hub.limits.buffer_budget", "hub.limits.cog_buffer_budget", "hub.limits.buffer_check_interval",
     "hub.limits.refusal_log_interval", "hub.limits.max_streams_per_cog", "hub.limits.max_connections_per_route",
@@ -193,6 +193,7 @@ t.test("defaults are filled", async (t) => {
         httpHeaderMaxBytes: 16384,
         graceMs: 5000,
         maxVisitors: 20000,
+        listenBacklog: 4096,
         maxVisitorsPerIp: 256,
         maxUnpeekedPerIp: 64,
         idleTimeoutMs: 600000,
@@ -276,7 +277,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(hub.cogCertTtlMs, 1.5 * 86400_000);
   t.same(hub.limits, {
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
-    graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
+    graceMs: 0, maxVisitors: 1, listenBacklog: 4096, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
     // The per-source caps are absent: their defaults (256, 64) are lowered to max_visitors.
     maxVisitorsPerIp: 1, maxUnpeekedPerIp: 1,
     bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0,
@@ -497,6 +498,7 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
     ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
     ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
+    ["DEFAULT_LISTEN_BACKLOG", "HubLimits", "listenBacklog", "4096", int],
     ["DEFAULT_MAX_VISITORS_PER_IP", "HubLimits", "maxVisitorsPerIp", "256", int],
     ["DEFAULT_MAX_UNPEEKED_PER_IP", "HubLimits", "maxUnpeekedPerIp", "64", int],
     ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "10m", dur],
