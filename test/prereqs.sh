@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: real curl, openssl and ssh as clients, Go with
 # hashicorp/yamux for the reference peer, QEMU and friends for the provisioner,
-# nginx/haproxy/wrk for the bench's own correctness test, systemd-analyze for
-# deploy/*.service (test/systemd.test.ts; no running systemd needed). Installed when run as
-# root; otherwise this stops with the exact apt-get line. Tests never skip
-# because a tool is missing.
+# nginx/haproxy/wrk for the bench's own correctness test, systemd, util-linux,
+# iproute2 and procps for deploy/*.service (test/systemd.test.ts needs no running
+# systemd; test/systemd-run.test.ts boots one in namespaces, which needs root).
+# Installed when run as root; otherwise this stops with the exact apt-get line.
+# Tests never skip because a tool is missing.
 set -euo pipefail
 root=$(dirname "$0")/..
 "$root/scripts/debian-prereqs.sh" "npm test" \
@@ -13,7 +14,8 @@ root=$(dirname "$0")/..
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
   nginx=nginx-light haproxy=haproxy wrk=wrk \
-  systemd-analyze=systemd unshare=util-linux
+  systemd-analyze=systemd /lib/systemd/systemd-journald=systemd unshare=util-linux nsenter=util-linux \
+  ip=iproute2 ss=iproute2 pgrep=procps
 
 # Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
 # these binaries; a cold build inside a test would eat into that test's timeout). They

@@ -4,9 +4,8 @@
  * exit codes, config path, signals). systemd-analyze needs no running systemd for
  * this; `capsul` is put where the units look for it (/usr/local/bin) inside a
  * private mount namespace, so the machine's own /usr/local/bin is never touched.
- * What runs only under a real systemd (start, restart with a VM alive, Restart= after
- * a crash, reload) cannot run here: PID 1 is not systemd. test/crash.test.ts checks
- * the exit codes the units rely on.
+ * test/systemd-run.test.ts runs the units under a real systemd (start, reload, crash,
+ * config error, a cog restart with a VM alive).
  */
 import t from "tap";
 import fs from "node:fs";
