@@ -59,7 +59,7 @@ t.test("the style check catches what it is for", async (t) => {
   t.match(jsonStyle({ expires_at: "2026-01-01 00:00" }).problems, [/not an ISO-8601 UTC instant/]);
   t.match(jsonStyle({ last_seen: "2026-01-01T00:00:00.000Z" }).problems, [/last_seen: names an instant/, /last_seen: an ISO-8601 instant under a key that does not end in _at/]);
   t.match(jsonStyle({ when: 1764500000000 }).problems, [/looks like epoch milliseconds/]);
-  t.same(jsonStyle({ size_bytes: 2e12, tunnel_dropped_within_ms: 5000, revoked_at: null }).problems, []);
+  t.same(jsonStyle({ size_bytes: 2e12, files: { disk: { bytes: 2e12 } }, tunnel_dropped_within_ms: 5000, revoked_at: null }).problems, []);
   const good = jsonStyle([{ name: "x", last_seen_at: "2026-01-01T00:00:00.000Z", routes: ["tcp:20000"], nested: { cert_expires_at: "2027-01-01T00:00:00.000Z" } }]);
   t.same(good, { problems: [], instants: 2 });
 });

@@ -14,7 +14,7 @@ const INSTANT_WORD_RE = /(?:^|_)(?:time|timestamp|date|since|seen|expires?|expir
 const EPOCH_MS_MIN = 1e12;
 const EPOCH_MS_MAX = 1e13;
 /** Keys whose numbers are sizes or durations by name, so big values are fine there. */
-const QUANTITY_KEY_RE = /_(?:bytes|ms|count|total)$/;
+const QUANTITY_KEY_RE = /(?:^|_)(?:bytes|ms|count|total)$/;
 
 export interface StyleReport { problems: string[]; instants: number }
 
