@@ -38,19 +38,28 @@ export interface CogThrottle {
 /** One cog's live counts and buckets. */
 export class CogSlots {
   streams = 0;
-  readonly throttle: CogThrottle | null;
+  limits!: CogLimits;
+  /** Where its limits are set, for log lines: "hub.limits", or "hub.cogs[2].limits". */
+  configPath!: string;
+  throttle: CogThrottle | null = null;
 
-  constructor(
-    readonly cog: string,
-    readonly limits: CogLimits,
-    /** Where its limits are set, for log lines: "hub.limits", or "hub.cogs[2].limits". */
-    readonly configPath: string,
-    onDry: () => void,
-  ) {
+  constructor(readonly cog: string, limits: CogLimits, configPath: string, private readonly onDry: () => void) {
+    this.set(limits, configPath);
+  }
+
+  /**
+   * New limits (at start, or after a reload): the counts stay, new buckets apply to visitors
+   * that come after (a splice keeps the buckets it started with until it ends).
+   */
+  set(limits: CogLimits, configPath: string): void {
+    const old = this.limits;
+    this.limits = limits;
+    this.configPath = configPath;
+    if (old !== undefined && old.bandwidthBytesPerSec === limits.bandwidthBytesPerSec && old.bandwidthBurstBytes === limits.bandwidthBurstBytes) return;
     const rate = limits.bandwidthBytesPerSec;
     this.throttle = rate === 0 ? null : {
-      toVisitors: new TokenBucket(rate, limits.bandwidthBurstBytes, onDry),
-      fromVisitors: new TokenBucket(rate, limits.bandwidthBurstBytes, onDry),
+      toVisitors: new TokenBucket(rate, limits.bandwidthBurstBytes, this.onDry),
+      fromVisitors: new TokenBucket(rate, limits.bandwidthBurstBytes, this.onDry),
       windowMaxBytes: Math.max(MUX_INITIAL_WINDOW_BYTES, Math.floor((rate * THROTTLED_WINDOW_MS) / 1000)),
     };
   }
@@ -73,12 +82,27 @@ export class Quotas {
   of(cog: string): CogSlots {
     let c = this.cogs.get(cog);
     if (c === undefined) {
-      const i = this.cfg.cogs.findIndex((g) => g.name === cog);
-      const limits = i >= 0 ? this.cfg.cogs[i]!.limits : hubCogLimits(this.cfg.limits);
-      c = new CogSlots(cog, limits, i >= 0 ? `hub.cogs[${i}].limits` : "hub.limits", () => this.onDry(cog));
+      const { limits, path } = this.limitsOf(cog);
+      c = new CogSlots(cog, limits, path, () => this.onDry(cog));
       this.cogs.set(cog, c);
     }
     return c;
+  }
+
+  private limitsOf(cog: string): { limits: CogLimits; path: string } {
+    const i = this.cfg.cogs.findIndex((g) => g.name === cog);
+    return i >= 0 ? { limits: this.cfg.cogs[i]!.limits, path: `hub.cogs[${i}].limits` } : { limits: hubCogLimits(this.cfg.limits), path: "hub.limits" };
+  }
+
+  /**
+   * The config's limits changed (a reload replaced its sections): every cog takes its new
+   * ones for the visitors that come next; visitors already in keep their slots.
+   */
+  reconfigure(): void {
+    for (const c of this.cogs.values()) {
+      const { limits, path } = this.limitsOf(c.cog);
+      c.set(limits, path);
+    }
   }
 
   /**

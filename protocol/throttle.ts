@@ -88,7 +88,10 @@ export class TokenBucket {
 
   private arm(): void {
     const ms = Math.max(THROTTLE_MIN_WAIT_MS, Math.ceil((-this.tokens * 1000) / this.rateBytesPerSec));
+    // Unref'd: the waiting sockets keep a live process up; one that is shutting down must not
+    // wait out a debt (64 KiB at 1 KiB/s is a minute).
     this.timer = setTimeout(this.onTimer, ms);
+    this.timer.unref();
   }
 
   private readonly onTimer = (): void => {
