@@ -1,0 +1,178 @@
+/**
+ * The hub's state in SQLite: `<data_dir>/hub.db` in WAL mode, shared by the
+ * hub and `capsul hub …` commands of one machine (each its own connection;
+ * SQLite's file locks order their writes, busy_timeout makes a writer wait).
+ *
+ * better-sqlite3 is synchronous; the store's interface is async (for
+ * PostgreSQL), so a transaction body may await between its statements. On
+ * one connection that would let the process's other calls run inside the
+ * open transaction: while one is open, every other call of this store waits
+ * for it (`lock`), and the body gets an executor that skips the wait.
+ * Statements are prepared once per SQL text and kept.
+ */
+import Database from "better-sqlite3";
+import fs from "node:fs";
+import path from "node:path";
+import type { Logger } from "../../lib/log.js";
+import { RevocationFollower } from "./follow.js";
+import { migrate, schemaVersion } from "./migrate.js";
+import { StoreQueries, type Executor } from "./queries.js";
+import { SCHEMA_VERSION } from "./schema.js";
+import type { HubStore, RevocationWatch, TxLock } from "./types.js";
+
+export const SQLITE_FILE = "hub.db";
+
+type Params = readonly unknown[];
+
+class SqliteExecutor implements Executor {
+  readonly dialect = "sqlite";
+  readonly inTransaction = false;
+  private readonly stmts = new Map<string, Database.Statement>();
+  /** Settles when the open transaction ends; null when none is open. */
+  private lock: Promise<void> | null = null;
+  /** What a transaction body runs on: the same connection, without waiting for `lock`. */
+  private readonly inside: Executor;
+
+  constructor(readonly db: Database.Database) {
+    const self = this;
+    this.inside = {
+      dialect: "sqlite",
+      inTransaction: true,
+      all: async (sql, p) => self.stmt(sql).all(...(p ?? [])) as never,
+      get: async (sql, p) => self.stmt(sql).get(...(p ?? [])) as never,
+      run: async (sql, p) => self.stmt(sql).run(...(p ?? [])).changes,
+      exec: async (sql) => { self.db.exec(sql); },
+      transaction: (_locks, fn) => fn(self.inside),
+      notify: async () => {},
+    };
+  }
+
+  private stmt(sql: string): Database.Statement {
+    let s = this.stmts.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.stmts.set(sql, s);
+    }
+    return s;
+  }
+
+  private async idle(): Promise<void> {
+    while (this.lock) await this.lock;
+  }
+
+  async all<T>(sql: string, p: Params = []): Promise<T[]> {
+    if (this.lock) await this.idle();
+    return this.stmt(sql).all(...p) as T[];
+  }
+
+  async get<T>(sql: string, p: Params = []): Promise<T | undefined> {
+    if (this.lock) await this.idle();
+    return this.stmt(sql).get(...p) as T | undefined;
+  }
+
+  async run(sql: string, p: Params = []): Promise<number> {
+    if (this.lock) await this.idle();
+    return this.stmt(sql).run(...p).changes;
+  }
+
+  async exec(sql: string): Promise<void> {
+    if (this.lock) await this.idle();
+    this.db.exec(sql);
+  }
+
+  /** BEGIN IMMEDIATE takes SQLite's one write lock at once: every lock of TxLock is held. */
+  async transaction<T>(_locks: readonly TxLock[], fn: (x: Executor) => Promise<T>): Promise<T> {
+    await this.idle();
+    let release!: () => void;
+    this.lock = new Promise<void>((r) => { release = r; });
+    try {
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        const out = await fn(this.inside);
+        this.db.exec("COMMIT");
+        return out;
+      } catch (err) {
+        if (this.db.inTransaction) this.db.exec("ROLLBACK");
+        throw err;
+      }
+    } finally {
+      this.lock = null;
+      release();
+    }
+  }
+
+  async notify(): Promise<void> {}
+}
+
+export class SqliteHubStore extends StoreQueries implements HubStore {
+  readonly dialect = "sqlite";
+  readonly location: string;
+  /** This process's revocation watches: a revoke written here does not change our own data_version. */
+  private readonly wakers = new Set<() => void>();
+
+  private constructor(readonly db: Database.Database, x: SqliteExecutor, file: string, private readonly log: Logger) {
+    super(x);
+    this.location = file;
+  }
+
+  static async open(dataDir: string, opts: { busyTimeoutMs: number }, log: Logger): Promise<SqliteHubStore> {
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const file = path.join(dataDir, SQLITE_FILE);
+    const db = new Database(file);
+    try {
+      db.pragma("journal_mode = WAL");
+      db.pragma(`busy_timeout = ${Math.round(opts.busyTimeoutMs)}`);
+      db.pragma("foreign_keys = ON");
+      const x = new SqliteExecutor(db);
+      if ((await schemaVersion(x)) !== SCHEMA_VERSION) {
+        await x.transaction([], async (tx) => {
+          await migrate(tx, file, async () => db.pragma("user_version", { simple: true }) as number);
+          // A capsul from before the version table reads only this, and refuses a newer file.
+          db.pragma(`user_version = ${SCHEMA_VERSION}`);
+        });
+      }
+      return new SqliteHubStore(db, x, file, log);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  /** Changes whenever another connection (the CLI, another hub process) commits; cheap to poll. */
+  dataVersion(): number {
+    return this.db.pragma("data_version", { simple: true }) as number;
+  }
+
+  protected override afterRevoke(): void {
+    for (const w of this.wakers) w();
+  }
+
+  async watchRevocations(onRevoked: (cogs: string[]) => void, pollIntervalMs: number): Promise<RevocationWatch> {
+    const follower = new RevocationFollower(this, onRevoked,
+      (err) => this.log.warn("could not read revocations; trying again", { error: err.message }), pollIntervalMs);
+    // The version first: a revoke committed after it wakes the poll, one before it is in start()'s seq.
+    let version = this.dataVersion();
+    await follower.start();
+    const timer = setInterval(() => {
+      let v: number;
+      try { v = this.dataVersion(); } catch { return; }
+      if (v === version) return;
+      version = v;
+      follower.check();
+    }, pollIntervalMs);
+    timer.unref();
+    const wake = (): void => follower.check();
+    this.wakers.add(wake);
+    return {
+      close: async () => {
+        clearInterval(timer);
+        this.wakers.delete(wake);
+        follower.close();
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
