@@ -28,7 +28,11 @@ class SqliteExecutor implements Executor {
   readonly dialect = "sqlite";
   readonly inTransaction = false;
   private readonly stmts = new Map<string, Database.Statement>();
-  /** Settles when the open transaction ends; null when none is open. */
+  /**
+   * Settles when the open transaction ends; null when none is open. A call waits while it is
+   * set and then runs at once: an await between the check and the statement would let a
+   * transaction begin in between, and the statement would run (and roll back) inside it.
+   */
   private lock: Promise<void> | null = null;
   /** What a transaction body runs on: the same connection, without waiting for `lock`. */
   private readonly inside: Executor;
@@ -56,33 +60,29 @@ class SqliteExecutor implements Executor {
     return s;
   }
 
-  private async idle(): Promise<void> {
-    while (this.lock) await this.lock;
-  }
-
   async all<T>(sql: string, p: Params = []): Promise<T[]> {
-    if (this.lock) await this.idle();
+    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).all(...p) as T[];
   }
 
   async get<T>(sql: string, p: Params = []): Promise<T | undefined> {
-    if (this.lock) await this.idle();
+    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).get(...p) as T | undefined;
   }
 
   async run(sql: string, p: Params = []): Promise<number> {
-    if (this.lock) await this.idle();
+    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).run(...p).changes;
   }
 
   async exec(sql: string): Promise<void> {
-    if (this.lock) await this.idle();
+    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
     this.db.exec(sql);
   }
 
   /** BEGIN IMMEDIATE takes SQLite's one write lock at once: every lock of TxLock is held. */
   async transaction<T>(_locks: readonly TxLock[], fn: (x: Executor) => Promise<T>): Promise<T> {
-    await this.idle();
+    while (this.lock) await this.lock;
     let release!: () => void;
     this.lock = new Promise<void>((r) => { release = r; });
     try {
