@@ -56,7 +56,7 @@ export function hubNames(cfg: HubConfig): string[] {
 }
 
 /** Raw TCP listeners opened on demand as cogs are assigned ports. */
-class TcpListeners implements TcpPortOpener {
+export class TcpListeners implements TcpPortOpener {
   readonly servers = new Map<number, net.Server>();
   constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
   async open(port: number): Promise<void> {

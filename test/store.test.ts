@@ -19,53 +19,14 @@ import type { HubStore, StoreOps } from "../gateway/store/types.js";
 import { silentLogger } from "../lib/log.js";
 import { HUB_DOMAIN, tmpDir } from "./helpers/cluster.js";
 import { startPostgres } from "./helpers/pgcluster.js";
+import { databaseOf, storeBackends } from "./helpers/stores.js";
 import { capturingLogger, until, within } from "./helpers/rawpeer.js";
 
 /** Deadline for a revocation to reach a watcher (a failure, not a measurement). */
 const NOTICE_WAIT_MS = 10_000;
 
-interface Backend {
-  name: "sqlite" | "postgres";
-  /** A new, empty store location: its config, and raw SQL against it behind the store's back. */
-  fresh(t: Test, extra?: Record<string, unknown>): Promise<{ cfg: HubConfig; raw(sql: string): Promise<void> }>;
-}
-
 const pgc = await startPostgres(t);
-
-const backends: Backend[] = [
-  {
-    name: "sqlite",
-    async fresh(t, extra = {}) {
-      const dir = tmpDir("capsul-store-");
-      t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-      const cfg = parseConfig({ hub: { data_dir: dir, domain: HUB_DOMAIN, ...extra } }).hub!;
-      return {
-        cfg,
-        raw: async (sql) => {
-          const db = new Database(path.join(dir, "hub.db"));
-          try { db.exec(sql); } finally { db.close(); }
-        },
-      };
-    },
-  },
-  {
-    name: "postgres",
-    async fresh(t, extra = {}) {
-      const url = await pgc.createDatabase();
-      const dir = tmpDir("capsul-store-");
-      t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-      const cfg = parseConfig({ hub: { data_dir: dir, domain: HUB_DOMAIN, store: url, store_password_file: pgc.passwordFile, ...extra } }).hub!;
-      const database = new URL(url.replace("@/", "@-/")).pathname.slice(1);
-      return {
-        cfg,
-        raw: async (sql) => {
-          const c = await pgc.admin(database);
-          try { await c.query(sql); } finally { await c.end(); }
-        },
-      };
-    },
-  },
-];
+const backends = storeBackends(pgc);
 
 async function open(t: Test, cfg: HubConfig): Promise<HubStore> {
   const s = await openHubStore(cfg, silentLogger);
@@ -391,7 +352,7 @@ t.test("postgres: a lost notification connection comes back and catches up on wh
   const seen: string[] = [];
   const watch = await s.watchRevocations((cogs) => seen.push(...cogs), 50);
   t.teardown(() => watch.close());
-  const db = new URL(url.replace("@/", "@-/")).pathname.slice(1);
+  const db = databaseOf(url);
   const admin = await pgc.admin(db);
   t.teardown(() => admin.end());
   // The server ends the listening connection (a restart, a failover, an idle-session killer)...
