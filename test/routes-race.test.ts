@@ -87,7 +87,7 @@ for (const b of storeBackends(pgc)) {
       const two = b.name === "postgres" ? await hub(t, cfg) : one;
       const cogs = ["c0", "c1", "c2", "c3", "c4", "c5"];
       const results = await Promise.all(cogs.map((c, i) => (i % 2 ? two : one).routes.apply(c, [tcp("ssh"), tcp("web")])));
-      const ports = results.flatMap((r) => r.accepted.map((a) => (a.kind === "tcp" ? a.port : -1)));
+      const ports = results.flatMap((r) => r.accepted.map((a) => (a.kind === "tcp" ? (a.port ?? -1) : -1)));
       t.same(results.flatMap((r) => r.refused), [], "nothing refused");
       t.equal(new Set(ports).size, 12, `twelve routes, twelve ports: ${ports.join(" ")}`);
       t.ok(ports.every((p) => p >= pool.from && p <= pool.to), "all from the pool");

@@ -186,20 +186,35 @@ export class PgHubStore extends StoreQueries implements HubStore {
     const target = cfg.postgres;
     if (!target) throw new ConfigError("not a postgres:// URL", "hub.store");
     const where = describePostgres(target);
-    const connect = clientConfig(cfg, target, readStorePassword(cfg));
+    const password = readStorePassword(cfg);
+    const connect = clientConfig(cfg, target, password);
+    // The first connection on its own: it checks that the server is there and lets us in, and
+    // migrates. A client that fails authentication on its side (no password for a server that
+    // wants one) leaves its socket open until the server's authentication_timeout (60 s):
+    // destroyed here, so `capsul hub cogs` fails at once instead of hanging for a minute.
+    const first = new pg.Client(connect);
+    first.on("error", () => {}); // reported by connect() or the query below
+    try {
+      await first.connect();
+      const x = new PgExecutor(first as unknown as pg.PoolClient, null);
+      if ((await schemaVersion(x)) !== SCHEMA_VERSION) {
+        await first.query("BEGIN");
+        await x.migrateLocked(where);
+        await first.query("COMMIT");
+      }
+      await first.end();
+    } catch (err) {
+      (first as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      if (err instanceof RuntimeError || err instanceof ConfigError) throw err;
+      const hint = password === null && /password must be a string/.test((err as Error).message)
+        ? `the server asks for a password: put it in hub.store_password_file or ${STORE_PASSWORD_ENV}`
+        : (err as Error).message;
+      throw new RuntimeError(`state store ${where}: ${hint}`, { cause: err });
+    }
     const pool = new pg.Pool({ ...connect, max: cfg.poolSize, idleTimeoutMillis: PG_IDLE_TIMEOUT_MS });
     // An idle connection the server closed: the next query takes another one; never crash the hub.
     pool.on("error", (err) => log.warn("a state store connection failed", { store: where, error: err.message }));
     const x = new PgExecutor(pool, pool);
-    try {
-      if ((await schemaVersion(x)) !== SCHEMA_VERSION) {
-        await x.transaction([], (tx) => (tx as PgExecutor).migrateLocked(where));
-      }
-    } catch (err) {
-      await pool.end().catch(() => {});
-      if (err instanceof RuntimeError || err instanceof ConfigError) throw err;
-      throw new RuntimeError(`state store ${where}: ${(err as Error).message}`, { cause: err });
-    }
     return new PgHubStore(pool, x, where, connect, log);
   }
 
