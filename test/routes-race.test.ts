@@ -7,7 +7,7 @@
  */
 import t, { type Test } from "tap";
 import type { HubConfig } from "../config/types.js";
-import { TcpListeners } from "../gateway/hub.js";
+import { createInvite, TcpListeners } from "../gateway/hub.js";
 import { Router } from "../gateway/router.js";
 import { RouteTable } from "../gateway/routes.js";
 import { openHubStore } from "../gateway/store/index.js";
@@ -82,15 +82,27 @@ for (const b of storeBackends(pgc)) {
     t.test("cogs on two hubs take ports from one pool at the same time: all accepted, all different", async (t) => {
       const cfg = await fresh(t);
       const one = await hub(t, cfg);
-      // Two hubs share a PostgreSQL store; SQLite's hubs share one machine, and its file lock
-      // (busy_timeout, blocking) would stall one process's two connections: one hub there.
-      const two = b.name === "postgres" ? await hub(t, cfg) : one;
+      const two = await hub(t, cfg); // its own store connection(s), as a second hub process has
       const cogs = ["c0", "c1", "c2", "c3", "c4", "c5"];
       const results = await Promise.all(cogs.map((c, i) => (i % 2 ? two : one).routes.apply(c, [tcp("ssh"), tcp("web")])));
       const ports = results.flatMap((r) => r.accepted.map((a) => (a.kind === "tcp" ? (a.port ?? -1) : -1)));
       t.same(results.flatMap((r) => r.refused), [], "nothing refused");
       t.equal(new Set(ports).size, 12, `twelve routes, twelve ports: ${ports.join(" ")}`);
       t.ok(ports.every((p) => p >= pool.from && p <= pool.to), "all from the pool");
+    });
+
+    t.test("invites granting overlapping names at once (two operators, two hubs): exactly one is stored", async (t) => {
+      const cfg = await fresh(t);
+      await createInvite(cfg, "first"); // the CA exists before the race, as on a running hub
+      const names = ["shop", "blog", "wiki", "mail"];
+      const results = await Promise.allSettled(names.map((n) => createInvite(cfg, n, { hostnames: ["*.contested.example"] })));
+      t.equal(results.filter((r) => r.status === "fulfilled").length, 1, "one invite won");
+      for (const r of results) {
+        if (r.status === "rejected") t.match((r.reason as Error).message, /"\*\.contested\.example" overlaps "\*\.contested\.example" of cog \w+ \(granted by capsul hub invite\)/);
+      }
+      const store = await openHubStore(cfg, testLogger("store"));
+      t.teardown(() => store.close());
+      t.equal((await store.allGrants("hostname")).length, 1, "one grant stored");
     });
   });
 }

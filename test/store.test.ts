@@ -199,10 +199,7 @@ for (const b of backends) {
 
     t.test("the ports lock serialises two connections choosing a free port", async (t) => {
       const { cfg } = await b.fresh(t);
-      // Two SQLite connections in one process would block each other's event loop in busy_timeout;
-      // across processes SQLite's file lock does this job. Here: one connection's own queue.
-      const one = await open(t, cfg);
-      const two = b.name === "sqlite" ? one : await open(t, cfg);
+      const [one, two] = [await open(t, cfg), await open(t, cfg)];
       // Each picks the lowest port nobody holds, then assigns it: without the lock both pick 20000.
       const pick = async (s: HubStore, cog: string): Promise<number> => s.transaction(["ports"], async (tx: StoreOps) => {
         const taken = new Set((await tx.assignmentsIn(20000, 20099)).map((a) => a.port));

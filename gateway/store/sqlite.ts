@@ -6,8 +6,12 @@
  * better-sqlite3 is synchronous; the store's interface is async (for
  * PostgreSQL), so a transaction body may await between its statements. On
  * one connection that would let the process's other calls run inside the
- * open transaction: while one is open, every other call of this store waits
- * for it (`lock`), and the body gets an executor that skips the wait.
+ * open transaction: while one is open, every other call waits for it
+ * (`FileGate`), and the body gets an executor that skips the wait. The gate
+ * is per database file, not per connection: a second connection of the same
+ * process (`capsul demo` inviting while its hub runs, tests) meeting the open
+ * transaction in SQLite's busy wait would block the event loop that the
+ * transaction needs to finish, for busy_timeout, and then fail.
  * Statements are prepared once per SQL text and kept.
  */
 import Database from "better-sqlite3";
@@ -24,20 +28,26 @@ export const SQLITE_FILE = "hub.db";
 
 type Params = readonly unknown[];
 
-class SqliteExecutor implements Executor {
-  readonly dialect = "sqlite";
-  readonly inTransaction = false;
-  private readonly stmts = new Map<string, Database.Statement>();
+/** This process's connections to one database file. */
+class FileGate {
   /**
    * Settles when the open transaction ends; null when none is open. A call waits while it is
    * set and then runs at once: an await between the check and the statement would let a
    * transaction begin in between, and the statement would run (and roll back) inside it.
    */
-  private lock: Promise<void> | null = null;
-  /** What a transaction body runs on: the same connection, without waiting for `lock`. */
+  lock: Promise<void> | null = null;
+  connections = 0;
+}
+const gates = new Map<string, FileGate>();
+
+class SqliteExecutor implements Executor {
+  readonly dialect = "sqlite";
+  readonly inTransaction = false;
+  private readonly stmts = new Map<string, Database.Statement>();
+  /** What a transaction body runs on: the same connection, without waiting for the gate. */
   private readonly inside: Executor;
 
-  constructor(readonly db: Database.Database) {
+  constructor(readonly db: Database.Database, private readonly gate: FileGate) {
     const self = this;
     this.inside = {
       dialect: "sqlite",
@@ -61,30 +71,30 @@ class SqliteExecutor implements Executor {
   }
 
   async all<T>(sql: string, p: Params = []): Promise<T[]> {
-    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
+    while (this.gate.lock) await this.gate.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).all(...p) as T[];
   }
 
   async get<T>(sql: string, p: Params = []): Promise<T | undefined> {
-    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
+    while (this.gate.lock) await this.gate.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).get(...p) as T | undefined;
   }
 
   async run(sql: string, p: Params = []): Promise<number> {
-    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
+    while (this.gate.lock) await this.gate.lock; // then at once, with no await between: see `lock`
     return this.stmt(sql).run(...p).changes;
   }
 
   async exec(sql: string): Promise<void> {
-    while (this.lock) await this.lock; // then at once, with no await between: see `lock`
+    while (this.gate.lock) await this.gate.lock; // then at once, with no await between: see `lock`
     this.db.exec(sql);
   }
 
   /** BEGIN IMMEDIATE takes SQLite's one write lock at once: every lock of TxLock is held. */
   async transaction<T>(_locks: readonly TxLock[], fn: (x: Executor) => Promise<T>): Promise<T> {
-    while (this.lock) await this.lock;
+    while (this.gate.lock) await this.gate.lock;
     let release!: () => void;
-    this.lock = new Promise<void>((r) => { release = r; });
+    this.gate.lock = new Promise<void>((r) => { release = r; });
     try {
       this.db.exec("BEGIN IMMEDIATE");
       try {
@@ -96,7 +106,7 @@ class SqliteExecutor implements Executor {
         throw err;
       }
     } finally {
-      this.lock = null;
+      this.gate.lock = null;
       release();
     }
   }
@@ -110,7 +120,10 @@ export class SqliteHubStore extends StoreQueries implements HubStore {
   /** This process's revocation watches: a revoke written here does not change our own data_version. */
   private readonly wakers = new Set<() => void>();
 
-  private constructor(readonly db: Database.Database, x: SqliteExecutor, file: string, private readonly log: Logger) {
+  private constructor(
+    readonly db: Database.Database, x: SqliteExecutor, file: string,
+    private readonly gateKey: string, private readonly log: Logger,
+  ) {
     super(x);
     this.location = file;
   }
@@ -119,11 +132,15 @@ export class SqliteHubStore extends StoreQueries implements HubStore {
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     const file = path.join(dataDir, SQLITE_FILE);
     const db = new Database(file);
+    const gateKey = fs.realpathSync(file);
+    const gate = gates.get(gateKey) ?? new FileGate();
+    gates.set(gateKey, gate);
+    gate.connections++;
     try {
       db.pragma("journal_mode = WAL");
       db.pragma(`busy_timeout = ${Math.round(opts.busyTimeoutMs)}`);
       db.pragma("foreign_keys = ON");
-      const x = new SqliteExecutor(db);
+      const x = new SqliteExecutor(db, gate);
       if ((await schemaVersion(x)) !== SCHEMA_VERSION) {
         await x.transaction([], async (tx) => {
           await migrate(tx, file, async () => db.pragma("user_version", { simple: true }) as number);
@@ -131,11 +148,17 @@ export class SqliteHubStore extends StoreQueries implements HubStore {
           db.pragma(`user_version = ${SCHEMA_VERSION}`);
         });
       }
-      return new SqliteHubStore(db, x, file, log);
+      return new SqliteHubStore(db, x, file, gateKey, log);
     } catch (err) {
+      SqliteHubStore.leave(gateKey);
       db.close();
       throw err;
     }
+  }
+
+  private static leave(gateKey: string): void {
+    const gate = gates.get(gateKey);
+    if (gate && --gate.connections === 0) gates.delete(gateKey);
   }
 
   /** Changes whenever another connection (the CLI, another hub process) commits; cheap to poll. */
@@ -173,6 +196,8 @@ export class SqliteHubStore extends StoreQueries implements HubStore {
   }
 
   async close(): Promise<void> {
-    if (this.db.open) this.db.close();
+    if (!this.db.open) return;
+    SqliteHubStore.leave(this.gateKey);
+    this.db.close();
   }
 }
