@@ -134,6 +134,12 @@ export async function startGopeer(
  * `capsul hub`, `capsul hub invite bench --json`, `capsul cog enroll ...`, `capsul cog`.
  * Each role runs in its own directory holding its capsul.yaml (found as ./capsul.yaml).
  */
+/**
+ * Every bench visitor comes from 127.0.0.1; the idle section holds 10,000 connections from it.
+ * The per-source caps (hub.limits.max_visitors_per_ip, default 256) would refuse them.
+ */
+export const LOOPBACK_SOURCE_LIMITS: Record<string, number> = { max_visitors_per_ip: 60000, max_unpeeked_per_ip: 60000 };
+
 export async function startCapsul(
   dir: string, nginxPort: number,
   opts: {
@@ -142,6 +148,8 @@ export async function startCapsul(
     nodeArgs?: string[];
     /** The launcher's flags (cli/main.ts shebang); [] runs plain `node main.js` (A/B of the flags). */
     launcherFlags?: readonly string[];
+    /** More hub.limits keys (only keys the CLI's checkout knows: an older one refuses new keys). */
+    hubLimits?: Record<string, string | number>;
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
@@ -158,7 +166,7 @@ export async function startCapsul(
     tunnel: 127.0.0.1:0
   limits:
     max_visitors: 60000
-`);
+${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
   // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
   const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
   const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir });

@@ -16,7 +16,9 @@ import {
   COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostname,
   parseHostPort, parsePortRange, patternsOverlap, rangeInside, rangesOverlap,
 } from "../lib/hostname.js";
+import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
+import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import type {
   CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
@@ -47,7 +49,29 @@ export const DEFAULT_HTTP_HEADER_TIMEOUT_MS = 5_000;
 export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
-export const DEFAULT_IDLE_TIMEOUT_MS = 0;
+/**
+ * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
+ * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).
+ */
+export const DEFAULT_MAX_VISITORS_PER_IP = 256;
+/** A real client sends its ClientHello in its first round trip; 64 in flight from one source is a busy NAT. */
+export const DEFAULT_MAX_UNPEEKED_PER_IP = 64;
+/**
+ * 10 minutes, as cloud load balancers do (GCP 10m, AWS NLB 350s): frees the slots of peers
+ * that vanished and of stalled readers. Interactive SSH through a tcp route needs
+ * ServerAliveInterval below it.
+ */
+export const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000;
+/**
+ * 512 MiB: 66 streams with a full 8 MiB window (at 50 ms RTT, 10 GB/s together); the arithmetic
+ * of the worst case is in capsul.yaml.example. gateway/budget.ts enforces it.
+ */
+export const DEFAULT_BUFFER_BUDGET_BYTES = 512 * 1024 * 1024;
+/** 128 MiB per cog: 16 full 8 MiB windows (bench "bulk 16x" keeps them), a quarter of the hub's. */
+export const DEFAULT_COG_BUFFER_BUDGET_BYTES = 128 * 1024 * 1024;
+/** A sweep reads 4 lengths per visitor (0.47 ms measured for 20,000); 250 ms bounds what arrives before it cuts. */
+export const DEFAULT_BUFFER_CHECK_INTERVAL_MS = 250;
+export const DEFAULT_REFUSAL_LOG_INTERVAL_MS = 60_000;
 // hub.limits.splice_queue and cog.splice_queue. protocol/splice.ts exports the same value as
 // SPLICE_MAX_QUEUED_BYTES (test/muxlimits.test.ts checks that they agree).
 export const DEFAULT_SPLICE_QUEUE_BYTES = 256 * 1024;
@@ -106,6 +130,14 @@ export const MIN_VISITOR_HEADER_MAX_BYTES = 1024;
  */
 export const MIN_SPLICE_QUEUE_BYTES = 16 * 1024;
 /**
+ * A buffer budget smaller than what one visitor may hold at its floor (the spec's 256 KiB
+ * window plus its splice queues, protocol/splice.ts spliceHeldMaxBytes) would cut the first
+ * visitor that ever stalls for a moment.
+ */
+export function minBufferBudgetBytes(spliceQueueBytes: number): number {
+  return MIN_STREAM_WINDOW_BYTES + spliceHeldMaxBytes(spliceQueueBytes);
+}
+/**
  * The upper bounds MuxSession's constructor checks (protocol/mux.ts checkInt), so that a
  * value it would throw on is refused here with a message naming the key instead:
  * windows and frame lengths are u32 (spec.md §Length Field, MUX_MAX_WINDOW_BYTES);
@@ -125,15 +157,17 @@ const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tun
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
-  "http_header_max_bytes", "grace", "max_visitors", "idle_timeout", "splice_queue"] as const;
+  "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
+  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval"] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
   "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
-const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner"] as const;
-const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
+const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
+  "acme", "terminate"] as const;
+const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
 
@@ -199,15 +233,45 @@ function parseCogTunnel(value: unknown, path: string): CogTunnelTuning {
 
 function parseLimits(value: unknown, path: string): HubLimits {
   const m = value == null ? {} : mapping(value, path, LIMIT_KEYS);
+  const maxVisitors = integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1);
+  // Each cap is at most the one it narrows (a larger value could never apply); an explicit
+  // one above it is refused, the default is lowered with it.
+  const maxVisitorsPerIp = integer(m.max_visitors_per_ip, at(path, "max_visitors_per_ip"),
+    Math.min(DEFAULT_MAX_VISITORS_PER_IP, maxVisitors), 1, maxVisitors);
+  const maxUnpeekedPerIp = integer(m.max_unpeeked_per_ip, at(path, "max_unpeeked_per_ip"),
+    Math.min(DEFAULT_MAX_UNPEEKED_PER_IP, maxVisitorsPerIp), 1, maxVisitorsPerIp);
+  const spliceQueueBytes = size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES);
+  const minBudget = minBufferBudgetBytes(spliceQueueBytes);
+  const budgetPath = at(path, "buffer_budget");
+  const bufferBudgetBytes = size(m.buffer_budget, budgetPath, Math.max(DEFAULT_BUFFER_BUDGET_BYTES, minBudget), 0);
+  if (bufferBudgetBytes < minBudget) {
+    throw new ConfigError(`must be at least ${fmtBytes(minBudget)} (one visitor's 256KiB window floor and its splice queues), got ${fmtBytes(bufferBudgetBytes)}`, budgetPath);
+  }
+  const cogPath = at(path, "cog_buffer_budget");
+  const cogBufferBudgetBytes = size(m.cog_buffer_budget, cogPath,
+    Math.min(Math.max(DEFAULT_COG_BUFFER_BUDGET_BYTES, minBudget), bufferBudgetBytes), 0);
+  if (cogBufferBudgetBytes < minBudget) {
+    throw new ConfigError(`must be at least ${fmtBytes(minBudget)} (one visitor's 256KiB window floor and its splice queues), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
+  }
+  if (cogBufferBudgetBytes > bufferBudgetBytes) {
+    throw new ConfigError(`must be at most buffer_budget (${fmtBytes(bufferBudgetBytes)}), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
+  }
   return {
     clientHelloTimeoutMs: duration(m.client_hello_timeout, at(path, "client_hello_timeout"), DEFAULT_CLIENT_HELLO_TIMEOUT_MS, 1),
     clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_CLIENT_HELLO_MAX_BYTES, 1),
     httpHeaderTimeoutMs: duration(m.http_header_timeout, at(path, "http_header_timeout"), DEFAULT_HTTP_HEADER_TIMEOUT_MS, 1),
     httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_HTTP_HEADER_MAX_BYTES, 1),
     graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
-    maxVisitors: integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1),
-    idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0),
-    spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
+    maxVisitors,
+    maxVisitorsPerIp,
+    maxUnpeekedPerIp,
+    // Node turns a timer delay above 2^31-1 ms into 1 ms: every visitor would be cut at once.
+    idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0, MAX_MUX_INT),
+    spliceQueueBytes,
+    bufferBudgetBytes,
+    cogBufferBudgetBytes,
+    bufferCheckIntervalMs: duration(m.buffer_check_interval, at(path, "buffer_check_interval"), DEFAULT_BUFFER_CHECK_INTERVAL_MS, 1, MAX_MUX_INT),
+    refusalLogIntervalMs: duration(m.refusal_log_interval, at(path, "refusal_log_interval"), DEFAULT_REFUSAL_LOG_INTERVAL_MS, 0),
   };
 }
 
@@ -345,6 +409,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       if (m.hostname == null) throw new ConfigError(`required for ${kind} routes`, `${p}.hostname`);
       route.hostname = hostnamePattern(m.hostname, `${p}.hostname`);
     }
+    parseRouteTermination(m, p, route);
     return route;
   });
   routes.forEach((r, j) => {
@@ -360,6 +425,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       }
     }
   });
+  checkTerminatedHostnames(routes, path);
   return routes;
 }
 
@@ -385,6 +451,8 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
     tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),
     provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
+    acme: parseAcme(m.acme, at(path, "acme"), baseDir),
+    terminate: parseTerminate(m.terminate, at(path, "terminate")),
   };
 }
 

@@ -38,11 +38,23 @@ import {
   MUX_MAX_WINDOW_BYTES,
   type MuxOptions,
 } from "./muxlimits.js";
-import { MuxStream, errWithCode } from "./muxstream.js";
+import { MuxStream, errWithCode, type WindowBudget } from "./muxstream.js";
 
 // The public surface stays here: protocol/mux.js exports the session, its streams and limits.
 export * from "./muxlimits.js";
-export { MuxStream } from "./muxstream.js";
+export { MuxStream, type WindowBudget } from "./muxstream.js";
+
+/** Per-stream choices for `MuxSession.open()`. */
+export interface OpenOptions {
+  /**
+   * The receive window this stream advertises in its SYN (what the peer may send before our
+   * reader consumes anything): MUX_INITIAL_WINDOW_BYTES (the spec's 256 KiB, no extra
+   * credit) up to maxStreamWindowBytes (the default).
+   */
+  windowBytes?: number;
+  /** Asked before auto-tuning grows this stream's window (see WindowBudget). */
+  budget?: WindowBudget;
+}
 
 interface PendingPing {
   resolve: (rttMs: number) => void;
@@ -177,8 +189,11 @@ export class MuxSession extends EventEmitter {
     return this._closed;
   }
 
-  /** Opens a stream; its SYN (a Window Update advertising our full window) goes out this tick. */
-  open(): MuxStream {
+  /**
+   * Opens a stream; its SYN (a Window Update advertising its receive window, by default
+   * maxStreamWindowBytes) goes out this tick.
+   */
+  open(opts?: OpenOptions): MuxStream {
     if (this._closed) throw errWithCode("mux: session is closed; cannot open a stream", "ERR_MUX_CLOSED");
     if (this.closing) throw errWithCode("mux: session is closing; cannot open a stream", "ERR_MUX_CLOSED");
     if (this.remoteGoAway) {
@@ -187,17 +202,25 @@ export class MuxSession extends EventEmitter {
         "ERR_MUX_GOAWAY",
       );
     }
+    const window = opts?.windowBytes ?? this.maxStreamWindowBytes;
+    if (!Number.isInteger(window) || window < MUX_INITIAL_WINDOW_BYTES || window > this.maxStreamWindowBytes) {
+      throw new RangeError(
+        `mux: open(): windowBytes must be an integer in [${MUX_INITIAL_WINDOW_BYTES}, ${this.maxStreamWindowBytes}], got ${window}`,
+      );
+    }
     const id = this.nextId;
     if (id > MUX_MAX_WINDOW_BYTES) throw errWithCode("mux: stream ids exhausted; open a new session", "ERR_MUX_IDS_EXHAUSTED");
     this.nextId = id + 2;
     const s = new MuxStream(this, id);
     this.streams.set(id, s);
     // spec.md §Flow Control: "can immediately send a window update as part of the SYN/ACK
-    // indicating a larger window" -> the peer may send maxStreamWindowBytes at once.
-    s.recvWindow = this.maxStreamWindowBytes;
-    s.rxWindow = this.maxStreamWindowBytes;
+    // indicating a larger window" -> the peer may send `window` at once.
+    s.recvWindow = window;
+    s.rxWindow = window;
+    s.budget = opts?.budget ?? null;
     s.synAt = this.clock();
-    this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
+    s.lastProgressAt = s.synAt;
+    this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, window - MUX_INITIAL_WINDOW_BYTES);
     this.scheduleFlush();
     return s;
   }
@@ -470,6 +493,7 @@ export class MuxSession extends EventEmitter {
       if (type === FrameType.WindowUpdate) {
         if ((flags & Flag.SYN) === 0 && h.length > 0) {
           s.sendWindow += h.length;
+          s.lastProgressAt = this.clock(); // once per credit frame (a quarter of the peer's window), not per chunk
           if (s.txCb !== null && !s.waitingConn) this.pump(s);
         }
         if ((flags & Flag.FIN) !== 0) this.onRemoteFin(s);
@@ -528,6 +552,7 @@ export class MuxSession extends EventEmitter {
     s.sendWindow += synDelta;
     s.recvWindow = this.maxStreamWindowBytes;
     s.rxWindow = this.maxStreamWindowBytes;
+    s.lastProgressAt = this.clock();
     this.streams.set(id, s);
     this.sendControl(FrameType.WindowUpdate, Flag.ACK, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
     if (noTaker) this.acceptQueue.push(s);
@@ -585,7 +610,9 @@ export class MuxSession extends EventEmitter {
    * the stream: the window doubles (up to maxAutoWindowBytes) by sending extra credit.
    * A slow or stalled reader never completes a fast epoch, so it keeps its window; with no
    * RTT sample yet (or on loopback, where a window drains in far more than 4 RTTs) no
-   * stream grows.
+   * stream grows. A stream with a WindowBudget (hub visitor streams) grows only by what its
+   * budget grants; this is asked once per epoch, so the accounting costs nothing per chunk.
+   * Each credit stamps lastProgressAt: one clock read per quarter window, not per chunk.
    */
   creditConsumed(s: MuxStream): void {
     const unread = s.readableLength;
@@ -596,22 +623,29 @@ export class MuxSession extends EventEmitter {
     const win = s.rxWindow;
     if (credit >= win / MUX_CREDIT_WINDOW_DIVISOR && !s.finRecv && !s.freed && !this._closed) {
       let grow = 0;
+      const now = this.clock();
+      s.lastProgressAt = now;
       if (win < this.maxAutoWindowBytes) {
-        const now = this.clock();
         if (s.rxEpochStart < 0) s.rxEpochStart = now;
         s.rxEpochBytes += credit;
         if (s.rxEpochBytes >= win) {
           if (now - s.rxEpochStart <= MUX_AUTOTUNE_RTTS * this.minRttMs) {
             grow = Math.min(win, this.maxAutoWindowBytes - win);
+            if (s.budget !== null) grow = s.budget.grow(s, grow);
             s.rxWindow = win + grow;
           }
           s.rxEpochStart = now;
           s.rxEpochBytes = 0;
         }
       }
+      // A budget under pressure keeps some consumed credit back (never below the spec's
+      // 256 KiB window: the budget only returns what the stream holds above it).
+      const keep = s.budget !== null && grow === 0 ? s.budget.shrink(s, credit) : 0;
+      if (keep > 0) s.rxWindow -= keep;
       s.rxUncredited = 0;
-      s.recvWindow += credit + grow;
-      this.sendControl(FrameType.WindowUpdate, 0, s.id, credit + grow);
+      const delta = credit + grow - keep;
+      s.recvWindow += delta;
+      if (delta > 0) this.sendControl(FrameType.WindowUpdate, 0, s.id, delta);
     } else {
       s.rxUncredited = credit;
     }

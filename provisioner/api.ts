@@ -1,12 +1,12 @@
-import { timingSafeEqual } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { stream } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import type { ProvisionerConfig } from "../config/types.js";
+import type { HostPort, ProvisionerConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { NAME_RE } from "./config.js";
 import type { ImageRecord, Store } from "./db.js";
+import { apiGuard } from "./apiguard.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { renderMetrics } from "./metrics.js";
@@ -24,8 +24,10 @@ export interface ApiDeps {
   images: ImageCatalogue;
   vms: VmManager;
   log: Logger;
-  /** Bearer token; required on every request when set. */
-  token: string | null;
+  /** Bearer token (<dataDir>/api-token); required on every request. */
+  token: string;
+  /** The address the API listens on, as bound (see apiguard.ts hostAllowed). */
+  listen: () => HostPort;
 }
 
 function errorResponse(c: Context, e: unknown, log: Logger): Response {
@@ -70,16 +72,7 @@ export function buildApi(d: ApiDeps): Hono {
   app.onError((e, c) => errorResponse(c, e, log));
   app.notFound((c) => c.json({ error: { code: "not_found", message: `no route ${c.req.method} ${c.req.path}` } }, 404));
 
-  if (d.token) {
-    const want = Buffer.from(`Bearer ${d.token}`);
-    app.use("*", async (c, next) => {
-      const got = Buffer.from(c.req.header("authorization") ?? "");
-      if (got.length !== want.length || !timingSafeEqual(got, want)) {
-        return c.json({ error: { code: "unauthorized", message: "missing or wrong bearer token (see <data_dir>/api-token)" } }, 401);
-      }
-      await next();
-    });
-  }
+  app.use("*", apiGuard({ token: d.token, listen: d.listen, log }));
   app.use("*", bodyLimit({
     maxSize: cfg.maxRequestBodyBytes,
     onError: (c) => c.json({ error: { code: "body_too_large", message: `request body over ${cfg.maxRequestBodyBytes} bytes` } }, 413),

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
 import * as C from "../config/config.js";
+import * as A from "../config/acme.js";
 import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
@@ -97,7 +98,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
   t.ok(cfg.cog, "cog");
   t.equal(cfg.hub!.domain, "hub.example.net");
   t.same(cfg.hub!.cogs.map((c) => c.name), ["home1"]);
-  t.same(cfg.cog!.routes.map((r) => r.kind).sort(), ["http", "tcp", "tls"]);
+  t.same(cfg.cog!.routes.map((r) => r.kind).sort(), ["http", "tcp", "tls", "tls"]);
   t.ok(cfg.cog!.routes.some((r) => r.kind === "tcp" && r.proxyProtocol !== "none"), "an SSH route with PROXY protocol");
   t.ok(cfg.cog!.provisioner, "provisioner");
 
@@ -111,7 +112,9 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
-    "hub.limits.splice_queue",
+    "hub.limits.splice_queue", "hub.limits.max_visitors_per_ip", "hub.limits.max_unpeeked_per_ip",
+    "hub.limits.buffer_budget", "hub.limits.cog_buffer_budget", "hub.limits.buffer_check_interval",
+    "hub.limits.refusal_log_interval",
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
@@ -124,6 +127,10 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "cog.tunnel.max_frame_payload", "cog.tunnel.write_batch", "cog.tunnel.close_linger",
     "cog.tunnel.welcome_timeout", "cog.tunnel.enroll_timeout",
     "cog.tunnel.visitor_header_timeout", "cog.tunnel.visitor_header_max_bytes", "cog.provisioner.listen", "log.level",
+    "cog.routes.3.tls", "cog.routes.3.challenge", "cog.routes.3.redirect_http", "cog.routes.3.hsts",
+    ...["directory_url", "ca_bundle", "email", "renew_at", "retry_min_delay", "retry_max_delay", "request_timeout",
+      "order_timeout", "poll_interval"].map((k) => `cog.acme.${k}`),
+    ...["handshake_timeout", "client_hello_max_bytes", "http_header_max_bytes", "http_keepalive_timeout"].map((k) => `cog.terminate.${k}`),
     // cog.provisioner's keys are parsed by provisioner/config.ts; the example documents them too.
     ...["data_dir", "accel", "sizes", "memory_overcommit_ratio", "qemu_binary", "qemu_img_binary", "genisoimage_binary",
       "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout", "tool_timeout",
@@ -134,6 +141,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     for (const part of path.split(".")) node = (node as Record<string, unknown> | undefined)?.[part];
     t.not(node, undefined, `example sets ${path}`);
   }
+  t.ok(cfg.cog!.routes.some((r) => r.terminate?.redirectHttp && r.terminate.hstsMaxAgeSec > 0), "a route that terminates TLS, with redirect and HSTS");
   // The first time each key appears, it is commented: on its line or the line above.
   const lines = text.split("\n");
   const seen = new Set<string>();
@@ -183,8 +191,14 @@ t.test("defaults are filled", async (t) => {
         httpHeaderMaxBytes: 16384,
         graceMs: 5000,
         maxVisitors: 20000,
-        idleTimeoutMs: 0,
+        maxVisitorsPerIp: 256,
+        maxUnpeekedPerIp: 64,
+        idleTimeoutMs: 600000,
         spliceQueueBytes: 262144,
+        bufferBudgetBytes: 536870912,
+        cogBufferBudgetBytes: 134217728,
+        bufferCheckIntervalMs: 250,
+        refusalLogIntervalMs: 60000,
       },
       tunnel: hubTunnel,
     },
@@ -197,6 +211,11 @@ t.test("defaults are filled", async (t) => {
       spliceQueueBytes: 262144,
       tunnel: cogTunnel,
       provisioner: null,
+      acme: {
+        directoryUrl: "https://acme-v02.api.letsencrypt.org/directory", caBundle: null, email: null, renewAtRatio: 2 / 3,
+        retryMinDelayMs: 300000, retryMaxDelayMs: 43200000, requestTimeoutMs: 30000, orderTimeoutMs: 300000, pollIntervalMs: 1000,
+      },
+      terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
     },
     log: { level: "info" },
   };
@@ -252,6 +271,9 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.same(hub.limits, {
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
     graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
+    // The per-source caps are absent: their defaults (256, 64) are lowered to max_visitors.
+    maxVisitorsPerIp: 1, maxUnpeekedPerIp: 1,
+    bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0,
   });
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
@@ -471,8 +493,14 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
     ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
     ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
-    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "0", int],
+    ["DEFAULT_MAX_VISITORS_PER_IP", "HubLimits", "maxVisitorsPerIp", "256", int],
+    ["DEFAULT_MAX_UNPEEKED_PER_IP", "HubLimits", "maxUnpeekedPerIp", "64", int],
+    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "10m", dur],
     ["DEFAULT_SPLICE_QUEUE_BYTES", "HubLimits", "spliceQueueBytes", "256KiB", bytes],
+    ["DEFAULT_BUFFER_BUDGET_BYTES", "HubLimits", "bufferBudgetBytes", "512MiB", bytes],
+    ["DEFAULT_COG_BUFFER_BUDGET_BYTES", "HubLimits", "cogBufferBudgetBytes", "128MiB", bytes],
+    ["DEFAULT_BUFFER_CHECK_INTERVAL_MS", "HubLimits", "bufferCheckIntervalMs", "250ms", dur],
+    ["DEFAULT_REFUSAL_LOG_INTERVAL_MS", "HubLimits", "refusalLogIntervalMs", "60s", dur],
     ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
     ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
     ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
@@ -512,6 +540,52 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
   t.same(exported, table.map(([name]) => name).sort());
   t.ok(exported.length > 0);
+});
+
+t.test("the HTTPS keys (config/acme.ts): defaults match config/types.ts, routes read their TLS keys", async (t) => {
+  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
+  const docOf = (iface: string, field: string): string => {
+    const start = types.search(new RegExp(`interface ${iface} (?:extends \\w+ )?\\{`));
+    t.ok(start >= 0, `interface ${iface} exists`);
+    return new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start))?.[1] ?? "";
+  };
+  const same = (s: string) => s;
+  const dur = (s: string) => parseDurationMs(s);
+  const bytes = (s: string) => parseSizeBytes(s);
+  const table: [keyof typeof A, string, string, string, (s: string) => unknown][] = [
+    ["DEFAULT_ACME_DIRECTORY", "AcmeConfig", "directoryUrl", "letsencrypt", same],
+    ["DEFAULT_ACME_RENEW_AT_RATIO", "AcmeConfig", "renewAtRatio", "0.667, two thirds", () => 2 / 3],
+    ["DEFAULT_ACME_RETRY_MIN_DELAY_MS", "AcmeConfig", "retryMinDelayMs", "5m", dur],
+    ["DEFAULT_ACME_RETRY_MAX_DELAY_MS", "AcmeConfig", "retryMaxDelayMs", "12h", dur],
+    ["DEFAULT_ACME_REQUEST_TIMEOUT_MS", "AcmeConfig", "requestTimeoutMs", "30s", dur],
+    ["DEFAULT_ACME_ORDER_TIMEOUT_MS", "AcmeConfig", "orderTimeoutMs", "5m", dur],
+    ["DEFAULT_ACME_POLL_INTERVAL_MS", "AcmeConfig", "pollIntervalMs", "1s", dur],
+    ["DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS", "TerminateConfig", "handshakeTimeoutMs", "10s", dur],
+    ["DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES", "TerminateConfig", "clientHelloMaxBytes", "16KiB + 5*5 headers = 16409", () => 16409],
+    ["DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES", "TerminateConfig", "httpHeaderMaxBytes", "16KiB", bytes],
+    ["DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS", "TerminateConfig", "httpKeepAliveTimeoutMs", "5s", dur],
+    ["DEFAULT_ROUTE_CHALLENGE", "RouteTermination", "challenge", "http-01", same],
+    ["DEFAULT_HSTS_MAX_AGE_SEC", "RouteTermination", "hstsMaxAgeSec", "0; `hsts: true` means 365d", () => dur("365d") / 1000],
+  ];
+  for (const [name, iface, field, text, read] of table) {
+    t.ok(docOf(iface, field).includes(`default ${text}`), `${iface}.${field} doc says "default ${text}"`);
+    t.equal(A[name], read(text), `${name}`);
+  }
+  const exported = Object.keys(A).filter((k) => k.startsWith("DEFAULT_")).sort();
+  t.same(exported, table.map(([name]) => name).sort(), "every default of config/acme.ts is in the table");
+
+  const route = (extra: Record<string, unknown>) =>
+    parseConfig({ cog: { routes: [{ name: "w", kind: "tls", hostname: "w.example.org", target: "127.0.0.1:80", ...extra }] } }).cog!.routes[0]!;
+  t.equal(route({}).terminate, undefined, "passthrough by default: no terminate");
+  t.equal(route({ tls: "passthrough" }).terminate, undefined);
+  t.same(route({ tls: "terminate" }).terminate, { challenge: "http-01", redirectHttp: false, hstsMaxAgeSec: 0 });
+  t.equal(route({ tls: "terminate", hsts: true }).terminate!.hstsMaxAgeSec, 31_536_000, "hsts: true is a year");
+  t.equal(route({ tls: "terminate", hsts: "30d" }).terminate!.hstsMaxAgeSec, 2_592_000);
+  t.equal(route({ tls: "terminate", hsts: false }).terminate!.hstsMaxAgeSec, 0);
+  t.throws(() => route({ tls: "terminate", hsts: "500ms" }), new ConfigError("must be at least 1s (or false to turn HSTS off)", "cog.routes[0].hsts"));
+  t.equal(parseConfig({ cog: { acme: { directory_url: "letsencrypt-staging" } } }).cog!.acme.directoryUrl, A.LETSENCRYPT_STAGING_DIRECTORY_URL);
+  t.equal(parseConfig({ cog: { acme: { ca_bundle: "pebble.pem" } } }, { baseDir: "/etc/capsul" }).cog!.acme.caBundle, "/etc/capsul/pebble.pem",
+    "a relative ca_bundle is resolved against the file's directory");
 });
 
 t.test("hub.store: sqlite or a postgres:// URL, never with its password in it or in an error", async (t) => {

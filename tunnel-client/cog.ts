@@ -5,13 +5,32 @@
 import type { CogConfig, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { parseHostPort } from "../lib/hostname.js";
+import { AcmeManager, type TerminatedName } from "../certs/acme.js";
 import { TunnelClient } from "./client.js";
 import { loadIdentity, type CogIdentity } from "./identity.js";
+import { httpSideName, Terminator } from "./terminate.js";
 
 export interface Cog {
   readonly identity: CogIdentity;
   readonly client: TunnelClient;
+  /** Certificates of `tls: terminate` routes (idle while no route terminates). */
+  readonly acme: AcmeManager;
   close(): Promise<void>;
+}
+
+/**
+ * The hostnames the client's routes terminate, and whether the hub accepted what
+ * each one's challenge comes in by: the tls route, and for http-01 its http side.
+ */
+export function terminatedNames(client: TunnelClient, connected: boolean): TerminatedName[] {
+  const out: TerminatedName[] = [];
+  for (const r of client.routes()) {
+    if (!r.terminate || !r.hostname) continue;
+    const accepted = (name: string) => client.status(name).state === "accepted";
+    const ready = connected && accepted(r.name) && (r.terminate.challenge !== "http-01" || accepted(httpSideName(r.name)));
+    out.push({ name: r.hostname, challenge: r.terminate.challenge, ready });
+  }
+  return out;
 }
 
 export interface CogExtras {
@@ -22,16 +41,26 @@ export interface CogExtras {
 export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = {}): Promise<Cog> {
   const identity = loadIdentity(cfg.dataDir);
   const hub = cfg.hub ?? parseHostPort(identity.hub, "enrollment.json hub");
-  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"));
+  const acme = new AcmeManager(cfg.acme, cfg.dataDir, log.child("acme"));
+  await acme.start();
+  const terminator = new Terminator(acme, cfg, log.child("terminate"));
+  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
+  // Orders start once the hub has accepted the routes their challenges arrive by.
+  acme.setNames(terminatedNames(client, false));
+  client.on("routes", () => acme.setNames(terminatedNames(client, true)));
+  client.on("disconnected", () => acme.setNames(terminatedNames(client, false)));
   const stopExtras = extras.start ? await extras.start(client, identity, hub) : async () => {};
   client.start();
   log.info("cog started", { cog: identity.name, hub: `${hub.host}:${hub.port}`, routes: cfg.routes.length });
   return {
     identity,
     client,
+    acme,
     async close() {
       await stopExtras();
       await client.close();
+      await acme.close();
+      terminator.close();
     },
   };
 }
