@@ -2,13 +2,13 @@ import type { Command } from "commander";
 import { knownGrants, type GrantOrigin } from "../gateway/grants.js";
 import { createInvite, startHub } from "../gateway/hub.js";
 import { openHubStore } from "../gateway/store/index.js";
-import type { HubStore, StoreOps } from "../gateway/store/types.js";
+import type { CogListRow, HubStore, StoreOps } from "../gateway/store/types.js";
 import type { HubConfig } from "../config/types.js";
 import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
-import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
+import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -60,8 +60,8 @@ export function registerHubCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
+      exitOnBugs(log);
       const h = await startHub(hubCfg, log);
-      surviveBugs(log);
       await untilSignal(() => h.close(), log);
     });
 
@@ -87,7 +87,7 @@ export function registerHubCommands(program: Command): void {
       const ttlMs = opts.ttl === undefined ? undefined : parseDurationMs(opts.ttl, "--ttl");
       const inv = await createInvite(hubCfg, name, { ttlMs, hostnames, tcpPorts });
       if (opts.json) {
-        process.stdout.write(JSON.stringify({ cog: name, token: inv.token, caFingerprint: inv.caFingerprint, expiresAt: inv.expiresAt.toISOString(), command: inv.command }) + "\n");
+        printJson({ cog: name, token: inv.token, ca_fingerprint: inv.caFingerprint, expires_at: inv.expiresAt.toISOString(), command: inv.command });
         return;
       }
       process.stdout.write(
@@ -106,8 +106,12 @@ export function registerHubCommands(program: Command): void {
       const { cfg, file } = loadConfig(configOpt(opts));
       await withStore(requireHub(cfg, file), async (store) => {
         const cogs = await store.listCogs();
+        const statusOf = (c: CogListRow): string => (c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline");
         if (opts.json) {
-          process.stdout.write(JSON.stringify(cogs) + "\n");
+          printJson(cogs.map((c) => ({
+            name: c.name, status: statusOf(c), online: c.online, remote: c.remote, routes: c.routes,
+            created_at: isoTime(c.createdAt), last_seen_at: isoTime(c.lastSeen), cert_expires_at: isoTime(c.certNotAfter), revoked_at: isoTime(c.revokedAt),
+          })));
           return;
         }
         if (cogs.length === 0) {
@@ -116,8 +120,7 @@ export function registerHubCommands(program: Command): void {
         }
         const rows = [["NAME", "STATUS", "LAST SEEN", "REMOTE", "CERT EXPIRES", "ROUTES"]];
         for (const c of cogs) {
-          const status = c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline";
-          rows.push([c.name, status, c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
+          rows.push([c.name, statusOf(c), c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
@@ -136,7 +139,8 @@ export function registerHubCommands(program: Command): void {
         const live = await liveTcpPorts(store);
         const rows = (await store.allAssignments()).map((a) => ({ ...a, live: live.get(a.port) === a.cog }));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          // assigned_at: when the port was assigned, or last stopped serving (gateway/store touchPort).
+          printJson(rows.map((r) => ({ port: r.port, cog: r.cog, route: r.route, live: r.live, assigned_at: isoTime(r.assignedAt) })));
           return;
         }
         if (rows.length === 0) {
@@ -169,7 +173,7 @@ export function registerHubCommands(program: Command): void {
         }
         const gone = await store.releasePortNumber(port.from);
         if (opts.json) {
-          process.stdout.write(JSON.stringify({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route }) + "\n");
+          printJson({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route });
           return;
         }
         process.stdout.write(`Released hub port ${port.from} (was route ${owner.route} of cog ${owner.cog}); any cog may now be assigned it.\n`);
@@ -192,7 +196,7 @@ export function registerHubCommands(program: Command): void {
           ...known.ports.map((g) => ({ cog: g.cog, kind: "tcp", value: formatPortRange(g.range), from: from(g.origin) })),
         ].sort((a, b) => a.cog.localeCompare(b.cog) || a.kind.localeCompare(b.kind) || a.value.localeCompare(b.value));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          printJson(rows);
           return;
         }
         if (rows.length === 0) {
@@ -209,14 +213,20 @@ export function registerHubCommands(program: Command): void {
     .argument("<name>", "the cog")
     .argument("<grant>", "the hostname pattern or TCP port range, as capsul hub grants lists it")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action(async (name: string, grant: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action(async (name: string, grant: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       await withStore(requireHub(cfg, file), async (store) => {
         const isPorts = /^[0-9]/.test(grant);
         const value = isPorts ? formatPortRange(parsePortRange(grant, "<grant>")) : normalizeHostnamePattern(grant);
         if (value === null) throw new ConfigError(`not a hostname pattern or port range: ${JSON.stringify(grant)}`, "<grant>");
-        if (!(await store.removeGrant(name, isPorts ? "tcp" : "hostname", value))) {
+        const kind = isPorts ? "tcp" : "hostname";
+        if (!(await store.removeGrant(name, kind, value))) {
           throw new ConfigError(`cog ${name} has no stored grant ${JSON.stringify(value)} (see capsul hub grants; grants from capsul.yaml are changed there)`);
+        }
+        if (opts.json) {
+          printJson({ removed: { cog: name, kind, value } });
+          return;
         }
         process.stdout.write(`Removed grant ${JSON.stringify(value)} of cog "${name}". A connected cog loses routes under it when it next announces its routes; revoke it to cut it off at once.\n`);
       });
@@ -227,13 +237,20 @@ export function registerHubCommands(program: Command): void {
     .description("revoke a cog: its certificates stop working and its live tunnel is dropped at once")
     .argument("<name>", "the cog to revoke")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action(async (name: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action(async (name: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       const hubCfg = requireHub(cfg, file);
       await withStore(hubCfg, async (store) => {
         if (!(await store.getCog(name))) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);
         await store.revokeCog(name);
-        const when = store.dialect === "postgres"
+        // SQLite: the running hub polls (hub.tunnel.revocation_poll_interval); PostgreSQL notifies it at once.
+        const notified = store.dialect === "postgres";
+        if (opts.json) {
+          printJson({ cog: name, revoked_at: isoTime((await store.getCog(name))?.revokedAt), tunnel_dropped_within_ms: notified ? 0 : hubCfg.tunnel.revocationPollIntervalMs });
+          return;
+        }
+        const when = notified
           ? "at once (PostgreSQL notifies every hub)"
           : `within ${fmtMs(hubCfg.tunnel.revocationPollIntervalMs)} (hub.tunnel.revocation_poll_interval)`;
         process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel ${when}.\n`);

@@ -170,7 +170,7 @@ t.test("revoke: the live tunnel is dropped, the cog is refused with 'revoked', c
   t.equal(ok.body, `delta-http ${host}:${hub.ports.http} /\n`, ok.stderr);
   const online = (await listCogs(hub.yaml)).find((c) => c.name === "delta");
   t.equal(online?.online, true, "online before the revocation");
-  t.equal(online?.revokedAt, null);
+  t.equal(online?.revoked_at, null);
 
   const mark = cog.out.stderr.length;
   const rv = await runCli(["hub", "revoke", "delta", "-c", hub.yaml]);
@@ -183,7 +183,8 @@ t.test("revoke: the live tunnel is dropped, the cog is refused with 'revoked', c
   t.match(refused[0], /cog delta is revoked/, "the cog's log says why it is refused");
   t.ok(cog.alive, "the cog keeps running (and retrying) rather than crashing");
   const row = (await listCogs(hub.yaml)).find((c) => c.name === "delta");
-  t.type(row?.revokedAt, "number", "capsul hub cogs --json shows it revoked");
+  t.type(row?.revoked_at, "string", "capsul hub cogs --json shows it revoked");
+  t.equal(row?.status, "revoked");
   t.equal(row?.online, false);
   const table = await runCli(["hub", "cogs", "-c", hub.yaml]);
   t.match(table.stdout, /^delta\s+revoked\s/m);

@@ -57,9 +57,9 @@ export function cogYaml(dir: string, name: string, routes: unknown[]): string {
 export async function enrollCog(t: Test, hub: RunningHub, name: string, yaml: string): Promise<void> {
   const inv = await runCli(["hub", "invite", name, "--json", "-c", hub.yaml]);
   t.equal(inv.code, 0, `invite ${name}: ${inv.stderr}`);
-  const invite = JSON.parse(inv.stdout) as { cog: string; token: string; caFingerprint: string };
+  const invite = JSON.parse(inv.stdout) as { cog: string; token: string; ca_fingerprint: string };
   t.equal(invite.cog, name);
-  const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${hub.ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint, "-c", yaml]);
+  const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${hub.ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", yaml]);
   t.equal(en.code, 0, `enroll ${name}: ${en.stderr}`);
   t.match(en.stdout, new RegExp(`Enrolled as cog "${name}"`));
 }
@@ -71,7 +71,7 @@ export async function startCogProc(t: Teardown, name: string, yaml: string): Pro
   return proc;
 }
 
-export interface CogRow { name: string; revokedAt: number | null; online: boolean; routes: string[] }
+export interface CogRow { name: string; status: string; revoked_at: string | null; online: boolean; routes: string[] }
 
 export async function listCogs(hubYaml: string): Promise<CogRow[]> {
   const r = await runCli(["hub", "cogs", "--json", "-c", hubYaml]);
