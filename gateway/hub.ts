@@ -5,7 +5,7 @@
  */
 import net from "node:net";
 import type { HubConfig } from "../config/types.js";
-import type { Logger } from "../lib/log.js";
+import { silentLogger, type Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
@@ -14,13 +14,15 @@ import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { osLimitWarnings } from "./oslimits.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
-import { HubState } from "./state.js";
+import { openHubStore } from "./store/index.js";
+import type { HubStore } from "./store/types.js";
 import { Tunnels } from "./tunnels.js";
 import { Visitors } from "./visitors.js";
 
 export interface Hub {
   readonly pki: HubPki;
-  readonly state: HubState;
+  /** The state store (SQLite or PostgreSQL), shared with `capsul hub …` commands and other hubs. */
+  readonly store: HubStore;
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
@@ -56,7 +58,7 @@ export function hubNames(cfg: HubConfig): string[] {
 }
 
 /** Raw TCP listeners opened on demand as cogs are assigned ports. */
-class TcpListeners implements TcpPortOpener {
+export class TcpListeners implements TcpPortOpener {
   readonly servers = new Map<number, net.Server>();
   constructor(
     private readonly host: string, private readonly backlog: number,
@@ -86,20 +88,20 @@ class TcpListeners implements TcpPortOpener {
 
 export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, log.child("store"));
   try {
     // Before any listener: a hub whose grants overlap would let the router's precedence pick a cog.
-    for (const w of checkGrantsConsistent(cfg, state)) log.warn(w.message, w.fields);
+    for (const w of await checkGrantsConsistent(cfg, store)) log.warn(w.message, w.fields);
   } catch (err) {
-    state.close();
+    await store.close();
     throw err;
   }
   const router = new Router();
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(cfg.listen.tcpHost, cfg.limits.listenBacklog, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
-  const routes = new RouteTable(cfg, state, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(cfg, state, pki, routes, log.child("tunnel"));
+  const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
+  tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
 
   const servers: net.Server[] = [];
   const cleanup = async (): Promise<void> => {
@@ -107,7 +109,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     await tunnels!.close();
     await tcp.closeAll();
     await Promise.all(servers.map(closeServer));
-    state.close();
+    await store.close();
   };
   try {
     const tunnelPort = await tunnels.listen();
@@ -124,10 +126,10 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
       servers.push(s);
     }
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
-    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint });
+    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
     for (const w of osLimitWarnings(cfg)) log.warn(w.msg, w.fields);
     return {
-      pki, state, router, tunnels, visitors,
+      pki, store, router, tunnels, visitors,
       ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort },
       close: cleanup,
     };
@@ -150,7 +152,7 @@ export async function createInvite(
   opts: { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string } = {},
 ): Promise<{ token: string; command: string; expiresAt: Date; caFingerprint: string }> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, silentLogger);
   try {
     const { token, hash } = newInviteToken();
     const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
@@ -160,17 +162,17 @@ export async function createInvite(
       return n;
     });
     const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
-    // IMMEDIATE: the write lock is taken before the checks read, so two invites racing cannot both pass them.
-    state.db.transaction(() => {
-      checkNewGrants(cfg, state, name, { hostnames, tcpPorts });
-      state.addInvite(name, hash, expiresAt.getTime());
-      for (const h of hostnames) state.addGrant(name, "hostname", h);
-      for (const r of tcpPorts) state.addGrant(name, "tcp", formatPortRange(r));
-    }).immediate();
+    // The grants lock is taken before the checks read, so two invites racing cannot both pass them.
+    await store.transaction(["grants"], async (tx) => {
+      await checkNewGrants(cfg, tx, name, { hostnames, tcpPorts });
+      await tx.addInvite(name, hash, expiresAt.getTime());
+      for (const h of hostnames) await tx.addGrant(name, "hostname", h);
+      for (const r of tcpPorts) await tx.addGrant(name, "tcp", formatPortRange(r));
+    });
     const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
     const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
     return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
   } finally {
-    state.close();
+    await store.close();
   }
 }

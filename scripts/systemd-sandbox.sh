@@ -8,7 +8,8 @@
 #    upper layer a tmpfs; every write (/etc, /usr/local, …) lands in the tmpfs and
 #    disappears with it; /tmp, /var/tmp, /var/lib, /var/log, /run and /dev are fresh
 #    tmpfs, /dev holds only nodes made here with mknod; /proc/sys and /sys are read-only;
-#  - own pid, mount, network (loopback only), uts, ipc and cgroup namespaces;
+#  - own pid, mount, network (loopback and a veth pair inside it), uts, ipc and cgroup
+#    namespaces;
 #  - systemd loads units only from /etc/capsul-sandbox-units, filled here with empty
 #    targets, journald and the units under test: no distribution unit (tmpfiles --remove,
 #    sysctl, udev, modules-load …) exists to be started;
@@ -124,6 +125,13 @@ stage2)
     [ "$(findmnt -n -o FSTYPE "${m%%:*}")" = "${m#*:}" ] || { echo "systemd-sandbox: ${m%%:*} is not ${m#*:}; not booting" >&2; exit 1; }
   done
   ip link set lo up
+  # A default route for pasta, which gives each VM its network through the interface
+  # that route uses ("External interface not usable" without one): a veth pair with
+  # both ends in this namespace and TEST-NET-2 addresses, so nothing can leave it.
+  ip link add sbx0 type veth peer name sbx1
+  ip addr add 198.51.100.1/24 dev sbx0; ip addr add 198.51.100.2/24 dev sbx1
+  ip link set sbx0 up; ip link set sbx1 up
+  ip route add default via 198.51.100.2 dev sbx0
   exec env -i container=capsul-sandbox SYSTEMD_UNIT_PATH=/etc/capsul-sandbox-units \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /lib/systemd/systemd --system --unit=capsul-sandbox.target --log-target=journal-or-kmsg --log-level=info

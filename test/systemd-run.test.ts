@@ -52,7 +52,10 @@ t.test("the units under a real systemd: hub reload/crash/config error, cog resta
   t.equal(boot.code, 0, `systemd booted in the sandbox: ${boot.stderr}`);
 
   /** A shell command as root inside the sandbox. */
-  const sh = (script: string): Promise<RunResult> => runProgram(SANDBOX, ["run", state, "bash", "-c", script], STEP_TIMEOUT_MS);
+  // env -u NODE_OPTIONS: tap's loader hooks would follow node into the sandbox, where
+  // its .tap directory is read-only.
+  const sh = (script: string): Promise<RunResult> =>
+    runProgram(SANDBOX, ["run", state, "env", "-u", "NODE_OPTIONS", "bash", "-c", script], STEP_TIMEOUT_MS);
   const out = async (script: string): Promise<string> => {
     const r = await sh(script);
     if (r.code !== 0) throw new Error(`in the sandbox, \`${script}\` failed (${r.code}): ${r.stderr}`);
@@ -124,7 +127,10 @@ t.test("the units under a real systemd: hub reload/crash/config error, cog resta
     runuser -u capsul -- capsul cog enroll --hub 127.0.0.1:7443 --token ${invite.token} --ca-fingerprint ${invite.ca_fingerprint} -c /etc/capsul/capsul.yaml
     systemctl start capsul-cog`);
   await waitJournal(t, "capsul-cog", "connected to hub");
-  await out(`cd / && capsul image import --name tiny --kernel /srv/capsul-test-image/kernel --initrd /srv/capsul-test-image/initrd --cmdline '${image.cmdline}' -c /etc/capsul/capsul.yaml`);
+  // Local images come only from the provisioner's import directory (issue 8).
+  const imp = "/var/lib/capsul/provisioner/import";
+  await out(`install -o capsul -g capsul -m 0644 /srv/capsul-test-image/kernel /srv/capsul-test-image/initrd ${imp}/
+    cd / && capsul image import --name tiny --kernel ${imp}/kernel --initrd ${imp}/initrd --cmdline '${image.cmdline}' -c /etc/capsul/capsul.yaml`);
   await out(`mkdir -p /root/.ssh && ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519
     cd / && capsul vm create web1 --image tiny --ssh-key /root/.ssh/id_ed25519.pub --wait -c /etc/capsul/capsul.yaml`);
   const qemuPid = await out("cat /var/lib/capsul/provisioner/vms/web1/qemu.pid");
