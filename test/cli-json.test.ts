@@ -117,6 +117,7 @@ t.test("every command that prints has --json, and its JSON has the one style", a
   t.ok(Date.parse(cogs[0]!.cert_expires_at) > Date.now(), "cert_expires_at is a real future instant");
   const ports = await run("hub ports", ["-c", hubYaml]) as Array<{ port: number; live: boolean; assigned_at: string }>;
   t.equal(ports[0]?.live, true);
+  t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
   await run("hub grants", ["-c", hubYaml]);
   await run("hub ungrant", ["home1", "blog.example.org", "-c", hubYaml]);
   await run("hub ports release", [String(ports[0]!.port), "--force", "-c", hubYaml]);
