@@ -39,10 +39,16 @@ export function exitCodeFor(err: unknown): number {
   return err instanceof ConfigError ? 2 : 1;
 }
 
-export function reportError(err: unknown, verbose: boolean): void {
+/** The one line an error is reported with, at start (reportError) and by a refused reload (cli/service.ts). */
+export function errorLine(err: unknown): string {
   const e = err instanceof Error ? err : new Error(String(err));
   const line = e instanceof ConfigError ? `capsul: config error: ${e.message}` : `capsul: ${e.message}`;
-  process.stderr.write(line.split("\n")[0] + "\n");
+  return line.split("\n")[0]!;
+}
+
+export function reportError(err: unknown, verbose: boolean): void {
+  const e = err instanceof Error ? err : new Error(String(err));
+  process.stderr.write(errorLine(e) + "\n");
   if (verbose && e.stack) process.stderr.write(e.stack + "\n");
 }
 

@@ -8,6 +8,7 @@ import { registerHubCommands } from "./hub.js";
 import { registerCogCommands } from "./cog.js";
 import { registerDemoCommand } from "./demo.js";
 import { registerVmCommands } from "./vm.js";
+import { registerConfigCommands } from "./config.js";
 import { runProgram } from "./common.js";
 
 const program = new Command();
@@ -25,5 +26,6 @@ registerDemoCommand(program);
 registerHubCommands(program);
 registerCogCommands(program);
 registerVmCommands(program);
+registerConfigCommands(program);
 
 await runProgram(program);
