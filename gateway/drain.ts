@@ -10,6 +10,7 @@
  * visitor already accepted but still being peeked is still routed, through the same
  * sessions, so it is served like any other.
  */
+import { waitForClose } from "../lib/closewait.js";
 import type { HubParts } from "./reload.js";
 
 export interface DrainReport {
@@ -28,24 +29,7 @@ export async function drainHub(p: HubParts, graceMs: number, cutNow?: AbortSigna
   p.tcp.stopAll();
   p.tunnels.stopAccepting();
   const open = [...p.visitors.connections];
-  let left = open.length;
-  p.log.info("draining: no longer accepting; waiting for open visitor connections", { connections: left, graceMs });
-  if (left > 0 && graceMs > 0 && !cutNow?.aborted) {
-    await new Promise<void>((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        cutNow?.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, graceMs);
-      cutNow?.addEventListener("abort", done, { once: true });
-      for (const s of open) {
-        s.once("close", () => {
-          left--;
-          if (left === 0) done();
-        });
-      }
-    });
-  }
+  p.log.info("draining: no longer accepting; waiting for open visitor connections", { connections: open.length, graceMs });
+  const left = await waitForClose(open, graceMs, cutNow);
   return { live: open.length, finished: open.length - left, cut: left };
 }

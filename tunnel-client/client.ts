@@ -24,6 +24,7 @@ import {
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
+import { waitForClose } from "../lib/closewait.js";
 import { dialHub } from "./dial.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
@@ -122,24 +123,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     if (this.state !== "closed") this.state = "draining";
     this.wakeup?.();
     this.leave?.("draining");
-    let left = open.length;
-    if (left > 0 && graceMs > 0 && !cutNow?.aborted) {
-      await new Promise<void>((resolve) => {
-        const done = (): void => {
-          clearTimeout(timer);
-          cutNow?.removeEventListener("abort", done);
-          resolve();
-        };
-        const timer = setTimeout(done, graceMs);
-        cutNow?.addEventListener("abort", done, { once: true });
-        for (const s of open) {
-          s.once("close", () => {
-            left--;
-            if (left === 0) done();
-          });
-        }
-      });
-    }
+    const left = await waitForClose(open, graceMs, cutNow);
     return { live: open.length, finished: open.length - left, cut: left };
   }
 
