@@ -232,6 +232,64 @@ t.test("a file that does not load, or a change a running process cannot take, ke
   t.equal(hub.proc.matching(/reload refused/, "stderr", from).length, 0);
 });
 
+t.test("cog reload: provisioner and ACME keys apply, or are named as waiting for a restart; the provisioner's data dir is refused", async (t) => {
+  const dir = tmpDir("capsul-rl-prov-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const pool = await freePortRange(2);
+  const hubYaml = writeDoc(path.join(dir, "hub.yaml"), hubDoc(dir, { pool: pool.spec }));
+  const hub = await startHubProc(t, hubYaml);
+  const provDir = path.join(dir, "prov");
+  const prov = (extra: Record<string, unknown> = {}) => ({ listen: "127.0.0.1:0", data_dir: provDir, accel: "tcg", ...extra });
+  const cogYaml = path.join(dir, "cog.yaml");
+  writeDoc(cogYaml, cogDoc(dir, "home1", [], { provisioner: prov() }));
+  await enrollCog(t, hub, "home1", cogYaml);
+  const cog = await startCogProc(t, "home1", cogYaml);
+  const url = (await cog.waitLine(/provisioner API ready url=(\S+)/))[1]!;
+  const token = fs.readFileSync(path.join(provDir, "api-token"), "utf8").trim();
+  const sizes = async (): Promise<string[]> => {
+    const res = await fetch(`${url}/v1/sizes`, { headers: { authorization: `Bearer ${token}` } });
+    t.equal(res.status, 200);
+    return ((await res.json()) as { sizes: { name: string }[] }).sizes.map((x) => x.name);
+  };
+  t.notOk((await sizes()).includes("t1-tiny"));
+
+  // A new size applies at once; a new API address, the ACME account's contact and the log level wait for a restart.
+  const from = cog.out.stderr.length;
+  writeDoc(cogYaml, cogDoc(dir, "home1", [], {
+    provisioner: prov({ listen: "127.0.0.1:1", sizes: { "t1-tiny": { vcpus: 1, memory: "256MiB", disk: "1GiB" } } }),
+    acme: { email: "ops@example.org", retry_min_delay: "1m" },
+  }));
+  fs.appendFileSync(cogYaml, "log:\n  level: debug\n");
+  const r = await runCli(["cog", "reload", "-c", cogYaml]);
+  t.equal(r.code, 0, r.stderr);
+  t.same(lines(r.stdout).slice(1), [
+    "cog.acme.email takes effect when capsul cog restarts.",
+    "cog.provisioner.listen takes effect when capsul cog restarts.",
+    "log.level takes effect when capsul cog restarts.",
+  ]);
+  t.match(lines(r.stdout)[0], /changed: cog\.provisioner, cog\.acme, log\.level\.$/);
+  t.ok((await sizes()).includes("t1-tiny"), "the new size is offered by the running provisioner, on its old address");
+  for (const key of ["cog.acme.email", "cog.provisioner.listen", "log.level"]) {
+    t.equal(cog.matching(new RegExp(`WARN .*${key.replace(/\./g, "\\.")} changed: it takes effect when capsul cog restarts`), "stderr", from).length, 1, `the log names ${key}`);
+  }
+  // Reloaded again unchanged: the keys still waiting are named again.
+  const again = await runCli(["cog", "reload", "-c", cogYaml, "--json"]);
+  t.equal(again.code, 0, again.stderr);
+  const j = JSON.parse(again.stdout) as { changed: string[]; restart_needed: string[]; pid: number };
+  t.same(j.restart_needed, ["cog.acme.email", "cog.provisioner.listen", "log.level"]);
+  t.equal(j.pid, cog.pid);
+
+  writeDoc(cogYaml, cogDoc(dir, "home1", [], { provisioner: prov({ data_dir: path.join(dir, "prov2") }) }));
+  const moved = await runCli(["cog", "reload", "-c", cogYaml]);
+  t.equal(moved.code, 2);
+  t.match(moved.stderr, /refused the reload and keeps its configuration: cog\.provisioner\.data_dir: cannot change while capsul cog runs/);
+  writeDoc(cogYaml, cogDoc(dir, "home1", []));
+  const off = await runCli(["cog", "reload", "-c", cogYaml]);
+  t.equal(off.code, 0, off.stderr);
+  t.match(off.stdout, /^cog\.provisioner takes effect when capsul cog restarts\.$/m, "turning the provisioner off waits for a restart");
+  t.ok((await sizes()).length > 0, "the provisioner still serves");
+});
+
 t.test("capsul hub reload and capsul cog reload with no process running", async (t) => {
   const dir = tmpDir("capsul-reload-none-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
