@@ -2,12 +2,12 @@ import path from "node:path";
 import type { Command } from "commander";
 import { knownGrants, type GrantOrigin } from "../gateway/grants.js";
 import { createInvite, startHub } from "../gateway/hub.js";
-import { HubState } from "../gateway/state.js";
+import { HubState, type CogListRow } from "../gateway/state.js";
 import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
-import { loadConfig, makeLogger, requireHub, surviveBugs, table } from "./common.js";
+import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -50,8 +50,8 @@ export function registerHubCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
+      exitOnBugs(log);
       const h = await startHub(hubCfg, log);
-      surviveBugs(log);
       await runService({
         role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,
         reload: async (next) => ({ ...(await h.reload(next.hub!)), restart: [] }),
@@ -96,7 +96,7 @@ export function registerHubCommands(program: Command): void {
       const ttlMs = opts.ttl === undefined ? undefined : parseDurationMs(opts.ttl, "--ttl");
       const inv = await createInvite(hubCfg, name, { ttlMs, hostnames, tcpPorts });
       if (opts.json) {
-        process.stdout.write(JSON.stringify({ cog: name, token: inv.token, caFingerprint: inv.caFingerprint, expiresAt: inv.expiresAt.toISOString(), command: inv.command }) + "\n");
+        printJson({ cog: name, token: inv.token, ca_fingerprint: inv.caFingerprint, expires_at: inv.expiresAt.toISOString(), command: inv.command });
         return;
       }
       process.stdout.write(
@@ -116,8 +116,12 @@ export function registerHubCommands(program: Command): void {
       const state = new HubState(requireHub(cfg, file).dataDir);
       try {
         const cogs = state.listCogs();
+        const statusOf = (c: CogListRow): string => (c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline");
         if (opts.json) {
-          process.stdout.write(JSON.stringify(cogs) + "\n");
+          printJson(cogs.map((c) => ({
+            name: c.name, status: statusOf(c), online: c.online, remote: c.remote, routes: c.routes,
+            created_at: isoTime(c.createdAt), last_seen_at: isoTime(c.lastSeen), cert_expires_at: isoTime(c.certNotAfter), revoked_at: isoTime(c.revokedAt),
+          })));
           return;
         }
         if (cogs.length === 0) {
@@ -126,8 +130,7 @@ export function registerHubCommands(program: Command): void {
         }
         const rows = [["NAME", "STATUS", "LAST SEEN", "REMOTE", "CERT EXPIRES", "ROUTES"]];
         for (const c of cogs) {
-          const status = c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline";
-          rows.push([c.name, status, c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
+          rows.push([c.name, statusOf(c), c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
@@ -149,7 +152,8 @@ export function registerHubCommands(program: Command): void {
         const live = liveTcpPorts(state);
         const rows = state.allAssignments().map((a) => ({ ...a, live: live.get(a.port) === a.cog }));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          // assigned_at: when the port was assigned, or last stopped serving (gateway/state.ts touchPort).
+          printJson(rows.map((r) => ({ port: r.port, cog: r.cog, route: r.route, live: r.live, assigned_at: isoTime(r.assignedAt) })));
           return;
         }
         if (rows.length === 0) {
@@ -185,7 +189,7 @@ export function registerHubCommands(program: Command): void {
         }
         const gone = state.releasePortNumber(port.from);
         if (opts.json) {
-          process.stdout.write(JSON.stringify({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route }) + "\n");
+          printJson({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route });
           return;
         }
         process.stdout.write(`Released hub port ${port.from} (was route ${owner.route} of cog ${owner.cog}); any cog may now be assigned it.\n`);
@@ -211,7 +215,7 @@ export function registerHubCommands(program: Command): void {
           ...known.ports.map((g) => ({ cog: g.cog, kind: "tcp", value: formatPortRange(g.range), from: from(g.origin) })),
         ].sort((a, b) => a.cog.localeCompare(b.cog) || a.kind.localeCompare(b.kind) || a.value.localeCompare(b.value));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          printJson(rows);
           return;
         }
         if (rows.length === 0) {
@@ -230,15 +234,21 @@ export function registerHubCommands(program: Command): void {
     .argument("<name>", "the cog")
     .argument("<grant>", "the hostname pattern or TCP port range, as capsul hub grants lists it")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action((name: string, grant: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action((name: string, grant: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       const state = new HubState(requireHub(cfg, file).dataDir);
       try {
         const isPorts = /^[0-9]/.test(grant);
         const value = isPorts ? formatPortRange(parsePortRange(grant, "<grant>")) : normalizeHostnamePattern(grant);
         if (value === null) throw new ConfigError(`not a hostname pattern or port range: ${JSON.stringify(grant)}`, "<grant>");
-        if (!state.removeGrant(name, isPorts ? "tcp" : "hostname", value)) {
+        const kind = isPorts ? "tcp" : "hostname";
+        if (!state.removeGrant(name, kind, value)) {
           throw new ConfigError(`cog ${name} has no stored grant ${JSON.stringify(value)} (see capsul hub grants; grants from capsul.yaml are changed there)`);
+        }
+        if (opts.json) {
+          printJson({ removed: { cog: name, kind, value } });
+          return;
         }
         process.stdout.write(`Removed grant ${JSON.stringify(value)} of cog "${name}". A connected cog loses routes under it when it next announces its routes; revoke it to cut it off at once.\n`);
       } finally {
@@ -251,13 +261,19 @@ export function registerHubCommands(program: Command): void {
     .description("revoke a cog: its certificates stop working and its live tunnel is dropped at once")
     .argument("<name>", "the cog to revoke")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action((name: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action((name: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       const hubCfg = requireHub(cfg, file);
       const state = new HubState(hubCfg.dataDir);
       try {
         if (!state.getCog(name)) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);
         state.revokeCog(name);
+        if (opts.json) {
+          // The running hub polls for revocations (gateway/hub.ts): its tunnel drops within one interval.
+          printJson({ cog: name, revoked_at: isoTime(state.getCog(name)?.revokedAt), tunnel_dropped_within_ms: hubCfg.tunnel.revocationPollIntervalMs });
+          return;
+        }
         const within = fmtMs(hubCfg.tunnel.revocationPollIntervalMs);
         process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel within ${within} (hub.tunnel.revocation_poll_interval).\n`);
       } finally {

@@ -58,9 +58,9 @@ function cogYaml(dir: string, name: string, routes: unknown[]): string {
 async function enrollCog(t: Test, hub: RunningHub, name: string, yaml: string): Promise<void> {
   const inv = await runCli(["hub", "invite", name, "--json", "-c", hub.yaml]);
   t.equal(inv.code, 0, `invite ${name}: ${inv.stderr}`);
-  const invite = JSON.parse(inv.stdout) as { cog: string; token: string; caFingerprint: string };
+  const invite = JSON.parse(inv.stdout) as { cog: string; token: string; ca_fingerprint: string };
   t.equal(invite.cog, name);
-  const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${hub.ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint, "-c", yaml]);
+  const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${hub.ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", yaml]);
   t.equal(en.code, 0, `enroll ${name}: ${en.stderr}`);
   t.match(en.stdout, new RegExp(`Enrolled as cog "${name}"`));
 }
@@ -72,7 +72,7 @@ async function startCogProc(t: Teardown, name: string, yaml: string): Promise<Cl
   return proc;
 }
 
-interface CogRow { name: string; revokedAt: number | null; online: boolean; routes: string[] }
+interface CogRow { name: string; status: string; revoked_at: string | null; online: boolean; routes: string[] }
 
 async function listCogs(hubYaml: string): Promise<CogRow[]> {
   const r = await runCli(["hub", "cogs", "--json", "-c", hubYaml]);
@@ -282,7 +282,7 @@ t.test("revoke: the live tunnel is dropped, the cog is refused with 'revoked', c
   t.equal(ok.body, `delta-http ${host}:${hub.ports.http} /\n`, ok.stderr);
   const online = (await listCogs(hub.yaml)).find((c) => c.name === "delta");
   t.equal(online?.online, true, "online before the revocation");
-  t.equal(online?.revokedAt, null);
+  t.equal(online?.revoked_at, null);
 
   const mark = cog.out.stderr.length;
   const rv = await runCli(["hub", "revoke", "delta", "-c", hub.yaml]);
@@ -295,7 +295,8 @@ t.test("revoke: the live tunnel is dropped, the cog is refused with 'revoked', c
   t.match(refused[0], /cog delta is revoked/, "the cog's log says why it is refused");
   t.ok(cog.alive, "the cog keeps running (and retrying) rather than crashing");
   const row = (await listCogs(hub.yaml)).find((c) => c.name === "delta");
-  t.type(row?.revokedAt, "number", "capsul hub cogs --json shows it revoked");
+  t.type(row?.revoked_at, "string", "capsul hub cogs --json shows it revoked");
+  t.equal(row?.status, "revoked");
   t.equal(row?.online, false);
   const table = await runCli(["hub", "cogs", "-c", hub.yaml]);
   t.match(table.stdout, /^delta\s+revoked\s/m);
