@@ -117,6 +117,7 @@ t.test("every command that prints has --json, and its JSON has the one style", a
   t.same(reloaded.changed, []);
   await run("cog reload", ["-c", cogYaml]);
   await run("config check", ["-c", hubYaml]);
+  t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
   const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
   t.equal(cogs[0]?.online, true);
   t.ok(Date.parse(cogs[0]!.cert_expires_at) > Date.now(), "cert_expires_at is a real future instant");
