@@ -149,7 +149,7 @@ export class Tunnels extends EventEmitter {
     this.pollTimer.unref();
   }
 
-  /** The tunnel port (the kernel's choice for port 0), or null once draining. */
+  /** The tunnel port (the kernel's choice for port 0); the last one bound, also once draining. */
   get port(): number | null { return this.listener.port; }
 
   /** Binds the tunnel listener's new address (a reload), to commit or undo. */
