@@ -24,7 +24,8 @@ export function sameValue(a: unknown, b: unknown): boolean {
 type KeyTable<T> = { readonly [K in keyof T]-?: string };
 
 const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
-  dataDir: "data_dir", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
+  // hub.store stands for it and its store_* companions: they are one connection, opened at start.
+  dataDir: "data_dir", store: "store", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
   cogCertTtlMs: "cog_cert_ttl", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace",
 };
@@ -67,10 +68,11 @@ export function changedCogKeys(a: CogConfig, b: CogConfig): string[] {
 /**
  * Keys a running hub or cog cannot take: a reload that changes one is refused as a
  * whole (the old configuration stays) with a line naming the key. The data dirs hold the
- * CA, the SQLite state, the cog's key and the VMs' disks; the hub's domain is in every
+ * CA, the SQLite state, the cog's key and the VMs' disks; hub.store (with its store_*
+ * keys) is the hub's state, opened once; the hub's domain is in every
  * cog's default grant, in its tunnel certificate and in what enrolled cogs stored.
  */
-export const HUB_FIXED_KEYS: readonly string[] = ["hub.data_dir", "hub.domain"];
+export const HUB_FIXED_KEYS: readonly string[] = ["hub.data_dir", "hub.store", "hub.domain"];
 export const COG_FIXED_KEYS: readonly string[] = ["cog.data_dir"];
 
 /**

@@ -6,7 +6,7 @@
  */
 import net from "node:net";
 import type { HubConfig } from "../config/types.js";
-import type { Logger } from "../lib/log.js";
+import { silentLogger, type Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
@@ -17,14 +17,16 @@ import { drainHub, type DrainReport } from "./drain.js";
 import { Listener, TcpListeners } from "./listeners.js";
 import { reloadHub, type HubParts, type HubReloadReport } from "./reload.js";
 import { RouteTable } from "./routes.js";
-import { HubState } from "./state.js";
+import { openHubStore } from "./store/index.js";
+import type { HubStore } from "./store/types.js";
 import { Tunnels } from "./tunnels.js";
 import { Visitors } from "./visitors.js";
 
 export interface Hub {
   /** The CA and the tunnel certificate (made again by a reload that changes the hub's names). */
   readonly pki: HubPki;
-  readonly state: HubState;
+  /** The state store (SQLite or PostgreSQL), shared with `capsul hub …` commands and other hubs. */
+  readonly store: HubStore;
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
@@ -49,14 +51,17 @@ export function hubNames(cfg: HubConfig): string[] {
   return names;
 }
 
+/** Raw TCP listeners: gateway/listeners.ts (re-exported for tests that build a RouteTable of their own). */
+export { TcpListeners } from "./listeners.js";
+
 export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, log.child("store"));
   try {
     // Before any listener: a hub whose grants overlap would let the router's precedence pick a cog.
-    for (const w of checkGrantsConsistent(cfg, state)) log.warn(w.message, w.fields);
+    for (const w of await checkGrantsConsistent(cfg, store)) log.warn(w.message, w.fields);
   } catch (err) {
-    state.close();
+    await store.close();
     throw err;
   }
   // The live configuration: one mutable top-level copy of the frozen config that every
@@ -68,14 +73,14 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
-  const routes = new RouteTable(live, state, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(live, state, pki, routes, log.child("tunnel"));
+  const routes = new RouteTable(live, store, router, tcp, log.child("routes"));
+  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"));
   const publicListener = (key: string, onConn: (sock: net.Socket) => void): Listener =>
     new Listener(key, () => net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn), log);
   const tls = publicListener("hub.listen.tls", (sock) => void visitors.onTls(sock));
   const http = publicListener("hub.listen.http", (sock) => void visitors.onHttp(sock));
   const parts: HubParts = {
-    live, state, tunnels, visitors, tls, http, tcp, log,
+    live, store, tunnels, visitors, tls, http, tcp, log,
     get pki() { return pki; },
     set pki(p: HubPki) { pki = p; },
   };
@@ -88,7 +93,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
       tcp.stopAll();
       tls.stop();
       http.stop();
-      state.close();
+      await store.close();
     })();
     return closed;
   };
@@ -96,11 +101,11 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     const tunnelPort = await tunnels.listen();
     await tls.open(live.listen.tls);
     await http.open(live.listen.http);
-    log.info("hub ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint });
+    log.info("hub ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
     const t = tunnels;
     return {
       get pki() { return pki; },
-      state, router, tunnels: t, visitors,
+      store, router, tunnels: t, visitors,
       ports: {
         get tls() { return tls.port; },
         get http() { return http.port; },
@@ -131,7 +136,7 @@ export async function createInvite(
   opts: { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string } = {},
 ): Promise<{ token: string; command: string; expiresAt: Date; caFingerprint: string }> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, silentLogger);
   try {
     const { token, hash } = newInviteToken();
     const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
@@ -141,17 +146,17 @@ export async function createInvite(
       return n;
     });
     const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
-    // IMMEDIATE: the write lock is taken before the checks read, so two invites racing cannot both pass them.
-    state.db.transaction(() => {
-      checkNewGrants(cfg, state, name, { hostnames, tcpPorts });
-      state.addInvite(name, hash, expiresAt.getTime());
-      for (const h of hostnames) state.addGrant(name, "hostname", h);
-      for (const r of tcpPorts) state.addGrant(name, "tcp", formatPortRange(r));
-    }).immediate();
+    // The grants lock is taken before the checks read, so two invites racing cannot both pass them.
+    await store.transaction(["grants"], async (tx) => {
+      await checkNewGrants(cfg, tx, name, { hostnames, tcpPorts });
+      await tx.addInvite(name, hash, expiresAt.getTime());
+      for (const h of hostnames) await tx.addGrant(name, "hostname", h);
+      for (const r of tcpPorts) await tx.addGrant(name, "tcp", formatPortRange(r));
+    });
     const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
     const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
     return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
   } finally {
-    state.close();
+    await store.close();
   }
 }

@@ -28,14 +28,14 @@ import type { Logger } from "../lib/log.js";
 import { checkGrantsConsistent } from "./grants.js";
 import { hubNames } from "./hub.js";
 import type { Listener, ListenerChange, TcpListeners } from "./listeners.js";
-import type { HubState } from "./state.js";
+import type { HubStore } from "./store/types.js";
 import type { Tunnels } from "./tunnels.js";
 import type { Visitors } from "./visitors.js";
 
 /** What startHub() assembled, for reload and drain. */
 export interface HubParts {
   readonly live: HubConfig;
-  readonly state: HubState;
+  readonly store: HubStore;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
   readonly tls: Listener;
@@ -60,7 +60,7 @@ export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReload
   if (changed.length === 0) return { changed };
   const grants = GRANT_KEYS.some((k) => changed.includes(k));
   // The same check as at start, against stored invites and every known cog: throws a ConfigError naming both grants.
-  if (grants) for (const w of checkGrantsConsistent(next, p.state)) p.log.warn(w.message, w.fields);
+  if (grants) for (const w of await checkGrantsConsistent(next, p.store)) p.log.warn(w.message, w.fields);
 
   const moves: ListenerChange[] = [];
   let pki = p.pki;
@@ -76,12 +76,12 @@ export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReload
     throw err;
   }
 
-  // Nothing below fails: from here on the new configuration is the hub's.
+  // Nothing below fails (what could, logs and keeps its old value): from here on the new configuration is the hub's.
   Object.assign(p.live, next);
   for (const m of moves) m.commit();
   p.pki = pki;
   p.visitors.reconfigure();
-  p.tunnels.reconfigure(pki);
+  await p.tunnels.reconfigure(pki);
   if (grants) await p.tunnels.reapplyRoutes();
   return { changed };
 }

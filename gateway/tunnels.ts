@@ -21,7 +21,8 @@ import {
 import type { HubPki } from "../certs/pki.js";
 import { Listener, type ListenerChange } from "./listeners.js";
 import { peerAuthResult } from "../certs/pki.js";
-import type { HubState } from "./state.js";
+import { KeyedQueue } from "../lib/keyedqueue.js";
+import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
 import { ControlChannel } from "./control.js";
@@ -34,7 +35,8 @@ import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
 /**
  * How often the hub checks SQLite for revocations written by `capsul hub
- * revoke`: the default of hub.tunnel.revocation_poll_interval.
+ * revoke` (on PostgreSQL: retries a lost notification connection): the
+ * default of hub.tunnel.revocation_poll_interval.
  */
 export const REVOCATION_POLL_MS = 500;
 /**
@@ -82,8 +84,11 @@ export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
   private readonly listener: Listener;
   private tlsServer: tls.Server;
-  private pollTimer: NodeJS.Timeout | null = null;
-  private lastDataVersion = -1;
+  private watch: RevocationWatch | null = null;
+  /** The poll interval the revocation watch runs at (hub.tunnel.revocation_poll_interval when it started). */
+  private watchIntervalMs = 0;
+  /** Status writes for `capsul hub cogs`, in order per cog: an old "online" must not land after "offline". */
+  private readonly statusWrites = new KeyedQueue();
   private closing = false;
   /** Draining (stopAccepting): a tunnel that completes its hello now is told GoAway at once, like the others. */
   private draining = false;
@@ -102,7 +107,7 @@ export class Tunnels extends EventEmitter {
 
   constructor(
     private readonly cfg: HubConfig,
-    private readonly state: HubState,
+    private readonly store: HubStore,
     private pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
@@ -110,7 +115,7 @@ export class Tunnels extends EventEmitter {
     super();
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
-    this.issuance = new Issuance(cfg, state, pki);
+    this.issuance = new Issuance(cfg, store, pki);
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
   }
@@ -138,15 +143,34 @@ export class Tunnels extends EventEmitter {
 
   async listen(): Promise<number> {
     await this.listener.open(this.cfg.listen.tunnel);
-    this.state.markAllOffline();
-    this.startPolling();
+    try {
+      await this.store.markAllOffline();
+      this.watchIntervalMs = this.cfg.tunnel.revocationPollIntervalMs;
+      this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.watchIntervalMs);
+    } catch (err) {
+      this.listener.stop();
+      throw err;
+    }
     return this.listener.port!;
   }
 
-  private startPolling(): void {
-    if (this.pollTimer) clearInterval(this.pollTimer);
-    this.pollTimer = setInterval(() => this.checkRevocations(), this.cfg.tunnel.revocationPollIntervalMs);
-    this.pollTimer.unref();
+  /**
+   * A reload changed hub.tunnel.revocation_poll_interval: the new watch starts before the
+   * old one stops, so no revocation falls between them (one seen twice drops nothing more).
+   * A store that cannot start it now keeps the old watch, and says so.
+   */
+  private async rewatch(): Promise<void> {
+    const interval = this.cfg.tunnel.revocationPollIntervalMs;
+    if (interval === this.watchIntervalMs || this.closing || this.watch === null) return;
+    try {
+      const next = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), interval);
+      const old = this.watch;
+      this.watch = next;
+      this.watchIntervalMs = interval;
+      await old.close();
+    } catch (err) {
+      this.log.warn("revocation watch kept at its old interval", { error: (err as Error).message });
+    }
   }
 
   /** The tunnel port (the kernel's choice for port 0); the last one bound, also once draining. */
@@ -162,11 +186,11 @@ export class Tunnels extends EventEmitter {
    * connections and the revocation poll apply now; handshake timeout, certificate (`pki`,
    * when the hub's names changed) and mux tuning apply to tunnels that connect from now on.
    */
-  reconfigure(pki: HubPki): void {
+  async reconfigure(pki: HubPki): Promise<void> {
     this.pki = pki;
     this.admission.setLimits(this.cfg.tunnel.maxUnauthenticated, this.cfg.tunnel.maxUnauthenticatedPerIp);
     this.tlsServer = this.makeTlsServer();
-    if (!this.closing) this.startPolling();
+    await this.rewatch();
   }
 
   /**
@@ -323,7 +347,7 @@ export class Tunnels extends EventEmitter {
     }
     const cog = auth.cogName;
     const presented: PresentedCert = { cog, serial: normSerial(auth.serial), notBefore: auth.notBefore, notAfter: auth.notAfter };
-    const problem = this.state.certProblem(cog, presented.serial);
+    const problem = await this.store.certProblem(cog, presented.serial);
     if (problem) {
       refuse({ type: "error", code: "revoked", message: `hub refused the tunnel: ${problem}` });
       return;
@@ -335,7 +359,7 @@ export class Tunnels extends EventEmitter {
     session.once("close", () => closed.abort());
     const channel = new ControlChannel({
       cfg: this.cfg, cog, presented, routes: this.routes, issuance: this.issuance, log: this.log, signal: closed.signal,
-      recordStatus: (routes) => this.recordStatus(cog, () => this.state.markOnline(cog, remote, routes)),
+      recordStatus: (routes) => this.recordStatus(cog, () => this.store.markOnline(cog, remote, routes)),
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
@@ -355,15 +379,14 @@ export class Tunnels extends EventEmitter {
 
   /**
    * Status writes for `capsul hub cogs` are a report, not a decision: one that fails
-   * (SQLITE_BUSY while `capsul hub invite` holds the write lock past busy_timeout) is
-   * logged and the hub carries on; it must never end a tunnel or skip a grace period.
+   * (SQLITE_BUSY while `capsul hub invite` holds the write lock past busy_timeout, a lost
+   * PostgreSQL connection) is logged and the hub carries on; it must never end a tunnel
+   * or skip a grace period. Never awaited: nothing waits for a report.
    */
-  private recordStatus(cog: string, write: () => void): void {
-    try {
-      write();
-    } catch (err) {
-      this.log.warn("could not record the cog's status", { cog, error: (err as Error).message });
-    }
+  private recordStatus(cog: string, write: () => Promise<void>): void {
+    void this.statusWrites.run(cog, write).catch((err: Error) => {
+      this.log.warn("could not record the cog's status", { cog, error: err.message });
+    });
   }
 
   private attach(cog: string, session: MuxSession, remote: string, control: ControlChannel): void {
@@ -395,7 +418,7 @@ export class Tunnels extends EventEmitter {
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
-      this.recordStatus(cog, () => this.state.markOffline(cog));
+      this.recordStatus(cog, () => this.store.markOffline(cog));
     });
   }
 
@@ -412,7 +435,7 @@ export class Tunnels extends EventEmitter {
     session.once("close", () => this.retired.delete(session));
     this.startGrace(link);
     this.log.info("cog is going away (GoAway): holding new visitors for its next tunnel", { cog: link.cog, streams: session.streamCount });
-    this.recordStatus(link.cog, () => this.state.markOffline(link.cog));
+    this.recordStatus(link.cog, () => this.store.markOffline(link.cog));
   }
 
   private startGrace(link: CogLink): void {
@@ -421,7 +444,7 @@ export class Tunnels extends EventEmitter {
       for (const w of link.waiters.splice(0)) w(null);
       if (!link.session) {
         this.links.delete(link.cog);
-        this.routes.dropCog(link.cog);
+        this.dropRoutes(link.cog);
       }
     };
     if (this.cfg.limits.graceMs <= 0) { end(); return; }
@@ -444,26 +467,30 @@ export class Tunnels extends EventEmitter {
     link.control = null;
     this.links.delete(cog);
     for (const w of link.waiters.splice(0)) w(null);
-    this.routes.dropCog(cog);
-    this.recordStatus(cog, () => this.state.markOffline(cog));
+    this.dropRoutes(cog);
+    this.recordStatus(cog, () => this.store.markOffline(cog));
     for (const [old, owner] of this.retired) if (owner === cog) old.destroy();
     if (farewell) farewell();
     else s?.destroy();
   }
 
-  private checkRevocations(): void {
-    let v: number;
-    try { v = this.state.dataVersion(); } catch { return; }
-    if (v === this.lastDataVersion) return;
-    this.lastDataVersion = v;
-    let revoked: Set<string>;
-    try { revoked = this.state.revokedCogs(); } catch { return; } // SQLITE_BUSY: the next poll sees it
-    for (const cog of [...this.links.keys()]) if (revoked.has(cog)) this.drop(cog, "revoked by the operator");
+  /** Withdraws the cog's routes once its route applications in flight are done (never rejects). */
+  private dropRoutes(cog: string): void {
+    this.routes.dropCog(cog).catch((err: Error) => this.log.error("could not drop a cog's routes", { cog, error: err.message }));
+  }
+
+  /**
+   * Cogs revoked by any process (`capsul hub revoke`, another hub): their tunnels here end
+   * at once. Revoking lifts nothing, so a cog re-invited since is dropped all the same:
+   * the certificate its tunnel presented stays revoked.
+   */
+  private onRevoked(cogs: string[]): void {
+    for (const cog of cogs) if (this.links.has(cog)) this.drop(cog, "revoked by the operator");
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    if (this.pollTimer) clearInterval(this.pollTimer);
+    await this.watch?.close();
     for (const cog of [...this.links.keys()]) {
       const link = this.links.get(cog)!;
       if (link.graceTimer) clearTimeout(link.graceTimer);

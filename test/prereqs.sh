@@ -7,7 +7,9 @@
 # test/helpers/debianimage.ts inside its test), pebble (an RFC 8555 test CA, with
 # pebble-challtestsrv as its DNS) for the ACME tests, systemd, util-linux and procps
 # for deploy/*.service (test/systemd.test.ts needs no running systemd;
-# test/systemd-run.test.ts boots one in namespaces, which needs root).
+# test/systemd-run.test.ts boots one in namespaces, which needs root), PostgreSQL
+# for the state store's second dialect (throwaway clusters made with initdb and
+# pg_ctl, which Debian keeps in /usr/lib/postgresql/N/bin).
 # Installed when run as root; otherwise this stops with the exact apt-get line.
 # Tests never skip because a tool is missing.
 set -euo pipefail
@@ -22,7 +24,8 @@ root=$(dirname "$0")/..
   mmdebstrap=mmdebstrap sfdisk=fdisk mkfs.ext4=e2fsprogs \
   /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring \
   pebble=pebble pebble-challtestsrv=pebble \
-  systemd-analyze=systemd /lib/systemd/systemd-journald=systemd pgrep=procps
+  systemd-analyze=systemd /lib/systemd/systemd-journald=systemd pgrep=procps \
+  '/usr/lib/postgresql/*/bin/initdb=postgresql' '/usr/lib/postgresql/*/bin/pg_ctl=postgresql'
 
 # Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
 # these binaries; a cold build inside a test would eat into that test's timeout). They
