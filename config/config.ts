@@ -122,6 +122,11 @@ export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
 export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 30_000;
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
+/**
+ * hub.shutdown_grace and cog.shutdown_grace: 30 s lets a page load or a small download finish
+ * and stays inside systemd's default TimeoutStopSec (90 s), so a drain is never SIGKILLed.
+ */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 30_000;
 export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
 
 /** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
@@ -162,7 +167,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "shutdown_grace"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
@@ -175,7 +180,7 @@ const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_po
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
-  "acme", "terminate"] as const;
+  "acme", "terminate", "shutdown_grace"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
@@ -404,6 +409,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
     limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
+    shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
   };
 }
 
@@ -474,6 +480,7 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
     acme: parseAcme(m.acme, at(path, "acme"), baseDir),
     terminate: parseTerminate(m.terminate, at(path, "terminate")),
+    shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
   };
 }
 

@@ -252,6 +252,12 @@ export interface HubConfig {
   cogCertTtlMs: number;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
+  /**
+   * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
+   * visitor connections finish for up to this long, then cuts the rest and exits 0
+   * (default 30s; 0 cuts at once; at most 2^31-1 ms).
+   */
+  shutdownGraceMs: number;
 }
 
 export interface CogRoute {
@@ -344,6 +350,12 @@ export interface CogConfig {
   acme: AcmeConfig;
   /** Limits of TLS termination on the cog. */
   terminate: TerminateConfig;
+  /**
+   * On SIGTERM (or SIGINT) the cog sends GoAway to the hub and lets its visitor streams
+   * finish for up to this long, then closes the tunnel; VMs keep running (default 30s;
+   * 0 cuts at once; at most 2^31-1 ms).
+   */
+  shutdownGraceMs: number;
 }
 
 /** One VM size (issue 4). IO limits are per second; 0 means unlimited. */

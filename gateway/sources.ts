@@ -35,7 +35,13 @@ export type SourceVerdict = "ok" | "per-source" | "unpeeked";
 export class SourceLimits {
   private readonly counts = new Map<string, Counts>();
 
-  constructor(private readonly maxPerSource: number, private readonly maxUnpeekedPerSource: number) {}
+  constructor(private maxPerSource: number, private maxUnpeekedPerSource: number) {}
+
+  /** New caps (a reload): they decide the next admissions; open connections stay. */
+  setLimits(maxPerSource: number, maxUnpeekedPerSource: number): void {
+    this.maxPerSource = maxPerSource;
+    this.maxUnpeekedPerSource = maxUnpeekedPerSource;
+  }
 
   /** A new connection from `key`; `peeking` if it starts un-peeked (TLS, HTTP). Counted only when "ok". */
   admit(key: string, peeking: boolean): SourceVerdict {
@@ -90,7 +96,12 @@ export const REFUSAL_LOG_MAX_SOURCES = 10_000;
 export class RefusalLog {
   private readonly last = new Map<string, number>();
 
-  constructor(private readonly log: Logger, private readonly intervalMs: number, private readonly now: () => number = Date.now) {}
+  constructor(private readonly log: Logger, private intervalMs: number, private readonly now: () => number = Date.now) {}
+
+  /** A new interval (a reload), for the next line of each source. */
+  setInterval(intervalMs: number): void {
+    this.intervalMs = intervalMs;
+  }
 
   warn(source: string, msg: string, fields: Record<string, unknown>): void {
     this.warnFor(source, msg, { source, ...fields });

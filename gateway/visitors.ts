@@ -94,6 +94,9 @@ export class Visitors {
   private readonly refusals: RefusalLog;
 
   constructor(
+    // The hub's live configuration (gateway/hub.ts): a reload replaces its sections, and
+    // what is read from it per connection applies to the next connection; reconfigure()
+    // passes the rest on.
     private readonly cfg: HubConfig,
     private readonly router: Router,
     private readonly sessionFor: (cog: string) => MuxSession | null | Promise<MuxSession | null>,
@@ -371,6 +374,28 @@ export class Visitors {
     v.stream?.destroy();
     if (typeof v.socket.resetAndDestroy === "function") v.socket.resetAndDestroy();
     else v.socket.destroy();
+  }
+
+  /** After a reload: the limits built into objects at start take their new values; new connections get them. */
+  reconfigure(): void {
+    const l = this.cfg.limits;
+    this.sources.setLimits(l.maxVisitorsPerIp, l.maxUnpeekedPerIp);
+    this.refusals.setInterval(l.refusalLogIntervalMs);
+    // Per-cog stream, route and bandwidth limits (hub.limits and hub.cogs[].limits): the next visitors get them.
+    this.quotas.reconfigure();
+    this.budget.setLimits({
+      budgetBytes: l.bufferBudgetBytes, cogBudgetBytes: l.cogBufferBudgetBytes,
+      spliceQueueBytes: l.spliceQueueBytes, checkIntervalMs: l.bufferCheckIntervalMs,
+    });
+    // The idle sweep runs at a period derived from idle_timeout: start it again at the new one.
+    if (this.idleTimer !== null) {
+      clearInterval(this.idleTimer);
+      this.idleTimer = null;
+    }
+    if (this.idleCheckIntervalMs > 0 && this.conns.size > 0) {
+      this.idleTimer = setInterval(this.checkIdle, this.idleCheckIntervalMs);
+      this.idleTimer.unref();
+    }
   }
 
   /** Ends every visitor connection (hub shutdown). */

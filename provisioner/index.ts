@@ -29,6 +29,11 @@ export interface Provisioner {
   url: string;
   /** <dataDir>/api-token: every API request needs `Authorization: Bearer <its content>`. */
   tokenFile: string;
+  /**
+   * A reloaded capsul.yaml's provisioner section: every key is taken but `keep` (those the
+   * running provisioner read once at start, config/reload.ts), which keep their old value.
+   */
+  reconfigure(next: ProvisionerConfig, keep: ReadonlySet<keyof ProvisionerConfig>): void;
   close(): Promise<void>;
 }
 
@@ -87,7 +92,8 @@ function takeLock(dataDir: string): () => void {
 }
 
 export async function startProvisioner(opts: ProvisionerOptions): Promise<Provisioner> {
-  const { config: cfg } = opts;
+  // One mutable copy that every part reads at use time, so that a reload (reconfigure) reaches them.
+  const cfg: ProvisionerConfig = { ...opts.config };
   const log = opts.logger.child("provisioner");
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // VM disks, the token and the image catalogue live here: nobody else reads it.
@@ -127,6 +133,11 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   return {
     url,
     tokenFile: path.join(cfg.dataDir, TOKEN_FILE),
+    reconfigure(next, keep) {
+      for (const key of Object.keys(next) as (keyof ProvisionerConfig)[]) {
+        if (!keep.has(key)) (cfg as unknown as Record<string, unknown>)[key] = next[key];
+      }
+    },
     close: () => {
       closing ??= (async () => {
         await new Promise<void>((resolve) => {

@@ -122,6 +122,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
+    "hub.shutdown_grace", "cog.shutdown_grace",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
@@ -210,6 +211,7 @@ t.test("defaults are filled", async (t) => {
         cogBandwidthBurstBytes: 0,
       },
       tunnel: hubTunnel,
+      shutdownGraceMs: 30000,
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -225,6 +227,7 @@ t.test("defaults are filled", async (t) => {
         retryMinDelayMs: 300000, retryMaxDelayMs: 43200000, requestTimeoutMs: 30000, orderTimeoutMs: 300000, pollIntervalMs: 1000,
       },
       terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
+      shutdownGraceMs: 30000,
     },
     log: { level: "info" },
   };
@@ -540,13 +543,15 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_RECONNECT_MAX_DELAY_MS", "CogConfig", "maxDelayMs", "30s", dur],
     ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
     ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
+    ["DEFAULT_SHUTDOWN_GRACE_MS", "HubConfig", "shutdownGraceMs", "30s", dur],
   ];
   for (const [name, iface, field, text, read] of table) {
     const doc = docOf(iface, field);
     t.ok(doc.includes(`default ${text}`), `${iface}.${field} doc says "default ${text}": ${doc.trim()}`);
     t.equal(C[name], read(text), `${name} = ${text}`);
   }
-  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default.
+  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default, and so does cog.shutdown_grace.
+  t.ok(docOf("CogConfig", "shutdownGraceMs").includes("default 30s"), "CogConfig.shutdownGraceMs doc says default 30s");
   t.ok(docOf("CogConfig", "spliceQueueBytes").includes("default 256KiB"), "CogConfig.spliceQueueBytes doc says default 256KiB");
   // Each exported default is in the table, so a new one cannot skip this check.
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
