@@ -88,6 +88,21 @@ export function untilSignal(close: () => Promise<void>, log: Logger): Promise<vo
   });
 }
 
+/**
+ * Output for scripts (`--json`), one style for every command (README, "Commands"):
+ * one JSON value on one line of stdout; keys in snake_case; instants as ISO-8601 UTC
+ * strings under keys ending in `_at`; durations as numbers under keys ending in `_ms`;
+ * absent values as null. test/cli-json.test.ts runs every command and checks this.
+ */
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value) + "\n");
+}
+
+/** An epoch-milliseconds instant as `printJson` wants it: ISO-8601 UTC, or null. */
+export function isoTime(ms: number | null | undefined): string | null {
+  return ms === null || ms === undefined ? null : new Date(ms).toISOString();
+}
+
 /** Left-aligned columns, two spaces apart. */
 export function table(headers: string[], rows: string[][]): string {
   const w = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
