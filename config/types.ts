@@ -396,10 +396,24 @@ export interface ProvisionerConfig {
   qemuImgBinary: string;
   /** genisoimage, builds the cloud-init NoCloud seed (default genisoimage). */
   genisoimageBinary: string;
-  /** From QEMU start until the guest answers on its SSH port; past it the VM is marked running with a warning (default 180s). */
+  /**
+   * Under KVM, from QEMU start (or a guest reset) until the guest answers on its SSH
+   * port; past it the VM stays `starting` with a "slow, still booting" message and
+   * is watched on while QEMU runs (default 180s).
+   */
   bootTimeoutMs: number;
-  /** From system_powerdown until QEMU has exited; then quit, then SIGKILL (default 60s). */
+  /**
+   * The same under TCG, where a cloud image takes minutes: Debian 12 answered SSH
+   * after 78–134 s on a quiet 2-core machine and 142–247 s under load (default 10m).
+   */
+  bootTimeoutTcgMs: number;
+  /** From system_powerdown (ACPI power button) until QEMU has exited; then quit, then SIGKILL (default 60s). */
   stopTimeoutMs: number;
+  /**
+   * From ctrl-alt-delete until the guest resets (a clean reboot); then a hard
+   * system_reset (default 120s; Debian 12 under TCG reset after 13 s).
+   */
+  rebootTimeoutMs: number;
   /** Deadline for `qemu-system … -daemonize` to return, i.e. for QEMU to initialise (default 30s). */
   launchTimeoutMs: number;
   /** Deadline for one QMP command (default 10s). */

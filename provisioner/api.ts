@@ -10,6 +10,7 @@ import { apiGuard } from "./apiguard.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { renderMetrics } from "./metrics.js";
+import { powerView } from "./power.js";
 import { validateCreateRequest } from "./requests.js";
 import type { VmManager } from "./vms.js";
 
@@ -50,6 +51,20 @@ async function jsonBody(c: Context): Promise<unknown> {
   }
 }
 
+/**
+ * Body of stop and reboot: none (graceful), or {"force": true} for the hard way
+ * at once (power.ts). Anything else is refused, so a typo never means "force".
+ */
+async function powerBody(c: Context): Promise<{ force: boolean }> {
+  if ((await c.req.text()).trim() === "") return { force: false };
+  const b = await jsonBody(c);
+  if (!b || typeof b !== "object" || Array.isArray(b)) throw badRequest("bad_request", "body: {force: boolean} or none");
+  for (const k of Object.keys(b)) if (k !== "force") throw badRequest("bad_request", `body: unknown key ${JSON.stringify(k)} (only force)`);
+  const force = (b as { force?: unknown }).force;
+  if (force !== undefined && typeof force !== "boolean") throw badRequest("bad_request", "force: must be true or false");
+  return { force: force === true };
+}
+
 function nameParam(c: Context): string {
   const name = c.req.param("name") ?? "";
   if (!NAME_RE.test(name)) throw badRequest("bad_name", "name: must match ^[a-z][a-z0-9-]{0,38}$");
@@ -85,8 +100,16 @@ export function buildApi(d: ApiDeps): Hono {
   });
   app.get("/v1/vms/:name", (c) => c.json({ vm: vms.get(nameParam(c)) }));
   app.post("/v1/vms/:name/start", async (c) => c.json({ vm: await vms.start(nameParam(c)) }, 202));
-  app.post("/v1/vms/:name/stop", async (c) => c.json({ vm: await vms.stop(nameParam(c)) }));
-  app.post("/v1/vms/:name/reboot", async (c) => c.json({ vm: await vms.reboot(nameParam(c)) }, 202));
+  app.post("/v1/vms/:name/stop", async (c) => {
+    const name = nameParam(c);
+    const r = await vms.stop(name, (await powerBody(c)).force);
+    return c.json({ vm: r.vm, stop: r.outcome ? powerView(r.outcome) : null });
+  });
+  app.post("/v1/vms/:name/reboot", async (c) => {
+    const name = nameParam(c);
+    const r = await vms.reboot(name, (await powerBody(c)).force);
+    return c.json({ vm: r.vm, reboot: powerView(r.outcome) }, 202);
+  });
   app.post("/v1/vms/:name/io-limits", async (c) => {
     const name = nameParam(c);
     const b = await jsonBody(c) as Record<string, unknown> | null;

@@ -50,6 +50,14 @@ export interface LaunchSpec {
 }
 
 /**
+ * The CPU a VM sees; the KVM probe (accel.ts) boots with the same one.
+ * qemu64 under TCG: "max" emulates more features and boots ~25% slower here.
+ */
+export function cpuModel(accel: "kvm" | "tcg"): string {
+  return accel === "kvm" ? "host" : "qemu64";
+}
+
+/**
  * The full argv of one VM, built without a shell. Identity: `-uuid` (re-adoption
  * checks it in /proc/PID/cmdline). QEMU daemonizes itself (fork + setsid) after
  * initialising, so the VM outlives a crash or kill -9 of the provisioner, and a
@@ -71,8 +79,7 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
     "-name", `capsul-${s.name},debug-threads=on`,
     "-uuid", s.uuid,
     "-machine", `q35,accel=${s.accel}`,
-    // qemu64 under TCG: "max" emulates more features and boots ~25% slower here.
-    "-cpu", s.accel === "kvm" ? "host" : "qemu64",
+    "-cpu", cpuModel(s.accel),
     "-m", String(mib),
     "-smp", String(s.size.vcpus),
     "-nodefaults", "-no-user-config", "-display", "none",
@@ -199,51 +206,4 @@ export function rssBytes(pid: number): number | null {
   } catch {
     return null;
   }
-}
-
-/** Can this process open /dev/kvm read-write? (Necessary, not sufficient: see probeKvm.) */
-export function kvmDeviceUsable(): boolean {
-  try {
-    fs.closeSync(fs.openSync("/dev/kvm", "r+"));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Boots `kernel` under KVM with no root disk: a healthy kernel prints its banner
- * ("Linux version") to the serial port in well under a second. Under broken
- * nested KVM the guest hangs before printing anything (seen on these machines:
- * /dev/kvm opens, the guest never gets past the firmware), so silence until the
- * deadline means "use TCG".
- */
-export async function probeKvm(qemu: string, kernel: string, workDir: string, timeoutMs: number): Promise<boolean> {
-  const log = path.join(workDir, `kvm-probe-${process.pid}.log`);
-  await fsp.rm(log, { force: true });
-  const { spawn } = await import("node:child_process");
-  const child = spawn(qemu, [
-    "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config",
-    "-display", "none", "-no-reboot", "-kernel", kernel, "-append", "console=ttyS0 panic=-1",
-    "-chardev", `file,id=c,path=${qemuOpt(log)}`, "-serial", "chardev:c",
-  ], { stdio: "ignore" });
-  const ok = await new Promise<boolean>((resolve) => {
-    const started = Date.now();
-    const tick = setInterval(() => {
-      let text = "";
-      try { text = fs.readFileSync(log, "utf8"); } catch { /* not created yet */ }
-      if (text.includes("Linux version")) { done(true); return; }
-      if (Date.now() - started > timeoutMs) done(false);
-    }, 250);
-    const done = (v: boolean): void => { clearInterval(tick); resolve(v); };
-    child.once("error", () => done(false));
-    child.once("exit", () => {
-      let text = "";
-      try { text = fs.readFileSync(log, "utf8"); } catch { /* none */ }
-      done(text.includes("Linux version"));
-    });
-  });
-  if (child.exitCode === null) child.kill("SIGKILL");
-  await fsp.rm(log, { force: true });
-  return ok;
 }
