@@ -10,6 +10,7 @@ import { type Command, Option } from "commander";
 import { loadConfigFile } from "../config/config.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { findConfig, table } from "./common.js";
+import { registerBackupCommands } from "./vmbackup.js";
 import { formatBytes } from "../lib/units.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
@@ -221,6 +222,8 @@ export function registerVmCommands(program: Command): void {
     const { api: a } = api(cmd);
     process.stdout.write(await (await a.call("GET", `/v1/vms/${encodeURIComponent(name)}/console`, undefined, "text/plain")).text());
   });
+
+  registerBackupCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
 
   const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
 
