@@ -121,6 +121,8 @@ export class BackupManager {
     if (!v) throw notFound("vm_not_found", `no VM named ${JSON.stringify(name)}`);
     if (v.state === "deleting" || v.state === "creating") throw conflict("vm_busy", `VM ${name} is ${v.state}`);
     return this.exclusiveOp([name], "backup", async () => {
+      // A manifest that cannot be read stops everything before QEMU or a file is touched.
+      await this.store.load(name);
       const removed = await this.store.removePartials(name);
       if (removed.length) this.log.warn("removed unfinished backup files", { vm: name, files: removed.join(",") });
       const live = this.vms.liveVm(name);

@@ -48,21 +48,24 @@ export async function startHelper(o: HelperOptions): Promise<Helper> {
   const pidDir = path.join(o.dataDir, HELPER_DIR);
   await fsp.mkdir(pidDir, { recursive: true, mode: 0o700 });
   const pidFile = path.join(pidDir, `${o.vm}.pid`);
+  // Its stderr goes to a file, not a pipe: a pipe would break (SIGPIPE) if the provisioner died first.
+  const logFile = path.join(pidDir, `${o.vm}.log`);
   await fsp.rm(sock, { force: true });
+  const log = await fsp.open(logFile, "w", 0o600);
   const blockdev = JSON.stringify({ driver: "qcow2", "node-name": DISK_NODE_NAME, file: { driver: "file", filename: o.disk } });
   const child = spawn(o.qemuBinary, [
     "-name", marker(o.vm), "-machine", "none", "-nodefaults", "-no-user-config", "-display", "none",
     "-chardev", `socket,id=qmp,path=${sock.replaceAll(",", ",,")},server=on,wait=off`, "-mon", "chardev=qmp,mode=control",
     "-blockdev", blockdev, "-pidfile", pidFile,
-  ], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => { stderr = (stderr + d.toString()).slice(-2000); });
+  ], { stdio: ["ignore", "ignore", log.fd] });
+  await log.close();
+  const stderr = (): string => { try { return fs.readFileSync(logFile, "utf8").slice(-2000); } catch { return ""; } };
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   let qmp: QmpClient | undefined;
   const deadline = Date.now() + o.launchTimeoutMs;
   while (!qmp) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      const line = stderr.trim().split("\n").pop() ?? `exit ${child.exitCode}`;
+      const line = stderr().trim().split("\n").pop() || `exit ${child.exitCode}`;
       throw new ProvisionerError("backup_helper_failed", `QEMU could not open the disk of ${o.vm}: ${line}`, 500);
     }
     if (Date.now() > deadline) {
@@ -84,6 +87,7 @@ export async function startHelper(o: HelperOptions): Promise<Helper> {
       if (!done) { child.kill("SIGKILL"); await exited; }
       await fsp.rm(sock, { force: true });
       await fsp.rm(pidFile, { force: true });
+      await fsp.rm(logFile, { force: true });
     },
   };
 }
@@ -97,6 +101,7 @@ export async function reapHelpers(dataDir: string, vmsDir: string, qmpTimeoutMs:
   let names: string[] = [];
   try { names = await fsp.readdir(dir); } catch { return; }
   for (const n of names) {
+    if (!n.endsWith(".pid")) { await fsp.rm(path.join(dir, n), { force: true }); continue; }
     const vm = n.replace(/\.pid$/, "");
     const file = path.join(dir, n);
     const pid = readPidFile(file);
