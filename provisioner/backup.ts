@@ -122,8 +122,7 @@ export class BackupManager {
     if (v.state === "deleting" || v.state === "creating") throw conflict("vm_busy", `VM ${name} is ${v.state}`);
     return this.exclusiveOp([name], "backup", async () => {
       // A manifest that cannot be read stops everything before QEMU or a file is touched.
-      await this.store.load(name);
-      const removed = await this.store.removePartials(name);
+      const removed = await this.store.removeUnfinished(await this.store.load(name));
       if (removed.length) this.log.warn("removed unfinished backup files", { vm: name, files: removed.join(",") });
       const live = this.vms.liveVm(name);
       if (live) return this.backupWith(live.qmp, v, true, opts, onProgress);

@@ -27,6 +27,8 @@ export const MANIFEST_FILE = "manifest.json";
 export const MANIFEST_VERSION = 1;
 /** A manifest larger than this is not one capsul wrote (a backup record is ~600 bytes). */
 export const MANIFEST_MAX_BYTES = 4 * 1024 * 1024;
+/** The names backup.ts gives backup files: sequence number, kind. */
+export const BACKUP_FILE_RE = /^\d{4,}-(full|inc)\.qcow2$/;
 /** Backup ids are the sequence number in decimal. */
 export const BACKUP_ID_RE = /^[1-9][0-9]{0,8}$/;
 
@@ -174,14 +176,20 @@ export class BackupStore {
     }
   }
 
-  /** Removes `*.part` files (backups that never completed: a crash, a kill -9, a failure). */
-  async removePartials(vm: string): Promise<string[]> {
-    const dir = this.vmDir(vm);
+  /**
+   * Removes what backups that never completed left (a crash, a kill -9, a
+   * failure): `*.part` files, and backup files the manifest does not name
+   * (written completely, killed before they were recorded). Other files are
+   * not capsul's and stay.
+   */
+  async removeUnfinished(m: Manifest): Promise<string[]> {
+    const dir = this.vmDir(m.vm);
     let names: string[] = [];
     try { names = await fsp.readdir(dir); } catch { return []; }
-    const gone = names.filter((n) => n.endsWith(".part") || n === `${MANIFEST_FILE}.tmp`);
+    const known = new Set(m.backups.map((b) => b.file));
+    const gone = names.filter((n) => n.endsWith(".part") || n === `${MANIFEST_FILE}.tmp` || (BACKUP_FILE_RE.test(n) && !known.has(n)));
     for (const n of gone) await fsp.rm(path.join(dir, n), { force: true });
-    return gone;
+    return gone.sort();
   }
 }
 

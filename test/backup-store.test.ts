@@ -62,10 +62,11 @@ t.test("store: a missing manifest is empty, a broken one an error; saves are ato
   t.notOk(fs.existsSync(path.join(dir, "web", `${MANIFEST_FILE}.tmp`)));
   fs.writeFileSync(path.join(dir, "web", MANIFEST_FILE), "{");
   await t.rejects(s.load("web"), { code: "backup_manifest_corrupt", message: /is unreadable .*fix or move it away/ });
-  fs.writeFileSync(path.join(dir, "web", "0002-inc.qcow2.part"), "x");
-  fs.writeFileSync(path.join(dir, "web", "0001-full.qcow2"), "x");
-  t.same(await s.removePartials("web"), ["0002-inc.qcow2.part"]);
-  t.ok(fs.existsSync(path.join(dir, "web", "0001-full.qcow2")), "complete files stay");
+  await s.save(manifest([rec(1, null)], 4));
+  for (const f of ["0001-full.qcow2", "0002-inc.qcow2.part", "0003-inc.qcow2", "notes.txt"]) fs.writeFileSync(path.join(dir, "web", f), "x");
+  t.same(await s.removeUnfinished(await s.load("web")), ["0002-inc.qcow2.part", "0003-inc.qcow2"], "partial and unrecorded backups go");
+  t.ok(fs.existsSync(path.join(dir, "web", "0001-full.qcow2")), "recorded backups stay");
+  t.ok(fs.existsSync(path.join(dir, "web", "notes.txt")), "and files that are not capsul's");
 });
 
 t.test("chains and retention", async (t) => {

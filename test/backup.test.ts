@@ -1,10 +1,11 @@
 import fs from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import t from "tap";
 import { isQemuOf } from "../provisioner/qemu.js";
 import { backups, backupTestConfig, capsul, guestSums, inGuest, jsonLines, writeGuestFile } from "./helpers/backup.js";
 import { killHard, startChild, stopChild, type ChildProvisioner } from "./helpers/vmchild.js";
-import { api, cleanupDataDir, importTestImage, sshKeypair, sshUntil, tempDataDir, waitFor, waitForState } from "./helpers/vm.js";
+import { api, authHeader, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, waitFor, waitForState } from "./helpers/vm.js";
 
 t.setTimeout(40 * 60_000);
 
@@ -18,7 +19,8 @@ t.setTimeout(40 * 60_000);
 t.test("backup, kill -9, crash, offline backup, destroy, restore", async (t) => {
   const dataDir = tempDataDir();
   const routes = path.join(dataDir, "routes.json");
-  const cfg = backupTestConfig(dataDir);
+  // Full backups read the whole 1 GiB disk at 256 MiB/s: ~4 s, long enough to kill the provisioner during one.
+  const cfg = backupTestConfig(dataDir, { rate_limit: "256MiB" });
   let child: ChildProvisioner | undefined;
   t.teardown(async () => { if (child) await stopChild(child); cleanupDataDir(dataDir); });
   child = await startChild(cfg, routes);
@@ -69,6 +71,32 @@ t.test("backup, kill -9, crash, offline backup, destroy, restore", async (t) => 
   t.equal(inc2.kind, "incremental", "the chain survived the provisioner's kill -9");
   t.equal(inc2.parent, inc1.id);
 
+  // 3b. kill -9 the provisioner *during* a (full) backup, once its job runs (a progress line came):
+  //     the next provisioner cancels the job and removes the target QEMU still holds, and the
+  //     chain goes on, the interrupted backup's bitmap merged in (the final restore checks every file).
+  sums["c2.bin"] = await writeGuestFile(port, key, "c2.bin", 256);
+  const streaming = await fetch(`${child.url}/v1/vms/data/backups`, {
+    method: "POST", body: JSON.stringify({ full: true }), headers: { ...authHeader(child.url), "content-type": "application/json", accept: "application/x-ndjson" },
+  });
+  const reader = streaming.body!.getReader();
+  let seen = "";
+  while (!/"phase":"backup"/.test(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += Buffer.from(value).toString();
+  }
+  t.match(seen, /"progress":\{"phase":"backup"/, "the job runs");
+  await killHard(child);
+  await reader.cancel().catch(() => undefined);
+  child = await startChild(cfg, routes);
+  res = await api(child.url, "POST", "/v1/vms/data/backups", {});
+  t.equal(res.status, 201, res.text);
+  t.equal(res.body.backup.kind, "incremental");
+  t.equal(res.body.backup.parent, inc2.id, "on the last recorded backup");
+  t.match(child.stderr(), /cleaned what an interrupted backup left in QEMU vm=data items="?job capsul-bk-job-\d+,node capsul-bk-target-\d+/);
+  t.match(child.stderr(), /removed unfinished backup files vm=data files=\d+-full\.qcow2\.part/);
+  const inc2b = res.body.backup;
+
   // 4. A hostile guest agent (garbage on its port, no line end): crash-consistent, still a backup.
   await inGuest(port, key, "sync; kill $(cat /run/qemu-ga.pid); for p in /sys/class/virtio-ports/*; do " +
     "[ \"$(cat $p/name)\" = org.qemu.guest_agent.0 ] && (while :; do printf '%01000d' 0; done >/dev/${p##*/} 2>/dev/null &) ; done; true");
@@ -76,6 +104,7 @@ t.test("backup, kill -9, crash, offline backup, destroy, restore", async (t) => 
   t.equal(res.status, 201, res.text);
   const inc3 = res.body.backup;
   t.equal(inc3.kind, "incremental");
+  t.equal(inc3.parent, inc2b.id);
   t.equal(inc3.consistency, "crash", "no agent answer: crash-consistent");
 
   // 5. QEMU dies (kill -9): the bitmaps were never stored; the next backup is full, and the log says why.
@@ -111,7 +140,15 @@ t.test("backup, kill -9, crash, offline backup, destroy, restore", async (t) => 
   r = await capsul(["vm", "backups", "data", ...g()]);
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /^ID\s+KIND\s+CHAIN\s+CREATED\s+SIZE\s+READ\s+TIME\s+CONSISTENCY\n/);
-  t.equal(r.stdout.trim().split("\n").length, 7, "six backups listed");
+  t.equal(r.stdout.trim().split("\n").length, 8, "seven backups listed");
+
+  // On a terminal (script(1) gives the CLI a pty): a progress line with bytes, rate and ETA, redrawn in place.
+  const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript")).join(" ");
+  const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "vm-cli.ts");
+  const tty = await run("script", ["-qec", `${process.execPath} ${loader} ${cli} vm backup data --api ${child.url} --data-dir ${dataDir}`, "/dev/null"], 300_000);
+  t.equal(tty.code, 0, tty.stdout);
+  t.match(tty.stdout, /\r\x1b\[K(backing up|checksum) +\[[# ]+\] +\d+% [\d.]+ \w+ \/ [\d.]+ \w+ {2}[\d.]+ \w+\/s {2}ETA \S+/, "progress on the terminal");
+  t.match(tty.stdout, /data: backup \d+ \(incremental on \d+\): .* read in [\d.]+ s, taken from the stopped VM's disk/);
 
   // 7. Destroy the VM; restore it from the last incremental: every file, bit for bit.
   t.equal((await api(child.url, "DELETE", "/v1/vms/data")).status, 200);
