@@ -188,31 +188,15 @@ export class BackupManager {
     args.push(part, String(disk.virtualBytes));
     const begun = Date.now();
     let consistency: BackupRecord["consistency"] = online ? "crash" : "stopped";
+    let ga: GuestAgent | null = null;
+    let rec: BackupRecord;
     try {
       await runTool("backup_failed", this.cfg.qemuImgBinary, args, this.cfg.toolTimeoutMs);
-      const ga = online ? await this.agent(name) : null;
-      const marker = path.join(this.vms.runDir(name), FREEZE_MARKER);
-      const dataBytes = await runBackupJob(qmp, {
+      ga = online ? await this.agent(name) : null;
+      const job = await runBackupJob(qmp, {
         disk, seq, targetFile: part, merge: d.merge, rateLimitBytesPerSec: this.cfg.backups.rateLimitBytesPerSec,
         stallTimeoutMs: this.cfg.backups.stallTimeoutMs, meter: new ProgressMeter("backup", onProgress), signal: this.abort.signal,
-        around: ga ? {
-          before: async () => {
-            await fsp.writeFile(marker, "");
-            try {
-              const n = await ga.freeze(this.cfg.backups.freezeTimeoutMs);
-              consistency = "filesystem";
-              this.log.info("guest filesystems frozen", { vm: name, filesystems: n });
-            } catch (e) {
-              this.log.warn("guest agent could not freeze; the backup is crash-consistent", { vm: name, err: (e as Error).message });
-            }
-          },
-          after: async () => {
-            // Thawed even when the freeze seemed to fail: it may have frozen some.
-            await ga.thaw(this.cfg.backups.freezeTimeoutMs).catch((e: Error) => this.log.error("guest agent could not thaw", { vm: name, err: e.message }));
-            ga.close();
-            await fsp.rm(marker, { force: true });
-          },
-        } : undefined,
+        around: ga ? this.freezer(name, ga, () => { consistency = "filesystem"; }) : undefined,
       });
       const fh = await fsp.open(part, "r");
       try { await fh.sync(); } finally { await fh.close(); }
@@ -221,32 +205,60 @@ export class BackupManager {
       const meter = new ProgressMeter("checksum", onProgress);
       const sha256 = await sha256File(target, (n) => meter.update(n, bytes));
       meter.update(bytes, bytes, true);
-      const rec: BackupRecord = {
+      rec = {
         id: String(seq), seq, kind: d.full ? "full" : "incremental", parent: d.parent?.id ?? null, file,
-        createdAt: new Date(begun).toISOString(), durationMs: Date.now() - begun, bytes, dataBytes, virtualBytes: disk.virtualBytes,
-        sha256, consistency, online, vm: { uuid: v.uuid, image: v.image, size: v.size, sshKeys: v.sshKeys },
+        createdAt: new Date(job.startedAt).toISOString(), durationMs: Date.now() - begun, bytes, dataBytes: job.bytes,
+        virtualBytes: disk.virtualBytes, sha256, consistency, online, vm: { uuid: v.uuid, image: v.image, size: v.size, sshKeys: v.sshKeys },
       };
       m.backups.push(rec);
       m.resetReason = null;
       await this.store.save(m);
-      this.log.info("backup done", {
-        vm: name, id: rec.id, kind: rec.kind, parent: rec.parent, bytes, data_bytes: dataBytes, duration_ms: rec.durationMs,
-        consistency, online, why: d.reason, scheduled: opts.scheduled === true,
-      });
-      await dropBitmapsBelow(qmp, await diskInfo(qmp), seq).catch((e: Error) => this.log.warn("could not remove old bitmaps", { vm: name, err: e.message }));
-      const gone = pruneList(m, this.cfg.backups.keepFull);
-      if (gone.length) {
-        await deleteBackups(this.store, m, gone);
-        this.log.info("backups pruned", { vm: name, ids: gone.map((b) => b.id).join(","), keep_full: this.cfg.backups.keepFull });
-      }
-      return { backup: backupView(rec, chainRoots(m)), reason: d.reason };
     } catch (e) {
+      // Not recorded: its files go (a rename may have happened), its bitmap stays and is merged into the next one.
       await fsp.rm(part, { force: true });
-      await fsp.rm(target, { force: true }).catch(() => undefined);
+      await fsp.rm(target, { force: true });
       this.log.error("backup failed", { vm: name, seq, err: (e as Error).message });
       if (e instanceof ProvisionerError) throw e;
       throw new ProvisionerError("backup_failed", `backup of ${name} failed: ${(e as Error).message}`, 500, { cause: e });
+    } finally {
+      ga?.close();
     }
+    this.log.info("backup done", {
+      vm: name, id: rec.id, kind: rec.kind, parent: rec.parent, bytes: rec.bytes, data_bytes: rec.dataBytes, duration_ms: rec.durationMs,
+      consistency, online, why: d.reason, scheduled: opts.scheduled === true,
+    });
+    // Recorded: from here on nothing may fail the backup; what goes wrong is logged and retried next time.
+    await dropBitmapsBelow(qmp, await diskInfo(qmp), seq).catch((e: Error) => this.log.warn("could not remove old bitmaps", { vm: name, err: e.message }));
+    const gone = pruneList(m, this.cfg.backups.keepFull);
+    if (gone.length) {
+      await deleteBackups(this.store, m, gone).then(
+        () => this.log.info("backups pruned", { vm: name, ids: gone.map((b) => b.id).join(","), keep_full: this.cfg.backups.keepFull }),
+        (e: Error) => this.log.error("pruning backups failed", { vm: name, err: e.message }),
+      );
+    }
+    return { backup: backupView(rec, chainRoots(m)), reason: d.reason };
+  }
+
+  /** fsfreeze right before the transaction, thaw right after, with a marker in the run dir meanwhile (start() thaws a guest left frozen). */
+  private freezer(name: string, ga: GuestAgent, frozen: () => void): { before(): Promise<void>; after(): Promise<void> } {
+    const marker = path.join(this.vms.runDir(name), FREEZE_MARKER);
+    return {
+      before: async () => {
+        await fsp.writeFile(marker, "");
+        try {
+          const n = await ga.freeze(this.cfg.backups.freezeTimeoutMs);
+          frozen();
+          this.log.info("guest filesystems frozen", { vm: name, filesystems: n });
+        } catch (e) {
+          this.log.warn("guest agent could not freeze; the backup is crash-consistent", { vm: name, err: (e as Error).message });
+        }
+      },
+      after: async () => {
+        // Thawed even when the freeze seemed to fail: it may have frozen some.
+        await ga.thaw(this.cfg.backups.freezeTimeoutMs).catch((e: Error) => this.log.error("guest agent could not thaw", { vm: name, err: e.message }));
+        await fsp.rm(marker, { force: true });
+      },
+    };
   }
 
   /** The guest's agent when one answers guest-ping within agent_timeout; else null (crash-consistent). */

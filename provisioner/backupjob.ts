@@ -167,11 +167,12 @@ export interface JobSpec {
 
 /**
  * Copies the disk into `targetFile` with blockdev-backup: full, or the clusters
- * marked by the merged bitmaps. Returns the bytes copied. The target is opened
+ * marked by the merged bitmaps. Returns the bytes the job went through and the
+ * moment it started (the moment the backup shows). The target is opened
  * without its backing file (backing: null): the job only writes, and the
  * previous backups stay closed and untouched.
  */
-export async function runBackupJob(qmp: QmpClient, s: JobSpec): Promise<number> {
+export async function runBackupJob(qmp: QmpClient, s: JobSpec): Promise<{ bytes: number; startedAt: number }> {
   const node = `${TARGET_NODE_PREFIX}${s.seq}`;
   const job = `${JOB_PREFIX}${s.seq}`;
   const { disk } = s;
@@ -203,13 +204,14 @@ export async function runBackupJob(qmp: QmpClient, s: JobSpec): Promise<number> 
     // flushed everything before it, and is thawed as soon as it returns (the
     // job then copies old data before the guest overwrites it: copy-before-write).
     await s.around?.before();
+    const startedAt = Date.now();
     try {
       await qmp.execute("transaction", { actions });
       started = true;
     } finally {
       await s.around?.after();
     }
-    return await watchJob(qmp, job, s);
+    return { bytes: await watchJob(qmp, job, s), startedAt };
   } finally {
     if (started) await qmp.execute("job-dismiss", { id: job }).catch(() => undefined);
     await qmp.execute("blockdev-del", { "node-name": node }).catch(() => undefined);

@@ -172,13 +172,6 @@ chmod +x /etc/acpi/PWRF/00000080
 acpid -d >/dev/null 2>&1 &
 
 echo "$host" >/www/index.html
-# The guest agent (fsfreeze for consistent backups) on its virtio-serial port,
-# found by name: the port's number depends on the VM's devices.
-for p in /sys/class/virtio-ports/*; do
-  [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
-  qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -f /run/qemu-ga.pid -t /run -l /tmp/qemu-ga.log
-  echo "capsul-test-image: qemu-ga on /dev/${p##*/}"
-done
 /sbin/dropbear -R -E -p 22 2>/tmp/dropbear.log
 httpd -p 80 -h /www
 (
@@ -187,6 +180,14 @@ httpd -p 80 -h /www
     -subj "/CN=$host" -keyout /tmp/tls.key -out /tmp/tls.crt >/dev/null 2>&1
   while :; do openssl s_server -quiet -accept 443 -cert /tmp/tls.crt -key /tmp/tls.key -WWW >/dev/null 2>&1; sleep 1; done
 ) &
+# The guest agent (fsfreeze for consistent backups) on its virtio-serial port,
+# found by name: the port's number depends on the VM's devices. Started after
+# the servers above, so they come up as soon as before it was added.
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -f /run/qemu-ga.pid -t /run -l /tmp/qemu-ga.log
+  echo "capsul-test-image: qemu-ga on /dev/${p##*/}"
+done
 echo "capsul-test-image: ready hostname=$host"
 # PID 1 must not exit.
 while :; do sleep 3600; done
