@@ -167,7 +167,7 @@ export class BackupManager {
   private async backupWith(qmp: QmpClient, v: VmRecord, online: boolean, opts: BackupOptions, onProgress?: ProgressFn): Promise<Record<string, unknown>> {
     const name = v.name;
     let disk = await diskInfo(qmp);
-    const cleaned = await cleanupStale(qmp, disk);
+    const cleaned = await cleanupStale(qmp, disk, this.cfg.qmpTimeoutMs);
     if (cleaned.length) {
       this.log.warn("cleaned what an interrupted backup left in QEMU", { vm: name, items: cleaned.join(",") });
       disk = await diskInfo(qmp);
@@ -195,7 +195,7 @@ export class BackupManager {
       ga = online ? await this.agent(name) : null;
       const job = await runBackupJob(qmp, {
         disk, seq, targetFile: part, merge: d.merge, rateLimitBytesPerSec: this.cfg.backups.rateLimitBytesPerSec,
-        stallTimeoutMs: this.cfg.backups.stallTimeoutMs, meter: new ProgressMeter("backup", onProgress), signal: this.abort.signal,
+        stallTimeoutMs: this.cfg.backups.stallTimeoutMs, cancelTimeoutMs: this.cfg.qmpTimeoutMs, meter: new ProgressMeter("backup", onProgress), signal: this.abort.signal,
         around: ga ? this.freezer(name, ga, () => { consistency = "filesystem"; }) : undefined,
       });
       const fh = await fsp.open(part, "r");

@@ -30,8 +30,6 @@ export const TARGET_NODE_PREFIX = "capsul-bk-target-";
 export const JOB_PREFIX = "capsul-bk-job-";
 /** query-jobs polls while a job runs; progress reports are throttled separately (progress.ts). */
 export const JOB_POLL_INTERVAL_MS = 250;
-/** A cancelled job concludes within milliseconds (it stops at the next cluster); this bounds the wait. */
-export const JOB_CANCEL_TIMEOUT_MS = 30_000;
 
 export const bitmapName = (seq: number): string => `${BITMAP_PREFIX}${seq}`;
 
@@ -118,12 +116,12 @@ async function waitConcluded(qmp: QmpClient, id: string, timeoutMs: number): Pro
  * it cleaned, for the log. Inconsistent bitmaps of ours are removed too: they
  * can never be used again.
  */
-export async function cleanupStale(qmp: QmpClient, disk: DiskInfo): Promise<string[]> {
+export async function cleanupStale(qmp: QmpClient, disk: DiskInfo, cancelTimeoutMs: number): Promise<string[]> {
   const done: string[] = [];
   for (const j of await ourJobs(qmp)) {
     if (j.status !== "concluded" && j.status !== "null") {
       await qmp.execute("job-cancel", { id: j.id }).catch(() => undefined);
-      await waitConcluded(qmp, j.id, JOB_CANCEL_TIMEOUT_MS);
+      await waitConcluded(qmp, j.id, cancelTimeoutMs);
     }
     await qmp.execute("job-dismiss", { id: j.id }).catch(() => undefined);
     done.push(`job ${j.id}`);
@@ -159,6 +157,8 @@ export interface JobSpec {
   merge: string[] | null;
   rateLimitBytesPerSec: number;
   stallTimeoutMs: number;
+  /** How long a cancelled job may take to conclude (it stops at its next cluster: milliseconds; qmp_timeout). */
+  cancelTimeoutMs: number;
   meter: ProgressMeter;
   signal: AbortSignal;
   /** Runs right before the transaction (fsfreeze) and right after it (thaw), whatever happened. */
@@ -235,7 +235,7 @@ async function watchJob(qmp: QmpClient, job: string, s: JobSpec): Promise<number
       : Date.now() - lastMove > s.stallTimeoutMs ? `no progress for ${s.stallTimeoutMs} ms (stall_timeout)` : null;
     if (why) {
       await qmp.execute("job-cancel", { id: job }).catch(() => undefined);
-      await waitConcluded(qmp, job, JOB_CANCEL_TIMEOUT_MS);
+      await waitConcluded(qmp, job, s.cancelTimeoutMs);
       throw new ProvisionerError("backup_cancelled", `backup cancelled: ${why}`, 503);
     }
     await new Promise((r) => setTimeout(r, JOB_POLL_INTERVAL_MS));
