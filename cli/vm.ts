@@ -12,6 +12,7 @@ import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { findConfig, printJson, table } from "./common.js";
 import { formatBytes, parseDurationMs } from "../lib/units.js";
 import { clock, readyLine, WAIT_UNTIL, waitReady, type WaitUntil } from "./vmwait.js";
+import { registerBackupCommands } from "./vmbackup.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
 export const DEFAULT_PROVISIONER_DATA_DIR = "/var/lib/capsul/provisioner";
@@ -276,6 +277,8 @@ export function registerVmCommands(program: Command): void {
     const text = await (await a.call("GET", `/v1/vms/${encodeURIComponent(name)}/console`, undefined, "text/plain")).text();
     if (opts.json) printJson({ vm: name, console: text }); else process.stdout.write(text);
   });
+
+  registerBackupCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
 
   const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
 

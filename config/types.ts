@@ -462,6 +462,35 @@ export interface ProvisionerConfig {
   consoleLogMaxBytes: number;
   /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
   pastaBinary: string;
+  /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
+  backups: BackupConfig;
+}
+
+/** When the provisioner backs up running VMs by itself: never, or every `intervalMs` since a VM's newest backup. */
+export type BackupSchedule = { kind: "off" } | { kind: "every"; intervalMs: number };
+
+/** `cog.provisioner.backups` (README "Backups"). */
+export interface BackupConfig {
+  /** Where backups live: one directory per VM name with manifest.json and qcow2 files (default <dataDir>/backups, made 0700). */
+  dir: string;
+  /** off (default), hourly, daily, weekly, or a duration of at least 1m: a running VM whose newest backup is older gets one. */
+  schedule: BackupSchedule;
+  /** Chains kept per VM, a chain being a full backup and the incrementals on top of it; older chains are deleted whole (default 2). */
+  keepFull: number;
+  /** Incrementals per chain; with this many, the next backup is a full one that starts a new chain (default 6; 0 = always full). */
+  keepIncremental: number;
+  /** How long the guest agent may take to answer guest-ping; silence means a crash-consistent backup (default 3s). */
+  agentTimeoutMs: number;
+  /** How long guest-fsfreeze-freeze may take (the guest flushes its filesystems; default 60s); past it, thaw and back up crash-consistent. */
+  freezeTimeoutMs: number;
+  /** A backup or restore whose progress stops this long is cancelled (default 10m). */
+  stallTimeoutMs: number;
+  /** How often the schedule looks for VMs that are due (default 1m). */
+  checkIntervalMs: number;
+  /** After a scheduled backup of a VM failed, the next attempt waits this long (default 30m). */
+  retryAfterMs: number;
+  /** Bytes per second a backup job may read from a VM's disk (QEMU's job "speed"; default 0 = unlimited). */
+  rateLimitBytesPerSec: number;
 }
 
 export interface CapsulConfig {

@@ -7,6 +7,8 @@ import type { Logger } from "../lib/log.js";
 import { NAME_RE } from "./config.js";
 import type { ImageRecord, Store } from "./db.js";
 import { apiGuard } from "./apiguard.js";
+import type { BackupManager } from "./backup.js";
+import { registerBackupRoutes } from "./backupapi.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { renderMetrics } from "./metrics.js";
@@ -24,6 +26,7 @@ export interface ApiDeps {
   store: Store;
   images: ImageCatalogue;
   vms: VmManager;
+  backups: BackupManager;
   log: Logger;
   /** Bearer token (<dataDir>/api-token); required on every request. */
   token: string;
@@ -124,6 +127,7 @@ export function buildApi(d: ApiDeps): Hono {
     return c.json({ deleted: name });
   });
   app.get("/v1/vms/:name/console", async (c) => c.text(await vms.consoleTail(nameParam(c))));
+  registerBackupRoutes(app, d.backups, { jsonBody, nameParam });
 
   app.get("/v1/images", (c) => c.json({ images: images.list().map((i) => imageView(i, store)) }));
   app.get("/v1/images/:name", (c) => c.json({ image: imageView(images.get(nameParam(c)), store) }));

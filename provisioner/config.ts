@@ -2,6 +2,7 @@ import path from "node:path";
 import type { HostPort, ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { parseBackupConfig } from "./backupconfig.js";
 import { parseCidr } from "./netguard.js";
 
 const MIB = 1024 * 1024;
@@ -74,6 +75,7 @@ const KEYS: Record<string, true> = {
   console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
   import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
   image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
+  backups: true,
 };
 const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
 
@@ -237,6 +239,7 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     imageInspectCpuMs: inspectCpu,
     consoleLogMaxBytes,
     pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
+    backups: parseBackupConfig(raw.backups, `${at}.backups`, baseDir, dataDir),
   };
   return Object.freeze(cfg);
 }
@@ -256,6 +259,8 @@ export function provisionerConfigWith(over: Partial<ProvisionerConfig>): Provisi
   const cfg = { ...base, ...over };
   // As in capsul.yaml: the import dir defaults to one inside the data dir.
   if (over.importDir === undefined) cfg.importDir = path.join(cfg.dataDir, DEFAULT_IMPORT_SUBDIR);
+  // And so does the backup dir.
+  if (over.backups === undefined) cfg.backups = parseBackupConfig({}, "provisioner.backups", process.cwd(), cfg.dataDir);
   checkDataDir(cfg.dataDir, "provisioner.dataDir");
   return Object.freeze(cfg);
 }

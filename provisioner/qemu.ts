@@ -8,7 +8,7 @@ import { runTool } from "./tools.js";
 
 /** Files of one VM's run directory (DESIGN.md "The provisioner"). */
 export function runFiles(runDir: string): {
-  pid: string; qmp: string; console: string; consoleSock: string; pasta: string; seed: string; disk: string;
+  pid: string; qmp: string; console: string; consoleSock: string; pasta: string; seed: string; disk: string; qga: string;
 } {
   return {
     pid: path.join(runDir, "qemu.pid"),
@@ -20,6 +20,8 @@ export function runFiles(runDir: string): {
     pasta: path.join(runDir, "pasta.pid"),
     seed: path.join(runDir, "seed.iso"),
     disk: path.join(runDir, "disk.qcow2"),
+    // The guest agent's virtio-serial port (guestagent.ts); as long as qmp.sock.
+    qga: path.join(runDir, "qga.sock"),
   };
 }
 
@@ -32,6 +34,15 @@ export function qemuOpt(value: string): string {
 /** The qdev id of the VM's disk (virtio-blk-pci) and the -drive id behind it (query-blockstats "device"). */
 export const DISK_DEVICE_ID = "vdisk0";
 export const DISK_DRIVE_ID = "disk0";
+/**
+ * The node name of the disk's qcow2 format node: backup.ts puts its persistent
+ * dirty bitmaps there. (QEMU names an unnamed node "#blockNNN", different in
+ * every run; backup.ts still finds it through query-block for VMs started
+ * before this name existed.)
+ */
+export const DISK_NODE_NAME = "capsul-disk";
+/** The virtio-serial port qemu-guest-agent looks for inside the guest. */
+export const GUEST_AGENT_PORT_NAME = "org.qemu.guest_agent.0";
 /**
  * block_set_io_throttle wants the device that owns the block backend: for
  * virtio-blk-pci that is its virtio-backend child, not the PCI proxy.
@@ -70,7 +81,7 @@ export function cpuModel(accel: "kvm" | "tcg"): string {
 export function buildQemuArgs(s: LaunchSpec): string[] {
   const f = runFiles(s.runDir);
   const mib = Math.floor(s.size.memoryBytes / (1024 * 1024));
-  let drive = `if=none,id=${DISK_DRIVE_ID},file=${qemuOpt(f.disk)},format=qcow2,discard=unmap,detect-zeroes=unmap`;
+  let drive = `if=none,id=${DISK_DRIVE_ID},node-name=${DISK_NODE_NAME},file=${qemuOpt(f.disk)},format=qcow2,discard=unmap,detect-zeroes=unmap`;
   if (s.size.diskIopsPerSec > 0) drive += `,throttling.iops-total=${s.size.diskIopsPerSec}`;
   if (s.size.diskBytesPerSec > 0) drive += `,throttling.bps-total=${s.size.diskBytesPerSec}`;
   // 0.0.0.0 of the VM's own namespace: its loopback is still down when QEMU binds.
@@ -98,6 +109,11 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
     // romfile= drops the iPXE option ROM: the guest never boots from the network.
     "-device", "virtio-net-pci,netdev=net0,romfile=",
     "-device", "virtio-rng-pci",
+    // The guest agent's channel: backups freeze the guest's filesystems through
+    // it when the guest runs qemu-guest-agent (Debian's cloud image does).
+    "-chardev", `socket,id=qga0,path=${qemuOpt(f.qga)},server=on,wait=off`,
+    "-device", "virtio-serial-pci,id=vserial0",
+    "-device", `virtserialport,chardev=qga0,name=${GUEST_AGENT_PORT_NAME}`,
   ];
   if (s.image.format === "kernel") {
     args.push("-kernel", s.image.files.kernel!.path, "-initrd", s.image.files.initrd!.path);

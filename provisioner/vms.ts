@@ -111,6 +111,9 @@ export class VmManager {
   get(name: string): Record<string, unknown> { return this.view(this.record(name)); }
   liveVm(name: string): { pid: number; qmp: QmpClient } | undefined { return this.live.get(name); }
 
+  /** Runs `fn` holding the VM's lifecycle lock: no start, stop or delete meanwhile (backup.ts: offline backups, restores). */
+  exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> { return this.withLock(name, fn); }
+
   /** Memory of every VM that should run: its size plus vm_memory_overhead. */
   committedMemoryBytes(exceptVm?: string): number {
     let sum = 0;
@@ -165,8 +168,10 @@ export class VmManager {
    * Validates, records the VM, makes its disk and seed (fast, synchronous with the
    * request so that a failure is the request's error and leaves nothing behind),
    * then boots it in the background. Returns the VM in state `creating`.
+   * A restore (backup.ts) passes the disk to boot from (moved into the run dir)
+   * and, when it recreates a deleted VM, that VM's uuid.
    */
-  async create(req: CreateRequest): Promise<Record<string, unknown>> {
+  async create(req: CreateRequest, from: { disk?: string; uuid?: string } = {}): Promise<Record<string, unknown>> {
     const image = this.store.getImage(req.image);
     if (!image) throw badRequest("image_not_found", `no image named ${JSON.stringify(req.image)} (GET /v1/images)`);
     const size = this.cfg.sizes[req.size];
@@ -179,13 +184,17 @@ export class VmManager {
     if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
     if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     this.checkMemory(req.name, size);
-    const uuid = randomUUID();
+    const uuid = from.uuid ?? randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
     this.store.insertVm({
       name: req.name, uuid, image: image.name, size: req.size, sshKeys: req.sshKeys, desired: "running",
       state: "creating", message: null, accel: null, ports: null,
     });
     try {
+      if (from.disk) {
+        await fsp.mkdir(this.runDir(req.name), { recursive: true, mode: 0o700 });
+        await fsp.rename(from.disk, runFiles(this.runDir(req.name)).disk);
+      }
       await this.prepare(this.record(req.name), image, size);
     } catch (e) {
       await fsp.rm(this.runDir(req.name), { recursive: true, force: true });

@@ -153,7 +153,7 @@ t.test("capsul.yaml.example sets and documents every cog.provisioner key", async
     "qemu_img_binary", "genisoimage_binary", "boot_timeout", "boot_timeout_tcg", "stop_timeout", "reboot_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout",
     "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "quit_timeout", "crash_restarts",
     "crash_window", "import_dir", "import_allowed_cidrs", "import_max_redirects", "download_idle_timeout", "image_inspect_memory",
-    "image_inspect_cpu_time", "console_log_size", "pasta_binary"];
+    "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups"];
   for (const k of keys) t.not(p[k], undefined, `example sets cog.provisioner.${k}`);
   t.same(Object.keys(p).filter((k) => !keys.includes(k)), [], "and nothing this list does not know");
   const c = parseProvisionerConfig(p, "cog.provisioner", path.dirname(file));
