@@ -1,13 +1,12 @@
 /**
  * The capsul.yaml keys of HTTPS on the cog: `cog.acme` (the ACME client),
  * `cog.terminate` (limits of the TLS the cog serves itself), and the route keys
- * `tls`, `challenge`, `redirect_http` and `hsts`. Called from ./config.ts; the
- * same rules as there: unknown keys refused, every error names the key path.
+ * `tls`, `challenge`, `redirect_http` and `hsts`: their schema, each default stated once.
  */
-import { resolve } from "node:path";
 import { ConfigError } from "../lib/errors.js";
+import { choice, custom, durationMs, fail, path, section, sizeBytes } from "./fields.js";
 import type { AcmeChallengeType, AcmeConfig, CogRoute, RouteTermination, TerminateConfig } from "./types.js";
-import { at, boolean, duration, fmtMs, mapping, oneOf, size, string, type Obj } from "./values.js";
+import { boolean, duration, fmtMs, string } from "./values.js";
 
 /** acme-client's (and Let's Encrypt's) directory URLs behind the shorthands. */
 export const LETSENCRYPT_DIRECTORY_URL = "https://acme-v02.api.letsencrypt.org/directory";
@@ -17,8 +16,7 @@ const DIRECTORY_SHORTHANDS: Record<string, string> = {
   "letsencrypt-staging": LETSENCRYPT_STAGING_DIRECTORY_URL,
 };
 
-// Defaults. Each one is stated in the doc comment of its field in ./types.ts
-// (test/config.test.ts checks that they agree).
+// Defaults, stated once: capsul.schema.json's descriptions and the runtime values use them.
 export const DEFAULT_ACME_DIRECTORY = "letsencrypt";
 /** Two thirds, as Let's Encrypt advises (30 days before the end of a 90-day certificate). */
 export const DEFAULT_ACME_RENEW_AT_RATIO = 2 / 3;
@@ -45,107 +43,131 @@ export const DEFAULT_HSTS_MAX_AGE_SEC = 365 * 86_400;
 const RENEW_AT_RATIO_MIN = 0.01;
 const RENEW_AT_RATIO_MAX = 0.95;
 
-export const ACME_KEYS = ["directory_url", "ca_bundle", "email", "renew_at", "retry_min_delay", "retry_max_delay",
-  "request_timeout", "order_timeout", "poll_interval"] as const;
-export const TERMINATE_KEYS = ["handshake_timeout", "client_hello_max_bytes", "http_header_max_bytes", "http_keepalive_timeout"] as const;
-/** The route keys this file reads; ./config.ts accepts them on every route and leaves them to parseRouteTermination. */
-export const ROUTE_TLS_KEYS = ["tls", "challenge", "redirect_http", "hsts"] as const;
-
 const CHALLENGES: readonly AcmeChallengeType[] = ["http-01", "tls-alpn-01"];
 const TLS_MODES = ["passthrough", "terminate"] as const;
 
-function directoryUrl(value: unknown, path: string): string {
-  const text = string(value, path, DEFAULT_ACME_DIRECTORY);
+function directoryUrl(text: string): string {
   const url = DIRECTORY_SHORTHANDS[text] ?? text;
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    throw new ConfigError(`not a URL (or letsencrypt, letsencrypt-staging): ${JSON.stringify(text)}`, path);
+    throw new ConfigError(`not a URL (or letsencrypt, letsencrypt-staging): ${JSON.stringify(text)}`);
   }
   // RFC 8555 §6.1: ACME is HTTPS only; a plain-HTTP directory would hand the account key's signatures to anyone on the path.
-  if (parsed.protocol !== "https:") throw new ConfigError(`must be an https:// URL, got ${JSON.stringify(text)}`, path);
+  if (parsed.protocol !== "https:") throw new ConfigError(`must be an https:// URL, got ${JSON.stringify(text)}`);
   return url;
 }
 
-function email(value: unknown, path: string): string | null {
+function email(value: unknown): string | null {
   if (value === undefined || value === null) return null;
-  const text = string(value, path);
-  if (!/^[^@\s:]+@[^@\s:]+\.[^@\s:]+$/.test(text)) throw new ConfigError(`not an email address: ${JSON.stringify(text)}`, path);
+  const text = string(value, "");
+  if (!/^[^@\s:]+@[^@\s:]+\.[^@\s:]+$/.test(text)) throw new ConfigError(`not an email address: ${JSON.stringify(text)}`);
   return text;
 }
 
-function ratio(value: unknown, path: string, def: number, min: number, max: number): number {
+function ratio(value: unknown, def: number, min: number, max: number): number {
   if (value === undefined || value === null) return def;
-  if (typeof value !== "number" || !Number.isFinite(value)) throw new ConfigError(`expected a number, got ${JSON.stringify(value)}`, path);
-  if (value < min || value > max) throw new ConfigError(`out of range (${min}-${max}): ${value}`, path);
+  if (typeof value !== "number" || !Number.isFinite(value)) throw new ConfigError(`expected a number, got ${JSON.stringify(value)}`);
+  if (value < min || value > max) throw new ConfigError(`out of range (${min}-${max}): ${value}`);
   return value;
 }
 
-export function parseAcme(value: unknown, path: string, baseDir: string): AcmeConfig {
-  const m: Obj = value == null ? {} : mapping(value, path, ACME_KEYS);
-  const retryMinDelayMs = duration(m.retry_min_delay, at(path, "retry_min_delay"), DEFAULT_ACME_RETRY_MIN_DELAY_MS, 1);
-  const retryMaxDelayMs = duration(m.retry_max_delay, at(path, "retry_max_delay"), DEFAULT_ACME_RETRY_MAX_DELAY_MS, 1);
-  if (retryMinDelayMs > retryMaxDelayMs) {
-    throw new ConfigError(`must not exceed retry_max_delay (${fmtMs(retryMaxDelayMs)})`, at(path, "retry_min_delay"));
-  }
-  const bundlePath = at(path, "ca_bundle");
+export const acmeSchema = section("The ACME client that gets certificates for `tls: terminate` routes (idle while no route terminates).", {
+  directory_url: custom({
+    description: `ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's. Default: ${DEFAULT_ACME_DIRECTORY}.`,
+    default: DEFAULT_ACME_DIRECTORY, anyOf: [{ enum: Object.keys(DIRECTORY_SHORTHANDS) }, { type: "string", format: "uri", pattern: "^https://" }, { type: "null" }],
+  }, (v) => directoryUrl(string(v, "", DEFAULT_ACME_DIRECTORY))),
+  ca_bundle: path("PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA (default none).", undefined),
+  email: custom({ description: "Contact address registered with the account, for the CA's expiry notices (default none).", type: ["string", "null"] }, email),
+  renew_at: custom({
+    description: "Renew once this fraction of a certificate's lifetime has passed, less a random jitter of up to 5% of it. Default: 0.667 (two thirds).",
+    default: DEFAULT_ACME_RENEW_AT_RATIO, type: ["number", "null"], minimum: RENEW_AT_RATIO_MIN, maximum: RENEW_AT_RATIO_MAX,
+  }, (v) => ratio(v, DEFAULT_ACME_RENEW_AT_RATIO, RENEW_AT_RATIO_MIN, RENEW_AT_RATIO_MAX)),
+  retry_min_delay: durationMs("First delay after a failed order; doubled per failure, with jitter. A longer Retry-After from the CA wins.",
+    { def: DEFAULT_ACME_RETRY_MIN_DELAY_MS, min: 1 }),
+  retry_max_delay: durationMs("Cap of that backoff.", { def: DEFAULT_ACME_RETRY_MAX_DELAY_MS, min: 1 }),
+  request_timeout: durationMs("Deadline for one HTTP request to the CA.", { def: DEFAULT_ACME_REQUEST_TIMEOUT_MS, min: 1 }),
+  order_timeout: durationMs("Deadline for one whole order: account, challenge, finalize, download.", { def: DEFAULT_ACME_ORDER_TIMEOUT_MS, min: 1 }),
+  poll_interval: durationMs("First delay between polls of a pending challenge or order; doubled up to 8 times this.", { def: DEFAULT_ACME_POLL_INTERVAL_MS, min: 1 }),
+}, (o): AcmeConfig => {
+  if (o.retry_min_delay > o.retry_max_delay) fail(["retry_min_delay"], `must not exceed retry_max_delay (${fmtMs(o.retry_max_delay)})`);
   return {
-    directoryUrl: directoryUrl(m.directory_url, at(path, "directory_url")),
-    caBundle: m.ca_bundle == null ? null : resolve(baseDir, string(m.ca_bundle, bundlePath)),
-    email: email(m.email, at(path, "email")),
-    renewAtRatio: ratio(m.renew_at, at(path, "renew_at"), DEFAULT_ACME_RENEW_AT_RATIO, RENEW_AT_RATIO_MIN, RENEW_AT_RATIO_MAX),
-    retryMinDelayMs,
-    retryMaxDelayMs,
-    requestTimeoutMs: duration(m.request_timeout, at(path, "request_timeout"), DEFAULT_ACME_REQUEST_TIMEOUT_MS, 1),
-    orderTimeoutMs: duration(m.order_timeout, at(path, "order_timeout"), DEFAULT_ACME_ORDER_TIMEOUT_MS, 1),
-    pollIntervalMs: duration(m.poll_interval, at(path, "poll_interval"), DEFAULT_ACME_POLL_INTERVAL_MS, 1),
+    directoryUrl: o.directory_url,
+    caBundle: o.ca_bundle,
+    email: o.email,
+    renewAtRatio: o.renew_at,
+    retryMinDelayMs: o.retry_min_delay,
+    retryMaxDelayMs: o.retry_max_delay,
+    requestTimeoutMs: o.request_timeout,
+    orderTimeoutMs: o.order_timeout,
+    pollIntervalMs: o.poll_interval,
   };
-}
+});
 
-export function parseTerminate(value: unknown, path: string): TerminateConfig {
-  const m: Obj = value == null ? {} : mapping(value, path, TERMINATE_KEYS);
-  return {
-    handshakeTimeoutMs: duration(m.handshake_timeout, at(path, "handshake_timeout"), DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS, 1),
-    clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES, 1),
-    httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES, 1),
-    httpKeepAliveTimeoutMs: duration(m.http_keepalive_timeout, at(path, "http_keepalive_timeout"), DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS, 1),
-  };
-}
+export const terminateSchema = section("Limits of the TLS the cog terminates itself (`tls: terminate` routes).", {
+  handshake_timeout: durationMs("Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake.",
+    { def: DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS, min: 1 }),
+  client_hello_max_bytes: sizeBytes("Cap on a buffered ClientHello, record headers included; as hub.limits.client_hello_max_bytes (16KiB + 5*5 headers).",
+    { def: DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES, min: 1 }),
+  http_header_max_bytes: sizeBytes("Cap on a buffered HTTP request head on the port-80 side.", { def: DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES, min: 1 }),
+  http_keepalive_timeout: durationMs("With HSTS on, an idle kept-alive HTTPS connection is closed after this.",
+    { def: DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS, min: 1 }),
+}, (o): TerminateConfig => ({
+  handshakeTimeoutMs: o.handshake_timeout,
+  clientHelloMaxBytes: o.client_hello_max_bytes,
+  httpHeaderMaxBytes: o.http_header_max_bytes,
+  httpKeepAliveTimeoutMs: o.http_keepalive_timeout,
+}));
 
 /** `hsts`: false/absent (off), true (DEFAULT_HSTS_MAX_AGE_SEC), or a duration (its whole seconds). */
-function hsts(value: unknown, path: string): number {
-  if (value === undefined || value === null || value === false) return 0;
+function hsts(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (value === false) return 0;
   if (value === true) return DEFAULT_HSTS_MAX_AGE_SEC;
-  const sec = Math.floor(duration(value, path, 0, 1) / 1000);
-  if (sec < 1) throw new ConfigError("must be at least 1s (or false to turn HSTS off)", path);
+  const sec = Math.floor(duration(value, "", 0, 1) / 1000);
+  if (sec < 1) throw new ConfigError("must be at least 1s (or false to turn HSTS off)");
   return sec;
 }
 
+/** The route keys of TLS termination; the route section puts them in its shape. Absent is undefined. */
+export const ROUTE_TLS_SHAPE = {
+  tls: choice("tls routes: passthrough (the target holds its own certificate and key) or terminate (the cog obtains a certificate by ACME, serves TLS itself and sends plaintext to target). Default: passthrough.",
+    TLS_MODES, undefined, { optional: true }),
+  challenge: choice(`How the cog proves the hostname to the CA: http-01 through the hub's port 80, tls-alpn-01 through its SNI routing (tls: terminate only). Default: ${DEFAULT_ROUTE_CHALLENGE}.`,
+    CHALLENGES, undefined, { optional: true }),
+  redirect_http: custom({ description: "Answer plain-HTTP requests for the hostname with a 308 redirect to https:// instead of passing them to the target (tls: terminate only). Default: false.", type: ["boolean", "null"] },
+    (v) => (v == null ? undefined : boolean(v, "", false))),
+  hsts: custom({
+    description: "Strict-Transport-Security max-age added to every HTTPS response: false (none), true (365d), or a duration of at least 1s (tls: terminate only). Default: false.",
+    anyOf: [{ type: "boolean" }, { type: "string" }, { type: "number" }, { type: "null" }],
+  }, hsts),
+};
+
+interface RouteTlsInput { tls?: "passthrough" | "terminate"; challenge?: AcmeChallengeType; redirect_http?: boolean; hsts?: number }
+
 /**
- * Reads a route's TLS keys into `route.terminate` (left absent for passthrough).
- * `m` is the route's mapping, already checked for unknown keys; `route` has its
- * kind and hostname.
+ * Reads a route's TLS keys into `route.terminate` (left absent for passthrough); `route` has
+ * its kind and hostname. Errors name keys relative to the route.
  */
-export function parseRouteTermination(m: Obj, p: string, route: CogRoute): void {
-  const mode = oneOf(m.tls, at(p, "tls"), TLS_MODES, "passthrough");
-  if (m.tls != null && route.kind !== "tls") {
-    throw new ConfigError(`only tls routes have this key (${route.kind} routes carry no TLS of their own)`, at(p, "tls"));
+export function buildRouteTermination(o: RouteTlsInput, route: CogRoute): void {
+  if (o.tls !== undefined && route.kind !== "tls") {
+    fail(["tls"], `only tls routes have this key (${route.kind} routes carry no TLS of their own)`);
   }
-  if (mode !== "terminate") {
+  if (o.tls !== "terminate") {
     for (const key of ["challenge", "redirect_http", "hsts"] as const) {
-      if (m[key] != null) throw new ConfigError("only allowed with tls: terminate", at(p, key));
+      if (o[key] !== undefined) fail([key], "only allowed with tls: terminate");
     }
     return;
   }
   if (route.hostname?.startsWith("*.")) {
     // RFC 8555 §7.1.3 / Let's Encrypt: wildcard names need DNS-01, which the hub cannot answer for a cog.
-    throw new ConfigError(`tls: terminate needs an exact hostname (a wildcard certificate needs a DNS-01 challenge): ${JSON.stringify(route.hostname)}`, at(p, "hostname"));
+    fail(["hostname"], `tls: terminate needs an exact hostname (a wildcard certificate needs a DNS-01 challenge): ${JSON.stringify(route.hostname)}`);
   }
   const t: RouteTermination = {
-    challenge: oneOf(m.challenge, at(p, "challenge"), CHALLENGES, DEFAULT_ROUTE_CHALLENGE),
-    redirectHttp: boolean(m.redirect_http, at(p, "redirect_http"), false),
-    hstsMaxAgeSec: hsts(m.hsts, at(p, "hsts")),
+    challenge: o.challenge ?? DEFAULT_ROUTE_CHALLENGE,
+    redirectHttp: o.redirect_http ?? false,
+    hstsMaxAgeSec: o.hsts ?? 0,
   };
   route.terminate = t;
 }
@@ -153,14 +175,14 @@ export function parseRouteTermination(m: Obj, p: string, route: CogRoute): void 
 /**
  * A `tls: terminate` route answers plain HTTP for its hostname itself (ACME
  * challenges, the redirect, or its target), so a separate http route for the
- * same name would be ambiguous.
+ * same name would be ambiguous. Errors name keys relative to the routes list.
  */
-export function checkTerminatedHostnames(routes: readonly CogRoute[], path: string): void {
+export function checkTerminatedHostnames(routes: readonly CogRoute[]): void {
   routes.forEach((r, j) => {
     if (r.kind !== "http") return;
     const i = routes.findIndex((o) => o.terminate !== undefined && o.hostname === r.hostname);
     if (i >= 0) {
-      throw new ConfigError(`${JSON.stringify(r.hostname)} is served on plain HTTP by ${path}[${i}] (tls: terminate answers ACME challenges there and passes the rest to its target, or redirects with redirect_http): remove this route`, `${path}[${j}].hostname`);
+      fail([j, "hostname"], `${JSON.stringify(r.hostname)} is served on plain HTTP by cog.routes[${i}] (tls: terminate answers ACME challenges there and passes the rest to its target, or redirects with redirect_http): remove this route`);
     }
   });
 }

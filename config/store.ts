@@ -6,10 +6,9 @@
  * store is opened (gateway/store/postgres.ts). Errors never echo the URL,
  * which might hold a password after all.
  */
-import { resolve } from "node:path";
 import { ConfigError } from "../lib/errors.js";
+import { durationMs, fail, int, path, read, resolvePath, text } from "./fields.js";
 import type { HubStoreConfig, PostgresTarget } from "./types.js";
-import { at, duration, integer, string, type Obj } from "./values.js";
 
 export const DEFAULT_HUB_STORE = "sqlite";
 export const DEFAULT_STORE_POOL_SIZE = 10;
@@ -21,9 +20,7 @@ const SSL_MODES: readonly PostgresTarget["sslMode"][] = ["disable", "require", "
 const URL_PARAMS = ["host", "sslmode", "sslrootcert"];
 const URL_SHAPE = "sqlite, or postgres://USER@HOST[:PORT]/DATABASE[?host=/socket/dir&sslmode=disable|require|verify-full&sslrootcert=FILE]";
 
-export const HUB_STORE_KEYS = ["store", "store_password_file", "store_pool_size", "store_connect_timeout", "store_busy_timeout"] as const;
-
-function parsePostgresUrl(text: string, path: string, baseDir: string): PostgresTarget {
+function parsePostgresUrl(text: string, path: string): PostgresTarget {
   let u: URL;
   // postgres://user@/db?host=/dir names no host (WHATWG URL refuses that): parse it with a placeholder.
   const noHost = /^[a-z]+:\/\/[^/?#]*@(?=[/?]|$)/i.test(text);
@@ -56,25 +53,35 @@ function parsePostgresUrl(text: string, path: string, baseDir: string): Postgres
     user,
     database: db === "" ? user : db,
     sslMode,
-    sslRootCert: rootCert === null ? null : resolve(baseDir, rootCert),
+    sslRootCert: rootCert === null ? null : resolvePath(rootCert),
   };
 }
 
-export function parseHubStore(m: Obj, path: string, baseDir: string): HubStoreConfig {
-  const storePath = at(path, "store");
-  const text = string(m.store, storePath, DEFAULT_HUB_STORE);
+/** The hub section's keys for its store (they sit in hub: itself, next to data_dir). */
+export const HUB_STORE_SHAPE = {
+  store: text(`Where the hub keeps cogs, certificates, invites, grants, ports and revocations: sqlite (<data_dir>/hub.db, shared by the processes of one machine), or a postgres://USER@HOST[:PORT]/DATABASE URL shared by hubs (never with a password in it).`,
+    DEFAULT_HUB_STORE),
+  store_password_file: path("File holding the PostgreSQL password (default none: then $CAPSUL_STORE_PASSWORD, else no password); only with a postgres:// store.", undefined),
+  store_pool_size: int("PostgreSQL connections per hub process.", { def: DEFAULT_STORE_POOL_SIZE, min: 1, max: 1000 }),
+  store_connect_timeout: durationMs("Deadline to connect to PostgreSQL.", { def: DEFAULT_STORE_CONNECT_TIMEOUT_MS, min: 1, max: 2 ** 31 - 1 }),
+  store_busy_timeout: durationMs("How long a SQLite write waits while another process holds the write lock.",
+    { def: DEFAULT_STORE_BUSY_TIMEOUT_MS, min: 0, max: 2 ** 31 - 1 }),
+};
+
+/** The store keys as read (the hub section's input holds them). */
+interface StoreInput { store: string; store_password_file: string | null; store_pool_size: number; store_connect_timeout: number; store_busy_timeout: number }
+
+export function buildHubStore(o: StoreInput): HubStoreConfig {
   let postgres: PostgresTarget | null = null;
-  if (/^postgres(ql)?:\/\//i.test(text)) postgres = parsePostgresUrl(text, storePath, baseDir);
-  else if (text !== "sqlite") throw new ConfigError(`expected ${URL_SHAPE}`, storePath);
-  const pwPath = at(path, "store_password_file");
-  const passwordFile = m.store_password_file == null ? null : resolve(baseDir, string(m.store_password_file, pwPath));
-  if (passwordFile !== null && !postgres) throw new ConfigError("only used with a postgres:// hub.store", pwPath);
+  if (/^postgres(ql)?:\/\//i.test(o.store)) postgres = read(["store"], () => parsePostgresUrl(o.store, ""));
+  else if (o.store !== "sqlite") fail(["store"], `expected ${URL_SHAPE}`);
+  if (o.store_password_file !== null && !postgres) fail(["store_password_file"], "only used with a postgres:// hub.store");
   return {
     kind: postgres ? "postgres" : "sqlite",
     postgres,
-    passwordFile,
-    poolSize: integer(m.store_pool_size, at(path, "store_pool_size"), DEFAULT_STORE_POOL_SIZE, 1, 1000),
-    connectTimeoutMs: duration(m.store_connect_timeout, at(path, "store_connect_timeout"), DEFAULT_STORE_CONNECT_TIMEOUT_MS, 1, 2 ** 31 - 1),
-    busyTimeoutMs: duration(m.store_busy_timeout, at(path, "store_busy_timeout"), DEFAULT_STORE_BUSY_TIMEOUT_MS, 0, 2 ** 31 - 1),
+    passwordFile: o.store_password_file,
+    poolSize: o.store_pool_size,
+    connectTimeoutMs: o.store_connect_timeout,
+    busyTimeoutMs: o.store_busy_timeout,
   };
 }

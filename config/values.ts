@@ -10,7 +10,7 @@ import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
 
 export type Obj = Record<string, unknown>;
 
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   if (v === null || v === undefined) return "nothing";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a mapping";
@@ -32,7 +32,8 @@ function editDistance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
-function unknownKey(key: string, path: string, known: readonly string[]): ConfigError {
+/** "unknown key", with the known key it most likely meant: `unknown key (did you mean "limits"?)`. */
+export function unknownKeyMessage(key: string, known: readonly string[]): string {
   // "dataDir" and "data-dir" are data_dir spelled another way: always suggest it.
   const squash = (s: string) => s.toLowerCase().replace(/[-_]/g, "");
   let best: string | undefined;
@@ -42,7 +43,7 @@ function unknownKey(key: string, path: string, known: readonly string[]): Config
     if (d < bestDistance) { best = k; bestDistance = d; }
   }
   const close = best !== undefined && bestDistance <= Math.min(2, Math.floor(best.length / 3));
-  return new ConfigError(close ? `unknown key (did you mean "${best}"?)` : "unknown key", at(path, key));
+  return close ? `unknown key (did you mean "${best}"?)` : "unknown key";
 }
 
 /** A mapping whose keys are all in `known`; checked before any value, so a typo is reported as such. */
@@ -50,7 +51,7 @@ export function mapping(value: unknown, path: string, known: readonly string[]):
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     throw new ConfigError(`expected a mapping, got ${describe(value)}`, path || undefined);
   }
-  for (const key of Object.keys(value)) if (!known.includes(key)) throw unknownKey(key, path, known);
+  for (const key of Object.keys(value)) if (!known.includes(key)) throw new ConfigError(unknownKeyMessage(key, known), at(path, key));
   return value as Obj;
 }
 
