@@ -29,7 +29,10 @@ export function jsonSchemaOverride(ctx: { zodSchema: unknown; jsonSchema: Record
   const entry = JSON_SCHEMA.get(ctx.zodSchema as z.ZodType);
   if (!entry) return;
   if (entry.replace) for (const key of Object.keys(ctx.jsonSchema)) delete ctx.jsonSchema[key];
-  Object.assign(ctx.jsonSchema, entry.json);
+  for (const [key, value] of Object.entries(entry.json)) {
+    if (value === undefined) delete ctx.jsonSchema[key];
+    else ctx.jsonSchema[key] = value;
+  }
 }
 
 /**
@@ -117,7 +120,8 @@ export function section<S extends z.ZodRawShape, O>(
   }, object);
   JSON_SCHEMA.set(object, {
     replace: false,
-    json: { description, type: nullable ? ["object", "null"] : "object", ...(opts.requiredKeys ? { required: [...opts.requiredKeys] } : {}) },
+    // zod counts a key whose schema preprocesses (a list) as required: only requiredKeys are.
+    json: { description, type: nullable ? ["object", "null"] : "object", required: opts.requiredKeys ? [...opts.requiredKeys] : undefined },
   });
   return checked.transform((input, ctx): O => {
     try {
