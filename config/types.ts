@@ -1,7 +1,10 @@
 /**
- * The frozen, fully-defaulted shape of capsul.yaml after parseConfig().
+ * The frozen, fully-defaulted shape of capsul.yaml after parseConfig(): what the code uses.
  * Every duration is in milliseconds, every size in bytes; names carry units.
- * Every key here is documented in capsul.yaml.example.
+ * Each key's default and bounds are stated once, in the schema that builds these objects
+ * (config/hub.ts, cog.ts, limits.ts, quotas.ts, tunnel.ts, acme.ts, store.ts; the
+ * provisioner's in provisioner/config.ts), and from there reach capsul.schema.json; the
+ * comments here say what a value means. Every key is documented in capsul.yaml.example.
  */
 
 export type RouteKind = "tls" | "http" | "tcp";
@@ -42,148 +45,142 @@ export interface CogLimits {
 }
 
 export interface HubLimits {
-  /** Deadline to receive a whole ClientHello (DESIGN: default 5s). */
+  /** Deadline to receive a whole ClientHello. */
   clientHelloTimeoutMs: number;
-  /** Cap on buffered ClientHello bytes, record headers included (default 16KiB + 5*5 headers = 16409). */
+  /** Cap on buffered ClientHello bytes, record headers included. */
   clientHelloMaxBytes: number;
-  /** Deadline to receive the request line + headers on the HTTP listener (default 5s). */
+  /** Deadline to receive the request line + headers on the HTTP listener. */
   httpHeaderTimeoutMs: number;
-  /** Cap on buffered HTTP request head bytes (default 16KiB). */
+  /** Cap on buffered HTTP request head bytes. */
   httpHeaderMaxBytes: number;
-  /** How long a visitor is held while its cog reconnects (default 5s; 0 disables). */
+  /** How long a visitor is held while its cog reconnects (0 disables). */
   graceMs: number;
-  /** Max concurrent visitor connections hub-wide (default 20000). */
+  /** Max concurrent visitor connections hub-wide. */
   maxVisitors: number;
   /**
    * Connections the kernel queues on each public listener (TLS, HTTP, TCP ports) until the hub
    * accepts them; past it the kernel drops new ones, whoever sent them, until a SYN-ACK retry a
-   * second later. Capped by the kernel at net.core.somaxconn (default 4096, somaxconn's own
-   * default since Linux 5.4; 1 to 65535).
+   * second later. Capped by the kernel at net.core.somaxconn (1 to 65535).
    */
   listenBacklog: number;
   /**
    * Max concurrent visitor connections from one source: an IPv4 address or an IPv6 /64
-   * (default 256; at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
+   * (at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
    */
   maxVisitorsPerIp: number;
   /**
    * Of those, max connections that have not yet sent a whole ClientHello or HTTP request
-   * head (default 64; at most maxVisitorsPerIp).
+   * head (at most maxVisitorsPerIp).
    */
   maxUnpeekedPerIp: number;
   /**
    * Closes a visitor connection after this long without a byte either way, a stalled reader
-   * included; checked 8 times per period, so within 1 to 1.125 times this (default 10m;
-   * 0 = never; at most 2^31-1 ms, Node's largest timer).
+   * included; checked 8 times per period, so within 1 to 1.125 times this (0 = never; at most 2^31-1 ms, Node's largest timer).
    */
   idleTimeoutMs: number;
-  /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side (default 256KiB, at least 16KiB). */
+  /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side. */
   spliceQueueBytes: number;
   /**
    * Bytes all visitors together may make the hub buffer: stream receive windows above the
    * 256 KiB floor are reserved from it, and past it the visitors that hold bytes without
-   * draining are cut (gateway/budget.ts) (default 512MiB; at least one visitor's floor
+   * draining are cut (gateway/budget.ts) (at least one visitor's floor
    * window and splice queues, 960KiB with the default splice_queue).
    */
   bufferBudgetBytes: number;
-  /** The same, for the visitors of one cog (default 128MiB; at least one visitor's share, at most bufferBudgetBytes). */
+  /** The same, for the visitors of one cog (at least one visitor's share, at most bufferBudgetBytes). */
   cogBufferBudgetBytes: number;
-  /** How often the hub measures buffered bytes while its visitors could exceed a budget (default 250ms; 1ms to 2^31-1 ms). */
+  /** How often the hub measures buffered bytes while its visitors could exceed a budget (1ms to 2^31-1 ms). */
   bufferCheckIntervalMs: number;
-  /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
+  /** A refused or cut visitor is logged at most once per source per this (0 logs every one). */
   refusalLogIntervalMs: number;
   /**
    * Visitor streams one cog's tunnel carries at once; past it its visitors are refused as if it
-   * were offline (HTTP: 503), so one busy or attacked cog cannot take every slot (default 5000,
-   * a quarter of the default max_visitors, or maxVisitors if smaller; at most maxVisitors).
+   * were offline (HTTP: 503), so one busy or attacked cog cannot take every slot (at most maxVisitors).
    */
   maxStreamsPerCog: number;
   /**
    * Visitor connections open at once to one route (one hostname's tls or http route, one tcp
-   * port), refused the same way: one capsul's flood leaves its cog's others room (default 2000,
-   * or maxStreamsPerCog if smaller; at most maxStreamsPerCog).
+   * port), refused the same way: one capsul's flood leaves its cog's others room (at most maxStreamsPerCog).
    */
   maxConnectionsPerRoute: number;
   /**
    * Bytes per second each cog's visitors may move, each direction on its own, shared by all the
-   * cog's visitors: a token bucket (default 0 = unlimited; at least 1KiB/s).
+   * cog's visitors: a token bucket (at least 1KiB/s).
    */
   cogBandwidthBytesPerSec: number;
-  /** That bucket's size: bytes that pass at full speed before the rate applies (default 1s of cogBandwidthBytesPerSec, at least 64KiB; 0 when unlimited). */
+  /** That bucket's size: bytes that pass at full speed before the rate applies (0 when unlimited). */
   cogBandwidthBurstBytes: number;
 }
 
 export interface TunnelTuning {
-  /** yamux max per-stream receive window (default 8MiB: 50 ms RTT at ~160 MB/s). */
+  /** yamux max per-stream receive window. */
   maxStreamWindowBytes: number;
-  /** Ping interval on an idle tunnel (default 15s). */
+  /** Ping interval on an idle tunnel. */
   keepaliveIntervalMs: number;
-  /** No ping answer / no bytes within this → the peer is dead (default 30s; must be > keepaliveIntervalMs). */
+  /** No ping answer / no bytes within this → the peer is dead (must be > keepaliveIntervalMs). */
   keepaliveTimeoutMs: number;
-  /** TLS handshake deadline on the tunnel listener / when dialing (default 10s). */
+  /** TLS handshake deadline on the tunnel listener / when dialing. */
   handshakeTimeoutMs: number;
   /**
    * Ceiling of window auto-tuning: a stream whose reader drains a whole window within 4 round
-   * trips has it doubled, up to this (default 32MiB, or maxStreamWindowBytes if that is larger;
-   * at least maxStreamWindowBytes, at most 4GiB-1 B; equal to it disables growth).
+   * trips has it doubled, up to this (at least maxStreamWindowBytes, at most 4GiB-1 B; equal to it disables growth).
    */
   maxAutoWindowBytes: number;
-  /** Largest Data frame payload we send, so streams interleave fairly (default 64KiB; 1 B to 4GiB-1 B). */
+  /** Largest Data frame payload we send, so streams interleave fairly (1 B to 4GiB-1 B). */
   maxFramePayloadBytes: number;
-  /** Frame bytes gathered in one turn of the event loop before they go to the connection early (default 256KiB; at most 2GiB-1 B). */
+  /** Frame bytes gathered in one turn of the event loop before they go to the connection early (at most 2GiB-1 B). */
   writeBatchMaxBytes: number;
-  /** After a close or a protocol-error teardown, how long the peer has to close its side before the connection is destroyed (default 5s; 0 = at once). */
+  /** After a close or a protocol-error teardown, how long the peer has to close its side before the connection is destroyed (0 = at once). */
   closeLingerMs: number;
   /**
    * Control frames (pongs, credit, resets) queued while the connection does not drain; one more
-   * ends the session as a peer that is not reading (default 16384, 192 KiB; 1 to 2^31-1).
+   * ends the session as a peer that is not reading (1 to 2^31-1).
    */
   maxQueuedControlFrames: number;
 }
 
 /** hub.tunnel: the shared tuning plus what only the tunnel listener needs. */
 export interface HubTunnelTuning extends TunnelTuning {
-  /** After the TLS handshake, deadline for a new tunnel's first control message, hello or enroll (default 10s). */
+  /** After the TLS handshake, deadline for a new tunnel's first control message, hello or enroll. */
   controlHelloTimeoutMs: number;
   /**
    * How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel
    * is dropped within this. On PostgreSQL revokes are notified at once, and this is how often the
-   * hub retries a lost notification connection (default 500ms).
+   * hub retries a lost notification connection.
    */
   revocationPollIntervalMs: number;
   /**
    * Tunnel connections not yet authenticated (from TCP accept through the TLS handshake until
    * a hello with a valid certificate or an enrollment is processed), hub-wide; more are closed
-   * at once (default 512).
+   * at once.
    */
   maxUnauthenticated: number;
-  /** The same, per source address (an IPv6 source counts per /64); at most maxUnauthenticated (default 16). */
+  /** The same, per source address (an IPv6 source counts per /64); at most maxUnauthenticated. */
   maxUnauthenticatedPerIp: number;
-  /** Control messages the hub acts on per tunnel and second (route sets applied, renewals); a token bucket's rate (default 20). */
+  /** Control messages the hub acts on per tunnel and second (route sets applied, renewals); a token bucket's rate. */
   controlRatePerSec: number;
-  /** The token bucket's size: control messages acted on at once before control_rate applies (default 100). */
+  /** The token bucket's size: control messages acted on at once before control_rate applies. */
   controlBurst: number;
   /**
    * Least time between two certificates for one cog over the tunnel: a renewal with a
-   * certificate that was already renewed within this is refused (default 1h; 0 = no limit).
+   * certificate that was already renewed within this is refused (0 = no limit).
    */
   renewMinIntervalMs: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */
 export interface CogTunnelTuning extends TunnelTuning {
-  /** Deadline for the hub's welcome after the cog's hello; past it the cog redials (default 15s). */
+  /** Deadline for the hub's welcome after the cog's hello; past it the cog redials. */
   welcomeTimeoutMs: number;
-  /** Deadline for the hub's answer to `capsul cog enroll`, after the TLS handshake (default 20s). */
+  /** Deadline for the hub's answer to `capsul cog enroll`, after the TLS handshake. */
   enrollTimeoutMs: number;
-  /** Deadline for the visitor header at the start of each stream the hub opens (default 10s). */
+  /** Deadline for the visitor header at the start of each stream the hub opens. */
   visitorHeaderTimeoutMs: number;
-  /** Cap on the visitor header's JSON (length prefix excluded); a bigger one is a protocol error (default 4KiB, at least 1KiB). */
+  /** Cap on the visitor header's JSON (length prefix excluded); a bigger one is a protocol error. */
   visitorHeaderMaxBytes: number;
   /**
    * Visitor streams the hub opened that wait while the cog is not yet listening (between
-   * tunnel setup and its stream handler); further ones are refused with RST (default 1024;
-   * 0 refuses them all). The hub has no such key: it takes each tunnel's control stream and
+   * tunnel setup and its stream handler); further ones are refused with RST (0 refuses them all). The hub has no such key: it takes each tunnel's control stream and
    * refuses any other stream a cog opens (gateway/tunnels.ts HUB_ACCEPT_BACKLOG).
    */
   acceptBacklog: number;
@@ -199,63 +196,63 @@ export interface PostgresTarget {
   database: string;
   /** `?sslmode=`: disable (plain TCP), require (TLS, any certificate), verify-full (TLS, certificate for the host). */
   sslMode: "disable" | "require" | "verify-full";
-  /** `?sslrootcert=`: the CA file for verify-full (default the system's CAs). */
+  /** `?sslrootcert=`: the CA file for verify-full. */
   sslRootCert: string | null;
 }
 
 /** Where the hub keeps its state: hub.store and its hub.store_* companions. */
 export interface HubStoreConfig {
-  /** sqlite: <data_dir>/hub.db, shared by the processes of one machine (default sqlite); postgres: a database shared by hubs. */
+  /** sqlite: <data_dir>/hub.db, shared by the processes of one machine; postgres: a database shared by hubs. */
   kind: "sqlite" | "postgres";
   /** The server, from the hub.store URL; null with sqlite. Never holds a password. */
   postgres: PostgresTarget | null;
-  /** File holding the PostgreSQL password (default none: then $CAPSUL_STORE_PASSWORD, else no password). */
+  /** File holding the PostgreSQL password. */
   passwordFile: string | null;
-  /** PostgreSQL connections per hub process (default 10). */
+  /** PostgreSQL connections per hub process. */
   poolSize: number;
-  /** Deadline to connect to PostgreSQL (default 10s). */
+  /** Deadline to connect to PostgreSQL. */
   connectTimeoutMs: number;
-  /** How long a SQLite write waits while another process holds the write lock (default 5s). */
+  /** How long a SQLite write waits while another process holds the write lock. */
   busyTimeoutMs: number;
 }
 
 export interface HubConfig {
-  /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
+  /** Directory for the hub's CA, certificates and SQLite state. */
   dataDir: string;
-  /** Where cogs, certificates, invites, grants, ports and revocations live (default sqlite). */
+  /** Where cogs, certificates, invites, grants, ports and revocations live. */
   store: HubStoreConfig;
   /** Public DNS name of the hub; used in invites and as the suffix of default grants "*.<cog>.<domain>". */
   domain: string;
   listen: {
-    /** TLS passthrough listener (SNI), or null to disable (default 0.0.0.0:443). */
+    /** TLS passthrough listener (SNI), or null to disable. */
     tls: HostPort | null;
-    /** Plain HTTP listener (Host header), or null to disable (default 0.0.0.0:80). */
+    /** Plain HTTP listener (Host header), or null to disable. */
     http: HostPort | null;
-    /** The tunnel listener cogs dial (mTLS) (default 0.0.0.0:7443). */
+    /** The tunnel listener cogs dial (mTLS). */
     tunnel: HostPort;
-    /** Address the raw TCP port listeners bind to (default 0.0.0.0). */
+    /** Address the raw TCP port listeners bind to. */
     tcpHost: string;
-    /** The pool of TCP ports the hub may open for cogs' tcp routes (default none). */
+    /** The pool of TCP ports the hub may open for cogs' tcp routes. */
     tcpPorts: PortRange[];
   };
-  /** Address cogs use to reach the tunnel listener, as printed in invites (default domain:tunnel-port). */
+  /** Address cogs use to reach the tunnel listener, as printed in invites. */
   publicTunnelAddress: string;
   /** Per-cog grants. A cog enrolled but not listed here gets the default grant only. */
   cogs: HubCogGrant[];
-  /** Grant every cog "<cog>.<domain>" and "*.<cog>.<domain>" (default true). */
+  /** Grant every cog "<cog>.<domain>" and "*.<cog>.<domain>". */
   defaultGrants: boolean;
-  /** TCP ports a cog without tcp_ports grants may take from the pool (default 8). */
+  /** TCP ports a cog without tcp_ports grants may take from the pool. */
   defaultTcpPortsPerCog: number;
-  /** Invite token lifetime (default 24h). */
+  /** Invite token lifetime. */
   inviteTtlMs: number;
-  /** Lifetime of cog certificates the hub issues (default 90d). */
+  /** Lifetime of cog certificates the hub issues. */
   cogCertTtlMs: number;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
   /**
    * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
    * visitor connections finish for up to this long, then cuts the rest and exits 0
-   * (default 30s; 0 cuts at once; at most 2^31-1 ms).
+   * (0 cuts at once; at most 2^31-1 ms).
    */
   shutdownGraceMs: number;
 }
@@ -270,7 +267,7 @@ export interface CogRoute {
   port?: number;
   /** Where the cog sends the stream. */
   target: HostPort;
-  /** PROXY protocol header written to the target first (default none). */
+  /** PROXY protocol header written to the target first. */
   proxyProtocol: ProxyProtocol;
   /**
    * tls routes only: present when the route says `tls: terminate` (the cog obtains a
@@ -285,63 +282,63 @@ export type AcmeChallengeType = "http-01" | "tls-alpn-01";
 
 /** What a `tls: terminate` route asks of the cog, besides its target. */
 export interface RouteTermination {
-  /** How the cog proves the hostname to the CA: http-01 through the hub's port 80, tls-alpn-01 through its SNI routing (default http-01). */
+  /** How the cog proves the hostname to the CA: http-01 through the hub's port 80, tls-alpn-01 through its SNI routing. */
   challenge: AcmeChallengeType;
-  /** Answer plain-HTTP requests for the hostname with a 308 redirect to https:// instead of passing them to the target (default false). */
+  /** Answer plain-HTTP requests for the hostname with a 308 redirect to https:// instead of passing them to the target. */
   redirectHttp: boolean;
-  /** Strict-Transport-Security max-age, in seconds, added to every HTTPS response; 0 = no HSTS header (default 0; `hsts: true` means 365d). */
+  /** Strict-Transport-Security max-age, in seconds, added to every HTTPS response; 0 = no HSTS header (`hsts: true` means 365d). */
   hstsMaxAgeSec: number;
 }
 
 /** cog.acme: the ACME client that gets certificates for `tls: terminate` routes. */
 export interface AcmeConfig {
-  /** ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's (default letsencrypt). */
+  /** ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's. */
   directoryUrl: string;
-  /** PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA (default null). */
+  /** PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA. */
   caBundle: string | null;
-  /** Contact address registered with the account, for the CA's expiry notices (default null: none). */
+  /** Contact address registered with the account, for the CA's expiry notices. */
   email: string | null;
-  /** Renew once this fraction of a certificate's lifetime has passed, less a random jitter of up to 5% of it (default 0.667, two thirds). */
+  /** Renew once this fraction of a certificate's lifetime has passed, less a random jitter of up to 5% of it. */
   renewAtRatio: number;
-  /** First delay after a failed order; doubled per failure, with jitter (default 5m). A longer Retry-After from the CA wins. */
+  /** First delay after a failed order; doubled per failure, with jitter. A longer Retry-After from the CA wins. */
   retryMinDelayMs: number;
-  /** Cap of that backoff (default 12h). */
+  /** Cap of that backoff. */
   retryMaxDelayMs: number;
-  /** Deadline for one HTTP request to the CA (default 30s). */
+  /** Deadline for one HTTP request to the CA. */
   requestTimeoutMs: number;
-  /** Deadline for one whole order: account, challenge, finalize, download (default 5m). */
+  /** Deadline for one whole order: account, challenge, finalize, download. */
   orderTimeoutMs: number;
-  /** First delay between polls of a pending challenge or order; acme-client doubles it up to 8 times this (default 1s). */
+  /** First delay between polls of a pending challenge or order; acme-client doubles it up to 8 times this. */
   pollIntervalMs: number;
 }
 
 /** cog.terminate: limits of the TLS the cog terminates itself (`tls: terminate` routes). */
 export interface TerminateConfig {
-  /** Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake (default 10s). */
+  /** Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake. */
   handshakeTimeoutMs: number;
-  /** Cap on a buffered ClientHello, record headers included; as hub.limits.client_hello_max_bytes (default 16KiB + 5*5 headers = 16409). */
+  /** Cap on a buffered ClientHello, record headers included; as hub.limits.client_hello_max_bytes. */
   clientHelloMaxBytes: number;
-  /** Cap on a buffered HTTP request head on the port-80 side (default 16KiB). */
+  /** Cap on a buffered HTTP request head on the port-80 side. */
   httpHeaderMaxBytes: number;
-  /** With HSTS on, an idle kept-alive HTTPS connection is closed after this (default 5s). */
+  /** With HSTS on, an idle kept-alive HTTPS connection is closed after this. */
   httpKeepAliveTimeoutMs: number;
 }
 
 export interface CogConfig {
-  /** Directory for the cog's key, certificate and state (default /var/lib/capsul/cog). */
+  /** Directory for the cog's key, certificate and state. */
   dataDir: string;
   /** Hub tunnel address host:port; if absent, the one stored at enrollment is used. */
   hub: HostPort | null;
   routes: CogRoute[];
   reconnect: {
-    /** First backoff delay (default 500ms). */
+    /** First backoff delay. */
     minDelayMs: number;
-    /** Cap of the exponential backoff (default 30s). Jitter is ±25%. */
+    /** Cap of the exponential backoff. Jitter is ±25%. */
     maxDelayMs: number;
   };
-  /** Deadline for dialing a route's target (default 5s). */
+  /** Deadline for dialing a route's target. */
   targetDialTimeoutMs: number;
-  /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side (default 256KiB, at least 16KiB). */
+  /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side. */
   spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
@@ -352,8 +349,7 @@ export interface CogConfig {
   terminate: TerminateConfig;
   /**
    * On SIGTERM (or SIGINT) the cog sends GoAway to the hub and lets its visitor streams
-   * finish for up to this long, then closes the tunnel; VMs keep running (default 30s;
-   * 0 cuts at once; at most 2^31-1 ms).
+   * finish for up to this long, then closes the tunnel; VMs keep running (0 cuts at once; at most 2^31-1 ms).
    */
   shutdownGraceMs: number;
 }

@@ -10,6 +10,7 @@ import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { documentedDefault, schemaNode } from "./helpers/schemadoc.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..");
@@ -471,125 +472,112 @@ t.test("listeners can be turned off; relative data_dir is resolved against the f
   t.equal(parseConfig({ cog: { data_dir: "d" } }).cog!.dataDir, resolve("d"), "default base: the working directory");
 });
 
-t.test("every default constant matches the doc comment in config/types.ts", async (t) => {
-  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
-  /** The doc comment just before `field:` (first one after `interface NAME {` or `interface NAME extends BASE {`). */
-  const docOf = (iface: string, field: string): string => {
-    const start = types.search(new RegExp(`interface ${iface} (?:extends \\w+ )?\\{`));
-    t.ok(start >= 0, `interface ${iface} exists`);
-    const m = new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start));
-    return m?.[1] ?? "";
-  };
+t.test("every default constant is the default capsul.schema.json documents for its key", async (t) => {
   const same = (s: string) => s;
   const dur = (s: string) => parseDurationMs(s);
   const bytes = (s: string) => parseSizeBytes(s);
   const int = (s: string) => Number(s);
   const bool = (s: string) => s === "true";
-  // [constant, interface, field, text after "default " in the doc comment, how to read that text]
-  const table: [keyof typeof C, string, string, string, (s: string) => unknown][] = [
-    ["DEFAULT_HUB_DATA_DIR", "HubConfig", "dataDir", "/var/lib/capsul/hub", same],
-    ["DEFAULT_HUB_STORE", "HubStoreConfig", "kind", "sqlite", same],
-    ["DEFAULT_STORE_POOL_SIZE", "HubStoreConfig", "poolSize", "10", int],
-    ["DEFAULT_STORE_CONNECT_TIMEOUT_MS", "HubStoreConfig", "connectTimeoutMs", "10s", dur],
-    ["DEFAULT_STORE_BUSY_TIMEOUT_MS", "HubStoreConfig", "busyTimeoutMs", "5s", dur],
-    ["DEFAULT_HUB_TLS_LISTEN", "HubConfig", "tls", "0.0.0.0:443", same],
-    ["DEFAULT_HUB_HTTP_LISTEN", "HubConfig", "http", "0.0.0.0:80", same],
-    ["DEFAULT_HUB_TUNNEL_LISTEN", "HubConfig", "tunnel", "0.0.0.0:7443", same],
-    ["DEFAULT_HUB_TCP_HOST", "HubConfig", "tcpHost", "0.0.0.0", same],
-    ["DEFAULT_HUB_DEFAULT_GRANTS", "HubConfig", "defaultGrants", "true", bool],
-    ["DEFAULT_TCP_PORTS_PER_COG", "HubConfig", "defaultTcpPortsPerCog", "8", int],
-    ["DEFAULT_INVITE_TTL_MS", "HubConfig", "inviteTtlMs", "24h", dur],
-    ["DEFAULT_COG_CERT_TTL_MS", "HubConfig", "cogCertTtlMs", "90d", dur],
-    ["DEFAULT_CLIENT_HELLO_TIMEOUT_MS", "HubLimits", "clientHelloTimeoutMs", "5s", dur],
-    ["DEFAULT_CLIENT_HELLO_MAX_BYTES", "HubLimits", "clientHelloMaxBytes", "16KiB + 5*5 headers = 16409",
-      (s) => parseSizeBytes(s.split(" ")[0]) + 5 * 5 === Number(s.split("= ")[1]) ? Number(s.split("= ")[1]) : NaN],
-    ["DEFAULT_HTTP_HEADER_TIMEOUT_MS", "HubLimits", "httpHeaderTimeoutMs", "5s", dur],
-    ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
-    ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
-    ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
-    ["DEFAULT_LISTEN_BACKLOG", "HubLimits", "listenBacklog", "4096", int],
-    ["DEFAULT_MAX_VISITORS_PER_IP", "HubLimits", "maxVisitorsPerIp", "256", int],
-    ["DEFAULT_MAX_UNPEEKED_PER_IP", "HubLimits", "maxUnpeekedPerIp", "64", int],
-    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "10m", dur],
-    ["DEFAULT_SPLICE_QUEUE_BYTES", "HubLimits", "spliceQueueBytes", "256KiB", bytes],
-    ["DEFAULT_BUFFER_BUDGET_BYTES", "HubLimits", "bufferBudgetBytes", "512MiB", bytes],
-    ["DEFAULT_COG_BUFFER_BUDGET_BYTES", "HubLimits", "cogBufferBudgetBytes", "128MiB", bytes],
-    ["DEFAULT_BUFFER_CHECK_INTERVAL_MS", "HubLimits", "bufferCheckIntervalMs", "250ms", dur],
-    ["DEFAULT_REFUSAL_LOG_INTERVAL_MS", "HubLimits", "refusalLogIntervalMs", "60s", dur],
-    ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
-    ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
-    ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
-    ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "TunnelTuning", "handshakeTimeoutMs", "10s", dur],
-    ["DEFAULT_MAX_AUTO_WINDOW_BYTES", "TunnelTuning", "maxAutoWindowBytes", "32MiB", bytes],
-    ["DEFAULT_ACCEPT_BACKLOG", "CogTunnelTuning", "acceptBacklog", "1024", int],
-    ["DEFAULT_MAX_FRAME_PAYLOAD_BYTES", "TunnelTuning", "maxFramePayloadBytes", "64KiB", bytes],
-    ["DEFAULT_WRITE_BATCH_MAX_BYTES", "TunnelTuning", "writeBatchMaxBytes", "256KiB", bytes],
-    ["DEFAULT_CLOSE_LINGER_MS", "TunnelTuning", "closeLingerMs", "5s", dur],
-    ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "HubTunnelTuning", "controlHelloTimeoutMs", "10s", dur],
-    ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "HubTunnelTuning", "revocationPollIntervalMs", "500ms", dur],
-    ["DEFAULT_MAX_QUEUED_CONTROL_FRAMES", "TunnelTuning", "maxQueuedControlFrames", "16384", int],
-    ["DEFAULT_MAX_UNAUTHENTICATED", "HubTunnelTuning", "maxUnauthenticated", "512", int],
-    ["DEFAULT_MAX_UNAUTHENTICATED_PER_IP", "HubTunnelTuning", "maxUnauthenticatedPerIp", "16", int],
-    ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
-    ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
-    ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
-    ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
-    ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
-    ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],
-    ["DEFAULT_VISITOR_HEADER_MAX_BYTES", "CogTunnelTuning", "visitorHeaderMaxBytes", "4KiB", bytes],
-    ["DEFAULT_COG_DATA_DIR", "CogConfig", "dataDir", "/var/lib/capsul/cog", same],
-    ["DEFAULT_PROXY_PROTOCOL", "CogRoute", "proxyProtocol", "none", same],
-    ["DEFAULT_RECONNECT_MIN_DELAY_MS", "CogConfig", "minDelayMs", "500ms", dur],
-    ["DEFAULT_RECONNECT_MAX_DELAY_MS", "CogConfig", "maxDelayMs", "30s", dur],
-    ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
-    ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
-    ["DEFAULT_SHUTDOWN_GRACE_MS", "HubConfig", "shutdownGraceMs", "30s", dur],
+  // [constant, its key, the default the schema documents (JSON default, or "(default …" in the description), how to read it]
+  const table: [keyof typeof C, string, string, (s: string) => unknown][] = [
+    ["DEFAULT_HUB_DATA_DIR", "hub.data_dir", "/var/lib/capsul/hub", same],
+    ["DEFAULT_HUB_STORE", "hub.store", "sqlite", same],
+    ["DEFAULT_STORE_POOL_SIZE", "hub.store_pool_size", "10", int],
+    ["DEFAULT_STORE_CONNECT_TIMEOUT_MS", "hub.store_connect_timeout", "10s", dur],
+    ["DEFAULT_STORE_BUSY_TIMEOUT_MS", "hub.store_busy_timeout", "5s", dur],
+    ["DEFAULT_HUB_TLS_LISTEN", "hub.listen.tls", "0.0.0.0:443", same],
+    ["DEFAULT_HUB_HTTP_LISTEN", "hub.listen.http", "0.0.0.0:80", same],
+    ["DEFAULT_HUB_TUNNEL_LISTEN", "hub.listen.tunnel", "0.0.0.0:7443", same],
+    ["DEFAULT_HUB_TCP_HOST", "hub.listen.tcp_host", "0.0.0.0", same],
+    ["DEFAULT_HUB_DEFAULT_GRANTS", "hub.default_grants", "true", bool],
+    ["DEFAULT_TCP_PORTS_PER_COG", "hub.default_tcp_ports_per_cog", "8", int],
+    ["DEFAULT_INVITE_TTL_MS", "hub.invite_ttl", "1d", dur],
+    ["DEFAULT_COG_CERT_TTL_MS", "hub.cog_cert_ttl", "90d", dur],
+    ["DEFAULT_CLIENT_HELLO_TIMEOUT_MS", "hub.limits.client_hello_timeout", "5s", dur],
+    ["DEFAULT_CLIENT_HELLO_MAX_BYTES", "hub.limits.client_hello_max_bytes", "16409B", bytes],
+    ["DEFAULT_HTTP_HEADER_TIMEOUT_MS", "hub.limits.http_header_timeout", "5s", dur],
+    ["DEFAULT_HTTP_HEADER_MAX_BYTES", "hub.limits.http_header_max_bytes", "16KiB", bytes],
+    ["DEFAULT_GRACE_MS", "hub.limits.grace", "5s", dur],
+    ["DEFAULT_MAX_VISITORS", "hub.limits.max_visitors", "20000", int],
+    ["DEFAULT_LISTEN_BACKLOG", "hub.limits.listen_backlog", "4096", int],
+    ["DEFAULT_MAX_VISITORS_PER_IP", "hub.limits.max_visitors_per_ip", "256", int],
+    ["DEFAULT_MAX_UNPEEKED_PER_IP", "hub.limits.max_unpeeked_per_ip", "64", int],
+    ["DEFAULT_IDLE_TIMEOUT_MS", "hub.limits.idle_timeout", "10m", dur],
+    ["DEFAULT_SPLICE_QUEUE_BYTES", "hub.limits.splice_queue", "256KiB", bytes],
+    ["DEFAULT_BUFFER_BUDGET_BYTES", "hub.limits.buffer_budget", "512MiB", bytes],
+    ["DEFAULT_COG_BUFFER_BUDGET_BYTES", "hub.limits.cog_buffer_budget", "128MiB", bytes],
+    ["DEFAULT_BUFFER_CHECK_INTERVAL_MS", "hub.limits.buffer_check_interval", "250ms", dur],
+    ["DEFAULT_REFUSAL_LOG_INTERVAL_MS", "hub.limits.refusal_log_interval", "1m", dur],
+    ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "hub.tunnel.max_stream_window", "8MiB", bytes],
+    ["DEFAULT_KEEPALIVE_INTERVAL_MS", "hub.tunnel.keepalive_interval", "15s", dur],
+    ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "hub.tunnel.keepalive_timeout", "30s", dur],
+    ["DEFAULT_HANDSHAKE_TIMEOUT_MS", "hub.tunnel.handshake_timeout", "10s", dur],
+    ["DEFAULT_MAX_AUTO_WINDOW_BYTES", "hub.tunnel.max_auto_window", "32MiB", bytes],
+    ["DEFAULT_ACCEPT_BACKLOG", "cog.tunnel.accept_backlog", "1024", int],
+    ["DEFAULT_MAX_FRAME_PAYLOAD_BYTES", "hub.tunnel.max_frame_payload", "64KiB", bytes],
+    ["DEFAULT_WRITE_BATCH_MAX_BYTES", "hub.tunnel.write_batch", "256KiB", bytes],
+    ["DEFAULT_CLOSE_LINGER_MS", "hub.tunnel.close_linger", "5s", dur],
+    ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "hub.tunnel.control_hello_timeout", "10s", dur],
+    ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "hub.tunnel.revocation_poll_interval", "500ms", dur],
+    ["DEFAULT_MAX_QUEUED_CONTROL_FRAMES", "hub.tunnel.max_queued_control_frames", "16384", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED", "hub.tunnel.max_unauthenticated", "512", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED_PER_IP", "hub.tunnel.max_unauthenticated_per_ip", "16", int],
+    ["DEFAULT_CONTROL_RATE_PER_SEC", "hub.tunnel.control_rate", "20", int],
+    ["DEFAULT_CONTROL_BURST", "hub.tunnel.control_burst", "100", int],
+    ["DEFAULT_RENEW_MIN_INTERVAL_MS", "hub.tunnel.renew_min_interval", "1h", dur],
+    ["DEFAULT_WELCOME_TIMEOUT_MS", "cog.tunnel.welcome_timeout", "15s", dur],
+    ["DEFAULT_ENROLL_TIMEOUT_MS", "cog.tunnel.enroll_timeout", "20s", dur],
+    ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "cog.tunnel.visitor_header_timeout", "10s", dur],
+    ["DEFAULT_VISITOR_HEADER_MAX_BYTES", "cog.tunnel.visitor_header_max_bytes", "4KiB", bytes],
+    ["DEFAULT_COG_DATA_DIR", "cog.data_dir", "/var/lib/capsul/cog", same],
+    ["DEFAULT_PROXY_PROTOCOL", "cog.routes[].proxy_protocol", "none", same],
+    ["DEFAULT_RECONNECT_MIN_DELAY_MS", "cog.reconnect.min_delay", "500ms", dur],
+    ["DEFAULT_RECONNECT_MAX_DELAY_MS", "cog.reconnect.max_delay", "30s", dur],
+    ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "cog.target_dial_timeout", "5s", dur],
+    ["DEFAULT_LOG_LEVEL", "log.level", "info", same],
+    ["DEFAULT_SHUTDOWN_GRACE_MS", "hub.shutdown_grace", "30s", dur],
   ];
-  for (const [name, iface, field, text, read] of table) {
-    const doc = docOf(iface, field);
-    t.ok(doc.includes(`default ${text}`), `${iface}.${field} doc says "default ${text}": ${doc.trim()}`);
+  for (const [name, path, text, read] of table) {
+    t.equal(documentedDefault(path), text, `${path}: capsul.schema.json documents default ${text}`);
     t.equal(C[name], read(text), `${name} = ${text}`);
   }
-  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default, and so does cog.shutdown_grace.
-  t.ok(docOf("CogConfig", "shutdownGraceMs").includes("default 30s"), "CogConfig.shutdownGraceMs doc says default 30s");
-  t.ok(docOf("CogConfig", "spliceQueueBytes").includes("default 256KiB"), "CogConfig.spliceQueueBytes doc says default 256KiB");
+  // One constant serves two keys: cog.splice_queue has hub.limits.splice_queue's default, and so does cog.shutdown_grace.
+  t.equal(documentedDefault("cog.shutdown_grace"), "30s");
+  t.equal(documentedDefault("cog.splice_queue"), "256KiB");
   // Each exported default is in the table, so a new one cannot skip this check.
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
   t.same(exported, table.map(([name]) => name).sort());
   t.ok(exported.length > 0);
 });
 
-t.test("the HTTPS keys (config/acme.ts): defaults match config/types.ts, routes read their TLS keys", async (t) => {
-  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
-  const docOf = (iface: string, field: string): string => {
-    const start = types.search(new RegExp(`interface ${iface} (?:extends \\w+ )?\\{`));
-    t.ok(start >= 0, `interface ${iface} exists`);
-    return new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start))?.[1] ?? "";
-  };
+t.test("the HTTPS keys (config/acme.ts): defaults are the ones capsul.schema.json documents, routes read their TLS keys", async (t) => {
   const same = (s: string) => s;
   const dur = (s: string) => parseDurationMs(s);
   const bytes = (s: string) => parseSizeBytes(s);
-  const table: [keyof typeof A, string, string, string, (s: string) => unknown][] = [
-    ["DEFAULT_ACME_DIRECTORY", "AcmeConfig", "directoryUrl", "letsencrypt", same],
-    ["DEFAULT_ACME_RENEW_AT_RATIO", "AcmeConfig", "renewAtRatio", "0.667, two thirds", () => 2 / 3],
-    ["DEFAULT_ACME_RETRY_MIN_DELAY_MS", "AcmeConfig", "retryMinDelayMs", "5m", dur],
-    ["DEFAULT_ACME_RETRY_MAX_DELAY_MS", "AcmeConfig", "retryMaxDelayMs", "12h", dur],
-    ["DEFAULT_ACME_REQUEST_TIMEOUT_MS", "AcmeConfig", "requestTimeoutMs", "30s", dur],
-    ["DEFAULT_ACME_ORDER_TIMEOUT_MS", "AcmeConfig", "orderTimeoutMs", "5m", dur],
-    ["DEFAULT_ACME_POLL_INTERVAL_MS", "AcmeConfig", "pollIntervalMs", "1s", dur],
-    ["DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS", "TerminateConfig", "handshakeTimeoutMs", "10s", dur],
-    ["DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES", "TerminateConfig", "clientHelloMaxBytes", "16KiB + 5*5 headers = 16409", () => 16409],
-    ["DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES", "TerminateConfig", "httpHeaderMaxBytes", "16KiB", bytes],
-    ["DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS", "TerminateConfig", "httpKeepAliveTimeoutMs", "5s", dur],
-    ["DEFAULT_ROUTE_CHALLENGE", "RouteTermination", "challenge", "http-01", same],
-    ["DEFAULT_HSTS_MAX_AGE_SEC", "RouteTermination", "hstsMaxAgeSec", "0; `hsts: true` means 365d", () => dur("365d") / 1000],
+  const table: [keyof typeof A, string, string, (s: string) => unknown][] = [
+    ["DEFAULT_ACME_DIRECTORY", "cog.acme.directory_url", "letsencrypt", same],
+    ["DEFAULT_ACME_RENEW_AT_RATIO", "cog.acme.renew_at", String(2 / 3), Number],
+    ["DEFAULT_ACME_RETRY_MIN_DELAY_MS", "cog.acme.retry_min_delay", "5m", dur],
+    ["DEFAULT_ACME_RETRY_MAX_DELAY_MS", "cog.acme.retry_max_delay", "12h", dur],
+    ["DEFAULT_ACME_REQUEST_TIMEOUT_MS", "cog.acme.request_timeout", "30s", dur],
+    ["DEFAULT_ACME_ORDER_TIMEOUT_MS", "cog.acme.order_timeout", "5m", dur],
+    ["DEFAULT_ACME_POLL_INTERVAL_MS", "cog.acme.poll_interval", "1s", dur],
+    ["DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS", "cog.terminate.handshake_timeout", "10s", dur],
+    ["DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES", "cog.terminate.client_hello_max_bytes", "16409B", bytes],
+    ["DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES", "cog.terminate.http_header_max_bytes", "16KiB", bytes],
+    ["DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS", "cog.terminate.http_keepalive_timeout", "5s", dur],
+    ["DEFAULT_ROUTE_CHALLENGE", "cog.routes[].challenge", "http-01", same],
   ];
-  for (const [name, iface, field, text, read] of table) {
-    t.ok(docOf(iface, field).includes(`default ${text}`), `${iface}.${field} doc says "default ${text}"`);
+  for (const [name, path, text, read] of table) {
+    t.equal(documentedDefault(path), text, `${path}: capsul.schema.json documents default ${text}`);
     t.equal(A[name], read(text), `${name}`);
   }
+  // hsts: off by default; `true` means DEFAULT_HSTS_MAX_AGE_SEC, which its description states.
+  t.equal(documentedDefault("cog.routes[].hsts"), "false");
+  t.match(schemaNode("cog.routes[].hsts")?.description ?? "", /true \(365d\)/);
+  t.equal(A.DEFAULT_HSTS_MAX_AGE_SEC, dur("365d") / 1000);
   const exported = Object.keys(A).filter((k) => k.startsWith("DEFAULT_")).sort();
-  t.same(exported, table.map(([name]) => name).sort(), "every default of config/acme.ts is in the table");
+  t.same(exported, [...table.map(([name]) => name), "DEFAULT_HSTS_MAX_AGE_SEC"].sort(), "every default of config/acme.ts is checked");
 
   const route = (extra: Record<string, unknown>) =>
     parseConfig({ cog: { routes: [{ name: "w", kind: "tls", hostname: "w.example.org", target: "127.0.0.1:80", ...extra }] } }).cog!.routes[0]!;
