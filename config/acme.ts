@@ -76,7 +76,7 @@ function ratio(value: unknown, def: number, min: number, max: number): number {
 export const acmeSchema = section("The ACME client that gets certificates for `tls: terminate` routes (idle while no route terminates).", {
   directory_url: custom({
     description: `ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's. Default: ${DEFAULT_ACME_DIRECTORY}.`,
-    default: DEFAULT_ACME_DIRECTORY, anyOf: [{ enum: Object.keys(DIRECTORY_SHORTHANDS) }, { type: "string", format: "uri", pattern: "^https://" }, { type: "null" }],
+    default: DEFAULT_ACME_DIRECTORY, anyOf: [{ enum: Object.keys(DIRECTORY_SHORTHANDS) }, { type: "string", pattern: "^https://" }, { type: "null" }],
   }, (v) => directoryUrl(string(v, "", DEFAULT_ACME_DIRECTORY))),
   ca_bundle: path("PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA (default none).", undefined),
   email: custom({ description: "Contact address registered with the account, for the CA's expiry notices (default none).", type: ["string", "null"] }, email),

@@ -4,13 +4,14 @@
  * cog.terminate and the routes' TLS keys ./acme.ts's, cog.provisioner provisioner/config.ts's.
  */
 import { COG_NAME_RE, parseHostPort } from "../lib/hostname.js";
-import { parseProvisionerConfig } from "../provisioner/config.js";
+import { z } from "zod";
+import { provisionerSchema } from "../provisioner/config.js";
 import { acmeSchema, buildRouteTermination, checkTerminatedHostnames, ROUTE_TLS_SHAPE, terminateSchema } from "./acme.js";
-import { choice, custom, durationMs, fail, hostPort, int, leaf, listOf, path, resolvePath, rules, section } from "./fields.js";
+import { choice, custom, durationMs, fail, hostPort, int, leaf, listOf, path, rules, section } from "./fields.js";
 import { shutdownGrace } from "./hub.js";
 import { spliceQueue } from "./limits.js";
 import { cogTunnelSchema } from "./tunnel.js";
-import type { CogConfig, CogRoute, ProvisionerConfig, ProxyProtocol, RouteKind } from "./types.js";
+import type { CogConfig, CogRoute, ProxyProtocol, RouteKind } from "./types.js";
 import { fmtMs, hostnamePattern, string } from "./values.js";
 
 export const DEFAULT_COG_DATA_DIR = "/var/lib/capsul/cog";
@@ -71,11 +72,8 @@ const reconnectSchema = section("Backoff of the cog's redials; jitter is ±25%."
   return { minDelayMs: o.min_delay, maxDelayMs: o.max_delay };
 });
 
-/** Absent, null or false: no provisioner. Its keys and defaults belong to provisioner/config.ts. */
-const provisionerSchema = leaf({
-  description: "The VM provisioner (absent, null or false: none; {} for every default). Its keys are documented in capsul.yaml.example.",
-  anyOf: [{ type: "object" }, { const: false }, { type: "null" }],
-}, (v): ProvisionerConfig | null => (v === undefined || v === null || v === false ? null : parseProvisionerConfig(v, "cog.provisioner", resolvePath("."))));
+/** Absent, null or false: no provisioner. Its keys and defaults are provisioner/config.ts's. */
+const provisioner = z.preprocess((v) => (v === false || v === null ? undefined : v), provisionerSchema.optional());
 
 export const cogSchema = section("The cog (home server); omit on a hub-only machine.", {
   data_dir: path("Directory for the cog's key, certificate and state; relative paths are resolved against the file's directory.", DEFAULT_COG_DATA_DIR),
@@ -85,7 +83,7 @@ export const cogSchema = section("The cog (home server); omit on a hub-only mach
   target_dial_timeout: durationMs("Deadline for dialing a route's target.", { def: DEFAULT_TARGET_DIAL_TIMEOUT_MS, min: 1 }),
   splice_queue: spliceQueue("a target's or its tunnel stream's"),
   tunnel: cogTunnelSchema,
-  provisioner: provisionerSchema,
+  provisioner,
   acme: acmeSchema,
   terminate: terminateSchema,
   shutdown_grace: shutdownGrace("the cog sends GoAway to the hub and lets its visitor streams finish (VMs keep running)"),
@@ -97,7 +95,7 @@ export const cogSchema = section("The cog (home server); omit on a hub-only mach
   targetDialTimeoutMs: o.target_dial_timeout,
   spliceQueueBytes: o.splice_queue,
   tunnel: o.tunnel,
-  provisioner: o.provisioner,
+  provisioner: o.provisioner ?? null,
   acme: o.acme,
   terminate: o.terminate,
   shutdownGraceMs: o.shutdown_grace,

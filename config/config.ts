@@ -11,11 +11,10 @@
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parseDocument } from "yaml";
-import { z } from "zod";
 import { ConfigError } from "../lib/errors.js";
 import { formatHostPort, formatPortRange, isWildcardAddress } from "../lib/hostname.js";
 import { cogSchema } from "./cog.js";
-import { choice, formatKeyPath, section, withBaseDir } from "./fields.js";
+import { choice, parseSection, section } from "./fields.js";
 import { hubSchema } from "./hub.js";
 import type { CapsulConfig, CogConfig, HostPort, HubConfig } from "./types.js";
 
@@ -82,22 +81,10 @@ function deepFreeze<T>(value: T, seen = new WeakSet<object>()): T {
  */
 export function parseConfig(raw: unknown, opts: { baseDir?: string } = {}): CapsulConfig {
   if (raw === undefined || raw === null) throw new ConfigError("the configuration is empty (it needs a hub: or cog: section)");
-  const result = withBaseDir(resolve(opts.baseDir ?? process.cwd()), () => configSchema.safeParse(raw));
-  if (!result.success) throw issueError(result.error.issues[0]!);
-  const { hub, cog } = result.data;
-  if (hub === null && cog === null) throw new ConfigError("neither hub: nor cog: is configured (at least one is required)");
-  checkListeners(hub, cog);
-  return deepFreeze(result.data);
-}
-
-/**
- * The first issue as capsul's one-line error. zod reports every issue it finds, in key order;
- * the first is the one a reader of the file meets first (a mapping's unknown key stops the
- * reading of that mapping, as a typo may be the cause of everything after it).
- */
-function issueError(issue: z.core.$ZodIssue): ConfigError {
-  const absolute = (issue as { params?: { absolutePath?: string } }).params?.absolutePath;
-  return new ConfigError(issue.message, absolute ?? (formatKeyPath(issue.path) || undefined));
+  const config = parseSection(configSchema, raw, "", opts.baseDir ?? process.cwd());
+  if (config.hub === null && config.cog === null) throw new ConfigError("neither hub: nor cog: is configured (at least one is required)");
+  checkListeners(config.hub, config.cog);
+  return deepFreeze(config);
 }
 
 /**

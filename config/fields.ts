@@ -68,10 +68,8 @@ function report(ctx: Ctx, err: unknown, input: unknown): never {
     return z.NEVER as never;
   }
   if (err instanceof ConfigError) {
-    // values.ts readers are called without a path here: the message is the reason alone. A
-    // reader that names the whole key path itself (provisioner/config.ts) keeps it.
-    const absolute = err.path ? { absolutePath: err.path } : undefined;
-    ctx.issues.push({ code: "custom", message: absolute ? err.message.slice(err.path!.length + 2) : err.message, input, params: absolute });
+    // Readers are called without a path here: the message is the reason alone.
+    ctx.issues.push({ code: "custom", message: err.message, input });
     return z.NEVER as never;
   }
   throw err;
@@ -99,7 +97,7 @@ export function section<S extends z.ZodRawShape, O>(
   description: string,
   shape: S,
   build: (input: z.output<z.ZodObject<S>>) => O,
-  opts: { requiredKeys?: readonly string[]; nullable?: boolean } = {},
+  opts: { requiredKeys?: readonly string[]; nullable?: boolean; notMapping?: string; jsonType?: string[] } = {},
 ) {
   const known = Object.keys(shape);
   const nullable = opts.nullable ?? true;
@@ -107,7 +105,7 @@ export function section<S extends z.ZodRawShape, O>(
   const checked = z.preprocess((value, ctx) => {
     if (value == null && nullable) return {};
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
-      ctx.issues.push({ code: "custom", message: `expected a mapping, got ${describe(value)}`, input: value });
+      ctx.issues.push({ code: "custom", message: opts.notMapping ?? `expected a mapping, got ${describe(value)}`, input: value });
       return value;
     }
     for (const key of Object.keys(value)) {
@@ -121,7 +119,7 @@ export function section<S extends z.ZodRawShape, O>(
   JSON_SCHEMA.set(object, {
     replace: false,
     // zod counts a key whose schema preprocesses (a list) as required: only requiredKeys are.
-    json: { description, type: nullable ? ["object", "null"] : "object", required: opts.requiredKeys ? [...opts.requiredKeys] : undefined },
+    json: { description, type: opts.jsonType ?? (nullable ? ["object", "null"] : "object"), required: opts.requiredKeys ? [...opts.requiredKeys] : undefined },
   });
   return checked.transform((input, ctx): O => {
     try {
@@ -144,14 +142,39 @@ export function rules<T, O>(build: (value: T) => O) {
 }
 
 /** A list of `item`; absent or null is the empty list. */
-export function listOf<T extends z.ZodType>(description: string, item: T) {
+export function listOf<T extends z.ZodType>(description: string, item: T, opts: { notList?: string } = {}) {
   const array = z.array(item);
   JSON_SCHEMA.set(array, { replace: false, json: { description, type: ["array", "null"] } });
   return z.preprocess((value, ctx) => {
     if (value == null) return [];
-    if (!Array.isArray(value)) ctx.issues.push({ code: "custom", message: `expected a list, got ${describe(value)}`, input: value });
+    if (!Array.isArray(value)) ctx.issues.push({ code: "custom", message: opts.notList ?? `expected a list, got ${describe(value)}`, input: value });
     return value;
   }, array);
+}
+
+/** Adds to what zod says of `schema` in capsul.schema.json (a description, a key pattern). */
+export function describeJson(schema: z.ZodType, json: Record<string, unknown>): void {
+  JSON_SCHEMA.set(schema, { replace: false, json });
+}
+
+/**
+ * Parses `raw` with `schema`, relative paths against `dir`; the first issue becomes capsul's
+ * one-line ConfigError naming the key path under `at` (e.g. `hub.limits.grace: …`).
+ * zod reports every issue it finds, in key order; the first is the one a reader of the file
+ * meets first (a mapping's unknown key stops the reading of that mapping, as a typo may be
+ * the cause of everything after it).
+ */
+export function parseSection<T>(schema: z.ZodType<T>, raw: unknown, at: string, dir: string): T {
+  const result = withBaseDir(resolve(dir), () => schema.safeParse(raw));
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const rel = formatKeyPath(issue.path);
+  const keyPath = at === "" ? rel : rel === "" ? at : rel.startsWith("[") ? `${at}${rel}` : `${at}.${rel}`;
+  return failWith(issue.message, keyPath);
+}
+
+function failWith(message: string, keyPath: string): never {
+  throw new ConfigError(message, keyPath || undefined);
 }
 
 // ---- leaves ----------------------------------------------------------------

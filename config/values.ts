@@ -1,14 +1,12 @@
 /**
- * The value readers of capsul.yaml, used by the section parsers in ./config.ts.
- * Each takes the raw YAML value and its key path, and returns a typed value or
- * the default, or throws a one-line ConfigError that names the path.
+ * The value readers of capsul.yaml, used by the schema's leaves (./fields.ts): each takes the
+ * raw YAML value (and a key path, "" from the leaves, which report the path themselves) and
+ * returns a typed value or the default, or throws a one-line ConfigError worded as capsul
+ * has always worded it. Also the "did you mean" of unknown keys, and the unit formatters.
  */
-import { resolve } from "node:path";
 import { ConfigError } from "../lib/errors.js";
 import { normalizeHostname, normalizeHostnamePattern, suggestALabel } from "../lib/hostname.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
-
-export type Obj = Record<string, unknown>;
 
 export function describe(v: unknown): string {
   if (v === null || v === undefined) return "nothing";
@@ -16,8 +14,6 @@ export function describe(v: unknown): string {
   if (typeof v === "object") return "a mapping";
   return `${typeof v === "number" ? "the number" : `a ${typeof v}`} ${JSON.stringify(v)}`;
 }
-
-export const at = (path: string, key: string) => (path ? `${path}.${key}` : key);
 
 /** Levenshtein distance, for "did you mean" hints; keys are short, so O(n·m) is fine. */
 function editDistance(a: string, b: string): number {
@@ -46,27 +42,11 @@ export function unknownKeyMessage(key: string, known: readonly string[]): string
   return close ? `unknown key (did you mean "${best}"?)` : "unknown key";
 }
 
-/** A mapping whose keys are all in `known`; checked before any value, so a typo is reported as such. */
-export function mapping(value: unknown, path: string, known: readonly string[]): Obj {
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    throw new ConfigError(`expected a mapping, got ${describe(value)}`, path || undefined);
-  }
-  for (const key of Object.keys(value)) if (!known.includes(key)) throw new ConfigError(unknownKeyMessage(key, known), at(path, key));
-  return value as Obj;
-}
-
-/** A list; absent or null is the empty list. */
-export function list(value: unknown, path: string): unknown[] {
-  if (value === undefined || value === null) return [];
-  if (!Array.isArray(value)) throw new ConfigError(`expected a list, got ${describe(value)}`, path);
-  return value;
-}
-
 // In every reader below, absent and null mean "use the default" (an empty YAML
 // value is usually a section whose keys are all commented out); a required key
 // has no default.
 
-export function required(path: string): never {
+function required(path: string): never {
   throw new ConfigError("required", path);
 }
 
@@ -139,10 +119,6 @@ export function rate(value: unknown, path: string, def: number, min: number): nu
   if (bytes === 0) return 0;
   if (bytes < min) throw new ConfigError(`must be at least ${fmtBytes(min)}/s (or off), got ${bytes} bytes/s`, path);
   return bytes;
-}
-
-export function directory(value: unknown, path: string, def: string, baseDir: string): string {
-  return resolve(baseDir, string(value, path, def));
 }
 
 export function hostname(value: unknown, path: string): string {

@@ -1,7 +1,13 @@
+/**
+ * `cog.provisioner.backups`: when and how the provisioner backs up VMs' disks. Each key's
+ * default and bounds are stated here once; capsul.schema.json and BackupConfig come from them.
+ */
 import path from "node:path";
 import type { BackupConfig, BackupSchedule } from "../config/types.js";
+import { custom, parseSection, resolvePath, section, sizeBytes } from "../config/fields.js";
 import { ConfigError } from "../lib/errors.js";
-import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { parseDurationMs } from "../lib/units.js";
+import { fmtMs } from "../config/values.js";
 
 /** Backups live here, inside the data dir, unless `backups.dir` says otherwise. */
 export const DEFAULT_BACKUP_SUBDIR = "backups";
@@ -18,18 +24,6 @@ export const DEFAULT_RETRY_AFTER_MS = 30 * 60_000;
 export const MIN_SCHEDULE_INTERVAL_MS = 60_000;
 const NAMED_SCHEDULES: Record<string, number> = { hourly: 3_600_000, daily: 86_400_000, weekly: 7 * 86_400_000 };
 
-const KEYS: Record<string, true> = {
-  dir: true, schedule: true, keep_full: true, keep_incremental: true, agent_timeout: true, freeze_timeout: true,
-  stall_timeout: true, check_interval: true, retry_after: true, rate_limit: true,
-};
-
-function count(v: unknown, at: string, min: number, max: number): number {
-  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    throw new ConfigError(`must be an integer from ${min} to ${max}: ${JSON.stringify(v)}`, at);
-  }
-  return v;
-}
-
 export function parseSchedule(v: unknown, at: string): BackupSchedule {
   if (v === "off" || v === false || v === null) return { kind: "off" };
   if (typeof v === "string" && NAMED_SCHEDULES[v] !== undefined) return { kind: "every", intervalMs: NAMED_SCHEDULES[v]! };
@@ -43,34 +37,69 @@ export function parseSchedule(v: unknown, at: string): BackupSchedule {
   return { kind: "every", intervalMs: ms };
 }
 
+function count(description: string, def: number, min: number, max: number) {
+  return custom({ description: `${description} Default: ${def}.`, default: def, anyOf: [{ type: "integer", minimum: min, maximum: max }, { type: "null" }] }, (v) => {
+    if (v == null) return def;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+      throw new ConfigError(`must be an integer from ${min} to ${max}: ${JSON.stringify(v)}`);
+    }
+    return v;
+  });
+}
+
+/** A duration of at least `min` ms, worded as this section always has ("at least 100 ms: …"). */
+function dur(description: string, def: number, min: number) {
+  return custom({
+    description: `${description} Default: ${fmtMs(def)}.`, default: fmtMs(def),
+    anyOf: [{ type: "string" }, { type: "number", minimum: min }, { type: "null" }],
+  }, (v) => {
+    if (v == null) return def;
+    const ms = parseDurationMs(v);
+    if (ms < min) throw new ConfigError(`at least ${min} ms: ${JSON.stringify(v)}`);
+    return ms;
+  });
+}
+
+export const backupsSchema = section("Backups of the VMs' disks (README \"Backups\").", {
+  dir: custom({ description: `Where backups live: one directory per VM name with manifest.json and qcow2 files (default <data_dir>/${DEFAULT_BACKUP_SUBDIR}, made 0700).`, type: ["string", "null"], minLength: 1 },
+    (v) => {
+      if (v == null) return undefined;
+      if (typeof v !== "string" || v.length === 0 || /[\0\n\r]/.test(v)) throw new ConfigError("must be a path");
+      return resolvePath(v);
+    }),
+  schedule: custom({
+    description: `off, hourly, daily, weekly, or a duration of at least ${fmtMs(MIN_SCHEDULE_INTERVAL_MS)}: a running VM whose newest backup is older gets one. Default: off.`,
+    default: "off", anyOf: [{ enum: ["off", "hourly", "daily", "weekly", false] }, { type: "string" }, { type: "null" }],
+  }, (v): BackupSchedule => (v === undefined ? { kind: "off" } : parseSchedule(v, ""))),
+  keep_full: count("Chains kept per VM, a chain being a full backup and the incrementals on top of it; older chains are deleted whole.", DEFAULT_KEEP_FULL, 1, 1000),
+  keep_incremental: count("Incrementals per chain; with this many, the next backup is a full one that starts a new chain (0 = always full).", DEFAULT_KEEP_INCREMENTAL, 0, 1000),
+  agent_timeout: dur("How long the guest agent may take to answer guest-ping; silence means a crash-consistent backup.", DEFAULT_AGENT_TIMEOUT_MS, 100),
+  freeze_timeout: dur("How long guest-fsfreeze-freeze may take (the guest flushes its filesystems); past it, thaw and back up crash-consistent.", DEFAULT_FREEZE_TIMEOUT_MS, 1000),
+  stall_timeout: dur("A backup or restore whose progress stops this long is cancelled.", DEFAULT_STALL_TIMEOUT_MS, 1000),
+  check_interval: dur("How often the schedule looks for VMs that are due.", DEFAULT_CHECK_INTERVAL_MS, 100),
+  retry_after: dur("After a scheduled backup of a VM failed, the next attempt waits this long.", DEFAULT_RETRY_AFTER_MS, 0),
+  rate_limit: sizeBytes("Bytes per second a backup job may read from a VM's disk (QEMU's job speed; 0 = unlimited).", { def: 0, min: 0 }),
+}, (o) => o, { notMapping: "must be a mapping" });
+
+/** The section as read; its dir default needs the provisioner's data dir. */
+export type BackupsInput = ReturnType<(typeof backupsSchema)["parse"]>;
+
+export function resolveBackups(o: BackupsInput, dataDir: string): BackupConfig {
+  return Object.freeze({
+    dir: o.dir ?? path.join(dataDir, DEFAULT_BACKUP_SUBDIR),
+    schedule: o.schedule,
+    keepFull: o.keep_full,
+    keepIncremental: o.keep_incremental,
+    agentTimeoutMs: o.agent_timeout,
+    freezeTimeoutMs: o.freeze_timeout,
+    stallTimeoutMs: o.stall_timeout,
+    checkIntervalMs: o.check_interval,
+    retryAfterMs: o.retry_after,
+    rateLimitBytesPerSec: o.rate_limit,
+  });
+}
+
 /** `cog.provisioner.backups` → a frozen BackupConfig; relative `dir` resolves against baseDir. */
 export function parseBackupConfig(raw: unknown, at: string, baseDir: string, dataDir: string): BackupConfig {
-  if (raw === null || raw === undefined) raw = {};
-  if (typeof raw !== "object" || Array.isArray(raw)) throw new ConfigError("must be a mapping", at);
-  const r = raw as Record<string, unknown>;
-  for (const k of Object.keys(r)) if (!KEYS[k]) throw new ConfigError("unknown key", `${at}.${k}`);
-  const dur = (k: string, d: number, min: number): number => {
-    if (r[k] === undefined) return d;
-    const ms = parseDurationMs(r[k], `${at}.${k}`);
-    if (ms < min) throw new ConfigError(`at least ${min} ms: ${JSON.stringify(r[k])}`, `${at}.${k}`);
-    return ms;
-  };
-  let dir = path.join(dataDir, DEFAULT_BACKUP_SUBDIR);
-  if (r.dir !== undefined) {
-    if (typeof r.dir !== "string" || r.dir.length === 0 || /[\0\n\r]/.test(r.dir)) throw new ConfigError("must be a path", `${at}.dir`);
-    dir = path.resolve(baseDir, r.dir);
-  }
-  const cfg: BackupConfig = {
-    dir,
-    schedule: r.schedule === undefined ? { kind: "off" } : parseSchedule(r.schedule, `${at}.schedule`),
-    keepFull: r.keep_full === undefined ? DEFAULT_KEEP_FULL : count(r.keep_full, `${at}.keep_full`, 1, 1000),
-    keepIncremental: r.keep_incremental === undefined ? DEFAULT_KEEP_INCREMENTAL : count(r.keep_incremental, `${at}.keep_incremental`, 0, 1000),
-    agentTimeoutMs: dur("agent_timeout", DEFAULT_AGENT_TIMEOUT_MS, 100),
-    freezeTimeoutMs: dur("freeze_timeout", DEFAULT_FREEZE_TIMEOUT_MS, 1000),
-    stallTimeoutMs: dur("stall_timeout", DEFAULT_STALL_TIMEOUT_MS, 1000),
-    checkIntervalMs: dur("check_interval", DEFAULT_CHECK_INTERVAL_MS, 100),
-    retryAfterMs: dur("retry_after", DEFAULT_RETRY_AFTER_MS, 0),
-    rateLimitBytesPerSec: r.rate_limit === undefined ? 0 : parseSizeBytes(r.rate_limit, `${at}.rate_limit`),
-  };
-  return Object.freeze(cfg);
+  return resolveBackups(parseSection(backupsSchema, raw ?? {}, at, baseDir), dataDir);
 }

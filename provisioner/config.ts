@@ -1,8 +1,19 @@
+/**
+ * `cog.provisioner` of capsul.yaml: the VM provisioner's keys, each with its description,
+ * default and bounds stated once in the schema below (config/fields.ts leaves); the runtime
+ * ProvisionerConfig, its errors ("cog.provisioner.max_vms: must be an integer from 1 to
+ * 10000: 0") and capsul.schema.json come from it. Backups are ./backupconfig.ts's.
+ */
 import path from "node:path";
+import { z } from "zod";
+import {
+  custom, describeJson, durationMs, fail, listOf, parseSection, read, resolvePath, rules, section, sizeBytes,
+} from "../config/fields.js";
+import { fmtMs } from "../config/values.js";
 import type { HostPort, ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
-import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
-import { parseBackupConfig } from "./backupconfig.js";
+import { parseSizeBytes } from "../lib/units.js";
+import { backupsSchema, parseBackupConfig, resolveBackups } from "./backupconfig.js";
 import { parseCidr } from "./netguard.js";
 
 const MIB = 1024 * 1024;
@@ -67,24 +78,8 @@ export const DEFAULT_SIZES: Readonly<Record<string, ProvisionerSize>> = Object.f
 /** VM, image and size names: DNS-label safe, never an option or a path. */
 export const NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
 
-const KEYS: Record<string, true> = {
-  listen: true, data_dir: true, accel: true, sizes: true, host_memory: true,
-  memory_overcommit_ratio: true, vm_memory_overhead: true, qemu_binary: true, qemu_img_binary: true, genisoimage_binary: true,
-  boot_timeout: true, boot_timeout_tcg: true, stop_timeout: true, reboot_timeout: true, launch_timeout: true, qmp_timeout: true,
-  kvm_probe_timeout: true, tool_timeout: true, max_request_body: true, max_image_size: true,
-  console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
-  import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
-  image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
-  backups: true,
-};
-const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
-
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-function rejectUnknown(obj: Record<string, unknown>, known: Record<string, true>, at: string): void {
-  for (const k of Object.keys(obj)) if (!known[k]) throw new ConfigError("unknown key", `${at}.${k}`);
 }
 
 export function parseListen(v: unknown, at: string): HostPort {
@@ -96,152 +91,224 @@ export function parseListen(v: unknown, at: string): HostPort {
   return { host: (m[1] ?? m[2]) || "0.0.0.0", port };
 }
 
-function posInt(v: unknown, at: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
+function posInt(v: unknown, min: number, max: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    throw new ConfigError(`must be an integer from ${min} to ${max}: ${JSON.stringify(v)}`, at);
+    throw new ConfigError(`must be an integer from ${min} to ${max}: ${JSON.stringify(v)}`);
   }
   return v;
 }
 
-function binary(v: unknown, at: string, baseDir: string): string {
-  if (typeof v !== "string" || v.length === 0 || v.startsWith("-") || /[\0\n]/.test(v)) {
-    throw new ConfigError(`not a program name or path: ${JSON.stringify(v)}`, at);
-  }
-  // A bare name is looked up on PATH; anything with a slash is a path.
-  return v.includes("/") ? path.resolve(baseDir, v) : v;
+/** An integer key with its own wording ("must be an integer from 1 to 100: …"). */
+function count(description: string, def: number, min: number, max: number) {
+  return custom({ description: `${description} Default: ${def}.`, default: def, anyOf: [{ type: "integer", minimum: min, maximum: max }, { type: "null" }] },
+    (v) => (v == null ? def : posInt(v, min, max)));
 }
 
-function parseSize(raw: unknown, at: string, base: ProvisionerSize | undefined): ProvisionerSize {
-  if (!isRecord(raw)) throw new ConfigError("must be a mapping", at);
-  rejectUnknown(raw, SIZE_KEYS, at);
-  const need = (k: string): never => { throw new ConfigError("required for a new size", `${at}.${k}`); };
-  const vcpus = raw.vcpus !== undefined ? posInt(raw.vcpus, `${at}.vcpus`, 1, 64) : base?.vcpus ?? need("vcpus");
-  const memoryBytes = raw.memory !== undefined ? parseSizeBytes(raw.memory, `${at}.memory`) : base?.memoryBytes ?? need("memory");
-  const diskBytes = raw.disk !== undefined ? parseSizeBytes(raw.disk, `${at}.disk`) : base?.diskBytes ?? need("disk");
-  const diskIopsPerSec = raw.disk_iops !== undefined ? posInt(raw.disk_iops, `${at}.disk_iops`, 0) : base?.diskIopsPerSec ?? 0;
-  const diskBytesPerSec = raw.disk_bps !== undefined ? parseSizeBytes(raw.disk_bps, `${at}.disk_bps`) : base?.diskBytesPerSec ?? 0;
-  if (memoryBytes < 64 * MIB) throw new ConfigError("at least 64MiB", `${at}.memory`);
-  if (diskBytes < 64 * MIB) throw new ConfigError("at least 64MiB", `${at}.disk`);
-  return Object.freeze({ vcpus, memoryBytes, diskBytes, diskIopsPerSec, diskBytesPerSec });
+/** A program: a bare name is looked up on PATH; anything with a slash is a path. */
+function binary(description: string, def: string) {
+  return custom({ description: `${description} Default: ${def}.`, default: def, type: ["string", "null"], minLength: 1, pattern: "^[^-]" }, (v) => {
+    if (v == null) return def;
+    if (typeof v !== "string" || v.length === 0 || v.startsWith("-") || /[\0\n]/.test(v)) {
+      throw new ConfigError(`not a program name or path: ${JSON.stringify(v)}`);
+    }
+    return v.includes("/") ? resolvePath(v) : v;
+  });
 }
+
+/** A duration of at least 1 s: 0 would make every boot "slow" at once, and every reboot a hard reset. */
+function seconds(description: string, def: number) {
+  const d = durationMs(description, { def, min: 0 });
+  return d.transform((ms, ctx) => {
+    if (ms < 1000) {
+      ctx.issues.push({ code: "custom", message: `at least 1s, got ${fmtMs(ms)}`, input: ms });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
+/** A path, resolved against the config file's directory; absent: undefined (the section picks the default). */
+function dir(description: string) {
+  return custom({ description, type: ["string", "null"], minLength: 1 }, (v) => {
+    if (v == null) return undefined;
+    if (typeof v !== "string" || v.length === 0) throw new ConfigError("must be a path");
+    return resolvePath(v);
+  });
+}
+
+const sizeSchema = section("One VM size; a size of capsul's table may override some of its fields.", {
+  vcpus: custom({ description: "Virtual CPUs (1 to 64).", anyOf: [{ type: "integer", minimum: 1, maximum: 64 }, { type: "null" }] },
+    (v) => (v == null ? undefined : posInt(v, 1, 64))),
+  memory: custom({ description: "Guest memory (at least 64MiB).", anyOf: [{ type: "string" }, { type: "integer" }, { type: "null" }] },
+    (v) => (v == null ? undefined : parseSizeBytes(v))),
+  disk: custom({ description: "Virtual size of the VM's qcow2 disk (at least 64MiB).", anyOf: [{ type: "string" }, { type: "integer" }, { type: "null" }] },
+    (v) => (v == null ? undefined : parseSizeBytes(v))),
+  disk_iops: custom({ description: "Disk operations per second, reads + writes (0 = unlimited).", anyOf: [{ type: "integer", minimum: 0 }, { type: "null" }] },
+    (v) => (v == null ? undefined : posInt(v, 0, Number.MAX_SAFE_INTEGER))),
+  disk_bps: custom({ description: "Disk bytes per second, reads + writes (0 = unlimited).", anyOf: [{ type: "string" }, { type: "integer" }, { type: "null" }] },
+    (v) => (v == null ? undefined : parseSizeBytes(v))),
+}, (o) => o, { nullable: false, notMapping: "must be a mapping" });
+
+/** cog.provisioner.sizes: size name → size, over capsul's table. */
+const sizesSchema = z.preprocess((value, ctx) => {
+  if (value == null) return {};
+  if (!isRecord(value)) {
+    ctx.issues.push({ code: "custom", message: "must be a mapping of size name to size", input: value });
+    return value;
+  }
+  for (const name of Object.keys(value)) {
+    if (!NAME_RE.test(name)) {
+      ctx.issues.push({ code: "custom", message: "not a size name (^[a-z][a-z0-9-]{0,38}$)", path: [name], input: value });
+      return value;
+    }
+  }
+  return value;
+}, z.record(z.string(), sizeSchema)).transform(rules((given): Record<string, ProvisionerSize> => {
+  const sizes: Record<string, ProvisionerSize> = { ...DEFAULT_SIZES };
+  for (const [name, s] of Object.entries(given)) {
+    const base = DEFAULT_SIZES[name];
+    const need = (k: string): never => fail([name, k], "required for a new size");
+    const size: ProvisionerSize = {
+      vcpus: s.vcpus ?? base?.vcpus ?? need("vcpus"),
+      memoryBytes: s.memory ?? base?.memoryBytes ?? need("memory"),
+      diskBytes: s.disk ?? base?.diskBytes ?? need("disk"),
+      diskIopsPerSec: s.disk_iops ?? base?.diskIopsPerSec ?? 0,
+      diskBytesPerSec: s.disk_bps ?? base?.diskBytesPerSec ?? 0,
+    };
+    if (size.memoryBytes < 64 * MIB) fail([name, "memory"], "at least 64MiB");
+    if (size.diskBytes < 64 * MIB) fail([name, "disk"], "at least 64MiB");
+    sizes[name] = Object.freeze(size);
+  }
+  return Object.freeze(sizes);
+}));
+describeJson(sizesSchema, { description: "VM sizes by name: capsul's table (f1-s … f1-xxx, see DESIGN.md) with overrides and additions; a new size needs vcpus, memory and disk.", propertyNames: { pattern: NAME_RE.source } });
+
+const cidrs = listOf("CIDR blocks an image URL may reach although they are loopback, private (RFC 1918, CGNAT, ULA), link-local, unspecified or multicast (default none: such targets, also after a redirect, are refused). For a mirror on the LAN.",
+  custom({ description: "A CIDR block, e.g. 192.168.1.0/24.", type: "string" }, (c) => {
+    try {
+      if (typeof c !== "string") throw new Error(`not a CIDR block: ${JSON.stringify(c)}`);
+      parseCidr(c);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+    return c.trim();
+  }), { notList: "must be a list of CIDR blocks" });
+
+/** `cog.provisioner`: the VM provisioner's keys, each default and bound stated once. */
+export const provisionerSchema = section("The VM provisioner (absent, null or false: none; {} for every default).", {
+  listen: custom({
+    description: `API listen address; anything but loopback requires the bearer token in <data_dir>/api-token. Default: 127.0.0.1:7480.`,
+    default: "127.0.0.1:7480", type: ["string", "null"],
+  }, (v) => (v == null ? { ...DEFAULT_LISTEN } : parseListen(v, ""))),
+  data_dir: dir(`Directory for the SQLite database, image catalogue and VM run dirs; at most ${MAX_DATA_DIR_LENGTH} bytes (QMP socket paths live under it). Default: ${DEFAULT_DATA_DIR}.`),
+  accel: custom({
+    description: "Accelerator: kvm, tcg, or auto: probe KVM once by booting a kernel under it, fall back to TCG if it hangs. Default: auto.",
+    default: "auto", anyOf: [{ enum: ["auto", "kvm", "tcg"] }, { type: "null" }],
+  }, (v): ProvisionerConfig["accel"] => {
+    if (v == null) return "auto";
+    if (v !== "auto" && v !== "kvm" && v !== "tcg") throw new ConfigError(`must be auto, kvm or tcg: ${JSON.stringify(v)}`);
+    return v;
+  }),
+  sizes: sizesSchema,
+  host_memory: custom({ description: "Host memory the provisioner plans with (default the machine's total memory).", anyOf: [{ type: "string" }, { type: "integer" }, { type: "null" }] },
+    (v) => (v == null ? null : parseSizeBytes(v))),
+  memory_overcommit_ratio: custom({
+    description: `Refuse to start a VM when the memory of all VMs that should run would exceed host_memory × this ratio (above 0, at most 16). Default: ${DEFAULT_MEMORY_OVERCOMMIT_RATIO}.`,
+    default: DEFAULT_MEMORY_OVERCOMMIT_RATIO, anyOf: [{ type: "number", exclusiveMinimum: 0, maximum: 16 }, { type: "null" }],
+  }, (r) => {
+    if (r == null) return DEFAULT_MEMORY_OVERCOMMIT_RATIO;
+    if (typeof r !== "number" || !Number.isFinite(r) || r <= 0 || r > 16) throw new ConfigError(`must be a number above 0 and at most 16: ${JSON.stringify(r)}`);
+    return r;
+  }),
+  vm_memory_overhead: sizeBytes("Memory counted for each VM on top of its size: QEMU's own (a 160 MiB guest's QEMU held ~300 MB RSS under TCG on the test machine, less under KVM).",
+    { def: DEFAULT_VM_MEMORY_OVERHEAD_BYTES, min: 0 }),
+  qemu_binary: binary("QEMU system emulator (looked up on PATH).", "qemu-system-x86_64"),
+  qemu_img_binary: binary("qemu-img.", "qemu-img"),
+  genisoimage_binary: binary("genisoimage, builds the cloud-init NoCloud seed.", "genisoimage"),
+  boot_timeout: seconds("Under KVM, from QEMU start (or a guest reset) until the guest answers on its SSH port; past it the VM stays starting, watched on while QEMU runs (at least 1s).",
+    DEFAULT_BOOT_TIMEOUT_MS),
+  boot_timeout_tcg: seconds("The same under TCG, where a cloud image takes minutes: Debian 12 answered SSH after 78–134 s on a quiet 2-core machine, 142–247 s under load (at least 1s).",
+    DEFAULT_BOOT_TIMEOUT_TCG_MS),
+  stop_timeout: durationMs("From system_powerdown (ACPI power button) until QEMU has exited; then quit, then SIGKILL.", { def: DEFAULT_STOP_TIMEOUT_MS, min: 0 }),
+  reboot_timeout: seconds("From ctrl-alt-delete until the guest resets (a clean reboot); then a hard system_reset (at least 1s).", DEFAULT_REBOOT_TIMEOUT_MS),
+  launch_timeout: durationMs("Deadline for `qemu-system … -daemonize` to return, i.e. for QEMU to initialise.", { def: DEFAULT_LAUNCH_TIMEOUT_MS, min: 0 }),
+  qmp_timeout: durationMs("Deadline for one QMP command.", { def: DEFAULT_QMP_TIMEOUT_MS, min: 0 }),
+  kvm_probe_timeout: durationMs("accel auto: how long a probe kernel may take to print its banner under KVM before KVM is declared unusable.",
+    { def: DEFAULT_KVM_PROBE_TIMEOUT_MS, min: 0 }),
+  tool_timeout: durationMs("Deadline for one qemu-img or genisoimage run (conversions of big images take a while).", { def: DEFAULT_TOOL_TIMEOUT_MS, min: 0 }),
+  max_request_body: sizeBytes("Largest request body the API accepts.", { def: DEFAULT_MAX_REQUEST_BODY_BYTES, min: 0 }),
+  max_image_size: sizeBytes("Largest image an import may download or copy.", { def: DEFAULT_MAX_IMAGE_BYTES, min: 0 }),
+  console_tail: sizeBytes("Tail of the serial console returned by GET /v1/vms/:name/console.", { def: DEFAULT_CONSOLE_TAIL_BYTES, min: 0 }),
+  max_vms: count("Most VMs this cog holds, whatever their state.", DEFAULT_MAX_VMS, 1, 10_000),
+  max_ssh_keys: count("Most SSH keys per VM.", DEFAULT_MAX_SSH_KEYS, 1, 1000),
+  quit_timeout: durationMs("After QMP quit (the stop deadline passed), how long before SIGKILL.", { def: DEFAULT_QUIT_TIMEOUT_MS, min: 0 }),
+  crash_restarts: count("A VM whose QEMU dies unexpectedly is restarted at most this often per crash_window, then left in error (0 never restarts).",
+    DEFAULT_CRASH_RESTARTS, 0, 100),
+  crash_window: durationMs("The window crash_restarts counts in.", { def: DEFAULT_CRASH_WINDOW_MS, min: 0 }),
+  import_dir: dir(`Local image sources (POST /v1/images source, kernel, initrd paths) must lie in this directory after resolving symlinks and .. (default <data_dir>/${DEFAULT_IMPORT_SUBDIR}, created 0700). Keep it writable only by the operator.`),
+  import_allowed_cidrs: cidrs,
+  import_max_redirects: count("Redirects an image download follows, each hop's address checked.", DEFAULT_IMPORT_MAX_REDIRECTS, 0, 20),
+  download_idle_timeout: durationMs("An image download whose server sends nothing for this long is abandoned.", { def: DEFAULT_DOWNLOAD_IDLE_TIMEOUT_MS, min: 0 }),
+  image_inspect_memory: sizeBytes("Address space `qemu-img info` may use on an imported qcow2 (prlimit --as; at least 16MiB).",
+    { def: DEFAULT_IMAGE_INSPECT_MEMORY_BYTES, min: 0 }),
+  image_inspect_cpu_time: durationMs("CPU time `qemu-img info` may use on an imported qcow2 (prlimit --cpu, whole seconds; at least 1s).",
+    { def: DEFAULT_IMAGE_INSPECT_CPU_MS, min: 0 }),
+  console_log_size: sizeBytes(`A VM's console.log is rotated to console.log.1 when it reaches this size (2 files kept; at least ${MIN_CONSOLE_LOG_BYTES} bytes).`,
+    { def: DEFAULT_CONSOLE_LOG_MAX_BYTES, min: 0 }),
+  pasta_binary: binary("passt's pasta, which connects each VM's private network namespace to the host.", "pasta"),
+  backups: backupsSchema,
+}, (o): ProvisionerConfig => {
+  const dataDir = o.data_dir ?? DEFAULT_DATA_DIR;
+  read(["data_dir"], () => checkDataDir(dataDir, ""));
+  if (o.console_log_size < MIN_CONSOLE_LOG_BYTES) fail(["console_log_size"], `at least ${MIN_CONSOLE_LOG_BYTES} bytes`);
+  if (o.image_inspect_memory < 16 * MIB) fail(["image_inspect_memory"], "at least 16MiB");
+  if (o.image_inspect_cpu_time < 1000) fail(["image_inspect_cpu_time"], "at least 1s (prlimit counts whole CPU seconds)");
+  return Object.freeze({
+    listen: o.listen,
+    dataDir,
+    accel: o.accel,
+    sizes: o.sizes,
+    hostMemoryBytes: o.host_memory,
+    memoryOvercommitRatio: o.memory_overcommit_ratio,
+    vmMemoryOverheadBytes: o.vm_memory_overhead,
+    qemuBinary: o.qemu_binary,
+    qemuImgBinary: o.qemu_img_binary,
+    genisoimageBinary: o.genisoimage_binary,
+    bootTimeoutMs: o.boot_timeout,
+    bootTimeoutTcgMs: o.boot_timeout_tcg,
+    stopTimeoutMs: o.stop_timeout,
+    rebootTimeoutMs: o.reboot_timeout,
+    launchTimeoutMs: o.launch_timeout,
+    qmpTimeoutMs: o.qmp_timeout,
+    kvmProbeTimeoutMs: o.kvm_probe_timeout,
+    toolTimeoutMs: o.tool_timeout,
+    maxRequestBodyBytes: o.max_request_body,
+    maxImageBytes: o.max_image_size,
+    consoleTailBytes: o.console_tail,
+    maxVms: o.max_vms,
+    maxSshKeys: o.max_ssh_keys,
+    quitTimeoutMs: o.quit_timeout,
+    crashRestarts: o.crash_restarts,
+    crashWindowMs: o.crash_window,
+    importDir: o.import_dir ?? path.join(dataDir, DEFAULT_IMPORT_SUBDIR),
+    importAllowedCidrs: Object.freeze(o.import_allowed_cidrs) as string[],
+    importMaxRedirects: o.import_max_redirects,
+    downloadIdleTimeoutMs: o.download_idle_timeout,
+    imageInspectMemoryBytes: o.image_inspect_memory,
+    imageInspectCpuMs: o.image_inspect_cpu_time,
+    consoleLogMaxBytes: o.console_log_size,
+    pastaBinary: o.pasta_binary,
+    backups: resolveBackups(o.backups, dataDir),
+  });
+}, { notMapping: "must be a mapping", jsonType: ["object", "null", "boolean"] });
 
 /**
  * `cog.provisioner` of capsul.yaml → a frozen, fully defaulted ProvisionerConfig.
  * `raw` null/undefined means "all defaults". Relative paths resolve against baseDir
- * (the directory of capsul.yaml).
+ * (the directory of capsul.yaml). Errors name the key path under `at`.
  */
 export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string): ProvisionerConfig {
-  if (raw === null || raw === undefined) raw = {};
-  if (!isRecord(raw)) throw new ConfigError("must be a mapping", at);
-  rejectUnknown(raw, KEYS, at);
-  const dur = (k: string, d: number): number => (raw[k] === undefined ? d : parseDurationMs(raw[k], `${at}.${k}`));
-  const bytes = (k: string, d: number): number => (raw[k] === undefined ? d : parseSizeBytes(raw[k], `${at}.${k}`));
-
-  const listen = raw.listen === undefined ? { ...DEFAULT_LISTEN } : parseListen(raw.listen, `${at}.listen`);
-
-  let dataDir = DEFAULT_DATA_DIR;
-  if (raw.data_dir !== undefined) {
-    if (typeof raw.data_dir !== "string" || raw.data_dir.length === 0) throw new ConfigError("must be a path", `${at}.data_dir`);
-    dataDir = path.resolve(baseDir, raw.data_dir);
-  }
-  checkDataDir(dataDir, `${at}.data_dir`);
-
-  let accel: ProvisionerConfig["accel"] = "auto";
-  if (raw.accel !== undefined) {
-    if (raw.accel !== "auto" && raw.accel !== "kvm" && raw.accel !== "tcg") {
-      throw new ConfigError(`must be auto, kvm or tcg: ${JSON.stringify(raw.accel)}`, `${at}.accel`);
-    }
-    accel = raw.accel;
-  }
-
-  const sizes: Record<string, ProvisionerSize> = { ...DEFAULT_SIZES };
-  if (raw.sizes !== undefined) {
-    if (!isRecord(raw.sizes)) throw new ConfigError("must be a mapping of size name to size", `${at}.sizes`);
-    for (const [name, s] of Object.entries(raw.sizes)) {
-      if (!NAME_RE.test(name)) throw new ConfigError("not a size name (^[a-z][a-z0-9-]{0,38}$)", `${at}.sizes.${name}`);
-      sizes[name] = parseSize(s, `${at}.sizes.${name}`, DEFAULT_SIZES[name]);
-    }
-  }
-
-  const hostMemoryBytes = raw.host_memory === undefined || raw.host_memory === null ? null : parseSizeBytes(raw.host_memory, `${at}.host_memory`);
-  let memoryOvercommitRatio = DEFAULT_MEMORY_OVERCOMMIT_RATIO;
-  if (raw.memory_overcommit_ratio !== undefined) {
-    const r = raw.memory_overcommit_ratio;
-    if (typeof r !== "number" || !Number.isFinite(r) || r <= 0 || r > 16) {
-      throw new ConfigError(`must be a number above 0 and at most 16: ${JSON.stringify(r)}`, `${at}.memory_overcommit_ratio`);
-    }
-    memoryOvercommitRatio = r;
-  }
-
-  let importDir = path.join(dataDir, DEFAULT_IMPORT_SUBDIR);
-  if (raw.import_dir !== undefined) {
-    if (typeof raw.import_dir !== "string" || raw.import_dir.length === 0) throw new ConfigError("must be a path", `${at}.import_dir`);
-    importDir = path.resolve(baseDir, raw.import_dir);
-  }
-  const importAllowedCidrs: string[] = [];
-  if (raw.import_allowed_cidrs !== undefined && raw.import_allowed_cidrs !== null) {
-    if (!Array.isArray(raw.import_allowed_cidrs)) throw new ConfigError("must be a list of CIDR blocks", `${at}.import_allowed_cidrs`);
-    raw.import_allowed_cidrs.forEach((c, i) => {
-      try {
-        if (typeof c !== "string") throw new Error(`not a CIDR block: ${JSON.stringify(c)}`);
-        parseCidr(c);
-      } catch (e) {
-        throw new ConfigError((e as Error).message, `${at}.import_allowed_cidrs[${i}]`);
-      }
-      importAllowedCidrs.push((c as string).trim());
-    });
-  }
-  const consoleLogMaxBytes = bytes("console_log_size", DEFAULT_CONSOLE_LOG_MAX_BYTES);
-  if (consoleLogMaxBytes < MIN_CONSOLE_LOG_BYTES) throw new ConfigError(`at least ${MIN_CONSOLE_LOG_BYTES} bytes`, `${at}.console_log_size`);
-  const inspectMemory = bytes("image_inspect_memory", DEFAULT_IMAGE_INSPECT_MEMORY_BYTES);
-  if (inspectMemory < 16 * MIB) throw new ConfigError("at least 16MiB", `${at}.image_inspect_memory`);
-  const inspectCpu = dur("image_inspect_cpu_time", DEFAULT_IMAGE_INSPECT_CPU_MS);
-  // 0 would make every boot "slow" at once, and every reboot a hard reset.
-  const atLeastOneSecond = (k: string, d: number): number => {
-    const v = dur(k, d);
-    if (v < 1000) throw new ConfigError(`at least 1s: ${JSON.stringify(raw[k])}`, `${at}.${k}`);
-    return v;
-  };
-  if (inspectCpu < 1000) throw new ConfigError("at least 1s (prlimit counts whole CPU seconds)", `${at}.image_inspect_cpu_time`);
-
-  const cfg: ProvisionerConfig = {
-    listen,
-    dataDir,
-    accel,
-    sizes: Object.freeze(sizes),
-    hostMemoryBytes,
-    memoryOvercommitRatio,
-    vmMemoryOverheadBytes: bytes("vm_memory_overhead", DEFAULT_VM_MEMORY_OVERHEAD_BYTES),
-    qemuBinary: raw.qemu_binary === undefined ? "qemu-system-x86_64" : binary(raw.qemu_binary, `${at}.qemu_binary`, baseDir),
-    qemuImgBinary: raw.qemu_img_binary === undefined ? "qemu-img" : binary(raw.qemu_img_binary, `${at}.qemu_img_binary`, baseDir),
-    genisoimageBinary: raw.genisoimage_binary === undefined ? "genisoimage" : binary(raw.genisoimage_binary, `${at}.genisoimage_binary`, baseDir),
-    bootTimeoutMs: atLeastOneSecond("boot_timeout", DEFAULT_BOOT_TIMEOUT_MS),
-    bootTimeoutTcgMs: atLeastOneSecond("boot_timeout_tcg", DEFAULT_BOOT_TIMEOUT_TCG_MS),
-    stopTimeoutMs: dur("stop_timeout", DEFAULT_STOP_TIMEOUT_MS),
-    rebootTimeoutMs: atLeastOneSecond("reboot_timeout", DEFAULT_REBOOT_TIMEOUT_MS),
-    launchTimeoutMs: dur("launch_timeout", DEFAULT_LAUNCH_TIMEOUT_MS),
-    qmpTimeoutMs: dur("qmp_timeout", DEFAULT_QMP_TIMEOUT_MS),
-    kvmProbeTimeoutMs: dur("kvm_probe_timeout", DEFAULT_KVM_PROBE_TIMEOUT_MS),
-    toolTimeoutMs: dur("tool_timeout", DEFAULT_TOOL_TIMEOUT_MS),
-    maxRequestBodyBytes: bytes("max_request_body", DEFAULT_MAX_REQUEST_BODY_BYTES),
-    maxImageBytes: bytes("max_image_size", DEFAULT_MAX_IMAGE_BYTES),
-    consoleTailBytes: bytes("console_tail", DEFAULT_CONSOLE_TAIL_BYTES),
-    maxVms: raw.max_vms === undefined ? DEFAULT_MAX_VMS : posInt(raw.max_vms, `${at}.max_vms`, 1, 10_000),
-    maxSshKeys: raw.max_ssh_keys === undefined ? DEFAULT_MAX_SSH_KEYS : posInt(raw.max_ssh_keys, `${at}.max_ssh_keys`, 1, 1000),
-    quitTimeoutMs: dur("quit_timeout", DEFAULT_QUIT_TIMEOUT_MS),
-    crashRestarts: raw.crash_restarts === undefined ? DEFAULT_CRASH_RESTARTS : posInt(raw.crash_restarts, `${at}.crash_restarts`, 0, 100),
-    crashWindowMs: dur("crash_window", DEFAULT_CRASH_WINDOW_MS),
-    importDir,
-    importAllowedCidrs: Object.freeze(importAllowedCidrs) as string[],
-    importMaxRedirects: raw.import_max_redirects === undefined ? DEFAULT_IMPORT_MAX_REDIRECTS : posInt(raw.import_max_redirects, `${at}.import_max_redirects`, 0, 20),
-    downloadIdleTimeoutMs: dur("download_idle_timeout", DEFAULT_DOWNLOAD_IDLE_TIMEOUT_MS),
-    imageInspectMemoryBytes: inspectMemory,
-    imageInspectCpuMs: inspectCpu,
-    consoleLogMaxBytes,
-    pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
-    backups: parseBackupConfig(raw.backups, `${at}.backups`, baseDir, dataDir),
-  };
-  return Object.freeze(cfg);
+  return parseSection(provisionerSchema, raw ?? {}, at, baseDir);
 }
 
 /** The data dir ends up inside QEMU option strings and unix socket paths: keep it plain and short. */

@@ -83,6 +83,10 @@ t.test("ajv refuses invalid files where the JSON Schema can tell", async (t) => 
     t.notOk(ok, `${name} is invalid`);
     t.ok(validate.errors?.some((e) => e.instancePath === instancePath), `${name}: an error at "${instancePath}": ${JSON.stringify(validate.errors?.map((e) => e.instancePath))}`);
   }
+  // cog.provisioner's keys are in the schema too (provisioner/config.ts): a typo there is flagged.
+  t.notOk(validate({ cog: { provisioner: { max_vm: 3 } } }), "cog.provisioner.max_vm is unknown");
+  t.ok(validate.errors?.some((e) => e.instancePath === "/cog/provisioner" && e.keyword === "additionalProperties"));
+  t.ok(validate({ cog: { provisioner: { max_vms: 3, backups: { schedule: "daily" } } } }), JSON.stringify(validate.errors));
 });
 
 /** Every key with a default, as [path of keys, the default], walking into nullable sections and list items. */
