@@ -12,6 +12,8 @@ import { Ajv2020 } from "ajv/dist/2020.js";
 import { parse } from "yaml";
 import { parseConfig } from "../config/config.js";
 import { capsulJsonSchemaText } from "../config/jsonschema.js";
+import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { documentedDefault } from "./helpers/schemadoc.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..");
@@ -142,4 +144,50 @@ t.test("every key has a description", async (t) => {
   };
   walk(schema, "");
   t.same(missing, []);
+});
+
+t.test("the defaults capsul.yaml.example states are the ones the schema documents", async (t) => {
+  const lines = readFileSync(join(root, "capsul.yaml.example"), "utf8").split("\n");
+  // Read "Default: X" from the comment above a key (or on its line), and the key's path from the indentation.
+  const stack: { indent: number; key: string }[] = [];
+  let pending: string | undefined;
+  let compared = 0;
+  const mismatches: string[] = [];
+  const normalize = (text: string): string => {
+    const first = text.trim().split(/\s+/)[0]!.replace(/[.,;:]$/, "");
+    // "null", "[]", "none" and "the machine's total memory" all say: no value of its own.
+    if (["null", "[]", "none", "the"].includes(first)) return "none";
+    // A bare number (bytes, ms, a count); 0.667 is how a person writes the 2/3 the schema holds.
+    if (/^\d+(\.\d+)?$/.test(first)) return String(Math.round(Number(first) * 1000) / 1000);
+    for (const read of [parseDurationMs, parseSizeBytes]) {
+      try {
+        return String(read(first));
+      } catch { /* not this unit */ }
+    }
+    return first.toLowerCase();
+  };
+  for (const line of lines) {
+    const comment = /^\s*#.*\bDefault: (.+)$/.exec(line);
+    if (comment) {
+      pending = comment[1];
+      continue;
+    }
+    const key = /^(\s*)(- )?([a-z_]+):(.*)$/.exec(line);
+    if (!key) continue;
+    const indent = key[1]!.length + (key[2] ? 2 : 0);
+    while (stack.length > 0 && stack.at(-1)!.indent >= indent) stack.pop();
+    if (key[2]) stack.at(-1)!.key = stack.at(-1)!.key.replace(/(\[\])?$/, "[]");
+    const path = [...stack.map((s) => s.key), key[3]!].join(".");
+    stack.push({ indent, key: key[3]! });
+    const inline = /#.*\bdefault:? ([^(]+)/i.exec(key[4]!)?.[1];
+    const stated = inline ?? pending;
+    pending = undefined;
+    if (stated === undefined || stated.trim().startsWith("<")) continue;
+    const documented = documentedDefault(path);
+    if (documented === undefined) continue;
+    compared++;
+    if (normalize(stated) !== normalize(documented)) mismatches.push(`${path}: example says ${stated.trim()}, schema ${documented}`);
+  }
+  t.ok(compared >= 60, `${compared} defaults compared`);
+  t.same(mismatches, []);
 });
