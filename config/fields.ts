@@ -1,5 +1,7 @@
 /**
- * The building blocks of capsul.yaml's one schema (./schema.ts and the section files):
+ * The building blocks of capsul.yaml's one schema (./config.ts configSchema, built from the
+ * section files ./hub.ts, ./cog.ts, ./limits.ts, ./quotas.ts, ./tunnel.ts, ./acme.ts, ./store.ts
+ * and provisioner/config.ts, provisioner/backupconfig.ts):
  * zod schemas for the YAML input (snake_case keys, "5s", "512MiB", "host:port") whose
  * transforms produce the camelCase runtime objects of ./types.ts.
  *
@@ -91,7 +93,8 @@ export function leaf<T>(json: Record<string, unknown>, fn: (value: unknown) => T
 /**
  * A mapping of the keys in `shape`, then `build` over their read values: the rules between
  * keys and the runtime object. Unknown keys are refused before any value is read (a typo is
- * reported as such, with "did you mean"); absent or null is the empty mapping unless `required`.
+ * reported as such, with "did you mean"); absent or null is the empty mapping unless `nullable`
+ * is false. `requiredKeys` only marks keys required in the JSON Schema: their leaves say "required".
  */
 export function section<S extends z.ZodRawShape, O>(
   description: string,
@@ -287,9 +290,7 @@ export function optionalListener(description: string, def: string) {
 export const PORT_RANGE_JSON = { anyOf: [{ type: "string", pattern: "^\\s*[0-9]{1,5}\\s*(-\\s*[0-9]{1,5}\\s*)?$" }, { type: "integer", minimum: 1, maximum: 65535 }] };
 
 /** A leaf whose JSON Schema and reader are given whole (a shape the helpers above do not cover). */
-export function custom<T>(json: Record<string, unknown>, fn: (value: unknown) => T) {
-  return leaf(json, fn);
-}
+export const custom = leaf;
 
 /** Formats a zod issue path as capsul names keys: `hub.cogs[1].hostnames[0]`. */
 export function formatKeyPath(p: readonly PropertyKey[]): string {
