@@ -18,7 +18,7 @@ import { ProtocolError } from "../lib/errors.js";
 import { TokenBucket } from "../lib/tokenbucket.js";
 import type { MuxStream } from "../protocol/mux.js";
 import { encodeMessage, type MessageReader } from "../protocol/messages.js";
-import { checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireRoute } from "../protocol/control.js";
+import { checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireRoute } from "../protocol/control.js";
 import type { Issuance, PresentedCert } from "./issuance.js";
 import type { RouteTable } from "./routes.js";
 
@@ -45,6 +45,8 @@ export interface ControlContext {
   recordStatus(routes: string[]): void;
   /** The cog or its certificate was revoked: tell it why and drop it at once. */
   revoked(message: string): void;
+  /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
+  domains: { reportOf(cog: string): Promise<WireDomainProof[]> } | null;
 }
 
 /** Counts for tests and logs: what the loop did with what it read. */
@@ -55,6 +57,11 @@ export class ControlChannel {
   private readonly bucket: TokenBucket;
   private lastStatus = "";
   private lastRefused = "";
+  /** The cog's newest route set, re-applied when one of its DNS proofs changes state (refresh). */
+  private lastWanted: WireRoute[] | null = null;
+  /** The last `domains` message sent, so an unchanged report is not sent again. */
+  private lastDomains = "";
+  private welcomed = false;
 
   constructor(
     private readonly ctx: ControlContext,
@@ -71,6 +78,7 @@ export class ControlChannel {
   /** Applies the hello's route set (it takes a token like any other) and returns what was accepted. */
   async hello(wanted: WireRoute[]): Promise<{ accepted: AcceptedRoute[]; refused: { name: string; reason: string }[] }> {
     this.bucket.tryTake();
+    this.lastWanted = wanted;
     const res = await this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal);
     this.stats.applied++;
     this.lastRefused = JSON.stringify(res.refused);
@@ -87,6 +95,7 @@ export class ControlChannel {
       if (!m || this.ctx.signal.aborted) return;
       if (m.type === "routes") {
         let wanted = checkWireRoutes(m.routes);
+        this.lastWanted = wanted;
         // Every route set already here replaces this one (a set is the whole truth), up to
         // the first message of another type, which is handled next, in order.
         const absorb = (): void => {
@@ -96,6 +105,7 @@ export class ControlChannel {
             if (n.type !== "routes") carry = n;
             else {
               wanted = checkWireRoutes(n.routes);
+              this.lastWanted = wanted;
               this.stats.superseded++;
             }
           }
@@ -150,6 +160,42 @@ export class ControlChannel {
       for (const r of res.refused) log.warn("route refused", { cog, route: r.name, reason: r.reason });
     }
     this.lastRefused = refused;
+    await this.sendDomains();
+  }
+
+  /** After the welcome went out: from now on the cog may be sent other messages. */
+  welcomeSent(): void {
+    this.welcomed = true;
+    void this.sendDomains();
+  }
+
+  /**
+   * Re-applies the cog's newest route set: one of its DNS proofs changed state, so a route
+   * refused may be accepted now, or one accepted must go. Hub-initiated, so it takes no
+   * token of the cog's bucket. Never rejects.
+   */
+  async refresh(): Promise<void> {
+    if (!this.lastWanted || !this.welcomed || this.ctx.signal.aborted) return;
+    try {
+      await this.applyRoutes(this.lastWanted);
+    } catch (err) {
+      this.ctx.log.error("could not re-apply a cog's routes", { cog: this.ctx.cog, error: (err as Error).message });
+    }
+  }
+
+  /** Tells the cog where its custom-domain claims stand, if that changed. Never rejects. */
+  async sendDomains(): Promise<void> {
+    const domains = this.ctx.domains;
+    if (!domains || !this.welcomed || this.ctx.signal.aborted) return;
+    try {
+      const proofs = await domains.reportOf(this.ctx.cog);
+      const text = JSON.stringify(proofs);
+      if (text === this.lastDomains || this.ctx.signal.aborted) return;
+      this.lastDomains = text;
+      this.send({ type: "domains", proofs });
+    } catch (err) {
+      this.ctx.log.warn("could not read a cog's custom-domain claims", { cog: this.ctx.cog, error: (err as Error).message });
+    }
   }
 
   /** Coalesced status writes: only when what `capsul hub cogs` would show changed. */

@@ -10,6 +10,7 @@ import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
+import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
@@ -25,6 +26,8 @@ export interface Hub {
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
+  /** Custom domains by DNS proof. */
+  readonly domains: DomainProofs;
   /** Bound ports (useful when the config asked for port 0). */
   readonly ports: { tls: number | null; http: number | null; tunnel: number };
   close(): Promise<void>;
@@ -95,11 +98,18 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
-  const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
+  // Custom domains by DNS proof: the hooks reach the tunnels, made just below.
+  const domains = new DomainProofs(cfg, store, pki.caFingerprint, log.child("domains"), {
+    liveCogs: () => [...tunnels!.links.values()].filter((l) => l.control).map((l) => l.cog),
+    changed: (cog) => void tunnels!.links.get(cog)?.control?.refresh(),
+    checked: (cog) => void tunnels!.links.get(cog)?.control?.sendDomains(),
+  });
+  const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"), domains);
+  tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"), domains.enabled ? domains : null);
 
   const servers: net.Server[] = [];
   const cleanup = async (): Promise<void> => {
+    await domains.close();
     visitors.closeAll();
     await tunnels!.close();
     await tcp.closeAll();
@@ -121,9 +131,10 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
       servers.push(s);
     }
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
+    domains.start();
     log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
     return {
-      pki, store, router, tunnels, visitors,
+      pki, store, router, tunnels, visitors, domains,
       ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort },
       close: cleanup,
     };

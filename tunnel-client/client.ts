@@ -14,7 +14,7 @@ import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import {
-  checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
+  checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
@@ -23,6 +23,7 @@ import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
 import { httpSideName } from "./terminate.js";
+import { saveDomainReport } from "./domains.js";
 
 /** Deadline for the hub's welcome after the hello: the default of cog.tunnel.welcome_timeout. */
 export const WELCOME_TIMEOUT_MS = 15_000;
@@ -251,6 +252,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
       if (!m) break;
       if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
       else if (m.type === "renewed") await this.onRenewed(m.cert);
+      else if (m.type === "domains") await this.onDomains(m.proofs);
       else if (m.type === "error") this.log.error(m.message, { code: m.code });
     }
     await closed;
@@ -279,6 +281,26 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
   }
+
+  /** The hub's report on this cog's custom-domain claims: kept for `capsul cog domains`, logged when it changes. */
+  private async onDomains(raw: unknown): Promise<void> {
+    const proofs = checkWireDomainProofs(raw);
+    for (const p of proofs) {
+      const was = this.domainStates.get(p.hostname);
+      if (was === p.state) continue;
+      this.domainStates.set(p.hostname, p.state);
+      if (p.state === "verified") this.log.info("custom domain proven by DNS", { hostname: p.hostname });
+      else this.log.warn(`custom domain ${p.hostname} is ${p.state === "lost" ? "no longer" : "not yet"} proven: create the DNS record ${p.record}. TXT "${p.value}"`, { hostname: p.hostname });
+    }
+    try {
+      await saveDomainReport(this.dataDir, proofs);
+    } catch (err) {
+      this.log.warn("could not save the hub's custom-domain report", { error: (err as Error).message });
+    }
+    this.emit("domains", proofs);
+  }
+
+  private readonly domainStates = new Map<string, string>();
 
   private onVisitor(stream: MuxStream): void {
     this.streams.add(stream);
