@@ -72,11 +72,14 @@ export function registerDomainCommands(cog: Command, configHelp: string): void {
     .option("-c, --config <file>", configHelp)
     .option("--json", "print JSON instead of text")
     .action(async (name: string, opts: { config?: string; json?: boolean }) => {
+      // Options the parent `domains` also has land on it (commander): read them there too.
+      const parent = domains.opts<{ config?: string; json?: boolean }>();
+      opts.json ||= parent.json;
       const pattern = normalizeHostnamePattern(name);
       if (pattern === null) throw new ConfigError(`not a hostname: ${JSON.stringify(name)}`, "NAME");
       // A wildcard's proof lives on its base name.
       const hostname = pattern.startsWith("*.") ? pattern.slice(2) : pattern;
-      const { cfg, file } = loadConfig(opts.config ?? domains.opts<{ config?: string }>().config ?? configOf({}));
+      const { cfg, file } = loadConfig(opts.config ?? parent.config ?? configOf({}));
       const dataDir = requireCog(cfg, file).dataDir;
       const id = loadIdentity(dataDir);
       const value = domainProofValue(id.caFingerprint, id.name, hostname);

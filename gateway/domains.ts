@@ -127,13 +127,15 @@ export class DomainProofs {
     const all = await this.store.allDomainProofs();
     const value = this.valueFor(cog, base);
     const mine = all.find((p) => p.cog === cog && p.hostname === base && p.value === value);
-    const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
-    if (holder) return { reason: `hostname ${pattern} is held by cog ${holder.cog} (proven by DNS on ${holder.hostname})` };
-    if (all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern))) return { ok: true };
+    // The claim is stored (and looked up) even while another cog holds the name: when the
+    // holder's record goes, this one's routes are re-applied (check()) and may take over.
     if (!mine) {
       await this.store.putDomainProof(cog, base, value);
       this.checkSoon(cog, base, value);
     }
+    const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
+    if (holder) return { reason: `hostname ${pattern} is held by cog ${holder.cog} (proven by DNS on ${holder.hostname})` };
+    if (all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern))) return { ok: true };
     const interval = fmtMs(this.cfg.domains.pendingIntervalMs);
     const lost = mine?.state === "lost" ? "; the record was there before and is gone now" : "";
     const last = mine?.lastError ? `; last lookup: ${mine.lastError}` : "";
@@ -183,14 +185,20 @@ export class DomainProofs {
     if (this.inFlight.has(k) || this.closed) return;
     this.inFlight.add(k);
     try {
-      const before = (await this.store.domainProofsFor(hostname)).find((p) => p.cog === cog)?.state;
+      const claims = await this.store.domainProofsFor(hostname);
+      const before = claims.find((p) => p.cog === cog)?.state;
       const r = await this.lookup(hostname, value);
       if (this.closed) return;
       const after = await this.store.markDomainProofChecked(cog, hostname, r.outcome, r.error);
       if (after === undefined) return; // the claim was removed meanwhile
       this.note(cog, hostname, before, after, r);
-      if (after !== before) this.hooks.changed(cog);
-      else this.hooks.checked(cog);
+      if (after !== before) {
+        this.hooks.changed(cog);
+        // Other cogs' claims on the name: one held back by this one may take over now (or lose to it).
+        for (const other of claims) if (other.cog !== cog) this.hooks.changed(other.cog);
+      } else {
+        this.hooks.checked(cog);
+      }
     } catch (err) {
       this.log.error("custom-domain lookup could not be recorded", { cog, hostname, error: (err as Error).message });
     } finally {
