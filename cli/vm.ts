@@ -119,7 +119,8 @@ function describeVm(vm: any): string {
   const lines: Array<[string, string]> = [
     ["name", vm.name], ["state", `${vm.state}${vm.desired !== (vm.state === "stopped" ? "stopped" : "running") ? ` (should be ${vm.desired})` : ""}`],
     ["image", vm.image], ["size", `${vm.size} (${vm.vcpus} vCPU, ${formatBytes(vm.memory_bytes ?? 0)} RAM, ${formatBytes(vm.disk_bytes ?? 0)} disk)`],
-    ["accel", vm.accel ?? "-"], ["url", vm.url], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
+    ["accel", vm.accel ?? "-"], ["url", vm.url],
+    ["https", vm.https === "terminate" ? "terminate (the cog holds the certificate; plain HTTP to the VM's port 80)" : "passthrough (the VM holds its certificate)"], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
   ];
   if (vm.local) lines.push(["ssh (on this cog)", vm.local.ssh_command], ["http (on this cog)", `http://${vm.local.http}/`], ["https (on this cog)", `https://${vm.local.https}/`]);
   if (vm.message) lines.push(["message", vm.message]);
@@ -178,12 +179,14 @@ export function registerVmCommands(program: Command): void {
     .requiredOption("--image <image>", "image name (capsul image list)")
     .option("--size <size>", "size (GET /v1/sizes)", "f1-s")
     .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option("--https <mode>", "passthrough: the VM holds its own certificate (TLS reaches its port 443); terminate: the cog gets one by ACME and sends plain HTTP to the VM's port 80", "passthrough")
     .option("--wait", "wait until the VM answers ssh")
-    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; wait?: boolean }, cmd: Command) => {
+    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; https: string; wait?: boolean }, cmd: Command) => {
       const { api: a, opts } = api(cmd);
+      if (o.https !== "passthrough" && o.https !== "terminate") throw new ConfigError(`--https: expected terminate or passthrough, got ${JSON.stringify(o.https)}`);
       const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
       if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
-      let { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files) });
+      let { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files), https: o.https });
       if (o.wait) v = await waitRunning(a, name);
       out(opts.json ? JSON.stringify(v, null, 2) : o.wait ? describeVm(v) : `${name}: ${v.state} (capsul vm show ${name})`);
     });
