@@ -182,8 +182,8 @@ export function registerVmCommands(program: Command): void {
     .option("--https <mode>", "passthrough: the VM holds its own certificate (TLS reaches its port 443); terminate: the cog gets one by ACME and sends plain HTTP to the VM's port 80", "passthrough")
     .option("--wait", "wait until the VM answers ssh")
     .action(async (name: string, o: { image: string; size: string; sshKey: string[]; https: string; wait?: boolean }, cmd: Command) => {
-      const { api: a, opts } = api(cmd);
       if (o.https !== "passthrough" && o.https !== "terminate") throw new ConfigError(`--https: expected terminate or passthrough, got ${JSON.stringify(o.https)}`);
+      const { api: a, opts } = api(cmd);
       const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
       if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
       let { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files), https: o.https });
