@@ -46,7 +46,7 @@ export interface ControlContext {
   /** The cog or its certificate was revoked: tell it why and drop it at once. */
   revoked(message: string): void;
   /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
-  domains: { reportOf(cog: string): Promise<WireDomainProof[]> } | null;
+  domains: { readonly enabled: boolean; reportOf(cog: string): Promise<WireDomainProof[]> } | null;
 }
 
 /** Counts for tests and logs: what the loop did with what it read. */
@@ -57,11 +57,14 @@ export class ControlChannel {
   private readonly bucket: TokenBucket;
   private lastStatus = "";
   private lastRefused = "";
-  /** The cog's newest route set, re-applied when one of its DNS proofs changes state (refresh). */
-  private lastWanted: WireRoute[] | null = null;
   /** The last `domains` message sent, so an unchanged report is not sent again. */
   private lastDomains = "";
+  /** Set once the welcome went out: before it the cog may be sent nothing else. */
   private welcomed = false;
+  /** The route set the cog announced last: a reload that changes grants applies it again. */
+  private wanted: WireRoute[] = [];
+  /** Route applications run one at a time: the announce loop's and a reload's reapply(). */
+  private applying: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly ctx: ControlContext,
@@ -78,8 +81,8 @@ export class ControlChannel {
   /** Applies the hello's route set (it takes a token like any other) and returns what was accepted. */
   async hello(wanted: WireRoute[]): Promise<{ accepted: AcceptedRoute[]; refused: { name: string; reason: string }[] }> {
     this.bucket.tryTake();
-    this.lastWanted = wanted;
-    const res = await this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal);
+    this.wanted = wanted;
+    const res = await this.serially(() => this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal));
     this.stats.applied++;
     this.lastRefused = JSON.stringify(res.refused);
     this.status(res.accepted);
@@ -95,7 +98,6 @@ export class ControlChannel {
       if (!m || this.ctx.signal.aborted) return;
       if (m.type === "routes") {
         let wanted = checkWireRoutes(m.routes);
-        this.lastWanted = wanted;
         // Every route set already here replaces this one (a set is the whole truth), up to
         // the first message of another type, which is handled next, in order.
         const absorb = (): void => {
@@ -105,7 +107,6 @@ export class ControlChannel {
             if (n.type !== "routes") carry = n;
             else {
               wanted = checkWireRoutes(n.routes);
-              this.lastWanted = wanted;
               this.stats.superseded++;
             }
           }
@@ -147,9 +148,27 @@ export class ControlChannel {
     }
   }
 
+  /** Runs `fn` after every route application started before it. */
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.applying.then(fn, fn);
+    this.applying = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Applies the cog's last announced route set again, under the grants as they are now
+   * (a reload changed them), and tells the cog the outcome like any other routes-result.
+   * No token is taken: the hub, not the cog, asked for it.
+   */
+  async reapply(): Promise<void> {
+    if (this.ctx.signal.aborted) return;
+    await this.applyRoutes(this.wanted);
+  }
+
   private async applyRoutes(wanted: WireRoute[]): Promise<void> {
     const { cog, log } = this.ctx;
-    const res = await this.ctx.routes.apply(cog, wanted, this.ctx.signal);
+    this.wanted = wanted;
+    const res = await this.serially(() => this.ctx.routes.apply(cog, wanted, this.ctx.signal));
     this.stats.applied++;
     if (this.ctx.signal.aborted) return;
     this.send({ type: "routes-result", accepted: res.accepted, refused: res.refused });
@@ -170,14 +189,14 @@ export class ControlChannel {
   }
 
   /**
-   * Re-applies the cog's newest route set: one of its DNS proofs changed state, so a route
-   * refused may be accepted now, or one accepted must go. Hub-initiated, so it takes no
-   * token of the cog's bucket. Never rejects.
+   * One of the cog's DNS proofs changed state (gateway/domains.ts): a route refused may be
+   * accepted now, or one accepted must go, so its last route set is applied again, as a
+   * reload does (reapply). Never rejects.
    */
   async refresh(): Promise<void> {
-    if (!this.lastWanted || !this.welcomed || this.ctx.signal.aborted) return;
+    if (!this.welcomed || this.ctx.signal.aborted) return;
     try {
-      await this.applyRoutes(this.lastWanted);
+      await this.reapply();
     } catch (err) {
       this.ctx.log.error("could not re-apply a cog's routes", { cog: this.ctx.cog, error: (err as Error).message });
     }
@@ -186,7 +205,7 @@ export class ControlChannel {
   /** Tells the cog where its custom-domain claims stand, if that changed. Never rejects. */
   async sendDomains(): Promise<void> {
     const domains = this.ctx.domains;
-    if (!domains || !this.welcomed || this.ctx.signal.aborted) return;
+    if (!domains?.enabled || !this.welcomed || this.ctx.signal.aborted) return;
     try {
       const proofs = await domains.reportOf(this.ctx.cog);
       const text = JSON.stringify(proofs);

@@ -22,7 +22,9 @@
  * changes nothing and is tried again after error_retry_interval, with one log
  * line until an answer comes back. The claims of connected cogs are looked up
  * on a timer; a state change re-applies the cog's routes (hooks.changed), so
- * a route comes up or goes down without the cog doing anything. Withdrawing
+ * a route comes up or goes down without the cog doing anything. `cfg` is the hub's
+ * live configuration: a reload of hub.domains takes effect at the next decision,
+ * and reconfigure() restarts the timer. Withdrawing
  * a route only takes it out of the router: visitors already connected finish.
  */
 import dns from "node:dns";
@@ -98,6 +100,14 @@ export class DomainProofs {
     const tick = Math.min(d.pendingIntervalMs, d.recheckIntervalMs, d.errorRetryIntervalMs);
     this.timer = setInterval(() => { if (!this.sweeping) this.sweeping = this.sweep().finally(() => { this.sweeping = null; }); }, tick);
     this.timer.unref();
+  }
+
+  /** After a reload: the timer follows the new intervals, and starts or stops with hub.domains.enabled. */
+  reconfigure(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    this.unanswered.clear();
+    if (!this.closed) this.start();
   }
 
   async close(): Promise<void> {
