@@ -21,7 +21,7 @@ import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import {
   checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
-  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
+  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { waitForClose } from "../lib/closewait.js";
@@ -78,6 +78,8 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private loopDone: Promise<void> | null = null;
   private readonly streams = new Set<MuxStream>();
   private identity: CogIdentity;
+  /** The last state the hub reported for each custom domain, so that only changes are logged. */
+  private readonly domainStates = new Map<string, string>();
   /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
   private leave: ((why: "moved" | "draining") => void) | null = null;
   /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
@@ -396,7 +398,14 @@ export class TunnelClient extends EventEmitter implements RouteSink {
 
   /** The hub's report on this cog's custom-domain claims: kept for `capsul cog domains`, logged when it changes. */
   private async onDomains(raw: unknown): Promise<void> {
-    const proofs = checkWireDomainProofs(raw);
+    let proofs: WireDomainProof[];
+    try {
+      proofs = checkWireDomainProofs(raw);
+    } catch (err) {
+      // Only a report: a malformed one (a hub of another release) is not worth the tunnel.
+      this.log.warn("ignoring a malformed custom-domain report from the hub", { error: (err as Error).message });
+      return;
+    }
     for (const p of proofs) {
       const was = this.domainStates.get(p.hostname);
       if (was === p.state) continue;
@@ -411,8 +420,6 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     }
     this.emit("domains", proofs);
   }
-
-  private readonly domainStates = new Map<string, string>();
 
   private onVisitor(stream: MuxStream): void {
     this.streams.add(stream);
