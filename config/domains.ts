@@ -10,7 +10,7 @@ import { isIP } from "node:net";
 import { ConfigError } from "../lib/errors.js";
 import { parseHostPort } from "../lib/hostname.js";
 import type { DomainsConfig } from "./types.js";
-import { at, boolean, duration, mapping, string } from "./values.js";
+import { at, boolean, duration, integer, mapping, string } from "./values.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
 // (test/domains-config.test.ts checks that they agree).
@@ -25,7 +25,14 @@ export const DEFAULT_DOMAINS_RECHECK_INTERVAL_MS = 10 * 60_000;
 /** After a lookup that got no answer (timeout, SERVFAIL): the state stays, the next try comes this much later. */
 export const DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS = 60_000;
 
-export const DOMAINS_KEYS = ["enabled", "resolver", "lookup_timeout", "pending_interval", "recheck_interval", "error_retry_interval"] as const;
+/**
+ * A cog's claims are stored and looked up until proven: a cog announcing thousands of
+ * names it does not own would make the hub store and query them all, every pending_interval.
+ * 100 is far above what one home server's sites need.
+ */
+export const DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG = 100;
+
+export const DOMAINS_KEYS = ["enabled", "resolver", "lookup_timeout", "pending_interval", "recheck_interval", "error_retry_interval", "max_claims_per_cog"] as const;
 
 /** Node's timers take at most 2^31-1 ms. */
 const TIMER_MAX_MS = 2 ** 31 - 1;
@@ -50,5 +57,6 @@ export function parseDomains(value: unknown, path: string): DomainsConfig {
     pendingIntervalMs: ms("pending_interval", DEFAULT_DOMAINS_PENDING_INTERVAL_MS),
     recheckIntervalMs: ms("recheck_interval", DEFAULT_DOMAINS_RECHECK_INTERVAL_MS),
     errorRetryIntervalMs: ms("error_retry_interval", DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS),
+    maxClaimsPerCog: integer(m.max_claims_per_cog, at(path, "max_claims_per_cog"), DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG, 1, 100_000),
   };
 }

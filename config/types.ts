@@ -233,6 +233,8 @@ export interface DomainsConfig {
   recheckIntervalMs: number;
   /** After a lookup that got no answer (timeout, SERVFAIL), the next try comes this much later (default 60s). */
   errorRetryIntervalMs: number;
+  /** Names one cog may claim outside its grants, proven or not; a claim beyond it is refused (default 100). */
+  maxClaimsPerCog: number;
 }
 
 export interface HubConfig {

@@ -140,6 +140,9 @@ export class DomainProofs {
     // The claim is stored (and looked up) even while another cog holds the name: when the
     // holder's record goes, this one's routes are re-applied (check()) and may take over.
     if (!mine) {
+      const claims = all.filter((p) => p.cog === cog).length;
+      const max = this.cfg.domains.maxClaimsPerCog;
+      if (claims >= max) return { reason: `${notGranted}; cog ${cog} already claims ${claims} names by DNS, its limit (hub.domains.max_claims_per_cog: ${max})` };
       await this.store.putDomainProof(cog, base, value);
       this.checkSoon(cog, base, value);
     }

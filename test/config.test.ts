@@ -190,7 +190,7 @@ t.test("defaults are filled", async (t) => {
       defaultTcpPortsPerCog: 8,
       inviteTtlMs: 86400000,
       cogCertTtlMs: 7776000000,
-      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000 },
+      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000, maxClaimsPerCog: 100 },
       limits: {
         clientHelloTimeoutMs: 5000,
         clientHelloMaxBytes: 16409,
@@ -646,17 +646,19 @@ t.test("hub.domains (config/domains.ts): defaults match config/types.ts; a resol
     ["DEFAULT_DOMAINS_PENDING_INTERVAL_MS", "pendingIntervalMs", parseDurationMs("30s")],
     ["DEFAULT_DOMAINS_RECHECK_INTERVAL_MS", "recheckIntervalMs", parseDurationMs("10m")],
     ["DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS", "errorRetryIntervalMs", parseDurationMs("60s")],
+    ["DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG", "maxClaimsPerCog", 100],
   ];
   for (const [name, field, value] of table) {
     t.equal(D[name], value, name);
     const m = /\(default ([^;)]+)/.exec(docOf(field));
     t.ok(m, `${field} states its default`);
     const text = m?.[1] ?? "";
-    t.equal(typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${field}: doc says ${text}`);
+    t.equal(field === "maxClaimsPerCog" ? Number(text) : typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${field}: doc says ${text}`);
   }
   t.same(Object.keys(D).filter((k) => k.startsWith("DEFAULT_")).sort(), table.map(([n]) => n).sort(), "every default is in the table");
   const d = parseConfig({ hub: { domain: "hub.example.net" } }).hub!.domains;
-  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000 });
+  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000, maxClaimsPerCog: 100 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { max_claims_per_cog: 0 } } })).message, "hub.domains.max_claims_per_cog: out of range (1-100000): 0");
   t.same(parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: "[::1]:5353" } } }).hub!.domains.resolver, { host: "::1", port: 5353 });
   t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: ":53" } } })).message,
     'hub.domains.resolver: expected system or the IP:PORT of a DNS resolver, got ":53"');

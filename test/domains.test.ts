@@ -220,3 +220,19 @@ t.test("hub.domains.enabled: false: only grants count", async (t) => {
   t.equal(refusal(dave, "www"), "hostname www.example.net is not granted to cog dave");
   t.same(await hub.store.domainProofsOf("dave"), [], "no claim stored");
 });
+
+t.test("a cog announcing many names it does not own: claims stop at hub.domains.max_claims_per_cog", async (t) => {
+  const dir = tmpDir("capsul-domains-flood-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dns = await startDnsStub(t);
+  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, max_claims_per_cog: 3 } });
+  const hub = await startHub(hubCfg, capturingLogger("hub").log);
+  t.teardown(() => hub.close());
+  const names = ["a", "b", "c", "d", "e"].map((l) => `${l}.flood.example`);
+  const routes = names.map((h, i) => ({ name: `r${i}`, kind: "http", hostname: h, target: "127.0.0.1:9" }));
+  const fran = await enrolledCog(hubCfg, hub, cogConfig(dir, "fran", hub.ports.tunnel, routes), "fran");
+  t.teardown(() => fran.close());
+  for (const i of [0, 1, 2]) t.match(refusal(fran, `r${i}`), `create the DNS record _capsul-challenge.${names[i]}.`);
+  for (const i of [3, 4]) t.match(refusal(fran, `r${i}`), "cog fran already claims 3 names by DNS, its limit (hub.domains.max_claims_per_cog: 3)");
+  t.same((await hub.store.domainProofsOf("fran")).map((p) => p.hostname), names.slice(0, 3), "nothing stored past the limit");
+});
