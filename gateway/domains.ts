@@ -137,18 +137,20 @@ export class DomainProofs {
     const all = await this.store.allDomainProofs();
     const value = this.valueFor(cog, base);
     const mine = all.find((p) => p.cog === cog && p.hostname === base && p.value === value);
+    const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
+    // Proven on the name itself or on a name above it (`*.x` and `y.x` by a proof on `x`).
+    const covered = all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern));
+    if (covered && !holder) return { ok: true };
     // The claim is stored (and looked up) even while another cog holds the name: when the
     // holder's record goes, this one's routes are re-applied (check()) and may take over.
-    if (!mine) {
+    if (!mine && !covered) {
       const claims = all.filter((p) => p.cog === cog).length;
       const max = this.cfg.domains.maxClaimsPerCog;
       if (claims >= max) return { reason: `${notGranted}; cog ${cog} already claims ${claims} names by DNS, its limit (hub.domains.max_claims_per_cog: ${max})` };
       await this.store.putDomainProof(cog, base, value);
       this.checkSoon(cog, base, value);
     }
-    const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
     if (holder) return { reason: `hostname ${pattern} is held by cog ${holder.cog} (proven by DNS on ${holder.hostname})` };
-    if (all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern))) return { ok: true };
     const interval = fmtMs(this.cfg.domains.pendingIntervalMs);
     const lost = mine?.state === "lost" ? "; the record was there before and is gone now" : "";
     const last = mine?.lastError ? `; last lookup: ${mine.lastError}` : "";
