@@ -1,6 +1,6 @@
 /**
  * Applies the route set a cog announces: checks each route against the cog's
- * grants, claims it in the router (refusing anything another cog holds),
+ * grants (a hostname outside them only with a DNS proof, gateway/domains.ts), claims it in the router (refusing anything another cog holds),
  * assigns TCP ports (stable: kept in SQLite per cog and route name) and opens
  * their listeners. Everything refused comes back with a reason for the cog.
  *
