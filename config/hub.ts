@@ -10,6 +10,7 @@ import {
 } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { bool, custom, durationMs, fail, int, leaf, listOf, optionalListener, path, PORT_RANGE_JSON, section, text } from "./fields.js";
+import { domainsSchema } from "./domains.js";
 import { hubLimitsSchema } from "./limits.js";
 import { cogLimitsSchema, hubCogLimits, resolveLimits } from "./quotas.js";
 import { buildHubStore, HUB_STORE_SHAPE } from "./store.js";
@@ -133,6 +134,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   default_tcp_ports_per_cog: int("TCP ports a cog without tcp_ports grants may take from the pool.", { def: DEFAULT_TCP_PORTS_PER_COG, min: 0 }),
   invite_ttl: durationMs("Invite token lifetime.", { def: DEFAULT_INVITE_TTL_MS, min: 1 }),
   cog_cert_ttl: durationMs("Lifetime of the cog certificates the hub issues.", { def: DEFAULT_COG_CERT_TTL_MS, min: 1 }),
+  domains: domainsSchema,
   limits: hubLimitsSchema,
   tunnel: hubTunnelSchema,
   shutdown_grace: shutdownGrace("the hub stops accepting, sends GoAway to every cog and lets live visitor connections finish"),
@@ -149,6 +151,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   defaultTcpPortsPerCog: o.default_tcp_ports_per_cog,
   inviteTtlMs: o.invite_ttl,
   cogCertTtlMs: o.cog_cert_ttl,
+  domains: o.domains,
   limits: o.limits,
   tunnel: o.tunnel,
   shutdownGraceMs: o.shutdown_grace,
