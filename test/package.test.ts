@@ -43,12 +43,12 @@ t.test("npm pack, npm i -g of the tarball, and the installed capsul runs", { tim
   t.equal(pack.code, 0, pack.stderr);
   const [packed] = JSON.parse(pack.stdout) as Array<{ filename: string; files: Array<{ path: string; mode: number }> }>;
   const files = new Map(packed!.files.map((f) => [f.path, f.mode]));
-  for (const f of ["package.json", "README.md", "capsul.yaml.example", "deploy/capsul-hub.service", "deploy/capsul-cog.service",
+  for (const f of ["package.json", "README.md", "capsul.yaml.example", "capsul.schema.json", "deploy/capsul-hub.service", "deploy/capsul-cog.service",
     "dist/cli/main.js", "dist/gateway/hub.js", "dist/tunnel-client/cog.js", "dist/provisioner/index.js"]) {
     t.ok(files.has(f), `the tarball holds ${f}`);
   }
   t.ok((files.get("dist/cli/main.js") ?? 0) & 0o111, "dist/cli/main.js is executable in the tarball");
-  const stray = [...files.keys()].filter((f) => !/^(dist|deploy)\//.test(f) && !["package.json", "README.md", "capsul.yaml.example"].includes(f));
+  const stray = [...files.keys()].filter((f) => !/^(dist|deploy)\//.test(f) && !["package.json", "README.md", "capsul.yaml.example", "capsul.schema.json"].includes(f));
   t.same(stray, [], "no sources, tests or tools outside dist/ and deploy/");
   t.same([...files.keys()].filter((f) => f.endsWith(".map") || f.startsWith("dist/bench/") || f.startsWith("dist/test/")), [],
     "no source maps (their sources are not shipped) and no benchmarks");
@@ -57,6 +57,8 @@ t.test("npm pack, npm i -g of the tarball, and the installed capsul runs", { tim
   const inst = await npm(["install", "--global", "--prefix", prefix, "--prefer-offline", "--ignore-scripts", "--no-audit", "--no-fund", path.join(dir, packed!.filename)], dir);
   t.equal(inst.code, 0, inst.stderr);
   const pkgDir = path.join(prefix, "lib", "node_modules", PKG.name);
+  // The example's yaml-language-server modeline names ./capsul.schema.json: it sits beside it in the install.
+  t.ok(fs.existsSync(path.join(pkgDir, "capsul.schema.json")) && fs.existsSync(path.join(pkgDir, "capsul.yaml.example")), "capsul.schema.json is installed next to capsul.yaml.example");
   const bin = path.join(prefix, "bin", "capsul");
   t.equal(fs.readlinkSync(bin), `../lib/node_modules/${PKG.name}/dist/cli/main.js`, "npm linked the bin to dist/cli/main.js");
   t.equal(fs.readFileSync(bin, "utf8").split("\n")[0], `#!/usr/bin/env -S node ${NODE_HEAP_FLAGS.join(" ")}`, "the launcher's shebang survived the install");
