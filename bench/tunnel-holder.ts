@@ -9,7 +9,8 @@
  * Talks to the bench by lines. Out (stdout, JSON): {"ready":n} once the backends listen;
  * {"connected":c,"since":s} when it changes (c: clients connected now, s: clients that
  * connected since the last epoch); {"kept":k} after a keep. In (stdin): `start`, `epoch`,
- * `keep K` (close every client but the first K), `exit`.
+ * `keep K` (close every client but the first K), `warnings` (answers {"warnings":{message: count}}), `exit`.
+ * The bench going away (stdout closed) ends the holder.
  */
 import fs from "node:fs";
 import http from "node:http";
@@ -17,7 +18,7 @@ import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
 import { parseConfig } from "../config/config.js";
-import { silentLogger } from "../lib/log.js";
+import type { Fields, Logger } from "../lib/log.js";
 import { TunnelClient } from "../tunnel-client/client.js";
 import type { CogIdentity } from "../tunnel-client/identity.js";
 
@@ -33,6 +34,15 @@ function out(m: unknown): void {
   process.stdout.write(JSON.stringify(m) + "\n");
 }
 
+/** Warnings of all clients, counted by message: why cogs are not back, without 1,000 log lines. */
+const warnings = new Map<string, number>();
+const countingLogger: Logger = {
+  debug() {}, info() {},
+  warn(msg: string, f?: Fields) { const k = `${msg}: ${String(f?.error ?? f?.reason ?? "")}`.slice(0, 160); warnings.set(k, (warnings.get(k) ?? 0) + 1); },
+  error(msg: string, f?: Fields) { countingLogger.warn(msg, f); },
+  child() { return countingLogger; },
+};
+
 async function backend(name: string): Promise<{ server: http.Server; port: number }> {
   const body = Buffer.from(name);
   const server = http.createServer((_req, res) => {
@@ -44,6 +54,7 @@ async function backend(name: string): Promise<{ server: http.Server; port: numbe
 }
 
 async function main(): Promise<void> {
+  process.stdout.on("error", () => process.exit(0));
   const [stateFile, fromS, toS, hubPortS] = process.argv.slice(2);
   if (!stateFile || !fromS || !toS || !hubPortS) {
     process.stderr.write("usage: node dist/bench/tunnel-holder.js STATE.json FROM TO HUB_PORT\n");
@@ -68,7 +79,7 @@ async function main(): Promise<void> {
       name: id.name, hub: `127.0.0.1:${hubPort}`, hubDomain: state.domain, caFingerprint: state.caFingerprint,
       keyPem: id.keyPem, certPem: id.certPem, caPem: state.caPem,
     };
-    const client = new TunnelClient(cfg, identity, cfg.hub!, silentLogger, cfg.dataDir);
+    const client = new TunnelClient(cfg, identity, cfg.hub!, countingLogger, cfg.dataDir);
     client.on("connected", () => { connected++; since.add(id.name); });
     client.on("disconnected", () => { connected--; });
     held.push({ name: id.name, client, server: be.server });
@@ -98,6 +109,8 @@ async function main(): Promise<void> {
       }));
       connected = held.filter((h) => h.client.connected).length;
       out({ kept: held.length });
+    } else if (cmd === "warnings") {
+      out({ warnings: Object.fromEntries(warnings) });
     } else if (cmd === "exit") {
       break;
     }

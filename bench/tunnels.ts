@@ -130,10 +130,10 @@ function startHolder(stateFile: string, from: number, to: number, hubPort: numbe
   return h;
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = ALL_BACK_TIMEOUT_MS): Promise<void> {
+async function until(what: string, cond: () => boolean, why: () => Promise<string>, timeoutMs = ALL_BACK_TIMEOUT_MS): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${await why()}`);
     await sleep(10);
   }
 }
@@ -204,12 +204,16 @@ async function main(): Promise<void> {
   await Promise.all(holders.map((h) => h.next("ready")));
   const connected = (): number => holders.reduce((s, h) => s + h.connected, 0);
   const since = (): number => holders.reduce((s, h) => s + h.since, 0);
+  const why = async (): Promise<string> => {
+    const w = await Promise.all(holders.map((h) => { h.send("warnings"); return h.next("warnings"); }));
+    return `connected ${connected()}, since epoch ${since()}; cog warnings ${JSON.stringify(w)}; hub output:\n${hub.output().slice(-3000)}`;
+  };
 
   // 1. First connect: all N dial at once.
   const cpu0 = cpuSeconds(hub.pid);
   const c0 = Date.now();
   for (const h of holders) h.send("start");
-  await until("all cogs connected", () => connected() >= a.cogs);
+  await until("all cogs connected", () => connected() >= a.cogs, why);
   const firstS = (Date.now() - c0) / 1000;
   const cpuFirst = cpuSeconds(hub.pid) - cpu0;
   await sleep(SETTLE_MS);
@@ -232,7 +236,7 @@ async function main(): Promise<void> {
   await hub.waitFor(/hub ready/);
   const readyAt = Date.now();
   const cpuR0 = cpuSeconds(hub.pid);
-  await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs);
+  await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why);
   const backAt = Date.now();
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
   await sleep(SETTLE_MS);
