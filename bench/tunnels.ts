@@ -11,7 +11,7 @@
  * - routing: SAMPLE visitors (HTTP, Host: <cog>.<domain>) must each get their own cog's name.
  *
  *   node dist/bench/tunnels.js [--cogs 1000] [--holders 2] [--cli dist/cli/main.js] [--keep 10]
- *        [--idle-s 20] [--sample 50] [--cache DIR] [--json FILE]
+ *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE]
  *
  * `--cli` runs another checkout's hub (A/B: the holders always run this tree's cog code).
  * Enrollment of N cogs (keys, certificates signed by a bench CA, rows in hub.db) is done once
@@ -29,6 +29,7 @@ import readline from "node:readline";
 import { parseArgs } from "node:util";
 import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr } from "../certs/pki.js";
+import { normSerial } from "../gateway/issuance.js";
 import { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { silentLogger } from "../lib/log.js";
 import { BENCH_NOFILE, cpuSeconds, sleep, startProc, type Proc } from "./procs.js";
@@ -47,7 +48,7 @@ const AFTER_DROP_SETTLE_MS = 4_000;
 const SETTLE_MS = 2_000;
 const GC_HOOK_TIMEOUT_MS = 30_000;
 
-interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; cache: string; json?: string }
+interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cache: string; json?: string }
 
 function args(): Args {
   const { values: v } = parseArgs({
@@ -55,21 +56,22 @@ function args(): Args {
       cogs: { type: "string", default: "1000" }, holders: { type: "string", default: "2" },
       cli: { type: "string", default: DEFAULT_CLI }, keep: { type: "string", default: "10" },
       "idle-s": { type: "string", default: "20" }, sample: { type: "string", default: "50" },
-      cache: { type: "string" }, json: { type: "string" },
+      "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" },
     },
   });
   const cogs = Number(v.cogs);
   return {
     cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
-    sample: Number(v.sample), cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
+    sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
   };
 }
 
 /** N enrolled cogs: the hub's data dir (pki/, hub.db) and the cogs' keys and certificates. */
 async function enrolled(cache: string, n: number): Promise<BenchState> {
-  const stateFile = path.join(cache, "state.json");
+  const stateFile = path.join(cache, "state-v2.json"); // v2: serials recorded as issuance.ts does
   if (fs.existsSync(stateFile)) return JSON.parse(fs.readFileSync(stateFile, "utf8")) as BenchState;
   const data = path.join(cache, "hub");
+  fs.rmSync(cache, { recursive: true, force: true });
   fs.mkdirSync(data, { recursive: true });
   const pki = await loadOrCreateHubPki(data, ["127.0.0.1"]);
   const store = await SqliteHubStore.open(data, { busyTimeoutMs: 5_000 }, silentLogger);
@@ -79,7 +81,7 @@ async function enrolled(cache: string, n: number): Promise<BenchState> {
     const { keyPem, csrPem } = await createKeyAndCsr(name);
     const { certPem, serial, notAfter } = await signCogCsr(pki, csrPem, name, { validityMs: BENCH_CERT_VALIDITY_MS });
     await store.ensureCog(name);
-    await store.recordCert(name, serial, notAfter.getTime());
+    await store.recordCert(name, normSerial(serial), notAfter.getTime()); // as gateway/issuance.ts records it
     cogs.push({ name, keyPem, certPem });
   }
   await store.close();
@@ -216,6 +218,7 @@ async function main(): Promise<void> {
   await until("all cogs connected", () => connected() >= a.cogs, why);
   const firstS = (Date.now() - c0) / 1000;
   const cpuFirst = cpuSeconds(hub.pid) - cpu0;
+  process.stderr.write(`first connect: ${a.cogs} in ${firstS.toFixed(1)} s, hub CPU ${((cpuFirst * 1000) / a.cogs).toFixed(2)} ms per tunnel\n`);
   await sleep(SETTLE_MS);
   const rssUp = await gcRss(hub, ++gcN);
   const routing1 = await routingCheck(httpPort, names, a.sample);
@@ -236,8 +239,12 @@ async function main(): Promise<void> {
   await hub.waitFor(/hub ready/);
   const readyAt = Date.now();
   const cpuR0 = cpuSeconds(hub.pid);
-  await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why);
+  // Not all back in time is a result, not a failure: say how many were, and why not the rest.
+  let notBack = "";
+  await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why, a.backTimeoutS * 1000)
+    .catch((err: Error) => { notBack = err.message.slice(0, 2000); });
   const backAt = Date.now();
+  const backCount = since();
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
   await sleep(SETTLE_MS);
   const routing2 = await routingCheck(httpPort, names, a.sample);
@@ -264,7 +271,7 @@ async function main(): Promise<void> {
     cogs: a.cogs, holders: a.holders, cli: a.cli, load: os.loadavg().map((l) => l.toFixed(2)).join(" "),
     firstConnectS: firstS, hubCpuMsPerSetupFirst: (cpuFirst * 1000) / a.cogs,
     killToAllBackS: (backAt - k0) / 1000, readyToAllBackS: (backAt - readyAt) / 1000,
-    hubCpuMsPerSetupRestart: (cpuBack * 1000) / a.cogs,
+    hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
     rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
     rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
     idleCpuPct: idlePct, idleS: a.idleS,
