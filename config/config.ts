@@ -50,6 +50,14 @@ export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
 /**
+ * Listen backlog of every hub listener (tunnel, TLS, HTTP, TCP routes): Node's default of 511
+ * overflowed when 1,000 cogs redialled a restarted hub at once (issue 12: TcpExtListenOverflows
+ * +1665). The kernel caps it at net.core.somaxconn (4096 on Linux >= 5.4).
+ */
+export const DEFAULT_LISTEN_BACKLOG = 1024;
+/** The largest backlog listen(2) takes (an int; the kernel clamps it to somaxconn anyway). */
+export const MAX_LISTEN_BACKLOG = 65_535;
+/**
  * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
  * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).
  */
@@ -158,7 +166,7 @@ const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
   "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
-  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval"] as const;
+  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval", "listen_backlog"] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
@@ -272,6 +280,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
     cogBufferBudgetBytes,
     bufferCheckIntervalMs: duration(m.buffer_check_interval, at(path, "buffer_check_interval"), DEFAULT_BUFFER_CHECK_INTERVAL_MS, 1, MAX_MUX_INT),
     refusalLogIntervalMs: duration(m.refusal_log_interval, at(path, "refusal_log_interval"), DEFAULT_REFUSAL_LOG_INTERVAL_MS, 0),
+    listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
   };
 }
 

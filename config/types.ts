@@ -66,6 +66,11 @@ export interface HubLimits {
   bufferCheckIntervalMs: number;
   /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
   refusalLogIntervalMs: number;
+  /**
+   * Listen backlog of every hub listener, the tunnel port included: connections the kernel
+   * queues before the hub accepts them (default 1024; 1 to 65535, capped by net.core.somaxconn).
+   */
+  listenBacklog: number;
 }
 
 export interface TunnelTuning {

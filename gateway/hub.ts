@@ -30,11 +30,11 @@ export interface Hub {
   close(): Promise<void>;
 }
 
-function listen(server: net.Server, host: string, port: number): Promise<number> {
+function listen(server: net.Server, host: string, port: number, backlog: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const onErr = (err: Error): void => reject(err);
     server.once("error", onErr);
-    server.listen({ host, port, backlog: 1024 }, () => {
+    server.listen({ host, port, backlog }, () => {
       server.off("error", onErr);
       resolve((server.address() as net.AddressInfo).port);
     });
@@ -58,11 +58,14 @@ export function hubNames(cfg: HubConfig): string[] {
 /** Raw TCP listeners opened on demand as cogs are assigned ports. */
 export class TcpListeners implements TcpPortOpener {
   readonly servers = new Map<number, net.Server>();
-  constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
+  constructor(
+    private readonly host: string, private readonly backlog: number,
+    private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger,
+  ) {}
   async open(port: number): Promise<void> {
     if (this.servers.has(port)) return;
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.onConn(s, port));
-    await listen(server, this.host, port);
+    await listen(server, this.host, port, this.backlog);
     server.on("error", (err) => this.log.error("tcp listener error", { port, error: err.message }));
     this.servers.set(port, server);
     this.log.info("tcp port open", { port });
@@ -94,7 +97,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   const router = new Router();
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
-  const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
+  const tcp = new TcpListeners(cfg.listen.tcpHost, cfg.limits.listenBacklog, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
   const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
   tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
 
@@ -112,12 +115,12 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     let httpPort: number | null = null;
     if (cfg.listen.tls) {
       const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onTls(sock));
-      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port);
+      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port, cfg.limits.listenBacklog);
       servers.push(s);
     }
     if (cfg.listen.http) {
       const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onHttp(sock));
-      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port);
+      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port, cfg.limits.listenBacklog);
       servers.push(s);
     }
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));

@@ -46,11 +46,6 @@ export const REVOCATION_POLL_MS = 500;
  */
 export const HUB_ACCEPT_BACKLOG = 0;
 /**
- * Listen backlog of the tunnel port, as the public listeners' (gateway/hub.ts): hundreds of
- * cogs redial together after a hub restart, and Node's default of 511 drops SYNs past it.
- */
-export const TUNNEL_LISTEN_BACKLOG = 1024;
-/**
  * A connection without a valid client certificate may only enroll: a token and a CSR, ~750
  * bytes. Its first message is capped at this instead of MESSAGE_MAX_BYTES (1 MiB), and its
  * streams get the spec's 256 KiB window instead of max_stream_window (8 MiB), so a stranger
@@ -128,7 +123,8 @@ export class Tunnels extends EventEmitter {
     const { host, port } = this.cfg.listen.tunnel;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen({ port, host, backlog: TUNNEL_LISTEN_BACKLOG }, () => { server.off("error", reject); resolve(); });
+      // hub.limits.listen_backlog: hundreds of cogs redial together after a hub restart.
+      server.listen({ port, host, backlog: this.cfg.limits.listenBacklog }, () => { server.off("error", reject); resolve(); });
     });
     server.on("error", (err) => this.log.error("tunnel listener error", { error: err.message }));
     try {

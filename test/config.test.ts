@@ -114,7 +114,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
     "hub.limits.splice_queue", "hub.limits.max_visitors_per_ip", "hub.limits.max_unpeeked_per_ip",
     "hub.limits.buffer_budget", "hub.limits.cog_buffer_budget", "hub.limits.buffer_check_interval",
-    "hub.limits.refusal_log_interval",
+    "hub.limits.refusal_log_interval", "hub.limits.listen_backlog",
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
@@ -199,6 +199,7 @@ t.test("defaults are filled", async (t) => {
         cogBufferBudgetBytes: 134217728,
         bufferCheckIntervalMs: 250,
         refusalLogIntervalMs: 60000,
+        listenBacklog: 1024,
       },
       tunnel: hubTunnel,
     },
@@ -273,7 +274,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
     // The per-source caps are absent: their defaults (256, 64) are lowered to max_visitors.
     maxVisitorsPerIp: 1, maxUnpeekedPerIp: 1,
-    bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0,
+    bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0, listenBacklog: 2048,
   });
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
@@ -345,6 +346,9 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
     [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
+    [{ hub: { domain: "h.example", limits: { listen_backlog: 0 } } }, "hub.limits.listen_backlog: out of range (1-65535): 0"],
+    [{ hub: { domain: "h.example", limits: { listen_backlog: 70000 } } }, "hub.limits.listen_backlog: out of range (1-65535): 70000"],
+    [{ hub: { domain: "h.example", limits: { listen_backlog: "lots" } } }, 'hub.limits.listen_backlog: expected an integer, got a string "lots"'],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -501,6 +505,7 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_COG_BUFFER_BUDGET_BYTES", "HubLimits", "cogBufferBudgetBytes", "128MiB", bytes],
     ["DEFAULT_BUFFER_CHECK_INTERVAL_MS", "HubLimits", "bufferCheckIntervalMs", "250ms", dur],
     ["DEFAULT_REFUSAL_LOG_INTERVAL_MS", "HubLimits", "refusalLogIntervalMs", "60s", dur],
+    ["DEFAULT_LISTEN_BACKLOG", "HubLimits", "listenBacklog", "1024", int],
     ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
     ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
     ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],

@@ -6,6 +6,7 @@
  * so interleavings happen as they would between two hubs.
  */
 import t, { type Test } from "tap";
+import { DEFAULT_LISTEN_BACKLOG } from "../config/config.js";
 import type { HubConfig } from "../config/types.js";
 import { createInvite, TcpListeners } from "../gateway/hub.js";
 import { Router } from "../gateway/router.js";
@@ -26,7 +27,7 @@ async function hub(t: Test, cfg: HubConfig): Promise<Hub> {
   const log = testLogger("routes");
   const store = await openHubStore(cfg, log);
   const router = new Router();
-  const tcp = new TcpListeners("127.0.0.1", (s) => s.destroy(), log);
+  const tcp = new TcpListeners("127.0.0.1", DEFAULT_LISTEN_BACKLOG, (s) => s.destroy(), log);
   t.teardown(async () => {
     await tcp.closeAll();
     await store.close();
