@@ -11,7 +11,9 @@
  * - routing: SAMPLE visitors (HTTP, Host: <cog>.<domain>) must each get their own cog's name.
  *
  *   node dist/bench/tunnels.js [--cogs 1000] [--holders 2] [--cli dist/cli/main.js] [--keep 10]
- *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE]
+ *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE] [--cpu-prof-dir DIR]
+ *
+ * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there.
  *
  * `--cli` runs another checkout's hub (A/B: the holders always run this tree's cog code).
  * Enrollment of N cogs (keys, certificates signed by a bench CA, rows in hub.db) is done once
@@ -48,7 +50,7 @@ const AFTER_DROP_SETTLE_MS = 4_000;
 const SETTLE_MS = 2_000;
 const GC_HOOK_TIMEOUT_MS = 30_000;
 
-interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cache: string; json?: string }
+interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string }
 
 function args(): Args {
   const { values: v } = parseArgs({
@@ -56,13 +58,13 @@ function args(): Args {
       cogs: { type: "string", default: "1000" }, holders: { type: "string", default: "2" },
       cli: { type: "string", default: DEFAULT_CLI }, keep: { type: "string", default: "10" },
       "idle-s": { type: "string", default: "20" }, sample: { type: "string", default: "50" },
-      "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" },
+      "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" }, "cpu-prof-dir": { type: "string" },
     },
   });
   const cogs = Number(v.cogs);
   return {
     cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
-    sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
+    sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cpuProf: v["cpu-prof-dir"], cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
   };
 }
 
@@ -98,18 +100,23 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-function startHub(cli: string, dir: string): Proc {
+function startHub(cli: string, dir: string, profDir?: string): Proc {
   const gcHook = path.join(HERE, "gc-hook.js");
+  const prof = profDir ? ["--cpu-prof", "--cpu-prof-dir", profDir] : [];
   return startProc("capsul-hub", process.execPath,
-    [...NODE_HEAP_FLAGS, "--expose-gc", "--import", gcHook, cli, "hub", "-c", "capsul.yaml"], { cwd: dir });
+    [...NODE_HEAP_FLAGS, ...prof, "--expose-gc", "--import", gcHook, cli, "hub", "-c", "capsul.yaml"], { cwd: dir });
 }
 
+interface Mem { rss: number; heapUsed: number; external: number; arrayBuffers: number }
+
 /** Two full GCs in the hub, then its memory (bench/gc-hook.ts). */
-async function gcRss(hub: Proc, nth: number): Promise<number> {
+async function gcMem(hub: Proc, nth: number): Promise<Mem> {
   process.kill(hub.pid, "SIGUSR2");
   const m = await hub.waitFor(new RegExp(`gc-hook #${nth} (\\{.*\\})`), GC_HOOK_TIMEOUT_MS);
-  return (JSON.parse(m[1]!) as { rss: number }).rss;
+  return JSON.parse(m[1]!) as Mem;
 }
+
+const mb = (m: Mem): Record<string, number> => Object.fromEntries(Object.entries(m).filter(([, v]) => typeof v === "number").map(([k, v]) => [k, Math.round((v as number) / 1e5) / 10]));
 
 interface Holder { child: ChildProcess; connected: number; since: number; send(cmd: string): void; next(key: string): Promise<Record<string, number>> }
 
@@ -198,7 +205,8 @@ async function main(): Promise<void> {
   await hub.waitFor(/hub ready/);
   let gcN = 0;
   await sleep(SETTLE_MS);
-  const rssEmpty = await gcRss(hub, ++gcN);
+  const memEmpty = await gcMem(hub, ++gcN);
+  const rssEmpty = memEmpty.rss;
 
   const per = Math.ceil(a.cogs / a.holders);
   const holders: Holder[] = [];
@@ -220,7 +228,8 @@ async function main(): Promise<void> {
   const cpuFirst = cpuSeconds(hub.pid) - cpu0;
   process.stderr.write(`first connect: ${a.cogs} in ${firstS.toFixed(1)} s, hub CPU ${((cpuFirst * 1000) / a.cogs).toFixed(2)} ms per tunnel\n`);
   await sleep(SETTLE_MS);
-  const rssUp = await gcRss(hub, ++gcN);
+  const memUp = await gcMem(hub, ++gcN);
+  const rssUp = memUp.rss;
   const routing1 = await routingCheck(httpPort, names, a.sample);
 
   // 2. Idle: keepalives only.
@@ -234,7 +243,7 @@ async function main(): Promise<void> {
   const k0 = Date.now();
   process.kill(hub.pid, "SIGKILL");
   await hub.stop();
-  hub = startHub(a.cli, run);
+  hub = startHub(a.cli, run, a.cpuProf);
   gcN = 0;
   await hub.waitFor(/hub ready/);
   const readyAt = Date.now();
@@ -248,7 +257,8 @@ async function main(): Promise<void> {
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
   await sleep(SETTLE_MS);
   const routing2 = await routingCheck(httpPort, names, a.sample);
-  const rssBack = await gcRss(hub, ++gcN);
+  const memBack = await gcMem(hub, ++gcN);
+  const rssBack = memBack.rss;
 
   // 4. All but KEEP drop.
   let left = a.keep;
@@ -259,7 +269,8 @@ async function main(): Promise<void> {
     return h.next("kept");
   }));
   await sleep(AFTER_DROP_SETTLE_MS);
-  const rssDropped = await gcRss(hub, ++gcN);
+  const memDropped = await gcMem(hub, ++gcN);
+  const rssDropped = memDropped.rss;
 
   for (const h of holders) h.send("exit");
   await Promise.all(holders.map((h) => new Promise((resolve) => h.child.once("exit", resolve))));
@@ -275,6 +286,7 @@ async function main(): Promise<void> {
     rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
     rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
     idleCpuPct: idlePct, idleS: a.idleS,
+    memoryMB: { empty: mb(memEmpty), up: mb(memUp), afterRestart: mb(memBack), afterDrop: mb(memDropped) },
     routing: { beforeKill: routing1, afterRestart: routing2 },
   };
   process.stdout.write(JSON.stringify(result, null, 2) + "\n");
