@@ -20,7 +20,7 @@ import { startHub, type Hub } from "../gateway/hub.js";
 import { MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, sourceKey } from "../gateway/admission.js";
 import { CONTROL_BURST, CONTROL_RATE_PER_SEC } from "../gateway/control.js";
 import { RENEW_MIN_INTERVAL_MS } from "../gateway/issuance.js";
-import { DEFAULT_LISTEN_BACKLOG } from "../config/config.js";
+import { TUNNEL_LISTEN_BACKLOG } from "../gateway/tunnels.js";
 import { MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES } from "../protocol/mux.js";
 import { Flag, FrameType, encodeHeader } from "../protocol/frame.js";
 import { encodeMessage, messageReaderStats, MESSAGE_MAX_BYTES } from "../protocol/messages.js";
@@ -28,22 +28,21 @@ import { TUNNEL_PROTOCOL_VERSION } from "../protocol/control.js";
 import { HUB_DOMAIN, tmpDir } from "./helpers/cluster.js";
 import { capturingLogger, cogIdentity, rawTunnel, tlsTo, until, within } from "./helpers/rawpeer.js";
 
-function hubCfg(dir: string, tunnel: Record<string, unknown> = {}, limits: Record<string, unknown> = {}): HubConfig {
+function hubCfg(dir: string, tunnel: Record<string, unknown> = {}): HubConfig {
   return parseConfig({
     hub: {
       data_dir: path.join(dir, "hub"),
       domain: HUB_DOMAIN,
       listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1" },
-      limits,
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
     },
   }).hub!;
 }
 
-async function setupHub(t: Test, tunnel: Record<string, unknown> = {}, limits: Record<string, unknown> = {}): Promise<{ cfg: HubConfig; hub: Hub; lines: string[] }> {
+async function setupHub(t: Test, tunnel: Record<string, unknown> = {}): Promise<{ cfg: HubConfig; hub: Hub; lines: string[] }> {
   const dir = tmpDir("capsul-dos-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const cfg = hubCfg(dir, tunnel, limits);
+  const cfg = hubCfg(dir, tunnel);
   const { log, lines } = capturingLogger("hub");
   const hub = await startHub(cfg, log);
   t.teardown(() => hub.close());
@@ -202,26 +201,12 @@ t.test("caps on unauthenticated connections, overall and per source", async (t) 
   void a2;
 });
 
-/** The backlog of the socket listening on `port`: ss shows it as Send-Q (capped by net.core.somaxconn). */
-function listenBacklog(port: number): { backlog: number; line: string } {
-  const line = execFileSync("ss", ["-Hltn", `sport = :${port}`], { encoding: "utf8" }).trim();
-  return { backlog: Number(line.split(/\s+/)[2]), line };
-}
-
-t.test("the tunnel port listens with a backlog of 1024 by default, as the public ports", async (t) => {
+t.test("the tunnel port listens with a backlog of 1024, as the public ports", async (t) => {
   const { hub } = await setupHub(t);
+  // ss shows a listening socket's backlog as its Send-Q (capped by net.core.somaxconn).
   const somaxconn = Number(fs.readFileSync("/proc/sys/net/core/somaxconn", "utf8"));
-  t.equal(DEFAULT_LISTEN_BACKLOG, 1024);
-  for (const [what, port] of [["tunnel", hub.ports.tunnel], ["tls", hub.ports.tls!], ["http", hub.ports.http!]] as const) {
-    const { backlog, line } = listenBacklog(port);
-    t.equal(backlog, Math.min(DEFAULT_LISTEN_BACKLOG, somaxconn), `${what}: ${line}`);
-  }
-});
-
-t.test("hub.limits.listen_backlog sets the backlog of the tunnel and public ports", async (t) => {
-  const { hub } = await setupHub(t, {}, { listen_backlog: 77 });
-  for (const [what, port] of [["tunnel", hub.ports.tunnel], ["tls", hub.ports.tls!], ["http", hub.ports.http!]] as const) {
-    const { backlog, line } = listenBacklog(port);
-    t.equal(backlog, 77, `${what}: ${line}`);
-  }
+  const out = execFileSync("ss", ["-Hltn", `sport = :${hub.ports.tunnel}`], { encoding: "utf8" }).trim();
+  const sendQ = Number(out.split(/\s+/)[2]);
+  t.equal(sendQ, Math.min(TUNNEL_LISTEN_BACKLOG, somaxconn), `ss: ${out}`);
+  t.equal(TUNNEL_LISTEN_BACKLOG, 1024);
 });
