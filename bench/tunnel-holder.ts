@@ -55,6 +55,9 @@ async function backend(name: string): Promise<{ server: http.Server; port: numbe
 
 async function main(): Promise<void> {
   process.stdout.on("error", () => process.exit(0));
+  let dataDirToRemove = "";
+  process.once("exit", () => { if (dataDirToRemove) fs.rmSync(dataDirToRemove, { recursive: true, force: true }); });
+  process.once("SIGTERM", () => process.exit(0));
   const [stateFile, fromS, toS, hubPortS] = process.argv.slice(2);
   if (!stateFile || !fromS || !toS || !hubPortS) {
     process.stderr.write("usage: node dist/bench/tunnel-holder.js STATE.json FROM TO HUB_PORT\n");
@@ -63,6 +66,7 @@ async function main(): Promise<void> {
   const state = JSON.parse(fs.readFileSync(stateFile, "utf8")) as BenchState;
   const hubPort = Number(hubPortS);
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "capsul-holder-"));
+  dataDirToRemove = dataDir;
   const held: Held[] = [];
   let connected = 0;
   let since = new Set<string>();

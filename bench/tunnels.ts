@@ -202,6 +202,13 @@ async function main(): Promise<void> {
   const names = state.cogs.slice(0, a.cogs).map((c) => c.name);
 
   let hub = startHub(a.cli, run);
+  const holders: Holder[] = [];
+  // On any way out (a timeout included): no hub, holder or run directory is left behind.
+  process.once("exit", () => {
+    for (const h of holders) h.child.kill("SIGTERM"); // the holder removes its data dir on the way out
+    try { process.kill(hub.pid, "SIGKILL"); } catch { /* already gone */ }
+    fs.rmSync(run, { recursive: true, force: true });
+  });
   await hub.waitFor(/hub ready/);
   let gcN = 0;
   await sleep(SETTLE_MS);
@@ -209,7 +216,6 @@ async function main(): Promise<void> {
   const rssEmpty = memEmpty.rss;
 
   const per = Math.ceil(a.cogs / a.holders);
-  const holders: Holder[] = [];
   for (let i = 0; i < a.holders; i++) holders.push(startHolder(stateFile, i * per, Math.min(a.cogs, (i + 1) * per), tunnelPort));
   await Promise.all(holders.map((h) => h.next("ready")));
   const connected = (): number => holders.reduce((s, h) => s + h.connected, 0);
