@@ -6,7 +6,7 @@
 import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { durationMs, fail, int, section, sizeBytes } from "./fields.js";
 import { BUILT_IN_LIMITS, HUB_QUOTA_SHAPE, resolveLimits } from "./quotas.js";
-import { MAX_MUX_INT, MIN_STREAM_WINDOW_BYTES } from "./tunnel.js";
+import { MAX_LISTEN_BACKLOG, MAX_MUX_INT, MIN_STREAM_WINDOW_BYTES } from "./tunnel.js";
 import type { HubLimits } from "./types.js";
 import { fmtBytes } from "./values.js";
 
@@ -23,8 +23,6 @@ export const DEFAULT_MAX_VISITORS = 20_000;
  * that arrived then waited a second for its retry. 4096 is somaxconn's default since Linux 5.4.
  */
 export const DEFAULT_LISTEN_BACKLOG = 4096;
-/** Catches a slip of the finger: the kernel caps the backlog at net.core.somaxconn anyway. */
-export const MAX_LISTEN_BACKLOG = 65_535;
 /**
  * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
  * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).

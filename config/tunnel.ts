@@ -34,6 +34,12 @@ export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
 export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
 export const DEFAULT_CONTROL_BURST = 100;
 export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
+// hub.tunnel only. gateway/tunnels.ts exports the same value as TUNNEL_LISTEN_BACKLOG
+// (test/tunnel-dos.test.ts checks that they agree): 1,000 cogs redialling a restarted hub at
+// once overflowed Node's default of 511 (issue 12: TcpExtListenOverflows +1665).
+export const DEFAULT_TUNNEL_LISTEN_BACKLOG = 1024;
+/** Catches a slip of the finger: the kernel caps a listen backlog at net.core.somaxconn anyway. */
+export const MAX_LISTEN_BACKLOG = 65_535;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
 // WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
 export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
@@ -120,6 +126,8 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
   control_burst: int("The token bucket's size: control messages acted on at once before control_rate applies.", { def: DEFAULT_CONTROL_BURST, min: 1 }),
   renew_min_interval: durationMs("Least time between two certificates for one cog over the tunnel: a renewal of a certificate already renewed within this is refused (0 = no limit).",
     { def: DEFAULT_RENEW_MIN_INTERVAL_MS, min: 0 }),
+  listen_backlog: int("Listen backlog of the tunnel port: connections the kernel queues until the hub accepts them, read at each bind (capped by net.core.somaxconn).",
+    { def: DEFAULT_TUNNEL_LISTEN_BACKLOG, min: 1, max: MAX_LISTEN_BACKLOG }),
 }, (o): HubTunnelTuning => {
   const shared = buildShared(o);
   // A per-source cap above the overall one could never be reached: surely a mix-up.
@@ -134,6 +142,7 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
     controlRatePerSec: o.control_rate,
     controlBurst: o.control_burst,
     renewMinIntervalMs: o.renew_min_interval,
+    listenBacklog: o.listen_backlog,
   };
 });
 
