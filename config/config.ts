@@ -7,6 +7,11 @@
  * ./types.ts, the errors, and capsul.schema.json (`npm run schema`, ./jsonschema.ts) all come
  * from it. Unknown keys are refused (a typo must fail at start-up, not at 3 a.m.) and every
  * error is one line naming the key path, e.g. `hub.cogs[1].hostnames[0]: …`.
+ *
+ * A new key: a leaf in its section's file (description, default and bounds, a DEFAULT_*
+ * constant when code elsewhere needs the value), its field in ./types.ts and in the section's
+ * build, a commented line in capsul.yaml.example, then `npm run schema` (test/config-schema
+ * fails until capsul.schema.json is regenerated, and checks the example's stated default).
  */
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
