@@ -26,6 +26,8 @@ import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
 import { ControlChannel } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
+import { EndpointRegistry } from "./endpoints.js";
+import type { StoredRoute } from "./store/types.js";
 
 /**
  * How long an unauthenticated or silent connection may take to send its first
@@ -90,6 +92,8 @@ export class Tunnels extends EventEmitter {
   private readonly strangers: ThrottledLog;
   readonly admission: TunnelAdmission;
   readonly issuance: Issuance;
+  /** This process as a hub endpoint in the store, and the live list cogs are given. */
+  readonly endpoints: EndpointRegistry;
   /** Admitted TCP connections whose TLS handshake has not finished, by connKey. */
   private readonly handshaking = new Map<string, AdmissionTicket>();
   /** Every TCP connection on the tunnel port, so close() can end the unauthenticated ones too. */
@@ -106,6 +110,8 @@ export class Tunnels extends EventEmitter {
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
     this.issuance = new Issuance(cfg, store, pki);
+    this.endpoints = new EndpointRegistry(cfg.endpoint, store, log);
+    this.endpoints.on("change", () => this.pushEndpoints());
     // TLS runs on connections the TCP listener below admitted; this server never listens itself.
     this.tlsServer = tls.createServer({
       key: this.pki.hubKeyPem,
@@ -134,11 +140,45 @@ export class Tunnels extends EventEmitter {
     try {
       await this.store.markAllOffline();
       this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.cfg.tunnel.revocationPollIntervalMs);
+      await this.restoreRoutes();
+      await this.endpoints.start((server.address() as { port: number }).port);
     } catch (err) {
       server.close();
       throw err;
     }
     return (server.address() as { port: number }).port;
+  }
+
+  /**
+   * The routes cogs held before this hub (re)started, from the store: each such cog gets
+   * a link without a session in its grace period, so a visitor arriving before the cog is
+   * back waits for it instead of getting "no route" (issue 12: after a restart ~9 s of
+   * refusals at 1,000 cogs). A cog that is not back when the grace ends is dropped as usual.
+   */
+  private async restoreRoutes(): Promise<void> {
+    const revoked = await this.store.revokedCogs();
+    const byCog = new Map<string, StoredRoute[]>();
+    for (const r of await this.store.allRoutes()) {
+      if (revoked.has(r.cog)) continue;
+      const list = byCog.get(r.cog);
+      if (list) list.push(r);
+      else byCog.set(r.cog, [r]);
+    }
+    if (this.cfg.limits.graceMs <= 0) return; // no grace: nothing would hold a visitor
+    let held = 0;
+    for (const [cog, stored] of byCog) {
+      if (this.links.has(cog)) continue;
+      const link: CogLink = { cog, session: null, waiters: [], graceTimer: null, remote: "", connectedAt: 0, control: null };
+      this.links.set(cog, link);
+      held += await this.routes.restore(cog, stored);
+      if (!link.session) this.startGrace(link);
+    }
+    if (byCog.size) this.log.info("known routes held for their cogs", { cogs: byCog.size, routes: held, graceMs: this.cfg.limits.graceMs });
+  }
+
+  /** The live endpoints changed: every connected cog hears it on its control stream. */
+  private pushEndpoints(): void {
+    for (const link of this.links.values()) link.control?.pushEndpoints(this.endpoints.list);
   }
 
   /** A live session for the cog, waiting out its grace period if it is reconnecting. */
@@ -282,7 +322,10 @@ export class Tunnels extends EventEmitter {
     session.once("close", () => closed.abort());
     const channel = new ControlChannel({
       cfg: this.cfg, cog, presented, routes: this.routes, issuance: this.issuance, log: this.log, signal: closed.signal,
-      recordStatus: (routes) => this.recordStatus(cog, () => this.store.markOnline(cog, remote, routes)),
+      recordStatus: (routes, accepted) => this.recordStatus(cog, async () => {
+        await this.store.markOnline(cog, remote, routes);
+        await this.store.saveRoutes(cog, accepted.map((a): StoredRoute => ({ route: a.name, kind: a.kind, hostname: a.hostname ?? null, port: a.port ?? null })));
+      }),
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
@@ -291,7 +334,10 @@ export class Tunnels extends EventEmitter {
     this.attach(cog, session, remote, channel);
     const result = await channel.hello(wanted);
     if (session.closed) return;
-    send({ type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused });
+    send({
+      type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused,
+      endpoint: this.endpoints.name, endpoints: this.endpoints.list,
+    });
     this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
     await channel.run();
@@ -328,6 +374,8 @@ export class Tunnels extends EventEmitter {
     link.remote = remote;
     link.connectedAt = Date.now();
     for (const w of link.waiters.splice(0)) w(session);
+    const endpoint = this.endpoints.name;
+    this.recordStatus(cog, () => this.store.recordTunnel(cog, endpoint, remote));
     const l = link;
     session.once("close", (err?: Error) => {
       if (l.session !== session || this.closing) return; // replaced by a newer tunnel, or hub shutdown
@@ -336,7 +384,10 @@ export class Tunnels extends EventEmitter {
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
-      this.recordStatus(cog, () => this.store.markOffline(cog));
+      this.recordStatus(cog, async () => {
+        await this.store.clearTunnel(cog, endpoint);
+        await this.store.markOffline(cog);
+      });
     });
   }
 
@@ -370,7 +421,10 @@ export class Tunnels extends EventEmitter {
     this.links.delete(cog);
     for (const w of link.waiters.splice(0)) w(null);
     this.dropRoutes(cog);
-    this.recordStatus(cog, () => this.store.markOffline(cog));
+    this.recordStatus(cog, async () => {
+      await this.store.clearTunnel(cog, this.endpoints.name);
+      await this.store.markOffline(cog);
+    });
     if (farewell) farewell();
     else s?.destroy();
   }
@@ -391,6 +445,7 @@ export class Tunnels extends EventEmitter {
 
   async close(): Promise<void> {
     this.closing = true;
+    await this.endpoints.close();
     await this.watch?.close();
     for (const cog of [...this.links.keys()]) {
       const link = this.links.get(cog)!;

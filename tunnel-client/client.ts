@@ -1,11 +1,18 @@
 /**
- * The cog's tunnel client: keeps one mTLS + yamux tunnel to the hub up,
- * announces routes (capsul.yaml's plus whatever the provisioner publishes),
- * and splices every visitor stream the hub opens to its local target, with a
- * PROXY protocol header first when the route asks for one.
+ * The cog's tunnel client: keeps one mTLS + yamux tunnel to every hub
+ * endpoint up (./hublink.ts, each with its own backoff; a dead hub is noticed
+ * by the mux keepalive), announces routes (capsul.yaml's plus whatever the
+ * provisioner publishes) on each, and splices every visitor stream any of
+ * them opens to its local target, with a PROXY protocol header first when the
+ * route asks for one. Refusals from a hub are logged with the hub's reason.
  *
- * Reconnects with jittered exponential backoff; a dead hub is noticed by the
- * mux keepalive. Refusals from the hub are logged with the hub's reason.
+ * Endpoints (issue 12): the configured hub address is the bootstrap. Its
+ * welcome names the endpoint that answered and lists the live ones; the hub
+ * pushes the list again when it changes. The client dials every listed
+ * endpoint it has no link to, and stops dialing one the list has not named
+ * for cog.reconnect.endpoint_gone_timeout. When no link is left it dials the
+ * bootstrap address again. A hub without endpoints (an older one) never sends
+ * a list: the bootstrap link is then the only one, as before.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -18,7 +25,9 @@ import {
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
-import { dialHub } from "./dial.js";
+import { parseHostPort } from "../lib/hostname.js";
+import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
+import { HubLink, type LinkOwner } from "./hublink.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
@@ -30,8 +39,7 @@ export const WELCOME_TIMEOUT_MS = 15_000;
 export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
 /** The visitor header is small; anything bigger is a protocol error. The default of cog.tunnel.visitor_header_max_bytes. */
 export const VISITOR_HEADER_MAX_BYTES = 4096;
-/** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
-export const RECONNECT_JITTER_RATIO = 0.25;
+export { RECONNECT_JITTER_RATIO } from "./hublink.js";
 
 export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
 
@@ -44,23 +52,24 @@ export interface TerminatingHandler {
 /** Where a route's visitors go; `terminated` routes go to the TerminatingHandler instead of straight to the target. */
 interface RouteTarget extends Target { terminated?: { side: "tls" | "http"; route: CogRoute } }
 
-export class TunnelClient extends EventEmitter implements RouteSink {
+export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
+  /** "connected" while at least one link is; else the bootstrap link's state. */
   state: ClientState = "idle";
-  private session: MuxSession | null = null;
-  private control: MuxStream | null = null;
+  /** One per hub endpoint (and a bootstrap link until its welcome names its endpoint). */
+  readonly links = new Set<HubLink>();
   private readonly published = new Map<string, PublishedRoute[]>();
   private readonly statuses = new Map<string, RouteStatus>();
   private targets = new Map<string, RouteTarget>();
   private readonly targetOpts: TargetOptions;
-  private attempt = 0;
-  private wakeup: (() => void) | null = null;
   private updateQueued = false;
-  private loopDone: Promise<void> | null = null;
+  private started = false;
   private readonly streams = new Set<MuxStream>();
-  private identity: CogIdentity;
+  private identityNow: CogIdentity;
+  /** The link a renewal was asked on, until it is answered or that link drops: the other links do not ask too. */
+  private renewing: HubLink | null = null;
 
   constructor(
-    private readonly cfg: CogConfig,
+    readonly cfg: CogConfig,
     identity: CogIdentity,
     private readonly hub: HostPort,
     private readonly log: Logger,
@@ -68,26 +77,33 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     private readonly terminator: TerminatingHandler | null = null,
   ) {
     super();
-    this.identity = identity;
+    this.identityNow = identity;
     this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
     this.rebuildTargets();
   }
 
   start(): void {
-    if (this.loopDone) return;
-    this.loopDone = this.loop();
+    if (this.started) return;
+    this.started = true;
+    this.state = "connecting";
+    this.addLink({ hub: this.hub }, null);
   }
 
   async close(): Promise<void> {
     this.state = "closed";
-    this.wakeup?.();
     for (const s of this.streams) s.destroy();
-    this.session?.destroy();
-    await this.loopDone;
+    await Promise.all([...this.links].map((l) => l.stop()));
+    this.links.clear();
   }
 
-  /** The current session, for tests and status. */
   get connected(): boolean { return this.state === "connected"; }
+
+  /** The endpoints this cog has a live tunnel to, by name ("" for a link whose hub names none). */
+  connectedEndpoints(): string[] {
+    return [...this.links].filter((l) => l.state === "connected").map((l) => l.name ?? "").sort();
+  }
+
+  identity(): CogIdentity { return this.identityNow; }
 
   // ---- RouteSink ----
 
@@ -124,7 +140,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     return terminated.size ? out.filter((r) => r.kind !== "http" || !terminated.has(r.hostname)) : out;
   }
 
-  private wireRoutes(): WireRoute[] {
+  wireRoutes(): WireRoute[] {
     const out: WireRoute[] = [];
     for (const r of this.routes()) {
       const w: WireRoute = { name: r.name, kind: r.kind };
@@ -153,12 +169,12 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.rebuildTargets();
     if (this.updateQueued) return;
     this.updateQueued = true;
-    // Batch the publishes of one tick into one update.
+    // Batch the publishes of one tick into one update, sent on every connected link.
     setImmediate(() => {
       this.updateQueued = false;
-      if (this.state === "connected" && this.control) {
-        this.control.write(encodeMessage({ type: "routes", routes: this.wireRoutes() }));
-      }
+      if (this.state === "closed") return;
+      const routes = this.wireRoutes();
+      for (const l of this.links) l.sendRoutes(routes);
     });
   }
 
@@ -171,116 +187,137 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.emit("routes", { accepted, refused });
   }
 
-  private backoffMs(): number {
-    const { minDelayMs, maxDelayMs } = this.cfg.reconnect;
-    const base = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(this.attempt, 30));
-    const jitter = 1 + (Math.random() * 2 - 1) * RECONNECT_JITTER_RATIO;
-    return Math.max(0, Math.round(base * jitter));
+  // ---- links ----
+
+  private addLink(target: HubLink["target"], name: string | null): HubLink {
+    const link = new HubLink(this, target, name, this.log);
+    this.links.add(link);
+    link.start();
+    return link;
   }
 
-  private async sleep(ms: number): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { this.wakeup = null; resolve(); }, ms);
-      this.wakeup = () => { clearTimeout(t); this.wakeup = null; resolve(); };
-    });
+  private async removeLink(link: HubLink): Promise<void> {
+    this.links.delete(link);
+    await link.stop();
+    this.updateState();
   }
 
-  /** Read through a method so TypeScript does not narrow it across awaits. */
-  private current(): ClientState { return this.state; }
+  private updateState(): void {
+    if (this.state === "closed") return;
+    const before = this.state;
+    this.state = [...this.links].some((l) => l.state === "connected") ? "connected" : "waiting";
+    if (before === "connected" && this.state !== "connected") this.emit("disconnected");
+    // Every endpoint link stopped (all gone from the lists): start over from the configured address.
+    if (this.links.size === 0) this.addLink({ hub: this.hub }, null);
+  }
 
-  private async loop(): Promise<void> {
-    while (this.current() !== "closed") {
-      this.state = "connecting";
-      let fatal = false;
-      try {
-        fatal = await this.runOnce();
-      } catch (err) {
-        if (this.current() !== "closed") this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
+  welcomed(link: HubLink, m: HubMessage & { type: "welcome" }, control: MuxStream): void {
+    if (typeof m.endpoint === "string" && m.endpoint !== "") {
+      // A bootstrap address (round-robin DNS) may land on an endpoint another link already
+      // holds: the hub replaced that link's tunnel with this one, so that link goes.
+      for (const other of this.links) {
+        if (other !== link && other.name === m.endpoint) void this.removeLink(other);
       }
-      this.session?.destroy();
-      this.session = null;
-      this.control = null;
-      if (this.current() === "closed") break;
-      if (this.current() === "connected") this.emit("disconnected");
-      this.state = "waiting";
-      if (fatal) this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
-      const delay = this.backoffMs();
-      this.attempt++;
-      this.log.info("reconnecting", { inMs: delay });
-      await this.sleep(delay);
+      link.name = m.endpoint;
+      link.goneSince = null;
+    }
+    this.state = "connected";
+    this.applyResult(m.accepted, m.refused);
+    if (m.endpoints !== undefined) this.onEndpoints(m.endpoints);
+    this.emit("connected", m);
+    void this.maybeRenew(link, control);
+  }
+
+  async message(_link: HubLink, m: HubMessage): Promise<void> {
+    if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
+    else if (m.type === "renewed") await this.onRenewed(m.cert);
+    else if (m.type === "endpoints") this.onEndpoints(m.endpoints);
+    else if (m.type === "error") {
+      if (m.code === "renew") this.renewing = null;
+      this.log.error(m.message, { code: m.code });
     }
   }
 
-  /** One tunnel's life. Returns true when the hub refused us (auth, version). */
-  private async runOnce(): Promise<boolean> {
-    const { socket, session } = await dialHub({
-      hub: this.hub, tuning: this.cfg.tunnel,
-      caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem,
-    });
-    if (this.state === "closed") { session.destroy(); return false; }
-    this.session = session;
-    const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
-    session.on("error", () => {});
-    session.on("stream", (s: MuxStream) => this.onVisitor(s));
-    const control = session.open();
-    control.on("error", () => {});
-    this.control = control;
-    const reader = new MessageReader<HubMessage>(control);
-    control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "capsul/0.1.0", routes: this.wireRoutes() }));
-    const timer = setTimeout(() => session.destroy(new Error("the hub did not answer the hello in time")), this.cfg.tunnel.welcomeTimeoutMs);
-    let first: HubMessage | null;
+  lost(link: HubLink): void {
+    if (this.renewing === link) {
+      this.renewing = null;
+      this.pendingKeyPem = null;
+    }
+    this.updateState();
+  }
+
+  keepDialing(link: HubLink): boolean {
+    if (this.state === "closed") return false;
+    const gone = link.goneSince !== null && Date.now() - link.goneSince >= this.cfg.reconnect.endpointGoneTimeoutMs;
+    if (gone) {
+      this.links.delete(link);
+      setImmediate(() => this.updateState());
+    }
+    return !gone;
+  }
+
+  /** The hub's list of live endpoints: dial the new ones, mark the unlisted ones gone (they stop after the timeout). */
+  private onEndpoints(raw: unknown): void {
+    let list: WireEndpoint[];
     try {
-      first = await reader.next();
-    } finally {
-      clearTimeout(timer);
+      list = checkWireEndpoints(raw);
+    } catch (err) {
+      this.log.warn("bad endpoint list from the hub", { error: (err as Error).message });
+      return;
     }
-    if (!first) throw new Error("the hub closed the control stream");
-    if (first.type === "error") {
-      this.log.error(first.message, { code: first.code });
-      return true;
+    const now = Date.now();
+    const listed = new Set(list.map((e) => e.name));
+    for (const l of this.links) {
+      if (l.name !== null && !listed.has(l.name)) l.goneSince ??= now;
     }
-    if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
-    this.state = "connected";
-    this.attempt = 0;
-    this.log.info("connected to hub", { hub: `${this.hub.host}:${this.hub.port}`, cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length });
-    this.applyResult(first.accepted, first.refused);
-    this.emit("connected", first);
-    void this.maybeRenew(control);
-    for (;;) {
-      const m = await reader.next().catch(() => null);
-      if (!m) break;
-      if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
-      else if (m.type === "renewed") await this.onRenewed(m.cert);
-      else if (m.type === "error") this.log.error(m.message, { code: m.code });
+    for (const e of list) {
+      const have = [...this.links].find((l) => l.name === e.name);
+      if (have) {
+        have.goneSince = null;
+        continue;
+      }
+      let hub: HostPort;
+      try {
+        hub = parseHostPort(e.address);
+      } catch {
+        continue;
+      }
+      this.log.info("new hub endpoint: dialing it", { endpoint: e.name, hub: e.address });
+      this.addLink({ hub, serverName: e.serverName || undefined }, e.name);
     }
-    await closed;
-    return false;
   }
 
   private pendingKeyPem: string | null = null;
 
-  private async maybeRenew(control: MuxStream): Promise<void> {
+  /** Asks for a renewal on this link when one is due and no other link has asked already. */
+  private async maybeRenew(link: HubLink, control: MuxStream): Promise<void> {
+    if (this.renewing) return;
     try {
-      const info = certInfo(this.identity.certPem);
+      const info = certInfo(this.identityNow.certPem);
       if (Date.now() < renewalDueAt(info.notBefore, info.notAfter)) return;
-      const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
+      this.renewing = link;
+      const { keyPem, csrPem } = await createKeyAndCsr(this.identityNow.name);
+      if (this.renewing !== link) return; // that link went down meanwhile
       this.pendingKeyPem = keyPem;
       control.write(encodeMessage({ type: "renew", csr: csrPem }));
       this.log.info("asking the hub to renew this cog's certificate", { notAfter: info.notAfter.toISOString() });
     } catch (err) {
+      this.renewing = null;
       this.log.warn("certificate renewal failed", { error: (err as Error).message });
     }
   }
 
   private async onRenewed(certPem: string): Promise<void> {
+    this.renewing = null;
     if (!this.pendingKeyPem) return;
     await saveKeyAndCert(this.dataDir, this.pendingKeyPem, certPem);
-    this.identity = { ...this.identity, keyPem: this.pendingKeyPem, certPem };
+    // Links dialing from now on present the new certificate; the live tunnels keep theirs.
+    this.identityNow = { ...this.identityNow, keyPem: this.pendingKeyPem, certPem };
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
   }
 
-  private onVisitor(stream: MuxStream): void {
+  onVisitor(stream: MuxStream): void {
     this.streams.add(stream);
     stream.once("close", () => this.streams.delete(stream));
     stream.on("error", () => {});

@@ -101,6 +101,10 @@ export const MIGRATIONS: readonly Migration[] = [
    CREATE INDEX certs_cog ON certs (cog);
    CREATE INDEX invites_cog ON invites (cog);
    CREATE INDEX cogs_online ON cogs (online) WHERE online = 1;`,
+
+  // 3: an endpoint is (name, dial address, TLS server name): hub workers behind one address
+  // differ by server name only. Existing rows (none were ever written before this) get ''.
+  `ALTER TABLE endpoints ADD COLUMN server_name TEXT NOT NULL DEFAULT '';`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
