@@ -271,19 +271,23 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       if (l.name !== null && !listed.has(l.name)) l.goneSince ??= now;
     }
     for (const e of list) {
-      const have = [...this.links].find((l) => l.name === e.name);
-      if (have) {
-        have.goneSince = null;
-        continue;
-      }
       let hub: HostPort;
       try {
         hub = parseHostPort(e.address);
       } catch {
         continue;
       }
+      const target = { hub, serverName: e.serverName || undefined };
+      const have = [...this.links].find((l) => l.name === e.name);
+      if (have) {
+        have.goneSince = null;
+        // A link made from a list follows the endpoint's address (a hub restarted elsewhere) from
+        // its next dial; one made from the bootstrap address keeps the address that reached it.
+        if (have.fromList) have.target = target;
+        continue;
+      }
       this.log.info("new hub endpoint: dialing it", { endpoint: e.name, hub: e.address });
-      this.addLink({ hub, serverName: e.serverName || undefined }, e.name);
+      this.addLink(target, e.name).fromList = true;
     }
   }
 

@@ -43,6 +43,8 @@ export class HubLink {
   state: LinkState = "idle";
   /** The endpoint's name: from the hub's list, or learned from the welcome (null: a bootstrap link not welcomed yet, or a hub without endpoints). */
   name: string | null;
+  /** Made from an endpoint list (else from the bootstrap address): dials the address the list gives. */
+  fromList = false;
   /** When the hub's endpoint list stopped naming this endpoint; null while it is listed. */
   goneSince: number | null = null;
   session: MuxSession | null = null;
