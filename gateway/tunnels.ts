@@ -166,13 +166,19 @@ export class Tunnels extends EventEmitter {
     }
     if (this.cfg.limits.graceMs <= 0) return; // no grace: nothing would hold a visitor
     let held = 0;
+    // All at once (each cog's restore queues behind nothing but its own hello): at 1,000 cogs
+    // one after the other would cost a store round trip each before the hub is ready.
+    const restoring: Promise<void>[] = [];
     for (const [cog, stored] of byCog) {
-      if (this.links.has(cog)) continue;
+      if (this.links.has(cog)) continue; // back already: its hello decides
       const link: CogLink = { cog, session: null, waiters: [], graceTimer: null, remote: "", connectedAt: 0, control: null };
       this.links.set(cog, link);
-      held += await this.routes.restore(cog, stored);
-      if (!link.session) this.startGrace(link);
+      restoring.push(this.routes.restore(cog, stored).then((n) => {
+        held += n;
+        if (!link.session && this.links.get(cog) === link) this.startGrace(link);
+      }));
     }
+    await Promise.all(restoring);
     if (byCog.size) this.log.info("known routes held for their cogs", { cogs: byCog.size, routes: held, graceMs: this.cfg.limits.graceMs });
   }
 
