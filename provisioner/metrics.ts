@@ -2,7 +2,7 @@ import type { Store, VmState } from "./db.js";
 import { cpuSeconds, DISK_DRIVE_ID, rssBytes } from "./qemu.js";
 import type { VmManager } from "./vms.js";
 
-const STATES: VmState[] = ["creating", "starting", "running", "stopping", "stopped", "error", "deleting"];
+const STATES: VmState[] = ["creating", "starting", "running", "rebooting", "stopping", "stopped", "error", "deleting"];
 
 /** Label values are VM names (NAME_RE) or states, but escape per the exposition format anyway. */
 const esc = (s: string): string => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");

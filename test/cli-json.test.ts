@@ -33,7 +33,7 @@ const NO_STDOUT: Record<string, string> = {
 const PENDING_PREFIXES = ["vm", "image"];
 const PENDING_COMMANDS = [
   "image delete", "image import", "image list",
-  "vm console", "vm create", "vm delete", "vm list", "vm reboot", "vm show", "vm start", "vm stop",
+  "vm backup", "vm backups", "vm console", "vm create", "vm delete", "vm list", "vm reboot", "vm restore", "vm show", "vm start", "vm stop",
 ];
 
 interface Found { path: string; hasJson: boolean; hasAction: boolean }
@@ -113,6 +113,12 @@ t.test("every command that prints has --json, and its JSON has the one style", a
     return (JSON.parse(r.stdout) as Array<{ routes: string[] }>)[0]?.routes.some((x) => x.startsWith("tcp:"));
   });
 
+  // The running hub and cog answer a reload (nothing changed) with what they did.
+  const reloaded = await run("hub reload", ["-c", hubYaml]) as { changed: string[]; reloaded_at: string };
+  t.same(reloaded.changed, []);
+  await run("cog reload", ["-c", cogYaml]);
+  await run("config check", ["-c", hubYaml]);
+  t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
   const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; endpoints: string[]; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
   t.equal(cogs[0]?.online, true);
   t.same(cogs[0]?.endpoints, [defaultEndpointName()], "connected to the one hub, by its default endpoint name");
@@ -153,6 +159,6 @@ t.test("every command that prints has --json, and its JSON has the one style", a
     t.same(style.problems, [], `capsul ${c.path} --json: ${r.stdout.trim()}`);
     instants += style.instants;
   }
-  // invite (expires_at), enroll and cogs (cert_expires_at, last_seen_at, created_at), ports (assigned_at), revoke (revoked_at)
-  t.ok(instants >= 6, `instants were checked, not skipped (${instants})`);
+  // invite (expires_at), enroll and cogs (cert_expires_at, last_seen_at, created_at), ports (assigned_at), revoke (revoked_at), reloads (reloaded_at)
+  t.ok(instants >= 8, `instants were checked, not skipped (${instants})`);
 });

@@ -13,6 +13,12 @@
  * for cog.reconnect.endpoint_gone_timeout. When no link is left it dials the
  * bootstrap address again. A hub without endpoints (an older one) never sends
  * a list: the bootstrap link is then the only one, as before.
+ *
+ * Leaving a session without dropping its streams ("retiring" it, ./hublink.ts):
+ * when a hub sends GoAway (it is draining), when a reload moves the cog to
+ * another hub address, and when the cog itself drains (SIGTERM). The retired
+ * session keeps serving the visitor streams open on it, and those the hub
+ * still opens on it, while the link dials a new tunnel at once.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -26,6 +32,7 @@ import {
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { parseHostPort } from "../lib/hostname.js";
+import { waitForClose } from "../lib/closewait.js";
 import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
 import { HubLink, type LinkOwner } from "./hublink.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
@@ -41,7 +48,16 @@ export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
 export const VISITOR_HEADER_MAX_BYTES = 4096;
 export { RECONNECT_JITTER_RATIO } from "./hublink.js";
 
-export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
+export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "draining" | "closed";
+
+export interface ClientDrainReport {
+  /** Visitor streams open when the drain began. */
+  live: number;
+  /** Of those, how many ended by themselves within the grace period. */
+  finished: number;
+  /** How many were still open at its end (close() cuts them). */
+  cut: number;
+}
 
 /** Serves the routes that say `tls: terminate` (tunnel-client/terminate.ts): their TLS side and their plain-HTTP side. */
 export interface TerminatingHandler {
@@ -60,7 +76,9 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private readonly published = new Map<string, PublishedRoute[]>();
   private readonly statuses = new Map<string, RouteStatus>();
   private targets = new Map<string, RouteTarget>();
-  private readonly targetOpts: TargetOptions;
+  private targetOpts: TargetOptions;
+  /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
+  private readonly retired = new Set<MuxSession>();
   private updateQueued = false;
   private started = false;
   private readonly streams = new Set<MuxStream>();
@@ -69,9 +87,10 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private renewing: HubLink | null = null;
 
   constructor(
+    // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
     readonly cfg: CogConfig,
     identity: CogIdentity,
-    private readonly hub: HostPort,
+    private hub: HostPort,
     private readonly log: Logger,
     private readonly dataDir: string = cfg.dataDir,
     private readonly terminator: TerminatingHandler | null = null,
@@ -92,9 +111,47 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   async close(): Promise<void> {
     this.state = "closed";
     for (const s of this.streams) s.destroy();
-    await Promise.all([...this.links].map((l) => l.stop()));
+    const stopping = [...this.links].map((l) => l.stop());
+    for (const s of this.retired) s.destroy();
+    await Promise.all(stopping);
     this.links.clear();
   }
+
+  /**
+   * Stops for good, gently: every tunnel is retired (GoAway: the hubs send no new visitors
+   * and hold them for their grace period instead) and none is dialed; the visitor streams
+   * open now may finish for up to `graceMs`, or until `cutNow` aborts. close() afterwards
+   * cuts what is left.
+   */
+  async drain(graceMs: number, cutNow?: AbortSignal): Promise<ClientDrainReport> {
+    const open = [...this.streams];
+    if (this.state !== "closed") this.state = "draining";
+    for (const l of this.links) l.drain();
+    const left = await waitForClose(open, graceMs, cutNow);
+    return { live: open.length, finished: open.length - left, cut: left };
+  }
+
+  /** The bootstrap hub address (capsul.yaml's cog.hub, or the enrollment's). */
+  get hubAddress(): HostPort { return this.hub; }
+
+  /**
+   * A reload moved the cog to another hub address: the links dialed from the bootstrap
+   * address retire their tunnels (their streams finish on them) and dial the new one at
+   * once; links made from an endpoint list keep following the list.
+   */
+  setHub(hub: HostPort): void {
+    this.hub = hub;
+    for (const l of this.links) if (!l.fromList) l.move({ hub });
+  }
+
+  /** After a reload: announce the route set again (capsul.yaml's routes changed) and rebuild the dial settings. */
+  reconfigure(routesChanged: boolean): void {
+    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log };
+    if (routesChanged) this.routesChanged();
+  }
+
+  /** Visitor streams open now, on live tunnels and on retired ones (status, tests). */
+  get streamCount(): number { return this.streams.size; }
 
   get connected(): boolean { return this.state === "connected"; }
 
@@ -172,7 +229,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     // Batch the publishes of one tick into one update, sent on every connected link.
     setImmediate(() => {
       this.updateQueued = false;
-      if (this.state === "closed") return;
+      if (this.state === "closed" || this.state === "draining") return;
       const routes = this.wireRoutes();
       for (const l of this.links) l.sendRoutes(routes);
     });
@@ -202,13 +259,18 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     this.updateState();
   }
 
+  /** Some link was connected at the last look: "disconnected" is said once when none is. */
+  private anyConnected = false;
+
   private updateState(): void {
+    const now = [...this.links].some((l) => l.state === "connected");
+    const was = this.anyConnected;
+    this.anyConnected = now;
     if (this.state === "closed") return;
-    const before = this.state;
-    this.state = [...this.links].some((l) => l.state === "connected") ? "connected" : "waiting";
-    if (before === "connected" && this.state !== "connected") this.emit("disconnected");
+    if (this.state !== "draining") this.state = now ? "connected" : "waiting";
+    if (was && !now) this.emit("disconnected");
     // Every endpoint link stopped (all gone from the lists): start over from the configured address.
-    if (this.links.size === 0) this.addLink({ hub: this.hub }, null);
+    if (this.links.size === 0 && this.state !== "draining") this.addLink({ hub: this.hub }, null);
   }
 
   welcomed(link: HubLink, m: HubMessage & { type: "welcome" }, control: MuxStream): void {
@@ -221,7 +283,8 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       link.name = m.endpoint;
       link.goneSince = null;
     }
-    this.state = "connected";
+    if (this.state !== "draining" && this.state !== "closed") this.state = "connected";
+    this.anyConnected = true;
     this.applyResult(m.accepted, m.refused);
     if (m.endpoints !== undefined) this.onEndpoints(m.endpoints);
     this.emit("connected", m);
@@ -238,6 +301,18 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     }
   }
 
+  retire(link: HubLink, session: MuxSession, control: MuxStream | null, why: "goaway" | "moved" | "draining"): void {
+    if (session.closed) return;
+    this.retired.add(session);
+    session.once("close", () => this.retired.delete(session));
+    control?.end();
+    if (why !== "goaway") session.close();
+    const message = why === "goaway" ? "the hub is going away (GoAway): dialing a new tunnel; open streams stay on the old one"
+      : why === "moved" ? "hub address changed: dialing the new one; open streams stay on the old tunnel"
+        : "draining: no new visitors; open streams may finish";
+    this.log.info(message, { hub: link.label, endpoint: link.name ?? undefined, streams: this.streams.size });
+  }
+
   lost(link: HubLink): void {
     if (this.renewing === link) {
       this.renewing = null;
@@ -247,7 +322,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   }
 
   keepDialing(link: HubLink): boolean {
-    if (this.state === "closed") return false;
+    if (this.state === "closed" || this.state === "draining") return false;
     const gone = link.goneSince !== null && Date.now() - link.goneSince >= this.cfg.reconnect.endpointGoneTimeoutMs;
     if (gone) {
       this.links.delete(link);

@@ -6,8 +6,9 @@ import type { CogConfig, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { parseHostPort } from "../lib/hostname.js";
 import { AcmeManager, type TerminatedName } from "../certs/acme.js";
-import { TunnelClient } from "./client.js";
+import { TunnelClient, type ClientDrainReport } from "./client.js";
 import { loadIdentity, type CogIdentity } from "./identity.js";
+import { reloadCog, type CogReloadReport } from "./reload.js";
 import { httpSideName, Terminator } from "./terminate.js";
 
 export interface Cog {
@@ -15,6 +16,12 @@ export interface Cog {
   readonly client: TunnelClient;
   /** Certificates of `tls: terminate` routes (idle while no route terminates). */
   readonly acme: AcmeManager;
+  /** The configuration in force: what the cog started with, as later reloads changed it. */
+  readonly config: CogConfig;
+  /** Applies a new configuration as a difference (./reload.ts); throws, changing nothing, when it cannot. */
+  reload(next: CogConfig): CogReloadReport;
+  /** Retires the tunnel and waits for open visitor streams up to `graceMs`; close() afterwards cuts the rest. */
+  drain(graceMs: number, cutNow?: AbortSignal): Promise<ClientDrainReport>;
   close(): Promise<void>;
 }
 
@@ -36,6 +43,8 @@ export function terminatedNames(client: TunnelClient, connected: boolean): Termi
 export interface CogExtras {
   /** Starts side services (the provisioner) once the client exists; returns their close(). */
   start?: (client: TunnelClient, identity: CogIdentity, hub: HostPort) => Promise<() => Promise<void>>;
+  /** A reload: the side services take what they can of the new configuration. */
+  reconfigure?: (next: CogConfig) => void;
 }
 
 export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = {}): Promise<Cog> {
@@ -43,8 +52,11 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
   const hub = cfg.hub ?? parseHostPort(identity.hub, "enrollment.json hub");
   const acme = new AcmeManager(cfg.acme, cfg.dataDir, log.child("acme"));
   await acme.start();
-  const terminator = new Terminator(acme, cfg, log.child("terminate"));
-  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
+  // The live configuration: one mutable top-level copy that the client and the terminator
+  // read when they need a value; a reload replaces its sections (./reload.ts).
+  const live: CogConfig = { ...cfg };
+  const terminator = new Terminator(acme, live, log.child("terminate"));
+  const client = new TunnelClient(live, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
   // Orders start once the hub has accepted the routes their challenges arrive by.
   acme.setNames(terminatedNames(client, false));
   client.on("routes", () => acme.setNames(terminatedNames(client, true)));
@@ -56,6 +68,9 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
     identity,
     client,
     acme,
+    config: live,
+    reload: (next) => reloadCog({ live, identity, client, acme, terminator, reconfigureExtras: extras.reconfigure }, next),
+    drain: (graceMs, cutNow) => client.drain(graceMs, cutNow),
     async close() {
       await stopExtras();
       await client.close();

@@ -4,6 +4,11 @@
  * others stay connected. The TunnelClient (./client.ts) owns the links, the
  * routes they announce and the visitors they carry; a link only dials, says
  * hello, waits for the welcome and hands every later message to its owner.
+ *
+ * A link leaves its session without dropping its streams ("retires" it, the
+ * owner keeps it until its streams end) when the hub sends GoAway (draining),
+ * when a reload moves the link to another address, and when the cog drains;
+ * it dials a new tunnel at once after the first two.
  */
 import type { HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
@@ -18,7 +23,10 @@ import type { CogIdentity } from "./identity.js";
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
 
-export type LinkState = "idle" | "connecting" | "connected" | "waiting" | "closed";
+export type LinkState = "idle" | "connecting" | "connected" | "waiting" | "draining" | "closed";
+
+/** Why one tunnel's life ended: refused by the hub, ended, or left on purpose (then retired, not destroyed). */
+export type RunOutcome = "refused" | "ended" | "goaway" | "moved" | "draining";
 
 /** Where a link dials: an address, and the TLS server name to send (absent: derived from the host, as before endpoints). */
 export interface LinkTarget { hub: HostPort; serverName?: string }
@@ -29,12 +37,14 @@ export interface LinkOwner {
   identity(): CogIdentity;
   wireRoutes(): WireRoute[];
   onVisitor(stream: MuxStream): void;
-  /** The hub welcomed this link (`m` is the welcome); false: drop the link (it duplicates another). */
+  /** The hub welcomed this link (`m` is the welcome). */
   welcomed(link: HubLink, m: HubMessage & { type: "welcome" }, control: MuxStream): void;
   /** Any later message on the control stream. */
   message(link: HubLink, m: HubMessage): Promise<void>;
   /** A connected link lost its tunnel. */
   lost(link: HubLink): void;
+  /** Keeps a session left on purpose until its visitor streams are done; `why` for the log. */
+  retire(link: HubLink, session: MuxSession, control: MuxStream | null, why: "goaway" | "moved" | "draining"): void;
   /** Asked before every redial: false stops the link (its endpoint is gone). */
   keepDialing(link: HubLink): boolean;
 }
@@ -52,6 +62,8 @@ export class HubLink {
   private attempt = 0;
   private wakeup: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
+  /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
+  private leave: ((why: "moved" | "draining") => void) | null = null;
 
   constructor(private readonly owner: LinkOwner, public target: LinkTarget, name: string | null, private readonly log: Logger) {
     this.name = name;
@@ -67,8 +79,24 @@ export class HubLink {
   async stop(): Promise<void> {
     this.state = "closed";
     this.wakeup?.();
+    this.leave?.("draining");
     this.session?.destroy();
     await this.loopDone;
+  }
+
+  /** Stops dialing, gently: the tunnel is retired (its streams may finish), no other is dialed. */
+  drain(): void {
+    if (this.state !== "closed") this.state = "draining";
+    this.wakeup?.();
+    this.leave?.("draining");
+  }
+
+  /** A reload moved this link to another address: its tunnel is retired and `target` is dialed at once. */
+  move(target: LinkTarget): void {
+    this.target = target;
+    this.attempt = 0;
+    this.leave?.("moved");
+    this.wakeup?.();
   }
 
   /** Sends the current route set if this link is connected. */
@@ -93,44 +121,71 @@ export class HubLink {
   /** Read through a method so TypeScript does not narrow it across awaits. */
   private current(): LinkState { return this.state; }
 
+  /** Draining or closed: no tunnel is dialed any more. */
+  private stopping(): boolean {
+    const s = this.current();
+    return s === "closed" || s === "draining";
+  }
+
   private async loop(): Promise<void> {
-    while (this.current() !== "closed") {
+    while (!this.stopping()) {
       this.state = "connecting";
-      let fatal = false;
+      let outcome: RunOutcome = "ended";
       try {
-        fatal = await this.runOnce();
+        outcome = await this.runOnce();
       } catch (err) {
-        if (this.current() !== "closed") this.log.warn("tunnel to hub failed", { hub: this.label, endpoint: this.name ?? undefined, error: (err as Error).message });
+        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: this.label, endpoint: this.name ?? undefined, error: (err as Error).message });
       }
-      this.session?.destroy();
+      const was = this.current();
+      if (this.session && (outcome === "goaway" || outcome === "moved" || outcome === "draining")) {
+        this.owner.retire(this, this.session, this.control, outcome);
+      } else this.session?.destroy();
       this.session = null;
       this.control = null;
-      if (this.current() === "closed") break;
-      const was = this.current();
-      this.state = "waiting";
+      if (was === "closed") break;
+      if (!this.stopping()) this.state = "waiting";
       if (was === "connected") this.owner.lost(this);
-      if (fatal) this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
+      if (this.stopping()) break;
+      if (outcome === "goaway" || outcome === "moved") {
+        // Dial the (next) hub now: a draining hub is on its way out, a moved link has somewhere to go.
+        this.attempt = 0;
+        continue;
+      }
+      if (outcome === "refused") this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
       const delay = this.backoffMs();
       this.attempt++;
       this.log.info("reconnecting", { hub: this.label, endpoint: this.name ?? undefined, inMs: delay });
       await this.sleep(delay);
-      if (this.current() !== "closed" && !this.owner.keepDialing(this)) {
+      if (!this.stopping() && !this.owner.keepDialing(this)) {
         this.log.info("hub endpoint gone: no longer dialed", { hub: this.label, endpoint: this.name ?? undefined });
         this.state = "closed";
       }
     }
   }
 
-  /** One tunnel's life. Returns true when the hub refused us (auth, version). */
-  private async runOnce(): Promise<boolean> {
+  /** One tunnel's life, and why it ended. */
+  private async runOnce(): Promise<RunOutcome> {
+    // Set before dialing: a reload or a drain may end this life at any point.
+    const left = new Promise<"moved" | "draining">((resolve) => { this.leave = resolve; });
+    try {
+      return await this.connectAndServe(left);
+    } finally {
+      this.leave = null;
+    }
+  }
+
+  private async connectAndServe(left: Promise<"moved" | "draining">): Promise<RunOutcome> {
     const id = this.owner.identity();
     const cfg = this.owner.cfg;
     const { socket, session } = await dialHub({
       hub: this.target.hub, serverName: this.target.serverName, tuning: cfg.tunnel,
       caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem,
     });
-    if (this.state === "closed") { session.destroy(); return false; }
+    if (this.stopping()) { session.destroy(); return "draining"; }
     this.session = session;
+    // GoAway may come at any time, even before the welcome (a hub that began draining meanwhile).
+    const goaway = new Promise<"goaway">((resolve) => session.once("goaway", () => resolve("goaway")));
+    const leaving = Promise.race([left, goaway]);
     const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
     session.on("error", () => {});
     session.on("stream", (s: MuxStream) => this.owner.onVisitor(s));
@@ -149,10 +204,10 @@ export class HubLink {
     if (!first) throw new Error("the hub closed the control stream");
     if (first.type === "error") {
       this.log.error(first.message, { code: first.code, hub: this.label });
-      return true;
+      return "refused";
     }
     if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
-    if (this.current() === "closed") return false;
+    if (this.stopping()) return "draining";
     this.state = "connected";
     this.attempt = 0;
     this.log.info("connected to hub", {
@@ -161,11 +216,12 @@ export class HubLink {
     });
     this.owner.welcomed(this, first, control);
     for (;;) {
-      const m = await reader.next().catch(() => null);
+      const m = await Promise.race([reader.next().catch(() => null), leaving]);
+      if (m === "goaway" || m === "moved" || m === "draining") return m;
       if (!m) break;
       await this.owner.message(this, m);
     }
-    await closed;
-    return false;
+    const end = await Promise.race([closed.then(() => "ended" as const), leaving]);
+    return session.closed ? "ended" : end;
   }
 }
