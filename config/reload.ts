@@ -78,10 +78,9 @@ export function changedCogKeys(a: CogConfig, b: CogConfig): string[] {
  * whole (the old configuration stays) with a line naming the key. The data dirs hold the
  * CA, the SQLite state, the cog's key and the VMs' disks; hub.store (with its store_*
  * keys) is the hub's state, opened once; the hub's domain is in every
- * cog's default grant, in its tunnel certificate and in what enrolled cogs stored;
- * hub.endpoint is this process's row in the store and what every cog was told to dial.
+ * cog's default grant, in its tunnel certificate and in what enrolled cogs stored.
  */
-export const HUB_FIXED_KEYS: readonly string[] = ["hub.data_dir", "hub.store", "hub.domain", "hub.endpoint"];
+export const HUB_FIXED_KEYS: readonly string[] = ["hub.data_dir", "hub.store", "hub.domain"];
 export const COG_FIXED_KEYS: readonly string[] = ["cog.data_dir"];
 
 /**

@@ -30,11 +30,43 @@ export class EndpointRegistry extends EventEmitter {
   /** This endpoint's dial address, once the tunnel listener's port is known. */
   address = "";
 
-  constructor(private readonly cfg: HubEndpointConfig, private readonly store: HubStore, private readonly log: Logger) {
+  /** `cfgOf`: the live hub.endpoint (a reload replaces it; see reconfigure()). */
+  constructor(private readonly cfgOf: () => HubEndpointConfig, private readonly store: HubStore, private readonly log: Logger) {
     super();
+    this.cfg = cfgOf();
   }
 
+  /** The configuration registered (the live one may be newer until reconfigure()). */
+  private cfg: HubEndpointConfig;
+
   get name(): string { return this.cfg.name; }
+
+  /**
+   * After a reload: when the name, address or server name changed, the old row goes and the
+   * new one is registered (the others and the cogs see the change at the next heartbeat);
+   * heartbeat_interval and timeout apply from the next beat. Never throws: a reload is past
+   * the point where it can fail, so a store error is logged and the next beat retries.
+   */
+  async reconfigure(boundPort: number): Promise<{ renamed: boolean }> {
+    const next = this.cfgOf();
+    const adv = next.advertise;
+    const address = formatHostPort({ host: adv.host, port: adv.port === 0 ? boundPort : adv.port });
+    const old = this.cfg;
+    this.cfg = next;
+    if (this.closed || (old.name === next.name && address === this.address && old.serverName === next.serverName)) return { renamed: false };
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    await this.ticking;
+    try {
+      if (old.name !== next.name) await this.store.removeEndpoint(old.name);
+      await this.start(boundPort);
+    } catch (err) {
+      this.log.warn("could not register the endpoint after a reload; the next heartbeat retries", { endpoint: next.name, error: (err as Error).message });
+      this.address = address;
+      this.schedule();
+    }
+    return { renamed: old.name !== next.name };
+  }
 
   /**
    * Registers this endpoint; `boundPort` replaces an advertised port 0. Refuses to
@@ -46,7 +78,8 @@ export class EndpointRegistry extends EventEmitter {
     this.address = formatHostPort({ host: adv.host, port: adv.port === 0 ? boundPort : adv.port });
     const now = Date.now();
     const other = await this.store.getEndpoint(this.cfg.name);
-    if (other && other.heartbeatAt >= now - this.cfg.timeoutMs && (other.tunnelAddress !== this.address || other.serverName !== this.cfg.serverName)) {
+    const ours = other !== undefined && this.startedAt !== 0 && other.startedAt === this.startedAt; // a reload moving our own row
+    if (other && !ours && other.heartbeatAt >= now - this.cfg.timeoutMs && (other.tunnelAddress !== this.address || other.serverName !== this.cfg.serverName)) {
       throw new RuntimeError(`hub.endpoint.name ${JSON.stringify(this.cfg.name)} is used by a live hub at ${other.tunnelAddress} (stamped ${now - other.heartbeatAt} ms ago); give each hub its own name`);
     }
     // Our own earlier life (a restart, a kill -9): its tunnels are gone, its rows with them.
@@ -59,7 +92,7 @@ export class EndpointRegistry extends EventEmitter {
   }
 
   private schedule(): void {
-    if (this.closed) return;
+    if (this.closed || this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = null;
       this.ticking = this.tick().finally(() => { this.ticking = null; this.schedule(); });

@@ -17,6 +17,8 @@
  * - hub.limits: new connections (Visitors.reconfigure); the buffer budgets at the next sweep.
  * - hub.tunnel, public_tunnel_address: tunnels that connect from now on (Tunnels.reconfigure);
  *   the unauthenticated-connection caps and the revocation poll at once.
+ * - hub.endpoint (its advertised address follows public_tunnel_address and the tunnel
+ *   port): the endpoint row is registered again and every cog is sent the new list.
  * - invite_ttl, cog_cert_ttl, shutdown_grace: read when used.
  */
 import type { HubPki } from "../certs/pki.js";

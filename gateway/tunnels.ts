@@ -120,7 +120,7 @@ export class Tunnels extends EventEmitter {
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
     this.issuance = new Issuance(cfg, store, pki);
-    this.endpoints = new EndpointRegistry(cfg.endpoint, store, log);
+    this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
@@ -199,6 +199,14 @@ export class Tunnels extends EventEmitter {
     this.admission.setLimits(this.cfg.tunnel.maxUnauthenticated, this.cfg.tunnel.maxUnauthenticatedPerIp);
     this.tlsServer = this.makeTlsServer();
     await this.rewatch();
+    // The endpoint's address follows public_tunnel_address and the tunnel port; under a new
+    // name the live tunnels are recorded again (the old name's rows went with its row).
+    const { renamed } = await this.endpoints.reconfigure(this.listener.port!);
+    if (renamed) {
+      for (const link of this.links.values()) {
+        if (link.session) this.recordStatus(link.cog, () => this.store.recordTunnel(link.cog, this.endpoints.name, link.remote));
+      }
+    }
   }
 
   /**
@@ -460,8 +468,7 @@ export class Tunnels extends EventEmitter {
     link.remote = remote;
     link.connectedAt = Date.now();
     for (const w of link.waiters.splice(0)) w(session);
-    const endpoint = this.endpoints.name;
-    this.recordStatus(cog, () => this.store.recordTunnel(cog, endpoint, remote));
+    this.recordStatus(cog, () => this.store.recordTunnel(cog, this.endpoints.name, remote));
     const l = link;
     session.once("goaway", () => this.retire(l, session));
     if (this.draining) session.goAway();
@@ -473,7 +480,7 @@ export class Tunnels extends EventEmitter {
       this.startGrace(l);
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
       this.recordStatus(cog, async () => {
-        await this.store.clearTunnel(cog, endpoint);
+        await this.store.clearTunnel(cog, this.endpoints.name);
         await this.store.markOffline(cog);
       });
     });
