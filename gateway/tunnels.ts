@@ -49,8 +49,8 @@ export const REVOCATION_POLL_MS = 500;
  */
 export const HUB_ACCEPT_BACKLOG = 0;
 /**
- * Listen backlog of the tunnel port, as the public listeners' (gateway/hub.ts): hundreds of
- * cogs redial together after a hub restart, and Node's default of 511 drops SYNs past it.
+ * Default listen backlog of the tunnel port (hub.tunnel.listen_backlog): hundreds of cogs
+ * redial together after a hub restart, and Node's default of 511 drops SYNs past it.
  */
 export const TUNNEL_LISTEN_BACKLOG = 1024;
 /**
@@ -125,7 +125,7 @@ export class Tunnels extends EventEmitter {
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
     this.tlsServer = this.makeTlsServer();
-    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
+    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
 
   /**
