@@ -35,9 +35,6 @@ async function setup(t: Test, tunnel: Record<string, unknown> = {}): Promise<{ d
       data_dir: path.join(dir, "hub"), domain: HUB_DOMAIN,
       listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
-      // As test/helpers/cluster.ts: no custom-domain lookups, and so no `domains` report after
-      // the welcome, which the raw tunnels here would read in place of the answer they wait for.
-      domains: { enabled: false },
     },
   }).hub!;
   const { log, lines } = capturingLogger("hub");
