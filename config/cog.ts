@@ -18,6 +18,7 @@ export const DEFAULT_COG_DATA_DIR = "/var/lib/capsul/cog";
 export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
 export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 30_000;
+export const DEFAULT_ENDPOINT_GONE_TIMEOUT_MS = 30_000;
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
 
 const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
@@ -67,9 +68,11 @@ const routesSchema = listOf("The cog's routes.", routeSchema).transform(rules((r
 const reconnectSchema = section("Backoff of the cog's redials; jitter is ±25%.", {
   min_delay: durationMs("First backoff delay.", { def: DEFAULT_RECONNECT_MIN_DELAY_MS, min: 1 }),
   max_delay: durationMs("Cap of the exponential backoff.", { def: DEFAULT_RECONNECT_MAX_DELAY_MS, min: 1 }),
+  endpoint_gone_timeout: durationMs("A hub endpoint missing from the hub's list for this long, with no tunnel up, is no longer dialed.",
+    { def: DEFAULT_ENDPOINT_GONE_TIMEOUT_MS, min: 1 }),
 }, (o): CogConfig["reconnect"] => {
   if (o.min_delay > o.max_delay) fail(["min_delay"], `must not exceed max_delay (${fmtMs(o.max_delay)})`);
-  return { minDelayMs: o.min_delay, maxDelayMs: o.max_delay };
+  return { minDelayMs: o.min_delay, maxDelayMs: o.max_delay, endpointGoneTimeoutMs: o.endpoint_gone_timeout };
 });
 
 /** Absent, null or false: no provisioner. Its keys and defaults are provisioner/config.ts's. */

@@ -11,6 +11,7 @@ import {
 import { ConfigError } from "../lib/errors.js";
 import { bool, custom, durationMs, fail, int, leaf, listOf, optionalListener, path, PORT_RANGE_JSON, section, text } from "./fields.js";
 import { domainsSchema } from "./domains.js";
+import { endpointSchema, resolveEndpoint } from "./endpoint.js";
 import { hubLimitsSchema } from "./limits.js";
 import { cogLimitsSchema, hubCogLimits, resolveLimits } from "./quotas.js";
 import { buildHubStore, HUB_STORE_SHAPE } from "./store.js";
@@ -138,21 +139,26 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   limits: hubLimitsSchema,
   tunnel: hubTunnelSchema,
   shutdown_grace: shutdownGrace("the hub stops accepting, sends GoAway to every cog and lets live visitor connections finish"),
-}, (o): HubConfig => ({
-  dataDir: o.data_dir,
-  store: buildHubStore(o),
-  domain: o.domain,
-  listen: o.listen,
-  publicTunnelAddress: o.public_tunnel_address ?? formatHostPort({ host: o.domain, port: o.listen.tunnel.port }),
-  cogs: buildGrants(o.cogs, {
-    domain: o.domain, defaultGrants: o.default_grants, pool: o.listen.tcpPorts, limits: hubCogLimits(o.limits), maxVisitors: o.limits.maxVisitors,
-  }),
-  defaultGrants: o.default_grants,
-  defaultTcpPortsPerCog: o.default_tcp_ports_per_cog,
-  inviteTtlMs: o.invite_ttl,
-  cogCertTtlMs: o.cog_cert_ttl,
-  domains: o.domains,
-  limits: o.limits,
-  tunnel: o.tunnel,
-  shutdownGraceMs: o.shutdown_grace,
-}), { requiredKeys: ["domain"], nullable: false });
+  endpoint: endpointSchema,
+}, (o): HubConfig => {
+  const publicTunnelAddress = o.public_tunnel_address ?? formatHostPort({ host: o.domain, port: o.listen.tunnel.port });
+  return {
+    dataDir: o.data_dir,
+    store: buildHubStore(o),
+    domain: o.domain,
+    listen: o.listen,
+    publicTunnelAddress,
+    cogs: buildGrants(o.cogs, {
+      domain: o.domain, defaultGrants: o.default_grants, pool: o.listen.tcpPorts, limits: hubCogLimits(o.limits), maxVisitors: o.limits.maxVisitors,
+    }),
+    defaultGrants: o.default_grants,
+    defaultTcpPortsPerCog: o.default_tcp_ports_per_cog,
+    inviteTtlMs: o.invite_ttl,
+    cogCertTtlMs: o.cog_cert_ttl,
+    domains: o.domains,
+    limits: o.limits,
+    tunnel: o.tunnel,
+    shutdownGraceMs: o.shutdown_grace,
+    endpoint: resolveEndpoint(o.endpoint, publicTunnelAddress, o.domain),
+  };
+}, { requiredKeys: ["domain"], nullable: false });

@@ -280,6 +280,25 @@ export interface HubConfig {
    * (0 cuts at once; at most 2^31-1 ms).
    */
   shutdownGraceMs: number;
+  /** How this hub process registers itself in the store for cogs to dial (hub.endpoint). */
+  endpoint: HubEndpointConfig;
+}
+
+/**
+ * hub.endpoint: one hub process as cogs see it (issue 12). Every hub sharing a
+ * store registers one; a cog keeps a tunnel to each live one.
+ */
+export interface HubEndpointConfig {
+  /** Unique among the hubs sharing the store (default: this machine's hostname, lower-cased). */
+  name: string;
+  /** The tunnel address cogs dial; port 0 means the tunnel listener's bound port. */
+  advertise: HostPort;
+  /** TLS server name (SNI) cogs send to this endpoint. */
+  serverName: string;
+  /** How often the hub stamps its endpoint row. */
+  heartbeatIntervalMs: number;
+  /** An endpoint not stamped for this long is gone: cogs are told, its tunnel rows are cleaned. */
+  timeoutMs: number;
 }
 
 export interface CogRoute {
@@ -360,6 +379,8 @@ export interface CogConfig {
     minDelayMs: number;
     /** Cap of the exponential backoff. Jitter is ±25%. */
     maxDelayMs: number;
+    /** A hub endpoint missing from the hub's list for this long, with no tunnel up, is no longer dialed. */
+    endpointGoneTimeoutMs: number;
   };
   /** Deadline for dialing a route's target. */
   targetDialTimeoutMs: number;
