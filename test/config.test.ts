@@ -169,6 +169,7 @@ t.test("defaults are filled", async (t) => {
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -295,6 +296,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -533,6 +535,8 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
     ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
     ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
+    ["DEFAULT_MOVE_ANSWER_TIMEOUT_MS", "HubTunnelTuning", "moveAnswerTimeoutMs", "30s", dur],
+    ["DEFAULT_MAX_MOVES", "HubTunnelTuning", "maxMoves", "2", int],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],
