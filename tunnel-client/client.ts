@@ -19,6 +19,7 @@ import type { CogConfig, CogRoute, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
+import { checkMoveOffer, type MoveOffer } from "../protocol/move.js";
 import {
   checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
@@ -81,6 +82,8 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private leave: ((why: "moved" | "draining") => void) | null = null;
   /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
   private readonly retired = new Set<MuxSession>();
+  /** Takes the VM moves the hub offers (provisioner/move.ts); null: offers are refused. */
+  private moveHandler: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null = null;
 
   constructor(
     // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
@@ -96,6 +99,17 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
     this.rebuildTargets();
   }
+
+  /** A stream to the hub for a VM move (protocol/move.ts); throws when the tunnel is not up. */
+  openMoveStream(): Duplex {
+    if (this.state !== "connected" || !this.session || this.session.closed) throw new Error("the cog is not connected to the hub");
+    const s = this.session.open();
+    this.streams.add(s);
+    s.once("close", () => this.streams.delete(s));
+    return s;
+  }
+
+  setMoveHandler(h: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null): void { this.moveHandler = h; }
 
   start(): void {
     if (this.loopDone) return;
@@ -402,6 +416,12 @@ export class TunnelClient extends EventEmitter implements RouteSink {
       clearTimeout(timer);
       const rest = reader.detach();
       if (!msg) { stream.destroy(); return; }
+      if (msg.type === "move-offer") {
+        const offer = checkMoveOffer(msg);
+        if (this.moveHandler) { this.moveHandler(stream, offer, rest); return; }
+        stream.end(encodeMessage({ type: "move-refuse", reason: `cog ${this.identity.name} runs no provisioner` }));
+        return;
+      }
       const h = checkVisitorHeader(msg);
       const t = this.targets.get(h.route);
       if (!t) {
