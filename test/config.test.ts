@@ -361,6 +361,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
     [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
+    [{ hub: { domain: "h.example", tunnel: { max_moves: -1 } } }, "hub.tunnel.max_moves: must be at least 0, got -1"],
+    [{ hub: { domain: "h.example", tunnel: { move_answer_timeout: 0 } } }, "hub.tunnel.move_answer_timeout: must be greater than 0"],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
