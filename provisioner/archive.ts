@@ -166,6 +166,8 @@ export class ExactReader {
 
 /** Writes a chunk, waiting for 'drain' when the destination is full. */
 export function writeAll(out: Writable, chunk: Buffer): Promise<void> {
+  // A destroyed stream never emits 'drain' or 'close' again: waiting for them would hang.
+  if (out.destroyed || out.writableEnded) return Promise.reject(new Error("the destination closed"));
   if (out.write(chunk)) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const onDrain = (): void => { out.off("error", onError); out.off("close", onClose); resolve(); };
