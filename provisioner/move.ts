@@ -83,7 +83,12 @@ export class MoveManager {
       // The target's verdict may come early (a refused archive): read it while sending.
       const verdict = reader.next();
       verdict.catch(() => undefined);
-      await writeArchive(prep, s, "move", onProgress, d.cfg.moveBytesPerSec);
+      let sent = 0;
+      try {
+        await writeArchive(prep, s, "move", (p) => { sent = p.bytes; onProgress?.(p); }, d.cfg.moveBytesPerSec);
+      } catch (e) {
+        throw new ProvisionerError("move_failed", `the move stream to ${req.to} was cut after about ${sent} of ${prep.totalBytes} bytes (${(e as Error).message}; the tunnel dropped, or ${req.to} gave up)`, 502);
+      }
       s.end();
       const sendMs = Date.now() - sendStarted;
       const res = await withTimeout(verdict, d.cfg.moveVerifyTimeoutMs, `${req.to} did not confirm the import`, () => s.destroy());

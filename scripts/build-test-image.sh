@@ -177,6 +177,7 @@ chmod 600 /root/.ssh/authorized_keys 2>/dev/null
 iid=$(cat /run/instance-id 2>/dev/null)
 for d in /dev/vd[a-z]; do
   [ -b "$d" ] || continue
+  grep -q "^$d " /proc/mounts && continue # the seed
   mount -t ext4 -o ro "$d" /mnt/keys 2>/dev/null || continue
   if [ -n "$iid" ] && [ -d "/mnt/keys/.capsul-hostkeys/$iid" ]; then
     cp /mnt/keys/.capsul-hostkeys/"$iid"/* /etc/dropbear/ && echo "capsul-test-image: host keys of instance $iid"

@@ -37,6 +37,9 @@ function recorder(answer: "accept" | "refuse"): { seen: Seen; handler: (s: Duple
   };
 }
 
+/** Bytes pushed through the hub for the throughput comment. */
+const RELAY_MEASURE_BYTES = 256 * 1024 * 1024;
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 t.test("the hub relays a move only after the target consents, names the sender by its certificate, and refuses the rest", async (t) => {
@@ -133,6 +136,27 @@ t.test("the hub relays a move only after the target consents, names the sender b
     await sleep(300);
     const third = await send({ type: "move", to: "cog-b", vm: "web3", bytes: 4 }, Buffer.alloc(4), false);
     t.equal(third.first?.type, "move-go", "the slot is free again once the first move ended");
+  });
+
+  await t.test("throughput of a relayed move (a comment, no timing assertion): 256 MiB from cog-a to cog-b", async (t) => {
+    const r = recorder("accept");
+    b.client.setMoveHandler(r.handler);
+    const total = RELAY_MEASURE_BYTES;
+    const s = a.client.openMoveStream();
+    s.on("error", () => {});
+    const reader = new MessageReader<Msg>(s, 4096);
+    s.write(encodeMessage({ type: "move", to: "cog-b", vm: "big", bytes: total }));
+    t.equal((await reader.next())?.type, "move-go");
+    const chunk = Buffer.alloc(256 * 1024, 3);
+    const started = process.hrtime.bigint();
+    for (let sent = 0; sent < total; sent += chunk.length) {
+      if (!s.write(chunk)) await new Promise<void>((res) => s.once("drain", () => res()));
+    }
+    s.end();
+    const done = await reader.next();
+    const secs = Number(process.hrtime.bigint() - started) / 1e9;
+    t.same(done?.vm, { name: "big", got: total }, "every byte arrived");
+    t.comment(`relay throughput cog → hub → cog on loopback: ${(total / 1048576 / secs).toFixed(0)} MiB/s (${total / 1048576} MiB in ${secs.toFixed(2)} s)`);
   });
 
   await t.test("a cog without a move handler refuses offers", async (t) => {
