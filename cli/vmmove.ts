@@ -98,8 +98,8 @@ export function registerMoveCommands(vm: Command, ctx: VmCliContext): void {
       const r = await followProgress(ctx, res, !!opts.json);
       if (opts.json) { ctx.out(JSON.stringify(r)); return; }
       const m = r.move;
-      ctx.out(`${name}: moved from cog ${m.from_cog} to cog ${m.to_cog} (${formatBytes(m.bytes)} in ${(m.send_ms / 1000).toFixed(1)} s, ` +
-        `${m.bytes_per_sec ? `${formatBytes(m.bytes_per_sec)}/s` : "--"}); ${r.vm.state ?? "starting"} there; the copy here is deleted`);
+      ctx.out(`${name}: moved from cog ${m.from_cog} to cog ${m.to_cog} (${formatBytes(m.bytes)} sent in ${(m.send_ms / 1000).toFixed(1)} s, ` +
+        `${m.bytes_per_sec ? `${formatBytes(m.bytes_per_sec)}/s` : "--"}; ${(m.duration_ms / 1000).toFixed(0)} s in all); ${r.vm.state ?? "starting"} there; the copy here is deleted`);
       if (m.hostname_after && m.hostname_after !== m.hostname_before) {
         ctx.out(`its default hostname is now ${m.hostname_after} (was ${m.hostname_before}); its SSH port is the one ${m.to_cog} gets from the hub (capsul vm show ${name} on ${m.to_cog})`);
       }

@@ -271,7 +271,7 @@ t.test("export/import and move of a VM between two cogs through the hub", async 
   await t.test("the move again: web1 runs on home2 with its host key and data, and is gone from home1", async (t) => {
     const r = await cli(home1, ["vm", "move", "web1", "--to", "home2", "--stop"]);
     t.equal(r.code, 0, r.stderr);
-    t.match(r.stdout, /^web1: moved from cog home1 to cog home2 \(.* in .* s, .*\/s\); .* there; the copy here is deleted$/m);
+    t.match(r.stdout, /^web1: moved from cog home1 to cog home2 \(.* sent in .* s, .*\/s; \d+ s in all\); .* there; the copy here is deleted$/m);
     t.match(r.stdout, new RegExp(`its default hostname is now web1\\.home2\\.${HUB_DOMAIN.replace(".", "\\.")} \\(was web1\\.home1\\.${HUB_DOMAIN.replace(".", "\\.")}\\)`));
     t.comment(`move through the hub: ${r.stdout.split("\n")[0]}`);
     t.equal((await api(home1.prov.url, "GET", "/v1/vms/web1")).status, 404, "gone from home1");
