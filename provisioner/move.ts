@@ -82,11 +82,15 @@ export class MoveManager {
       const sendStarted = Date.now();
       // The target's verdict may come early (a refused archive): read it while sending.
       const verdict = reader.next();
-      verdict.catch(() => undefined);
+      // A target that refuses the archive early (its image differs, the manifest is bad) says so
+      // before the last byte: stop sending at once instead of pushing the rest of the disk.
+      let early: Record<string, unknown> | null = null;
+      verdict.then((v) => { if (v && v.type !== "move-done") { early = v; s.destroy(); } }, () => undefined);
       let sent = 0;
       try {
         await writeArchive(prep, s, "move", (p) => { sent = p.bytes; onProgress?.(p); }, d.cfg.moveBytesPerSec);
       } catch (e) {
+        if (early) throw new ProvisionerError("move_failed", `${req.to} could not import the VM: ${reasonOf(early)}`, 502);
         throw new ProvisionerError("move_failed", `the move stream to ${req.to} was cut after about ${sent} of ${prep.totalBytes} bytes (${(e as Error).message}; the tunnel dropped, or ${req.to} gave up)`, 502);
       }
       s.end();

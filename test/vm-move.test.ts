@@ -198,6 +198,12 @@ t.test("export/import and move of a VM between two cogs through the hub", async 
     const huge = { ...m, parts: m.parts.map((p: any, i: number) => (i === 0 ? { ...p, bytes: 50 * 2 ** 40 } : p)) };
     await refused("a 50 TiB declared size", tarOf([{ name: "manifest.json", data: Buffer.from(JSON.stringify(huge)) }, ...parts]), 413, "archive_too_large", /declares \d+ bytes, over this cog's max_archive_size/);
 
+    // An archive of a VM whose image this cog does not have, or has with other files: refused from the manifest, before the disk.
+    const other = { ...m, image: { ...m.image, name: "debian" } };
+    await refused("an image this cog lacks", tarOf([{ name: "manifest.json", data: Buffer.from(JSON.stringify(other)) }, ...parts]), 409, "image_not_found", /boots image debian, which this cog does not have/);
+    const kernel = { ...m, image: { ...m.image, files: { ...m.image.files, kernel: { ...m.image.files.kernel, sha256: "b".repeat(64) } } } };
+    await refused("the same image name, other files", tarOf([{ name: "manifest.json", data: Buffer.from(JSON.stringify(kernel)) }, ...parts]), 409, "image_mismatch", /image tiny on this cog differs from the source cog's \(its kernel has another SHA-256\)/);
+
     // A qcow2 with a backing file on the cog, with a manifest that matches it: checksums do not make it safe.
     const planted = path.join(x, "planted.qcow2");
     t.equal((await run("qemu-img", ["create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", planted, "64M"])).code, 0);
