@@ -8,7 +8,7 @@ import type { Logger } from "../lib/log.js";
 import { ExactReader, parseTarHeader, TAR_BLOCK_BYTES, TAR_END, tarHeader, tarLength, tarPadding, writeAll } from "./archive.js";
 import { sha256File } from "./backupstore.js";
 import { NAME_RE } from "./config.js";
-import type { ImageRecord, Store } from "./db.js";
+import { HTTPS_MODES, type HttpsMode, type ImageRecord, type Store } from "./db.js";
 import { badRequest, conflict, notFound, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, notSelfContained } from "./images.js";
 import { ProgressMeter, type ProgressFn, type ProgressPhase } from "./progress.js";
@@ -58,7 +58,7 @@ export interface ArchiveManifest {
   version: number;
   created_at: string;
   source_cog: string;
-  vm: { name: string; uuid: string; size: string; ssh_keys: string[]; ssh_user: string; hostname: string; routes: string[] };
+  vm: { name: string; uuid: string; size: string; ssh_keys: string[]; ssh_user: string; hostname: string; routes: string[]; https?: HttpsMode };
   image: { name: string; format: string; files: Record<string, { sha256: string; bytes: number }> };
   disk: { format: "qcow2"; virtual_bytes: number; flattened: true };
   parts: ArchivePart[];
@@ -130,7 +130,7 @@ export async function prepareExport(d: ExportDeps, name: string, onProgress?: Pr
     const manifest: ArchiveManifest = {
       format: ARCHIVE_FORMAT, version: ARCHIVE_VERSION, created_at: new Date().toISOString(), source_cog: d.cogName,
       vm: {
-        name: v.name, uuid: v.uuid, size: v.size, ssh_keys: v.sshKeys, ssh_user: image.sshUser,
+        name: v.name, uuid: v.uuid, size: v.size, ssh_keys: v.sshKeys, ssh_user: image.sshUser, https: v.https,
         hostname: `${v.name}.${d.cogName}.${d.hubDomain}`.toLowerCase(), routes: [`vm-${v.name}-https`, `vm-${v.name}-http`, `vm-${v.name}-ssh`],
       },
       image: { name: image.name, format: image.format, files: imageFiles(image) },
@@ -196,6 +196,8 @@ export function validateManifest(raw: unknown, maxArchiveBytes: number, maxSshKe
   if (!isRecord(vm) || typeof vm.name !== "string" || !NAME_RE.test(vm.name)) return bad("vm.name is not a VM name");
   if (typeof vm.uuid !== "string" || !/^[0-9a-f-]{36}$/.test(vm.uuid)) bad("vm.uuid is not a uuid");
   if (typeof vm.size !== "string" || !NAME_RE.test(vm.size)) bad("vm.size is not a size name");
+  // Absent in archives from before `vm create --https`: those VMs pass TLS through.
+  if (vm.https !== undefined && !HTTPS_MODES.includes(vm.https as HttpsMode)) bad(`vm.https must be ${HTTPS_MODES.join(" or ")}`);
   if (!Array.isArray(vm.ssh_keys) || vm.ssh_keys.length > maxSshKeys || !vm.ssh_keys.every((k) => typeof k === "string" && k.length < 16384 && !/[\r\n\0]/.test(k))) {
     bad(`vm.ssh_keys: at most ${maxSshKeys} one-line keys`);
   }
@@ -309,7 +311,7 @@ export async function importArchive(d: ExportDeps, src: Readable, opts: ImportOp
     if (problem) throw new ProvisionerError("archive_invalid", `disk.qcow2: ${problem}`, 400);
     if ((info["virtual-size"] ?? Infinity) > size.diskBytes) throw new ProvisionerError("archive_invalid", `disk.qcow2 is larger than size ${m.vm.size}'s disk`, 400);
     const uuid = d.db.listVms().some((v) => v.uuid === m.vm.uuid) ? undefined : m.vm.uuid;
-    const vm = await d.vms.create({ name, image: image.name, size: m.vm.size, sshKeys: m.vm.ssh_keys }, { disk, uuid });
+    const vm = await d.vms.create({ name, image: image.name, size: m.vm.size, sshKeys: m.vm.ssh_keys, https: m.vm.https ?? "passthrough" }, { disk, uuid });
     d.log.info("vm imported", { vm: name, from_cog: m.source_cog, from_name: m.vm.name, same_uuid: uuid !== undefined, bytes: total });
     return { vm, imported: { from_cog: m.source_cog, from_name: m.vm.name, from_hostname: m.vm.hostname, same_instance: uuid !== undefined, bytes: total } };
   } finally {
