@@ -56,7 +56,6 @@ export function registerArchiveRoutes(app: Hono, d: ExportDeps, moves: MoveManag
         "content-type": "application/x-tar",
         "content-length": String(prep.totalBytes),
         "content-disposition": `attachment; filename="${name}.capsul.tar"`,
-        "x-capsul-archive-sha256-manifest": prep.manifest.parts.map((p) => `${p.name}=${p.sha256}`).join(","),
       },
     });
   });
