@@ -457,7 +457,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       if (msg.type === "move-offer") {
         const offer = checkMoveOffer(msg);
         if (this.moveHandler) { this.moveHandler(stream, offer, rest); return; }
-        stream.end(encodeMessage({ type: "move-refuse", reason: `cog ${this.identity.name} runs no provisioner` }));
+        stream.end(encodeMessage({ type: "move-refuse", reason: `cog ${this.identityNow.name} runs no provisioner` }));
         return;
       }
       const h = checkVisitorHeader(msg);
