@@ -24,6 +24,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
         hubDomain: identity.hubDomain,
         hubHost: hub.host,
         sink: client,
+        tunnel: client,
         logger: log.child("provisioner"),
       });
       running = p;

@@ -38,6 +38,10 @@ export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
 // (test/tunnel-dos.test.ts checks that they agree): 1,000 cogs redialling a restarted hub at
 // once overflowed Node's default of 511 (issue 12: TcpExtListenOverflows +1665).
 export const DEFAULT_TUNNEL_LISTEN_BACKLOG = 1024;
+/** Default of hub.tunnel.move_answer_timeout: the source's move header, then the target cog's yes or no (it answers at once). */
+export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 30_000;
+/** Default of hub.tunnel.max_moves: VM moves one cog may have relayed at once, as source or target. */
+export const DEFAULT_MAX_MOVES = 2;
 /** Catches a slip of the finger: the kernel caps a listen backlog at net.core.somaxconn anyway. */
 export const MAX_LISTEN_BACKLOG = 65_535;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
@@ -126,6 +130,10 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
   control_burst: int("The token bucket's size: control messages acted on at once before control_rate applies.", { def: DEFAULT_CONTROL_BURST, min: 1 }),
   renew_min_interval: durationMs("Least time between two certificates for one cog over the tunnel: a renewal of a certificate already renewed within this is refused (0 = no limit).",
     { def: DEFAULT_RENEW_MIN_INTERVAL_MS, min: 0 }),
+  move_answer_timeout: durationMs("A VM move: how long the hub waits for the source cog's move header, then for the target cog's consent, before it drops the move.",
+    { def: DEFAULT_MOVE_ANSWER_TIMEOUT_MS, min: 1 }),
+  max_moves: int("VM moves one cog may have relayed through the hub at once, as source or target; more are refused (0 = no moves).",
+    { def: DEFAULT_MAX_MOVES, min: 0 }),
   listen_backlog: int("Listen backlog of the tunnel port: connections the kernel queues until the hub accepts them, read at each bind (capped by net.core.somaxconn).",
     { def: DEFAULT_TUNNEL_LISTEN_BACKLOG, min: 1, max: MAX_LISTEN_BACKLOG }),
 }, (o): HubTunnelTuning => {
@@ -143,6 +151,8 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
     controlBurst: o.control_burst,
     renewMinIntervalMs: o.renew_min_interval,
     listenBacklog: o.listen_backlog,
+    moveAnswerTimeoutMs: o.move_answer_timeout,
+    maxMoves: o.max_moves,
   };
 });
 

@@ -171,6 +171,13 @@ export interface HubTunnelTuning extends TunnelTuning {
    * them, read at each bind (1 to 65535, capped by net.core.somaxconn).
    */
   listenBacklog: number;
+  /**
+   * A VM move (gateway/moves.ts): how long the hub waits for the source cog's move
+   * header, then for the target cog's consent, before it drops the move.
+   */
+  moveAnswerTimeoutMs: number;
+  /** VM moves one cog may have relayed through the hub at once, as source or target; more are refused (0 = no moves). */
+  maxMoves: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */
@@ -506,6 +513,19 @@ export interface ProvisionerConfig {
   pastaBinary: string;
   /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
   backups: BackupConfig;
+  /**
+   * Cogs that may move VMs to this one (`capsul vm move NAME --to THIS-COG` run on
+   * them), by cog name (none: every move to this cog is refused).
+   */
+  acceptMovesFrom: string[];
+  /** Largest VM archive an import or a move may declare; a larger one is refused before a byte is kept (at least 64MiB). */
+  maxArchiveBytes: number;
+  /** A move's source waits this long for the target cog's consent through the hub. */
+  moveAnswerTimeoutMs: number;
+  /** After the last byte, a move's source waits this long for the target to verify and recreate the VM (SHA-256 of a big disk). */
+  moveVerifyTimeoutMs: number;
+  /** A move sends at most this many bytes per second, so that it leaves the home uplink usable (0 = unlimited). */
+  moveBytesPerSec: number;
 }
 
 /** When the provisioner backs up running VMs by itself: never, or every `intervalMs` since a VM's newest backup. */

@@ -10,6 +10,7 @@ import { EventEmitter } from "node:events";
 import net from "node:net";
 import tls from "node:tls";
 import type { HostPort, HubConfig } from "../config/types.js";
+import { MoveRelay } from "./moves.js";
 import type { Logger } from "../lib/log.js";
 import { ProtocolError } from "../lib/errors.js";
 import { MUX_INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from "../protocol/mux.js";
@@ -42,8 +43,10 @@ export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
  */
 export const REVOCATION_POLL_MS = 500;
 /**
- * The hub takes exactly one stream per tunnel, the control stream, straight from the
- * session's "stream" event; a stream a cog opens after it would only wait in the backlog,
+ * The hub takes the control stream straight from the session's "stream" event, and, once
+ * the hello is accepted, every later stream as a VM move (moves.ts: a header within
+ * hub.tunnel.move_answer_timeout, at most hub.tunnel.max_moves per cog); a stream that
+ * found no taker would only wait in the backlog,
  * holding up to max_stream_window of our memory. 0: every such stream is refused (RST) at
  * once. Not a config key on purpose: any other value only lets a peer park memory.
  */
@@ -84,6 +87,8 @@ function connKey(s: net.Socket): string {
 
 export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
+  /** VM moves between cogs (moves.ts). */
+  private readonly moves: MoveRelay;
   private readonly listener: Listener;
   private tlsServer: tls.Server;
   private watch: RevocationWatch | null = null;
@@ -124,6 +129,7 @@ export class Tunnels extends EventEmitter {
     this.issuance = new Issuance(cfg, store, pki);
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
+    this.moves = new MoveRelay(cfg, (c) => this.links.get(c)?.session ?? null, log.child("move"));
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
@@ -426,6 +432,8 @@ export class Tunnels extends EventEmitter {
       domains: this.domains,
     }, reader, control);
     this.attach(cog, session, remote, channel);
+    // Every later stream this cog opens is a VM move (moves.ts); before the hello was accepted there was no listener (backlog 0: reset).
+    session.on("stream", (s: MuxStream) => this.moves.onStream(cog, s));
     const result = await channel.hello(wanted);
     if (session.closed) return;
     send({

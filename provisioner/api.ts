@@ -9,6 +9,9 @@ import type { ImageRecord, Store } from "./db.js";
 import { apiGuard } from "./apiguard.js";
 import type { BackupManager } from "./backup.js";
 import { registerBackupRoutes } from "./backupapi.js";
+import { registerArchiveRoutes, registerArchiveUpload } from "./exportapi.js";
+import type { MoveManager } from "./move.js";
+import type { ExportDeps } from "./vmexport.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { renderMetrics } from "./metrics.js";
@@ -27,6 +30,9 @@ export interface ApiDeps {
   images: ImageCatalogue;
   vms: VmManager;
   backups: BackupManager;
+  /** Export, import and move of VMs (vmexport.ts, move.ts). */
+  archives: ExportDeps;
+  moves: MoveManager;
   log: Logger;
   /** Bearer token (<dataDir>/api-token); required on every request. */
   token: string;
@@ -91,6 +97,8 @@ export function buildApi(d: ApiDeps): Hono {
   app.notFound((c) => c.json({ error: { code: "not_found", message: `no route ${c.req.method} ${c.req.path}` } }, 404));
 
   app.use("*", apiGuard({ token: d.token, listen: d.listen, log }));
+  // Before the body limit: the body is a whole VM archive, bounded by max_archive_size instead.
+  registerArchiveUpload(app, d.archives);
   app.use("*", bodyLimit({
     maxSize: cfg.maxRequestBodyBytes,
     onError: (c) => c.json({ error: { code: "body_too_large", message: `request body over ${cfg.maxRequestBodyBytes} bytes` } }, 413),
@@ -128,6 +136,7 @@ export function buildApi(d: ApiDeps): Hono {
   });
   app.get("/v1/vms/:name/console", async (c) => c.text(await vms.consoleTail(nameParam(c))));
   registerBackupRoutes(app, d.backups, { jsonBody, nameParam });
+  registerArchiveRoutes(app, d.archives, d.moves, { jsonBody, nameParam });
 
   app.get("/v1/images", (c) => c.json({ images: images.list().map((i) => imageView(i, store)) }));
   app.get("/v1/images/:name", (c) => c.json({ image: imageView(images.get(nameParam(c)), store) }));

@@ -15,6 +15,7 @@ import { ConfigError } from "../lib/errors.js";
 import { parseSizeBytes } from "../lib/units.js";
 import { backupsSchema, parseBackupConfig, resolveBackups } from "./backupconfig.js";
 import { parseCidr } from "./netguard.js";
+import { COG_NAME_RE } from "../lib/hostname.js";
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -74,6 +75,13 @@ export const DEFAULT_SIZES: Readonly<Record<string, ProvisionerSize>> = Object.f
   "f1-xx": { vcpus: 4, memoryBytes: 8 * GIB, diskBytes: 160 * GIB, diskIopsPerSec: 6000, diskBytesPerSec: 300 * MIB },
   "f1-xxx": { vcpus: 8, memoryBytes: 16 * GIB, diskBytes: 320 * GIB, diskIopsPerSec: 8000, diskBytesPerSec: 400 * MIB },
 });
+
+/** Default of max_archive_size: above the largest default size's disk (320 GiB), with room for the rest. */
+export const DEFAULT_MAX_ARCHIVE_BYTES = 400 * GIB;
+/** Default of move_answer_timeout: the hub asks the target cog, which answers at once. */
+export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 60_000;
+/** Default of move_verify_timeout: SHA-256 and qemu-img info of a 320 GiB disk at ~300 MB/s take ~18 min. */
+export const DEFAULT_MOVE_VERIFY_TIMEOUT_MS = 30 * 60_000;
 
 /** VM, image and size names: DNS-label safe, never an option or a path. */
 export const NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
@@ -257,11 +265,23 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
     { def: DEFAULT_CONSOLE_LOG_MAX_BYTES, min: 0 }),
   pasta_binary: binary("passt's pasta, which connects each VM's private network namespace to the host.", "pasta"),
   backups: backupsSchema,
+  accept_moves_from: listOf("Cogs that may move VMs to this one (`capsul vm move NAME --to THIS-COG` run on them), by cog name (default none: every move to this cog is refused).",
+    custom({ description: "A cog name.", type: "string", pattern: COG_NAME_RE.source }, (n) => {
+      if (typeof n !== "string" || !COG_NAME_RE.test(n)) throw new ConfigError(`not a cog name: ${JSON.stringify(n)}`);
+      return n;
+    }), { notList: "must be a list of cog names" }),
+  max_archive_size: sizeBytes("Largest VM archive an import or a move may declare; a larger one is refused before a byte is kept (at least 64MiB).",
+    { def: DEFAULT_MAX_ARCHIVE_BYTES, min: 0 }),
+  move_answer_timeout: seconds("A move's source waits this long for the target cog's consent through the hub (at least 1s).", DEFAULT_MOVE_ANSWER_TIMEOUT_MS),
+  move_verify_timeout: seconds("After the last byte, a move's source waits this long for the target to verify and recreate the VM (SHA-256 of a big disk; at least 1s).",
+    DEFAULT_MOVE_VERIFY_TIMEOUT_MS),
+  move_rate: sizeBytes("Bytes per second a move sends, so that it leaves the home uplink usable (0 = unlimited).", { def: 0, min: 0 }),
 }, (o): ProvisionerConfig => {
   const dataDir = o.data_dir ?? DEFAULT_DATA_DIR;
   read(["data_dir"], () => checkDataDir(dataDir, ""));
   if (o.console_log_size < MIN_CONSOLE_LOG_BYTES) fail(["console_log_size"], `at least ${MIN_CONSOLE_LOG_BYTES} bytes`);
   if (o.image_inspect_memory < 16 * MIB) fail(["image_inspect_memory"], "at least 16MiB");
+  if (o.max_archive_size < 64 * MIB) fail(["max_archive_size"], "at least 64MiB");
   if (o.image_inspect_cpu_time < 1000) fail(["image_inspect_cpu_time"], "at least 1s (prlimit counts whole CPU seconds)");
   return Object.freeze({
     listen: o.listen,
@@ -299,6 +319,11 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
     consoleLogMaxBytes: o.console_log_size,
     pastaBinary: o.pasta_binary,
     backups: resolveBackups(o.backups, dataDir),
+    acceptMovesFrom: Object.freeze(o.accept_moves_from) as string[],
+    maxArchiveBytes: o.max_archive_size,
+    moveAnswerTimeoutMs: o.move_answer_timeout,
+    moveVerifyTimeoutMs: o.move_verify_timeout,
+    moveBytesPerSec: o.move_rate,
   });
 }, { notMapping: "must be a mapping", jsonType: ["object", "null", "boolean"] });
 

@@ -33,7 +33,8 @@ const NO_STDOUT: Record<string, string> = {
 const PENDING_PREFIXES = ["vm", "image"];
 const PENDING_COMMANDS = [
   "image delete", "image import", "image list",
-  "vm backup", "vm backups", "vm console", "vm create", "vm delete", "vm list", "vm reboot", "vm restore", "vm show", "vm start", "vm stop",
+  "vm backup", "vm backups", "vm console", "vm create", "vm delete", "vm export", "vm import", "vm list", "vm move", "vm reboot", "vm restore",
+  "vm show", "vm start", "vm stop",
 ];
 
 interface Found { path: string; hasJson: boolean; hasAction: boolean }

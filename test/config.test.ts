@@ -174,6 +174,7 @@ t.test("defaults are filled", async (t) => {
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -305,6 +306,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -372,6 +374,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
     [{ hub: { domain: "h.example", tunnel: { listen_backlog: 0 } } }, "hub.tunnel.listen_backlog: out of range (1-65535): 0"],
     [{ hub: { domain: "h.example", tunnel: { listen_backlog: "lots" } } }, 'hub.tunnel.listen_backlog: expected an integer, got a string "lots"'],
+    [{ hub: { domain: "h.example", tunnel: { max_moves: -1 } } }, "hub.tunnel.max_moves: must be at least 0, got -1"],
+    [{ hub: { domain: "h.example", tunnel: { move_answer_timeout: 0 } } }, "hub.tunnel.move_answer_timeout: must be greater than 0"],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -538,6 +542,8 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_CONTROL_BURST", "hub.tunnel.control_burst", "100", int],
     ["DEFAULT_RENEW_MIN_INTERVAL_MS", "hub.tunnel.renew_min_interval", "1h", dur],
     ["DEFAULT_TUNNEL_LISTEN_BACKLOG", "hub.tunnel.listen_backlog", "1024", int],
+    ["DEFAULT_MOVE_ANSWER_TIMEOUT_MS", "hub.tunnel.move_answer_timeout", "30s", dur],
+    ["DEFAULT_MAX_MOVES", "hub.tunnel.max_moves", "2", int],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "cog.tunnel.welcome_timeout", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "cog.tunnel.enroll_timeout", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "cog.tunnel.visitor_header_timeout", "10s", dur],

@@ -26,6 +26,7 @@ import type { CogConfig, CogRoute, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
+import { checkMoveOffer, type MoveOffer } from "../protocol/move.js";
 import {
   checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
@@ -88,6 +89,8 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private identityNow: CogIdentity;
   /** The link a renewal was asked on, until it is answered or that link drops: the other links do not ask too. */
   private renewing: HubLink | null = null;
+  /** Takes the VM moves the hub offers (provisioner/move.ts); null: offers are refused. */
+  private moveHandler: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null = null;
 
   constructor(
     // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
@@ -103,6 +106,22 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
     this.rebuildTargets();
   }
+
+  /**
+   * A stream to a hub for a VM move (protocol/move.ts), on the first connected link (with
+   * several endpoints every cog has a tunnel to each hub, so any of them reaches the
+   * target); throws when no tunnel is up.
+   */
+  openMoveStream(): Duplex {
+    const session = [...this.links].find((l) => l.state === "connected" && l.session && !l.session.closed)?.session;
+    if (!session) throw new Error("the cog is not connected to the hub");
+    const s = session.open();
+    this.streams.add(s);
+    s.once("close", () => this.streams.delete(s));
+    return s;
+  }
+
+  setMoveHandler(h: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null): void { this.moveHandler = h; }
 
   start(): void {
     if (this.started) return;
@@ -435,6 +454,12 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       clearTimeout(timer);
       const rest = reader.detach();
       if (!msg) { stream.destroy(); return; }
+      if (msg.type === "move-offer") {
+        const offer = checkMoveOffer(msg);
+        if (this.moveHandler) { this.moveHandler(stream, offer, rest); return; }
+        stream.end(encodeMessage({ type: "move-refuse", reason: `cog ${this.identityNow.name} runs no provisioner` }));
+        return;
+      }
       const h = checkVisitorHeader(msg);
       const t = this.targets.get(h.route);
       if (!t) {
