@@ -91,6 +91,22 @@ export interface CogTunnelTuning extends TunnelTuning {
   acceptBacklog: number;
 }
 
+/** hub.admin and cog.admin: limits of the admin listener (gateway/admin.ts, lib/adminhttp.ts). */
+export interface AdminLimits {
+  /** Deadline for one admin request, headers and body; past it the connection is closed (default 10s). */
+  requestTimeoutMs: number;
+  /** Connections the admin listener holds at once; more are closed as they arrive (default 64). */
+  maxConnections: number;
+}
+
+/** hub.admin: the admin listener's limits plus what only the hub's API and status page need. */
+export interface HubAdmin extends AdminLimits {
+  /** Largest admin API request body; a bigger one is answered 413 (default 16KiB). */
+  maxRequestBodyBytes: number;
+  /** How often the status page reloads itself, in whole seconds (default 5s; at least 1s). */
+  statusRefreshMs: number;
+}
+
 export interface HubConfig {
   /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
   dataDir: string;
@@ -107,6 +123,12 @@ export interface HubConfig {
     tcpHost: string;
     /** The pool of TCP ports the hub may open for cogs' tcp routes (default none). */
     tcpPorts: PortRange[];
+    /**
+     * Admin listener: /healthz, /metrics, the JSON admin API and the status page, or null to
+     * disable (default 127.0.0.1:7444). Anything but loopback requires the bearer token in
+     * <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
   };
   /** Address cogs use to reach the tunnel listener, as printed in invites (default domain:tunnel-port). */
   publicTunnelAddress: string;
@@ -122,6 +144,7 @@ export interface HubConfig {
   cogCertTtlMs: number;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
+  admin: HubAdmin;
 }
 
 export interface CogRoute {
@@ -155,6 +178,15 @@ export interface CogConfig {
   /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side (default 256KiB, at least 16KiB). */
   spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
+  listen: {
+    /**
+     * The cog's /healthz and /metrics, or null to disable (default 127.0.0.1:7445, or null when
+     * the provisioner is configured: its API listener serves them then). Anything but loopback
+     * requires the bearer token in <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
+  };
+  admin: AdminLimits;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
 }
