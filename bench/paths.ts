@@ -138,6 +138,9 @@ export async function startCapsul(
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
+  // This checkout's admin listeners go on ephemeral ports, so two hubs never fight over
+  // 7444; another checkout (ab.ts's baseline) may predate the key and is left as it is.
+  const adminKey = cli === CAPSUL_CLI ? "\n    admin: 127.0.0.1:0" : "";
   const hubDir = path.join(dir, "hub");
   const cogDir = path.join(dir, "cog");
   await mkdir(hubDir, { recursive: true });
@@ -148,7 +151,7 @@ export async function startCapsul(
   listen:
     tls: 127.0.0.1:0
     http: off
-    tunnel: 127.0.0.1:0
+    tunnel: 127.0.0.1:0${adminKey}
   limits:
     max_visitors: 60000
 `);
@@ -171,7 +174,7 @@ export async function startCapsul(
       kind: tls
       hostname: ${BENCH_HOST}
       target: 127.0.0.1:${nginxPort}
-`);
+${adminKey ? `  listen:${adminKey}\n` : ""}`);
   await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint], { cwd: cogDir });
   const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
   await cog.waitFor(/connected to hub .*routes=1/);

@@ -7,6 +7,7 @@ import { startCog } from "../tunnel-client/cog.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import { identityExists } from "../tunnel-client/identity.js";
 import { ConfigError } from "../lib/errors.js";
+import { processRegistry } from "../lib/metrics.js";
 import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, surviveBugs, untilSignal } from "./common.js";
 import { provisionerExtras } from "./provision.js";
 
@@ -21,7 +22,7 @@ export function registerCogCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const cogCfg = requireCog(cfg, file);
       const log = makeLogger(cfg).child("cog");
-      const c = await startCog(cogCfg, log, provisionerExtras(cogCfg, log));
+      const c = await startCog(cogCfg, log, { ...provisionerExtras(cogCfg, log), registry: processRegistry() });
       surviveBugs(log);
       await untilSignal(() => c.close(), log);
     });

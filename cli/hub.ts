@@ -5,6 +5,7 @@ import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange 
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
+import { processRegistry } from "../lib/metrics.js";
 import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -34,7 +35,7 @@ export function registerHubCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
-      const h = await startHub(hubCfg, log);
+      const h = await startHub(hubCfg, log, { registry: processRegistry() });
       surviveBugs(log);
       await untilSignal(() => h.close(), log);
     });

@@ -10,7 +10,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
   const pcfg = cfg.provisioner;
   if (!pcfg) return {};
   return {
-    async start(client, identity, hub) {
+    async start(client, identity, hub, registry) {
       const mod = await import("../provisioner/index.js");
       const p = await mod.startProvisioner({
         config: pcfg,
@@ -19,6 +19,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
         hubHost: hub.host,
         sink: client,
         logger: log.child("provisioner"),
+        registry,
       });
       log.info("provisioner API ready", { url: p.url });
       return () => p.close();

@@ -4,10 +4,15 @@
  * what `capsul hub` and `capsul demo` run.
  */
 import net from "node:net";
+import type { Registry } from "prom-client";
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
+import { loadOrCreateAdminToken } from "../certs/admintoken.js";
+import type { AdminServer } from "../lib/adminhttp.js";
+import { startHubAdmin } from "./admin.js";
+import { HubMetrics } from "./metrics.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
 import { HubState } from "./state.js";
@@ -20,9 +25,15 @@ export interface Hub {
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
+  readonly metrics: HubMetrics;
   /** Bound ports (useful when the config asked for port 0). */
-  readonly ports: { tls: number | null; http: number | null; tunnel: number };
+  readonly ports: { tls: number | null; http: number | null; tunnel: number; admin: number | null };
   close(): Promise<void>;
+}
+
+export interface HubOptions {
+  /** Where the hub's metrics go: the process's registry (cli/); without it, a registry of the hub's own. */
+  registry?: Registry;
 }
 
 function listen(server: net.Server, host: string, port: number): Promise<number> {
@@ -76,7 +87,7 @@ class TcpListeners implements TcpPortOpener {
   }
 }
 
-export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
+export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {}): Promise<Hub> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const state = new HubState(cfg.dataDir);
   const router = new Router();
@@ -85,9 +96,14 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
   const routes = new RouteTable(cfg, state, router, tcp, log.child("routes"));
   tunnels = new Tunnels(cfg, state, pki, routes, log.child("tunnel"));
+  const metrics = new HubMetrics({ visitors, tunnels, router, state, pki }, opts.registry);
+  visitors.observer = metrics;
 
   const servers: net.Server[] = [];
+  let admin: AdminServer | null = null;
   const cleanup = async (): Promise<void> => {
+    await admin?.close();
+    metrics.close();
     visitors.closeAll();
     await tunnels!.close();
     await tcp.closeAll();
@@ -109,10 +125,15 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
       servers.push(s);
     }
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
-    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint });
+    if (cfg.listen.admin) {
+      const token = await loadOrCreateAdminToken(cfg.dataDir);
+      const invite = (name: string, o: Parameters<typeof createInvite>[2]) => createInvite(cfg, name, o);
+      admin = await startHubAdmin({ cfg, metrics, visitors, tunnels, state, token, invite, log: log.child("admin") });
+    }
+    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, admin: admin?.port ?? "off", ca: pki.caFingerprint });
     return {
-      pki, state, router, tunnels, visitors,
-      ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort },
+      pki, state, router, tunnels, visitors, metrics,
+      ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort, admin: admin?.port ?? null },
       close: cleanup,
     };
   } catch (err) {

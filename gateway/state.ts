@@ -57,6 +57,7 @@ export interface CogListRow extends CogRow {
   routes: string[];
 }
 export interface InviteRow { cog: string; expiresAt: number; usedAt: number | null }
+export interface InviteListRow extends InviteRow { createdAt: number }
 
 export class HubState {
   readonly db: Database.Database;
@@ -184,6 +185,12 @@ export class HubState {
       this.db.prepare("UPDATE invites SET used_at = ? WHERE token_hash = ?").run(now, tokenHash);
       return { cog: r.cog };
     })();
+  }
+
+  /** Every invite, newest first (token hashes stay in the database). */
+  listInvites(): InviteListRow[] {
+    return this.db.prepare("SELECT cog, created_at AS createdAt, expires_at AS expiresAt, used_at AS usedAt FROM invites ORDER BY created_at DESC, rowid DESC")
+      .all() as InviteListRow[];
   }
 
   // ---- grants (beyond capsul.yaml) ----

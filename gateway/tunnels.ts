@@ -59,6 +59,7 @@ function normSerial(s: string): string {
   return s.toLowerCase().replace(/^0+/, "");
 }
 
+/** Events: "attached" (cog: string, session: MuxSession) when a cog's tunnel is authenticated and in use. */
 export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
   private server: tls.Server | null = null;
@@ -250,6 +251,7 @@ export class Tunnels extends EventEmitter {
     link.session = session;
     link.remote = remote;
     link.connectedAt = Date.now();
+    this.emit("attached", cog, session);
     for (const w of link.waiters.splice(0)) w(session);
     const l = link;
     session.once("close", (err?: Error) => {

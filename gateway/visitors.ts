@@ -16,6 +16,7 @@ import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js"
 import { httpErrorResponse, parseHttpHead } from "./httphost.js";
 import { peek } from "./peek.js";
 import type { RouteEntry, Router } from "./router.js";
+import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 
 /** ACME HTTP-01 answers the hub itself holds (token → key authorization). */
 export const ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
@@ -35,6 +36,8 @@ export class Visitors {
   readonly stats: VisitorStats = { active: 0, total: 0, routed: 0, noRoute: 0, cogOffline: 0, badHello: 0, peekTimeout: 0, overLimit: 0 };
   /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
   readonly acmeTokens = new Map<string, string>();
+  /** Told of each peek's result and each forwarded visitor (gateway/metrics.ts). */
+  observer: VisitorObserver = NO_VISITOR_OBSERVER;
   private readonly sockets = new Set<net.Socket>();
 
   constructor(
@@ -69,6 +72,7 @@ export class Visitors {
       timeoutMs: this.cfg.limits.clientHelloTimeoutMs,
       maxBytes: this.cfg.limits.clientHelloMaxBytes,
     });
+    this.observer.peeked("tls", out.kind === "ok" && !out.value.sni ? "no-name" : out.kind);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       socket.destroy();
@@ -92,6 +96,7 @@ export class Visitors {
       timeoutMs: this.cfg.limits.httpHeaderTimeoutMs,
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
+    this.observer.peeked("http", out.kind === "ok" && !out.value.host ? "no-name" : out.kind);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       if (out.kind === "invalid") socket.end(httpErrorResponse(400, "Bad Request", "The request could not be read."));
@@ -165,6 +170,7 @@ export class Visitors {
     // backend sees the ClientHello / request head exactly as the visitor sent it.
     stream.write(bytes.length ? Buffer.concat([encodeMessage(header), bytes]) : encodeMessage(header));
     splice(socket, stream, undefined, this.cfg.limits.spliceQueueBytes);
+    this.observer.forwarded(socket, entry, stream);
   }
 
   private countBad(kind: string, socket: net.Socket, reason?: string): void {

@@ -1,6 +1,7 @@
 import { timingSafeEqual } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { Registry } from "prom-client";
 import { stream } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { ProvisionerConfig } from "../config/types.js";
@@ -9,7 +10,7 @@ import { NAME_RE } from "./config.js";
 import type { ImageRecord, Store } from "./db.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
-import { renderMetrics } from "./metrics.js";
+import { registerVmMetrics } from "./metrics.js";
 import { validateCreateRequest } from "./requests.js";
 import type { VmManager } from "./vms.js";
 
@@ -26,6 +27,8 @@ export interface ApiDeps {
   log: Logger;
   /** Bearer token; required on every request when set. */
   token: string | null;
+  /** The cog's registry, with the VM metrics on it (startProvisioner); without it, one of the API's own. */
+  registry?: Registry;
 }
 
 function errorResponse(c: Context, e: unknown, log: Logger): Response {
@@ -147,9 +150,10 @@ export function buildApi(d: ApiDeps): Hono {
     memory: { host_bytes: vms.hostMemoryBytes(), limit_bytes: vms.memoryLimitBytes(), committed_bytes: vms.committedMemoryBytes() },
   }));
   app.get("/v1/drift", (c) => c.json({ drift: vms.drift(), resolved: vms.resolved }));
-  app.get("/metrics", async (c) => {
-    c.header("content-type", "text/plain; version=0.0.4");
-    return c.body(await renderMetrics(store, vms));
-  });
+  // The cog's /healthz and /metrics live here when there is a provisioner (cog.listen.admin is then off by default).
+  const registry = d.registry ?? new Registry();
+  if (!d.registry) registerVmMetrics(registry, store, vms);
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/metrics", async (c) => c.body(await registry.metrics(), 200, { "content-type": registry.contentType }));
   return app;
 }

@@ -3,6 +3,7 @@ import fs from "node:fs";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { serve } from "@hono/node-server";
+import { Registry } from "prom-client";
 import type { ProvisionerConfig } from "../config/types.js";
 import { RuntimeError } from "../lib/errors.js";
 import { type Logger, Masked } from "../lib/log.js";
@@ -11,6 +12,7 @@ import { buildApi } from "./api.js";
 import { Store } from "./db.js";
 import { ImageCatalogue } from "./images.js";
 import { processAlive, procCmdline } from "./qemu.js";
+import { registerVmMetrics } from "./metrics.js";
 import { VmManager } from "./vms.js";
 
 export { parseProvisionerConfig } from "./config.js";
@@ -23,6 +25,8 @@ export interface ProvisionerOptions {
   hubHost: string;
   sink: RouteSink;
   logger: Logger;
+  /** The cog's registry: the VM metrics join it and /metrics renders all of it. Default: one of its own. */
+  registry?: Registry;
 }
 
 export interface Provisioner { url: string; close(): Promise<void> }
@@ -84,14 +88,18 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const requireToken = !isLoopback(cfg.listen.host);
 
   let server: ReturnType<typeof serve> | undefined;
+  let unregisterMetrics = (): void => {};
   try {
     await vms.reconcile();
-    const app = buildApi({ cfg, store, images, vms, log, token: requireToken ? token : null });
+    const registry = opts.registry ?? new Registry();
+    unregisterMetrics = registerVmMetrics(registry, store, vms);
+    const app = buildApi({ cfg, store, images, vms, log, token: requireToken ? token : null, registry });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, () => resolve(s));
       s.once("error", reject);
     });
   } catch (e) {
+    unregisterMetrics();
     await vms.close();
     store.close();
     unlock();
@@ -112,6 +120,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
           // Keep-alive connections would hold close() open.
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
         });
+        unregisterMetrics();
         await vms.close();
         store.close();
         unlock();

@@ -39,6 +39,10 @@ export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "clo
 
 interface Target { target: HostPort; proxyProtocol: ProxyProtocol }
 
+/**
+ * Events: "connected" (welcome), "disconnected", "routes" ({accepted, refused}), and
+ * "visitor" (route name, target socket) once per visitor stream spliced to its target.
+ */
 export class TunnelClient extends EventEmitter implements RouteSink {
   state: ClientState = "idle";
   private session: MuxSession | null = null;
@@ -302,6 +306,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
         // The visitor's FIN may have come with its first bytes, before the target
         // answered: splice() passes on an 'end' the header reader already saw.
         splice(stream, target, undefined, this.cfg.spliceQueueBytes);
+        this.emit("visitor", h.route, target);
       });
     }).catch((err: Error) => {
       clearTimeout(timer);

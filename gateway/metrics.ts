@@ -1,0 +1,252 @@
+/**
+ * The hub's metrics (prom-client): visitors, peeks, routing outcomes, connections and
+ * bytes per route and cog, tunnels, first-byte latency, certificate expiry.
+ *
+ * Cost: per visitor, two observer calls (gateway/observer.ts), one 'close' listener and
+ * one 'data' listener that fires once; per byte, nothing. Bytes are socket.bytesRead and
+ * bytesWritten, added up when a visitor's socket closes and summed over the live ones
+ * when someone scrapes.
+ *
+ * Cardinality: labels are cog names (enrolled cogs), route names (what cogs announced
+ * and the hub accepted), route kinds, and fixed outcome words. Nothing a visitor sends
+ * (an SNI, a Host, an address) ever becomes a label: a visitor for a name nobody routes
+ * only moves capsul_hub_routing_total{outcome="no_route"}. A route that is withdrawn is
+ * reported once more after its last connection closed, then forgotten.
+ */
+import type { Socket } from "node:net";
+import type { Duplex } from "node:stream";
+import { Histogram, Registry } from "prom-client";
+import type { RouteKind } from "../config/types.js";
+import { certInfo, type HubPki } from "../certs/pki.js";
+import { CertificateExpiry, MetricFamilies, perScrape } from "../lib/metrics.js";
+import type { MuxSession } from "../protocol/mux.js";
+import type { PeekResult, VisitorObserver } from "./observer.js";
+import type { RouteEntry, Router } from "./router.js";
+import type { CogListRow, HubState } from "./state.js";
+import type { Tunnels } from "./tunnels.js";
+import type { Visitors } from "./visitors.js";
+
+/**
+ * Buckets of capsul_hub_first_byte_seconds: a loopback round trip is under 5 ms, a home
+ * line 20-100 ms, a cold backend or a cog dialing a stopped VM seconds.
+ */
+export const FIRST_BYTE_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+const PEEK_OUTCOMES: Record<"tls" | "http", Record<PeekResult, string>> = {
+  tls: { "ok": "ok", "no-name": "no_sni", "invalid": "malformed", "too-large": "too_large", "timeout": "timeout", "closed": "closed" },
+  http: { "ok": "ok", "no-name": "no_host", "invalid": "malformed", "too-large": "too_large", "timeout": "timeout", "closed": "closed" },
+};
+
+interface RouteSeries {
+  cog: string;
+  route: string;
+  kind: RouteKind;
+  live: Set<Socket>;
+  connections: number;
+  /** Bytes of the visitors' sockets that have closed: read from them, written to them. */
+  closedReceived: number;
+  closedSent: number;
+  /** Not held by its cog at the last scrape and no live connection: dropped at the next. */
+  gone: boolean;
+}
+
+/** One route's traffic, as the JSON API and the status page show it. */
+export interface RouteTraffic {
+  cog: string;
+  route: string;
+  kind: RouteKind;
+  /** Hostname pattern (tls, http) or hub port (tcp); absent for a route its cog no longer holds. */
+  pattern?: string;
+  port?: number;
+  held: boolean;
+  active: number;
+  connections: number;
+  /** Bytes the route's visitors sent to the hub, and the hub sent back to them. */
+  received: number;
+  sent: number;
+}
+
+export interface HubParts {
+  visitors: Visitors;
+  tunnels: Tunnels;
+  router: Router;
+  state: HubState;
+  pki: HubPki;
+}
+
+const seriesKey = (cog: string, route: string, kind: string): string => `${cog}\u0000${route}\u0000${kind}`;
+
+export class HubMetrics implements VisitorObserver {
+  readonly registry: Registry;
+  /** Certificate expiry; register() is the hook for certificates the hub obtains itself (ACME). */
+  readonly certificates = new CertificateExpiry();
+  readonly startedAt = Date.now();
+  readonly tunnelEvents = { connects: 0, disconnects: 0, reconnects: 0 };
+  private readonly families: MetricFamilies;
+  private readonly series = new Map<string, RouteSeries>();
+  private readonly peeks = new Map<string, number>();
+  private readonly seenCogs = new Set<string>();
+  private readonly firstByte: Histogram<"kind">;
+  private readonly cogRows = perScrape(() => this.parts.state.listCogs());
+  private readonly scrapeRoutes = perScrape(() => this.routes(true));
+  private readonly onAttached = (cog: string, session: MuxSession): void => {
+    this.tunnelEvents.connects++;
+    if (this.seenCogs.has(cog)) this.tunnelEvents.reconnects++;
+    else this.seenCogs.add(cog);
+    session.once("close", () => { this.tunnelEvents.disconnects++; });
+  };
+
+  constructor(private readonly parts: HubParts, registry: Registry = new Registry()) {
+    this.registry = registry;
+    const f = this.families = new MetricFamilies(registry);
+    const stats = parts.visitors.stats;
+    for (const [listener, outcomes] of Object.entries(PEEK_OUTCOMES)) {
+      for (const o of new Set(Object.values(outcomes))) this.peeks.set(`${listener} ${o}`, 0);
+    }
+
+    f.gauge("capsul_hub_visitors_active", "Visitor connections open now, on every public listener.", [], (emit) => emit({}, stats.active));
+    f.counter("capsul_hub_visitors_total", "Visitor connections accepted.", [], (emit) => emit({}, stats.total));
+    f.counter("capsul_hub_peeks_total", "How reading a visitor's TLS ClientHello or HTTP request head ended.", ["listener", "outcome"], (emit) => {
+      for (const [k, v] of this.peeks) {
+        const [listener, outcome] = k.split(" ") as [string, string];
+        emit({ listener, outcome }, v);
+      }
+    });
+    f.counter("capsul_hub_routing_total", "What became of visitors: routed to a cog, or refused (no route, cog offline, over hub.limits.max_visitors).", ["outcome"], (emit) => {
+      emit({ outcome: "routed" }, stats.routed);
+      emit({ outcome: "no_route" }, stats.noRoute);
+      emit({ outcome: "cog_offline" }, stats.cogOffline);
+      emit({ outcome: "over_limit" }, stats.overLimit);
+    });
+    const routeLabels = ["cog", "route", "kind"];
+    f.counter("capsul_hub_connections_total", "Visitor connections forwarded to a route.", routeLabels, (emit) => {
+      for (const r of this.scrapeRoutes()) emit({ cog: r.cog, route: r.route, kind: r.kind }, r.connections);
+    });
+    f.gauge("capsul_hub_connections_active", "Visitor connections of a route open now.", routeLabels, (emit) => {
+      for (const r of this.scrapeRoutes()) emit({ cog: r.cog, route: r.route, kind: r.kind }, r.active);
+    });
+    f.counter("capsul_hub_bytes_total", "Bytes between visitors and the hub, per route: received from visitors, sent to them.", [...routeLabels, "direction"], (emit) => {
+      for (const r of this.scrapeRoutes()) {
+        emit({ cog: r.cog, route: r.route, kind: r.kind, direction: "received" }, r.received);
+        emit({ cog: r.cog, route: r.route, kind: r.kind, direction: "sent" }, r.sent);
+      }
+    });
+    f.own("capsul_hub_first_byte_seconds");
+    this.firstByte = new Histogram({
+      name: "capsul_hub_first_byte_seconds",
+      help: "From forwarding a visitor's first bytes (ClientHello, request head) to the first byte back from the cog: tunnel round trip, the cog's dial and the backend's answer.",
+      labelNames: ["kind"],
+      buckets: FIRST_BYTE_BUCKETS_SECONDS,
+      registers: [registry],
+    });
+    f.gauge("capsul_hub_tunnels", "Cog tunnels connected now.", [], (emit) => {
+      let n = 0;
+      for (const l of parts.tunnels.links.values()) if (l.session) n++;
+      emit({}, n);
+    });
+    f.gauge("capsul_hub_cog_up", "1 when the enrolled cog's tunnel is connected, 0 when not.", ["cog"], (emit) => {
+      for (const c of this.cogRows()) {
+        if (c.revokedAt === null && c.certNotAfter !== null) emit({ cog: c.name }, parts.tunnels.links.get(c.name)?.session ? 1 : 0);
+      }
+    });
+    f.counter("capsul_hub_tunnel_connects_total", "Cog tunnels that authenticated and took their routes.", [], (emit) => emit({}, this.tunnelEvents.connects));
+    f.counter("capsul_hub_tunnel_disconnects_total", "Cog tunnels that closed.", [], (emit) => emit({}, this.tunnelEvents.disconnects));
+    f.counter("capsul_hub_tunnel_reconnects_total", "Tunnels from a cog that had one before since the hub started.", [], (emit) => emit({}, this.tunnelEvents.reconnects));
+
+    const ca = certInfo(parts.pki.caCertPem).notAfter.getTime();
+    const tunnelCert = certInfo(parts.pki.hubCertPem).notAfter.getTime();
+    this.certificates.register("ca", "hub-ca", () => ca);
+    this.certificates.register("tunnel", "hub-tunnel", () => tunnelCert);
+    this.certificates.export(f, "capsul_hub", "When a certificate expires (Unix seconds): the hub's CA and tunnel certificate, each cog's newest, and any registered (ACME).", (emit) => {
+      for (const c of this.cogRows()) {
+        if (c.revokedAt === null && c.certNotAfter !== null) emit({ kind: "cog", name: c.name }, Math.floor(c.certNotAfter / 1000));
+      }
+    });
+    parts.tunnels.on("attached", this.onAttached);
+  }
+
+  // ---- VisitorObserver: once per visitor ----
+
+  peeked(listener: "tls" | "http", result: PeekResult): void {
+    const k = `${listener} ${PEEK_OUTCOMES[listener][result]}`;
+    this.peeks.set(k, (this.peeks.get(k) ?? 0) + 1);
+  }
+
+  forwarded(socket: Socket, entry: RouteEntry, stream: Duplex): void {
+    const key = seriesKey(entry.cog, entry.route, entry.kind);
+    let s = this.series.get(key);
+    if (!s) {
+      s = { cog: entry.cog, route: entry.route, kind: entry.kind, live: new Set(), connections: 0, closedReceived: 0, closedSent: 0, gone: false };
+      this.series.set(key, s);
+    }
+    const series = s;
+    series.connections++;
+    series.live.add(socket);
+    socket.once("close", () => {
+      series.live.delete(socket);
+      series.closedReceived += socket.bytesRead;
+      series.closedSent += socket.bytesWritten;
+    });
+    const start = performance.now();
+    stream.once("data", () => this.firstByte.observe({ kind: entry.kind }, (performance.now() - start) / 1000));
+  }
+
+  // ---- reading ----
+
+  /**
+   * Every route a cog holds now (with zeros if it had no visitor yet), then routes withdrawn
+   * while visitors were still on them. `prune` (scrapes only) forgets a withdrawn route the
+   * second time it is found idle, so it was reported once after its last connection.
+   */
+  routes(prune = false): RouteTraffic[] {
+    const out: RouteTraffic[] = [];
+    const held = new Set<string>();
+    for (const cog of this.parts.tunnels.links.keys()) {
+      for (const e of this.parts.router.entriesOf(cog)) {
+        const key = seriesKey(e.cog, e.route, e.kind);
+        held.add(key);
+        const s = this.series.get(key);
+        if (s) s.gone = false;
+        out.push(this.view(e.cog, e.route, e.kind, s, e));
+      }
+    }
+    for (const [key, s] of this.series) {
+      if (held.has(key)) continue;
+      if (prune && s.live.size === 0) {
+        if (s.gone) { this.series.delete(key); continue; }
+        s.gone = true;
+      }
+      out.push(this.view(s.cog, s.route, s.kind, s, undefined));
+    }
+    return out;
+  }
+
+  private view(cog: string, route: string, kind: RouteKind, s: RouteSeries | undefined, e: RouteEntry | undefined): RouteTraffic {
+    let received = s?.closedReceived ?? 0;
+    let sent = s?.closedSent ?? 0;
+    if (s) for (const sock of s.live) { received += sock.bytesRead; sent += sock.bytesWritten; }
+    const r: RouteTraffic = { cog, route, kind, held: e !== undefined, active: s?.live.size ?? 0, connections: s?.connections ?? 0, received, sent };
+    if (e?.pattern !== undefined) r.pattern = e.pattern;
+    if (e?.port !== undefined) r.port = e.port;
+    return r;
+  }
+
+  /** The cogs this hub knows (SQLite), for the JSON API and the status page. */
+  cogs(): CogListRow[] {
+    return this.parts.state.listCogs();
+  }
+
+  peekCounts(): ReadonlyMap<string, number> {
+    return this.peeks;
+  }
+
+  /** The Prometheus text exposition of the whole registry. */
+  async render(): Promise<{ contentType: string; text: string }> {
+    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+  }
+
+  close(): void {
+    this.parts.tunnels.off("attached", this.onAttached);
+    this.families.close();
+  }
+}
