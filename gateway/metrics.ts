@@ -20,7 +20,8 @@ import type { RouteKind } from "../config/types.js";
 import { certInfo, type HubPki } from "../certs/pki.js";
 import { CertificateExpiry, MetricFamilies, perScrape } from "../lib/metrics.js";
 import type { MuxSession } from "../protocol/mux.js";
-import type { PeekResult, VisitorObserver } from "./observer.js";
+import type { PeekedName, VisitorObserver } from "./observer.js";
+import type { PeekOutcome } from "./peek.js";
 import type { RouteEntry, Router } from "./router.js";
 import type { CogListRow, HubState } from "./state.js";
 import type { Tunnels } from "./tunnels.js";
@@ -32,10 +33,20 @@ import type { Visitors } from "./visitors.js";
  */
 export const FIRST_BYTE_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+/** The outcome label of each peek result; "no-name" is a good hello/head without SNI/Host. */
+type PeekResult = PeekOutcome<unknown>["kind"] | "no-name";
 const PEEK_OUTCOMES: Record<"tls" | "http", Record<PeekResult, string>> = {
   tls: { "ok": "ok", "no-name": "no_sni", "invalid": "malformed", "too-large": "too_large", "timeout": "timeout", "closed": "closed" },
   http: { "ok": "ok", "no-name": "no_host", "invalid": "malformed", "too-large": "too_large", "timeout": "timeout", "closed": "closed" },
 };
+/**
+ * The parsers refuse an oversized hello or head themselves, before the peek's byte cap
+ * says too-large: parseClientHello as soon as the handshake header declares the length
+ * ("ClientHello exceeds N bytes"), parseHttpHead when more than its cap arrived in one
+ * read ("request head exceeds N bytes"). Those are too large, not malformed
+ * (test/metrics.test.ts sends both).
+ */
+const OVERSIZED_RE = /^(?:ClientHello|request head) exceeds \d+ bytes/;
 
 interface RouteSeries {
   cog: string;
@@ -167,7 +178,10 @@ export class HubMetrics implements VisitorObserver {
 
   // ---- VisitorObserver: once per visitor ----
 
-  peeked(listener: "tls" | "http", result: PeekResult): void {
+  peeked(listener: "tls" | "http", out: PeekOutcome<PeekedName>): void {
+    let result: PeekResult = out.kind;
+    if (out.kind === "ok" && !("sni" in out.value ? out.value.sni : out.value.host)) result = "no-name";
+    else if (out.kind === "invalid" && OVERSIZED_RE.test(out.reason)) result = "too-large";
     const k = `${listener} ${PEEK_OUTCOMES[listener][result]}`;
     this.peeks.set(k, (this.peeks.get(k) ?? 0) + 1);
   }

@@ -8,12 +8,12 @@ import type { Duplex } from "node:stream";
 import type { PeekOutcome } from "./peek.js";
 import type { RouteEntry } from "./router.js";
 
-/** How a peek ended: the peek's own outcome, or "no-name" for a good hello/head without SNI/Host. */
-export type PeekResult = PeekOutcome<unknown>["kind"] | "no-name";
+/** What a peek of the TLS listener (SNI) or the HTTP listener (Host) found. */
+export type PeekedName = { sni: string | null } | { host: string | null };
 
 export interface VisitorObserver {
-  /** The ClientHello (tls) or request head (http) peek of one visitor ended. */
-  peeked(listener: "tls" | "http", result: PeekResult): void;
+  /** The ClientHello (tls) or request head (http) peek of one visitor ended, with this outcome. */
+  peeked(listener: "tls" | "http", out: PeekOutcome<PeekedName>): void;
   /** A visitor is spliced to `stream` for `entry`; called once, after splice() is wired. */
   forwarded(socket: Socket, entry: RouteEntry, stream: Duplex): void;
 }

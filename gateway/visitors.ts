@@ -72,7 +72,7 @@ export class Visitors {
       timeoutMs: this.cfg.limits.clientHelloTimeoutMs,
       maxBytes: this.cfg.limits.clientHelloMaxBytes,
     });
-    this.observer.peeked("tls", out.kind === "ok" && !out.value.sni ? "no-name" : out.kind);
+    this.observer.peeked("tls", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       socket.destroy();
@@ -96,7 +96,7 @@ export class Visitors {
       timeoutMs: this.cfg.limits.httpHeaderTimeoutMs,
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
-    this.observer.peeked("http", out.kind === "ok" && !out.value.host ? "no-name" : out.kind);
+    this.observer.peeked("http", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       if (out.kind === "invalid") socket.end(httpErrorResponse(400, "Bad Request", "The request could not be read."));
