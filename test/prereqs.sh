@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: real curl, openssl and ssh as clients, Go with
 # hashicorp/yamux for the reference peer, QEMU and friends for the provisioner,
-# nginx/haproxy/wrk for the bench's own correctness test. Installed when run as
+# nginx/haproxy/wrk for the bench's own correctness test, chromium for the status
+# page's browser test (driven by playwright-core). Installed when run as
 # root; otherwise this stops with the exact apt-get line. Tests never skip
 # because a tool is missing.
 set -euo pipefail
@@ -11,7 +12,7 @@ root=$(dirname "$0")/..
   go=golang-go /usr/share/gocode/src/github.com/hashicorp/yamux/session.go=golang-github-hashicorp-yamux-dev \
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
-  nginx=nginx-light haproxy=haproxy wrk=wrk
+  nginx=nginx-light haproxy=haproxy wrk=wrk /usr/bin/chromium=chromium
 
 # Build the reference yamux peer once, ahead of the tests (test/helpers/yamuxref.ts
 # reuses this binary; building it inside a test would eat into that test's timeout).
