@@ -21,8 +21,8 @@ import { startProvisioner } from "../provisioner/index.js";
 import { MemoryRouteSink } from "../tunnel-client/routesink.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import { startCog, type Cog } from "../tunnel-client/cog.js";
-import { closeServer, cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
-import { spawnCli, waitFor, writeYaml } from "./helpers/procs.js";
+import { cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { spawnCli, writeYaml } from "./helpers/procs.js";
 import { cleanupDataDir, tempDataDir, testConfig } from "./helpers/vm.js";
 import { adminJson, adminRequest, scrape } from "./helpers/adminclient.js";
 

@@ -272,7 +272,7 @@ t.test("tunnels: down, reconnect, and a withdrawn route is reported once more, t
   c.cog.client.publish("test", [{ name: "extra", kind: "tcp", target: { host: "127.0.0.1", port: c.echoTarget }, proxyProtocol: "none" }]);
   await routed;
   const st = c.cog.client.status("extra");
-  t.equal(st.state, "accepted");
+  if (st.state !== "accepted") throw new Error(`extra not accepted: ${JSON.stringify(st)}`);
   const extra = { cog: "c1", route: "extra", kind: "tcp" };
   t.equal((await scrape(c.admin)).value("capsul_hub_connections_total", extra), 0, "held, no visitor yet");
   t.same(await echoSession(st.port!, Buffer.from("hi")), Buffer.from("hi"));
