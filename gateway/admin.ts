@@ -139,7 +139,14 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
   app.get("/v1/invites", (c) => c.json({ invites: invitesJson(state.listInvites()) }));
   app.post("/v1/invites", async (c) => {
     const req = inviteRequest(await jsonBody(c));
-    const inv = await d.invite(req.cog, { ttlMs: req.ttlMs, hostnames: req.hostnames, tcpPorts: req.tcpPorts });
+    let inv: Awaited<ReturnType<InviteFn>>;
+    try {
+      inv = await d.invite(req.cog, { ttlMs: req.ttlMs, hostnames: req.hostnames, tcpPorts: req.tcpPorts });
+    } catch (e) {
+      // createInvite refuses grants that clash with another cog's with a ConfigError: the caller's mistake.
+      if (e instanceof ConfigError) throw new BadRequest(400, "bad_request", e.message);
+      throw e;
+    }
     log.info("invite created through the admin API", { cog: req.cog, expires: inv.expiresAt.toISOString() });
     return c.json({
       invite: { cog: req.cog, token: inv.token, ca_fingerprint: inv.caFingerprint, expires_at: inv.expiresAt.toISOString(), command: inv.command },
