@@ -18,7 +18,7 @@ import type { Duplex } from "node:stream";
 import { Histogram, Registry } from "prom-client";
 import type { RouteKind } from "../config/types.js";
 import { certInfo, type HubPki } from "../certs/pki.js";
-import { CertificateExpiry, MetricFamilies, perScrape } from "../lib/metrics.js";
+import { CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
 import type { MuxSession } from "../protocol/mux.js";
 import type { PeekedName, VisitorObserver } from "./observer.js";
 import type { PeekOutcome } from "./peek.js";
@@ -48,18 +48,8 @@ const PEEK_OUTCOMES: Record<"tls" | "http", Record<PeekResult, string>> = {
  */
 const OVERSIZED_RE = /^(?:ClientHello|request head) exceeds \d+ bytes/;
 
-interface RouteSeries {
-  cog: string;
-  route: string;
-  kind: RouteKind;
-  live: Set<Socket>;
-  connections: number;
-  /** Bytes of the visitors' sockets that have closed: read from them, written to them. */
-  closedReceived: number;
-  closedSent: number;
-  /** Not held by its cog at the last scrape and no live connection: dropped at the next. */
-  gone: boolean;
-}
+/** A route's visitor sockets: read from them is received, written to them is sent. */
+interface RouteSeries { cog: string; route: string; kind: RouteKind; tally: SocketTally }
 
 /** One route's traffic, as the JSON API and the status page show it. */
 export interface RouteTraffic {
@@ -190,17 +180,10 @@ export class HubMetrics implements VisitorObserver {
     const key = seriesKey(entry.cog, entry.route, entry.kind);
     let s = this.series.get(key);
     if (!s) {
-      s = { cog: entry.cog, route: entry.route, kind: entry.kind, live: new Set(), connections: 0, closedReceived: 0, closedSent: 0, gone: false };
+      s = { cog: entry.cog, route: entry.route, kind: entry.kind, tally: new SocketTally() };
       this.series.set(key, s);
     }
-    const series = s;
-    series.connections++;
-    series.live.add(socket);
-    socket.once("close", () => {
-      series.live.delete(socket);
-      series.closedReceived += socket.bytesRead;
-      series.closedSent += socket.bytesWritten;
-    });
+    s.tally.add(socket);
     const start = performance.now();
     stream.once("data", () => this.firstByte.observe({ kind: entry.kind }, (performance.now() - start) / 1000));
   }
@@ -220,15 +203,15 @@ export class HubMetrics implements VisitorObserver {
         const key = seriesKey(e.cog, e.route, e.kind);
         held.add(key);
         const s = this.series.get(key);
-        if (s) s.gone = false;
+        if (s) s.tally.gone = false;
         out.push(this.view(e.cog, e.route, e.kind, s, e));
       }
     }
     for (const [key, s] of this.series) {
       if (held.has(key)) continue;
-      if (prune && s.live.size === 0) {
-        if (s.gone) { this.series.delete(key); continue; }
-        s.gone = true;
+      if (prune && s.tally.live.size === 0) {
+        if (s.tally.gone) { this.series.delete(key); continue; }
+        s.tally.gone = true;
       }
       out.push(this.view(s.cog, s.route, s.kind, s, undefined));
     }
@@ -236,10 +219,10 @@ export class HubMetrics implements VisitorObserver {
   }
 
   private view(cog: string, route: string, kind: RouteKind, s: RouteSeries | undefined, e: RouteEntry | undefined): RouteTraffic {
-    let received = s?.closedReceived ?? 0;
-    let sent = s?.closedSent ?? 0;
-    if (s) for (const sock of s.live) { received += sock.bytesRead; sent += sock.bytesWritten; }
-    const r: RouteTraffic = { cog, route, kind, held: e !== undefined, active: s?.live.size ?? 0, connections: s?.connections ?? 0, received, sent };
+    const b = s?.tally.bytes() ?? { read: 0, written: 0 };
+    const r: RouteTraffic = {
+      cog, route, kind, held: e !== undefined, active: s?.tally.live.size ?? 0, connections: s?.tally.count ?? 0, received: b.read, sent: b.written,
+    };
     if (e?.pattern !== undefined) r.pattern = e.pattern;
     if (e?.port !== undefined) r.port = e.port;
     return r;

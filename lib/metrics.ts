@@ -8,6 +8,7 @@
  * added per byte, and a family's series are exactly what its callback reports at that
  * scrape, so a route or cog that is gone simply stops being reported.
  */
+import type { Socket } from "node:net";
 import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 
 let processReg: Registry | null = null;
@@ -114,5 +115,37 @@ export class CertificateExpiry {
         if (ms !== null) emit({ kind: s.kind, name: s.name }, Math.floor(ms / 1000));
       }
     });
+  }
+}
+
+/**
+ * The connections of one route and their bytes, without a counter on the data path:
+ * socket.bytesRead/bytesWritten are added up when each socket closes, and summed over
+ * the live ones when someone reads. One 'close' listener per connection.
+ */
+export class SocketTally {
+  readonly live = new Set<Socket>();
+  /** Connections ever added. */
+  count = 0;
+  /** Set by a scrape that found the route gone and idle; the next such scrape forgets it. */
+  gone = false;
+  private closedRead = 0;
+  private closedWritten = 0;
+
+  add(socket: Socket): void {
+    this.count++;
+    this.live.add(socket);
+    socket.once("close", () => {
+      this.live.delete(socket);
+      this.closedRead += socket.bytesRead;
+      this.closedWritten += socket.bytesWritten;
+    });
+  }
+
+  bytes(): { read: number; written: number } {
+    let read = this.closedRead;
+    let written = this.closedWritten;
+    for (const s of this.live) { read += s.bytesRead; written += s.bytesWritten; }
+    return { read, written };
   }
 }

@@ -10,20 +10,10 @@ import fs from "node:fs";
 import type { Socket } from "node:net";
 import path from "node:path";
 import { Registry } from "prom-client";
-import { CertificateExpiry, MetricFamilies, perScrape } from "../lib/metrics.js";
+import { CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
 import type { AcceptedRoute, RefusedRoute } from "../protocol/control.js";
 import type { TunnelClient } from "./client.js";
 import { CERT_FILE } from "./identity.js";
-
-interface RouteSeries {
-  route: string;
-  live: Set<Socket>;
-  streams: number;
-  /** Bytes of closed target sockets: written to the target, read from it. */
-  closedTo: number;
-  closedFrom: number;
-  gone: boolean;
-}
 
 export interface CogRouteTraffic { route: string; active: number; streams: number; toTarget: number; fromTarget: number }
 
@@ -33,7 +23,8 @@ export class CogMetrics {
   readonly certificates = new CertificateExpiry();
   readonly tunnelEvents = { connects: 0, disconnects: 0, reconnects: 0 };
   private readonly families: MetricFamilies;
-  private readonly series = new Map<string, RouteSeries>();
+  /** Per route, its target sockets: written to them is to_target, read from them from_target. */
+  private readonly series = new Map<string, SocketTally>();
   private routesNow: { accepted: AcceptedRoute[]; refused: RefusedRoute[] } = { accepted: [], refused: [] };
   private readonly scrapeRoutes = perScrape(() => this.routes(true));
   private readonly onConnected = (): void => {
@@ -45,17 +36,10 @@ export class CogMetrics {
   private readonly onVisitor = (route: string, target: Socket): void => {
     let s = this.series.get(route);
     if (!s) {
-      s = { route, live: new Set(), streams: 0, closedTo: 0, closedFrom: 0, gone: false };
+      s = new SocketTally();
       this.series.set(route, s);
     }
-    const series = s;
-    series.streams++;
-    series.live.add(target);
-    target.once("close", () => {
-      series.live.delete(target);
-      series.closedTo += target.bytesWritten;
-      series.closedFrom += target.bytesRead;
-    });
+    s.add(target);
   };
 
   constructor(private readonly client: TunnelClient, cogName: string, dataDir: string, registry: Registry = new Registry()) {
@@ -96,11 +80,9 @@ export class CogMetrics {
   routes(prune = false): CogRouteTraffic[] {
     const out: CogRouteTraffic[] = [];
     const accepted = new Set(this.routesNow.accepted.map((r) => r.name));
-    const view = (route: string, s: RouteSeries | undefined): CogRouteTraffic => {
-      let toTarget = s?.closedTo ?? 0;
-      let fromTarget = s?.closedFrom ?? 0;
-      if (s) for (const sock of s.live) { toTarget += sock.bytesWritten; fromTarget += sock.bytesRead; }
-      return { route, active: s?.live.size ?? 0, streams: s?.streams ?? 0, toTarget, fromTarget };
+    const view = (route: string, s: SocketTally | undefined): CogRouteTraffic => {
+      const b = s?.bytes() ?? { read: 0, written: 0 };
+      return { route, active: s?.live.size ?? 0, streams: s?.count ?? 0, toTarget: b.written, fromTarget: b.read };
     };
     for (const name of accepted) {
       const s = this.series.get(name);
