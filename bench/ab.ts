@@ -74,7 +74,7 @@ async function main(): Promise<void> {
     const scripts = await writeWrkScripts(tmp);
     paths.push(await startCapsul(path.join(tmp, "a"), be.httpsPorts.a, { name: "a", cli: o.aCli, launcherFlags: o.aArgs }));
     paths.push(await startCapsul(path.join(tmp, "b"), be.httpsPorts.b, { name: "b", launcherFlags: o.bArgs }));
-    if (o.gopeer) paths.push(await startGopeer(path.join(tmp, "gopeer"), await buildGopeer(path.join(tmp, "gobin")), be.httpsPorts.gopeer));
+    if (o.gopeer) paths.push(await startGopeer(path.join(tmp, "gopeer"), await buildGopeer(), be.httpsPorts.gopeer));
     const put = (p: string, m: Metric, v: number): void => {
       samples.get(p)!.get(m)!.push(v);
       process.stderr.write(`${p.padEnd(7)} ${m.padEnd(9)} ${v.toFixed(m.startsWith("cpu") ? 2 : 0)}\n`);

@@ -14,7 +14,7 @@ import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
 export const PATH_NAMES = ["direct", "haproxy", "gopeer", "capsul"] as const;
 export type PathName = (typeof PATH_NAMES)[number];
 
-/** gopeer's frp-like setting, on both hub and cog (gopeer README). */
+/** gopeer's frp-like setting, on both hub and cog (bench/peers/gopeer/README.md). */
 export const GOPEER_WINDOW_BYTES = 6_291_456;
 export const HAPROXY_INSPECT_DELAY = "5s";
 
@@ -22,7 +22,10 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** dist/bench -> repo root */
 export const REPO_ROOT = path.resolve(HERE, "..", "..");
 export const CAPSUL_CLI = path.join(REPO_ROOT, "dist", "cli", "main.js");
-export const GOPEER_SRC = path.resolve(REPO_ROOT, "..", "shared", "tools", "gopeer");
+export const GOPEER_SRC = path.join(REPO_ROOT, "bench", "peers", "gopeer");
+export const BUILD_GO_PEER = path.join(REPO_ROOT, "scripts", "build-go-peer.sh");
+/** A cold Go build (crypto/tls and all) plus, the first time, apt-get: minutes, not hours. */
+export const GOPEER_BUILD_TIMEOUT_MS = 600_000;
 
 export interface RunningPath {
   name: string;
@@ -94,11 +97,13 @@ function statsSocket(sock: string, cmd: string): Promise<string> {
   });
 }
 
-/** Builds gopeer with its own build.sh into dir (Go's build cache makes reruns quick). */
-export async function buildGopeer(dir: string): Promise<string> {
-  const out = path.join(dir, "gopeer");
-  await run("sh", [path.join(GOPEER_SRC, "build.sh"), out], { timeoutMs: 600_000 });
-  return out;
+/**
+ * gopeer's binary: scripts/build-go-peer.sh builds bench/peers/gopeer into the temp dir,
+ * keyed by a hash of its sources, and reuses it while they are unchanged.
+ */
+export async function buildGopeer(): Promise<string> {
+  const out = await run("bash", [BUILD_GO_PEER, GOPEER_SRC], { timeoutMs: GOPEER_BUILD_TIMEOUT_MS });
+  return out.trim().split("\n").pop()!;
 }
 
 export async function startGopeer(
@@ -108,12 +113,14 @@ export async function startGopeer(
   const { cert, key } = await makeCert(dir, "gopeer-hub", "gopeer-hub");
   const win = String(GOPEER_WINDOW_BYTES);
   const hub = startProc("gopeer-hub", bin, ["hub", "-public", "127.0.0.1:0", "-tunnel", "127.0.0.1:0", "-cert", cert, "-key", key, "-window", win]);
-  const m = await hub.waitFor(/hub: public 127\.0\.0\.1:(\d+), tunnel 127\.0\.0\.1:(\d+)/);
+  const m = await hub.waitFor(/gopeer hub ready public=127\.0\.0\.1:(\d+) tunnel=127\.0\.0\.1:(\d+)/);
   const publicPort = Number(m[1]);
   const tunnelPort = Number(m[2]);
   const hubAddr = opts.hubAddrForCog ? await opts.hubAddrForCog(tunnelPort) : `127.0.0.1:${tunnelPort}`;
-  const cog = startProc("gopeer-cog", bin, ["cog", "-hub", hubAddr, "-name", BENCH_COG, "-route", `${BENCH_HOST}=127.0.0.1:${nginxPort}`, "-window", win]);
-  await hub.waitFor(/hub: cog "bench" connected/);
+  const cog = startProc("gopeer-cog", bin, [
+    "cog", "-hub", hubAddr, "-hub-cert", cert, "-name", BENCH_COG, "-route", `${BENCH_HOST}=127.0.0.1:${nginxPort}`, "-window", win,
+  ]);
+  await hub.waitFor(new RegExp(`gopeer hub: cog ${BENCH_COG} up from`));
   return {
     name: opts.name ?? "gopeer",
     port: publicPort,
@@ -127,6 +134,12 @@ export async function startGopeer(
  * `capsul hub`, `capsul hub invite bench --json`, `capsul cog enroll ...`, `capsul cog`.
  * Each role runs in its own directory holding its capsul.yaml (found as ./capsul.yaml).
  */
+/**
+ * Every bench visitor comes from 127.0.0.1; the idle section holds 10,000 connections from it.
+ * The per-source caps (hub.limits.max_visitors_per_ip, default 256) would refuse them.
+ */
+export const LOOPBACK_SOURCE_LIMITS: Record<string, number> = { max_visitors_per_ip: 60000, max_unpeeked_per_ip: 60000 };
+
 export async function startCapsul(
   dir: string, nginxPort: number,
   opts: {
@@ -135,6 +148,8 @@ export async function startCapsul(
     nodeArgs?: string[];
     /** The launcher's flags (cli/main.ts shebang); [] runs plain `node main.js` (A/B of the flags). */
     launcherFlags?: readonly string[];
+    /** More hub.limits keys (only keys the CLI's checkout knows: an older one refuses new keys). */
+    hubLimits?: Record<string, string | number>;
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
@@ -154,7 +169,7 @@ export async function startCapsul(
     tunnel: 127.0.0.1:0${adminKey}
   limits:
     max_visitors: 60000
-`);
+${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
   // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
   const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
   const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir });

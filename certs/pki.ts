@@ -28,6 +28,12 @@ export const HUB_CERT_RENEW_BEFORE_MS = 30 * 86_400_000;
 export const CLOCK_SKEW_BACKDATE_MS = 5 * 60_000;
 /** Cog names as in config/types.ts HubCogGrant.name. */
 export const COG_NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
+/**
+ * A cog renews its certificate over the tunnel once less than this fraction of its
+ * lifetime is left (30 of 90 days by default); the hub signs no earlier. One rule for
+ * both ends: renewalDueAt().
+ */
+export const CERT_RENEW_REMAINING_RATIO = 1 / 3;
 /** Names the hub cert always carries so local tools and tests can dial it. */
 export const HUB_DEFAULT_NAMES: readonly string[] = ["localhost", "127.0.0.1", "::1"];
 
@@ -323,6 +329,12 @@ export async function signCogCsr(
   return { certPem, serial: info.serial, notAfter: info.notAfter };
 }
 
+/** When a certificate valid from notBefore to notAfter is due for renewal (ms since the epoch). */
+export function renewalDueAt(notBefore: Date, notAfter: Date): number {
+  const life = notAfter.getTime() - notBefore.getTime();
+  return notAfter.getTime() - life * CERT_RENEW_REMAINING_RATIO;
+}
+
 /** A fresh P-256 key (PKCS#8 PEM) and a CSR for it; runs on the cog, the key never leaves it. */
 export async function createKeyAndCsr(commonName: string): Promise<{ keyPem: string; csrPem: string }> {
   const { keys, keyPem } = await newKeyPair();
@@ -410,7 +422,7 @@ export function verifyPinnedChain(peerCertDer: Buffer, caCertDer: Buffer, expect
  * cert as UNABLE_TO_GET_ISSUER_CERT, which misleads; this says what happened.
  */
 export function peerAuthResult(socket: TLSSocket):
-  | { ok: true; cogName: string; serial: string }
+  | { ok: true; cogName: string; serial: string; notBefore: Date; notAfter: Date }
   | { ok: false; reason: string; code?: string } {
   const peer = socket.getPeerCertificate();
   if (!peer || Object.keys(peer).length === 0 || !peer.raw) {
@@ -431,5 +443,5 @@ export function peerAuthResult(socket: TLSSocket):
     return { ok: false, code, reason: `${why[code] ?? "client certificate rejected"} (${code})` };
   }
   const info = certInfo(new X509Certificate(peer.raw).toString());
-  return { ok: true, cogName: info.commonName, serial: info.serial };
+  return { ok: true, cogName: info.commonName, serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter };
 }

@@ -10,6 +10,8 @@ import { ConfigError } from "../lib/errors.js";
 import { processRegistry } from "../lib/metrics.js";
 import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, surviveBugs, untilSignal } from "./common.js";
 import { provisionerExtras } from "./provision.js";
+import { readCertRows } from "../certs/acme.js";
+import { certRowsJson, certRowsTable } from "./certs.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -25,6 +27,18 @@ export function registerCogCommands(program: Command): void {
       const c = await startCog(cogCfg, log, { ...provisionerExtras(cogCfg, log), registry: processRegistry() });
       surviveBugs(log);
       await untilSignal(() => c.close(), log);
+    });
+
+  cog
+    .command("certs")
+    .description("list the certificates this cog holds for tls: terminate routes: names, issuer, expiry, renewal state, last error")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .option("--json", "print JSON (snake_case keys, ISO-8601 times) instead of a table")
+    .action((opts: { config?: string; json?: boolean }) => {
+      opts.config ??= cog.opts<{ config?: string }>().config;
+      const { cfg, file } = loadConfig(opts.config);
+      const rows = readCertRows(requireCog(cfg, file).dataDir);
+      process.stdout.write((opts.json ? JSON.stringify(certRowsJson(rows)) : certRowsTable(rows)) + "\n");
     });
 
   cog

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
+import { knownGrants, type GrantOrigin } from "../gateway/grants.js";
 import { createInvite, startHub } from "../gateway/hub.js";
 import { HubState } from "../gateway/state.js";
 import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
-import { ConfigError } from "../lib/errors.js";
+import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
 import { processRegistry } from "../lib/metrics.js";
@@ -13,6 +14,19 @@ const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul
 function checkCogName(name: string): string {
   if (!COG_NAME_RE.test(name)) throw new ConfigError(`not a cog name: ${JSON.stringify(name)} (lower-case letters, digits and -, starting with a letter, at most 39)`);
   return name;
+}
+
+/**
+ * Ports the running hub reports serving, by cog: it writes each online cog's
+ * accepted routes ("tcp:20001", gateway/tunnels.ts) into SQLite for `hub cogs`.
+ */
+function liveTcpPorts(state: HubState): Map<number, string> {
+  const live = new Map<number, string>();
+  for (const c of state.listCogs()) {
+    if (!c.online) continue;
+    for (const r of c.routes) if (r.startsWith("tcp:")) live.set(Number(r.slice(4)), c.name);
+  }
+  return live;
 }
 
 function ago(ms: number | null): string {
@@ -97,6 +111,116 @@ export function registerHubCommands(program: Command): void {
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
+      } finally {
+        state.close();
+      }
+    });
+
+  const ports = hub
+    .command("ports")
+    .description("list the hub TCP ports assigned to cogs' tcp routes (assignments outlive routes: a VM stopped and started keeps its port)")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .option("--json", "print JSON instead of a table")
+    .action((_opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals<{ config?: string; json?: boolean }>();
+      const { cfg, file } = loadConfig(opts.config);
+      const state = new HubState(requireHub(cfg, file).dataDir);
+      try {
+        const live = liveTcpPorts(state);
+        const rows = state.allAssignments().map((a) => ({ ...a, live: live.get(a.port) === a.cog }));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(rows) + "\n");
+          return;
+        }
+        if (rows.length === 0) {
+          process.stdout.write("No hub TCP ports are assigned.\n");
+          return;
+        }
+        // assignedAt: when the port was assigned, or last stopped serving (gateway/state.ts touchPort).
+        process.stdout.write(table(["PORT", "COG", "ROUTE", "STATE", "UNUSED SINCE"],
+          rows.map((r) => [String(r.port), r.cog, r.route, r.live ? "serving" : "unused", r.live ? "-" : ago(r.assignedAt)])) + "\n");
+      } finally {
+        state.close();
+      }
+    });
+
+  ports
+    .command("release")
+    .description("free a hub TCP port assigned to a cog, so that any cog can be assigned it (a cog never takes another cog's port by itself)")
+    .argument("<port>", "the hub port")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .option("--force", "release it even while the hub reports it serving (the running hub keeps serving it until the cog announces its routes again)")
+    .option("--json", "print JSON instead of text")
+    .action((portText: string, _opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals<{ config?: string; json?: boolean; force?: boolean }>();
+      const port = parsePortRange(portText, "<port>");
+      if (port.from !== port.to) throw new ConfigError(`one port, not a range: ${JSON.stringify(portText)}`, "<port>");
+      const { cfg, file } = loadConfig(opts.config);
+      const state = new HubState(requireHub(cfg, file).dataDir);
+      try {
+        const owner = state.portOwner(port.from);
+        if (!owner) throw new ConfigError(`hub port ${port.from} is not assigned to any cog (see capsul hub ports)`);
+        if (!opts.force && liveTcpPorts(state).get(port.from) === owner.cog) {
+          throw new RuntimeError(`hub port ${port.from} is serving route ${owner.route} of cog ${owner.cog} right now; withdraw that route on the cog or revoke the cog first (or pass --force)`);
+        }
+        const gone = state.releasePortNumber(port.from);
+        if (opts.json) {
+          process.stdout.write(JSON.stringify({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route }) + "\n");
+          return;
+        }
+        process.stdout.write(`Released hub port ${port.from} (was route ${owner.route} of cog ${owner.cog}); any cog may now be assigned it.\n`);
+      } finally {
+        state.close();
+      }
+    });
+
+  hub
+    .command("grants")
+    .description("list what each cog may announce: hostname patterns and TCP port ranges, from capsul.yaml, invites and default grants")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .option("--json", "print JSON instead of a table")
+    .action((opts: { config?: string; json?: boolean }) => {
+      const { cfg, file } = loadConfig(configOpt(opts));
+      const hubCfg = requireHub(cfg, file);
+      const state = new HubState(hubCfg.dataDir);
+      try {
+        const known = knownGrants(hubCfg, state);
+        const from = (o: GrantOrigin): string => (o.kind === "config" ? o.path : o.kind);
+        const rows = [
+          ...known.hostnames.map((g) => ({ cog: g.cog, kind: "hostname", value: g.pattern, from: from(g.origin) })),
+          ...known.ports.map((g) => ({ cog: g.cog, kind: "tcp", value: formatPortRange(g.range), from: from(g.origin) })),
+        ].sort((a, b) => a.cog.localeCompare(b.cog) || a.kind.localeCompare(b.kind) || a.value.localeCompare(b.value));
+        if (opts.json) {
+          process.stdout.write(JSON.stringify(rows) + "\n");
+          return;
+        }
+        if (rows.length === 0) {
+          process.stdout.write("No grants: hub.default_grants is off and no cog has any.\n");
+          return;
+        }
+        process.stdout.write(table(["COG", "KIND", "GRANT", "FROM"], rows.map((r) => [r.cog, r.kind, r.value, r.from])) + "\n");
+      } finally {
+        state.close();
+      }
+    });
+
+  hub
+    .command("ungrant")
+    .description("remove a grant stored by capsul hub invite --hostname/--tcp-ports (grants in capsul.yaml are changed there); takes effect when the cog next announces its routes")
+    .argument("<name>", "the cog")
+    .argument("<grant>", "the hostname pattern or TCP port range, as capsul hub grants lists it")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .action((name: string, grant: string, opts: { config?: string }) => {
+      const { cfg, file } = loadConfig(configOpt(opts));
+      const state = new HubState(requireHub(cfg, file).dataDir);
+      try {
+        const isPorts = /^[0-9]/.test(grant);
+        const value = isPorts ? formatPortRange(parsePortRange(grant, "<grant>")) : normalizeHostnamePattern(grant);
+        if (value === null) throw new ConfigError(`not a hostname pattern or port range: ${JSON.stringify(grant)}`, "<grant>");
+        if (!state.removeGrant(name, isPorts ? "tcp" : "hostname", value)) {
+          throw new ConfigError(`cog ${name} has no stored grant ${JSON.stringify(value)} (see capsul hub grants; grants from capsul.yaml are changed there)`);
+        }
+        process.stdout.write(`Removed grant ${JSON.stringify(value)} of cog "${name}". A connected cog loses routes under it when it next announces its routes; revoke it to cut it off at once.\n`);
       } finally {
         state.close();
       }

@@ -26,11 +26,10 @@ interface GlobalOpts { api: string; dataDir: string; config?: string; json?: boo
 const USAGE_STATUSES = new Set([400, 413, 415]);
 
 class Api {
-  constructor(private readonly base: string, private readonly token: string | null) {}
+  constructor(private readonly base: string, private readonly token: string) {}
 
   async call(method: string, p: string, body?: unknown, accept = "application/json"): Promise<Response> {
-    const headers: Record<string, string> = { accept };
-    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    const headers: Record<string, string> = { accept, authorization: `Bearer ${this.token}` };
     if (body !== undefined) headers["content-type"] = "application/json";
     let res: Response;
     try {
@@ -59,13 +58,24 @@ class Api {
   }
 }
 
-function readToken(dataDir: string): string | null {
-  if (process.env.CAPSUL_API_TOKEN) return process.env.CAPSUL_API_TOKEN;
+/**
+ * The provisioner always wants its bearer token (provisioner/apiguard.ts):
+ * CAPSUL_API_TOKEN, else <data dir>/api-token (the name provisioner/index.ts
+ * TOKEN_FILE gives it; not imported, so that the CLI never loads QEMU code).
+ */
+function readToken(dataDir: string): string {
+  if (process.env.CAPSUL_API_TOKEN) return process.env.CAPSUL_API_TOKEN.trim();
+  const file = path.join(dataDir, "api-token");
+  let why: string;
   try {
-    return fs.readFileSync(path.join(dataDir, "api-token"), "utf8").trim() || null;
-  } catch {
-    return null; // loopback needs none
+    const t = fs.readFileSync(file, "utf8").trim();
+    if (t) return t;
+    why = "empty";
+  } catch (e) {
+    why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
   }
+  throw new ConfigError(`cannot read the provisioner API token ${file} (${why}): run as the cog's user, ` +
+    "point --data-dir or -c capsul.yaml at the provisioner's data dir, or set CAPSUL_API_TOKEN");
 }
 
 /**

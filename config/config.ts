@@ -14,9 +14,11 @@ import { parseDocument } from "yaml";
 import { ConfigError } from "../lib/errors.js";
 import {
   COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostname,
-  parseHostPort, parsePortRange, patternsOverlap, rangesOverlap,
+  parseHostPort, parsePortRange, patternsOverlap, rangeInside, rangesOverlap,
 } from "../lib/hostname.js";
+import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
+import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
 import type {
   AdminLimits, CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -53,7 +55,29 @@ export const DEFAULT_HTTP_HEADER_TIMEOUT_MS = 5_000;
 export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
-export const DEFAULT_IDLE_TIMEOUT_MS = 0;
+/**
+ * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
+ * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).
+ */
+export const DEFAULT_MAX_VISITORS_PER_IP = 256;
+/** A real client sends its ClientHello in its first round trip; 64 in flight from one source is a busy NAT. */
+export const DEFAULT_MAX_UNPEEKED_PER_IP = 64;
+/**
+ * 10 minutes, as cloud load balancers do (GCP 10m, AWS NLB 350s): frees the slots of peers
+ * that vanished and of stalled readers. Interactive SSH through a tcp route needs
+ * ServerAliveInterval below it.
+ */
+export const DEFAULT_IDLE_TIMEOUT_MS = 10 * 60_000;
+/**
+ * 512 MiB: 66 streams with a full 8 MiB window (at 50 ms RTT, 10 GB/s together); the arithmetic
+ * of the worst case is in capsul.yaml.example. gateway/budget.ts enforces it.
+ */
+export const DEFAULT_BUFFER_BUDGET_BYTES = 512 * 1024 * 1024;
+/** 128 MiB per cog: 16 full 8 MiB windows (bench "bulk 16x" keeps them), a quarter of the hub's. */
+export const DEFAULT_COG_BUFFER_BUDGET_BYTES = 128 * 1024 * 1024;
+/** A sweep reads 4 lengths per visitor (0.47 ms measured for 20,000); 250 ms bounds what arrives before it cuts. */
+export const DEFAULT_BUFFER_CHECK_INTERVAL_MS = 250;
+export const DEFAULT_REFUSAL_LOG_INTERVAL_MS = 60_000;
 // hub.limits.splice_queue and cog.splice_queue. protocol/splice.ts exports the same value as
 // SPLICE_MAX_QUEUED_BYTES (test/muxlimits.test.ts checks that they agree).
 export const DEFAULT_SPLICE_QUEUE_BYTES = 256 * 1024;
@@ -70,10 +94,20 @@ export const DEFAULT_ACCEPT_BACKLOG = 1024;
 export const DEFAULT_MAX_FRAME_PAYLOAD_BYTES = 64 * 1024;
 export const DEFAULT_WRITE_BATCH_MAX_BYTES = 256 * 1024;
 export const DEFAULT_CLOSE_LINGER_MS = 5_000;
+// protocol/muxlimits.ts MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES (test/tunnel-dos.test.ts checks that they agree).
+export const DEFAULT_MAX_QUEUED_CONTROL_FRAMES = 16_384;
 // hub.tunnel only. gateway/tunnels.ts exports the same values as CONTROL_HELLO_TIMEOUT_MS
 // and REVOCATION_POLL_MS (test/timeouts.test.ts checks that they agree).
 export const DEFAULT_CONTROL_HELLO_TIMEOUT_MS = 10_000;
 export const DEFAULT_REVOCATION_POLL_INTERVAL_MS = 500;
+// hub.tunnel only. gateway/admission.ts, gateway/control.ts and gateway/renewal.ts export the same
+// values as MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, CONTROL_RATE_PER_SEC, CONTROL_BURST
+// and RENEW_MIN_INTERVAL_MS (test/tunnel-dos.test.ts checks that they agree).
+export const DEFAULT_MAX_UNAUTHENTICATED = 512;
+export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
+export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
+export const DEFAULT_CONTROL_BURST = 100;
+export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
 // WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
 export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
@@ -102,6 +136,14 @@ export const MIN_VISITOR_HEADER_MAX_BYTES = 1024;
  */
 export const MIN_SPLICE_QUEUE_BYTES = 16 * 1024;
 /**
+ * A buffer budget smaller than what one visitor may hold at its floor (the spec's 256 KiB
+ * window plus its splice queues, protocol/splice.ts spliceHeldMaxBytes) would cut the first
+ * visitor that ever stalls for a moment.
+ */
+export function minBufferBudgetBytes(spliceQueueBytes: number): number {
+  return MIN_STREAM_WINDOW_BYTES + spliceHeldMaxBytes(spliceQueueBytes);
+}
+/**
  * The upper bounds MuxSession's constructor checks (protocol/mux.ts checkInt), so that a
  * value it would throw on is refused here with a message naming the key instead:
  * windows and frame lengths are u32 (spec.md §Length Field, MUX_MAX_WINDOW_BYTES);
@@ -126,15 +168,17 @@ const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh"] as 
 const COG_LISTEN_KEYS = ["admin"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
-  "http_header_max_bytes", "grace", "max_visitors", "idle_timeout", "splice_queue"] as const;
+  "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
+  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval"] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
-  "max_frame_payload", "write_batch", "close_linger"] as const;
-const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval"] as const;
+  "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
+const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
+  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "listen", "admin",
-  "provisioner"] as const;
-const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol"] as const;
+  "provisioner", "acme", "terminate"] as const;
+const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
 
@@ -155,6 +199,7 @@ function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
     maxFramePayloadBytes: size(m.max_frame_payload, at(path, "max_frame_payload"), DEFAULT_MAX_FRAME_PAYLOAD_BYTES, 1, MAX_WINDOW_BYTES),
     writeBatchMaxBytes: size(m.write_batch, at(path, "write_batch"), DEFAULT_WRITE_BATCH_MAX_BYTES, 1, MAX_MUX_INT),
     closeLingerMs: duration(m.close_linger, at(path, "close_linger"), DEFAULT_CLOSE_LINGER_MS, 0, MAX_MUX_INT),
+    maxQueuedControlFrames: integer(m.max_queued_control_frames, at(path, "max_queued_control_frames"), DEFAULT_MAX_QUEUED_CONTROL_FRAMES, 1, MAX_MUX_INT),
   };
   // A timeout no longer than the interval declares a healthy idle peer dead before its ping is due.
   if (t.keepaliveTimeoutMs <= t.keepaliveIntervalMs) {
@@ -170,10 +215,18 @@ function parseTunnelTuning(m: Obj, path: string): TunnelTuning {
 
 function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
   const m = value == null ? {} : mapping(value, path, HUB_TUNNEL_KEYS);
+  const maxUnauthenticated = integer(m.max_unauthenticated, at(path, "max_unauthenticated"), DEFAULT_MAX_UNAUTHENTICATED, 1);
   return {
     ...parseTunnelTuning(m, path),
     controlHelloTimeoutMs: duration(m.control_hello_timeout, at(path, "control_hello_timeout"), DEFAULT_CONTROL_HELLO_TIMEOUT_MS, 1),
     revocationPollIntervalMs: duration(m.revocation_poll_interval, at(path, "revocation_poll_interval"), DEFAULT_REVOCATION_POLL_INTERVAL_MS, 1),
+    maxUnauthenticated,
+    // A per-source cap above the overall one could never be reached: surely a mix-up.
+    maxUnauthenticatedPerIp: integer(m.max_unauthenticated_per_ip, at(path, "max_unauthenticated_per_ip"),
+      Math.min(DEFAULT_MAX_UNAUTHENTICATED_PER_IP, maxUnauthenticated), 1, maxUnauthenticated),
+    controlRatePerSec: integer(m.control_rate, at(path, "control_rate"), DEFAULT_CONTROL_RATE_PER_SEC, 1),
+    controlBurst: integer(m.control_burst, at(path, "control_burst"), DEFAULT_CONTROL_BURST, 1),
+    renewMinIntervalMs: duration(m.renew_min_interval, at(path, "renew_min_interval"), DEFAULT_RENEW_MIN_INTERVAL_MS, 0),
   };
 }
 
@@ -212,15 +265,45 @@ function parseHubAdmin(value: unknown, path: string): HubAdmin {
 
 function parseLimits(value: unknown, path: string): HubLimits {
   const m = value == null ? {} : mapping(value, path, LIMIT_KEYS);
+  const maxVisitors = integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1);
+  // Each cap is at most the one it narrows (a larger value could never apply); an explicit
+  // one above it is refused, the default is lowered with it.
+  const maxVisitorsPerIp = integer(m.max_visitors_per_ip, at(path, "max_visitors_per_ip"),
+    Math.min(DEFAULT_MAX_VISITORS_PER_IP, maxVisitors), 1, maxVisitors);
+  const maxUnpeekedPerIp = integer(m.max_unpeeked_per_ip, at(path, "max_unpeeked_per_ip"),
+    Math.min(DEFAULT_MAX_UNPEEKED_PER_IP, maxVisitorsPerIp), 1, maxVisitorsPerIp);
+  const spliceQueueBytes = size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES);
+  const minBudget = minBufferBudgetBytes(spliceQueueBytes);
+  const budgetPath = at(path, "buffer_budget");
+  const bufferBudgetBytes = size(m.buffer_budget, budgetPath, Math.max(DEFAULT_BUFFER_BUDGET_BYTES, minBudget), 0);
+  if (bufferBudgetBytes < minBudget) {
+    throw new ConfigError(`must be at least ${fmtBytes(minBudget)} (one visitor's 256KiB window floor and its splice queues), got ${fmtBytes(bufferBudgetBytes)}`, budgetPath);
+  }
+  const cogPath = at(path, "cog_buffer_budget");
+  const cogBufferBudgetBytes = size(m.cog_buffer_budget, cogPath,
+    Math.min(Math.max(DEFAULT_COG_BUFFER_BUDGET_BYTES, minBudget), bufferBudgetBytes), 0);
+  if (cogBufferBudgetBytes < minBudget) {
+    throw new ConfigError(`must be at least ${fmtBytes(minBudget)} (one visitor's 256KiB window floor and its splice queues), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
+  }
+  if (cogBufferBudgetBytes > bufferBudgetBytes) {
+    throw new ConfigError(`must be at most buffer_budget (${fmtBytes(bufferBudgetBytes)}), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
+  }
   return {
     clientHelloTimeoutMs: duration(m.client_hello_timeout, at(path, "client_hello_timeout"), DEFAULT_CLIENT_HELLO_TIMEOUT_MS, 1),
     clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_CLIENT_HELLO_MAX_BYTES, 1),
     httpHeaderTimeoutMs: duration(m.http_header_timeout, at(path, "http_header_timeout"), DEFAULT_HTTP_HEADER_TIMEOUT_MS, 1),
     httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_HTTP_HEADER_MAX_BYTES, 1),
     graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
-    maxVisitors: integer(m.max_visitors, at(path, "max_visitors"), DEFAULT_MAX_VISITORS, 1),
-    idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0),
-    spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
+    maxVisitors,
+    maxVisitorsPerIp,
+    maxUnpeekedPerIp,
+    // Node turns a timer delay above 2^31-1 ms into 1 ms: every visitor would be cut at once.
+    idleTimeoutMs: duration(m.idle_timeout, at(path, "idle_timeout"), DEFAULT_IDLE_TIMEOUT_MS, 0, MAX_MUX_INT),
+    spliceQueueBytes,
+    bufferBudgetBytes,
+    cogBufferBudgetBytes,
+    bufferCheckIntervalMs: duration(m.buffer_check_interval, at(path, "buffer_check_interval"), DEFAULT_BUFFER_CHECK_INTERVAL_MS, 1, MAX_MUX_INT),
+    refusalLogIntervalMs: duration(m.refusal_log_interval, at(path, "refusal_log_interval"), DEFAULT_REFUSAL_LOG_INTERVAL_MS, 0),
   };
 }
 
@@ -255,16 +338,6 @@ function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
   };
 }
 
-/** Is every port of `r` inside the union of `pool`? */
-function insidePool(r: PortRange, pool: readonly PortRange[]): boolean {
-  let next = r.from;
-  for (const p of [...pool].sort((a, b) => a.from - b.from)) {
-    if (p.from <= next && p.to >= next) next = p.to + 1;
-    if (next > r.to) return true;
-  }
-  return false;
-}
-
 function parseGrants(value: unknown, path: string, hub: { domain: string; defaultGrants: boolean; pool: PortRange[] }): HubCogGrant[] {
   const grants = list(value, path).map((item, i): HubCogGrant => {
     const p = `${path}[${i}]`;
@@ -276,7 +349,7 @@ function parseGrants(value: unknown, path: string, hub: { domain: string; defaul
     const hostnames = list(m.hostnames, `${p}.hostnames`).map((h, k) => hostnamePattern(h, `${p}.hostnames[${k}]`));
     const tcpPorts = list(m.tcp_ports, `${p}.tcp_ports`).map((r, k) => {
       const range = parsePortRange(r, `${p}.tcp_ports[${k}]`);
-      if (!insidePool(range, hub.pool)) {
+      if (!rangeInside(range, hub.pool)) {
         throw new ConfigError(`${formatPortRange(range)} is not inside the pool hub.listen.tcp_ports`, `${p}.tcp_ports[${k}]`);
       }
       return range;
@@ -369,6 +442,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       if (m.hostname == null) throw new ConfigError(`required for ${kind} routes`, `${p}.hostname`);
       route.hostname = hostnamePattern(m.hostname, `${p}.hostname`);
     }
+    parseRouteTermination(m, p, route);
     return route;
   });
   routes.forEach((r, j) => {
@@ -384,6 +458,7 @@ function parseRoutes(value: unknown, path: string): CogRoute[] {
       }
     }
   });
+  checkTerminatedHostnames(routes, path);
   return routes;
 }
 
@@ -417,6 +492,8 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     listen: { admin },
     admin: parseAdminLimits(m.admin == null ? {} : mapping(m.admin, adminPath, ADMIN_KEYS), adminPath),
     provisioner,
+    acme: parseAcme(m.acme, at(path, "acme"), baseDir),
+    terminate: parseTerminate(m.terminate, at(path, "terminate")),
   };
 }
 

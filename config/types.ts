@@ -35,10 +35,37 @@ export interface HubLimits {
   graceMs: number;
   /** Max concurrent visitor connections hub-wide (default 20000). */
   maxVisitors: number;
-  /** Idle timeout of a proxied connection, no bytes either way (default 0 = none). */
+  /**
+   * Max concurrent visitor connections from one source: an IPv4 address or an IPv6 /64
+   * (default 256; at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
+   */
+  maxVisitorsPerIp: number;
+  /**
+   * Of those, max connections that have not yet sent a whole ClientHello or HTTP request
+   * head (default 64; at most maxVisitorsPerIp).
+   */
+  maxUnpeekedPerIp: number;
+  /**
+   * Closes a visitor connection after this long without a byte either way, a stalled reader
+   * included; checked 8 times per period, so within 1 to 1.125 times this (default 10m;
+   * 0 = never; at most 2^31-1 ms, Node's largest timer).
+   */
   idleTimeoutMs: number;
   /** Bytes waiting in a visitor's or its tunnel stream's write queue before the hub stops reading the other side (default 256KiB, at least 16KiB). */
   spliceQueueBytes: number;
+  /**
+   * Bytes all visitors together may make the hub buffer: stream receive windows above the
+   * 256 KiB floor are reserved from it, and past it the visitors that hold bytes without
+   * draining are cut (gateway/budget.ts) (default 512MiB; at least one visitor's floor
+   * window and splice queues, 960KiB with the default splice_queue).
+   */
+  bufferBudgetBytes: number;
+  /** The same, for the visitors of one cog (default 128MiB; at least one visitor's share, at most bufferBudgetBytes). */
+  cogBufferBudgetBytes: number;
+  /** How often the hub measures buffered bytes while its visitors could exceed a budget (default 250ms; 1ms to 2^31-1 ms). */
+  bufferCheckIntervalMs: number;
+  /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
+  refusalLogIntervalMs: number;
 }
 
 export interface TunnelTuning {
@@ -62,6 +89,11 @@ export interface TunnelTuning {
   writeBatchMaxBytes: number;
   /** After a close or a protocol-error teardown, how long the peer has to close its side before the connection is destroyed (default 5s; 0 = at once). */
   closeLingerMs: number;
+  /**
+   * Control frames (pongs, credit, resets) queued while the connection does not drain; one more
+   * ends the session as a peer that is not reading (default 16384, 192 KiB; 1 to 2^31-1).
+   */
+  maxQueuedControlFrames: number;
 }
 
 /** hub.tunnel: the shared tuning plus what only the tunnel listener needs. */
@@ -70,6 +102,23 @@ export interface HubTunnelTuning extends TunnelTuning {
   controlHelloTimeoutMs: number;
   /** How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel is dropped within this (default 500ms). */
   revocationPollIntervalMs: number;
+  /**
+   * Tunnel connections not yet authenticated (from TCP accept through the TLS handshake until
+   * a hello with a valid certificate or an enrollment is processed), hub-wide; more are closed
+   * at once (default 512).
+   */
+  maxUnauthenticated: number;
+  /** The same, per source address (an IPv6 source counts per /64); at most maxUnauthenticated (default 16). */
+  maxUnauthenticatedPerIp: number;
+  /** Control messages the hub acts on per tunnel and second (route sets applied, renewals); a token bucket's rate (default 20). */
+  controlRatePerSec: number;
+  /** The token bucket's size: control messages acted on at once before control_rate applies (default 100). */
+  controlBurst: number;
+  /**
+   * Least time between two certificates for one cog over the tunnel: a renewal with a
+   * certificate that was already renewed within this is refused (default 1h; 0 = no limit).
+   */
+  renewMinIntervalMs: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */
@@ -159,6 +208,59 @@ export interface CogRoute {
   target: HostPort;
   /** PROXY protocol header written to the target first (default none). */
   proxyProtocol: ProxyProtocol;
+  /**
+   * tls routes only: present when the route says `tls: terminate` (the cog obtains a
+   * certificate by ACME, serves TLS itself and sends plaintext to `target`); absent
+   * means passthrough, the default (the target holds its own certificate and key).
+   */
+  terminate?: RouteTermination;
+}
+
+/** ACME challenge types the cog can answer through the hub (RFC 8555 §8.3, RFC 8737). */
+export type AcmeChallengeType = "http-01" | "tls-alpn-01";
+
+/** What a `tls: terminate` route asks of the cog, besides its target. */
+export interface RouteTermination {
+  /** How the cog proves the hostname to the CA: http-01 through the hub's port 80, tls-alpn-01 through its SNI routing (default http-01). */
+  challenge: AcmeChallengeType;
+  /** Answer plain-HTTP requests for the hostname with a 308 redirect to https:// instead of passing them to the target (default false). */
+  redirectHttp: boolean;
+  /** Strict-Transport-Security max-age, in seconds, added to every HTTPS response; 0 = no HSTS header (default 0; `hsts: true` means 365d). */
+  hstsMaxAgeSec: number;
+}
+
+/** cog.acme: the ACME client that gets certificates for `tls: terminate` routes. */
+export interface AcmeConfig {
+  /** ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's (default letsencrypt). */
+  directoryUrl: string;
+  /** PEM file of CA certificates trusted for the directory besides the system's, e.g. a test CA (default null). */
+  caBundle: string | null;
+  /** Contact address registered with the account, for the CA's expiry notices (default null: none). */
+  email: string | null;
+  /** Renew once this fraction of a certificate's lifetime has passed, less a random jitter of up to 5% of it (default 0.667, two thirds). */
+  renewAtRatio: number;
+  /** First delay after a failed order; doubled per failure, with jitter (default 5m). A longer Retry-After from the CA wins. */
+  retryMinDelayMs: number;
+  /** Cap of that backoff (default 12h). */
+  retryMaxDelayMs: number;
+  /** Deadline for one HTTP request to the CA (default 30s). */
+  requestTimeoutMs: number;
+  /** Deadline for one whole order: account, challenge, finalize, download (default 5m). */
+  orderTimeoutMs: number;
+  /** First delay between polls of a pending challenge or order; acme-client doubles it up to 8 times this (default 1s). */
+  pollIntervalMs: number;
+}
+
+/** cog.terminate: limits of the TLS the cog terminates itself (`tls: terminate` routes). */
+export interface TerminateConfig {
+  /** Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake (default 10s). */
+  handshakeTimeoutMs: number;
+  /** Cap on a buffered ClientHello, record headers included; as hub.limits.client_hello_max_bytes (default 16KiB + 5*5 headers = 16409). */
+  clientHelloMaxBytes: number;
+  /** Cap on a buffered HTTP request head on the port-80 side (default 16KiB). */
+  httpHeaderMaxBytes: number;
+  /** With HSTS on, an idle kept-alive HTTPS connection is closed after this (default 5s). */
+  httpKeepAliveTimeoutMs: number;
 }
 
 export interface CogConfig {
@@ -189,6 +291,10 @@ export interface CogConfig {
   admin: AdminLimits;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
+  /** The ACME client for `tls: terminate` routes (always present; idle while no route terminates). */
+  acme: AcmeConfig;
+  /** Limits of TLS termination on the cog. */
+  terminate: TerminateConfig;
 }
 
 /** One VM size (issue 4). IO limits are per second; 0 means unlimited. */
@@ -257,6 +363,30 @@ export interface ProvisionerConfig {
   crashRestarts: number;
   /** The window crashRestarts counts in (default 10m). */
   crashWindowMs: number;
+  /**
+   * Local image sources (POST /v1/images "source", "kernel", "initrd" paths) must
+   * lie in this directory after resolving symlinks and ".." (default <dataDir>/import,
+   * created 0700). Keep it writable only by the operator.
+   */
+  importDir: string;
+  /**
+   * CIDR blocks an image URL may reach although they are loopback, private (RFC 1918,
+   * CGNAT, ULA), link-local, unspecified or multicast (default none: such targets,
+   * also after a redirect, are refused). For a mirror on the LAN; tests use 127.0.0.0/8.
+   */
+  importAllowedCidrs: string[];
+  /** Redirects an image download follows, each hop's address checked (default 5). */
+  importMaxRedirects: number;
+  /** An image download whose server sends nothing for this long is abandoned (default 60s). */
+  downloadIdleTimeoutMs: number;
+  /** Address space `qemu-img info` may use on an imported qcow2 (prlimit --as; default 1GiB). */
+  imageInspectMemoryBytes: number;
+  /** CPU time `qemu-img info` may use on an imported qcow2 (prlimit --cpu, whole seconds; default 30s). */
+  imageInspectCpuMs: number;
+  /** A VM's console.log is rotated to console.log.1 when it reaches this size (default 1MiB; 2 files kept). */
+  consoleLogMaxBytes: number;
+  /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
+  pastaBinary: string;
 }
 
 export interface CapsulConfig {

@@ -53,7 +53,9 @@ export interface StatusJson {
     active: number;
     total: number;
     routed: number;
-    refused: { no_route: number; cog_offline: number; over_limit: number };
+    refused: { no_route: number; cog_offline: number; over_limit: number; over_source_limit: number; over_unpeeked_limit: number };
+    /** Closed by the hub itself: over the buffer budget without draining, or idle past idle_timeout. */
+    cut: { buffer_budget: number; idle_timeout: number };
     peeks: Record<string, Record<string, number>>;
   };
   tunnels: { up: number; connects: number; disconnects: number; reconnects: number };
@@ -139,7 +141,11 @@ export function statusJson(domain: string, stats: VisitorStats, metrics: HubMetr
       active: stats.active,
       total: stats.total,
       routed: stats.routed,
-      refused: { no_route: stats.noRoute, cog_offline: stats.cogOffline, over_limit: stats.overLimit },
+      refused: {
+        no_route: stats.noRoute, cog_offline: stats.cogOffline, over_limit: stats.overLimit,
+        over_source_limit: stats.overSourceLimit, over_unpeeked_limit: stats.overUnpeekedLimit,
+      },
+      cut: { buffer_budget: stats.shed, idle_timeout: stats.idleTimeout },
       peeks,
     },
     tunnels: { up, ...metrics.tunnelEvents },

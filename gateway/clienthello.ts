@@ -18,7 +18,13 @@ import { normalizeHostname } from "../lib/hostname.js";
 export const CLIENT_HELLO_MAX_BYTES = 16 * 1024 + 5 * 8;
 
 export type HelloResult =
-  | { type: "need-more" }
+  /**
+   * `needBytes`: no answer can change before the buffer holds this many bytes (the record
+   * under way, and the rest of the handshake message once its length is known). The peek
+   * skips calls until then, so a hello dripped one byte per segment costs a number of
+   * parses logarithmic in its records, not one full parse per byte (gateway/peek.ts).
+   */
+  | { type: "need-more"; needBytes?: number }
   | { type: "ok"; sni: string | null; alpn: string[]; consumed: number }
   | { type: "invalid"; reason: string };
 
@@ -67,7 +73,11 @@ export function parseClientHello(buf: Buffer, maxBytes = CLIENT_HELLO_MAX_BYTES)
     if (buf.length - off < RECORD_HEADER_BYTES) {
       // Check what we can of a partial header so garbage fails fast.
       const r = checkRecordHeaderPrefix(buf, off);
-      return r ?? NEED_MORE;
+      if (r) return r;
+      // The next record: its header and at least one payload byte (empty ones are
+      // invalid), or all the handshake bytes still missing once their number is known.
+      const missing = handshakeLength >= 0 ? handshakeLength - fragmentBytes : 1;
+      return { type: "need-more", needBytes: off + RECORD_HEADER_BYTES + Math.max(1, missing) };
     }
     const headerProblem = checkRecordHeaderPrefix(buf, off);
     if (headerProblem) return headerProblem;
@@ -82,15 +92,19 @@ export function parseClientHello(buf: Buffer, maxBytes = CLIENT_HELLO_MAX_BYTES)
     if (buf.length < recordEnd) {
       // The record is incomplete, but its partial payload may already reveal the
       // handshake header: reject a wrong message type or an absurd length early.
-      if (handshakeLength < 0) {
+      let total = handshakeLength;
+      if (total < 0) {
         // Only the first 4 bytes matter; slicing keeps a drip-fed hello linear, not quadratic.
         const early = checkHandshakeHeader(fragments, buf.subarray(off + RECORD_HEADER_BYTES, off + RECORD_HEADER_BYTES + HANDSHAKE_HEADER_BYTES), maxBytes);
         if (early.type === "invalid") return early;
         if (early.type === "ok" && fragmentBytes + recordLength > early.length) {
           return invalid("handshake record extends past the end of the ClientHello");
         }
+        if (early.type === "ok") total = early.length;
       }
-      return NEED_MORE;
+      // This record must complete; handshake bytes beyond it need at least one more record.
+      const after = total >= 0 ? total - fragmentBytes - recordLength : 0;
+      return { type: "need-more", needBytes: recordEnd + (after > 0 ? RECORD_HEADER_BYTES + after : 0) };
     }
     fragments.push(buf.subarray(off + RECORD_HEADER_BYTES, recordEnd));
     fragmentBytes += recordLength;

@@ -21,9 +21,20 @@ export const HTTP_HEAD_MAX_BYTES = 16 * 1024;
  * client drips a long run of token characters one byte at a time.
  */
 export const HTTP_METHOD_MAX_BYTES = 64;
+/**
+ * Empty lines tolerated before the request line (RFC 9112 §2.2: a server SHOULD ignore "at
+ * least one"), in bytes. Bounded so that every call's work before the header scan is
+ * bounded too: a drip of CRLFs up to the head cap would otherwise be rescanned per byte.
+ */
+export const HTTP_LEADING_EMPTY_MAX_BYTES = 64;
 
 export type HttpHeadResult =
-  | { type: "need-more" }
+  /**
+   * `resumeAt`: where the line under way starts; passed back with the next, longer buffer,
+   * the search for the blank line goes on from there instead of from the start, so a head
+   * dripped one byte per segment is scanned once, not once per byte (gateway/peek.ts).
+   */
+  | { type: "need-more"; resumeAt?: number }
   | { type: "ok"; host: string | null; method: string; path: string; version: string; headLength: number }
   | { type: "invalid"; reason: string };
 
@@ -51,8 +62,10 @@ const HTTP1_VERSION = /^HTTP\/1\.[0-9]$/;
  * RFC 9112 §2.2 says a server SHOULD ignore). `path` is the request target's path
  * and query (origin-form as sent; for absolute-form the part after the authority);
  * the acme-challenge route looks at it.
+ *
+ * `resumeAt` must be 0 or what a need-more answer for a prefix of this same buffer said.
  */
-export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES): HttpHeadResult {
+export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES, resumeAt = 0): HttpHeadResult {
   // Skip empty lines before the request line (RFC 9112 §2.2).
   let start = 0;
   for (;;) {
@@ -61,6 +74,7 @@ export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES): Http
     else if (buf[start] === CR && start + 1 === buf.length) return NEED_MORE;
     else break;
     if (start > maxBytes) return invalid(`request head exceeds ${maxBytes} bytes`);
+    if (start > HTTP_LEADING_EMPTY_MAX_BYTES) return invalid(`more than ${HTTP_LEADING_EMPTY_MAX_BYTES} bytes of empty lines before the request line`);
   }
 
   // Fail fast on non-HTTP bytes (a TLS hello on port 80, an SSH banner): the method
@@ -74,9 +88,10 @@ export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES): Http
   // Find the blank line that ends the head: an LF that ends an empty line. The
   // parser is re-run on every chunk, so hop between LFs with the native indexOf.
   let end = -1;
-  let lineStart = start;
+  // Lines before resumeAt were complete and not empty when an earlier call saw them.
+  let lineStart = resumeAt > start ? resumeAt : start;
   const limit = Math.min(buf.length, maxBytes);
-  for (let j = buf.indexOf(LF, start); j >= 0 && j < limit; j = buf.indexOf(LF, j + 1)) {
+  for (let j = buf.indexOf(LF, lineStart); j >= 0 && j < limit; j = buf.indexOf(LF, j + 1)) {
     const lineLength = j - lineStart - (j > lineStart && buf[j - 1] === CR ? 1 : 0);
     if (lineLength === 0 && lineStart !== start) {
       end = j + 1;
@@ -86,7 +101,7 @@ export function parseHttpHead(buf: Buffer, maxBytes = HTTP_HEAD_MAX_BYTES): Http
   }
   if (end < 0) {
     if (buf.length >= maxBytes) return invalid(`request head exceeds ${maxBytes} bytes`);
-    return NEED_MORE;
+    return lineStart > start ? { type: "need-more", resumeAt: lineStart } : NEED_MORE;
   }
 
   const head = buf.toString("latin1", start, end);
@@ -203,6 +218,20 @@ function parseHostValue(value: string): string | null | undefined {
 const HTML_ESCAPES: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]!);
+}
+
+/**
+ * parseHttpHead for one peek: keeps the place where the search for the blank line stopped
+ * (`resumeAt`) between calls, so a head dripped one byte per segment is scanned once, not
+ * once per byte. Use a new one per connection.
+ */
+export function httpHeadPeekParser(maxBytes = HTTP_HEAD_MAX_BYTES): (buf: Buffer) => HttpHeadResult {
+  let resumeAt = 0;
+  return (buf) => {
+    const r = parseHttpHead(buf, maxBytes, resumeAt);
+    resumeAt = r.type === "need-more" ? r.resumeAt ?? 0 : 0;
+    return r;
+  };
 }
 
 /**

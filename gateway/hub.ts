@@ -11,7 +11,10 @@ import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { loadOrCreateAdminToken } from "../certs/admintoken.js";
 import type { AdminServer } from "../lib/adminhttp.js";
+import { ConfigError } from "../lib/errors.js";
+import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { startHubAdmin } from "./admin.js";
+import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
@@ -90,6 +93,13 @@ class TcpListeners implements TcpPortOpener {
 export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {}): Promise<Hub> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const state = new HubState(cfg.dataDir);
+  try {
+    // Before any listener: a hub whose grants overlap would let the router's precedence pick a cog.
+    for (const w of checkGrantsConsistent(cfg, state)) log.warn(w.message, w.fields);
+  } catch (err) {
+    state.close();
+    throw err;
+  }
   const router = new Router();
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
@@ -145,6 +155,9 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
 /**
  * Creates a one-time invite for a cog and returns the exact enroll command.
  * Works against the hub's data dir whether or not the hub is running.
+ * Grants that overlap another cog's (or its default grant), and TCP ranges
+ * outside the pool or holding the hub's own ports, are refused with a
+ * ConfigError and nothing is stored.
  */
 export async function createInvite(
   cfg: HubConfig,
@@ -156,11 +169,19 @@ export async function createInvite(
   try {
     const { token, hash } = newInviteToken();
     const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
+    const hostnames = (opts.hostnames ?? []).map((h) => {
+      const n = normalizeHostnamePattern(h);
+      if (n === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(h)}`, "--hostname");
+      return n;
+    });
+    const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
+    // IMMEDIATE: the write lock is taken before the checks read, so two invites racing cannot both pass them.
     state.db.transaction(() => {
+      checkNewGrants(cfg, state, name, { hostnames, tcpPorts });
       state.addInvite(name, hash, expiresAt.getTime());
-      for (const h of opts.hostnames ?? []) state.addGrant(name, "hostname", h);
-      for (const p of opts.tcpPorts ?? []) state.addGrant(name, "tcp", p);
-    })();
+      for (const h of hostnames) state.addGrant(name, "hostname", h);
+      for (const r of tcpPorts) state.addGrant(name, "tcp", formatPortRange(r));
+    }).immediate();
     const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
     const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
     return { token, command, expiresAt, caFingerprint: pki.caFingerprint };

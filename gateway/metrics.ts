@@ -1,6 +1,8 @@
 /**
- * The hub's metrics (prom-client): visitors, peeks, routing outcomes, connections and
- * bytes per route and cog, tunnels, first-byte latency, certificate expiry.
+ * The hub's metrics (prom-client): visitors, peeks, routing outcomes and refusals (the
+ * hub-wide and per-source caps), visitors the hub cut (buffer budget, idle timeout),
+ * connections and bytes per route and cog, tunnels, the tunnel port's strangers and
+ * refusals, control messages, first-byte latency, certificate expiry.
  *
  * Cost: per visitor, two observer calls (gateway/observer.ts), one 'close' listener and
  * one 'data' listener that fires once; per byte, nothing. Bytes are socket.bytesRead and
@@ -19,6 +21,7 @@ import { Histogram, Registry } from "prom-client";
 import type { RouteKind } from "../config/types.js";
 import { certInfo, type HubPki } from "../certs/pki.js";
 import { CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
+import type { ErrorCode } from "../protocol/control.js";
 import type { MuxSession } from "../protocol/mux.js";
 import type { PeekedName, VisitorObserver } from "./observer.js";
 import type { PeekOutcome } from "./peek.js";
@@ -75,6 +78,9 @@ export interface HubParts {
   pki: HubPki;
 }
 
+/** Error codes that end a tunnel (not "renew": a refused renewal leaves it up and counts as a control message). */
+const TUNNEL_REFUSAL_CODES: readonly ErrorCode[] = ["version", "auth", "revoked", "enroll", "bad-request"];
+
 const seriesKey = (cog: string, route: string, kind: string): string => `${cog}\u0000${route}\u0000${kind}`;
 
 export class HubMetrics implements VisitorObserver {
@@ -113,11 +119,19 @@ export class HubMetrics implements VisitorObserver {
         emit({ listener, outcome }, v);
       }
     });
-    f.counter("capsul_hub_routing_total", "What became of visitors: routed to a cog, or refused (no route, cog offline, over hub.limits.max_visitors).", ["outcome"], (emit) => {
+    f.counter("capsul_hub_routing_total", "What became of visitors: routed to a cog, or refused (no route, cog offline, over hub.limits.max_visitors, "
+      + "max_visitors_per_ip or max_unpeeked_per_ip).", ["outcome"], (emit) => {
       emit({ outcome: "routed" }, stats.routed);
       emit({ outcome: "no_route" }, stats.noRoute);
       emit({ outcome: "cog_offline" }, stats.cogOffline);
       emit({ outcome: "over_limit" }, stats.overLimit);
+      emit({ outcome: "over_source_limit" }, stats.overSourceLimit);
+      emit({ outcome: "over_unpeeked_limit" }, stats.overUnpeekedLimit);
+    });
+    f.counter("capsul_hub_visitors_cut_total", "Visitor connections the hub closed itself: to bring buffered bytes back within hub.limits.buffer_budget "
+      + "or cog_buffer_budget, or after idle_timeout without a byte.", ["reason"], (emit) => {
+      emit({ reason: "buffer_budget" }, stats.shed);
+      emit({ reason: "idle_timeout" }, stats.idleTimeout);
     });
     const routeLabels = ["cog", "route", "kind"];
     f.counter("capsul_hub_connections_total", "Visitor connections forwarded to a route.", routeLabels, (emit) => {
@@ -153,6 +167,24 @@ export class HubMetrics implements VisitorObserver {
     f.counter("capsul_hub_tunnel_connects_total", "Cog tunnels that authenticated and took their routes.", [], (emit) => emit({}, this.tunnelEvents.connects));
     f.counter("capsul_hub_tunnel_disconnects_total", "Cog tunnels that closed.", [], (emit) => emit({}, this.tunnelEvents.disconnects));
     f.counter("capsul_hub_tunnel_reconnects_total", "Tunnels from a cog that had one before since the hub started.", [], (emit) => emit({}, this.tunnelEvents.reconnects));
+    const admission = parts.tunnels.admission;
+    const counts = parts.tunnels.counts;
+    f.gauge("capsul_hub_tunnels_unauthenticated", "Tunnel connections not yet authenticated (handshake, hello or enrollment pending).", [], (emit) => {
+      emit({}, admission.unauthenticated);
+    });
+    f.counter("capsul_hub_tunnel_refusals_total", "Tunnel connections refused: at accept over hub.tunnel.max_unauthenticated(_per_ip), "
+      + "or after the handshake with an error of this code.", ["reason"], (emit) => {
+      emit({ reason: "max_unauthenticated" }, admission.refused.total);
+      emit({ reason: "max_unauthenticated_per_ip" }, admission.refused.perSource);
+      for (const code of TUNNEL_REFUSAL_CODES) emit({ reason: code.replace("-", "_") }, counts.refused[code]);
+    });
+    f.counter("capsul_hub_control_messages_total", "Control messages from cogs: route sets applied or superseded by a newer one, certificate renewals done or refused.", ["outcome"], (emit) => {
+      const c = counts.control;
+      emit({ outcome: "routes_applied" }, c.applied);
+      emit({ outcome: "routes_superseded" }, c.superseded);
+      emit({ outcome: "renewed" }, c.renewals);
+      emit({ outcome: "renewal_refused" }, c.renewalsRefused);
+    });
 
     const ca = certInfo(parts.pki.caCertPem).notAfter.getTime();
     const tunnelCert = certInfo(parts.pki.hubCertPem).notAfter.getTime();

@@ -9,6 +9,16 @@
  * arrived meanwhile stays queued ('end' is only emitted once the caller reads).
  * The pause is explicit, so Node will not resume on a new 'data' listener alone:
  * the caller resumes with `pipe()` (which calls resume()) or `socket.resume()`.
+ *
+ * Linear in the bytes received, however they are cut: a visitor may drip its hello one
+ * byte per segment, up to the cap, within the deadline. Re-running a parser over the whole
+ * buffer per byte was quadratic: 16 KiB of one-byte TLS records (or of short header lines)
+ * cost ~3 s of the hub's only thread per connection, so 64 such connections from one
+ * source (max_unpeeked_per_ip) could have stalled every visitor. Now the bytes go into one
+ * buffer that doubles (no copy of everything per chunk), and a parser's need-more may say
+ * `needBytes`: no answer can change before the buffer is that long, so the parser is not
+ * called again until then (parseClientHello). A parser may also keep its own place
+ * between calls of one peek (httpHeadPeekParser).
  */
 import type { Socket } from "node:net";
 
@@ -17,8 +27,17 @@ export const PEEK_TIMEOUT_MS = 5_000;
 /** Default byte cap when the caller gives none: the ClientHello cap (16 KiB + 8 record headers). */
 export const PEEK_MAX_BYTES = 16 * 1024 + 5 * 8;
 
-/** What a peek parser may answer; parseClientHello and parseHttpHead both fit. */
-export type PeekParseResult = { type: "need-more" } | { type: "invalid"; reason: string } | { type: "ok" };
+/**
+ * What a peek parser may answer; parseClientHello and parseHttpHead both fit. A need-more
+ * may carry `needBytes`: a lower bound on the buffer length at which the answer can change.
+ */
+export type PeekParseResult =
+  | { type: "need-more"; needBytes?: number }
+  | { type: "invalid"; reason: string }
+  | { type: "ok" };
+
+/** First capacity of the peek buffer once a second chunk arrives (at least twice the bytes so far). */
+export const PEEK_INITIAL_CAPACITY_BYTES = 2048;
 
 export type PeekOutcome<T> =
   | { kind: "ok"; value: T; bytes: Buffer }
@@ -50,7 +69,11 @@ export function peek<R extends PeekParseResult>(
   type Outcome = PeekOutcome<Extract<R, { type: "ok" }>>;
 
   return new Promise<Outcome>((resolve) => {
+    // buf is a view of the first `len` bytes of `store`, which doubles when full.
+    let store: Buffer | null = null;
+    let len = 0;
     let buf: Buffer = Buffer.alloc(0);
+    let needBytes = 0;
     let done = false;
 
     const finish = (outcome: Outcome): void => {
@@ -65,10 +88,34 @@ export function peek<R extends PeekParseResult>(
       resolve(outcome);
     };
 
+    const append = (bytes: Buffer): void => {
+      if (store === null) {
+        // Most hellos come in one chunk: use it as is, copy only once a second one arrives.
+        if (len === 0) {
+          buf = bytes;
+          len = bytes.length;
+          return;
+        }
+        store = Buffer.allocUnsafe(Math.max(PEEK_INITIAL_CAPACITY_BYTES, 2 * (len + bytes.length)));
+        buf.copy(store, 0, 0, len);
+      } else if (store.length < len + bytes.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(2 * store.length, len + bytes.length));
+        store.copy(bigger, 0, 0, len);
+        store = bigger;
+      }
+      bytes.copy(store, len);
+      len += bytes.length;
+      buf = store.subarray(0, len);
+    };
+
     const onData = (chunk: Buffer | string): void => {
       if (done) return;
-      const bytes = typeof chunk === "string" ? Buffer.from(chunk, "latin1") : chunk;
-      buf = buf.length === 0 ? bytes : Buffer.concat([buf, bytes], buf.length + bytes.length);
+      append(typeof chunk === "string" ? Buffer.from(chunk, "latin1") : chunk);
+      if (len < needBytes) {
+        // The parser said nothing can change before needBytes: skip it, but keep the cap.
+        if (len >= maxBytes) finish({ kind: "too-large", bytes: buf });
+        return;
+      }
       let result: PeekParseResult;
       try {
         result = parse(buf);
@@ -80,6 +127,7 @@ export function peek<R extends PeekParseResult>(
       if (result.type === "ok") finish({ kind: "ok", value: result as Extract<R, { type: "ok" }>, bytes: buf });
       else if (result.type === "invalid") finish({ kind: "invalid", reason: result.reason, bytes: buf });
       else if (buf.length >= maxBytes) finish({ kind: "too-large", bytes: buf });
+      else needBytes = result.needBytes ?? 0;
     };
     const onClosed = (): void => finish({ kind: "closed", bytes: buf });
     // Attaching an 'error' listener for the duration also keeps an ECONNRESET

@@ -3,14 +3,26 @@
  * grants, claims it in the router (refusing anything another cog holds),
  * assigns TCP ports (stable: kept in SQLite per cog and route name) and opens
  * their listeners. Everything refused comes back with a reason for the cog.
+ *
+ * TCP port rules (issue 8, defects 3 and 7):
+ * - A cog without a TCP grant of its own holds at most
+ *   hub.default_tcp_ports_per_cog assignments from the pool, live or not,
+ *   requested by port number or not. Assignments outlive routes (a VM stopped
+ *   and started keeps its SSH port), so they are what the limit counts.
+ * - A port granted to another cog (capsul.yaml or `invite --tcp-ports`) or
+ *   assigned to another cog is never given out. Only the operator frees
+ *   another cog's assignment (`capsul hub ports release`); a cog at its limit
+ *   or with a dry grant reuses its own longest-unused assignment instead.
+ * - A route renamed with the same port takes its own assignment along.
+ * - A state error on one route refuses that route; it never ends the session.
  */
-import type { HubConfig } from "../config/types.js";
+import type { HubConfig, PortRange } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { AcceptedRoute, RefusedRoute, WireRoute } from "../protocol/control.js";
 import { normalizeHostnamePattern } from "../lib/hostname.js";
-import { grantsFor, inRanges, patternCovers } from "./grants.js";
+import { grantsFor, inRanges, patternCovers, portGrants, type CogGrants } from "./grants.js";
 import type { RouteEntry, Router } from "./router.js";
-import type { HubState } from "./state.js";
+import type { HubState, PortAssignment } from "./state.js";
 
 export interface TcpPortOpener {
   /** Opens (or keeps) the public listener for a port; rejects with the bind error. */
@@ -19,6 +31,20 @@ export interface TcpPortOpener {
 }
 
 export interface ApplyResult { accepted: AcceptedRoute[]; refused: RefusedRoute[] }
+
+/** What a cog's TCP routes are checked against, read once per announce. */
+interface TcpContext {
+  grants: CogGrants;
+  /** Port ranges granted to other cogs: never assigned to this one. */
+  othersRanges: PortRange[];
+  /** This announce's TCP route names: their assignments are not reused by its other routes. */
+  wanted: Set<string>;
+}
+
+type TcpOutcome = { entry: RouteEntry } | { reason: string };
+
+/** What a cog is told when the hub's own state failed on its route; the details go to the hub's log. */
+export const ROUTE_STATE_ERROR_REASON = "the hub could not record this route (hub-side error, see the hub's log); it will be retried with the next announce";
 
 export class RouteTable {
   constructor(
@@ -31,31 +57,33 @@ export class RouteTable {
 
   /** Replaces the cog's routes with `wanted`. */
   async apply(cog: string, wanted: WireRoute[]): Promise<ApplyResult> {
-    const grants = grantsFor(this.cfg, this.state, cog);
     const accepted: AcceptedRoute[] = [];
     const refused: RefusedRoute[] = [];
     const keep: RouteEntry[] = [];
     const names = new Set<string>();
+    let ctx: TcpContext | null = null;
+    try {
+      ctx = this.context(cog, wanted);
+    } catch (err) {
+      this.log.error("could not read a cog's grants", { cog, error: (err as Error).message });
+    }
     for (const r of wanted) {
       if (names.has(r.name)) { refused.push({ name: r.name, reason: `duplicate route name ${r.name}` }); continue; }
       names.add(r.name);
-      if (r.kind === "tcp") {
-        const res = await this.applyTcp(cog, r, grants);
-        if ("reason" in res) refused.push({ name: r.name, reason: res.reason });
-        else { keep.push(res.entry); accepted.push({ name: r.name, kind: "tcp", port: res.entry.port }); }
-        continue;
+      if (!ctx) { refused.push({ name: r.name, reason: ROUTE_STATE_ERROR_REASON }); continue; }
+      let res: TcpOutcome;
+      try {
+        res = r.kind === "tcp" ? await this.applyTcp(cog, r, ctx) : this.applyHost(cog, r, ctx.grants);
+      } catch (err) {
+        // SQLite (busy, full disk, a constraint) failing on one route must not take the tunnel down.
+        this.log.error("route could not be applied", { cog, route: r.name, error: (err as Error).message });
+        res = { reason: ROUTE_STATE_ERROR_REASON };
       }
-      const pattern = r.hostname === undefined ? null : normalizeHostnamePattern(r.hostname);
-      if (!pattern) { refused.push({ name: r.name, reason: `not a hostname pattern: ${JSON.stringify(r.hostname)}` }); continue; }
-      if (!grants.hostnames.some((g) => patternCovers(g, pattern))) {
-        refused.push({ name: r.name, reason: `hostname ${pattern} is not granted to cog ${cog}` });
-        continue;
-      }
-      const entry: RouteEntry = { cog, route: r.name, kind: r.kind, pattern };
-      const claim = this.router.claim(entry);
-      if (!claim.ok) { refused.push({ name: r.name, reason: `hostname ${pattern} (${r.kind}) is held by cog ${claim.holder}` }); continue; }
-      keep.push(entry);
-      accepted.push({ name: r.name, kind: r.kind, hostname: pattern });
+      if ("reason" in res) { refused.push({ name: r.name, reason: res.reason }); continue; }
+      keep.push(res.entry);
+      accepted.push(res.entry.kind === "tcp"
+        ? { name: r.name, kind: "tcp", port: res.entry.port }
+        : { name: r.name, kind: res.entry.kind, hostname: res.entry.pattern });
     }
     // Withdraw whatever the cog held before and did not announce again.
     for (const old of this.router.entriesOf(cog)) {
@@ -63,37 +91,46 @@ export class RouteTable {
       this.router.release(old);
       if (old.kind === "tcp" && old.port !== undefined) this.closePort(old.port);
     }
-    // Port assignments outlive the routes (a VM stopped and started keeps its SSH
-    // port); they are reclaimed only when a pool runs dry (see reclaimablePort).
     return { accepted, refused };
   }
 
-  private async applyTcp(cog: string, r: WireRoute, grants: ReturnType<typeof grantsFor>): Promise<{ entry: RouteEntry } | { reason: string }> {
-    const current = this.state.portFor(cog, r.name);
-    let port = current;
-    if (r.port !== undefined && r.port !== current) {
-      const why = this.portProblem(cog, r.port, grants.tcpPorts);
-      if (why) return { reason: why };
-      if (current !== undefined) this.state.releasePort(cog, r.name);
-      this.state.assignPort(cog, r.name, r.port);
-      port = r.port;
+  private context(cog: string, wanted: WireRoute[]): TcpContext {
+    const grants = grantsFor(this.cfg, this.state, cog);
+    const wantedTcp = new Set(wanted.filter((r) => r.kind === "tcp").map((r) => r.name));
+    // Other cogs' ranges only matter to a cog with TCP routes; skip the read for the rest.
+    const othersRanges = wantedTcp.size === 0 ? [] : portGrants(this.cfg, this.state).filter((g) => g.cog !== cog).map((g) => g.range);
+    return { grants, othersRanges, wanted: wantedTcp };
+  }
+
+  private applyHost(cog: string, r: WireRoute, grants: CogGrants): TcpOutcome {
+    const pattern = r.hostname === undefined ? null : normalizeHostnamePattern(r.hostname);
+    if (!pattern) return { reason: `not a hostname pattern: ${JSON.stringify(r.hostname)}` };
+    if (!grants.hostnames.some((g) => patternCovers(g, pattern))) return { reason: `hostname ${pattern} is not granted to cog ${cog}` };
+    const entry: RouteEntry = { cog, route: r.name, kind: r.kind, pattern };
+    const claim = this.router.claim(entry);
+    if (!claim.ok) return { reason: `hostname ${pattern} (${r.kind}) is held by cog ${claim.holder}` };
+    return { entry };
+  }
+
+  private async applyTcp(cog: string, r: WireRoute, ctx: TcpContext): Promise<TcpOutcome> {
+    let current = this.state.portFor(cog, r.name);
+    if (current !== undefined && this.notUsable(cog, current, ctx)) {
+      // Grants changed since it was assigned (range given to another cog, pool shrunk): the cog's own assignment goes.
+      this.log.info("dropping a hub TCP port assignment its cog is no longer granted", { cog, route: r.name, port: current });
+      this.state.releasePort(cog, r.name);
+      current = undefined;
     }
-    if (port === undefined) {
-      const live = this.router.entriesOf(cog).filter((e) => e.kind === "tcp" && e.route !== r.name).length;
-      if (grants.fromPool && live >= this.cfg.defaultTcpPortsPerCog) {
-        return { reason: `cog ${cog} already holds ${this.cfg.defaultTcpPortsPerCog} hub TCP ports (hub.default_tcp_ports_per_cog)` };
-      }
-      port = this.freePort(cog, grants.tcpPorts);
-      if (port === undefined) {
-        const stale = this.reclaimablePort(cog, grants.tcpPorts);
-        if (stale) {
-          this.log.info("reclaiming an unused hub TCP port", { port: stale.port, from: `${stale.cog}/${stale.route}`, to: `${cog}/${r.name}` });
-          this.state.releasePort(stale.cog, stale.route);
-          port = stale.port;
-        }
-      }
-      if (port === undefined) return { reason: grants.tcpPorts.length ? "no free hub TCP port left in this cog's grant" : "this hub has no TCP ports to assign (hub.listen.tcp_ports)" };
-      this.state.assignPort(cog, r.name, port);
+    let port: number;
+    if (r.port !== undefined && r.port !== current) {
+      const got = this.assignExplicit(cog, r.name, r.port, ctx);
+      if (typeof got === "string") return { reason: got };
+      port = got;
+    } else if (current !== undefined) {
+      port = current;
+    } else {
+      const got = this.assignFree(cog, r.name, ctx);
+      if (typeof got === "string") return { reason: got };
+      port = got;
     }
     const entry: RouteEntry = { cog, route: r.name, kind: "tcp", port };
     const claim = this.router.claim(entry);
@@ -107,48 +144,107 @@ export class RouteTable {
     return { entry };
   }
 
-  private portProblem(cog: string, port: number, ranges: readonly { from: number; to: number }[]): string | null {
-    if (!inRanges(port, ranges)) return `hub port ${port} is not granted to cog ${cog}`;
-    const owner = this.state.portOwner(port);
-    if (owner && owner.cog !== cog) return `hub port ${port} is assigned to cog ${owner.cog}`;
-    if (this.reservedForOther(cog, port)) return `hub port ${port} is granted to another cog`;
+  /** A port this cog may not use (any more): outside its grant, or inside another cog's. */
+  private notUsable(cog: string, port: number, ctx: TcpContext): string | null {
+    if (!inRanges(port, ctx.grants.tcpPorts)) {
+      return ctx.grants.fromPool ? `hub port ${port} is not in the hub's TCP port pool` : `hub port ${port} is not granted to cog ${cog}`;
+    }
+    if (inRanges(port, ctx.othersRanges)) return `hub port ${port} is granted to another cog`;
     return null;
   }
 
-  private reservedForOther(cog: string, port: number): boolean {
-    return this.cfg.cogs.some((c) => c.name !== cog && inRanges(port, c.tcpPorts));
+  /** The route asks for `port` by number: a new assignment, or a move of the cog's own. Returns the port or a refusal. */
+  private assignExplicit(cog: string, route: string, port: number, ctx: TcpContext): number | string {
+    const why = this.notUsable(cog, port, ctx);
+    if (why) return why;
+    const owner = this.state.portOwner(port);
+    if (owner && owner.cog !== cog) return `hub port ${port} is assigned to cog ${owner.cog}`;
+    const live = this.router.lookupPort(port);
+    if (live && live.cog !== cog) return `hub port ${port} is held by cog ${live.cog}`;
+    if (owner) {
+      // The cog's own port under another route name: a rename that keeps its port, unless both names are announced now.
+      if (ctx.wanted.has(owner.route)) return `hub port ${port} is already used by this cog's route ${owner.route}`;
+      this.state.moveAssignment(port, cog, route);
+      return port;
+    }
+    const room = this.makeRoom(cog, route, ctx);
+    if ("refuse" in room) return room.refuse;
+    this.state.db.transaction(() => {
+      if ("reuse" in room) this.state.releasePort(cog, room.reuse.route);
+      this.state.reassignPort(cog, route, port);
+    })();
+    return port;
   }
 
-  private freePort(cog: string, ranges: readonly { from: number; to: number }[]): number | undefined {
-    for (const r of ranges) {
+  /** The route asks for any port: a free one from its grant, else one of the cog's own unused ones. */
+  private assignFree(cog: string, route: string, ctx: TcpContext): number | string {
+    const room = this.makeRoom(cog, route, ctx);
+    if ("refuse" in room) return room.refuse;
+    // At its pool limit the cog reuses the assignment makeRoom picked; otherwise a free port first.
+    const port = "free" in room ? this.freePort(cog, ctx) : undefined;
+    if (port !== undefined) {
+      this.state.assignPort(cog, route, port);
+      return port;
+    }
+    const own = "free" in room ? this.ownReusable(cog, ctx) : room.reuse;
+    if (!own) {
+      return ctx.grants.fromPool
+        ? (this.cfg.listen.tcpPorts.length ? "no free hub TCP port left in the pool (hub.listen.tcp_ports)" : "this hub has no TCP ports to assign (hub.listen.tcp_ports)")
+        : "no free hub TCP port left in this cog's grant";
+    }
+    this.log.info("reusing a cog's own unused hub TCP port", { cog, port: own.port, from: own.route, to: route });
+    this.state.moveAssignment(own.port, cog, route);
+    return own.port;
+  }
+
+  /**
+   * Below its pool limit a cog may take a new port ("free"). At the limit it
+   * must give up one of its own unused assignments (returned; the caller moves
+   * or drops it), or is refused. A cog with a grant of its own has no limit
+   * but the grant.
+   */
+  private makeRoom(cog: string, route: string, ctx: TcpContext): { free: true } | { reuse: PortAssignment } | { refuse: string } {
+    if (!ctx.grants.fromPool) return { free: true };
+    const limit = this.cfg.defaultTcpPortsPerCog;
+    const held = this.state.assignmentsOf(cog).filter((a) => a.route !== route && this.notUsable(cog, a.port, ctx) === null);
+    if (held.length < limit) return { free: true };
+    const own = this.ownReusable(cog, ctx);
+    if (own && limit > 0) return { reuse: own };
+    return { refuse: `cog ${cog} already holds ${held.length} hub TCP ports, its limit (hub.default_tcp_ports_per_cog: ${limit}); withdraw a tcp route, or ask the hub operator to release one (capsul hub ports)` };
+  }
+
+  private freePort(cog: string, ctx: TcpContext): number | undefined {
+    for (const r of ctx.grants.tcpPorts) {
+      const taken = new Set(this.state.assignmentsIn(r.from, r.to).map((a) => a.port));
       for (let p = r.from; p <= r.to; p++) {
-        if (this.state.portOwner(p)) continue;
-        if (this.reservedForOther(cog, p)) continue;
+        if (taken.has(p) || inRanges(p, ctx.othersRanges)) continue;
+        const live = this.router.lookupPort(p);
+        if (live && live.cog !== cog) continue;
         return p;
       }
     }
     return undefined;
   }
 
+  /** The cog's own longest-unused assignment that no route of this announce uses. */
+  private ownReusable(cog: string, ctx: TcpContext): PortAssignment | undefined {
+    let best: PortAssignment | undefined;
+    for (const a of this.state.assignmentsOf(cog)) {
+      if (ctx.wanted.has(a.route) || this.notUsable(cog, a.port, ctx) !== null) continue;
+      if (!best || a.assignedAt < best.assignedAt) best = a;
+    }
+    return best;
+  }
+
   /** Stops serving a port; its assignment stays, stamped with when it was last served. */
   private closePort(port: number): void {
     this.tcp.close(port);
-    this.state.touchPort(port);
-  }
-
-  /**
-   * When no port is free: the longest-unused assignment in the ranges that no
-   * route currently serves and that is not inside another cog's explicit grant.
-   */
-  private reclaimablePort(cog: string, ranges: readonly { from: number; to: number }[]): { port: number; cog: string; route: string } | undefined {
-    let best: { port: number; cog: string; route: string; assignedAt: number } | undefined;
-    for (const r of ranges) {
-      for (const a of this.state.assignmentsIn(r.from, r.to)) {
-        if (this.router.lookupPort(a.port) || this.reservedForOther(cog, a.port)) continue;
-        if (!best || a.assignedAt < best.assignedAt) best = a;
-      }
+    try {
+      this.state.touchPort(port);
+    } catch (err) {
+      // Only the reuse order depends on the stamp: not worth failing a withdrawal or a cog's departure for.
+      this.log.warn("could not stamp a closed hub TCP port", { port, error: (err as Error).message });
     }
-    return best;
   }
 
   /** The cog is gone for good (grace over, or revoked): free its routes and listeners, keep port assignments. */

@@ -56,6 +56,9 @@ export interface CogListRow extends CogRow {
   remote: string | null;
   routes: string[];
 }
+export interface StoredGrant { cog: string; kind: "hostname" | "tcp"; value: string }
+/** A hub TCP port held by one route of one cog; `assignedAt` is when it was assigned or last served. */
+export interface PortAssignment { port: number; cog: string; route: string; assignedAt: number }
 export interface InviteRow { cog: string; expiresAt: number; usedAt: number | null }
 export interface InviteListRow extends InviteRow { createdAt: number }
 
@@ -145,6 +148,18 @@ export class HubState {
     return null;
   }
 
+  /**
+   * When another certificate was issued to this cog at or after the one with `serial`
+   * (i.e. that one was already renewed or replaced), the latest such time; else null.
+   */
+  newerCertIssuedAt(cog: string, serial: string): number | null {
+    const r = this.db.prepare(
+      `SELECT MAX(c.issued_at) AS at FROM certs c JOIN certs p ON p.serial = ?
+        WHERE c.cog = ? AND c.serial <> p.serial AND c.issued_at >= p.issued_at`,
+    ).get(serial, cog) as { at: number | null } | undefined;
+    return r?.at ?? null;
+  }
+
   /** Revokes the cog and every certificate it holds. Returns false if unknown. */
   revokeCog(name: string, now = Date.now()): boolean {
     return this.db.transaction(() => {
@@ -171,19 +186,25 @@ export class HubState {
     })();
   }
 
+  /** The cog an invite is for, or why it cannot be used; consumes nothing (see useInvite). */
+  checkInvite(tokenHash: string, now = Date.now()): { cog: string } | { problem: string } {
+    const r = this.db.prepare("SELECT cog, expires_at, used_at FROM invites WHERE token_hash = ?").get(tokenHash) as
+      { cog: string; expires_at: number; used_at: number | null } | undefined;
+    if (!r) return { problem: "unknown invite token" };
+    if (r.used_at !== null) return { problem: "this invite token was already used" };
+    if (r.expires_at <= now) return { problem: "this invite token has expired; ask the hub operator for a new one" };
+    return { cog: r.cog };
+  }
+
   /**
    * Consumes an invite atomically: returns the cog name, or a reason it cannot
    * be used. A token works once, before it expires.
    */
   useInvite(tokenHash: string, now = Date.now()): { cog: string } | { problem: string } {
     return this.db.transaction(() => {
-      const r = this.db.prepare("SELECT cog, expires_at, used_at FROM invites WHERE token_hash = ?").get(tokenHash) as
-        { cog: string; expires_at: number; used_at: number | null } | undefined;
-      if (!r) return { problem: "unknown invite token" };
-      if (r.used_at !== null) return { problem: "this invite token was already used" };
-      if (r.expires_at <= now) return { problem: "this invite token has expired; ask the hub operator for a new one" };
-      this.db.prepare("UPDATE invites SET used_at = ? WHERE token_hash = ?").run(now, tokenHash);
-      return { cog: r.cog };
+      const r = this.checkInvite(tokenHash, now);
+      if ("cog" in r) this.db.prepare("UPDATE invites SET used_at = ? WHERE token_hash = ?").run(now, tokenHash);
+      return r;
     })();
   }
 
@@ -207,8 +228,20 @@ export class HubState {
     };
   }
 
-  allHostnameGrants(): Array<{ cog: string; value: string }> {
-    return this.db.prepare("SELECT cog, value FROM grants WHERE kind = 'hostname'").all() as Array<{ cog: string; value: string }>;
+  /** Every stored grant of every cog, for the checks that no two cogs' grants overlap. */
+  allGrants(kind?: StoredGrant["kind"]): StoredGrant[] {
+    if (kind) return this.db.prepare("SELECT cog, kind, value FROM grants WHERE kind = ? ORDER BY cog, value").all(kind) as StoredGrant[];
+    return this.db.prepare("SELECT cog, kind, value FROM grants ORDER BY cog, kind, value").all() as StoredGrant[];
+  }
+
+  /** Removes one stored grant (`capsul hub ungrant`); false if there was none. */
+  removeGrant(cog: string, kind: "hostname" | "tcp", value: string): boolean {
+    return this.db.prepare("DELETE FROM grants WHERE cog = ? AND kind = ? AND value = ?").run(cog, kind, value).changes > 0;
+  }
+
+  /** Names of every cog ever invited, revoked ones included (an invite lifts a revocation). */
+  cogNames(): string[] {
+    return (this.db.prepare("SELECT name FROM cogs ORDER BY name").all() as Array<{ name: string }>).map((r) => r.name);
   }
 
   // ---- TCP port assignments ----
@@ -227,16 +260,54 @@ export class HubState {
     this.db.prepare("UPDATE tcp_ports SET assigned_at = ? WHERE port = ?").run(now, port);
   }
 
-  assignmentsIn(from: number, to: number): Array<{ port: number; cog: string; route: string; assignedAt: number }> {
-    return this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports WHERE port BETWEEN ? AND ?").all(from, to) as
-      Array<{ port: number; cog: string; route: string; assignedAt: number }>;
+  assignmentsIn(from: number, to: number): PortAssignment[] {
+    return this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports WHERE port BETWEEN ? AND ?").all(from, to) as PortAssignment[];
+  }
+
+  assignmentsOf(cog: string): PortAssignment[] {
+    return this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports WHERE cog = ? ORDER BY port").all(cog) as PortAssignment[];
+  }
+
+  allAssignments(): PortAssignment[] {
+    return this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports ORDER BY port").all() as PortAssignment[];
   }
 
   assignPort(cog: string, route: string, port: number, now = Date.now()): void {
     this.db.prepare("INSERT INTO tcp_ports (port, cog, route, assigned_at) VALUES (?, ?, ?, ?)").run(port, cog, route, now);
   }
 
+  /**
+   * Gives the assignment of `port` to another route of the same cog, dropping
+   * whatever that route held before (a rename that keeps its port, or a cog
+   * reusing one of its own stale assignments). One transaction: no moment
+   * where the cog holds neither.
+   */
+  moveAssignment(port: number, cog: string, route: string, now = Date.now()): void {
+    this.db.transaction(() => {
+      this.db.prepare("DELETE FROM tcp_ports WHERE cog = ? AND route = ? AND port <> ?").run(cog, route, port);
+      const r = this.db.prepare("UPDATE tcp_ports SET route = ?, assigned_at = ? WHERE port = ? AND cog = ?").run(route, now, port, cog);
+      if (r.changes !== 1) throw new Error(`hub port ${port} is not assigned to cog ${cog}`);
+    })();
+  }
+
+  /** Replaces the route's assignment (if any) by `port`, atomically. */
+  reassignPort(cog: string, route: string, port: number, now = Date.now()): void {
+    this.db.transaction(() => {
+      this.releasePort(cog, route);
+      this.assignPort(cog, route, port, now);
+    })();
+  }
+
   releasePort(cog: string, route: string): void {
     this.db.prepare("DELETE FROM tcp_ports WHERE cog = ? AND route = ?").run(cog, route);
+  }
+
+  /** Drops the assignment of one port, whoever holds it (`capsul hub ports release`). */
+  releasePortNumber(port: number): PortAssignment | undefined {
+    return this.db.transaction(() => {
+      const a = this.db.prepare("SELECT port, cog, route, assigned_at AS assignedAt FROM tcp_ports WHERE port = ?").get(port) as PortAssignment | undefined;
+      if (a) this.db.prepare("DELETE FROM tcp_ports WHERE port = ?").run(port);
+      return a;
+    })();
   }
 }

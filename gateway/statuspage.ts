@@ -134,7 +134,7 @@ export function renderStatusPage(s: StatusJson, refreshMs: number, meter: Traffi
   for (const v of rates.values()) { allRate = (allRate ?? 0) + v; maxRate = Math.max(maxRate, v); }
   const online = s.cogs.filter((c) => c.online).length;
   const enrolled = s.cogs.filter((c) => c.state !== "invited" && c.state !== "revoked").length;
-  const refused = s.visitors.refused.no_route + s.visitors.refused.cog_offline + s.visitors.refused.over_limit;
+  const refused = Object.values(s.visitors.refused).reduce((a, b) => a + b, 0);
   const routeRows = s.cogs.flatMap((c) => c.routes.map((r) => routeRow(c, r, rates.get(routeKey(c.name, r)), maxRate)));
   const refresh = Math.round(refreshMs / 1000);
   const peekTables = Object.entries(s.visitors.peeks).map(([listener, o]) => counters(`${listener} peeks`, `peek-${listener}`, Object.entries(o)));
@@ -164,7 +164,7 @@ ${routeRows.length ? `<div class="scroll"><table><thead><tr><th>cog</th><th>rout
 <tbody>${routeRows.join("\n")}</tbody></table></div>` : `<p class="empty">No routes: no cog is connected.</p>`}
 <h2>Refused and failed</h2>
 <div class="counters">
-${counters("visitors", "visitors", [["routed", s.visitors.routed], ["no_route", s.visitors.refused.no_route], ["cog_offline", s.visitors.refused.cog_offline], ["over_limit", s.visitors.refused.over_limit]])}
+${counters("visitors", "visitors", [["routed", s.visitors.routed], ...Object.entries(s.visitors.refused), ...Object.entries(s.visitors.cut)])}
 ${peekTables.join("\n")}
 ${counters("tunnels", "tunnels", [["up", s.tunnels.up], ["connects", s.tunnels.connects], ["disconnects", s.tunnels.disconnects], ["reconnects", s.tunnels.reconnects]])}
 </div>

@@ -1,30 +1,34 @@
 /**
  * The registry of live tunnels and the tunnel server: one mTLS connection per
  * cog, yamux on top, the first stream the cog opens is the control stream.
- * Unauthenticated connections may only enroll. A reconnecting cog replaces
+ * Unauthenticated connections may only enroll, under the caps of admission.ts
+ * and a deadline for their first control message. A reconnecting cog replaces
  * its own stale session; while a cog is away its routes are held for the
  * grace period so visitors can wait for it instead of being refused.
  */
 import { EventEmitter } from "node:events";
+import net from "node:net";
 import tls from "node:tls";
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { ProtocolError } from "../lib/errors.js";
-import { MuxSession, type MuxStream } from "../protocol/mux.js";
-import { encodeMessage, MessageReader } from "../protocol/messages.js";
+import { MUX_INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from "../protocol/mux.js";
+import { encodeMessage, MESSAGE_MAX_BYTES, MessageReader } from "../protocol/messages.js";
 import {
   checkWireRoutes, TUNNEL_PROTOCOL_VERSION, versionMismatchMessage,
-  type AcceptedRoute, type CogMessage, type HubMessage,
+  type CogMessage, type ErrorCode, type HubMessage,
 } from "../protocol/control.js";
 import type { HubPki } from "../certs/pki.js";
-import { peerAuthResult, signCogCsr } from "../certs/pki.js";
-import { hashToken } from "../certs/tokens.js";
+import { peerAuthResult } from "../certs/pki.js";
 import type { HubState } from "./state.js";
 import type { RouteTable } from "./routes.js";
+import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
+import { ControlChannel, newControlStats, type ControlStats } from "./control.js";
+import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 
 /**
  * How long an unauthenticated or silent connection may take to send its first
- * control message: the default of hub.tunnel.control_hello_timeout.
+ * complete control message: the default of hub.tunnel.control_hello_timeout.
  */
 export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
 /**
@@ -39,6 +43,22 @@ export const REVOCATION_POLL_MS = 500;
  * once. Not a config key on purpose: any other value only lets a peer park memory.
  */
 export const HUB_ACCEPT_BACKLOG = 0;
+/**
+ * Listen backlog of the tunnel port, as the public listeners' (gateway/hub.ts): hundreds of
+ * cogs redial together after a hub restart, and Node's default of 511 drops SYNs past it.
+ */
+export const TUNNEL_LISTEN_BACKLOG = 1024;
+/**
+ * A connection without a valid client certificate may only enroll: a token and a CSR, ~750
+ * bytes. Its first message is capped at this instead of MESSAGE_MAX_BYTES (1 MiB), and its
+ * streams get the spec's 256 KiB window instead of max_stream_window (8 MiB), so a stranger
+ * can make the hub buffer ~272 KiB at most. Not config keys: they bound strangers only.
+ */
+export const ENROLL_MESSAGE_MAX_BYTES = 16 * 1024;
+/** The cog's `software` string is logged up to this many characters (it is the peer's to choose, up to 1 MiB). */
+export const SOFTWARE_LOG_MAX_CHARS = 64;
+/** After a refusal the hub ends the control stream, then destroys the tunnel this much later, so the reason reaches the cog. */
+export const REFUSAL_LINGER_MS = 1_000;
 
 export interface CogLink {
   cog: string;
@@ -48,24 +68,37 @@ export interface CogLink {
   graceTimer: NodeJS.Timeout | null;
   remote: string;
   connectedAt: number;
+  /** The live tunnel's control channel (route applications, renewals), for status and tests. */
+  control: ControlChannel | null;
 }
 
-/** Route summary for `capsul hub cogs`: "tls:web.example", "tcp:20001". */
-function describe(routes: AcceptedRoute[]): string[] {
-  return routes.map((r) => (r.kind === "tcp" ? `tcp:${r.port}` : `${r.kind}:${r.hostname}`));
+/** One live TCP connection on the tunnel port, by its 4-tuple: our side is fixed, so the peer's address and port. */
+function connKey(s: net.Socket): string {
+  return `${s.remoteAddress}|${s.remotePort}`;
 }
 
-function normSerial(s: string): string {
-  return s.toLowerCase().replace(/^0+/, "");
-}
+/** Hub-wide counts since start (gateway/metrics.ts): tunnels refused, by the error code sent; what control streams did. */
+export interface TunnelCounts { refused: Record<ErrorCode, number>; control: ControlStats }
 
 /** Events: "attached" (cog: string, session: MuxSession) when a cog's tunnel is authenticated and in use. */
 export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
-  private server: tls.Server | null = null;
+  readonly counts: TunnelCounts = {
+    refused: { "version": 0, "auth": 0, "revoked": 0, "bad-request": 0, "enroll": 0, "renew": 0 },
+    control: newControlStats(),
+  };
+  private server: net.Server | null = null;
+  private readonly tlsServer: tls.Server;
   private pollTimer: NodeJS.Timeout | null = null;
   private lastDataVersion = -1;
   private closing = false;
+  private readonly strangers: ThrottledLog;
+  readonly admission: TunnelAdmission;
+  readonly issuance: Issuance;
+  /** Admitted TCP connections whose TLS handshake has not finished, by connKey. */
+  private readonly handshaking = new Map<string, AdmissionTicket>();
+  /** Every TCP connection on the tunnel port, so close() can end the unauthenticated ones too. */
+  private readonly sockets = new Set<net.Socket>();
 
   constructor(
     private readonly cfg: HubConfig,
@@ -75,10 +108,11 @@ export class Tunnels extends EventEmitter {
     private readonly log: Logger,
   ) {
     super();
-  }
-
-  async listen(): Promise<number> {
-    const server = tls.createServer({
+    this.strangers = new ThrottledLog(log);
+    this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
+    this.issuance = new Issuance(cfg, state, pki);
+    // TLS runs on connections the TCP listener below admitted; this server never listens itself.
+    this.tlsServer = tls.createServer({
       key: this.pki.hubKeyPem,
       cert: this.pki.hubCertPem + "\n" + this.pki.caCertPem,
       ca: this.pki.caCertPem,
@@ -87,15 +121,19 @@ export class Tunnels extends EventEmitter {
       minVersion: "TLSv1.3",
       handshakeTimeout: this.cfg.tunnel.handshakeTimeoutMs,
     });
-    server.on("secureConnection", (sock) => this.onConnection(sock));
-    server.on("tlsClientError", (err, sock) => {
-      this.log.warn("tunnel TLS handshake failed", { remote: `${sock.remoteAddress}:${sock.remotePort}`, error: err.message });
+    this.tlsServer.on("secureConnection", (sock: tls.TLSSocket) => this.onConnection(sock));
+    this.tlsServer.on("tlsClientError", (err, sock) => {
+      this.strangers.warn(sourceKey(sock.remoteAddress), "tunnel TLS handshake failed", { remote: `${sock.remoteAddress}:${sock.remotePort}`, error: err.message });
     });
+  }
+
+  async listen(): Promise<number> {
+    const server = net.createServer((raw) => this.onTcp(raw));
     this.server = server;
     const { host, port } = this.cfg.listen.tunnel;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(port, host, () => { server.off("error", reject); resolve(); });
+      server.listen({ port, host, backlog: TUNNEL_LISTEN_BACKLOG }, () => { server.off("error", reject); resolve(); });
     });
     server.on("error", (err) => this.log.error("tunnel listener error", { error: err.message }));
     this.state.markAllOffline();
@@ -113,30 +151,63 @@ export class Tunnels extends EventEmitter {
     return new Promise((resolve) => link.waiters.push(resolve));
   }
 
+  /** A TCP connection: admitted under the caps (else closed before any TLS work), then handed to TLS. */
+  private onTcp(raw: net.Socket): void {
+    if (this.closing) { raw.destroy(); return; }
+    const ticket = this.admission.admit(raw.remoteAddress);
+    if (!ticket) { raw.destroy(); return; }
+    const key = connKey(raw);
+    this.handshaking.set(key, ticket);
+    this.sockets.add(raw);
+    raw.on("error", () => {}); // the TLS socket on top reports what matters
+    raw.once("close", () => {
+      ticket.release();
+      if (this.handshaking.get(key) === ticket) this.handshaking.delete(key);
+      this.sockets.delete(raw);
+    });
+    this.tlsServer.emit("connection", raw);
+  }
+
   private onConnection(sock: tls.TLSSocket): void {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
+    const key = connKey(sock);
+    const ticket = this.handshaking.get(key);
+    this.handshaking.delete(key);
+    if (!ticket) { sock.destroy(); return; } // not from our listener (cannot happen), or already closed
     sock.setNoDelay(true);
     const tuning = this.cfg.tunnel;
+    // Only a peer whose certificate chains to our CA will ever get visitor streams; a stranger's
+    // one stream (the enrollment) gets the spec's initial window, so it cannot park 8 MiB here.
+    const window = sock.authorized ? tuning.maxStreamWindowBytes : MUX_INITIAL_WINDOW_BYTES;
     const session = new MuxSession(sock, {
       role: "server",
-      maxStreamWindowBytes: tuning.maxStreamWindowBytes,
-      maxAutoWindowBytes: tuning.maxAutoWindowBytes,
+      maxStreamWindowBytes: window,
+      maxAutoWindowBytes: sock.authorized ? tuning.maxAutoWindowBytes : window,
       keepaliveIntervalMs: tuning.keepaliveIntervalMs,
       keepaliveTimeoutMs: tuning.keepaliveTimeoutMs,
       acceptBacklog: HUB_ACCEPT_BACKLOG,
       maxFramePayloadBytes: tuning.maxFramePayloadBytes,
       writeBatchMaxBytes: tuning.writeBatchMaxBytes,
       closeLingerMs: tuning.closeLingerMs,
+      maxQueuedControlFrames: tuning.maxQueuedControlFrames,
     });
     session.on("error", () => {});
+    // The deadline runs until the first complete control message, not until the stream
+    // opens: a peer that opens it and then trickles (or says nothing) is closed all the same.
     const timer = setTimeout(() => {
-      this.log.warn("tunnel closed: no control message in time", { remote });
+      this.strangers.warn(sourceKey(sock.remoteAddress), "tunnel closed: no control message in time", { remote });
       session.destroy();
-    }, this.cfg.tunnel.controlHelloTimeoutMs);
-    session.once("close", () => clearTimeout(timer));
-    session.once("stream", (control: MuxStream) => {
+    }, tuning.controlHelloTimeoutMs);
+    const source = ticket.source;
+    session.once("close", (err?: Error) => {
       clearTimeout(timer);
-      this.onControl(sock, session, control, remote).catch((err: Error) => {
+      // Before authentication nobody else will say why a tunnel ended (a flood of pings, bad frames).
+      if (err && !this.closing && !this.sessionCogs.has(session)) {
+        this.strangers.warn(source, "unauthenticated tunnel closed", { remote, error: err.message }, `closed: ${(err as NodeJS.ErrnoException).code}`);
+      }
+    });
+    session.once("stream", (control: MuxStream) => {
+      this.onControl(sock, session, control, remote, ticket, () => clearTimeout(timer)).catch((err: Error) => {
         // A tunnel that simply went away ends its control stream with an error too; that is not news.
         if (!session.closed && !this.closing) {
           const level = err instanceof ProtocolError ? "warn" : "error";
@@ -147,18 +218,46 @@ export class Tunnels extends EventEmitter {
     });
   }
 
-  private async onControl(sock: tls.TLSSocket, session: MuxSession, control: MuxStream, remote: string): Promise<void> {
-    const reader = new MessageReader<CogMessage>(control);
+  /** Sessions whose hello was accepted, and their cog. */
+  private readonly sessionCogs = new WeakMap<MuxSession, string>();
+
+  private async onControl(
+    sock: tls.TLSSocket, session: MuxSession, control: MuxStream, remote: string,
+    ticket: AdmissionTicket, firstMessageIn: () => void,
+  ): Promise<void> {
+    control.on("error", () => {}); // the session's close says what happened
     const send = (m: HubMessage): void => { control.write(encodeMessage(m)); };
     const refuse = (m: HubMessage & { type: "error" }): void => {
-      this.log.warn("tunnel refused", { remote, reason: m.message });
+      this.counts.refused[m.code]++;
+      this.strangers.warn(ticket.source, "tunnel refused", { remote, reason: m.message }, `tunnel refused: ${m.code}`);
       control.end(encodeMessage(m));
-      setTimeout(() => session.destroy(), 1000).unref();
+      setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
     };
+    // Identity comes from the certificate alone.
+    const auth = peerAuthResult(sock);
+    if (!auth.ok && auth.code !== undefined) {
+      // A certificate that failed verification: nothing this peer can say changes that.
+      firstMessageIn();
+      refuse({ type: "error", code: "auth", message: `hub refused the tunnel: ${auth.reason}; enroll this cog again with capsul cog enroll` });
+      return;
+    }
+    const reader = new MessageReader<CogMessage>(control, auth.ok ? MESSAGE_MAX_BYTES : ENROLL_MESSAGE_MAX_BYTES);
     const first = await reader.next();
+    firstMessageIn();
     if (!first) { session.destroy(); return; }
     if (first.type === "enroll") {
-      await this.enroll(first, send, refuse, remote);
+      if (first.protocol !== TUNNEL_PROTOCOL_VERSION) {
+        refuse({ type: "error", code: "version", message: versionMismatchMessage(TUNNEL_PROTOCOL_VERSION, first.protocol) });
+        return;
+      }
+      const out = await this.issuance.enroll(first.token, first.csr);
+      ticket.release(); // processed: this connection ends now either way
+      if (!out.ok) {
+        refuse({ type: "error", code: "enroll", message: out.message });
+        return;
+      }
+      send({ type: "enrolled", cog: out.cog, cert: out.certPem, ca: this.pki.caCertPem, domain: this.cfg.domain });
+      this.log.info("cog enrolled", { cog: out.cog, remote, notAfter: out.notAfter.toISOString() });
       control.end();
       return;
     }
@@ -167,74 +266,55 @@ export class Tunnels extends EventEmitter {
       refuse({ type: "error", code: "version", message: versionMismatchMessage(TUNNEL_PROTOCOL_VERSION, first.protocol) });
       return;
     }
-    // Identity comes from the certificate alone.
-    const auth = peerAuthResult(sock);
     if (!auth.ok) {
       refuse({ type: "error", code: "auth", message: `hub refused the tunnel: ${auth.reason}; enroll this cog again with capsul cog enroll` });
       return;
     }
     const cog = auth.cogName;
-    const problem = this.state.certProblem(cog, normSerial(auth.serial));
+    const presented: PresentedCert = { cog, serial: normSerial(auth.serial), notBefore: auth.notBefore, notAfter: auth.notAfter };
+    const problem = this.state.certProblem(cog, presented.serial);
     if (problem) {
       refuse({ type: "error", code: "revoked", message: `hub refused the tunnel: ${problem}` });
       return;
     }
     const wanted = checkWireRoutes(first.routes);
-    this.attach(cog, session, remote);
-    const result = await this.routes.apply(cog, wanted);
+    ticket.release(); // authenticated: no longer a stranger
+    this.sessionCogs.set(session, cog);
+    const closed = new AbortController();
+    session.once("close", () => closed.abort());
+    const channel = new ControlChannel({
+      cfg: this.cfg, cog, presented, routes: this.routes, issuance: this.issuance, log: this.log, signal: closed.signal,
+      recordStatus: (routes) => this.recordStatus(cog, () => this.state.markOnline(cog, remote, routes)),
+      totals: this.counts.control,
+      revoked: (message) => this.drop(cog, "revoked by the operator", () => {
+        this.counts.refused.revoked++;
+        control.end(encodeMessage({ type: "error", code: "revoked", message }));
+        setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
+      }),
+    }, reader, control);
+    this.attach(cog, session, remote, channel);
+    const result = await channel.hello(wanted);
+    if (session.closed) return;
     send({ type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused });
-    this.state.markOnline(cog, remote, describe(result.accepted));
-    this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: first.software });
+    this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
-
-    for (;;) {
-      const m = await reader.next();
-      if (!m) break;
-      if (m.type === "routes") {
-        const res = await this.routes.apply(cog, checkWireRoutes(m.routes));
-        send({ type: "routes-result", accepted: res.accepted, refused: res.refused });
-        this.state.markOnline(cog, remote, describe(res.accepted));
-        for (const r of res.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
-      } else if (m.type === "renew") {
-        const signed = await signCogCsr(this.pki, m.csr, cog, { validityMs: this.cfg.cogCertTtlMs });
-        this.state.recordCert(cog, normSerial(signed.serial), signed.notAfter.getTime());
-        send({ type: "renewed", cert: signed.certPem });
-        this.log.info("cog certificate renewed", { cog, notAfter: signed.notAfter.toISOString() });
-      } else {
-        throw new ProtocolError(`unexpected control message ${JSON.stringify(m.type)}`);
-      }
-    }
+    await channel.run();
   }
 
-  private async enroll(
-    m: CogMessage & { type: "enroll" },
-    send: (m: HubMessage) => void,
-    refuse: (m: HubMessage & { type: "error" }) => void,
-    remote: string,
-  ): Promise<void> {
-    if (m.protocol !== TUNNEL_PROTOCOL_VERSION) {
-      refuse({ type: "error", code: "version", message: versionMismatchMessage(TUNNEL_PROTOCOL_VERSION, m.protocol) });
-      return;
-    }
-    if (typeof m.token !== "string" || typeof m.csr !== "string") throw new ProtocolError("enroll needs token and csr");
-    const used = this.state.useInvite(hashToken(m.token));
-    if ("problem" in used) {
-      refuse({ type: "error", code: "enroll", message: `enrollment refused: ${used.problem}` });
-      return;
-    }
-    let signed;
+  /**
+   * Status writes for `capsul hub cogs` are a report, not a decision: one that fails
+   * (SQLITE_BUSY while `capsul hub invite` holds the write lock past busy_timeout) is
+   * logged and the hub carries on; it must never end a tunnel or skip a grace period.
+   */
+  private recordStatus(cog: string, write: () => void): void {
     try {
-      signed = await signCogCsr(this.pki, m.csr, used.cog, { validityMs: this.cfg.cogCertTtlMs });
+      write();
     } catch (err) {
-      refuse({ type: "error", code: "enroll", message: `enrollment refused: ${(err as Error).message}` });
-      return;
+      this.log.warn("could not record the cog's status", { cog, error: (err as Error).message });
     }
-    this.state.recordCert(used.cog, normSerial(signed.serial), signed.notAfter.getTime());
-    send({ type: "enrolled", cog: used.cog, cert: signed.certPem, ca: this.pki.caCertPem, domain: this.cfg.domain });
-    this.log.info("cog enrolled", { cog: used.cog, remote, notAfter: signed.notAfter.toISOString() });
   }
 
-  private attach(cog: string, session: MuxSession, remote: string): void {
+  private attach(cog: string, session: MuxSession, remote: string, control: ControlChannel): void {
     let link = this.links.get(cog);
     if (link?.session && link.session !== session) {
       this.log.info("cog reconnected: replacing its previous tunnel", { cog, remote });
@@ -243,12 +323,13 @@ export class Tunnels extends EventEmitter {
       old.destroy();
     }
     if (!link) {
-      link = { cog, session: null, waiters: [], graceTimer: null, remote, connectedAt: Date.now() };
+      link = { cog, session: null, waiters: [], graceTimer: null, remote, connectedAt: Date.now(), control: null };
       this.links.set(cog, link);
     }
     if (link.graceTimer) clearTimeout(link.graceTimer);
     link.graceTimer = null;
     link.session = session;
+    link.control = control;
     link.remote = remote;
     link.connectedAt = Date.now();
     this.emit("attached", cog, session);
@@ -257,9 +338,11 @@ export class Tunnels extends EventEmitter {
     session.once("close", (err?: Error) => {
       if (l.session !== session || this.closing) return; // replaced by a newer tunnel, or hub shutdown
       l.session = null;
-      this.state.markOffline(cog);
-      this.log.info("cog disconnected", { cog, remote, error: err?.message });
+      l.control = null;
+      // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
+      this.log.info("cog disconnected", { cog, remote, error: err?.message });
+      this.recordStatus(cog, () => this.state.markOffline(cog));
     });
   }
 
@@ -277,8 +360,11 @@ export class Tunnels extends EventEmitter {
     link.graceTimer.unref();
   }
 
-  /** Drops a cog at once: no grace, routes withdrawn. */
-  drop(cog: string, why: string): void {
+  /**
+   * Drops a cog at once: no grace, routes withdrawn. `farewell` replaces the immediate
+   * destroy of its session (to send the reason first and destroy it a little later).
+   */
+  drop(cog: string, why: string, farewell?: () => void): void {
     const link = this.links.get(cog);
     if (!link) return;
     this.log.warn("dropping cog tunnel", { cog, reason: why });
@@ -286,11 +372,13 @@ export class Tunnels extends EventEmitter {
     link.graceTimer = null;
     const s = link.session;
     link.session = null;
+    link.control = null;
     this.links.delete(cog);
     for (const w of link.waiters.splice(0)) w(null);
     this.routes.dropCog(cog);
-    this.state.markOffline(cog);
-    s?.destroy();
+    this.recordStatus(cog, () => this.state.markOffline(cog));
+    if (farewell) farewell();
+    else s?.destroy();
   }
 
   private checkRevocations(): void {
@@ -298,7 +386,8 @@ export class Tunnels extends EventEmitter {
     try { v = this.state.dataVersion(); } catch { return; }
     if (v === this.lastDataVersion) return;
     this.lastDataVersion = v;
-    const revoked = this.state.revokedCogs();
+    let revoked: Set<string>;
+    try { revoked = this.state.revokedCogs(); } catch { return; } // SQLITE_BUSY: the next poll sees it
     for (const cog of [...this.links.keys()]) if (revoked.has(cog)) this.drop(cog, "revoked by the operator");
   }
 
@@ -312,6 +401,9 @@ export class Tunnels extends EventEmitter {
       link.session?.destroy();
     }
     this.links.clear();
+    // Connections still in their TLS handshake or before their hello: nobody else ends them.
+    for (const raw of this.sockets) raw.destroy();
+    this.sockets.clear();
     const server = this.server;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }

@@ -4,6 +4,11 @@
  * bytes already read, then splice. Every failure ends that one visitor with
  * the answer DESIGN.md gives (TLS alert, HTTP page, close) and is counted;
  * nothing here may throw into the event loop.
+ *
+ * What a visitor may cost is bounded per connection, never per chunk: hub-wide
+ * (max_visitors) and per source (max_visitors_per_ip, max_unpeeked_per_ip; sources.ts)
+ * connection caps at accept, an idle timeout, and the buffer budget (budget.ts) that
+ * sizes each visitor stream's window and cuts visitors that pin memory without draining.
  */
 import net from "node:net";
 import type { HubConfig } from "../config/types.js";
@@ -11,12 +16,14 @@ import type { Logger } from "../lib/log.js";
 import { encodeMessage } from "../protocol/messages.js";
 import type { VisitorHeader } from "../protocol/control.js";
 import { splice } from "../protocol/splice.js";
-import type { MuxSession } from "../protocol/mux.js";
+import type { MuxSession, MuxStream } from "../protocol/mux.js";
+import { BufferBudget, type Pool, type Visit } from "./budget.js";
 import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js";
-import { httpErrorResponse, parseHttpHead } from "./httphost.js";
+import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
 import type { RouteEntry, Router } from "./router.js";
 import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
+import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
 
 /** ACME HTTP-01 answers the hub itself holds (token → key authorization). */
 export const ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
@@ -29,49 +36,163 @@ export interface VisitorStats {
   cogOffline: number;
   badHello: number;
   peekTimeout: number;
+  /** Refused: max_visitors connections were open. */
   overLimit: number;
+  /** Refused: max_visitors_per_ip connections from the same source were open. */
+  overSourceLimit: number;
+  /** Refused: max_unpeeked_per_ip connections from the same source were still being peeked. */
+  overUnpeekedLimit: number;
+  /** Cut to bring the hub's or a cog's buffered bytes back within buffer_budget / cog_buffer_budget. */
+  shed: number;
+  /** Closed after idle_timeout without a byte either way. */
+  idleTimeout: number;
+}
+
+/**
+ * The idle timeout is checked this many times per idle_timeout, by one timer for all
+ * connections: a silent one is cut between 1 and 1 1/8 idle_timeouts after its last byte.
+ * Not Node's socket.setTimeout(): that re-arms a timer on every read and every write of
+ * every visitor (per chunk, on the hot path); a sweep reads two byte counters per
+ * connection every 75 s with the default 10m (20,000 connections: a few ms).
+ */
+export const IDLE_CHECKS_PER_TIMEOUT = 8;
+
+/** One accepted connection's bookkeeping: per-source caps and idleness. */
+interface Conn {
+  readonly socket: net.Socket;
+  readonly source: string;
+  peeking: boolean;
+  /** bytesRead + bytesWritten at the last idle check that saw them change, and when (performance.now). */
+  moved: number;
+  quietSince: number;
 }
 
 export class Visitors {
-  readonly stats: VisitorStats = { active: 0, total: 0, routed: 0, noRoute: 0, cogOffline: 0, badHello: 0, peekTimeout: 0, overLimit: 0 };
+  readonly stats: VisitorStats = {
+    active: 0, total: 0, routed: 0, noRoute: 0, cogOffline: 0, badHello: 0, peekTimeout: 0,
+    overLimit: 0, overSourceLimit: 0, overUnpeekedLimit: 0, shed: 0, idleTimeout: 0,
+  };
   /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
   readonly acmeTokens = new Map<string, string>();
   /** Told of each peek's result and each forwarded visitor (gateway/metrics.ts). */
   observer: VisitorObserver = NO_VISITOR_OBSERVER;
-  private readonly sockets = new Set<net.Socket>();
+  /** Windows and buffered bytes of the visitor streams (budget.ts). */
+  readonly budget: BufferBudget;
+  readonly sources: SourceLimits;
+  private readonly conns = new Map<net.Socket, Conn>();
+  private idleTimer: NodeJS.Timeout | null = null;
+  private readonly refusals: RefusalLog;
 
   constructor(
     private readonly cfg: HubConfig,
     private readonly router: Router,
     private readonly sessionFor: (cog: string) => MuxSession | null | Promise<MuxSession | null>,
     private readonly log: Logger,
-  ) {}
+  ) {
+    const l = cfg.limits;
+    this.sources = new SourceLimits(l.maxVisitorsPerIp, l.maxUnpeekedPerIp);
+    this.refusals = new RefusalLog(log, l.refusalLogIntervalMs);
+    this.budget = new BufferBudget({
+      budgetBytes: l.bufferBudgetBytes,
+      cogBudgetBytes: l.cogBufferBudgetBytes,
+      spliceQueueBytes: l.spliceQueueBytes,
+      checkIntervalMs: l.bufferCheckIntervalMs,
+      onShed: (v, pool) => this.onShed(v, pool),
+    });
+  }
 
-  /** Common start for every listener: limits, bookkeeping, error safety. */
-  private admit(socket: net.Socket): boolean {
+  /**
+   * Common start for every listener: limits, bookkeeping, error safety. `peeking`: the
+   * connection starts with a peek (TLS, HTTP) and counts as un-peeked until peeked().
+   */
+  private admit(socket: net.Socket, peeking: boolean): Conn | null {
     socket.on("error", () => {}); // errors are handled where the socket is used; never crash
     if (this.stats.active >= this.cfg.limits.maxVisitors) {
       this.stats.overLimit++;
       socket.destroy();
-      return false;
+      return null;
     }
+    const source = sourceKey(socket.remoteAddress);
+    const verdict = this.sources.admit(source, peeking);
+    if (verdict !== "ok") {
+      const perSource = verdict === "per-source";
+      if (perSource) this.stats.overSourceLimit++;
+      else this.stats.overUnpeekedLimit++;
+      this.refusals.warn(source, perSource ? "visitor refused: too many connections from its source"
+        : "visitor refused: too many connections from its source still sending their first bytes", {
+        limit: perSource ? this.cfg.limits.maxVisitorsPerIp : this.cfg.limits.maxUnpeekedPerIp,
+        key: perSource ? "hub.limits.max_visitors_per_ip" : "hub.limits.max_unpeeked_per_ip",
+      });
+      socket.destroy();
+      return null;
+    }
+    const conn: Conn = { socket, source, peeking, moved: 0, quietSince: performance.now() };
     this.stats.active++;
     this.stats.total++;
-    this.sockets.add(socket);
-    socket.once("close", () => { this.stats.active--; this.sockets.delete(socket); });
+    this.conns.set(socket, conn);
+    socket.once("close", () => {
+      this.stats.active--;
+      this.conns.delete(socket);
+      this.sources.closed(conn.source, conn.peeking);
+      if (this.conns.size === 0 && this.idleTimer !== null) {
+        clearInterval(this.idleTimer);
+        this.idleTimer = null;
+      }
+    });
     socket.setNoDelay(true);
-    if (this.cfg.limits.idleTimeoutMs > 0) {
-      socket.setTimeout(this.cfg.limits.idleTimeoutMs, () => socket.destroy());
+    const idleMs = this.cfg.limits.idleTimeoutMs;
+    if (idleMs > 0 && this.idleTimer === null) {
+      this.idleTimer = setInterval(this.checkIdle, Math.max(1, Math.floor(idleMs / IDLE_CHECKS_PER_TIMEOUT)));
+      this.idleTimer.unref();
     }
-    return true;
+    return conn;
+  }
+
+  /**
+   * Cuts the connections that moved no byte either way for idle_timeout (see
+   * IDLE_CHECKS_PER_TIMEOUT). `now`: the monotonic clock (performance.now), moved by tests.
+   */
+  readonly checkIdle = (now = performance.now()): void => {
+    const idleMs = this.cfg.limits.idleTimeoutMs;
+    if (idleMs <= 0) return;
+    for (const c of this.conns.values()) {
+      const moved = c.socket.bytesRead + c.socket.bytesWritten;
+      if (moved !== c.moved) {
+        c.moved = moved;
+        c.quietSince = now;
+      } else if (now - c.quietSince >= idleMs && !c.socket.destroyed) {
+        this.stats.idleTimeout++;
+        c.socket.destroy();
+      }
+    }
+  };
+
+  /** How often the idle timeout is checked while connections are open (0: no idle timeout). */
+  get idleCheckIntervalMs(): number {
+    const idleMs = this.cfg.limits.idleTimeoutMs;
+    return idleMs > 0 ? Math.max(1, Math.floor(idleMs / IDLE_CHECKS_PER_TIMEOUT)) : 0;
+  }
+
+  /** The hub's end of every admitted visitor connection (status, tests). */
+  get connections(): Iterable<net.Socket> {
+    return this.conns.keys();
+  }
+
+  /** The connection's peek is over, whatever its outcome: it no longer counts as un-peeked. */
+  private peeked(conn: Conn): void {
+    if (!conn.peeking) return;
+    conn.peeking = false;
+    this.sources.peeked(conn.source);
   }
 
   async onTls(socket: net.Socket): Promise<void> {
-    if (!this.admit(socket)) return;
+    const conn = this.admit(socket, true);
+    if (conn === null) return;
     const out = await peek(socket, (b) => parseClientHello(b, this.cfg.limits.clientHelloMaxBytes), {
       timeoutMs: this.cfg.limits.clientHelloTimeoutMs,
       maxBytes: this.cfg.limits.clientHelloMaxBytes,
     });
+    this.peeked(conn);
     this.observer.peeked("tls", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
@@ -85,17 +206,19 @@ export class Visitors {
       socket.end(TLS_ALERT_UNRECOGNIZED_NAME);
       return;
     }
-    await this.forward(socket, entry, sni ?? undefined, out.bytes, () => socket.end(TLS_ALERT_UNRECOGNIZED_NAME));
+    await this.forward(socket, conn, entry, sni ?? undefined, out.bytes, () => socket.end(TLS_ALERT_UNRECOGNIZED_NAME));
   }
 
   async onHttp(socket: net.Socket): Promise<void> {
-    if (!this.admit(socket)) return;
+    const conn = this.admit(socket, true);
+    if (conn === null) return;
     // The parser's own cap sits one byte above the peek's, so an oversized head is
     // reported by the peek as too-large (431), not by the parser as invalid (400).
-    const out = await peek(socket, (b) => parseHttpHead(b, this.cfg.limits.httpHeaderMaxBytes + 1), {
+    const out = await peek(socket, httpHeadPeekParser(this.cfg.limits.httpHeaderMaxBytes + 1), {
       timeoutMs: this.cfg.limits.httpHeaderTimeoutMs,
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
+    this.peeked(conn);
     this.observer.peeked("http", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
@@ -122,13 +245,14 @@ export class Visitors {
       notFound();
       return;
     }
-    await this.forward(socket, entry, host ?? undefined, out.bytes, () => {
+    await this.forward(socket, conn, entry, host ?? undefined, out.bytes, () => {
       socket.end(httpErrorResponse(502, "Bad Gateway", `The home server for ${host} is offline. Try again shortly.`));
     });
   }
 
   async onTcp(socket: net.Socket, port: number): Promise<void> {
-    if (!this.admit(socket)) return;
+    const conn = this.admit(socket, false);
+    if (conn === null) return;
     socket.pause();
     const entry = this.router.lookupPort(port);
     if (!entry) {
@@ -136,10 +260,12 @@ export class Visitors {
       socket.destroy();
       return;
     }
-    await this.forward(socket, entry, undefined, Buffer.alloc(0), () => socket.destroy());
+    await this.forward(socket, conn, entry, undefined, Buffer.alloc(0), () => socket.destroy());
   }
 
-  private async forward(socket: net.Socket, entry: RouteEntry, host: string | undefined, bytes: Buffer, offline: () => void): Promise<void> {
+  private async forward(
+    socket: net.Socket, conn: Conn, entry: RouteEntry, host: string | undefined, bytes: Buffer, offline: () => void,
+  ): Promise<void> {
     let session = this.sessionFor(entry.cog);
     if (session instanceof Promise) session = await session;
     if (!session || session.closed || socket.destroyed) {
@@ -147,14 +273,20 @@ export class Visitors {
       if (!socket.destroyed) offline();
       return;
     }
-    let stream;
+    // The stream's window is a reservation against the buffer budget (budget.ts), given
+    // back when the stream closes; no await between reserving and opening.
+    const visit = this.budget.begin(entry.cog, socket, conn.source, session.maxStreamWindowBytes);
+    let stream: MuxStream;
     try {
-      stream = session.open();
+      stream = session.open({ windowBytes: visit.windowBytes, budget: visit });
     } catch {
+      this.budget.end(visit);
       this.stats.cogOffline++;
       offline();
       return;
     }
+    visit.stream = stream;
+    stream.once("close", () => this.budget.end(visit));
     const header: VisitorHeader = {
       type: "visitor",
       kind: entry.kind,
@@ -181,8 +313,26 @@ export class Visitors {
     }
   }
 
+  /** A visit the budget let go to bring `pool` back within its budget: cut both ends. */
+  private onShed(v: Visit, pool: Pool): void {
+    this.stats.shed++;
+    const global = pool === this.budget.global;
+    this.refusals.warn(v.source, "visitor cut: it holds buffered bytes without draining and the buffer budget is exceeded", {
+      cog: v.cog.name,
+      heldBytes: v.measured,
+      budget: global ? "hub.limits.buffer_budget" : "hub.limits.cog_buffer_budget",
+      limitBytes: pool.limitBytes,
+    });
+    v.stream?.destroy();
+    if (typeof v.socket.resetAndDestroy === "function") v.socket.resetAndDestroy();
+    else v.socket.destroy();
+  }
+
   /** Ends every visitor connection (hub shutdown). */
   closeAll(): void {
-    for (const s of this.sockets) s.destroy();
+    this.budget.close();
+    if (this.idleTimer !== null) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+    for (const s of this.conns.keys()) s.destroy();
   }
 }

@@ -97,11 +97,21 @@ export function patternsOverlap(a: string, b: string): boolean {
   const pa = normalizeHostnamePattern(a);
   const pb = normalizeHostnamePattern(b);
   if (pa === null || pb === null) return false;
+  return normalizedPatternsOverlap(pa, pb);
+}
+
+/**
+ * patternsOverlap for patterns already normalized (as every stored and
+ * configured grant is): string comparisons only, so the hub can check one
+ * grant against thousands of cogs' default grants at start-up.
+ */
+export function normalizedPatternsOverlap(pa: string, pb: string): boolean {
   const wa = pa.startsWith("*.");
   const wb = pb.startsWith("*.");
   if (!wa && !wb) return pa === pb;
-  if (wa && !wb) return patternMatches(pa, pb);
-  if (!wa && wb) return patternMatches(pb, pa);
+  // "*.s" matches a name exactly when the name ends with ".s" (one or more labels in front).
+  if (wa && !wb) return pb.endsWith(pa.slice(1));
+  if (!wa && wb) return pa.endsWith(pb.slice(1));
   // Two wildcards share names exactly when one suffix is the other or lies under it.
   const sa = pa.slice(2);
   const sb = pb.slice(2);
@@ -192,4 +202,25 @@ export function formatPortRange(r: PortRange): string {
 
 export function rangesOverlap(a: PortRange, b: PortRange): boolean {
   return a.from <= b.to && b.from <= a.to;
+}
+
+/** Is every port of `r` inside the union of `pool`? */
+export function rangeInside(r: PortRange, pool: readonly PortRange[]): boolean {
+  let next = r.from;
+  for (const p of [...pool].sort((a, b) => a.from - b.from)) {
+    if (p.from <= next && p.to >= next) next = p.to + 1;
+    if (next > r.to) return true;
+  }
+  return false;
+}
+
+/** The parts of `r` that lie inside `pool`, in port order. */
+export function clipRange(r: PortRange, pool: readonly PortRange[]): PortRange[] {
+  const out: PortRange[] = [];
+  for (const p of [...pool].sort((a, b) => a.from - b.from)) {
+    const from = Math.max(r.from, p.from);
+    const to = Math.min(r.to, p.to);
+    if (from <= to) out.push({ from, to });
+  }
+  return out;
 }

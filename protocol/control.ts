@@ -25,7 +25,8 @@ export type CogMessage =
   | { type: "enroll"; protocol: number; token: string; csr: string }
   | { type: "renew"; csr: string };
 
-export type ErrorCode = "version" | "auth" | "revoked" | "bad-request" | "enroll";
+/** "renew": a renewal was refused (not due, renewed too recently, bad CSR); the only code after which the tunnel stays up. */
+export type ErrorCode = "version" | "auth" | "revoked" | "bad-request" | "enroll" | "renew";
 
 export type HubMessage =
   | { type: "welcome"; protocol: number; cog: string; domain: string; accepted: AcceptedRoute[]; refused: RefusedRoute[] }

@@ -31,17 +31,30 @@ import {
   MUX_DEFAULT_KEEPALIVE_TIMEOUT_MS,
   MUX_DEFAULT_MAX_AUTO_WINDOW_BYTES,
   MUX_DEFAULT_MAX_FRAME_PAYLOAD_BYTES,
+  MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES,
   MUX_DEFAULT_MAX_STREAM_WINDOW_BYTES,
   MUX_DEFAULT_WRITE_BATCH_MAX_BYTES,
   MUX_INITIAL_WINDOW_BYTES,
   MUX_MAX_WINDOW_BYTES,
   type MuxOptions,
 } from "./muxlimits.js";
-import { MuxStream, errWithCode } from "./muxstream.js";
+import { MuxStream, errWithCode, type WindowBudget } from "./muxstream.js";
 
 // The public surface stays here: protocol/mux.js exports the session, its streams and limits.
 export * from "./muxlimits.js";
-export { MuxStream } from "./muxstream.js";
+export { MuxStream, type WindowBudget } from "./muxstream.js";
+
+/** Per-stream choices for `MuxSession.open()`. */
+export interface OpenOptions {
+  /**
+   * The receive window this stream advertises in its SYN (what the peer may send before our
+   * reader consumes anything): MUX_INITIAL_WINDOW_BYTES (the spec's 256 KiB, no extra
+   * credit) up to maxStreamWindowBytes (the default).
+   */
+  windowBytes?: number;
+  /** Asked before auto-tuning grows this stream's window (see WindowBudget). */
+  budget?: WindowBudget;
+}
 
 interface PendingPing {
   resolve: (rttMs: number) => void;
@@ -67,6 +80,7 @@ export class MuxSession extends EventEmitter {
   readonly maxFramePayloadBytes: number;
   readonly writeBatchMaxBytes: number;
   readonly closeLingerMs: number;
+  readonly maxQueuedControlFrames: number;
 
   private readonly conn: Duplex;
   private readonly streams = new Map<number, MuxStream>();
@@ -86,6 +100,8 @@ export class MuxSession extends EventEmitter {
   private flushScheduled = false;
   private connBlocked = false;
   private waitingConn: MuxStream[] = [];
+  /** Control frames queued since write() returned false and no 'drain' came (see maxQueuedControlFrames). */
+  private controlWhileBlocked = 0;
 
   // ---- receive side: the Data frame whose payload is arriving
   private rxStream: MuxStream | null = null;
@@ -144,6 +160,9 @@ export class MuxSession extends EventEmitter {
       "writeBatchMaxBytes", opts.writeBatchMaxBytes ?? MUX_DEFAULT_WRITE_BATCH_MAX_BYTES, 1, 2 ** 31 - 1,
     );
     this.closeLingerMs = checkInt("closeLingerMs", opts.closeLingerMs ?? MUX_DEFAULT_CLOSE_LINGER_MS, 0, 2 ** 31 - 1);
+    this.maxQueuedControlFrames = checkInt(
+      "maxQueuedControlFrames", opts.maxQueuedControlFrames ?? MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES, 1, 2 ** 31 - 1,
+    );
     this.ourParity = this.role === "client" ? 1 : 0;
     this.nextId = this.role === "client" ? 1 : 2;
 
@@ -170,8 +189,11 @@ export class MuxSession extends EventEmitter {
     return this._closed;
   }
 
-  /** Opens a stream; its SYN (a Window Update advertising our full window) goes out this tick. */
-  open(): MuxStream {
+  /**
+   * Opens a stream; its SYN (a Window Update advertising its receive window, by default
+   * maxStreamWindowBytes) goes out this tick.
+   */
+  open(opts?: OpenOptions): MuxStream {
     if (this._closed) throw errWithCode("mux: session is closed; cannot open a stream", "ERR_MUX_CLOSED");
     if (this.closing) throw errWithCode("mux: session is closing; cannot open a stream", "ERR_MUX_CLOSED");
     if (this.remoteGoAway) {
@@ -180,17 +202,25 @@ export class MuxSession extends EventEmitter {
         "ERR_MUX_GOAWAY",
       );
     }
+    const window = opts?.windowBytes ?? this.maxStreamWindowBytes;
+    if (!Number.isInteger(window) || window < MUX_INITIAL_WINDOW_BYTES || window > this.maxStreamWindowBytes) {
+      throw new RangeError(
+        `mux: open(): windowBytes must be an integer in [${MUX_INITIAL_WINDOW_BYTES}, ${this.maxStreamWindowBytes}], got ${window}`,
+      );
+    }
     const id = this.nextId;
     if (id > MUX_MAX_WINDOW_BYTES) throw errWithCode("mux: stream ids exhausted; open a new session", "ERR_MUX_IDS_EXHAUSTED");
     this.nextId = id + 2;
     const s = new MuxStream(this, id);
     this.streams.set(id, s);
     // spec.md §Flow Control: "can immediately send a window update as part of the SYN/ACK
-    // indicating a larger window" -> the peer may send maxStreamWindowBytes at once.
-    s.recvWindow = this.maxStreamWindowBytes;
-    s.rxWindow = this.maxStreamWindowBytes;
+    // indicating a larger window" -> the peer may send `window` at once.
+    s.recvWindow = window;
+    s.rxWindow = window;
+    s.budget = opts?.budget ?? null;
     s.synAt = this.clock();
-    this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
+    s.lastProgressAt = s.synAt;
+    this.putHeader(FrameType.WindowUpdate, Flag.SYN, id, window - MUX_INITIAL_WINDOW_BYTES);
     this.scheduleFlush();
     return s;
   }
@@ -296,9 +326,21 @@ export class MuxSession extends EventEmitter {
     this.arenaPos = 0;
   }
 
-  /** @internal A control frame (no payload), written with this tick's batch. */
+  /**
+   * @internal A control frame (no payload), written with this tick's batch. Data waits for
+   * 'drain' but control frames do not, so while the connection is blocked they are counted:
+   * past maxQueuedControlFrames the peer is provoking replies it never reads, and the session ends.
+   */
   sendControl(type: FrameTypeValue, flags: number, id: number, length: number): void {
     if (this._closed) return;
+    if (this.connBlocked && ++this.controlWhileBlocked > this.maxQueuedControlFrames) {
+      this.destroy(errWithCode(
+        `mux: the peer is not reading: more than ${this.maxQueuedControlFrames} control frames (pings, credit, resets) ` +
+          "queued without the connection draining",
+        "ERR_MUX_CONTROL_QUEUE",
+      ));
+      return;
+    }
     this.putHeader(type, flags, id, length);
     this.scheduleFlush();
   }
@@ -332,6 +374,7 @@ export class MuxSession extends EventEmitter {
 
   private readonly onConnDrain = (): void => {
     this.connBlocked = false;
+    this.controlWhileBlocked = 0;
     const waiting = this.waitingConn;
     if (waiting.length === 0) return;
     this.waitingConn = [];
@@ -450,6 +493,7 @@ export class MuxSession extends EventEmitter {
       if (type === FrameType.WindowUpdate) {
         if ((flags & Flag.SYN) === 0 && h.length > 0) {
           s.sendWindow += h.length;
+          s.lastProgressAt = this.clock(); // once per credit frame (a quarter of the peer's window), not per chunk
           if (s.txCb !== null && !s.waitingConn) this.pump(s);
         }
         if ((flags & Flag.FIN) !== 0) this.onRemoteFin(s);
@@ -508,6 +552,7 @@ export class MuxSession extends EventEmitter {
     s.sendWindow += synDelta;
     s.recvWindow = this.maxStreamWindowBytes;
     s.rxWindow = this.maxStreamWindowBytes;
+    s.lastProgressAt = this.clock();
     this.streams.set(id, s);
     this.sendControl(FrameType.WindowUpdate, Flag.ACK, id, this.maxStreamWindowBytes - MUX_INITIAL_WINDOW_BYTES);
     if (noTaker) this.acceptQueue.push(s);
@@ -565,7 +610,9 @@ export class MuxSession extends EventEmitter {
    * the stream: the window doubles (up to maxAutoWindowBytes) by sending extra credit.
    * A slow or stalled reader never completes a fast epoch, so it keeps its window; with no
    * RTT sample yet (or on loopback, where a window drains in far more than 4 RTTs) no
-   * stream grows.
+   * stream grows. A stream with a WindowBudget (hub visitor streams) grows only by what its
+   * budget grants; this is asked once per epoch, so the accounting costs nothing per chunk.
+   * Each credit stamps lastProgressAt: one clock read per quarter window, not per chunk.
    */
   creditConsumed(s: MuxStream): void {
     const unread = s.readableLength;
@@ -576,22 +623,29 @@ export class MuxSession extends EventEmitter {
     const win = s.rxWindow;
     if (credit >= win / MUX_CREDIT_WINDOW_DIVISOR && !s.finRecv && !s.freed && !this._closed) {
       let grow = 0;
+      const now = this.clock();
+      s.lastProgressAt = now;
       if (win < this.maxAutoWindowBytes) {
-        const now = this.clock();
         if (s.rxEpochStart < 0) s.rxEpochStart = now;
         s.rxEpochBytes += credit;
         if (s.rxEpochBytes >= win) {
           if (now - s.rxEpochStart <= MUX_AUTOTUNE_RTTS * this.minRttMs) {
             grow = Math.min(win, this.maxAutoWindowBytes - win);
+            if (s.budget !== null) grow = s.budget.grow(s, grow);
             s.rxWindow = win + grow;
           }
           s.rxEpochStart = now;
           s.rxEpochBytes = 0;
         }
       }
+      // A budget under pressure keeps some consumed credit back (never below the spec's
+      // 256 KiB window: the budget only returns what the stream holds above it).
+      const keep = s.budget !== null && grow === 0 ? s.budget.shrink(s, credit) : 0;
+      if (keep > 0) s.rxWindow -= keep;
       s.rxUncredited = 0;
-      s.recvWindow += credit + grow;
-      this.sendControl(FrameType.WindowUpdate, 0, s.id, credit + grow);
+      const delta = credit + grow - keep;
+      s.recvWindow += delta;
+      if (delta > 0) this.sendControl(FrameType.WindowUpdate, 0, s.id, delta);
     } else {
       s.rxUncredited = credit;
     }

@@ -42,6 +42,15 @@ export const MUX_DEFAULT_CLOSE_LINGER_MS = 5_000;
 export const MUX_COPY_PAYLOAD_MAX_BYTES = 2 * 1024;
 /** Size of the scratch arena headers and small payloads are packed into. */
 export const MUX_ARENA_BYTES = 64 * 1024;
+/**
+ * Control frames (pongs, credit, ACK/RST, GoAway) we may queue while the connection has not
+ * drained since write() last returned false; one more ends the session. The peer decides how
+ * many it provokes (every Ping SYN, every SYN we refuse): without a cap, a peer that sends
+ * pings and never reads left 28 MiB in the hub's write queue for 32 MiB of pings. 16,384
+ * frames are 192 KiB; a healthy peer drains long before (one keepalive pong per interval,
+ * credit every quarter window per stream).
+ */
+export const MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES = 16_384;
 /** spec.md §Length Field: windows are u32. */
 export const MUX_MAX_WINDOW_BYTES = 0xffff_ffff;
 
@@ -61,4 +70,6 @@ export interface MuxOptions {
   maxFramePayloadBytes?: number;
   writeBatchMaxBytes?: number;
   closeLingerMs?: number;
+  /** Control frames queued while the connection is not draining, before the session is ended (see MUX_DEFAULT_MAX_QUEUED_CONTROL_FRAMES). */
+  maxQueuedControlFrames?: number;
 }

@@ -18,6 +18,23 @@ export function errWithCode(message: string, code: string, cause?: unknown): Err
 }
 
 
+/**
+ * Where a stream's receive window comes from beyond the session's own limits: the hub
+ * gives each visitor stream one (gateway/budget.ts), so that windows are reservations
+ * against its memory budgets. Consulted per auto-tuning step, never per chunk.
+ */
+export interface WindowBudget {
+  /** Auto-tuning wants `bytes` more receive window for `s`; returns how many it may have (0..bytes). */
+  grow(s: MuxStream, bytes: number): number;
+  /**
+   * `credit` consumed bytes are about to be returned to the peer: how many of them to keep
+   * back (0..credit), shrinking the window by that much. yamux cannot take back credit
+   * already granted, but the receiver decides how much consumed credit it returns.
+   * Called once per credit (a quarter window), never per chunk.
+   */
+  shrink(s: MuxStream, credit: number): number;
+}
+
 export class MuxStream extends Duplex {
   readonly id: number;
   readonly session: MuxSession;
@@ -37,6 +54,14 @@ export class MuxStream extends Duplex {
   rxEpochBytes = 0;
   /** @internal When our SYN went out (RTT sample on the ACK); -1 for peer-opened streams. */
   synAt = -1;
+  /**
+   * Session clock (ms) of the last time credit moved on this stream, either way: we returned
+   * some (our reader drained a quarter window) or the peer did (its reader drained ours).
+   * Set at open / accept. The hub sheds the visitors whose streams have gone longest without.
+   */
+  lastProgressAt = 0;
+  /** @internal Consulted before auto-tuning grows the receive window; null: only maxAutoWindowBytes limits it. */
+  budget: WindowBudget | null = null;
   /** @internal The write being framed: one chunk, or a _writev list. */
   txChunk: Buffer | null = null;
   txList: Buffer[] | null = null;

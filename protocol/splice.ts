@@ -31,10 +31,31 @@ import { MuxStream } from "./mux.js";
 
 /** Bytes waiting in a destination's write queue before we stop reading its source. */
 export const SPLICE_MAX_QUEUED_BYTES = 256 * 1024;
+/** A socket read hands out at most this much at once (libuv's read buffer): how far a queue can overshoot its bound. */
+export const SOCKET_READ_MAX_BYTES = 64 * 1024;
 
+/**
+ * The most one splice holds in user space besides a MuxStream's receive buffer (which its
+ * window bounds): each direction's write queue, overshot by one read, and one read held by
+ * a paused socket. 704 KiB with the default 256 KiB queue. The hub's buffer budget counts
+ * it per visitor (gateway/budget.ts); the arithmetic is in capsul.yaml.example.
+ */
+export function spliceHeldMaxBytes(maxQueuedBytes: number): number {
+  return 2 * (maxQueuedBytes + SOCKET_READ_MAX_BYTES) + SOCKET_READ_MAX_BYTES;
+}
+
+/**
+ * RST a TCP socket, unless our FIN is still in flight (end() called, shutdown not yet
+ * done): libuv refuses uv_tcp_close_reset() while a shutdown request is pending
+ * (UV_EINVAL), and Node 20 then neither closes the handle nor emits 'close'. The fd
+ * leaked, this splice never completed, and a process exiting with such a handle spun
+ * at 100% CPU in Environment::CleanupHandles (test/splice-exit.test.ts). A plain
+ * close after our FIN still ends the connection (RST if the peer sends more).
+ */
 function abort(s: Duplex): void {
   if (s.destroyed) return;
-  if (s instanceof net.Socket && typeof s.resetAndDestroy === "function" && !s.connecting) s.resetAndDestroy();
+  const finInFlight = s.writableEnded && !s.writableFinished;
+  if (s instanceof net.Socket && typeof s.resetAndDestroy === "function" && !s.connecting && !finInFlight) s.resetAndDestroy();
   else s.destroy();
 }
 

@@ -1,13 +1,13 @@
-import { timingSafeEqual } from "node:crypto";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { Registry } from "prom-client";
 import { stream } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import type { ProvisionerConfig } from "../config/types.js";
+import type { HostPort, ProvisionerConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { NAME_RE } from "./config.js";
 import type { ImageRecord, Store } from "./db.js";
+import { apiGuard } from "./apiguard.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { registerVmMetrics } from "./metrics.js";
@@ -25,8 +25,10 @@ export interface ApiDeps {
   images: ImageCatalogue;
   vms: VmManager;
   log: Logger;
-  /** Bearer token; required on every request when set. */
-  token: string | null;
+  /** Bearer token (<dataDir>/api-token); required on every request. */
+  token: string;
+  /** The address the API listens on, as bound (see apiguard.ts hostAllowed). */
+  listen: () => HostPort;
   /** The cog's registry, with the VM metrics on it (startProvisioner); without it, one of the API's own. */
   registry?: Registry;
 }
@@ -73,16 +75,7 @@ export function buildApi(d: ApiDeps): Hono {
   app.onError((e, c) => errorResponse(c, e, log));
   app.notFound((c) => c.json({ error: { code: "not_found", message: `no route ${c.req.method} ${c.req.path}` } }, 404));
 
-  if (d.token) {
-    const want = Buffer.from(`Bearer ${d.token}`);
-    app.use("*", async (c, next) => {
-      const got = Buffer.from(c.req.header("authorization") ?? "");
-      if (got.length !== want.length || !timingSafeEqual(got, want)) {
-        return c.json({ error: { code: "unauthorized", message: "missing or wrong bearer token (see <data_dir>/api-token)" } }, 401);
-      }
-      await next();
-    });
-  }
+  app.use("*", apiGuard({ token: d.token, listen: d.listen, log }));
   app.use("*", bodyLimit({
     maxSize: cfg.maxRequestBodyBytes,
     onError: (c) => c.json({ error: { code: "body_too_large", message: `request body over ${cfg.maxRequestBodyBytes} bytes` } }, 413),
@@ -151,6 +144,8 @@ export function buildApi(d: ApiDeps): Hono {
   }));
   app.get("/v1/drift", (c) => c.json({ drift: vms.drift(), resolved: vms.resolved }));
   // The cog's /healthz and /metrics live here when there is a provisioner (cog.listen.admin is then off by default).
+  // Both sit behind apiGuard like every route: /metrics names VMs and their use, and /healthz
+  // stays with them so the listener has one rule (a probe reads the 0600 token as Prometheus must).
   const registry = d.registry ?? new Registry();
   if (!d.registry) registerVmMetrics(registry, store, vms);
   app.get("/healthz", (c) => c.json({ status: "ok" }));

@@ -2,6 +2,7 @@ import path from "node:path";
 import type { HostPort, ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { parseCidr } from "./netguard.js";
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -20,6 +21,23 @@ export const DEFAULT_TOOL_TIMEOUT_MS = 120_000;
 export const DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024;
 export const DEFAULT_MAX_IMAGE_BYTES = 20 * GIB;
 export const DEFAULT_CONSOLE_TAIL_BYTES = 64 * 1024;
+/** console.log of a VM is rotated to console.log.1 at this size: at most twice this on disk per VM. */
+export const DEFAULT_CONSOLE_LOG_MAX_BYTES = 1024 * 1024;
+/** Smallest console_log_size: one rotation per boot banner would be silly. */
+export const MIN_CONSOLE_LOG_BYTES = 4096;
+/** Local image sources must lie under <data_dir>/<this> unless import_dir says otherwise. */
+export const DEFAULT_IMPORT_SUBDIR = "import";
+/** Redirects an image download may follow (each hop's address is checked). */
+export const DEFAULT_IMPORT_MAX_REDIRECTS = 5;
+/** A download whose server sends nothing for this long is abandoned. */
+export const DEFAULT_DOWNLOAD_IDLE_TIMEOUT_MS = 60_000;
+/**
+ * `qemu-img info` runs on untrusted qcow2 headers under prlimit: address space
+ * and CPU time. A well-formed 20 GiB image needs well under 100 MiB and 1 s;
+ * these stop a crafted one (huge tables, deep recursion) from taking the cog down.
+ */
+export const DEFAULT_IMAGE_INSPECT_MEMORY_BYTES = 1024 * MIB;
+export const DEFAULT_IMAGE_INSPECT_CPU_MS = 30_000;
 export const DEFAULT_MAX_VMS = 64;
 export const DEFAULT_MAX_SSH_KEYS = 32;
 export const DEFAULT_QUIT_TIMEOUT_MS = 5000;
@@ -51,6 +69,8 @@ const KEYS: Record<string, true> = {
   boot_timeout: true, stop_timeout: true, launch_timeout: true, qmp_timeout: true,
   kvm_probe_timeout: true, tool_timeout: true, max_request_body: true, max_image_size: true,
   console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
+  import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
+  image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
 };
 const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
 
@@ -148,6 +168,31 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     memoryOvercommitRatio = r;
   }
 
+  let importDir = path.join(dataDir, DEFAULT_IMPORT_SUBDIR);
+  if (raw.import_dir !== undefined) {
+    if (typeof raw.import_dir !== "string" || raw.import_dir.length === 0) throw new ConfigError("must be a path", `${at}.import_dir`);
+    importDir = path.resolve(baseDir, raw.import_dir);
+  }
+  const importAllowedCidrs: string[] = [];
+  if (raw.import_allowed_cidrs !== undefined && raw.import_allowed_cidrs !== null) {
+    if (!Array.isArray(raw.import_allowed_cidrs)) throw new ConfigError("must be a list of CIDR blocks", `${at}.import_allowed_cidrs`);
+    raw.import_allowed_cidrs.forEach((c, i) => {
+      try {
+        if (typeof c !== "string") throw new Error(`not a CIDR block: ${JSON.stringify(c)}`);
+        parseCidr(c);
+      } catch (e) {
+        throw new ConfigError((e as Error).message, `${at}.import_allowed_cidrs[${i}]`);
+      }
+      importAllowedCidrs.push((c as string).trim());
+    });
+  }
+  const consoleLogMaxBytes = bytes("console_log_size", DEFAULT_CONSOLE_LOG_MAX_BYTES);
+  if (consoleLogMaxBytes < MIN_CONSOLE_LOG_BYTES) throw new ConfigError(`at least ${MIN_CONSOLE_LOG_BYTES} bytes`, `${at}.console_log_size`);
+  const inspectMemory = bytes("image_inspect_memory", DEFAULT_IMAGE_INSPECT_MEMORY_BYTES);
+  if (inspectMemory < 16 * MIB) throw new ConfigError("at least 16MiB", `${at}.image_inspect_memory`);
+  const inspectCpu = dur("image_inspect_cpu_time", DEFAULT_IMAGE_INSPECT_CPU_MS);
+  if (inspectCpu < 1000) throw new ConfigError("at least 1s (prlimit counts whole CPU seconds)", `${at}.image_inspect_cpu_time`);
+
   const cfg: ProvisionerConfig = {
     listen,
     dataDir,
@@ -173,6 +218,14 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     quitTimeoutMs: dur("quit_timeout", DEFAULT_QUIT_TIMEOUT_MS),
     crashRestarts: raw.crash_restarts === undefined ? DEFAULT_CRASH_RESTARTS : posInt(raw.crash_restarts, `${at}.crash_restarts`, 0, 100),
     crashWindowMs: dur("crash_window", DEFAULT_CRASH_WINDOW_MS),
+    importDir,
+    importAllowedCidrs: Object.freeze(importAllowedCidrs) as string[],
+    importMaxRedirects: raw.import_max_redirects === undefined ? DEFAULT_IMPORT_MAX_REDIRECTS : posInt(raw.import_max_redirects, `${at}.import_max_redirects`, 0, 20),
+    downloadIdleTimeoutMs: dur("download_idle_timeout", DEFAULT_DOWNLOAD_IDLE_TIMEOUT_MS),
+    imageInspectMemoryBytes: inspectMemory,
+    imageInspectCpuMs: inspectCpu,
+    consoleLogMaxBytes,
+    pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
   };
   return Object.freeze(cfg);
 }
@@ -190,6 +243,8 @@ export function checkDataDir(dir: string, at: string): void {
 export function provisionerConfigWith(over: Partial<ProvisionerConfig>): ProvisionerConfig {
   const base = parseProvisionerConfig({}, "provisioner", process.cwd());
   const cfg = { ...base, ...over };
+  // As in capsul.yaml: the import dir defaults to one inside the data dir.
+  if (over.importDir === undefined) cfg.importDir = path.join(cfg.dataDir, DEFAULT_IMPORT_SUBDIR);
   checkDataDir(cfg.dataDir, "provisioner.dataDir");
   return Object.freeze(cfg);
 }

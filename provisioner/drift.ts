@@ -1,12 +1,20 @@
+import path from "node:path";
 import type { VmRecord } from "./db.js";
-import { findOurQemus, processAlive } from "./qemu.js";
+import { inOurNetNamespace, readPastaPid } from "./guestnet.js";
+import { findOurQemus, processAlive, runFiles } from "./qemu.js";
 
-export interface DriftItem { vm: string | null; kind: "not-running" | "unknown-process" | "port-clash" | "state-mismatch"; detail: string; pid?: number }
+export interface DriftItem {
+  vm: string | null;
+  kind: "not-running" | "unknown-process" | "port-clash" | "state-mismatch" | "network-missing" | "network-not-isolated" | "network-reconnected";
+  detail: string;
+  pid?: number;
+}
 
 /**
  * Desired against actual state: VMs that should run and do not, QEMU processes
  * under our vms/ dir that the database does not know (reported, never killed),
- * and loopback ports recorded for two running VMs.
+ * loopback ports recorded for two running VMs, and running VMs whose network
+ * is not what guestnet.ts sets up (no pasta, or no namespace of their own).
  */
 export function computeDrift(vms: VmRecord[], livePids: Map<string, number>, vmsDir: string): DriftItem[] {
   const out: DriftItem[] = [];
@@ -16,7 +24,13 @@ export function computeDrift(vms: VmRecord[], livePids: Map<string, number>, vms
     if (v.desired === "running" && pid === undefined && v.state !== "creating") {
       out.push({ vm: v.name, kind: "not-running", detail: `should run, QEMU is not running (state ${v.state})` });
     }
-    if (pid !== undefined && !processAlive(pid)) out.push({ vm: v.name, kind: "state-mismatch", detail: `pid ${pid} is gone`, pid });
+    if (pid !== undefined && !processAlive(pid)) {
+      out.push({ vm: v.name, kind: "state-mismatch", detail: `pid ${pid} is gone`, pid });
+    } else if (pid !== undefined && inOurNetNamespace(pid)) {
+      out.push({ vm: v.name, kind: "network-not-isolated", detail: "QEMU runs in the cog's network namespace (started by an older capsul); stop and start it", pid });
+    } else if (pid !== undefined && readPastaPid(runFiles(path.join(vmsDir, v.name)).pasta)?.qemuPid !== pid) {
+      out.push({ vm: v.name, kind: "network-missing", detail: "its pasta is gone: the VM has no network (a provisioner restart reconnects it)", pid });
+    }
   }
   let procs: ReturnType<typeof findOurQemus> = [];
   try { procs = findOurQemus(vmsDir); } catch { /* no /proc: nothing to compare */ }

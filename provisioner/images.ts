@@ -2,24 +2,29 @@ import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
-import { Readable, Transform } from "node:stream";
+import { type Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import type { ProvisionerConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { NAME_RE } from "./config.js";
 import type { ImageFile, ImageRecord, Store } from "./db.js";
+import { openDownload } from "./download.js";
 import { badRequest, conflict, notFound, ProvisionerError } from "./errors.js";
+import { AddressPolicy } from "./netguard.js";
 import { runTool } from "./tools.js";
 
 /**
- * The image catalogue: <dataDir>/images/<name>/ holds immutable files (mode 0444)
- * that VM disks are overlays on. Import = fetch (copy or download) into a staging
- * dir while hashing, verify the checksum, inspect with qemu-img, convert raw to
- * qcow2, then rename into place and record it. A failed import leaves nothing.
+ * The image catalogue: <dataDir>/images/<name>/ (0700) holds immutable files
+ * (0400: read-only, and only QEMU's user reads them; an image may be private)
+ * that VM disks are overlays on. Import = fetch (copy from the import dir or
+ * download, see download.ts) into a staging dir while hashing, verify the
+ * checksum, inspect, convert raw to qcow2, then rename into place and record
+ * it. A failed import leaves nothing.
  */
 
 export interface ImportRequest {
   name: string;
-  /** qcow2 or raw disk: an absolute path on this host or an http(s) URL. */
+  /** qcow2 or raw disk: an absolute path in the import dir (cog.provisioner.import_dir) or an http(s) URL. */
   source?: string;
   /** Expected sha256 (hex) of `source`, or of `kernel`. */
   sha256?: string;
@@ -67,25 +72,80 @@ export function validateImportRequest(raw: unknown): ImportRequest {
   if (req.sshUser !== undefined && !USER_RE.test(req.sshUser)) throw badRequest("bad_request", "ssh_user: not a user name");
   for (const [k, v] of [["source", req.source], ["kernel", req.kernel], ["initrd", req.initrd]] as const) {
     if (v !== undefined && !/^https?:\/\//.test(v) && !path.isAbsolute(v)) {
-      throw badRequest("bad_source", `${k}: must be an absolute path on the cog or an http(s) URL`);
+      throw badRequest("bad_source", `${k}: must be an absolute path in the import dir of the cog or an http(s) URL`);
     }
   }
   return req;
 }
 
+/** Mode of image files: read-only (immutable bases), owner only (an image may hold secrets). */
+export const IMAGE_FILE_MODE = 0o400;
+/** Mode of the catalogue and its image dirs. */
+export const IMAGE_DIR_MODE = 0o700;
+/** Bytes read from the start of a source to tell its format (the VMDK descriptor needs 21). */
+const SNIFF_BYTES = 512;
+/** qcow2 header magic "QFI\xfb" (qcow2 spec, "Header"). */
+const QCOW2_MAGIC = Buffer.from([0x51, 0x46, 0x49, 0xfb]);
+/**
+ * Container formats that must not be imported as raw bytes by mistake; their
+ * parsers never run here (qemu-img is always told -f qcow2 or -f raw, so no
+ * probing of exotic formats on untrusted data): [offset, magic, name].
+ */
+const OTHER_FORMATS: ReadonlyArray<[number, string, string]> = [
+  [0, "KDMV", "vmdk"], [0, "# Disk DescriptorFile", "vmdk"], [0, "vhdxfile", "vhdx"], [0, "conectix", "vpc"],
+  [0, "QED\0", "qed"], [0, "LUKS\xba\xbe", "luks"], [0x40, "\x7f\x10\xda\xbe", "vdi"], [0, "WithoutFreeSpace", "parallels"],
+  [0, "WithouFreSpacExt", "parallels"], [0, "Bochs Virtual HD Image", "bochs"], [0, "#!/bin/sh\n#V2.0 Format", "cloop"],
+];
+
+export function sniffFormat(head: Buffer): "qcow2" | "raw" | string {
+  if (head.subarray(0, 4).equals(QCOW2_MAGIC)) return "qcow2";
+  for (const [off, magic, name] of OTHER_FORMATS) {
+    if (head.subarray(off, off + magic.length).equals(Buffer.from(magic, "latin1"))) return name;
+  }
+  return "raw";
+}
+
+/** What `qemu-img info --output=json -f qcow2` says about the fields that matter here. */
+interface Qcow2Info {
+  format?: string;
+  "virtual-size"?: number;
+  "backing-filename"?: string;
+  "full-backing-filename"?: string;
+  encrypted?: boolean;
+  "format-specific"?: { type?: string; data?: { "data-file"?: string; "data-file-raw"?: boolean } };
+}
+
 export class ImageCatalogue {
   readonly dir: string;
   private readonly importing = new Set<string>();
+  private readonly policy: AddressPolicy;
 
   constructor(
-    dataDir: string,
+    private readonly cfg: ProvisionerConfig,
     private readonly store: Store,
-    private readonly opts: { qemuImg: string; toolTimeoutMs: number; maxImageBytes: number; log: Logger },
+    private readonly log: Logger,
   ) {
-    this.dir = path.join(dataDir, "images");
-    fs.mkdirSync(this.dir, { recursive: true });
+    this.dir = path.join(cfg.dataDir, "images");
+    fs.mkdirSync(this.dir, { recursive: true, mode: IMAGE_DIR_MODE });
+    fs.mkdirSync(cfg.importDir, { recursive: true, mode: 0o700 });
+    this.policy = new AddressPolicy(cfg.importAllowedCidrs);
     // Staging dirs of imports cut short by a crash.
     for (const e of fs.readdirSync(this.dir)) if (e.startsWith(".tmp-")) fs.rmSync(path.join(this.dir, e), { recursive: true, force: true });
+    this.tightenModes();
+  }
+
+  /** Catalogues written before images were private (0755 dirs, 0444 files) are brought to 0700/0400. */
+  private tightenModes(): void {
+    const fix = (p: string, mode: number): void => {
+      if ((fs.statSync(p).mode & 0o777) !== mode) fs.chmodSync(p, mode);
+    };
+    fix(this.dir, IMAGE_DIR_MODE);
+    for (const name of fs.readdirSync(this.dir)) {
+      const d = path.join(this.dir, name);
+      if (!fs.statSync(d).isDirectory()) continue;
+      fix(d, IMAGE_DIR_MODE);
+      for (const f of fs.readdirSync(d)) fix(path.join(d, f), IMAGE_FILE_MODE);
+    }
   }
 
   list(): ImageRecord[] { return this.store.listImages(); }
@@ -104,7 +164,7 @@ export class ImageCatalogue {
     const stage = path.join(this.dir, `.tmp-${req.name}-${randomBytes(4).toString("hex")}`);
     const final = path.join(this.dir, req.name);
     try {
-      await fsp.mkdir(stage);
+      await fsp.mkdir(stage, { mode: IMAGE_DIR_MODE });
       let record: Omit<ImageRecord, "createdAt">;
       if (req.source) {
         const fetched = await this.fetch(req.source, path.join(stage, "source"), req.sha256, progress);
@@ -124,7 +184,7 @@ export class ImageCatalogue {
           },
         };
       }
-      for (const f of Object.values(record.files)) await fsp.chmod(path.join(stage, path.basename(f.path)), 0o444);
+      for (const f of Object.values(record.files)) await fsp.chmod(path.join(stage, path.basename(f.path)), IMAGE_FILE_MODE);
       await fsp.rename(stage, final);
       try {
         this.store.insertImage(record);
@@ -132,7 +192,7 @@ export class ImageCatalogue {
         await fsp.rm(final, { recursive: true, force: true });
         throw e;
       }
-      this.opts.log.info("image imported", { image: req.name, format: record.format });
+      this.log.info("image imported", { image: req.name, format: record.format });
       return this.get(req.name);
     } finally {
       this.importing.delete(req.name);
@@ -140,35 +200,56 @@ export class ImageCatalogue {
     }
   }
 
+  /**
+   * Opens a local source: only a regular file inside the import dir, judged
+   * after resolving symlinks and "..", so that neither can point the
+   * provisioner at the cog's keys or another tenant's disk. The resolved path
+   * is opened with O_NOFOLLOW (a symlink swapped in afterwards is refused) and
+   * O_NONBLOCK (a FIFO cannot hang the open).
+   */
+  private async openLocal(src: string): Promise<{ input: Readable; total: number }> {
+    const root = await fsp.realpath(this.cfg.importDir);
+    const inside = (p: string): boolean => p.startsWith(root.endsWith(path.sep) ? root : root + path.sep);
+    const outside = (): ProvisionerError => badRequest("source_refused",
+      `${src}: outside the import directory ${this.cfg.importDir} (cog.provisioner.import_dir); copy the image there first`);
+    if (!inside(path.resolve(root, path.relative(this.cfg.importDir, path.resolve(src))))) throw outside();
+    let real: string;
+    try { real = await fsp.realpath(src); } catch { throw badRequest("bad_source", `${src}: no such file in the import directory`); }
+    if (!inside(real)) throw outside();
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(real, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    } catch (e) {
+      throw badRequest("bad_source", `${src}: cannot open (${(e as NodeJS.ErrnoException).code})`);
+    }
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw badRequest("bad_source", `${src}: not a regular file`);
+    }
+    return { input: fh.createReadStream(), total: st.size };
+  }
+
   /** Copies or downloads `src` to `dst`, hashing on the way; checks the size cap and the checksum. */
   private async fetch(src: string, dst: string, wantSha256: string | undefined, progress?: Progress): Promise<ImageFile> {
     const hash = createHash("sha256");
     let bytes = 0;
     let input: Readable;
-    let total: number | null = null;
+    let total: number | null;
     if (/^https?:\/\//.test(src)) {
-      let res: Response;
-      try {
-        res = await fetch(src, { redirect: "follow" });
-      } catch (e) {
-        throw new ProvisionerError("download_failed", `download ${src}: ${(e as Error).message}`, 502, { cause: e });
-      }
-      if (!res.ok || !res.body) throw new ProvisionerError("download_failed", `download ${src}: HTTP ${res.status}`, 502);
-      const len = Number(res.headers.get("content-length"));
-      total = Number.isFinite(len) && len > 0 ? len : null;
-      input = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+      const dl = await openDownload(src, {
+        policy: this.policy, maxRedirects: this.cfg.importMaxRedirects, idleTimeoutMs: this.cfg.downloadIdleTimeoutMs,
+      });
+      input = dl.body;
+      total = dl.totalBytes;
     } else {
-      let st: fs.Stats;
-      try { st = await fsp.stat(src); } catch { throw badRequest("bad_source", `${src}: no such file on the cog`); }
-      if (!st.isFile()) throw badRequest("bad_source", `${src}: not a regular file`);
-      total = st.size;
-      input = fs.createReadStream(src);
+      ({ input, total } = await this.openLocal(src));
     }
-    if (total !== null && total > this.opts.maxImageBytes) {
+    if (total !== null && total > this.cfg.maxImageBytes) {
       input.destroy();
-      throw new ProvisionerError("image_too_large", `${src}: ${total} bytes, more than the limit of ${this.opts.maxImageBytes}`, 413);
+      throw new ProvisionerError("image_too_large", `${src}: ${total} bytes, more than the limit of ${this.cfg.maxImageBytes}`, 413);
     }
-    const max = this.opts.maxImageBytes;
+    const max = this.cfg.maxImageBytes;
     let lastReport = 0;
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
@@ -180,7 +261,12 @@ export class ImageCatalogue {
         cb(null, chunk);
       },
     });
-    await pipeline(input, counter, fs.createWriteStream(dst, { mode: 0o600 }));
+    try {
+      await pipeline(input, counter, fs.createWriteStream(dst, { mode: 0o600 }));
+    } catch (e) {
+      if (e instanceof ProvisionerError) throw e;
+      throw new ProvisionerError("download_failed", `${src}: ${(e as Error).message}`, 502, { cause: e });
+    }
     progress?.({ file: src, bytes, totalBytes: total });
     const sha256 = hash.digest("hex");
     if (wantSha256 && wantSha256 !== sha256) {
@@ -189,21 +275,50 @@ export class ImageCatalogue {
     return { path: dst, sha256, bytes };
   }
 
+  /**
+   * `qemu-img info` of an untrusted qcow2, told the format (no probing) and
+   * under prlimit: address space image_inspect_memory, CPU image_inspect_cpu_time.
+   */
+  private async inspectQcow2(src: string): Promise<Qcow2Info> {
+    const cpuSeconds = Math.max(1, Math.ceil(this.cfg.imageInspectCpuMs / 1000));
+    let stdout: string;
+    try {
+      ({ stdout } = await runTool("image_invalid", "prlimit", [
+        `--as=${this.cfg.imageInspectMemoryBytes}`, `--cpu=${cpuSeconds}`, "--",
+        this.cfg.qemuImgBinary, "info", "--output=json", "-f", "qcow2", src,
+      ], this.cfg.toolTimeoutMs));
+    } catch (e) {
+      throw badRequest("image_invalid", `qemu-img info refused the image within its limits (image_inspect_memory ` +
+        `${this.cfg.imageInspectMemoryBytes} bytes, image_inspect_cpu_time ${cpuSeconds}s): ${(e as Error).message}`);
+    }
+    try { return JSON.parse(stdout) as Qcow2Info; } catch { throw badRequest("image_invalid", "qemu-img info gave no JSON"); }
+  }
+
   /** Leaves a standalone qcow2 at `dst`; returns its size in bytes. */
   private async toQcow2(src: string, dst: string): Promise<number> {
-    // Format probing is safe here: the file is only read, never written as raw.
-    const { stdout } = await runTool("image_invalid", this.opts.qemuImg, ["info", "--output=json", src], this.opts.toolTimeoutMs);
-    let info: { format?: string; "backing-filename"?: string };
-    try { info = JSON.parse(stdout) as typeof info; } catch { throw badRequest("image_invalid", "qemu-img info gave no JSON"); }
-    // A qcow2 naming a backing file could make a VM read any file on the cog.
-    if (info["backing-filename"]) throw badRequest("image_invalid", "image has a backing file; flatten it first (qemu-img convert)");
-    if (info.format === "qcow2") {
+    const head = Buffer.alloc(SNIFF_BYTES);
+    const fh = await fsp.open(src, "r");
+    try { await fh.read(head, 0, SNIFF_BYTES, 0); } finally { await fh.close(); }
+    const format = sniffFormat(head);
+    if (format === "qcow2") {
+      const info = await this.inspectQcow2(src);
+      // A VM opens these files with QEMU: anything that names another file would
+      // let it read that file from the cog (the cog's keys, another VM's disk).
+      if (info["backing-filename"] || info["full-backing-filename"]) {
+        throw badRequest("image_invalid", "image has a backing file; flatten it first (qemu-img convert)");
+      }
+      const dataFile = info["format-specific"]?.data?.["data-file"];
+      if (dataFile !== undefined) {
+        throw badRequest("image_invalid", `image keeps its data in an external file (${JSON.stringify(dataFile)}); convert it to a self-contained qcow2 first`);
+      }
+      if (info.encrypted) throw badRequest("image_invalid", "encrypted images are not supported");
       await fsp.rename(src, dst);
-    } else if (info.format === "raw") {
-      await runTool("convert_failed", this.opts.qemuImg, ["convert", "-f", "raw", "-O", "qcow2", src, dst], this.opts.toolTimeoutMs);
+    } else if (format === "raw") {
+      // -f raw: the bytes are data, never parsed as a header.
+      await runTool("convert_failed", this.cfg.qemuImgBinary, ["convert", "-f", "raw", "-O", "qcow2", src, dst], this.cfg.toolTimeoutMs);
       await fsp.rm(src, { force: true });
     } else {
-      throw badRequest("image_invalid", `unsupported image format ${JSON.stringify(info.format)} (qcow2 or raw)`);
+      throw badRequest("image_invalid", `unsupported image format ${format} (qcow2 or raw; convert it with qemu-img convert -O qcow2)`);
     }
     return (await fsp.stat(dst)).size;
   }
@@ -214,6 +329,6 @@ export class ImageCatalogue {
     if (users > 0) throw conflict("image_in_use", `image ${name} is used by ${users} VM(s); delete them first`);
     this.store.deleteImage(name);
     await fsp.rm(path.join(this.dir, name), { recursive: true, force: true });
-    this.opts.log.info("image deleted", { image: name });
+    this.log.info("image deleted", { image: name });
   }
 }

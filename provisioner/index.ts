@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { serve } from "@hono/node-server";
 import { Registry } from "prom-client";
-import type { ProvisionerConfig } from "../config/types.js";
+import type { HostPort, ProvisionerConfig } from "../config/types.js";
 import { RuntimeError } from "../lib/errors.js";
 import { type Logger, Masked } from "../lib/log.js";
 import type { RouteSink } from "../tunnel-client/routesink.js";
@@ -29,24 +29,41 @@ export interface ProvisionerOptions {
   registry?: Registry;
 }
 
-export interface Provisioner { url: string; close(): Promise<void> }
+export interface Provisioner {
+  url: string;
+  /** <dataDir>/api-token: every API request needs `Authorization: Bearer <its content>`. */
+  tokenFile: string;
+  close(): Promise<void>;
+}
 
 export const TOKEN_FILE = "api-token";
 export const LOCK_FILE = "provisioner.pid";
 
-export function isLoopback(host: string): boolean {
-  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
-}
-
-/** The API token in <dataDir>/api-token, created (0600) on first start. */
-export function loadOrCreateToken(dataDir: string): string {
+/**
+ * The API token in <dataDir>/api-token (0600), created on first start. The API
+ * always asks for it, also on loopback (apiguard.ts); `capsul vm`/`capsul image`
+ * read it from the same file. A file that others can read is tightened, not
+ * trusted as is.
+ */
+export function loadOrCreateToken(dataDir: string, log: Logger): string {
   const file = path.join(dataDir, TOKEN_FILE);
   try {
+    const st = fs.lstatSync(file);
+    if (!st.isFile()) throw new RuntimeError(`${file} is not a regular file; remove it and restart`);
+    if ((st.mode & 0o077) !== 0) {
+      fs.chmodSync(file, 0o600);
+      log.warn("api token file was readable by others; now 0600 (consider a new token: delete it and restart)", { file });
+    }
     const t = fs.readFileSync(file, "utf8").trim();
     if (t) return t;
-  } catch { /* create it */ }
+  } catch (e) {
+    if (e instanceof RuntimeError) throw e;
+    /* create it */
+  }
   const t = randomBytes(32).toString("base64url");
-  fs.writeFileSync(file, t + "\n", { mode: 0o600 });
+  fs.rmSync(file, { force: true });
+  // wx: never write through a file (or symlink) that appeared meanwhile.
+  fs.writeFileSync(file, t + "\n", { mode: 0o600, flag: "wx" });
   return t;
 }
 
@@ -77,15 +94,17 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const { config: cfg } = opts;
   const log = opts.logger.child("provisioner");
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  // VM disks, the token and the image catalogue live here: nobody else reads it.
+  if ((fs.statSync(cfg.dataDir).mode & 0o077) !== 0) {
+    fs.chmodSync(cfg.dataDir, 0o700);
+    log.warn("data dir was accessible to others; now 0700", { data_dir: cfg.dataDir });
+  }
   const unlock = takeLock(cfg.dataDir);
   const store = new Store(path.join(cfg.dataDir, "provisioner.db"));
-  const images = new ImageCatalogue(cfg.dataDir, store, {
-    qemuImg: cfg.qemuImgBinary, toolTimeoutMs: cfg.toolTimeoutMs, maxImageBytes: cfg.maxImageBytes, log,
-  });
+  const images = new ImageCatalogue(cfg, store, log);
   const reach = { cogName: opts.cogName, hubDomain: opts.hubDomain, hubHost: opts.hubHost };
   const vms = new VmManager(cfg, store, opts.sink, reach, log);
-  const token = loadOrCreateToken(cfg.dataDir);
-  const requireToken = !isLoopback(cfg.listen.host);
+  const token = loadOrCreateToken(cfg.dataDir, log);
 
   let server: ReturnType<typeof serve> | undefined;
   let unregisterMetrics = (): void => {};
@@ -93,9 +112,11 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
     await vms.reconcile();
     const registry = opts.registry ?? new Registry();
     unregisterMetrics = registerVmMetrics(registry, store, vms);
-    const app = buildApi({ cfg, store, images, vms, log, token: requireToken ? token : null, registry });
+    // Port 0 (tests) becomes the kernel's choice: the Host check wants the bound one.
+    let boundPort = cfg.listen.port;
+    const app = buildApi({ cfg, store, images, vms, log, token, registry, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
-      const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, () => resolve(s));
+      const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, (info) => { boundPort = info.port; resolve(s); });
       s.once("error", reject);
     });
   } catch (e) {
@@ -108,11 +129,12 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const addr = server.address() as AddressInfo;
   const host = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
   const url = `http://${host}:${addr.port}`;
-  log.info("provisioner listening", { url, data_dir: cfg.dataDir, token: requireToken ? new Masked(token) : "not required (loopback)" });
+  log.info("provisioner listening", { url, data_dir: cfg.dataDir, token_file: path.join(cfg.dataDir, TOKEN_FILE), token: new Masked(token) });
 
   let closing: Promise<void> | undefined;
   return {
     url,
+    tokenFile: path.join(cfg.dataDir, TOKEN_FILE),
     close: () => {
       closing ??= (async () => {
         await new Promise<void>((resolve) => {

@@ -7,11 +7,17 @@ import { ProvisionerError } from "./errors.js";
 import { runTool } from "./tools.js";
 
 /** Files of one VM's run directory (DESIGN.md "The provisioner"). */
-export function runFiles(runDir: string): { pid: string; qmp: string; console: string; seed: string; disk: string } {
+export function runFiles(runDir: string): {
+  pid: string; qmp: string; console: string; consoleSock: string; pasta: string; seed: string; disk: string;
+} {
   return {
     pid: path.join(runDir, "qemu.pid"),
     qmp: path.join(runDir, "qmp.sock"),
     console: path.join(runDir, "console.log"),
+    // As long as qmp.sock: MAX_DATA_DIR_LENGTH is computed for that length.
+    consoleSock: path.join(runDir, "con.sock"),
+    // "<pasta pid> <qemu pid>", written by guestnet.ts (pasta's own -P is limited to /tmp by AppArmor).
+    pasta: path.join(runDir, "pasta.pid"),
     seed: path.join(runDir, "seed.iso"),
     disk: path.join(runDir, "disk.qcow2"),
   };
@@ -39,6 +45,7 @@ export interface LaunchSpec {
   accel: "kvm" | "tcg";
   size: ProvisionerSize;
   image: ImageRecord;
+  /** Ports inside the VM's own network namespace forwarded to the guest's 22/80/443 (guestnet.ts NS_FORWARD_PORTS). */
   ports: VmPorts;
 }
 
@@ -46,7 +53,11 @@ export interface LaunchSpec {
  * The full argv of one VM, built without a shell. Identity: `-uuid` (re-adoption
  * checks it in /proc/PID/cmdline). QEMU daemonizes itself (fork + setsid) after
  * initialising, so the VM outlives a crash or kill -9 of the provisioner, and a
- * start-up error (port in use, bad disk) still reaches us as exit status + stderr.
+ * start-up error (bad disk) still reaches us as exit status + stderr. It starts
+ * paused (-S): the provisioner connects the console first, then sends `cont`,
+ * so the log misses nothing of the boot. Networking: slirp inside the VM's own
+ * network namespace (guestnet.ts), forwarding NS_FORWARD_PORTS there to the
+ * guest's 22/80/443; pasta brings the VM's host loopback ports to those.
  */
 export function buildQemuArgs(s: LaunchSpec): string[] {
   const f = runFiles(s.runDir);
@@ -54,7 +65,8 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
   let drive = `if=none,id=${DISK_DRIVE_ID},file=${qemuOpt(f.disk)},format=qcow2,discard=unmap,detect-zeroes=unmap`;
   if (s.size.diskIopsPerSec > 0) drive += `,throttling.iops-total=${s.size.diskIopsPerSec}`;
   if (s.size.diskBytesPerSec > 0) drive += `,throttling.bps-total=${s.size.diskBytesPerSec}`;
-  const fwd = (p: number, guest: number): string => `hostfwd=tcp:127.0.0.1:${p}-:${guest}`;
+  // 0.0.0.0 of the VM's own namespace: its loopback is still down when QEMU binds.
+  const fwd = (p: number, guest: number): string => `hostfwd=tcp::${p}-:${guest}`;
   const args = [
     "-name", `capsul-${s.name},debug-threads=on`,
     "-uuid", s.uuid,
@@ -64,12 +76,13 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
     "-m", String(mib),
     "-smp", String(s.size.vcpus),
     "-nodefaults", "-no-user-config", "-display", "none",
-    "-chardev", `file,id=console,path=${qemuOpt(f.console)},append=on`,
+    "-chardev", `socket,id=console,path=${qemuOpt(f.consoleSock)},server=on,wait=off`,
     "-serial", "chardev:console",
     "-chardev", `socket,id=qmp,path=${qemuOpt(f.qmp)},server=on,wait=off`,
     "-mon", "chardev=qmp,mode=control",
     "-pidfile", f.pid,
     "-daemonize",
+    "-S",
     "-drive", drive,
     "-device", `virtio-blk-pci,drive=${DISK_DRIVE_ID},id=${DISK_DEVICE_ID}`,
     "-drive", `if=none,id=seed,file=${qemuOpt(f.seed)},format=raw,readonly=on`,
@@ -86,10 +99,22 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
   return args;
 }
 
-/** Starts QEMU; resolves with the daemon's pid once it has initialised. */
-export async function launchQemu(qemu: string, args: string[], pidFile: string, timeoutMs: number): Promise<number> {
+/**
+ * Starts QEMU (`cmd`: its argv, possibly behind unshare, see guestnet.ts);
+ * resolves with the daemon's pid once it has initialised (paused, see -S).
+ */
+export async function launchQemu(cmd: { file: string; args: string[]; qemu: string }, pidFile: string, timeoutMs: number): Promise<number> {
   await fsp.rm(pidFile, { force: true });
-  await runTool("launch_failed", qemu, args, timeoutMs);
+  try {
+    // Errors are QEMU's unless unshare itself speaks ("unshare: …").
+    await runTool("launch_failed", cmd.file, cmd.args, timeoutMs, cmd.qemu);
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (/: unshare: unshare failed/.test(msg)) {
+      throw new ProvisionerError("launch_failed", `${msg} (VMs run in user namespaces: sysctl kernel.unprivileged_userns_clone=1)`, 500, { cause: e });
+    }
+    throw e;
+  }
   const pid = readPidFile(pidFile);
   if (!pid) throw new ProvisionerError("launch_failed", `QEMU started but wrote no pid to ${pidFile}`, 500);
   return pid;

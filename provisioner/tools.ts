@@ -10,7 +10,7 @@ export interface ToolResult { stdout: string; stderr: string }
  * Runs a program with an argv array: never a shell, so no word splitting, globbing
  * or quoting games. Fails with a ProvisionerError carrying the tool's last stderr line.
  */
-export function runTool(code: string, file: string, args: string[], timeoutMs: number): Promise<ToolResult> {
+export function runTool(code: string, file: string, args: string[], timeoutMs: number, label = file): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
     execFile(file, args, { timeout: timeoutMs, maxBuffer: TOOL_MAX_OUTPUT_BYTES, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
       if (!err) { resolve({ stdout, stderr }); return; }
@@ -18,8 +18,8 @@ export function runTool(code: string, file: string, args: string[], timeoutMs: n
       const lastLine = String(stderr).trim().split("\n").pop()?.trim();
       let why: string;
       if (e.code === "ENOENT") why = `${file} not found (install it or set its path in cog.provisioner)`;
-      else if (e.killed) why = `${file} did not finish within ${timeoutMs} ms`;
-      else why = `${file} failed${lastLine ? `: ${lastLine}` : ` (exit ${String(e.code)})`}`;
+      else if (e.killed) why = `${label} did not finish within ${timeoutMs} ms`;
+      else why = `${label} failed${lastLine ? `: ${lastLine}` : ` (exit ${String(e.code)})`}`;
       reject(new ProvisionerError(code, why, 500, { cause: err }));
     });
   });

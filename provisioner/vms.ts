@@ -6,12 +6,15 @@ import path from "node:path";
 import type { ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { RouteSink } from "../tunnel-client/routesink.js";
-import type { ImageRecord, IoLimits, Store, VmPorts, VmRecord } from "./db.js";
+import type { ImageRecord, IoLimits, Store, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
+import { ConsoleLog, consoleTail } from "./console.js";
 import { badRequest, conflict, notFound } from "./errors.js";
-import { pickFreePorts, portFree, sshBanner } from "./net.js";
+import { inOwnNamespace, NS_FORWARD_PORTS, stopPasta } from "./guestnet.js";
+import { sshBanner } from "./net.js";
 import { QmpClient } from "./qmp.js";
+import { VmNetwork } from "./vmnet.js";
 import {
   buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, kvmDeviceUsable, launchQemu, probeKvm, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
@@ -24,8 +27,6 @@ export const BOOT_POLL_INTERVAL_MS = 1000;
 export const BANNER_TIMEOUT_MS = 3000;
 /** Poll interval while waiting for a QEMU process to exit. */
 export const EXIT_POLL_INTERVAL_MS = 100;
-/** Launch attempts when a freshly picked port was taken before QEMU bound it. */
-export const LAUNCH_ATTEMPTS = 3;
 /** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
 export const QMP_CONNECT_ATTEMPTS = 5;
 /** Pause before restarting a crashed VM. */
@@ -35,6 +36,8 @@ export const CRASH_RESTART_DELAY_MS = 1000;
 interface Live {
   pid: number;
   qmp: QmpClient;
+  /** Writes the serial console to console.log (capped, rotated); null for a VM from before the console socket. */
+  console: ConsoleLog | null;
   /** Bumped by every stop/start/reboot; a boot watcher of an older generation gives up. */
   generation: number;
   /** Set by stop/delete so that the exit is expected. */
@@ -60,6 +63,7 @@ export class VmManager {
   /** Times of recent unexpected exits, per VM. */
   private readonly crashes = new Map<string, number[]>();
   private readonly background = new Set<Promise<unknown>>();
+  private readonly net: VmNetwork;
 
   constructor(
     private readonly cfg: ProvisionerConfig,
@@ -70,6 +74,7 @@ export class VmManager {
   ) {
     this.vmsDir = path.join(cfg.dataDir, "vms");
     fs.mkdirSync(this.vmsDir, { recursive: true });
+    this.net = new VmNetwork(cfg, store, this.vmsDir, this.resolved, log);
   }
 
   runDir(name: string): string { return path.join(this.vmsDir, name); }
@@ -125,18 +130,7 @@ export class VmManager {
 
   async consoleTail(name: string): Promise<string> {
     this.record(name);
-    const file = runFiles(this.runDir(name)).console;
-    let fh: fsp.FileHandle;
-    try { fh = await fsp.open(file, "r"); } catch { return ""; }
-    try {
-      const { size } = await fh.stat();
-      const len = Math.min(size, this.cfg.consoleTailBytes);
-      const buf = Buffer.alloc(len);
-      await fh.read(buf, 0, len, size - len);
-      return buf.toString("utf8");
-    } finally {
-      await fh.close();
-    }
+    return consoleTail(runFiles(this.runDir(name)).console, this.cfg.consoleTailBytes);
   }
 
   // --------------------------------------------------------------- locking
@@ -169,11 +163,13 @@ export class VmManager {
     if (!image) throw badRequest("image_not_found", `no image named ${JSON.stringify(req.image)} (GET /v1/images)`);
     const size = this.cfg.sizes[req.size];
     if (!size) throw badRequest("size_not_found", `no size named ${JSON.stringify(req.size)} (GET /v1/sizes)`);
-    if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
-    if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     if (image.format === "qcow2" && image.files.disk && size.diskBytes < (await imageVirtualSize(this.cfg, image))) {
       throw badRequest("disk_too_small", `image ${image.name} is larger than the disk of size ${req.size}`);
     }
+    // From these checks to the insert nothing awaits: concurrent creates cannot
+    // all pass the count (or the name, or the memory) before any of them is recorded.
+    if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
+    if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     this.checkMemory(req.name, size);
     const uuid = randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
@@ -233,23 +229,6 @@ export class VmManager {
     try { fs.accessSync(host, fs.constants.R_OK); return host; } catch { return null; }
   }
 
-  /** Keeps the VM's recorded ports when they are still free, so that its routes stay the same. */
-  private async portsFor(v: VmRecord, fresh: boolean): Promise<VmPorts> {
-    const others = new Set<number>();
-    for (const o of this.store.listVms()) if (o.name !== v.name && o.ports) others.add(o.ports.ssh).add(o.ports.http).add(o.ports.https);
-    if (v.ports && !fresh) {
-      const mine = [v.ports.ssh, v.ports.http, v.ports.https];
-      const clash = mine.filter((p) => others.has(p));
-      const free = await Promise.all(mine.map(portFree));
-      if (clash.length === 0 && free.every(Boolean)) return v.ports;
-      const item: DriftItem = { vm: v.name, kind: "port-clash", detail: `recorded ports ${mine.join(",")} not free; picked new ones` };
-      this.resolved.push(item);
-      this.log.warn("drift: port clash", { vm: v.name, ports: mine.join(",") });
-    }
-    const [ssh, http, https] = await pickFreePorts(3, others);
-    return { ssh: ssh!, http: http!, https: https! };
-  }
-
   private async startLocked(name: string): Promise<void> {
     const v = this.store.getVm(name);
     if (!v || v.desired !== "running" || this.closed) return;
@@ -260,34 +239,38 @@ export class VmManager {
       this.store.updateVm(name, { state: "error", message: `image ${v.image} or size ${v.size} no longer exists` });
       return;
     }
+    const dir = this.runDir(name);
+    const f = runFiles(dir);
+    let pid = 0;
+    let consoleLog: ConsoleLog | null = null;
     try {
       await this.prepare(v, image, size);
       const accel = await this.chooseAccel(image);
-      const dir = this.runDir(name);
-      const f = runFiles(dir);
-      let pid = 0;
-      let ports = v.ports;
-      for (let attempt = 1; ; attempt++) {
-        ports = await this.portsFor({ ...v, ports }, attempt > 1);
-        await fsp.rm(f.qmp, { force: true });
-        const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports });
-        try {
-          pid = await launchQemu(this.cfg.qemuBinary, args, f.pid, this.cfg.launchTimeoutMs);
-          break;
-        } catch (e) {
-          // QEMU: "Could not set up host forwarding rule 'tcp:…'" when a port was taken meanwhile.
-          if (attempt >= LAUNCH_ATTEMPTS || !/host forwarding/i.test((e as Error).message)) throw e;
-          this.log.warn("port taken before QEMU bound it; retrying with new ports", { vm: name, attempt });
-        }
-      }
-      this.store.updateVm(name, { state: "starting", accel, ports, message: null });
+      // A pasta left from a QEMU that died while we were not looking holds the VM's ports.
+      await stopPasta(f.pasta);
+      await fsp.rm(f.qmp, { force: true });
+      await fsp.rm(f.consoleSock, { force: true });
+      const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports: NS_FORWARD_PORTS });
+      pid = await launchQemu(inOwnNamespace(this.cfg.qemuBinary, args), f.pid, this.cfg.launchTimeoutMs);
+      const ports = await this.net.connect(v, pid);
       const qmp = await this.connectQmp(f.qmp);
-      const live = this.attach(name, pid, qmp);
-      this.sink.publish(routeOwner(name), vmRoutes(name, ports!, this.reach));
-      this.log.info("vm started", { vm: name, pid, accel, ssh: ports!.ssh, http: ports!.http, https: ports!.https });
-      this.spawnBackground(this.watchBoot(name, live.generation, ports!.ssh));
+      consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+      await consoleLog.attach(f.consoleSock);
+      // Started paused (-S): the console is connected, the guest may run.
+      await qmp.execute("cont");
+      this.store.updateVm(name, { state: "starting", accel, ports, message: null });
+      const live = this.attach(name, pid, qmp, consoleLog);
+      this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach));
+      this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https });
+      this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
     } catch (e) {
       const err = e as Error;
+      consoleLog?.close();
+      if (pid && isQemuOf(pid, v.uuid)) {
+        try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+        await this.waitExit(pid, this.cfg.quitTimeoutMs);
+      }
+      await stopPasta(f.pasta);
       this.store.updateVm(name, { state: "error", message: err.message });
       this.log.error("vm start failed", { vm: name, err: err.message });
     }
@@ -307,8 +290,8 @@ export class VmManager {
   }
 
   /** Registers a running QEMU and what happens when it exits. */
-  private attach(name: string, pid: number, qmp: QmpClient): Live {
-    const live: Live = { pid, qmp, generation: 1, stopping: false, guestShutdown: false };
+  private attach(name: string, pid: number, qmp: QmpClient, consoleLog: ConsoleLog | null): Live {
+    const live: Live = { pid, qmp, console: consoleLog, generation: 1, stopping: false, guestShutdown: false };
     this.live.set(name, live);
     qmp.on("event", (ev: { event: string; data?: Record<string, unknown> }) => {
       if (ev.event === "SHUTDOWN" && ev.data?.guest === true) live.guestShutdown = true;
@@ -340,6 +323,8 @@ export class VmManager {
     }
     this.live.delete(name);
     this.sink.withdraw(routeOwner(name));
+    live.console?.close();
+    await this.withLock(name, () => stopPasta(runFiles(this.runDir(name)).pasta));
     if (live.guestShutdown) {
       this.store.updateVm(name, { state: "stopped", desired: "stopped", message: "powered off from inside the guest" });
       this.log.info("vm powered off by its guest", { vm: name });
@@ -431,10 +416,13 @@ export class VmManager {
       await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
     }
     live.qmp.close();
+    live.console?.close();
     this.live.delete(name);
     const f = runFiles(this.runDir(name));
+    await stopPasta(f.pasta);
     await fsp.rm(f.pid, { force: true });
     await fsp.rm(f.qmp, { force: true });
+    await fsp.rm(f.consoleSock, { force: true });
     if (this.store.getVm(name)?.state !== "deleting") this.store.updateVm(name, { state: "stopped", message: null });
     this.log.info("vm stopped", { vm: name });
   }
@@ -493,6 +481,7 @@ export class VmManager {
       try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
       await this.waitExit(pid, this.cfg.quitTimeoutMs);
     }
+    await stopPasta(runFiles(this.runDir(name)).pasta);
     this.sink.withdraw(routeOwner(name));
     await fsp.rm(this.runDir(name), { recursive: true, force: true });
     this.store.deleteVm(name);
@@ -523,19 +512,31 @@ export class VmManager {
     if (pid && isQemuOf(pid, v.uuid)) {
       const qmp = await this.connectQmp(f.qmp);
       const status = await qmp.execute<{ status: string }>("query-status");
-      const live = this.attach(v.name, pid, qmp);
+      let consoleLog: ConsoleLog | null = null;
+      if (fs.existsSync(f.consoleSock)) {
+        consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+        await consoleLog.attach(f.consoleSock).catch((e: Error) => {
+          this.log.warn("cannot reconnect the console", { vm: v.name, err: e.message });
+          consoleLog?.close();
+          consoleLog = null;
+        });
+      }
+      const live = this.attach(v.name, pid, qmp, consoleLog);
       this.log.info("re-adopted running vm", { vm: v.name, pid, status: status.status });
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
+      const ports = await this.net.readopt(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
-      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, v.ports!, this.reach));
-      if (await sshBanner(v.ports!.ssh, BANNER_TIMEOUT_MS)) {
+      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach));
+      if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
         this.store.updateVm(v.name, { state: "running", message: null });
       } else {
         this.store.updateVm(v.name, { state: "starting" });
-        this.spawnBackground(this.watchBoot(v.name, live.generation, v.ports!.ssh));
+        this.spawnBackground(this.watchBoot(v.name, live.generation, ports.ssh));
       }
       return;
     }
+    // QEMU is gone: so must its pasta be, or it keeps the VM's ports.
+    await stopPasta(f.pasta);
     if (v.desired === "running") {
       if (v.state !== "creating") {
         const item: DriftItem = { vm: v.name, kind: "not-running", detail: `should run but QEMU was not running (state was ${v.state}); restarted` };
@@ -556,7 +557,7 @@ export class VmManager {
   /** Closes our connections; QEMU processes keep running and are re-adopted next time. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const live of this.live.values()) live.qmp.close();
+    for (const live of this.live.values()) { live.qmp.close(); live.console?.close(); }
     await Promise.allSettled([...this.locks.values()]);
     await Promise.allSettled([...this.background]);
     this.live.clear();

@@ -109,7 +109,15 @@ t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tu
   t.match(await post(JSON.stringify({ cog: "c3", extra: 1 })), { status: 400, json: { error: { message: "extra: unknown key" } } });
   t.match(await post("{not json"), { status: 400, json: { error: { code: "bad_json" } } });
   t.match(await post(JSON.stringify({ cog: "c3" }), "text/plain"), { status: 415 });
+  // Grants createInvite refuses (they overlap another cog's): 400 with its reason, nothing stored.
+  const taken = await post(JSON.stringify({ cog: "c3", hostnames: ["b.extra.example"] }));
+  t.equal(taken.status, 400, "a hostname inside c2's grant");
+  t.match(taken.json.error, { code: "bad_request", message: /"b\.extra\.example" overlaps "\*\.extra\.example" of cog c2 \(granted by capsul hub invite\)/ });
+  const theirs = await post(JSON.stringify({ cog: "c3", hostnames: [`shop.c1.${HUB_DOMAIN}`] }));
+  t.equal(theirs.status, 400, "a hostname under c1's default grant");
+  t.match(theirs.json.error.message, /overlaps "\*\.c1\.hub\.test" of cog c1 \(its default grant\)/);
   t.notOk(s.hub.state.getCog("c3"), "no bad request created anything");
+  t.notOk((await adminJson<Json>(s.port, "/v1/invites")).json.invites.some((i: Json) => i.cog === "c3"), "no invite stored for a refused grant");
 
   // Revoke: the tunnel is gone when the answer arrives, not at the next revocation poll.
   const down = new Promise<void>((resolve) => c2.client.once("disconnected", () => resolve()));
@@ -271,7 +279,7 @@ t.test("a `capsul hub` process: /metrics is the process's one registry, with the
   t.same(await hub.waitExit(), { code: 0, signal: null });
 });
 
-t.test("the cog's /healthz and /metrics: on the provisioner's listener, from the cog's registry", async (t) => {
+t.test("the cog's /healthz and /metrics: on the provisioner's listener, from the cog's registry, behind the API's guard", async (t) => {
   const dataDir = tempDataDir();
   const registry = new Registry();
   new Gauge({ name: "capsul_cog_tunnel_up", help: "stands in for the cog's families", registers: [registry] }).set(1);
@@ -281,8 +289,25 @@ t.test("the cog's /healthz and /metrics: on the provisioner's listener, from the
   });
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
   const port = Number(new URL(prov.url).port);
-  t.same(await adminJson(port, "/healthz"), { status: 200, json: { status: "ok" } });
-  const sc = await scrape(port);
+  // The provisioner's listener has one rule for every path (provisioner/apiguard.ts): the
+  // token even on loopback, a Host naming the listen address, no Origin.
+  const bearer = { authorization: `Bearer ${fs.readFileSync(prov.tokenFile, "utf8").trim()}` };
+  for (const p of ["/healthz", "/metrics"]) {
+    const refusals: Array<[string, Record<string, string>, number, string]> = [
+      ["no token", {}, 401, "unauthorized"],
+      ["a wrong token", { authorization: "Bearer " + "x".repeat(bearer.authorization.length - 7) }, 401, "unauthorized"],
+      ["DNS rebinding", { ...bearer, host: `rebind.attacker.example:${port}` }, 421, "wrong_host"],
+      ["a web page", { ...bearer, origin: "https://evil.example" }, 403, "browser_request_refused"],
+    ];
+    for (const [what, headers, status, code] of refusals) {
+      const r = await adminRequest(port, p, { headers });
+      t.equal(r.status, status, `${p}, ${what}`);
+      t.equal((JSON.parse(r.body) as Json).error?.code, code, `${p}, ${what}: code`);
+      t.notMatch(r.body, /capsul_/, `${p}, ${what}: no metrics leak`);
+    }
+  }
+  t.same(await adminJson(port, "/healthz", { headers: bearer }), { status: 200, json: { status: "ok" } });
+  const sc = await scrape(port, bearer);
   t.equal(sc.value("capsul_cog_tunnel_up"), 1, "the cog's registry");
   t.ok(sc.value("capsul_memory_limit_bytes")! > 0, "with the VM metrics on it");
   t.ok(sc.families.has("capsul_vm_state"));

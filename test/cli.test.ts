@@ -19,10 +19,14 @@ t.test("--help of every command exits 0 and documents its options", async (t) =>
   const cases: Array<[string[], RegExp[]]> = [
     [["--help"], [/Usage: capsul/, /--verbose/, /\bdemo\b/, /\bhub\b/, /\bcog\b/]],
     [["demo", "--help"], [/Usage: capsul demo/, /--log-level <level>/]],
-    [["hub", "--help"], [/Usage: capsul hub/, /-c, --config <file>/, /invite/, /cogs/, /revoke/]],
+    [["hub", "--help"], [/Usage: capsul hub/, /-c, --config <file>/, /invite/, /cogs/, /revoke/, /ports/, /grants/, /ungrant/]],
     [["hub", "invite", "--help"], [/Usage: capsul hub invite \[options\] <name>/, /--hostname <pattern\.\.\.>/, /--tcp-ports <range\.\.\.>/, /--ttl <duration>/, /--json/, /-c, --config <file>/]],
     [["hub", "cogs", "--help"], [/Usage: capsul hub cogs/, /--json/, /-c, --config <file>/]],
     [["hub", "revoke", "--help"], [/Usage: capsul hub revoke \[options\] <name>/, /-c, --config <file>/]],
+    [["hub", "ports", "--help"], [/Usage: capsul hub ports \[options\] \[command\]/, /--json/, /-c, --config <file>/, /release \[options\] <port>/]],
+    [["hub", "ports", "release", "--help"], [/Usage: capsul hub ports release \[options\] <port>/, /--force/, /--json/, /-c, --config <file>/]],
+    [["hub", "grants", "--help"], [/Usage: capsul hub grants/, /--json/, /-c, --config <file>/]],
+    [["hub", "ungrant", "--help"], [/Usage: capsul hub ungrant \[options\] <name> <grant>/, /-c, --config <file>/]],
     [["cog", "--help"], [/Usage: capsul cog/, /-c, --config <file>/, /enroll/]],
     [["cog", "enroll", "--help"], [/Usage: capsul cog enroll/, /--hub <host:port>/, /--token <token>/, /--ca-fingerprint <sha256:hex>/, /--data-dir <dir>/, /--force/]],
   ];
@@ -43,6 +47,8 @@ t.test("usage errors exit 2 with one line", async (t) => {
     [["hub", "invite"], /^error: missing required argument 'name'/],
     [["hub", "invite", "bad_NAME"], /^capsul: config error: not a cog name: "bad_NAME"/],
     [["hub", "invite", "Home1"], /^capsul: config error: not a cog name: "Home1"/],
+    [["hub", "ports", "release"], /^error: missing required argument 'port'/],
+    [["hub", "ports", "release", "20000-20001"], /^capsul: config error: <port>: one port, not a range: "20000-20001"/],
   ];
   const results = await mapLimit(cases, PARALLEL, ([args]) => runCli(args));
   for (const [i, [args, re]] of cases.entries()) {

@@ -277,8 +277,43 @@ t.test("rejects", async (t) => {
 
 t.test("need-more for prefixes, including the empty buffer", async (t) => {
   t.same(parseClientHello(Buffer.alloc(0)), { type: "need-more" });
-  t.same(parseClientHello(Buffer.from([22])), { type: "need-more" });
-  t.same(parseClientHello(Buffer.from([22, 3, 1, 0])), { type: "need-more" });
+  // A partial record header: nothing can change before the header and one payload byte.
+  t.same(parseClientHello(Buffer.from([22])), { type: "need-more", needBytes: 6 });
+  t.same(parseClientHello(Buffer.from([22, 3, 1, 0])), { type: "need-more", needBytes: 6 });
+  // A whole header announcing 200 bytes: the record must complete.
+  t.same(parseClientHello(Buffer.from([22, 3, 1, 0, 200, 1])), { type: "need-more", needBytes: 205 });
+  // The handshake header says 1000 body bytes but this record carries 100: one more record at least.
+  const hs = Buffer.from([22, 3, 1, 0, 100, 1, 0, 0x03, 0xe8]);
+  t.same(parseClientHello(hs), { type: "need-more", needBytes: 105 + 5 + (1004 - 100) });
+});
+
+t.test("needBytes never overshoots: no prefix shorter than it gets another answer", async (t) => {
+  // Every fixture, framed in 1-byte records (the worst drip) and in 3 records: for every
+  // prefix, the first length with a non-need-more answer is at or after the hint.
+  for (const f of fixtures) {
+    const msg = unframe(f.data);
+    for (const framed of [frame(msg, Array(Math.min(msg.length - 1, 300)).fill(1)), frame(msg, [Math.ceil(msg.length / 3), Math.ceil(msg.length / 3)])]) {
+      if (framed.length > CLIENT_HELLO_MAX_BYTES) continue;
+      const done = feed(framed, byteCuts(framed.length));
+      t.equal(done.result.type, "ok", `${f.file}: parses whole (${framed.length} bytes)`);
+      let bad = 0;
+      let calls = 0;
+      for (let n = 1; n < done.at; n++) {
+        const r = parseClientHello(framed.subarray(0, n));
+        if (r.type === "need-more" && (r.needBytes ?? 0) > done.at) bad++;
+      }
+      // What the peek does: call again only once the hint is reached.
+      for (let n = 1, need = 0; n <= framed.length; n++) {
+        if (n < need) continue;
+        calls++;
+        const r = parseClientHello(framed.subarray(0, n));
+        if (r.type !== "need-more") break;
+        need = r.needBytes ?? 0;
+      }
+      t.equal(bad, 0, `${f.file}, ${framed.length} bytes: no hint beyond the answer`);
+      t.ok(calls <= 100, `${f.file}, ${framed.length} bytes dripped a byte at a time: ${calls} parser calls, not ${done.at}`);
+    }
+  }
 });
 
 t.test("hostname normalization", async (t) => {

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
 import * as C from "../config/config.js";
+import * as A from "../config/acme.js";
 import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
@@ -97,7 +98,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
   t.ok(cfg.cog, "cog");
   t.equal(cfg.hub!.domain, "hub.example.net");
   t.same(cfg.hub!.cogs.map((c) => c.name), ["home1"]);
-  t.same(cfg.cog!.routes.map((r) => r.kind).sort(), ["http", "tcp", "tls"]);
+  t.same(cfg.cog!.routes.map((r) => r.kind).sort(), ["http", "tcp", "tls", "tls"]);
   t.ok(cfg.cog!.routes.some((r) => r.kind === "tcp" && r.proxyProtocol !== "none"), "an SSH route with PROXY protocol");
   t.ok(cfg.cog!.provisioner, "provisioner");
 
@@ -110,12 +111,16 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
-    "hub.limits.splice_queue",
+    "hub.limits.splice_queue", "hub.limits.max_visitors_per_ip", "hub.limits.max_unpeeked_per_ip",
+    "hub.limits.buffer_budget", "hub.limits.cog_buffer_budget", "hub.limits.buffer_check_interval",
+    "hub.limits.refusal_log_interval",
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "hub.admin.request_timeout", "hub.admin.max_connections", "hub.admin.max_request_body", "hub.admin.status_refresh",
     "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
+    "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
+    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
@@ -123,6 +128,10 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "cog.tunnel.max_frame_payload", "cog.tunnel.write_batch", "cog.tunnel.close_linger",
     "cog.tunnel.welcome_timeout", "cog.tunnel.enroll_timeout",
     "cog.tunnel.visitor_header_timeout", "cog.tunnel.visitor_header_max_bytes", "cog.provisioner.listen", "log.level",
+    "cog.routes.3.tls", "cog.routes.3.challenge", "cog.routes.3.redirect_http", "cog.routes.3.hsts",
+    ...["directory_url", "ca_bundle", "email", "renew_at", "retry_min_delay", "retry_max_delay", "request_timeout",
+      "order_timeout", "poll_interval"].map((k) => `cog.acme.${k}`),
+    ...["handshake_timeout", "client_hello_max_bytes", "http_header_max_bytes", "http_keepalive_timeout"].map((k) => `cog.terminate.${k}`),
     // cog.provisioner's keys are parsed by provisioner/config.ts; the example documents them too.
     ...["data_dir", "accel", "sizes", "memory_overcommit_ratio", "qemu_binary", "qemu_img_binary", "genisoimage_binary",
       "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout", "tool_timeout",
@@ -133,6 +142,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     for (const part of path.split(".")) node = (node as Record<string, unknown> | undefined)?.[part];
     t.not(node, undefined, `example sets ${path}`);
   }
+  t.ok(cfg.cog!.routes.some((r) => r.terminate?.redirectHttp && r.terminate.hstsMaxAgeSec > 0), "a route that terminates TLS, with redirect and HSTS");
   // The first time each key appears, it is commented: on its line or the line above.
   const lines = text.split("\n");
   const seen = new Set<string>();
@@ -150,8 +160,12 @@ t.test("defaults are filled", async (t) => {
   const tunnel = {
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
     maxAutoWindowBytes: 33554432, maxFramePayloadBytes: 65536, writeBatchMaxBytes: 262144, closeLingerMs: 5000,
+    maxQueuedControlFrames: 16384,
   };
-  const hubTunnel = { ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500 };
+  const hubTunnel = {
+    ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+  };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
     hub: {
@@ -178,8 +192,14 @@ t.test("defaults are filled", async (t) => {
         httpHeaderMaxBytes: 16384,
         graceMs: 5000,
         maxVisitors: 20000,
-        idleTimeoutMs: 0,
+        maxVisitorsPerIp: 256,
+        maxUnpeekedPerIp: 64,
+        idleTimeoutMs: 600000,
         spliceQueueBytes: 262144,
+        bufferBudgetBytes: 536870912,
+        cogBufferBudgetBytes: 134217728,
+        bufferCheckIntervalMs: 250,
+        refusalLogIntervalMs: 60000,
       },
       tunnel: hubTunnel,
       admin: { requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000 },
@@ -195,6 +215,11 @@ t.test("defaults are filled", async (t) => {
       listen: { admin: { host: "127.0.0.1", port: 7445 } },
       admin: { requestTimeoutMs: 10000, maxConnections: 64 },
       provisioner: null,
+      acme: {
+        directoryUrl: "https://acme-v02.api.letsencrypt.org/directory", caBundle: null, email: null, renewAtRatio: 2 / 3,
+        retryMinDelayMs: 300000, retryMaxDelayMs: 43200000, requestTimeoutMs: 30000, orderTimeoutMs: 300000, pollIntervalMs: 1000,
+      },
+      terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
     },
     log: { level: "info" },
   };
@@ -255,11 +280,16 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.same(hub.limits, {
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
     graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
+    // The per-source caps are absent: their defaults (256, 64) are lowered to max_visitors.
+    maxVisitorsPerIp: 1, maxUnpeekedPerIp: 1,
+    bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0,
   });
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
     maxAutoWindowBytes: 1048576, maxFramePayloadBytes: 1, writeBatchMaxBytes: 1000000, closeLingerMs: 0,
+    maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -272,7 +302,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.same(cog.tunnel, {
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
     maxAutoWindowBytes: 4294967295, acceptBacklog: 2147483647, maxFramePayloadBytes: 16384, writeBatchMaxBytes: 2147483647,
-    closeLingerMs: 2147483647,
+    closeLingerMs: 2147483647, maxQueuedControlFrames: 16384,
     welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000,
   });
   t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
@@ -287,6 +317,15 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     ["hub", "control_hello_timeout", "750ms", "controlHelloTimeoutMs", 750],
     ["hub", "control_hello_timeout", 1, "controlHelloTimeoutMs", 1],
     ["hub", "revocation_poll_interval", "2s", "revocationPollIntervalMs", 2000],
+    ["hub", "max_unauthenticated", 2000, "maxUnauthenticated", 2000],
+    ["hub", "max_unauthenticated_per_ip", 512, "maxUnauthenticatedPerIp", 512],
+    ["hub", "max_unauthenticated_per_ip", 1, "maxUnauthenticatedPerIp", 1],
+    ["hub", "control_rate", 1, "controlRatePerSec", 1],
+    ["hub", "control_burst", 5000, "controlBurst", 5000],
+    ["hub", "renew_min_interval", 0, "renewMinIntervalMs", 0],
+    ["hub", "renew_min_interval", "1d", "renewMinIntervalMs", 86_400_000],
+    ["hub", "max_queued_control_frames", 64, "maxQueuedControlFrames", 64],
+    ["cog", "max_queued_control_frames", 1, "maxQueuedControlFrames", 1],
     ["cog", "welcome_timeout", "1.5m", "welcomeTimeoutMs", 90_000],
     ["cog", "enroll_timeout", "1h", "enrollTimeoutMs", 3_600_000],
     ["cog", "visitor_header_timeout", 300, "visitorHeaderTimeoutMs", 300],
@@ -309,6 +348,12 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ cog: { tunnel: { enroll_timeout: 0 } } }, "cog.tunnel.enroll_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_timeout: "0s" } } }, "cog.tunnel.visitor_header_timeout: must be greater than 0"],
     [{ cog: { tunnel: { visitor_header_max_bytes: 1023 } } }, "cog.tunnel.visitor_header_max_bytes: must be at least 1024 bytes, got 1023"],
+    [{ hub: { domain: "h.example", tunnel: { max_unauthenticated: 0 } } }, "hub.tunnel.max_unauthenticated: must be at least 1, got 0"],
+    [{ hub: { domain: "h.example", tunnel: { max_unauthenticated: 8, max_unauthenticated_per_ip: 9 } } }, "hub.tunnel.max_unauthenticated_per_ip: out of range (1-8): 9"],
+    [{ hub: { domain: "h.example", tunnel: { control_rate: 0.5 } } }, "hub.tunnel.control_rate: expected an integer, got the number 0.5"],
+    [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
+    [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
+    [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -459,8 +504,14 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
     ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
     ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
-    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "0", int],
+    ["DEFAULT_MAX_VISITORS_PER_IP", "HubLimits", "maxVisitorsPerIp", "256", int],
+    ["DEFAULT_MAX_UNPEEKED_PER_IP", "HubLimits", "maxUnpeekedPerIp", "64", int],
+    ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "10m", dur],
     ["DEFAULT_SPLICE_QUEUE_BYTES", "HubLimits", "spliceQueueBytes", "256KiB", bytes],
+    ["DEFAULT_BUFFER_BUDGET_BYTES", "HubLimits", "bufferBudgetBytes", "512MiB", bytes],
+    ["DEFAULT_COG_BUFFER_BUDGET_BYTES", "HubLimits", "cogBufferBudgetBytes", "128MiB", bytes],
+    ["DEFAULT_BUFFER_CHECK_INTERVAL_MS", "HubLimits", "bufferCheckIntervalMs", "250ms", dur],
+    ["DEFAULT_REFUSAL_LOG_INTERVAL_MS", "HubLimits", "refusalLogIntervalMs", "60s", dur],
     ["DEFAULT_MAX_STREAM_WINDOW_BYTES", "TunnelTuning", "maxStreamWindowBytes", "8MiB", bytes],
     ["DEFAULT_KEEPALIVE_INTERVAL_MS", "TunnelTuning", "keepaliveIntervalMs", "15s", dur],
     ["DEFAULT_KEEPALIVE_TIMEOUT_MS", "TunnelTuning", "keepaliveTimeoutMs", "30s", dur],
@@ -472,6 +523,12 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CLOSE_LINGER_MS", "TunnelTuning", "closeLingerMs", "5s", dur],
     ["DEFAULT_CONTROL_HELLO_TIMEOUT_MS", "HubTunnelTuning", "controlHelloTimeoutMs", "10s", dur],
     ["DEFAULT_REVOCATION_POLL_INTERVAL_MS", "HubTunnelTuning", "revocationPollIntervalMs", "500ms", dur],
+    ["DEFAULT_MAX_QUEUED_CONTROL_FRAMES", "TunnelTuning", "maxQueuedControlFrames", "16384", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED", "HubTunnelTuning", "maxUnauthenticated", "512", int],
+    ["DEFAULT_MAX_UNAUTHENTICATED_PER_IP", "HubTunnelTuning", "maxUnauthenticatedPerIp", "16", int],
+    ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
+    ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
+    ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],
@@ -494,4 +551,50 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
   t.same(exported, table.map(([name]) => name).sort());
   t.ok(exported.length > 0);
+});
+
+t.test("the HTTPS keys (config/acme.ts): defaults match config/types.ts, routes read their TLS keys", async (t) => {
+  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
+  const docOf = (iface: string, field: string): string => {
+    const start = types.search(new RegExp(`interface ${iface} (?:extends \\w+ )?\\{`));
+    t.ok(start >= 0, `interface ${iface} exists`);
+    return new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}\\??:`).exec(types.slice(start))?.[1] ?? "";
+  };
+  const same = (s: string) => s;
+  const dur = (s: string) => parseDurationMs(s);
+  const bytes = (s: string) => parseSizeBytes(s);
+  const table: [keyof typeof A, string, string, string, (s: string) => unknown][] = [
+    ["DEFAULT_ACME_DIRECTORY", "AcmeConfig", "directoryUrl", "letsencrypt", same],
+    ["DEFAULT_ACME_RENEW_AT_RATIO", "AcmeConfig", "renewAtRatio", "0.667, two thirds", () => 2 / 3],
+    ["DEFAULT_ACME_RETRY_MIN_DELAY_MS", "AcmeConfig", "retryMinDelayMs", "5m", dur],
+    ["DEFAULT_ACME_RETRY_MAX_DELAY_MS", "AcmeConfig", "retryMaxDelayMs", "12h", dur],
+    ["DEFAULT_ACME_REQUEST_TIMEOUT_MS", "AcmeConfig", "requestTimeoutMs", "30s", dur],
+    ["DEFAULT_ACME_ORDER_TIMEOUT_MS", "AcmeConfig", "orderTimeoutMs", "5m", dur],
+    ["DEFAULT_ACME_POLL_INTERVAL_MS", "AcmeConfig", "pollIntervalMs", "1s", dur],
+    ["DEFAULT_TERMINATE_HANDSHAKE_TIMEOUT_MS", "TerminateConfig", "handshakeTimeoutMs", "10s", dur],
+    ["DEFAULT_TERMINATE_CLIENT_HELLO_MAX_BYTES", "TerminateConfig", "clientHelloMaxBytes", "16KiB + 5*5 headers = 16409", () => 16409],
+    ["DEFAULT_TERMINATE_HTTP_HEADER_MAX_BYTES", "TerminateConfig", "httpHeaderMaxBytes", "16KiB", bytes],
+    ["DEFAULT_TERMINATE_HTTP_KEEPALIVE_TIMEOUT_MS", "TerminateConfig", "httpKeepAliveTimeoutMs", "5s", dur],
+    ["DEFAULT_ROUTE_CHALLENGE", "RouteTermination", "challenge", "http-01", same],
+    ["DEFAULT_HSTS_MAX_AGE_SEC", "RouteTermination", "hstsMaxAgeSec", "0; `hsts: true` means 365d", () => dur("365d") / 1000],
+  ];
+  for (const [name, iface, field, text, read] of table) {
+    t.ok(docOf(iface, field).includes(`default ${text}`), `${iface}.${field} doc says "default ${text}"`);
+    t.equal(A[name], read(text), `${name}`);
+  }
+  const exported = Object.keys(A).filter((k) => k.startsWith("DEFAULT_")).sort();
+  t.same(exported, table.map(([name]) => name).sort(), "every default of config/acme.ts is in the table");
+
+  const route = (extra: Record<string, unknown>) =>
+    parseConfig({ cog: { routes: [{ name: "w", kind: "tls", hostname: "w.example.org", target: "127.0.0.1:80", ...extra }] } }).cog!.routes[0]!;
+  t.equal(route({}).terminate, undefined, "passthrough by default: no terminate");
+  t.equal(route({ tls: "passthrough" }).terminate, undefined);
+  t.same(route({ tls: "terminate" }).terminate, { challenge: "http-01", redirectHttp: false, hstsMaxAgeSec: 0 });
+  t.equal(route({ tls: "terminate", hsts: true }).terminate!.hstsMaxAgeSec, 31_536_000, "hsts: true is a year");
+  t.equal(route({ tls: "terminate", hsts: "30d" }).terminate!.hstsMaxAgeSec, 2_592_000);
+  t.equal(route({ tls: "terminate", hsts: false }).terminate!.hstsMaxAgeSec, 0);
+  t.throws(() => route({ tls: "terminate", hsts: "500ms" }), new ConfigError("must be at least 1s (or false to turn HSTS off)", "cog.routes[0].hsts"));
+  t.equal(parseConfig({ cog: { acme: { directory_url: "letsencrypt-staging" } } }).cog!.acme.directoryUrl, A.LETSENCRYPT_STAGING_DIRECTORY_URL);
+  t.equal(parseConfig({ cog: { acme: { ca_bundle: "pebble.pem" } } }, { baseDir: "/etc/capsul" }).cog!.acme.caBundle, "/etc/capsul/pebble.pem",
+    "a relative ca_bundle is resolved against the file's directory");
 });

@@ -150,3 +150,34 @@ t.test("a tunnel dial with no client certificate is refused", async (t) => {
   t.match(answer?.type === "error" ? answer.message : "", /no client certificate/);
   await waitFor("the hub to drop the connection", () => session.closed);
 });
+
+t.test("a bad CSR is refused and leaves the invite token usable", async (t) => {
+  const { dir, hubCfg, hub } = await setup(t);
+  const invite = await createInvite(hubCfg, "careful");
+  const { csrPem } = await createKeyAndCsr("careful");
+  // The CSR's signature no longer matches its content (one byte of the base64 body changed).
+  const lines = csrPem.trim().split("\n");
+  const mid = Math.floor(lines.length / 2);
+  lines[mid] = lines[mid]!.slice(0, 10) + (lines[mid]![10] === "A" ? "B" : "A") + lines[mid]!.slice(11);
+  const badCsrs = [lines.join("\n") + "\n", "not a CSR at all"];
+  for (const csr of badCsrs) {
+    const { socket, session } = await dialHub({ hub: { host: "127.0.0.1", port: hub.ports.tunnel }, tuning: tuning(dir) });
+    t.teardown(() => { session.destroy(); socket.destroy(); });
+    session.on("error", () => {});
+    const control = session.open();
+    control.on("error", () => {});
+    const reader = new MessageReader<HubMessage>(control);
+    control.write(encodeMessage({ type: "enroll", protocol: TUNNEL_PROTOCOL_VERSION, token: invite.token, csr }));
+    const answer = await reader.next();
+    t.equal(answer?.type === "error" && answer.code, "enroll");
+    t.match(answer?.type === "error" ? answer.message : "", /^enrollment refused: CSR (signature does not verify|is not a valid PKCS#10)/);
+  }
+  t.equal(hub.state.db.prepare("SELECT COUNT(*) AS n FROM certs WHERE cog = 'careful'").pluck().get(), 0, "nothing signed");
+  // The token still works with a good CSR.
+  const id = await enroll({ hub: { host: "127.0.0.1", port: hub.ports.tunnel }, token: invite.token, caFingerprint: invite.caFingerprint, dataDir: path.join(dir, "careful"), tuning: tuning(dir) });
+  t.equal(id.name, "careful");
+  await t.rejects(
+    enroll({ hub: { host: "127.0.0.1", port: hub.ports.tunnel }, token: invite.token, caFingerprint: invite.caFingerprint, dataDir: path.join(dir, "careful2"), tuning: tuning(dir) }),
+    { message: /already used/ }, "and is spent by that enrollment",
+  );
+});

@@ -2,7 +2,7 @@ import t from "tap";
 import { ConfigError } from "../lib/errors.js";
 import {
   COG_NAME_RE, formatHostPort, formatPortRange, isValidHostnamePattern, normalizeHostname,
-  normalizeHostnamePattern, parseHostPort, parsePortRange, patternMatches, patternsOverlap, suggestALabel,
+  normalizeHostnamePattern, parseHostPort, parsePortRange, patternMatches, patternsOverlap, suggestALabel, clipRange, rangeInside,
 } from "../lib/hostname.js";
 
 t.test("normalizeHostname: case, trailing dot, A-labels", async (t) => {
@@ -157,4 +157,16 @@ t.test("parsePortRange", async (t) => {
 t.test("COG_NAME_RE", async (t) => {
   for (const n of ["home1", "a", "a-b-c", `a${"b".repeat(38)}`]) t.ok(COG_NAME_RE.test(n), n);
   for (const n of ["", "1home", "Home", "home_1", "home.1", `a${"b".repeat(39)}`, "-a"]) t.notOk(COG_NAME_RE.test(n), n);
+});
+
+t.test("rangeInside and clipRange against a pool of several ranges", async (t) => {
+  const pool = [{ from: 30, to: 39 }, { from: 10, to: 19 }, { from: 20, to: 24 }];
+  t.ok(rangeInside({ from: 10, to: 24 }, pool), "across adjacent ranges, in any order");
+  t.ok(rangeInside({ from: 35, to: 35 }, pool));
+  t.notOk(rangeInside({ from: 20, to: 30 }, pool), "25-29 is not in the pool");
+  t.notOk(rangeInside({ from: 9, to: 10 }, pool));
+  t.notOk(rangeInside({ from: 1, to: 1 }, []), "nothing is inside an empty pool");
+  t.same(clipRange({ from: 15, to: 32 }, pool), [{ from: 15, to: 19 }, { from: 20, to: 24 }, { from: 30, to: 32 }]);
+  t.same(clipRange({ from: 25, to: 29 }, pool), []);
+  t.same(clipRange({ from: 5, to: 50 }, [{ from: 10, to: 19 }]), [{ from: 10, to: 19 }]);
 });

@@ -1,5 +1,5 @@
 import t from "tap";
-import { HTTP_HEAD_MAX_BYTES, HTTP_METHOD_MAX_BYTES, httpErrorResponse, parseHttpHead, type HttpHeadResult } from "../gateway/httphost.js";
+import { HTTP_HEAD_MAX_BYTES, HTTP_METHOD_MAX_BYTES, httpErrorResponse, httpHeadPeekParser, parseHttpHead, type HttpHeadResult } from "../gateway/httphost.js";
 import { prng } from "./helpers/prng.js";
 
 
@@ -103,7 +103,41 @@ t.test("need-more for prefixes and empty input", async (t) => {
   t.same(parseHttpHead(Buffer.from("GET")), { type: "need-more" });
   t.same(parseHttpHead(Buffer.from("G".repeat(HTTP_METHOD_MAX_BYTES))), { type: "need-more" });
   t.same(parseHttpHead(Buffer.from("\r")), { type: "need-more" });
-  t.same(parseHttpHead(Buffer.from("GET / HTTP/1.1\r\nHost: a\r\n")), { type: "need-more" });
+  // The request line and Host line are complete: the next call may resume after them.
+  t.same(parseHttpHead(Buffer.from("GET / HTTP/1.1\r\nHost: a\r\n")), { type: "need-more", resumeAt: 25 });
+});
+
+t.test("httpHeadPeekParser: resuming gives the answers of a fresh parse, scanning each byte about once", async (t) => {
+  const rnd = prng(7);
+  for (const [name, text] of good) {
+    const withBody = Buffer.from(text + "BODYBYTES", "latin1");
+    for (let round = 0; round < 5; round++) {
+      const parser = httpHeadPeekParser();
+      const cuts = round === 0 ? byteCuts(withBody.length) : [...new Set([...Array(6)].map(() => 1 + Math.floor(rnd() * withBody.length)).concat(withBody.length))].sort((a, b) => a - b);
+      for (const cut of cuts) {
+        const want = parseHttpHead(withBody.subarray(0, cut));
+        const got = parser(withBody.subarray(0, cut));
+        if (JSON.stringify(want.type === "need-more" ? { type: "need-more" } : want) !== JSON.stringify(got.type === "need-more" ? { type: "need-more" } : got)) {
+          t.fail(`${name}: at ${cut}, resumed ${JSON.stringify(got)}, fresh ${JSON.stringify(want)}`);
+          break;
+        }
+        if (got.type !== "need-more") break;
+      }
+    }
+  }
+  // 16 KiB of short header lines dripped a byte at a time: each call starts at the line under way.
+  const head = Buffer.from("GET / HTTP/1.1\r\n" + "a:b\n".repeat(4000));
+  let rescanned = 0;
+  let at = 0;
+  let answers = 0;
+  for (let n = 1; n <= head.length; n++) {
+    rescanned += n - at;
+    const r = parseHttpHead(head.subarray(0, n), HTTP_HEAD_MAX_BYTES, at);
+    if (r.type !== "need-more") { answers++; break; }
+    at = r.resumeAt ?? 0;
+  }
+  t.equal(answers, 0, "need-more all along");
+  t.ok(rescanned < 4 * head.length, `bytes handed to the parser again: ${rescanned} for a ${head.length}-byte head`);
 });
 
 t.test("oversize", async (t) => {
@@ -113,13 +147,16 @@ t.test("oversize", async (t) => {
   t.match(parseHttpHead(huge), { type: "invalid", reason: /exceeds 16384/ });
   // An unterminated head hits the cap as soon as that many bytes are buffered.
   const endless = Buffer.from("GET / HTTP/1.1\r\nHost: a.example\r\n" + filler.repeat(20));
-  t.same(parseHttpHead(endless.subarray(0, 2000)), { type: "need-more" });
+  t.same(parseHttpHead(endless.subarray(0, 2000)), { type: "need-more", resumeAt: endless.subarray(0, 2000).lastIndexOf("\n") + 1 });
   t.match(parseHttpHead(endless), { type: "invalid", reason: /exceeds/ });
   // Configurable cap.
   const small = Buffer.from("GET / HTTP/1.1\r\nHost: a.example\r\n" + filler + "\r\n");
   t.match(parseHttpHead(small, 512), { type: "invalid", reason: /exceeds 512/ });
   t.equal(parseHttpHead(small, 4096).type, "ok");
   t.match(parseHttpHead(Buffer.from("\r\n".repeat(100)), 64), { type: "invalid", reason: /exceeds 64/ });
+  // Empty lines before the request line are bounded on their own (each call re-skips them).
+  t.match(parseHttpHead(Buffer.from("\r\n".repeat(40) + "GET / HTTP/1.1\r\n\r\n")), { type: "invalid", reason: /more than 64 bytes of empty lines/ });
+  t.equal(parseHttpHead(Buffer.from("\r\n".repeat(32) + "GET / HTTP/1.0\r\n\r\n")).type, "ok", "32 empty lines are still skipped");
 });
 
 t.test("fuzz: mutated heads never throw", async (t) => {

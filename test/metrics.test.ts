@@ -12,12 +12,17 @@ import net from "node:net";
 import path from "node:path";
 import tls from "node:tls";
 import type { Hub } from "../gateway/hub.js";
+import { newInviteToken } from "../certs/tokens.js";
+import { encodeMessage } from "../protocol/messages.js";
+import { TUNNEL_PROTOCOL_VERSION } from "../protocol/control.js";
 import type { Cog } from "../tunnel-client/cog.js";
+import { enroll } from "../tunnel-client/enroll.js";
 import { CERT_FILE } from "../tunnel-client/identity.js";
 import { closeServer, cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, listen, startTestHub, tlsBackend, tmpDir } from "./helpers/cluster.js";
 import { curl, freePortRange, waitFor } from "./helpers/procs.js";
 import { parsePromText, PromParseError, type Scrape } from "./helpers/promtext.js";
 import { rawExchange, scrape } from "./helpers/adminclient.js";
+import { rawTunnel, within } from "./helpers/rawpeer.js";
 
 const WEB = `web.c1.${HUB_DOMAIN}`;
 const BLOG = `blog.c1.${HUB_DOMAIN}`;
@@ -326,4 +331,53 @@ t.test("refusals: over the visitor limit, and a cog that is away past its grace"
   t.equal(delta(before, after, "capsul_hub_routing_total", { outcome: "routed" }), 2);
   t.equal(after.value("capsul_hub_cog_up", { cog: "c1" }), 0);
   t.equal(after.value("capsul_hub_tunnels"), 0);
+});
+
+t.test("tunnel port: strangers held and refused (by cap and by error code), control messages from cogs", async (t) => {
+  const PER_IP = 2;
+  const c = await cluster(t, { tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", max_unauthenticated_per_ip: PER_IP, control_hello_timeout: "30s" } });
+  const tunnelPort = c.hub.ports.tunnel;
+  const before = await scrape(c.admin);
+  t.equal(before.value("capsul_hub_control_messages_total", { outcome: "routes_applied" }), 1, "c1's hello carried one route set");
+  t.equal(before.value("capsul_hub_tunnels_unauthenticated"), 0);
+
+  // Strangers from 127.0.0.9 that connect and never start TLS: held as unauthenticated up to the cap.
+  const stranger = (): { sock: net.Socket; closed: Promise<void> } => {
+    const sock = net.connect({ port: tunnelPort, host: "127.0.0.1", localAddress: "127.0.0.9" });
+    sock.on("error", () => {});
+    t.teardown(() => sock.destroy());
+    return { sock, closed: new Promise((resolve) => sock.once("close", () => resolve())) };
+  };
+  const held = Array.from({ length: PER_IP }, stranger);
+  await waitFor("the strangers to be admitted", () => c.hub.tunnels.admission.unauthenticated === PER_IP);
+  t.equal((await scrape(c.admin)).value("capsul_hub_tunnels_unauthenticated"), PER_IP, "held strangers are a gauge");
+  await stranger().closed;
+  const capped = await scrape(c.admin);
+  t.equal(delta(before, capped, "capsul_hub_tunnel_refusals_total", { reason: "max_unauthenticated_per_ip" }), 1, "the one over the cap");
+  t.equal(delta(before, capped, "capsul_hub_tunnel_refusals_total", { reason: "max_unauthenticated" }), 0);
+  for (const h of held) h.sock.destroy();
+  await waitFor("the strangers to be gone", () => c.hub.tunnels.admission.unauthenticated === 0);
+
+  // An enrollment with a token the hub never issued, and a hello without a certificate.
+  const tuning = cogConfig(c.dir, "stranger", tunnelPort, []).tunnel;
+  await t.rejects(enroll({ hub: { host: "127.0.0.1", port: tunnelPort }, token: newInviteToken().token, caFingerprint: c.hub.pki.caFingerprint,
+    dataDir: path.join(c.dir, "stranger"), tuning }), { message: /enrollment refused/ });
+  const raw = await rawTunnel(t, tunnelPort);
+  raw.control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "test", routes: [] }));
+  const answer = await within(raw.reader.next(), "the hub's answer to a hello without a certificate", 10_000);
+  t.match(answer, { type: "error", code: "auth" });
+
+  // c1 announces a new route set: one more applied.
+  const routed = new Promise<void>((resolve) => c.cog.client.once("routes", () => resolve()));
+  c.cog.client.publish("test", [{ name: "extra", kind: "tcp", target: { host: "127.0.0.1", port: c.echoTarget }, proxyProtocol: "none" }]);
+  await routed;
+
+  const after = await scrape(c.admin);
+  t.equal(delta(before, after, "capsul_hub_tunnel_refusals_total", { reason: "enroll" }), 1, "the unknown invite token");
+  t.equal(delta(before, after, "capsul_hub_tunnel_refusals_total", { reason: "auth" }), 1, "the hello without a certificate");
+  for (const reason of ["version", "revoked", "bad_request"]) t.equal(delta(before, after, "capsul_hub_tunnel_refusals_total", { reason }), 0, `${reason} unchanged`);
+  t.equal(delta(before, after, "capsul_hub_control_messages_total", { outcome: "routes_applied" }), 1, "the new route set");
+  t.equal(after.value("capsul_hub_control_messages_total", { outcome: "renewal_refused" }), 0);
+  t.equal(after.value("capsul_hub_tunnels"), 1, "c1 kept its tunnel throughout");
+  t.equal(after.value("capsul_hub_tunnel_connects_total"), 1, "no stranger counts as a tunnel");
 });

@@ -82,6 +82,34 @@ t.test("ClientHello arriving one byte per write", async (t) => {
   t.equal(server.listenerCount("data") + server.listenerCount("error") + server.listenerCount("end"), listenersBefore, "listeners removed");
 });
 
+t.test("a hello dripped one byte per segment in one-byte records: a few parser calls, not one per byte", async (t) => {
+  // The fixture's handshake message, re-framed one byte per TLS record (6 wire bytes per byte):
+  // the most a client can make a parser re-read. It used to cost one full parse per segment.
+  const payload: Buffer[] = [];
+  for (let off = 0; off < hello.length; off += 5 + hello.readUInt16BE(off + 3)) {
+    payload.push(hello.subarray(off + 5, off + 5 + hello.readUInt16BE(off + 3)));
+  }
+  const msg = Buffer.concat(payload);
+  const drip = Buffer.concat([...msg].map((b) => Buffer.from([22, 3, 1, 0, 1, b])));
+  const lb = await loopback(t);
+  const { client, server } = await lb.pair();
+  let calls = 0;
+  const outcome = peek(server, (b) => { calls++; return parseClientHello(b); }, { timeoutMs: 60_000 });
+  let chunks = 0;
+  server.on("data", () => { chunks++; });
+  for (let i = 0; i < drip.length; i++) {
+    client.write(drip.subarray(i, i + 1));
+    await new Promise((r) => setImmediate(r));
+  }
+  const r = await outcome;
+  t.equal(r.kind, "ok", "the dripped hello is recognised");
+  if (r.kind === "ok") t.equal(r.value.sni, fixture.sni);
+  t.equal(r.bytes.length, drip.length, "every byte kept");
+  t.ok(r.bytes.equals(drip), "in order");
+  t.ok(chunks > 100, `the bytes arrived in ${chunks} separate reads`);
+  t.ok(calls <= 100, `${calls} parser calls for ${drip.length} bytes in ${chunks} reads`);
+});
+
 t.test("nothing is lost: bytes after the hello stay readable, half-close survives", async (t) => {
   const { pair } = await loopback(t);
   const { client, server } = await pair();

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: real curl, openssl and ssh as clients, Go with
-# hashicorp/yamux for the reference peer, QEMU and friends for the provisioner,
-# nginx/haproxy/wrk for the bench's own correctness test, chromium for the status
+# hashicorp/yamux for the reference peer, QEMU and friends for the provisioner
+# (passt's pasta for the VMs' network, iproute2 for the tests' network namespaces),
+# nginx/haproxy/wrk for the bench's own correctness test, mmdebstrap and the
+# disk tools for the real Debian image (scripts/build-debian-image.sh, built by
+# test/helpers/debianimage.ts inside its test), pebble (an RFC 8555 test CA, with
+# pebble-challtestsrv as its DNS) for the ACME tests, chromium for the status
 # page's browser test (driven by playwright-core). Installed when run as
 # root; otherwise this stops with the exact apt-get line. Tests never skip
 # because a tool is missing.
@@ -12,17 +16,14 @@ root=$(dirname "$0")/..
   go=golang-go /usr/share/gocode/src/github.com/hashicorp/yamux/session.go=golang-github-hashicorp-yamux-dev \
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
-  nginx=nginx-light haproxy=haproxy wrk=wrk /usr/bin/chromium=chromium
+  pasta=passt unshare=util-linux prlimit=util-linux ip=iproute2 \
+  nginx=nginx-light haproxy=haproxy wrk=wrk /usr/bin/chromium=chromium \
+  mmdebstrap=mmdebstrap sfdisk=fdisk mkfs.ext4=e2fsprogs \
+  /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring \
+  pebble=pebble pebble-challtestsrv=pebble
 
-# Build the reference yamux peer once, ahead of the tests (test/helpers/yamuxref.ts
-# reuses this binary; building it inside a test would eat into that test's timeout).
-yamuxref_bin="${TMPDIR:-/tmp}/capsul-yamuxref/yamuxref"
-if [ ! -x "$yamuxref_bin" ]; then
-  shared="$root/../shared/tools/yamuxref"
-  if [ ! -f "$shared/build.sh" ]; then
-    echo "npm test needs ../shared/tools/yamuxref beside the repository (the reference yamux peer)" >&2
-    exit 1
-  fi
-  mkdir -p "$(dirname "$yamuxref_bin")"
-  sh "$shared/build.sh" "$yamuxref_bin.tmp.$$" >&2 && mv "$yamuxref_bin.tmp.$$" "$yamuxref_bin"
-fi
+# Build the Go peers ahead of the tests (test/helpers/yamuxref.ts and the bench reuse
+# these binaries; a cold build inside a test would eat into that test's timeout). They
+# are cached outside the repository, keyed by a hash of their sources.
+"$root/scripts/build-go-peer.sh" "$root/test/interop/yamuxpeer" >/dev/null
+"$root/scripts/build-go-peer.sh" "$root/bench/peers/gopeer" >/dev/null

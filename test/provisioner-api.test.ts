@@ -5,13 +5,10 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import t, { type Test } from "tap";
 import { silentLogger } from "../lib/log.js";
-import { buildApi } from "../provisioner/api.js";
 import { Store } from "../provisioner/db.js";
-import { ImageCatalogue } from "../provisioner/images.js";
 import { startProvisioner } from "../provisioner/index.js";
-import { VmManager } from "../provisioner/vms.js";
 import { MemoryRouteSink } from "../tunnel-client/routesink.js";
-import { api, cleanupDataDir, run, sshKeypair, tempDataDir, testConfig, waitFor } from "./helpers/vm.js";
+import { api, authHeader, authorize, cleanupDataDir, run, sshKeypair, tempDataDir, testConfig, waitFor } from "./helpers/vm.js";
 
 // No VM boots here: QEMU is /bin/false, so every start fails fast and cheaply.
 const MIB = 1024 * 1024;
@@ -27,16 +24,17 @@ async function setup(t: Test, over: Parameters<typeof testConfig>[1] = {}) {
   });
   const prov = await startProvisioner({ config: cfg, cogName: "home1", hubDomain: "hub.example", hubHost: "hub.example", sink, logger: silentLogger });
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
+  authorize(prov.url, dataDir);
   const { pub } = sshKeypair(dataDir);
   // A tiny raw "disk" is enough for everything that does not boot.
-  const raw = path.join(dataDir, "disk.raw");
+  const raw = path.join(cfg.importDir, "disk.raw");
   fs.writeFileSync(raw, Buffer.alloc(MIB, 0));
-  return { dataDir, base: prov.url, pub, raw, sink };
+  return { dataDir, base: prov.url, pub, raw, sink, importDir: cfg.importDir };
 }
 
-function postOwnConnection(url: string, body: string): Promise<{ status: number; body: any }> {
+function postOwnConnection(url: string, body: string, headers: Record<string, string>): Promise<{ status: number; body: any }> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method: "POST", agent: false, headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
+    const req = http.request(url, { method: "POST", agent: false, headers: { ...headers, "content-type": "application/json", "content-length": Buffer.byteLength(body) } }, (res) => {
       let text = "";
       res.on("data", (d: Buffer) => { text += d.toString(); });
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) }));
@@ -92,7 +90,7 @@ t.test("bad VM requests are clear 4xx JSON errors and leave nothing behind", asy
   }
   // Oversize: the server answers before reading the body and closes the
   // connection, so this one goes on its own connection (agent: false).
-  const big = await postOwnConnection(`${base}/v1/vms`, JSON.stringify({ ...ok, pad: "x".repeat(200_000) }));
+  const big = await postOwnConnection(`${base}/v1/vms`, JSON.stringify({ ...ok, pad: "x".repeat(200_000) }), authHeader(base));
   t.equal(big.status, 413);
   t.ok(isError(big, "body_too_large"));
   t.same((await api(base, "GET", "/v1/vms")).body.vms, [], "no VM recorded");
@@ -153,7 +151,9 @@ t.test("qemu-img failing: a 500 JSON error, nothing half-created", async (t) => 
 });
 
 t.test("image import: raw → qcow2, checksums, URLs, progress, bad sources", async (t) => {
-  const { dataDir, base, raw } = await setup(t);
+  // The download below comes from a loopback server: allowed here explicitly
+  // (import_allowed_cidrs); "image import attacks" shows the default refuses it.
+  const { dataDir, base, raw, importDir } = await setup(t, { importAllowedCidrs: ["127.0.0.0/8"] });
   const sha = createHash("sha256").update(fs.readFileSync(raw)).digest("hex");
 
   const imp = await api(base, "POST", "/v1/images", { name: "raw1", source: raw, sha256: sha });
@@ -172,13 +172,16 @@ t.test("image import: raw → qcow2, checksums, URLs, progress, bad sources", as
 
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "raw1", source: raw }), "image_exists"));
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: "relative/path" }), "bad_source"));
-  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: "/nonexistent/disk" }), "bad_source"));
-  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: dataDir }), "bad_source"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: path.join(importDir, "nonexistent") }), "bad_source"));
+  fs.mkdirSync(path.join(importDir, "subdir"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: path.join(importDir, "subdir") }), "bad_source"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: "/nonexistent/disk" }), "source_refused"));
+  t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: dataDir }), "source_refused"));
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "x" }), "bad_request"));
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "x", source: raw, sha256: "abc" }), "bad_checksum"));
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "X", source: raw }), "bad_name"));
   // A qcow2 that names a backing file could read any file on the cog.
-  const evil = path.join(dataDir, "evil.qcow2");
+  const evil = path.join(importDir, "evil.qcow2");
   await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/hostname", evil]);
   t.ok(isError(await api(base, "POST", "/v1/images", { name: "evil", source: evil }), "image_invalid"));
 
@@ -194,7 +197,7 @@ t.test("image import: raw → qcow2, checksums, URLs, progress, bad sources", as
   t.teardown(() => new Promise<void>((r) => srv.close(() => r())));
   const url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
   const res = await fetch(`${base}/v1/images`, {
-    method: "POST", headers: { "content-type": "application/json", accept: "application/x-ndjson" },
+    method: "POST", headers: { ...authHeader(base), "content-type": "application/json", accept: "application/x-ndjson" },
     body: JSON.stringify({ name: "dl", source: `${url}/big.raw` }),
   });
   const lines = (await res.text()).trim().split("\n").map((l) => JSON.parse(l));
@@ -203,23 +206,6 @@ t.test("image import: raw → qcow2, checksums, URLs, progress, bad sources", as
   const missing = await api(base, "POST", "/v1/images", { name: "dl2", source: `${url}/nope` });
   t.equal(missing.status, 502);
   t.ok(isError(missing, "download_failed"));
-});
-
-t.test("token required off loopback", async (t) => {
-  const dataDir = tempDataDir();
-  t.teardown(() => fs.rmSync(dataDir, { recursive: true, force: true }));
-  const cfg = testConfig(dataDir);
-  const store = new Store(path.join(dataDir, "p.db"));
-  t.teardown(() => store.close());
-  const images = new ImageCatalogue(dataDir, store, { qemuImg: "qemu-img", toolTimeoutMs: 10_000, maxImageBytes: MIB, log: silentLogger });
-  const vms = new VmManager(cfg, store, new MemoryRouteSink(), { cogName: "c", hubDomain: "d", hubHost: "h" }, silentLogger);
-  const app = buildApi({ cfg, store, images, vms, log: silentLogger, token: "s3cret" });
-  const no = await app.request("/v1/vms");
-  t.equal(no.status, 401);
-  t.equal(((await no.json()) as any).error.code, "unauthorized");
-  t.equal((await app.request("/v1/vms", { headers: { authorization: "Bearer wrong!" } })).status, 401);
-  t.equal((await app.request("/v1/vms", { headers: { authorization: "Bearer s3cret" } })).status, 200);
-  await vms.close();
 });
 
 t.test("state from before run-time disk limits were stored opens, migrates, and keeps its VMs", async (t) => {
@@ -262,4 +248,21 @@ t.test("the memory check counts QEMU's own memory (vm_memory_overhead) for every
   t.match(third.body.error.message, /VMs would need 750 MiB \(their sizes \+ vm_memory_overhead 90 MiB each\), the limit is 512 MiB/);
   const sizes = await api(base, "GET", "/v1/sizes");
   t.equal(sizes.body.memory.committed_bytes, 2 * 250 * MIB, "committed memory includes the overhead");
+});
+
+t.test("max_vms holds against concurrent creates (the check and the insert do not straddle an await)", async (t) => {
+  // A qcow2 image: create awaits `qemu-img info` for its virtual size before recording the VM.
+  const { base, pub, raw } = await setup(t, { maxVms: 2, hostMemoryBytes: 64 * 1024 * MIB });
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const names = ["a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8"];
+  const rs = await Promise.all(names.map((name) => api(base, "POST", "/v1/vms", { name, image: "disk", size: "t1", ssh_keys: [pub] })));
+  t.equal(rs.filter((r) => r.status === 202).length, 2, `two created: ${rs.map((r) => r.status).join(",")}`);
+  t.equal(rs.filter((r) => r.status === 409 && isError(r, "too_many_vms")).length, names.length - 2, "the rest refused: too_many_vms");
+  t.equal((await api(base, "GET", "/v1/vms")).body.vms.length, 2, "two recorded");
+  // The same name twice at once: one wins, the other is a clear 409.
+  const { body } = await api(base, "GET", "/v1/vms");
+  for (const v of body.vms) t.equal((await api(base, "DELETE", `/v1/vms/${v.name}`)).status, 200);
+  const dup = await Promise.all([1, 2, 3].map(() => api(base, "POST", "/v1/vms", { name: "same", image: "disk", size: "t1", ssh_keys: [pub] })));
+  t.same(dup.map((r) => r.status).sort(), [202, 409, 409], dup.map((r) => r.text).join(" "));
+  t.ok(dup.filter((r) => r.status === 409).every((r) => isError(r, "vm_exists")));
 });

@@ -11,10 +11,12 @@ import { cleanupDataDir, sshKeypair, tempDataDir, testConfig } from "./helpers/v
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "vm-cli.ts");
 
-function capsul(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+function capsul(args: string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript"));
-  const env = { ...process.env };
+  const env: Record<string, string | undefined> = { ...process.env, ...extraEnv };
   delete env.NODE_OPTIONS;
+  delete env.CAPSUL_API_TOKEN;
+  if (extraEnv.CAPSUL_API_TOKEN) env.CAPSUL_API_TOKEN = extraEnv.CAPSUL_API_TOKEN;
   const p = spawn(process.execPath, [...loader, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env });
   let stdout = "";
   let stderr = "";
@@ -37,7 +39,7 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
   const g = ["--api", prov.url, "--data-dir", dataDir];
   const { key } = sshKeypair(dataDir);
-  const raw = path.join(dataDir, "d.raw");
+  const raw = path.join(dataDir, "import", "d.raw");
   fs.writeFileSync(raw, Buffer.alloc(2 * 1024 * 1024));
 
   let r = await capsul(["image", "import", raw, "--name", "base", ...g]);
@@ -72,9 +74,13 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.match(r.stderr, /^capsul: cannot reach the provisioner at http:\/\/127\.0\.0\.1:1/);
   r = await capsul(["vm", "create", "x", ...g]);
   t.equal(r.code, 2, "missing --image is a usage error");
-  r = await capsul(["image", "import", "/nonexistent", "--name", "n", ...g]);
+  r = await capsul(["image", "import", path.join(dataDir, "import", "nonexistent"), "--name", "n", ...g]);
   t.equal(r.code, 2);
   t.match(r.stderr, /bad_source/);
+  // Outside the import dir: refused, and the message says where images go.
+  r = await capsul(["image", "import", path.join(dataDir, "api-token"), "--name", "n", ...g]);
+  t.equal(r.code, 2);
+  t.match(r.stderr, new RegExp(`outside the import directory ${dataDir}/import .*\\[source_refused\\]`));
 
   // -c capsul.yaml: the API address and data dir come from cog.provisioner.
   const yml = path.join(dataDir, "capsul.yaml");
@@ -84,6 +90,19 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.equal(JSON.parse(r.stdout)[0].name, "web1");
   r = await capsul(["vm", "list", "-c", path.join(dataDir, "missing.yaml")]);
   t.equal(r.code, 2, "a -c file that does not exist is a usage error");
+
+  // The token: read from the data dir, or CAPSUL_API_TOKEN; without it a clear line, never a silent 401.
+  const elsewhere = path.join(dataDir, "no-token-here");
+  fs.mkdirSync(elsewhere);
+  r = await capsul(["vm", "list", "--api", prov.url, "--data-dir", elsewhere]);
+  t.equal(r.code, 2, "no token file: usage error");
+  t.match(r.stderr, new RegExp(`^capsul: config error: cannot read the provisioner API token ${elsewhere}/api-token \\(ENOENT\\)`));
+  const token = fs.readFileSync(path.join(dataDir, "api-token"), "utf8").trim();
+  r = await capsul(["vm", "list", "--json", "--api", prov.url, "--data-dir", elsewhere], { CAPSUL_API_TOKEN: token });
+  t.equal(r.code, 0, `CAPSUL_API_TOKEN: ${r.stderr}`);
+  r = await capsul(["vm", "list", "--api", prov.url, "--data-dir", elsewhere], { CAPSUL_API_TOKEN: "not-the-token" });
+  t.equal(r.code, 1);
+  t.match(r.stderr, /^capsul: missing or wrong bearer token .*\[unauthorized\]\n$/);
 
   r = await capsul(["vm", "delete", "web1", ...g]);
   t.equal(r.code, 0, r.stderr);

@@ -6,7 +6,7 @@ import { createLogger, silentLogger } from "../lib/log.js";
 import { startProvisioner } from "../provisioner/index.js";
 import { MemoryRouteSink, type RouteStatus } from "../tunnel-client/routesink.js";
 import {
-  api, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, testConfig, waitFor, waitForState,
+  api, authorize, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, testConfig, waitFor, waitForState,
 } from "./helpers/vm.js";
 
 // VM tests boot real QEMU under TCG, one after another in this file.
@@ -44,8 +44,9 @@ t.test("a VM from create to delete", async (t) => {
   });
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
   const base = prov.url;
+  authorize(base, dataDir);
   const { key, pub } = sshKeypair(dataDir);
-  await importTestImage(base);
+  await importTestImage(base, dataDir);
 
   const created = Date.now();
   const c = await api(base, "POST", "/v1/vms", { name: "web1", image: "tiny", size: "t1", ssh_keys: [pub] });

@@ -8,7 +8,7 @@ import t from "tap";
 import { startProvisioner } from "../provisioner/index.js";
 import { cogConfig, enrolledCog, HUB_DOMAIN, hubConfig, startTestHub, testLogger, tmpDir } from "./helpers/cluster.js";
 import {
-  api, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, testConfig, waitFor, waitForState,
+  api, authorize, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, testConfig, waitFor, waitForState,
 } from "./helpers/vm.js";
 
 t.setTimeout(15 * 60_000);
@@ -27,8 +27,9 @@ t.test("create a VM and reach it through the hub by SSH, HTTPS (SNI) and HTTP (H
     sink: cog.client, logger: testLogger("provisioner"),
   });
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
+  authorize(prov.url, dataDir);
   const { key, pub } = sshKeypair(dataDir);
-  await importTestImage(prov.url);
+  await importTestImage(prov.url, dataDir);
 
   const created = await api(prov.url, "POST", "/v1/vms", { name: "web1", image: "tiny", size: "t1", ssh_keys: [pub] });
   t.equal(created.status, 202, created.text);

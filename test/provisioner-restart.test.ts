@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import t from "tap";
+import { isPastaOf, readPastaPid } from "../provisioner/guestnet.js";
 import { isQemuOf } from "../provisioner/qemu.js";
 import { killHard, startChild, stopChild, type ChildProvisioner } from "./helpers/vmchild.js";
 import {
@@ -19,7 +20,7 @@ t.test("kill -9 the provisioner: VMs keep running and are re-adopted", async (t)
 
   child = await startChild(cfg, routesFile);
   const { key, pub } = sshKeypair(dataDir);
-  await importTestImage(child.url);
+  await importTestImage(child.url, dataDir);
   t.equal((await api(child.url, "POST", "/v1/vms", { name: "keep", image: "tiny", size: "t1", ssh_keys: [pub] })).status, 202);
   const vm = await waitForState(child.url, "keep", "running");
   const sshPort = Number(vm.local.ssh.split(":")[1]);
@@ -45,6 +46,18 @@ t.test("kill -9 the provisioner: VMs keep running and are re-adopted", async (t)
   t.same(d.drift, [], "no drift");
   t.same(d.resolved, [], "nothing had to be fixed");
   t.equal((routes()["vm:keep"] ?? []).length, 3, "routes re-announced");
+
+  // 1b. kill -9 the provisioner and the VM's pasta (its network): the next start reconnects it.
+  await killHard(child);
+  const pasta = readPastaPid(path.join(dataDir, "vms", "keep", "pasta.pid"));
+  t.ok(pasta && pasta.qemuPid === pid, "the VM's pasta is recorded with its QEMU");
+  process.kill(pasta!.pid, "SIGKILL");
+  await waitFor("pasta gone", async () => !isPastaOf(pasta!.pid, pid), 30_000);
+  child = await startChild(cfg, routesFile);
+  t.match((await api(child.url, "GET", "/v1/drift")).body.resolved, [{ vm: "keep", kind: "network-reconnected" }], "reported");
+  t.equal((await waitForState(child.url, "keep", "running")).pid, pid, "the same QEMU");
+  t.equal((await sshUntil(sshPort, key, "hostname")).trim(), "keep", "reachable again through a new pasta, on the same port");
+  t.same((await api(child.url, "GET", "/v1/drift")).body.drift, [], "no drift");
 
   // 2. kill -9 the provisioner and the VM (a host crash): the VM is restarted.
   await killHard(child);

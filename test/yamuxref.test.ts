@@ -51,7 +51,7 @@ for (const ourRole of ["client", "server"] as const) {
       "serve", "-listen", "127.0.0.1:0", "-role", refRole, "-open", String(REF_OPENS), "-bytes", String(BYTES),
     ]);
     t.teardown(() => ref.kill());
-    const [, port] = await ref.waitLine(/^listening 127\.0\.0\.1:(\d+)/);
+    const [, port] = await ref.waitLine(/^ready addr=127\.0\.0\.1:(\d+)/);
     const conn = await connect(Number(port));
     t.teardown(() => conn.destroy());
     const session = new MuxSession(conn, { role: ourRole });
@@ -69,7 +69,7 @@ for (const ourRole of ["client", "server"] as const) {
       else t.fail(`stream ${i}: echo differs`);
     });
     t.equal(ok, STREAMS, `${STREAMS} streams x ${BYTES / MiB} MiB echoed intact by hashicorp/yamux`);
-    const [, refOk, refBad] = await ref.waitLine(/^opened towards peer: (\d+) ok, (\d+) bad/);
+    const [, refOk, refBad] = await ref.waitLine(/^opened streams: ok=(\d+) bad=(\d+)/);
     t.equal(Number(refOk), REF_OPENS, "every stream the reference opened towards us was echoed intact");
     t.equal(Number(refBad), 0);
     t.equal(accepted, REF_OPENS);
@@ -101,7 +101,7 @@ for (const ourRole of ["server", "client"] as const) {
     const session = await sessionP;
     t.teardown(() => session.destroy());
     const closed = once(session, "close");
-    const [, passed, failed] = await ref.waitLine(/^(\d+) passed, (\d+) failed/);
+    const [, passed, failed] = await ref.waitLine(/^opened streams: ok=(\d+) bad=(\d+)/);
     t.equal(Number(passed), STREAMS, `reference: ${passed} passed`);
     t.equal(Number(failed), 0, `reference: ${failed} failed`);
     const { code } = await ref.exited;
@@ -110,3 +110,39 @@ for (const ourRole of ["server", "client"] as const) {
     t.equal(session.closed, true, "our session closed when the reference hung up");
   });
 }
+
+t.test("the reference notices an echo that differs by one byte (its check can fail)", async (t) => {
+  const FLIP_AT = 300_000;
+  const CORRUPT_STREAMS = 4;
+  const server = net.createServer({ noDelay: true });
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  server.on("connection", (conn: net.Socket) => {
+    const session = new MuxSession(conn, { role: "server" });
+    session.on("stream", (s: MuxStream) => {
+      s.on("error", () => {});
+      let off = 0;
+      s.on("data", (c: Buffer) => {
+        if (off <= FLIP_AT && FLIP_AT < off + c.length) {
+          c = Buffer.from(c);
+          c[FLIP_AT - off] ^= 0x01;
+        }
+        off += c.length;
+        s.write(c);
+      });
+      s.on("end", () => s.end());
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const port = (server.address() as net.AddressInfo).port;
+  const ref = await runYamuxref([
+    "dial", "-addr", `127.0.0.1:${port}`, "-streams", String(CORRUPT_STREAMS), "-bytes", String(MiB),
+  ]);
+  t.teardown(() => ref.kill());
+  const [, passed, failed] = await ref.waitLine(/^opened streams: ok=(\d+) bad=(\d+)/);
+  t.equal(Number(passed), 0, "no stream passed");
+  t.equal(Number(failed), CORRUPT_STREAMS, "every corrupted stream was caught");
+  t.match(ref.lines.join("\n"), new RegExp(`echo differs at byte ${FLIP_AT} of ${MiB}`), "at the flipped byte");
+  const { code } = await ref.exited;
+  t.equal(code, 1, "the reference exits 1");
+});

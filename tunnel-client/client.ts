@@ -8,21 +8,21 @@
  * mux keepalive. Refusals from the hub are logged with the hub's reason.
  */
 import { EventEmitter } from "node:events";
-import net from "node:net";
-import type { CogConfig, HostPort, ProxyProtocol } from "../config/types.js";
+import type { Duplex } from "node:stream";
+import type { CogConfig, CogRoute, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import {
   checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
-  type AcceptedRoute, type HubMessage, type RefusedRoute, type WireRoute,
+  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
 } from "../protocol/control.js";
-import { encodeProxyV1, encodeProxyV2 } from "../protocol/proxyproto.js";
-import { splice } from "../protocol/splice.js";
-import { certInfo, createKeyAndCsr } from "../certs/pki.js";
+import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { dialHub } from "./dial.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
+import { connectTarget, type Target, type TargetOptions } from "./target.js";
+import { httpSideName } from "./terminate.js";
 
 /** Deadline for the hub's welcome after the hello: the default of cog.tunnel.welcome_timeout. */
 export const WELCOME_TIMEOUT_MS = 15_000;
@@ -32,12 +32,17 @@ export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
 export const VISITOR_HEADER_MAX_BYTES = 4096;
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
-/** Renew the certificate over the tunnel once less than this fraction of its lifetime is left. */
-export const CERT_RENEW_REMAINING_RATIO = 1 / 3;
 
 export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
 
-interface Target { target: HostPort; proxyProtocol: ProxyProtocol }
+/** Serves the routes that say `tls: terminate` (tunnel-client/terminate.ts): their TLS side and their plain-HTTP side. */
+export interface TerminatingHandler {
+  tls(stream: Duplex, h: VisitorHeader, first: Buffer, route: CogRoute): void;
+  http(stream: Duplex, h: VisitorHeader, first: Buffer, route: CogRoute): void;
+}
+
+/** Where a route's visitors go; `terminated` routes go to the TerminatingHandler instead of straight to the target. */
+interface RouteTarget extends Target { terminated?: { side: "tls" | "http"; route: CogRoute } }
 
 /**
  * Events: "connected" (welcome), "disconnected", "routes" ({accepted, refused}), and
@@ -49,7 +54,8 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private control: MuxStream | null = null;
   private readonly published = new Map<string, PublishedRoute[]>();
   private readonly statuses = new Map<string, RouteStatus>();
-  private targets = new Map<string, Target>();
+  private targets = new Map<string, RouteTarget>();
+  private readonly targetOpts: TargetOptions;
   private attempt = 0;
   private wakeup: (() => void) | null = null;
   private updateQueued = false;
@@ -63,9 +69,14 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     private readonly hub: HostPort,
     private readonly log: Logger,
     private readonly dataDir: string = cfg.dataDir,
+    private readonly terminator: TerminatingHandler | null = null,
   ) {
     super();
     this.identity = identity;
+    this.targetOpts = {
+      dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log,
+      onSpliced: (route, target) => this.emit("visitor", route, target),
+    };
     this.rebuildTargets();
   }
 
@@ -107,24 +118,41 @@ export class TunnelClient extends EventEmitter implements RouteSink {
 
   // ---- internals ----
 
-  private allRoutes(): PublishedRoute[] {
+  /**
+   * Every route this cog serves: capsul.yaml's, then the published ones. An http
+   * route for a hostname that a `tls: terminate` route holds is left out: that
+   * route's own plain-HTTP side serves the name (capsul.yaml refuses such a pair;
+   * a publisher may not know).
+   */
+  routes(): PublishedRoute[] {
     const out: PublishedRoute[] = this.cfg.routes.map((r) => ({ ...r }));
     for (const list of this.published.values()) out.push(...list);
-    return out;
+    const terminated = new Set(out.filter((r) => r.terminate).map((r) => r.hostname));
+    return terminated.size ? out.filter((r) => r.kind !== "http" || !terminated.has(r.hostname)) : out;
   }
 
   private wireRoutes(): WireRoute[] {
-    return this.allRoutes().map((r) => {
+    const out: WireRoute[] = [];
+    for (const r of this.routes()) {
       const w: WireRoute = { name: r.name, kind: r.kind };
       if (r.hostname !== undefined) w.hostname = r.hostname;
       if (r.port !== undefined) w.port = r.port;
-      return w;
-    });
+      out.push(w);
+      if (r.terminate) out.push({ name: httpSideName(r.name), kind: "http", hostname: r.hostname });
+    }
+    return out;
   }
 
   private rebuildTargets(): void {
-    const m = new Map<string, Target>();
-    for (const r of this.allRoutes()) m.set(r.name, { target: r.target, proxyProtocol: r.proxyProtocol });
+    const m = new Map<string, RouteTarget>();
+    for (const r of this.routes()) {
+      if (r.terminate) {
+        m.set(r.name, { target: r.target, proxyProtocol: r.proxyProtocol, terminated: { side: "tls", route: r } });
+        m.set(httpSideName(r.name), { target: r.target, proxyProtocol: r.proxyProtocol, terminated: { side: "http", route: r } });
+      } else {
+        m.set(r.name, { target: r.target, proxyProtocol: r.proxyProtocol });
+      }
+    }
     this.targets = m;
   }
 
@@ -241,8 +269,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private async maybeRenew(control: MuxStream): Promise<void> {
     try {
       const info = certInfo(this.identity.certPem);
-      const life = info.notAfter.getTime() - info.notBefore.getTime();
-      if (info.notAfter.getTime() - Date.now() > life * CERT_RENEW_REMAINING_RATIO) return;
+      if (Date.now() < renewalDueAt(info.notBefore, info.notAfter)) return;
       const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
       this.pendingKeyPem = keyPem;
       control.write(encodeMessage({ type: "renew", csr: csrPem }));
@@ -277,37 +304,13 @@ export class TunnelClient extends EventEmitter implements RouteSink {
         stream.destroy();
         return;
       }
-      const target = net.connect({ host: t.target.host, port: t.target.port, allowHalfOpen: true });
-      target.setNoDelay(true);
-      const dialTimer = setTimeout(() => target.destroy(new Error("dial timeout")), this.cfg.targetDialTimeoutMs);
-      target.once("error", (err) => {
-        clearTimeout(dialTimer);
-        if (target.connecting || !target.remoteAddress) {
-          this.log.warn("target unreachable", { route: h.route, target: `${t.target.host}:${t.target.port}`, error: err.message });
-        }
-        stream.destroy();
-      });
-      target.once("connect", () => {
-        clearTimeout(dialTimer);
-        const src = { address: h.srcAddr, port: h.srcPort };
-        const dst = { address: h.dstAddr, port: h.dstPort };
-        const parts: Buffer[] = [];
-        try {
-          if (t.proxyProtocol === "v1") parts.push(encodeProxyV1(src, dst));
-          else if (t.proxyProtocol === "v2") parts.push(encodeProxyV2(src, dst));
-        } catch (err) {
-          this.log.warn("cannot write PROXY header", { route: h.route, error: (err as Error).message });
-          target.destroy();
-          stream.destroy();
-          return;
-        }
-        if (rest.length) parts.push(rest);
-        if (parts.length) target.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
-        // The visitor's FIN may have come with its first bytes, before the target
-        // answered: splice() passes on an 'end' the header reader already saw.
-        splice(stream, target, undefined, this.cfg.spliceQueueBytes);
-        this.emit("visitor", h.route, target);
-      });
+      if (t.terminated) {
+        if (!this.terminator) { stream.destroy(); return; }
+        if (t.terminated.side === "tls") this.terminator.tls(stream, h, rest, t.terminated.route);
+        else this.terminator.http(stream, h, rest, t.terminated.route);
+        return;
+      }
+      connectTarget(stream, t, h, rest, this.targetOpts);
     }).catch((err: Error) => {
       clearTimeout(timer);
       this.log.warn("bad visitor stream", { error: err.message });

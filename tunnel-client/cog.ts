@@ -8,10 +8,12 @@ import type { Logger } from "../lib/log.js";
 import { parseHostPort } from "../lib/hostname.js";
 import type { AdminServer } from "../lib/adminhttp.js";
 import { loadOrCreateAdminToken } from "../certs/admintoken.js";
+import { AcmeManager, type TerminatedName } from "../certs/acme.js";
 import { startCogAdmin } from "./admin.js";
 import { TunnelClient } from "./client.js";
 import { loadIdentity, type CogIdentity } from "./identity.js";
 import { CogMetrics } from "./metrics.js";
+import { httpSideName, Terminator } from "./terminate.js";
 
 export interface Cog {
   readonly identity: CogIdentity;
@@ -19,7 +21,24 @@ export interface Cog {
   readonly metrics: CogMetrics;
   /** cog.listen.admin (/healthz, /metrics), when configured. */
   readonly admin: { port: number; url: string } | null;
+  /** Certificates of `tls: terminate` routes (idle while no route terminates). */
+  readonly acme: AcmeManager;
   close(): Promise<void>;
+}
+
+/**
+ * The hostnames the client's routes terminate, and whether the hub accepted what
+ * each one's challenge comes in by: the tls route, and for http-01 its http side.
+ */
+export function terminatedNames(client: TunnelClient, connected: boolean): TerminatedName[] {
+  const out: TerminatedName[] = [];
+  for (const r of client.routes()) {
+    if (!r.terminate || !r.hostname) continue;
+    const accepted = (name: string) => client.status(name).state === "accepted";
+    const ready = connected && accepted(r.name) && (r.terminate.challenge !== "http-01" || accepted(httpSideName(r.name)));
+    out.push({ name: r.hostname, challenge: r.terminate.challenge, ready });
+  }
+  return out;
 }
 
 export interface CogExtras {
@@ -32,8 +51,17 @@ export interface CogExtras {
 export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = {}): Promise<Cog> {
   const identity = loadIdentity(cfg.dataDir);
   const hub = cfg.hub ?? parseHostPort(identity.hub, "enrollment.json hub");
-  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"));
+  const acme = new AcmeManager(cfg.acme, cfg.dataDir, log.child("acme"));
+  await acme.start();
+  // Terminated routes' plaintext connections count in the cog's metrics like passthrough ones.
+  const terminator = new Terminator(acme, cfg, log.child("terminate"), (route, target) => client.emit("visitor", route, target));
+  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
+  // Orders start once the hub has accepted the routes their challenges arrive by.
+  acme.setNames(terminatedNames(client, false));
+  client.on("routes", () => acme.setNames(terminatedNames(client, true)));
+  client.on("disconnected", () => acme.setNames(terminatedNames(client, false)));
   const metrics = new CogMetrics(client, identity.name, cfg.dataDir, extras.registry);
+  metrics.watchAcme(acme);
   let admin: AdminServer | null = null;
   let stopExtras = async (): Promise<void> => {};
   try {
@@ -42,6 +70,8 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
   } catch (err) {
     await admin?.close();
     metrics.close();
+    await acme.close();
+    terminator.close();
     throw err;
   }
   client.start();
@@ -51,11 +81,14 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
     client,
     metrics,
     admin: admin && { port: admin.port, url: admin.url },
+    acme,
     async close() {
       await admin?.close();
       await stopExtras();
       await client.close();
       metrics.close();
+      await acme.close();
+      terminator.close();
     },
   };
 }

@@ -57,6 +57,7 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
         maxFramePayloadBytes: tuning.maxFramePayloadBytes,
         writeBatchMaxBytes: tuning.writeBatchMaxBytes,
         closeLingerMs: tuning.closeLingerMs,
+        maxQueuedControlFrames: tuning.maxQueuedControlFrames,
       });
       resolve({ socket, session });
     });

@@ -10,12 +10,19 @@ import fs from "node:fs";
 import type { Socket } from "node:net";
 import path from "node:path";
 import { Registry } from "prom-client";
+import type { AcmeManager } from "../certs/acme.js";
 import { CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
 import type { AcceptedRoute, RefusedRoute } from "../protocol/control.js";
 import type { TunnelClient } from "./client.js";
 import { CERT_FILE } from "./identity.js";
 
 export interface CogRouteTraffic { route: string; active: number; streams: number; toTarget: number; fromTarget: number }
+
+/** What watchAcme() needs of the ACME manager: its rows and their "change" event. */
+export type AcmeCertSource = Pick<AcmeManager, "list" | "on" | "off">;
+
+/** A certificate the ACME manager holds, as registered: its expiry is updated on every "change". */
+interface AcmeCert { notAfterMs: number | null; unregister: () => void }
 
 export class CogMetrics {
   readonly registry: Registry;
@@ -41,6 +48,9 @@ export class CogMetrics {
     }
     s.add(target);
   };
+  private acme: AcmeCertSource | null = null;
+  private readonly acmeCerts = new Map<string, AcmeCert>();
+  private readonly onAcmeChange = (): void => this.syncAcme();
 
   constructor(private readonly client: TunnelClient, cogName: string, dataDir: string, registry: Registry = new Registry()) {
     this.registry = registry;
@@ -76,6 +86,39 @@ export class CogMetrics {
     client.on("visitor", this.onVisitor);
   }
 
+  /**
+   * Exports the expiry of every certificate `acme` holds (kind "acme", name = the route's
+   * hostname) through certificates.register(), following its "change" events: a renewal
+   * moves the timestamp, a name without a certificate yet has no series, a name the
+   * manager forgets is unregistered. Undone by close().
+   */
+  watchAcme(acme: AcmeCertSource): void {
+    this.acme = acme;
+    acme.on("change", this.onAcmeChange);
+    this.syncAcme();
+  }
+
+  private syncAcme(): void {
+    const seen = new Set<string>();
+    for (const row of this.acme?.list() ?? []) {
+      seen.add(row.name);
+      const notAfterMs = row.notAfter === null ? null : Date.parse(row.notAfter);
+      const known = this.acmeCerts.get(row.name);
+      if (known) {
+        known.notAfterMs = notAfterMs;
+        continue;
+      }
+      const cert: AcmeCert = { notAfterMs, unregister: () => {} };
+      cert.unregister = this.certificates.register("acme", row.name, () => cert.notAfterMs);
+      this.acmeCerts.set(row.name, cert);
+    }
+    for (const [name, cert] of this.acmeCerts) {
+      if (seen.has(name)) continue;
+      cert.unregister();
+      this.acmeCerts.delete(name);
+    }
+  }
+
   /** Routes the hub accepted (with zeros before any visitor), then others that still have counts. */
   routes(prune = false): CogRouteTraffic[] {
     const out: CogRouteTraffic[] = [];
@@ -106,6 +149,10 @@ export class CogMetrics {
     this.client.off("disconnected", this.onDisconnected);
     this.client.off("routes", this.onRoutes);
     this.client.off("visitor", this.onVisitor);
+    this.acme?.off("change", this.onAcmeChange);
+    this.acme = null;
+    for (const cert of this.acmeCerts.values()) cert.unregister();
+    this.acmeCerts.clear();
     this.families.close();
   }
 }

@@ -39,8 +39,8 @@ export function hubConfig(dir: string, extra: Record<string, unknown> = {}): Hub
   }).hub!;
 }
 
-/** `tunnel`: cog.tunnel keys over the quick keepalive the tests use. */
-export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[], tunnel: Record<string, unknown> = {}): CogConfig {
+/** `tunnel`: cog.tunnel keys over the quick keepalive the tests use; `extra`: other cog keys (acme, terminate, ...). */
+export function cogConfig(dir: string, name: string, hubPort: number, routes: unknown[], tunnel: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): CogConfig {
   return parseConfig({
     cog: {
       data_dir: path.join(dir, `cog-${name}`),
@@ -48,20 +48,21 @@ export function cogConfig(dir: string, name: string, hubPort: number, routes: un
       routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
-      listen: { admin: "127.0.0.1:0" },
+      ...extra,
+      listen: { admin: "127.0.0.1:0", ...(extra.listen as object ?? {}) },
     },
   }).cog!;
 }
 
 /** Invites and enrolls a cog named `name`, then starts it and waits for the hub's welcome. */
-export async function enrolledCog(hubCfg: HubConfig, hub: Hub, cfg: CogConfig, name: string, opts: { hostnames?: string[] } = {}): Promise<Cog> {
+export async function enrolledCog(hubCfg: HubConfig, hub: Hub, cfg: CogConfig, name: string, opts: { hostnames?: string[]; log?: Logger } = {}): Promise<Cog> {
   const invite = await createInvite(hubCfg, name, { hostnames: opts.hostnames });
   await enroll({ hub: { host: "127.0.0.1", port: hub.ports.tunnel }, token: invite.token, caFingerprint: invite.caFingerprint, dataDir: cfg.dataDir, tuning: cfg.tunnel });
-  return startConnectedCog(cfg, name);
+  return startConnectedCog(cfg, name, opts.log);
 }
 
-export async function startConnectedCog(cfg: CogConfig, name: string): Promise<Cog> {
-  const cog = await startCog(cfg, testLogger(`cog-${name}`));
+export async function startConnectedCog(cfg: CogConfig, name: string, log: Logger = testLogger(`cog-${name}`)): Promise<Cog> {
+  const cog = await startCog(cfg, log);
   await new Promise<void>((resolve) => cog.client.once("routes", () => resolve()));
   return cog;
 }

@@ -6,14 +6,15 @@
 import { silentLogger } from "../../lib/log.js";
 import { startProvisioner } from "../../provisioner/index.js";
 import { MemoryRouteSink } from "../../tunnel-client/routesink.js";
-import { api, cleanupDataDir, importTestImage, sshKeypair, sshUntil, tempDataDir, testConfig, waitForState } from "./vm.js";
+import { api, authorize, cleanupDataDir, importTestImage, sshKeypair, sshUntil, tempDataDir, testConfig, waitForState } from "./vm.js";
 
 const N = Number(process.argv[2] ?? 6);
 const dataDir = tempDataDir();
 const prov = await startProvisioner({ config: testConfig(dataDir), cogName: "c", hubDomain: "h", hubHost: "h", sink: new MemoryRouteSink(), logger: silentLogger });
 try {
+  authorize(prov.url, dataDir);
   const { key, pub } = sshKeypair(dataDir);
-  await importTestImage(prov.url);
+  await importTestImage(prov.url, dataDir);
   const t0 = Date.now();
   for (let i = 0; i < N; i++) {
     const r = await api(prov.url, "POST", "/v1/vms", { name: `v${i}`, image: "tiny", size: "t1", ssh_keys: [pub] });

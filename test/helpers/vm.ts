@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { ProvisionerConfig } from "../../config/types.js";
 import { provisionerConfigWith } from "../../provisioner/config.js";
+import { findPasta, readPastaPid } from "../../provisioner/guestnet.js";
 import { findOurQemus } from "../../provisioner/qemu.js";
 import { testImage } from "./testimage.js";
 
@@ -33,8 +34,22 @@ export function testConfig(dataDir: string, over: Partial<ProvisionerConfig> = {
 
 export interface Resp { status: number; body: any; text: string }
 
+/** API tokens by base URL: api() sends the one of the provisioner it talks to. */
+const tokens = new Map<string, string>();
+
+/** From now on api(base, …) authenticates with the token in <dataDir>/api-token. */
+export function authorize(base: string, dataDir: string): void {
+  tokens.set(base, fs.readFileSync(path.join(dataDir, "api-token"), "utf8").trim());
+}
+
+export function authHeader(base: string): Record<string, string> {
+  const t = tokens.get(base);
+  if (!t) throw new Error(`no token for ${base}: call authorize(base, dataDir) first`);
+  return { authorization: `Bearer ${t}` };
+}
+
 export async function api(base: string, method: string, p: string, body?: unknown, headers: Record<string, string> = {}): Promise<Resp> {
-  const init: RequestInit = { method, headers: { ...headers } };
+  const init: RequestInit = { method, headers: { ...authHeader(base), ...headers } };
   if (body !== undefined) {
     init.body = typeof body === "string" ? body : JSON.stringify(body);
     (init.headers as Record<string, string>)["content-type"] ??= "application/json";
@@ -99,18 +114,41 @@ export async function sshUntil(port: number, key: string, cmd: string): Promise<
   });
 }
 
+/**
+ * Puts `file` into the provisioner's import dir (<dataDir>/import by default),
+ * where local image sources must be; a hard link when it can, else a copy.
+ */
+export function intoImportDir(dataDir: string, file: string, as = path.basename(file)): string {
+  const dst = path.join(dataDir, "import", as);
+  fs.rmSync(dst, { force: true });
+  try { fs.linkSync(file, dst); } catch { fs.copyFileSync(file, dst); }
+  return dst;
+}
+
 /** Imports the test image as "tiny" through the API. */
-export async function importTestImage(base: string, name = "tiny"): Promise<any> {
+export async function importTestImage(base: string, dataDir: string, name = "tiny"): Promise<any> {
   const img = await testImage();
-  const r = await api(base, "POST", "/v1/images", { name, kernel: img.kernel, initrd: img.initrd, cmdline: img.cmdline });
+  const r = await api(base, "POST", "/v1/images", {
+    name, kernel: intoImportDir(dataDir, img.kernel, `${name}-kernel`), initrd: intoImportDir(dataDir, img.initrd, `${name}-initrd`), cmdline: img.cmdline,
+  });
   if (r.status !== 201) throw new Error(`import: ${r.status} ${r.text}`);
   return r.body.image;
 }
 
-/** Kills every QEMU under this data dir and removes it: tests close everything they open. */
+/** Kills every QEMU under this data dir and its pasta, and removes it: tests close everything they open. */
 export function cleanupDataDir(dataDir: string): void {
-  for (const p of findOurQemus(path.join(dataDir, "vms"))) {
+  const vmsDir = path.join(dataDir, "vms");
+  for (const p of findOurQemus(vmsDir)) {
+    // Found by QEMU's pid too: the data dir (and pasta.pid) may be gone already.
+    const pasta = findPasta(p.pid);
+    if (pasta) { try { process.kill(pasta, "SIGKILL"); } catch { /* gone */ } }
     try { process.kill(p.pid, "SIGKILL"); } catch { /* gone */ }
+  }
+  let names: string[] = [];
+  try { names = fs.readdirSync(vmsDir); } catch { /* no VMs */ }
+  for (const n of names) {
+    const pasta = readPastaPid(path.join(vmsDir, n, "pasta.pid"));
+    if (pasta) { try { process.kill(pasta.pid, "SIGKILL"); } catch { /* gone */ } }
   }
   fs.rmSync(dataDir, { recursive: true, force: true });
 }

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { ProvisionerConfig } from "../../config/types.js";
+import { authorize } from "./vm.js";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** How long a child provisioner may take to re-adopt its VMs and listen. */
@@ -25,7 +26,11 @@ export function startChild(cfg: ProvisionerConfig, routesFile: string): Promise<
     proc.stdout!.on("data", (d: Buffer) => {
       out += d.toString();
       const m = /^URL (\S+)$/m.exec(out);
-      if (m) { clearTimeout(timer); resolve({ proc, url: m[1]!, stderr: () => err }); }
+      if (m) {
+        clearTimeout(timer);
+        authorize(m[1]!, cfg.dataDir);
+        resolve({ proc, url: m[1]!, stderr: () => err });
+      }
     });
     proc.once("exit", (code) => { clearTimeout(timer); reject(new Error(`child exited ${code}: ${err}`)); });
   });

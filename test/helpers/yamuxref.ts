@@ -1,11 +1,10 @@
 /**
- * The reference hashicorp/yamux as an interop peer: ../shared/tools/yamuxref, built once
- * into os.tmpdir()/capsul-yamuxref/yamuxref and reused. A failed build fails the test with
- * the exact command that fixes it; it never skips silently.
+ * The reference hashicorp/yamux as an interop peer: test/interop/yamuxpeer (our own Go
+ * program), built by scripts/build-go-peer.sh into ${TMPDIR:-/tmp}/capsul-go-peers/, keyed by
+ * a hash of its sources, and reused. A failed build fails the test with the exact command
+ * that fixes it; it never skips silently.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { access, constants, mkdir, rename } from "node:fs/promises";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -13,43 +12,32 @@ import { promisify } from "node:util";
 const execFileP = promisify(execFile);
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-/** CI clones the repo elsewhere with shared/ beside it. */
-export const SHARED_DIR = path.resolve(REPO_ROOT, "../shared");
-export const YAMUXREF_DIR = path.join(SHARED_DIR, "tools", "yamuxref");
-export const YAMUXREF_BIN = path.join(os.tmpdir(), "capsul-yamuxref", "yamuxref");
+export const YAMUXPEER_DIR = path.join(REPO_ROOT, "test", "interop", "yamuxpeer");
+export const BUILD_GO_PEER = path.join(REPO_ROOT, "scripts", "build-go-peer.sh");
 export const YAMUXREF_APT_COMMAND = "apt-get update && apt-get install -y golang-go golang-github-hashicorp-yamux-dev";
-/** Go build plus, the first time, apt-get: minutes on a cold machine. */
+/** Go build plus, the first time, apt-get: minutes on a cold machine (test/prereqs.sh builds it ahead). */
 export const YAMUXREF_BUILD_TIMEOUT_MS = 10 * 60_000;
 
 let built: Promise<string> | null = null;
 
+/** The peer's binary path; builds it if its sources changed since the last build. */
 export function buildYamuxref(): Promise<string> {
   built ??= (async () => {
     try {
-      await access(YAMUXREF_BIN, constants.X_OK);
-      return YAMUXREF_BIN;
-    } catch {
-      // not built yet
-    }
-    await mkdir(path.dirname(YAMUXREF_BIN), { recursive: true });
-    // Build beside the target and rename: parallel test processes never see half a binary.
-    const tmp = `${YAMUXREF_BIN}.${process.pid}.tmp`;
-    try {
-      await execFileP("sh", [path.join(YAMUXREF_DIR, "build.sh"), tmp], {
+      const { stdout } = await execFileP("bash", [BUILD_GO_PEER, YAMUXPEER_DIR], {
         timeout: YAMUXREF_BUILD_TIMEOUT_MS,
         maxBuffer: 64 * 1024 * 1024,
       });
-      await rename(tmp, YAMUXREF_BIN);
+      return stdout.trim().split("\n").pop()!;
     } catch (err) {
       const e = err as { stderr?: string; message: string };
       throw new Error(
-        `could not build the yamux reference peer from ${YAMUXREF_DIR}.\n` +
+        `could not build the yamux reference peer from ${YAMUXPEER_DIR}.\n` +
           `Install its build dependencies (as root) and re-run:\n    ${YAMUXREF_APT_COMMAND}\n` +
           `build error: ${(e.stderr ?? "").trim().split("\n").slice(-10).join("\n") || e.message}`,
         { cause: err },
       );
     }
-    return YAMUXREF_BIN;
   })();
   return built;
 }
@@ -74,7 +62,7 @@ export async function runYamuxref(args: string[]): Promise<RefProcess> {
     child.once("exit", (code, signal) => {
       done = true;
       for (const w of waiters.splice(0)) {
-        w.reject(new Error(`yamuxref ${args.join(" ")} exited (${code ?? signal}) before printing ${w.re}:\n${lines.join("\n")}`));
+        w.reject(new Error(`yamuxpeer ${args.join(" ")} exited (${code ?? signal}) before printing ${w.re}:\n${lines.join("\n")}`));
       }
       resolve({ code, signal });
     });
@@ -102,7 +90,7 @@ export async function runYamuxref(args: string[]): Promise<RefProcess> {
         const m = line.match(re);
         if (m) return Promise.resolve(m);
       }
-      if (done) return Promise.reject(new Error(`yamuxref exited without printing ${re}:\n${lines.join("\n")}`));
+      if (done) return Promise.reject(new Error(`yamuxpeer exited without printing ${re}:\n${lines.join("\n")}`));
       return new Promise((resolve, reject) => waiters.push({ re, resolve, reject }));
     },
     async kill() {

@@ -1,0 +1,36 @@
+/**
+ * `capsul cog certs`: the certificates this cog holds for `tls: terminate`
+ * routes, read from its data dir (names, issuer, expiry, renewal state, last
+ * error). `--json` prints the same rows with snake_case keys and ISO-8601 times.
+ */
+import type { CertRow } from "../certs/acme.js";
+import { fmtDuration } from "../certs/acme-schedule.js";
+import { table } from "./common.js";
+
+export function certRowsJson(rows: readonly CertRow[]): Record<string, unknown>[] {
+  return rows.map((r) => ({
+    name: r.name, names: r.names, issuer: r.issuer, not_before: r.notBefore, not_after: r.notAfter, serial: r.serial,
+    directory_url: r.directoryUrl, state: r.state, challenge: r.challenge, renew_at: r.renewAt, next_attempt_at: r.nextAttemptAt,
+    failures: r.failures, last_error: r.lastError, last_error_kind: r.lastErrorKind, last_error_at: r.lastErrorAt, last_issued_at: r.lastIssuedAt,
+  }));
+}
+
+/** "in 3d 4h" / "2h 5m ago" relative to `nowMs`. */
+function when(iso: string | null, nowMs: number): string {
+  if (!iso) return "-";
+  const d = Date.parse(iso) - nowMs;
+  return d >= 0 ? `in ${fmtDuration(d)}` : `${fmtDuration(-d)} ago`;
+}
+
+export function certRowsTable(rows: readonly CertRow[], nowMs = Date.now()): string {
+  if (rows.length === 0) return "No certificates. A route with `tls: terminate` makes the cog get one (see capsul.yaml.example).";
+  const out = rows.map((r) => {
+    const renewal = r.state === "scheduled" ? `scheduled, renews ${when(r.renewAt, nowMs)}`
+      : r.state === "retrying" ? `retrying ${when(r.nextAttemptAt, nowMs)} (${r.failures} failed)`
+        : r.state;
+    const expiry = r.notAfter ? `${r.notAfter.slice(0, 19).replace("T", " ")}Z (${when(r.notAfter, nowMs)})` : "-";
+    const error = r.lastError ? `${r.lastErrorKind ?? "error"}: ${r.lastError}` : "-";
+    return [r.name, r.issuer ?? "-", expiry, renewal, error];
+  });
+  return table(["NAME", "ISSUER", "EXPIRES", "RENEWAL", "LAST ERROR"], out);
+}
