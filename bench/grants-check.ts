@@ -14,7 +14,8 @@ import os from "node:os";
 import path from "node:path";
 import { parseConfig } from "../config/config.js";
 import { checkGrantsConsistent, checkNewGrants } from "../gateway/grants.js";
-import { HubState } from "../gateway/state.js";
+import { openHubStore } from "../gateway/store/index.js";
+import { silentLogger } from "../lib/log.js";
 
 const COGS = Number(process.argv[2] ?? 5000);
 const INVITE_GRANTS = Number(process.argv[3] ?? 500);
@@ -28,23 +29,23 @@ try {
   const cfg = parseConfig({
     hub: { data_dir: dir, domain: "hub.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_ports: [`${POOL_FROM}-${poolTo}`] } },
   }).hub!;
-  const state = new HubState(cfg.dataDir);
-  state.db.transaction(() => {
-    for (let i = 0; i < COGS; i++) state.ensureCog(`cog${i}`);
+  const store = await openHubStore(cfg, silentLogger);
+  await store.transaction([], async (tx) => {
+    for (let i = 0; i < COGS; i++) await tx.ensureCog(`cog${i}`);
     for (let i = 0; i < INVITE_GRANTS; i++) {
-      state.addGrant(`cog${i}`, "hostname", `*.site${i}.example.org`);
+      await tx.addGrant(`cog${i}`, "hostname", `*.site${i}.example.org`);
       const from = POOL_FROM + i * PORTS_PER_GRANT;
-      state.addGrant(`cog${i}`, "tcp", `${from}-${from + PORTS_PER_GRANT - 1}`);
+      await tx.addGrant(`cog${i}`, "tcp", `${from}-${from + PORTS_PER_GRANT - 1}`);
     }
-  })();
+  });
   let t0 = performance.now();
-  checkGrantsConsistent(cfg, state);
+  await checkGrantsConsistent(cfg, store);
   const startMs = performance.now() - t0;
   t0 = performance.now();
   const last = POOL_FROM + INVITE_GRANTS * PORTS_PER_GRANT;
-  state.db.transaction(() => checkNewGrants(cfg, state, "newcog", { hostnames: ["www.new.example.net"], tcpPorts: [{ from: last, to: last + PORTS_PER_GRANT - 1 }] })).immediate();
+  await store.transaction(["grants"], (tx) => checkNewGrants(cfg, tx, "newcog", { hostnames: ["www.new.example.net"], tcpPorts: [{ from: last, to: last + PORTS_PER_GRANT - 1 }] }));
   const inviteMs = performance.now() - t0;
-  state.close();
+  await store.close();
   process.stdout.write(`${COGS} cogs, ${INVITE_GRANTS} hostname + ${INVITE_GRANTS} tcp invite grants: hub start check ${startMs.toFixed(1)} ms, one invite check ${inviteMs.toFixed(1)} ms\n`);
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });

@@ -177,9 +177,11 @@ ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join(
   const tlsPort = Number(m[1]);
   const tunnelPort = Number(m[2]);
   // Run in hubDir: it finds ./capsul.yaml (an earlier CLI lost -c after `hub invite`).
+  // ca_fingerprint since the --json style became snake_case; caFingerprint from builds before, which ab.ts may be comparing.
   const invite = JSON.parse(await run(process.execPath, [cli, "hub", "invite", BENCH_COG, "--json"], { cwd: hubDir })) as {
-    token: string; caFingerprint: string;
+    token: string; ca_fingerprint?: string; caFingerprint?: string;
   };
+  const caFingerprint = invite.ca_fingerprint ?? invite.caFingerprint ?? "";
   const hubAddr = opts.hubAddrForCog ? await opts.hubAddrForCog(tunnelPort) : `127.0.0.1:${tunnelPort}`;
   await writeFile(path.join(cogDir, "capsul.yaml"), `cog:
   data_dir: ./data
@@ -190,7 +192,7 @@ ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join(
       hostname: ${BENCH_HOST}
       target: 127.0.0.1:${nginxPort}
 ${adminKey ? `  listen:${adminKey}\n` : ""}`);
-  await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", invite.caFingerprint], { cwd: cogDir });
+  await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", caFingerprint], { cwd: cogDir });
   const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
   await cog.waitFor(/connected to hub .*routes=1/);
   await hub.waitFor(/cog connected cog=bench/);

@@ -58,7 +58,7 @@ async function reassembly(kib: number): Promise<void> {
   await createInvite(cfg, "big");
   const { keyPem, csrPem } = await createKeyAndCsr("big");
   const signed = await signCogCsr(h.pki, csrPem, "big", { validityMs: 86_400_000 });
-  h.state.recordCert("big", signed.serial.replace(/^0+/, ""), signed.notAfter.getTime());
+  await h.store.recordCert("big", signed.serial.replace(/^0+/, ""), signed.notAfter.getTime());
   const sock = await connect(h.ports.tunnel, { key: keyPem, cert: signed.certPem });
   sock.on("error", () => {});
   const session = new MuxSession(sock, { role: "client", keepaliveIntervalMs: 0, maxFramePayloadBytes: 16 });

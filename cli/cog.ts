@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import fs from "node:fs";
 import type { Command } from "commander";
 import { parseConfig } from "../config/config.js";
@@ -8,7 +9,7 @@ import { enroll } from "../tunnel-client/enroll.js";
 import { identityExists } from "../tunnel-client/identity.js";
 import { ConfigError } from "../lib/errors.js";
 import { processRegistry } from "../lib/metrics.js";
-import { DEFAULT_CONFIG_PATHS, loadConfig, makeLogger, requireCog, surviveBugs, untilSignal } from "./common.js";
+import { DEFAULT_CONFIG_PATHS, exitOnBugs, loadConfig, makeLogger, printJson, requireCog, untilSignal } from "./common.js";
 import { provisionerExtras } from "./provision.js";
 import { readCertRows } from "../certs/acme.js";
 import { certRowsJson, certRowsTable } from "./certs.js";
@@ -24,8 +25,8 @@ export function registerCogCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const cogCfg = requireCog(cfg, file);
       const log = makeLogger(cfg).child("cog");
+      exitOnBugs(log);
       const c = await startCog(cogCfg, log, { ...provisionerExtras(cogCfg, log), registry: processRegistry() });
-      surviveBugs(log);
       await untilSignal(() => c.close(), log);
     });
 
@@ -50,7 +51,8 @@ export function registerCogCommands(program: Command): void {
     .option("-c, --config <file>", CONFIG_HELP + "; its cog.data_dir receives the key and certificate")
     .option("--data-dir <dir>", "where to keep the key and certificate (overrides cog.data_dir)")
     .option("--force", "replace an existing enrollment")
-    .action(async (opts: { hub: string; token: string; caFingerprint: string; config?: string; dataDir?: string; force?: boolean }) => {
+    .option("--json", "print JSON instead of text")
+    .action(async (opts: { hub: string; token: string; caFingerprint: string; config?: string; dataDir?: string; force?: boolean; json?: boolean }) => {
       // `-c` is an option of `cog` itself too, so commander hands `cog enroll … -c FILE` to the parent: look there as well.
       opts.config ??= cog.opts<{ config?: string }>().config;
       const cogCfg = enrollConfig(opts.config, opts.dataDir);
@@ -59,6 +61,11 @@ export function registerCogCommands(program: Command): void {
         throw new ConfigError(`${cogCfg.dataDir} already holds an enrollment; pass --force to replace it`);
       }
       const id = await enroll({ hub, token: opts.token, caFingerprint: opts.caFingerprint, dataDir: cogCfg.dataDir, tuning: cogCfg.tunnel });
+      if (opts.json) {
+        const certExpires = new Date(new X509Certificate(id.certPem).validTo).toISOString();
+        printJson({ cog: id.name, hub: id.hub, hub_domain: id.hubDomain, ca_fingerprint: id.caFingerprint, data_dir: cogCfg.dataDir, cert_expires_at: certExpires });
+        return;
+      }
       process.stdout.write(
         `Enrolled as cog "${id.name}" of hub ${id.hub} (CA ${id.caFingerprint}).\n` +
         `Key and certificate are in ${cogCfg.dataDir}. Start the cog with: capsul cog${opts.config ? ` -c ${opts.config}` : ""}\n`,

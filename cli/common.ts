@@ -47,16 +47,34 @@ export function reportError(err: unknown, verbose: boolean): void {
 }
 
 /**
- * A long-running hub or cog serves many people at once: one visitor tripping a
- * bug must not take everybody's connections down. Log it loudly and go on.
+ * Exit status of a hub, cog or demo that hit a bug: EX_SOFTWARE of sysexits.h, neither
+ * 1 (runtime failure) nor 2 (usage or config error), so that the journal's
+ * "status=70" says "bug" and systemd's Restart=on-failure restarts it (deploy/*.service
+ * keeps exit 2 from restarting: a bad capsul.yaml stays bad).
  */
-export function surviveBugs(log: Logger): void {
-  process.on("uncaughtException", (err) => {
-    log.error("internal error (a bug: please report it)", { error: err.message, stack: err.stack?.split("\n")[1]?.trim() });
-  });
-  process.on("unhandledRejection", (err) => {
-    log.error("internal error (a bug: please report it)", { error: err instanceof Error ? err.message : String(err) });
-  });
+export const EXIT_INTERNAL_ERROR = 70;
+
+/**
+ * An uncaught exception or unhandled rejection in a long-running hub or cog is a bug
+ * whose damage nobody can bound: it may have left a tunnel registry, a stream's flow-
+ * control window or a SQLite transaction half updated, and every later visitor would
+ * meet that state. So log it (one line, message and stack, at error level) and exit
+ * at once, without running the graceful close over that state; the service manager
+ * restarts a clean process (deploy/capsul-*.service: Restart=on-failure, RestartSec).
+ * What that costs: live visitor connections drop (clients reconnect), cogs reconnect
+ * by themselves with backoff, and QEMU VMs keep running (they are daemonized and,
+ * with the units' KillMode, outlive the cog) and are re-adopted on the next start.
+ * The log line is complete before exit: writes to stderr are synchronous in Node on
+ * Linux for files, pipes and sockets (journald's stream socket included).
+ */
+export function exitOnBugs(log: Logger): void {
+  const die = (kind: string, err: unknown): void => {
+    const e = err instanceof Error ? err : new Error(`${kind} of a non-Error value: ${String(err)}`);
+    log.error("internal error (a bug: please report it); exiting", { kind, error: e.message, stack: e.stack, exit: EXIT_INTERNAL_ERROR });
+    process.exit(EXIT_INTERNAL_ERROR);
+  };
+  process.on("uncaughtException", (err) => die("uncaught exception", err));
+  process.on("unhandledRejection", (err) => die("unhandled rejection", err));
 }
 
 /**
@@ -78,14 +96,35 @@ export function untilSignal(close: () => Promise<void>, log: Logger): Promise<vo
       close().catch((err: Error) => log.error("shutdown failed", { error: err.message })).finally(() => {
         process.off("SIGINT", onInt);
         process.off("SIGTERM", onTerm);
+        process.off("SIGHUP", onHup);
         resolve();
       });
     };
     const onInt = (): void => stop("SIGINT");
     const onTerm = (): void => stop("SIGTERM");
+    // `systemctl reload` sends SIGHUP (deploy/*.service ExecReload). Node's default for it is
+    // to die, and systemd counts death by SIGHUP as a clean exit: Restart=on-failure would
+    // leave the service down. Until config reload exists (issue 9), say so and carry on.
+    const onHup = (): void => log.warn("SIGHUP: configuration reload is not implemented yet, nothing changed; restart to apply a new capsul.yaml");
     process.on("SIGINT", onInt);
     process.on("SIGTERM", onTerm);
+    process.on("SIGHUP", onHup);
   });
+}
+
+/**
+ * Output for scripts (`--json`), one style for every command (README, "Commands"):
+ * one JSON value on one line of stdout; keys in snake_case; instants as ISO-8601 UTC
+ * strings under keys ending in `_at`; durations as numbers under keys ending in `_ms`;
+ * absent values as null. test/cli-json.test.ts runs every command and checks this.
+ */
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value) + "\n");
+}
+
+/** An epoch-milliseconds instant as `printJson` wants it: ISO-8601 UTC, or null. */
+export function isoTime(ms: number | null | undefined): string | null {
+  return ms === null || ms === undefined ? null : new Date(ms).toISOString();
 }
 
 /** Left-aligned columns, two spaces apart. */

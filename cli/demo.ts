@@ -18,7 +18,7 @@ import { enroll } from "../tunnel-client/enroll.js";
 import { createLogger, type Level } from "../lib/log.js";
 import { processRegistry } from "../lib/metrics.js";
 import { startBackends, type Backends } from "./demo-backends.js";
-import { untilSignal } from "./common.js";
+import { exitOnBugs, printJson, untilSignal } from "./common.js";
 
 export const DEMO_DOMAIN = "demo.capsul.test";
 export const DEMO_COG = "home1";
@@ -130,8 +130,19 @@ export function registerDemoCommand(program: Command): void {
     .command("demo")
     .description("run a hub, a cog and demo backends on loopback, and print commands that reach them through the hub")
     .option("--log-level <level>", "debug, info, warn or error", "warn")
-    .action(async (opts: { logLevel: Level }) => {
+    .option("--json", "print the ports, data dir and commands as one line of JSON instead of text")
+    .action(async (opts: { logLevel: Level; json?: boolean }) => {
+      const log = createLogger({ level: "warn" });
+      exitOnBugs(log);
       const demo = await startDemo({ logLevel: opts.logLevel, registry: processRegistry() });
+      if (opts.json) {
+        printJson({
+          ports: { tls: demo.hub.ports.tls, http: demo.hub.ports.http, tunnel: demo.hub.ports.tunnel, admin: demo.hub.ports.admin },
+          data_dir: demo.dir, ca_file: demo.caFile, commands: demo.commands, status_url: demo.statusUrl, metrics_url: demo.metricsUrl,
+        });
+        await untilSignal(() => demo.close(), log);
+        return;
+      }
       const lines = [
         "capsul demo is running: a hub, a cog named home1 and three backends, all on 127.0.0.1.",
         `TLS (by SNI) on :${demo.hub.ports.tls}, HTTP (by Host) on :${demo.hub.ports.http}, tunnel on :${demo.hub.ports.tunnel}. Data in ${demo.dir}.`,
@@ -149,6 +160,6 @@ export function registerDemoCommand(program: Command): void {
         "Press Ctrl-C to stop.",
       ];
       process.stdout.write(lines.join("\n") + "\n");
-      await untilSignal(() => demo.close(), createLogger({ level: "warn" }));
+      await untilSignal(() => demo.close(), log);
     });
 }

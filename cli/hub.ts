@@ -1,13 +1,15 @@
 import type { Command } from "commander";
 import { knownGrants, type GrantOrigin } from "../gateway/grants.js";
 import { createInvite, startHub } from "../gateway/hub.js";
-import { HubState } from "../gateway/state.js";
+import { openHubStore } from "../gateway/store/index.js";
+import type { CogListRow, HubStore, StoreOps } from "../gateway/store/types.js";
+import type { HubConfig } from "../config/types.js";
 import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
 import { processRegistry } from "../lib/metrics.js";
-import { loadConfig, makeLogger, requireHub, surviveBugs, table, untilSignal } from "./common.js";
+import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table, untilSignal } from "./common.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -18,15 +20,25 @@ function checkCogName(name: string): string {
 
 /**
  * Ports the running hub reports serving, by cog: it writes each online cog's
- * accepted routes ("tcp:20001", gateway/tunnels.ts) into SQLite for `hub cogs`.
+ * accepted routes ("tcp:20001", gateway/tunnels.ts) into the store for `hub cogs`.
  */
-function liveTcpPorts(state: HubState): Map<number, string> {
+async function liveTcpPorts(store: StoreOps): Promise<Map<number, string>> {
   const live = new Map<number, string>();
-  for (const c of state.listCogs()) {
+  for (const c of await store.listCogs()) {
     if (!c.online) continue;
     for (const r of c.routes) if (r.startsWith("tcp:")) live.set(Number(r.slice(4)), c.name);
   }
   return live;
+}
+
+/** Opens the hub's state store (SQLite or PostgreSQL, as hub.store says) for one command, and closes it. */
+async function withStore<T>(hubCfg: HubConfig, fn: (store: HubStore) => Promise<T>): Promise<T> {
+  const store = await openHubStore(hubCfg, makeLogger().child("store"));
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
 }
 
 function ago(ms: number | null): string {
@@ -49,8 +61,8 @@ export function registerHubCommands(program: Command): void {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
+      exitOnBugs(log);
       const h = await startHub(hubCfg, log, { registry: processRegistry() });
-      surviveBugs(log);
       await untilSignal(() => h.close(), log);
     });
 
@@ -76,7 +88,7 @@ export function registerHubCommands(program: Command): void {
       const ttlMs = opts.ttl === undefined ? undefined : parseDurationMs(opts.ttl, "--ttl");
       const inv = await createInvite(hubCfg, name, { ttlMs, hostnames, tcpPorts });
       if (opts.json) {
-        process.stdout.write(JSON.stringify({ cog: name, token: inv.token, caFingerprint: inv.caFingerprint, expiresAt: inv.expiresAt.toISOString(), command: inv.command }) + "\n");
+        printJson({ cog: name, token: inv.token, ca_fingerprint: inv.caFingerprint, expires_at: inv.expiresAt.toISOString(), command: inv.command });
         return;
       }
       process.stdout.write(
@@ -91,13 +103,16 @@ export function registerHubCommands(program: Command): void {
     .description("list the cogs this hub knows: online or not, routes, certificate expiry")
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--json", "print JSON instead of a table")
-    .action((opts: { config?: string; json?: boolean }) => {
+    .action(async (opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
-      const state = new HubState(requireHub(cfg, file).dataDir);
-      try {
-        const cogs = state.listCogs();
+      await withStore(requireHub(cfg, file), async (store) => {
+        const cogs = await store.listCogs();
+        const statusOf = (c: CogListRow): string => (c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline");
         if (opts.json) {
-          process.stdout.write(JSON.stringify(cogs) + "\n");
+          printJson(cogs.map((c) => ({
+            name: c.name, status: statusOf(c), online: c.online, remote: c.remote, routes: c.routes,
+            created_at: isoTime(c.createdAt), last_seen_at: isoTime(c.lastSeen), cert_expires_at: isoTime(c.certNotAfter), revoked_at: isoTime(c.revokedAt),
+          })));
           return;
         }
         if (cogs.length === 0) {
@@ -106,14 +121,11 @@ export function registerHubCommands(program: Command): void {
         }
         const rows = [["NAME", "STATUS", "LAST SEEN", "REMOTE", "CERT EXPIRES", "ROUTES"]];
         for (const c of cogs) {
-          const status = c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline";
-          rows.push([c.name, status, c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
+          rows.push([c.name, statusOf(c), c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
-      } finally {
-        state.close();
-      }
+      });
     });
 
   const ports = hub
@@ -121,27 +133,25 @@ export function registerHubCommands(program: Command): void {
     .description("list the hub TCP ports assigned to cogs' tcp routes (assignments outlive routes: a VM stopped and started keeps its port)")
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--json", "print JSON instead of a table")
-    .action((_opts: unknown, cmd: Command) => {
+    .action(async (_opts: unknown, cmd: Command) => {
       const opts = cmd.optsWithGlobals<{ config?: string; json?: boolean }>();
       const { cfg, file } = loadConfig(opts.config);
-      const state = new HubState(requireHub(cfg, file).dataDir);
-      try {
-        const live = liveTcpPorts(state);
-        const rows = state.allAssignments().map((a) => ({ ...a, live: live.get(a.port) === a.cog }));
+      await withStore(requireHub(cfg, file), async (store) => {
+        const live = await liveTcpPorts(store);
+        const rows = (await store.allAssignments()).map((a) => ({ ...a, live: live.get(a.port) === a.cog }));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          // assigned_at: when the port was assigned, or last stopped serving (gateway/store touchPort).
+          printJson(rows.map((r) => ({ port: r.port, cog: r.cog, route: r.route, live: r.live, assigned_at: isoTime(r.assignedAt) })));
           return;
         }
         if (rows.length === 0) {
           process.stdout.write("No hub TCP ports are assigned.\n");
           return;
         }
-        // assignedAt: when the port was assigned, or last stopped serving (gateway/state.ts touchPort).
+        // assignedAt: when the port was assigned, or last stopped serving (gateway/store touchPort).
         process.stdout.write(table(["PORT", "COG", "ROUTE", "STATE", "UNUSED SINCE"],
           rows.map((r) => [String(r.port), r.cog, r.route, r.live ? "serving" : "unused", r.live ? "-" : ago(r.assignedAt)])) + "\n");
-      } finally {
-        state.close();
-      }
+      });
     });
 
   ports
@@ -151,27 +161,24 @@ export function registerHubCommands(program: Command): void {
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--force", "release it even while the hub reports it serving (the running hub keeps serving it until the cog announces its routes again)")
     .option("--json", "print JSON instead of text")
-    .action((portText: string, _opts: unknown, cmd: Command) => {
+    .action(async (portText: string, _opts: unknown, cmd: Command) => {
       const opts = cmd.optsWithGlobals<{ config?: string; json?: boolean; force?: boolean }>();
       const port = parsePortRange(portText, "<port>");
       if (port.from !== port.to) throw new ConfigError(`one port, not a range: ${JSON.stringify(portText)}`, "<port>");
       const { cfg, file } = loadConfig(opts.config);
-      const state = new HubState(requireHub(cfg, file).dataDir);
-      try {
-        const owner = state.portOwner(port.from);
+      await withStore(requireHub(cfg, file), async (store) => {
+        const owner = await store.portOwner(port.from);
         if (!owner) throw new ConfigError(`hub port ${port.from} is not assigned to any cog (see capsul hub ports)`);
-        if (!opts.force && liveTcpPorts(state).get(port.from) === owner.cog) {
+        if (!opts.force && (await liveTcpPorts(store)).get(port.from) === owner.cog) {
           throw new RuntimeError(`hub port ${port.from} is serving route ${owner.route} of cog ${owner.cog} right now; withdraw that route on the cog or revoke the cog first (or pass --force)`);
         }
-        const gone = state.releasePortNumber(port.from);
+        const gone = await store.releasePortNumber(port.from);
         if (opts.json) {
-          process.stdout.write(JSON.stringify({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route }) + "\n");
+          printJson({ released: port.from, cog: gone?.cog ?? owner.cog, route: gone?.route ?? owner.route });
           return;
         }
         process.stdout.write(`Released hub port ${port.from} (was route ${owner.route} of cog ${owner.cog}); any cog may now be assigned it.\n`);
-      } finally {
-        state.close();
-      }
+      });
     });
 
   hub
@@ -179,19 +186,18 @@ export function registerHubCommands(program: Command): void {
     .description("list what each cog may announce: hostname patterns and TCP port ranges, from capsul.yaml, invites and default grants")
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--json", "print JSON instead of a table")
-    .action((opts: { config?: string; json?: boolean }) => {
+    .action(async (opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       const hubCfg = requireHub(cfg, file);
-      const state = new HubState(hubCfg.dataDir);
-      try {
-        const known = knownGrants(hubCfg, state);
+      await withStore(hubCfg, async (store) => {
+        const known = await knownGrants(hubCfg, store);
         const from = (o: GrantOrigin): string => (o.kind === "config" ? o.path : o.kind);
         const rows = [
           ...known.hostnames.map((g) => ({ cog: g.cog, kind: "hostname", value: g.pattern, from: from(g.origin) })),
           ...known.ports.map((g) => ({ cog: g.cog, kind: "tcp", value: formatPortRange(g.range), from: from(g.origin) })),
         ].sort((a, b) => a.cog.localeCompare(b.cog) || a.kind.localeCompare(b.kind) || a.value.localeCompare(b.value));
         if (opts.json) {
-          process.stdout.write(JSON.stringify(rows) + "\n");
+          printJson(rows);
           return;
         }
         if (rows.length === 0) {
@@ -199,9 +205,7 @@ export function registerHubCommands(program: Command): void {
           return;
         }
         process.stdout.write(table(["COG", "KIND", "GRANT", "FROM"], rows.map((r) => [r.cog, r.kind, r.value, r.from])) + "\n");
-      } finally {
-        state.close();
-      }
+      });
     });
 
   hub
@@ -210,20 +214,23 @@ export function registerHubCommands(program: Command): void {
     .argument("<name>", "the cog")
     .argument("<grant>", "the hostname pattern or TCP port range, as capsul hub grants lists it")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action((name: string, grant: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action(async (name: string, grant: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
-      const state = new HubState(requireHub(cfg, file).dataDir);
-      try {
+      await withStore(requireHub(cfg, file), async (store) => {
         const isPorts = /^[0-9]/.test(grant);
         const value = isPorts ? formatPortRange(parsePortRange(grant, "<grant>")) : normalizeHostnamePattern(grant);
         if (value === null) throw new ConfigError(`not a hostname pattern or port range: ${JSON.stringify(grant)}`, "<grant>");
-        if (!state.removeGrant(name, isPorts ? "tcp" : "hostname", value)) {
+        const kind = isPorts ? "tcp" : "hostname";
+        if (!(await store.removeGrant(name, kind, value))) {
           throw new ConfigError(`cog ${name} has no stored grant ${JSON.stringify(value)} (see capsul hub grants; grants from capsul.yaml are changed there)`);
         }
+        if (opts.json) {
+          printJson({ removed: { cog: name, kind, value } });
+          return;
+        }
         process.stdout.write(`Removed grant ${JSON.stringify(value)} of cog "${name}". A connected cog loses routes under it when it next announces its routes; revoke it to cut it off at once.\n`);
-      } finally {
-        state.close();
-      }
+      });
     });
 
   hub
@@ -231,17 +238,23 @@ export function registerHubCommands(program: Command): void {
     .description("revoke a cog: its certificates stop working and its live tunnel is dropped at once")
     .argument("<name>", "the cog to revoke")
     .option("-c, --config <file>", CONFIG_HELP)
-    .action((name: string, opts: { config?: string }) => {
+    .option("--json", "print JSON instead of text")
+    .action(async (name: string, opts: { config?: string; json?: boolean }) => {
       const { cfg, file } = loadConfig(configOpt(opts));
       const hubCfg = requireHub(cfg, file);
-      const state = new HubState(hubCfg.dataDir);
-      try {
-        if (!state.getCog(name)) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);
-        state.revokeCog(name);
-        const within = fmtMs(hubCfg.tunnel.revocationPollIntervalMs);
-        process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel within ${within} (hub.tunnel.revocation_poll_interval).\n`);
-      } finally {
-        state.close();
-      }
+      await withStore(hubCfg, async (store) => {
+        if (!(await store.getCog(name))) throw new ConfigError(`no cog named ${JSON.stringify(name)} on this hub (see capsul hub cogs)`);
+        await store.revokeCog(name);
+        // SQLite: the running hub polls (hub.tunnel.revocation_poll_interval); PostgreSQL notifies it at once.
+        const notified = store.dialect === "postgres";
+        if (opts.json) {
+          printJson({ cog: name, revoked_at: isoTime((await store.getCog(name))?.revokedAt), tunnel_dropped_within_ms: notified ? 0 : hubCfg.tunnel.revocationPollIntervalMs });
+          return;
+        }
+        const when = notified
+          ? "at once (PostgreSQL notifies every hub)"
+          : `within ${fmtMs(hubCfg.tunnel.revocationPollIntervalMs)} (hub.tunnel.revocation_poll_interval)`;
+        process.stdout.write(`Revoked cog "${name}". A running hub drops its tunnel ${when}.\n`);
+      });
     });
 }

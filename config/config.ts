@@ -19,6 +19,7 @@ import {
 import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
 import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
+import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import type {
   AdminLimits, CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -27,6 +28,8 @@ import {
   at, boolean, directory, duration, fmtBytes, fmtMs, hostname, hostnamePattern, integer, list, mapping, oneOf, required, size,
   string, type Obj,
 } from "./values.js";
+
+export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
 // (test/config.test.ts checks that they agree).
@@ -160,7 +163,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
-const HUB_KEYS = ["data_dir", "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
+const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
   "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "admin"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
@@ -405,6 +408,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
   const defaultGrants = boolean(m.default_grants, at(path, "default_grants"), DEFAULT_HUB_DEFAULT_GRANTS);
   return {
     dataDir,
+    store: parseHubStore(m, path, baseDir),
     domain,
     listen,
     publicTunnelAddress,

@@ -100,7 +100,11 @@ export interface TunnelTuning {
 export interface HubTunnelTuning extends TunnelTuning {
   /** After the TLS handshake, deadline for a new tunnel's first control message, hello or enroll (default 10s). */
   controlHelloTimeoutMs: number;
-  /** How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel is dropped within this (default 500ms). */
+  /**
+   * How often the hub checks SQLite for cogs revoked by `capsul hub revoke`; a revoked cog's tunnel
+   * is dropped within this. On PostgreSQL revokes are notified at once, and this is how often the
+   * hub retries a lost notification connection (default 500ms).
+   */
   revocationPollIntervalMs: number;
   /**
    * Tunnel connections not yet authenticated (from TCP accept through the TLS handshake until
@@ -156,9 +160,41 @@ export interface HubAdmin extends AdminLimits {
   statusRefreshMs: number;
 }
 
+/** A PostgreSQL server and database, as the hub.store URL names them. */
+export interface PostgresTarget {
+  /** A host name or address, or a directory holding the server's unix socket (`?host=/dir`). */
+  host: string;
+  port: number;
+  user: string;
+  /** The database (the URL's path; the user's name when it has none). */
+  database: string;
+  /** `?sslmode=`: disable (plain TCP), require (TLS, any certificate), verify-full (TLS, certificate for the host). */
+  sslMode: "disable" | "require" | "verify-full";
+  /** `?sslrootcert=`: the CA file for verify-full (default the system's CAs). */
+  sslRootCert: string | null;
+}
+
+/** Where the hub keeps its state: hub.store and its hub.store_* companions. */
+export interface HubStoreConfig {
+  /** sqlite: <data_dir>/hub.db, shared by the processes of one machine (default sqlite); postgres: a database shared by hubs. */
+  kind: "sqlite" | "postgres";
+  /** The server, from the hub.store URL; null with sqlite. Never holds a password. */
+  postgres: PostgresTarget | null;
+  /** File holding the PostgreSQL password (default none: then $CAPSUL_STORE_PASSWORD, else no password). */
+  passwordFile: string | null;
+  /** PostgreSQL connections per hub process (default 10). */
+  poolSize: number;
+  /** Deadline to connect to PostgreSQL (default 10s). */
+  connectTimeoutMs: number;
+  /** How long a SQLite write waits while another process holds the write lock (default 5s). */
+  busyTimeoutMs: number;
+}
+
 export interface HubConfig {
   /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
   dataDir: string;
+  /** Where cogs, certificates, invites, grants, ports and revocations live (default sqlite). */
+  store: HubStoreConfig;
   /** Public DNS name of the hub; used in invites and as the suffix of default grants "*.<cog>.<domain>". */
   domain: string;
   listen: {

@@ -7,7 +7,7 @@
  *   GET  /metrics                 Prometheus text format (the process's registry)
  *   GET  /                        the status page (HTML)
  *   GET  /v1/status               hub, visitors, tunnels and cogs in one document
- *   GET  /v1/cogs[/NAME]          cogs: state, since, address, certificate expiry, routes, streams, bytes
+ *   GET  /v1/cogs[/NAME]          cogs: state and when it changed, address, certificate expiry, routes, streams, bytes
  *   POST /v1/cogs/NAME/revoke     revoke the cog and drop its tunnel at once
  *   GET  /v1/invites              invites (never their tokens)
  *   POST /v1/invites              {"cog", "hostnames"?, "tcp_ports"?, "ttl"?} → the enroll command
@@ -21,7 +21,7 @@ import { parseDurationMs } from "../lib/units.js";
 import { gatedApp, isLoopbackHost, serveAdmin, type AdminServer } from "../lib/adminhttp.js";
 import { cogsJson, invitesJson, statusJson } from "./adminviews.js";
 import type { HubMetrics } from "./metrics.js";
-import type { HubState } from "./state.js";
+import type { HubStore } from "./store/types.js";
 import { renderStatusPage, STATUS_PAGE_HEADERS, TrafficMeter } from "./statuspage.js";
 import type { Tunnels } from "./tunnels.js";
 import type { Visitors } from "./visitors.js";
@@ -34,7 +34,7 @@ export interface HubAdminDeps {
   metrics: HubMetrics;
   visitors: Visitors;
   tunnels: Tunnels;
-  state: HubState;
+  store: HubStore;
   /** The token in <data_dir>/admin-token; asked for only when the listener is not on loopback. */
   token: string;
   invite: InviteFn;
@@ -90,7 +90,7 @@ function cogName(c: Context): string {
 }
 
 export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
-  const { cfg, metrics, tunnels, state, log } = d;
+  const { cfg, metrics, tunnels, store, log } = d;
   const listen = cfg.listen.admin!;
   const hostNames = [cfg.domain];
   if (!isWildcardAddress(listen.host)) hostNames.push(listen.host);
@@ -118,25 +118,26 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
     const m = await metrics.render();
     return c.body(m.text, 200, { "content-type": m.contentType });
   });
-  app.get("/", (c) => c.body(renderStatusPage(status(), cfg.admin.statusRefreshMs, meter), 200, STATUS_PAGE_HEADERS));
-  app.get("/v1/status", (c) => c.json(status()));
-  app.get("/v1/cogs", (c) => c.json({ cogs: cogsJson(metrics, tunnels) }));
-  app.get("/v1/cogs/:name", (c) => {
+  app.get("/", async (c) => c.body(renderStatusPage(await status(), cfg.admin.statusRefreshMs, meter), 200, STATUS_PAGE_HEADERS));
+  app.get("/v1/status", async (c) => c.json(await status()));
+  app.get("/v1/cogs", async (c) => c.json({ cogs: await cogsJson(metrics, tunnels) }));
+  app.get("/v1/cogs/:name", async (c) => {
     const name = cogName(c);
-    const [cog] = cogsJson(metrics, tunnels, name);
+    const [cog] = await cogsJson(metrics, tunnels, name);
     if (!cog) throw new BadRequest(404, "no_such_cog", `no cog named ${JSON.stringify(name)}`);
     return c.json({ cog });
   });
-  app.post("/v1/cogs/:name/revoke", (c) => {
+  app.post("/v1/cogs/:name/revoke", async (c) => {
     const name = cogName(c);
-    if (!state.getCog(name)) throw new BadRequest(404, "no_such_cog", `no cog named ${JSON.stringify(name)}`);
-    state.revokeCog(name);
+    // revokeCog tells every hub (PostgreSQL: a notification; SQLite: the poll), this one
+    // included, but the answer must not come before this hub's tunnel is gone: drop it here.
+    if (!(await store.revokeCog(name))) throw new BadRequest(404, "no_such_cog", `no cog named ${JSON.stringify(name)}`);
     tunnels.drop(name, "revoked through the admin API");
     log.info("cog revoked through the admin API", { cog: name });
-    const [cog] = cogsJson(metrics, tunnels, name);
+    const [cog] = await cogsJson(metrics, tunnels, name);
     return c.json({ cog });
   });
-  app.get("/v1/invites", (c) => c.json({ invites: invitesJson(state.listInvites()) }));
+  app.get("/v1/invites", async (c) => c.json({ invites: invitesJson(await store.listInvites()) }));
   app.post("/v1/invites", async (c) => {
     const req = inviteRequest(await jsonBody(c));
     let inv: Awaited<ReturnType<InviteFn>>;

@@ -1,9 +1,9 @@
 /**
  * What the admin API answers and the status page shows, built from the hub's live
- * parts and its SQLite state at the moment of the request. JSON style: snake_case keys,
+ * parts and its state store (one listCogs query) at the moment of the request. JSON style: snake_case keys,
  * ISO-8601 times (UTC), byte counts as integers.
  */
-import type { CogListRow, InviteListRow } from "./state.js";
+import type { CogListRow, InviteListRow } from "./store/types.js";
 import type { HubMetrics, RouteTraffic } from "./metrics.js";
 import type { Tunnels } from "./tunnels.js";
 import type { VisitorStats } from "./visitors.js";
@@ -26,11 +26,12 @@ export interface CogJson {
   name: string;
   state: CogState;
   online: boolean;
-  /** Since when the cog is in `state` (online: connected at; offline: last seen). */
-  since: string | null;
+  /** When the cog entered `state` (online: connected; offline: last seen; revoked: revoked; invited: invited). */
+  state_changed_at: string | null;
   /** The tunnel's remote address: now when online, last known otherwise. */
   address: string | null;
-  certificate_expires_at: string | null;
+  /** Its newest certificate's expiry (the name `capsul hub cogs --json` uses). */
+  cert_expires_at: string | null;
   revoked_at: string | null;
   /** Visitor streams open on its tunnel now. */
   streams: number;
@@ -48,7 +49,7 @@ export interface InviteJson {
 }
 
 export interface StatusJson {
-  hub: { domain: string; started_at: string; uptime_seconds: number; now: string };
+  hub: { domain: string; started_at: string; uptime_seconds: number; generated_at: string };
   visitors: {
     active: number;
     total: number;
@@ -93,9 +94,9 @@ function cogJson(c: CogListRow, tunnels: Tunnels, routes: RouteTraffic[]): CogJs
     name: c.name,
     state,
     online: state === "online",
-    since: iso(since),
+    state_changed_at: iso(since),
     address: state === "online" ? link!.remote : c.remote,
-    certificate_expires_at: iso(c.certNotAfter),
+    cert_expires_at: iso(c.certNotAfter),
     revoked_at: iso(c.revokedAt),
     streams,
     connections_total: connections,
@@ -105,14 +106,16 @@ function cogJson(c: CogListRow, tunnels: Tunnels, routes: RouteTraffic[]): CogJs
 }
 
 /** The cogs with their routes and traffic; `only` picks one by name. */
-export function cogsJson(metrics: HubMetrics, tunnels: Tunnels, only?: string): CogJson[] {
+export async function cogsJson(metrics: HubMetrics, tunnels: Tunnels, only?: string): Promise<CogJson[]> {
+  // The store first: the routes and the links below are then read in the same tick as each other.
+  const rows = await metrics.cogs();
   const byCog = new Map<string, RouteTraffic[]>();
   for (const r of metrics.routes()) {
     const list = byCog.get(r.cog);
     if (list) list.push(r);
     else byCog.set(r.cog, [r]);
   }
-  return metrics.cogs()
+  return rows
     .filter((c) => only === undefined || c.name === only)
     .map((c) => cogJson(c, tunnels, byCog.get(c.name) ?? []));
 }
@@ -127,7 +130,9 @@ export function invitesJson(rows: InviteListRow[], now = Date.now()): InviteJson
   }));
 }
 
-export function statusJson(domain: string, stats: VisitorStats, metrics: HubMetrics, tunnels: Tunnels, now = Date.now()): StatusJson {
+export async function statusJson(domain: string, stats: VisitorStats, metrics: HubMetrics, tunnels: Tunnels): Promise<StatusJson> {
+  const cogs = await cogsJson(metrics, tunnels);
+  const now = Date.now();
   const peeks: Record<string, Record<string, number>> = {};
   for (const [k, v] of metrics.peekCounts()) {
     const [listener, outcome] = k.split(" ") as [string, string];
@@ -136,7 +141,7 @@ export function statusJson(domain: string, stats: VisitorStats, metrics: HubMetr
   let up = 0;
   for (const l of tunnels.links.values()) if (l.session) up++;
   return {
-    hub: { domain, started_at: iso(metrics.startedAt)!, uptime_seconds: Math.floor((now - metrics.startedAt) / 1000), now: iso(now)! },
+    hub: { domain, started_at: iso(metrics.startedAt)!, uptime_seconds: Math.floor((now - metrics.startedAt) / 1000), generated_at: iso(now)! },
     visitors: {
       active: stats.active,
       total: stats.total,
@@ -149,6 +154,6 @@ export function statusJson(domain: string, stats: VisitorStats, metrics: HubMetr
       peeks,
     },
     tunnels: { up, ...metrics.tunnelEvents },
-    cogs: cogsJson(metrics, tunnels),
+    cogs,
   };
 }

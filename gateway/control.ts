@@ -4,7 +4,7 @@
  *
  * A `routes` message replaces the cog's whole route set, so when several are
  * waiting only the newest is applied: 2000 of them sent at once (a synchronous
- * SQLite write each) once blocked the hub's event loop for up to 640 ms; now they
+ * SQLite write each, back then) once blocked the hub's event loop for up to 640 ms; now they
  * cost one application per token. Every message the hub acts on (a route set
  * applied, a renewal) takes a token; when none is left the hub stops reading
  * the stream until one is due, and the stream's window holds the cog back.
@@ -81,7 +81,7 @@ export class ControlChannel {
   /** Applies the hello's route set (it takes a token like any other) and returns what was accepted. */
   async hello(wanted: WireRoute[]): Promise<{ accepted: AcceptedRoute[]; refused: { name: string; reason: string }[] }> {
     this.bucket.tryTake();
-    const res = await this.ctx.routes.apply(this.ctx.cog, wanted);
+    const res = await this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal);
     this.count("applied");
     this.lastRefused = JSON.stringify(res.refused);
     this.status(res.accepted);
@@ -149,7 +149,7 @@ export class ControlChannel {
 
   private async applyRoutes(wanted: WireRoute[]): Promise<void> {
     const { cog, log } = this.ctx;
-    const res = await this.ctx.routes.apply(cog, wanted);
+    const res = await this.ctx.routes.apply(cog, wanted, this.ctx.signal);
     this.count("applied");
     if (this.ctx.signal.aborted) return;
     this.send({ type: "routes-result", accepted: res.accepted, refused: res.refused });

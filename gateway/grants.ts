@@ -19,7 +19,7 @@ import {
   clipRange, formatPortRange, isWildcardAddress, normalizedPatternsOverlap, normalizeHostnamePattern,
   parsePortRange, rangeInside, rangesOverlap,
 } from "../lib/hostname.js";
-import type { HubState } from "./state.js";
+import type { StoreOps } from "./store/types.js";
 
 export interface CogGrants { hostnames: string[]; tcpPorts: PortRange[]; fromPool: boolean }
 
@@ -54,9 +54,9 @@ function storedRanges(value: string, pool: readonly PortRange[]): PortRange[] {
   }
 }
 
-export function grantsFor(cfg: HubConfig, state: HubState, cog: string): CogGrants {
+export async function grantsFor(cfg: HubConfig, store: StoreOps, cog: string): Promise<CogGrants> {
   const fromConfig = cfg.cogs.find((c) => c.name === cog);
-  const stored = state.grants(cog);
+  const stored = await store.grants(cog);
   const hostnames = [...(fromConfig?.hostnames ?? [])];
   for (const h of stored.hostnames) {
     const n = normalizeHostnamePattern(h);
@@ -71,12 +71,12 @@ export function grantsFor(cfg: HubConfig, state: HubState, cog: string): CogGran
 }
 
 /** Every TCP port grant of every cog (capsul.yaml and invites). */
-export function portGrants(cfg: HubConfig, state: HubState): PortGrant[] {
+export async function portGrants(cfg: HubConfig, store: StoreOps): Promise<PortGrant[]> {
   const ports: PortGrant[] = [];
   cfg.cogs.forEach((c, i) => {
     c.tcpPorts.forEach((range, k) => ports.push({ cog: c.name, range, origin: { kind: "config", path: `hub.cogs[${i}].tcp_ports[${k}]` } }));
   });
-  for (const g of state.allGrants("tcp")) {
+  for (const g of await store.allGrants("tcp")) {
     // Unclipped: a grant outside today's pool still must not overlap another cog's, or it would when the pool grows back.
     try { ports.push({ cog: g.cog, range: parsePortRange(g.value), origin: { kind: "invite" } }); } catch { /* unusable, see storedRanges */ }
   }
@@ -84,18 +84,18 @@ export function portGrants(cfg: HubConfig, state: HubState): PortGrant[] {
 }
 
 /** Every grant of every cog the hub knows (listed in capsul.yaml or ever invited), default grants included. */
-export function knownGrants(cfg: HubConfig, state: HubState): { hostnames: HostnameGrant[]; ports: PortGrant[] } {
+export async function knownGrants(cfg: HubConfig, store: StoreOps): Promise<{ hostnames: HostnameGrant[]; ports: PortGrant[] }> {
   const hostnames: HostnameGrant[] = [];
   cfg.cogs.forEach((c, i) => {
     c.hostnames.forEach((pattern, k) => hostnames.push({ cog: c.name, pattern, origin: { kind: "config", path: `hub.cogs[${i}].hostnames[${k}]` } }));
   });
-  for (const g of state.allGrants("hostname")) {
+  for (const g of await store.allGrants("hostname")) {
     const pattern = normalizeHostnamePattern(g.value);
     if (pattern !== null) hostnames.push({ cog: g.cog, pattern, origin: { kind: "invite" } });
   }
-  const cogs = new Set([...cfg.cogs.map((c) => c.name), ...state.cogNames()]);
+  const cogs = new Set([...cfg.cogs.map((c) => c.name), ...(await store.cogNames())]);
   for (const cog of cogs) for (const pattern of defaultGrantsOf(cfg, cog)) hostnames.push({ cog, pattern, origin: { kind: "default" } });
-  return { hostnames, ports: portGrants(cfg, state) };
+  return { hostnames, ports: await portGrants(cfg, store) };
 }
 
 function valueOf(g: HostnameGrant | PortGrant): string {
@@ -187,8 +187,8 @@ export interface GrantWarning { message: string; fields: Record<string, string |
  * grants of every known cog). The hub refuses to start rather than let the
  * router's precedence decide who gets a visitor.
  */
-export function checkGrantsConsistent(cfg: HubConfig, state: HubState): GrantWarning[] {
-  const known = knownGrants(cfg, state);
+export async function checkGrantsConsistent(cfg: HubConfig, store: StoreOps): Promise<GrantWarning[]> {
+  const known = await knownGrants(cfg, store);
   // Default grants of two cogs never overlap (a cog name is one label), so every
   // pair worth checking has a configured or invited grant on one side.
   const idx = indexHostnames(cfg, known.hostnames);
@@ -205,7 +205,7 @@ export function checkGrantsConsistent(cfg: HubConfig, state: HubState): GrantWar
     if (g.origin.kind === "invite" && !rangeInside(g.range, cfg.listen.tcpPorts)) {
       warnings.push({ message: "a stored TCP grant lies (partly) outside hub.listen.tcp_ports; only its part inside is usable", fields: { cog: g.cog, grant: formatPortRange(g.range) } });
     }
-    for (const a of state.assignmentsIn(g.range.from, g.range.to)) {
+    for (const a of await store.assignmentsIn(g.range.from, g.range.to)) {
       if (a.cog === g.cog) continue;
       warnings.push({
         message: `a hub TCP port granted to one cog is assigned to another; it moves when that cog next announces its routes, or release it with: capsul hub ports release ${a.port}`,
@@ -230,11 +230,11 @@ function listenerPorts(cfg: HubConfig): Array<{ path: string; port: number; host
  * Checks what `capsul hub invite` is about to store for `cog` (new hostname
  * patterns and port ranges, and the cog's default grants) against every other
  * cog's grants and the hub's ports. Throws a one-line ConfigError (exit 2).
- * Run it inside the transaction that stores the invite, so two invites racing
- * cannot both pass.
+ * Run it inside the transaction that stores the invite, holding the "grants"
+ * lock, so two invites racing (two processes, two hubs) cannot both pass.
  */
-export function checkNewGrants(cfg: HubConfig, state: HubState, cog: string, add: { hostnames: string[]; tcpPorts: PortRange[] }): void {
-  const known = knownGrants(cfg, state);
+export async function checkNewGrants(cfg: HubConfig, tx: StoreOps, cog: string, add: { hostnames: string[]; tcpPorts: PortRange[] }): Promise<void> {
+  const known = await knownGrants(cfg, tx);
   const idx = indexHostnames(cfg, known.hostnames);
   for (const pattern of add.hostnames) {
     const other = hostnameClash(cog, pattern, idx);
@@ -258,7 +258,7 @@ export function checkNewGrants(cfg: HubConfig, state: HubState, cog: string, add
     }
     const other = portClash(cog, range, known.ports);
     if (other) throw new ConfigError(`${text} overlaps ${describeGrant(other)}: two cogs may not be granted overlapping ports; ${undoHint(other)}`, "--tcp-ports");
-    const held = state.assignmentsIn(range.from, range.to).find((a) => a.cog !== cog);
+    const held = (await tx.assignmentsIn(range.from, range.to)).find((a) => a.cog !== cog);
     if (held) {
       throw new ConfigError(`${text} includes hub port ${held.port}, assigned to cog ${held.cog} (route ${held.route}); release it first with: capsul hub ports release ${held.port}`, "--tcp-ports");
     }

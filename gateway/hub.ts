@@ -6,7 +6,7 @@
 import net from "node:net";
 import type { Registry } from "prom-client";
 import type { HubConfig } from "../config/types.js";
-import type { Logger } from "../lib/log.js";
+import { silentLogger, type Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { loadOrCreateAdminToken } from "../certs/admintoken.js";
@@ -18,13 +18,15 @@ import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
 import { Router } from "./router.js";
 import { RouteTable, type TcpPortOpener } from "./routes.js";
-import { HubState } from "./state.js";
+import { openHubStore } from "./store/index.js";
+import type { HubStore } from "./store/types.js";
 import { Tunnels } from "./tunnels.js";
 import { Visitors } from "./visitors.js";
 
 export interface Hub {
   readonly pki: HubPki;
-  readonly state: HubState;
+  /** The state store (SQLite or PostgreSQL), shared with `capsul hub …` commands and other hubs. */
+  readonly store: HubStore;
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
@@ -65,7 +67,7 @@ export function hubNames(cfg: HubConfig): string[] {
 }
 
 /** Raw TCP listeners opened on demand as cogs are assigned ports. */
-class TcpListeners implements TcpPortOpener {
+export class TcpListeners implements TcpPortOpener {
   readonly servers = new Map<number, net.Server>();
   constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
   async open(port: number): Promise<void> {
@@ -92,21 +94,21 @@ class TcpListeners implements TcpPortOpener {
 
 export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {}): Promise<Hub> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, log.child("store"));
   try {
     // Before any listener: a hub whose grants overlap would let the router's precedence pick a cog.
-    for (const w of checkGrantsConsistent(cfg, state)) log.warn(w.message, w.fields);
+    for (const w of await checkGrantsConsistent(cfg, store)) log.warn(w.message, w.fields);
   } catch (err) {
-    state.close();
+    await store.close();
     throw err;
   }
   const router = new Router();
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
-  const routes = new RouteTable(cfg, state, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(cfg, state, pki, routes, log.child("tunnel"));
-  const metrics = new HubMetrics({ visitors, tunnels, router, state, pki }, opts.registry);
+  const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
+  tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
+  const metrics = new HubMetrics({ visitors, tunnels, router, store, pki }, opts.registry);
   visitors.observer = metrics;
 
   const servers: net.Server[] = [];
@@ -118,7 +120,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     await tunnels!.close();
     await tcp.closeAll();
     await Promise.all(servers.map(closeServer));
-    state.close();
+    await store.close();
   };
   try {
     const tunnelPort = await tunnels.listen();
@@ -137,12 +139,14 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
     if (cfg.listen.admin) {
       const token = await loadOrCreateAdminToken(cfg.dataDir);
-      const invite = (name: string, o: Parameters<typeof createInvite>[2]) => createInvite(cfg, name, o);
-      admin = await startHubAdmin({ cfg, metrics, visitors, tunnels, state, token, invite, log: log.child("admin") });
+      const invite = (name: string, o: InviteOptions) => inviteIn(cfg, store, pki, name, o);
+      admin = await startHubAdmin({ cfg, metrics, visitors, tunnels, store, token, invite, log: log.child("admin") });
     }
-    log.info("hub ready", { tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, admin: admin?.port ?? "off", ca: pki.caFingerprint });
+    log.info("hub ready", {
+      tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, admin: admin?.port ?? "off", ca: pki.caFingerprint, store: store.location,
+    });
     return {
-      pki, state, router, tunnels, visitors, metrics,
+      pki, store, router, tunnels, visitors, metrics,
       ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort, admin: admin?.port ?? null },
       close: cleanup,
     };
@@ -152,6 +156,9 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   }
 }
 
+export type InviteOptions = { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string };
+export type InviteResult = { token: string; command: string; expiresAt: Date; caFingerprint: string };
+
 /**
  * Creates a one-time invite for a cog and returns the exact enroll command.
  * Works against the hub's data dir whether or not the hub is running.
@@ -159,33 +166,34 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
  * outside the pool or holding the hub's own ports, are refused with a
  * ConfigError and nothing is stored.
  */
-export async function createInvite(
-  cfg: HubConfig,
-  name: string,
-  opts: { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string } = {},
-): Promise<{ token: string; command: string; expiresAt: Date; caFingerprint: string }> {
+export async function createInvite(cfg: HubConfig, name: string, opts: InviteOptions = {}): Promise<InviteResult> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
-  const state = new HubState(cfg.dataDir);
+  const store = await openHubStore(cfg, silentLogger);
   try {
-    const { token, hash } = newInviteToken();
-    const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
-    const hostnames = (opts.hostnames ?? []).map((h) => {
-      const n = normalizeHostnamePattern(h);
-      if (n === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(h)}`, "--hostname");
-      return n;
-    });
-    const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
-    // IMMEDIATE: the write lock is taken before the checks read, so two invites racing cannot both pass them.
-    state.db.transaction(() => {
-      checkNewGrants(cfg, state, name, { hostnames, tcpPorts });
-      state.addInvite(name, hash, expiresAt.getTime());
-      for (const h of hostnames) state.addGrant(name, "hostname", h);
-      for (const r of tcpPorts) state.addGrant(name, "tcp", formatPortRange(r));
-    }).immediate();
-    const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
-    const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
-    return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
+    return await inviteIn(cfg, store, pki, name, opts);
   } finally {
-    state.close();
+    await store.close();
   }
+}
+
+/** createInvite on a store and PKI already open (the running hub's admin API: no second connection pool per invite). */
+export async function inviteIn(cfg: HubConfig, store: HubStore, pki: HubPki, name: string, opts: InviteOptions = {}): Promise<InviteResult> {
+  const { token, hash } = newInviteToken();
+  const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
+  const hostnames = (opts.hostnames ?? []).map((h) => {
+    const n = normalizeHostnamePattern(h);
+    if (n === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(h)}`, "--hostname");
+    return n;
+  });
+  const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
+  // The grants lock is taken before the checks read, so two invites racing cannot both pass them.
+  await store.transaction(["grants"], async (tx) => {
+    await checkNewGrants(cfg, tx, name, { hostnames, tcpPorts });
+    await tx.addInvite(name, hash, expiresAt.getTime());
+    for (const h of hostnames) await tx.addGrant(name, "hostname", h);
+    for (const r of tcpPorts) await tx.addGrant(name, "tcp", formatPortRange(r));
+  });
+  const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
+  const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
+  return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
 }

@@ -8,13 +8,16 @@
  * `capsul hub revoke` once produced an unrevoked certificate that a later
  * `hub invite` of the same name brought back to life), and an invite token is
  * spent only together with the certificate it paid for (a bad CSR leaves it usable).
+ * That second check and the insert are one store transaction under the "certs"
+ * lock, which `revokeCog` takes too: in PostgreSQL a revoke could otherwise
+ * commit between them (READ COMMITTED) and miss the new certificate.
  */
 import type { HubConfig } from "../config/types.js";
 import { AuthError, ProtocolError } from "../lib/errors.js";
 import type { HubPki } from "../certs/pki.js";
 import { CLOCK_SKEW_BACKDATE_MS, renewalDueAt, signCogCsr } from "../certs/pki.js";
 import { hashToken } from "../certs/tokens.js";
-import type { HubState } from "./state.js";
+import type { HubStore, StoreOps } from "./store/types.js";
 
 /** Default of hub.tunnel.renew_min_interval. */
 export const RENEW_MIN_INTERVAL_MS = 3_600_000;
@@ -39,7 +42,7 @@ export class Issuance {
   /** Cogs with a renewal being signed: one at a time per cog, whatever the number of tunnels. */
   private readonly renewing = new Set<string>();
 
-  constructor(private readonly cfg: HubConfig, private readonly state: HubState, private readonly pki: HubPki) {}
+  constructor(private readonly cfg: HubConfig, private readonly store: HubStore, private readonly pki: HubPki) {}
 
   /** Renewals being signed right now (for tests and status). */
   get renewalsInFlight(): number {
@@ -49,7 +52,7 @@ export class Issuance {
   async enroll(token: unknown, csr: unknown): Promise<Issued | Refused> {
     if (typeof token !== "string" || typeof csr !== "string") throw new ProtocolError("enroll needs token and csr");
     const hash = hashToken(token);
-    const invite = this.state.checkInvite(hash);
+    const invite = await this.store.checkInvite(hash);
     if ("problem" in invite) return { ok: false, code: "enroll", message: `enrollment refused: ${invite.problem}` };
     let signed;
     try {
@@ -59,12 +62,12 @@ export class Issuance {
       return { ok: false, code: "enroll", message: `enrollment refused: ${(err as Error).message}` };
     }
     const s = signed;
-    const problem = this.state.db.transaction((): string | null => {
-      const used = this.state.useInvite(hash); // another enrollment with the same token may have won meanwhile
+    const problem = await this.store.transaction(["certs"], async (tx): Promise<string | null> => {
+      const used = await tx.useInvite(hash); // another enrollment with the same token may have won meanwhile
       if ("problem" in used) return used.problem;
-      this.state.recordCert(used.cog, normSerial(s.serial), s.notAfter.getTime());
+      await tx.recordCert(used.cog, normSerial(s.serial), s.notAfter.getTime());
       return null;
-    })();
+    });
     if (problem) return { ok: false, code: "enroll", message: `enrollment refused: ${problem}` };
     return { ok: true, cog: invite.cog, certPem: s.certPem, notAfter: s.notAfter };
   }
@@ -72,7 +75,7 @@ export class Issuance {
   async renew(presented: PresentedCert, csr: unknown, now = Date.now()): Promise<Issued | Refused> {
     if (typeof csr !== "string") throw new ProtocolError("renew needs csr");
     const { cog, serial } = presented;
-    const before = this.refusal(presented, now);
+    const before = await this.refusal(this.store, presented, now);
     if (before) return before;
     if (this.renewing.has(cog)) return { ok: false, code: "renew", message: "renewal refused: another renewal for this cog is being signed" };
     this.renewing.add(cog);
@@ -87,18 +90,18 @@ export class Issuance {
     }
     const s = signed;
     // Again, now that time has passed: `capsul hub revoke` may have run while we signed.
-    const after = this.state.db.transaction((): Refused | null => {
-      const r = this.refusal(presented, Date.now());
-      if (!r) this.state.recordCert(cog, normSerial(s.serial), s.notAfter.getTime());
+    const after = await this.store.transaction(["certs"], async (tx): Promise<Refused | null> => {
+      const r = await this.refusal(tx, presented, Date.now());
+      if (!r) await tx.recordCert(cog, normSerial(s.serial), s.notAfter.getTime());
       return r;
-    })();
+    });
     if (after) return after;
     return { ok: true, cog, certPem: s.certPem, notAfter: s.notAfter };
   }
 
   /** Why a renewal with this certificate may not be signed now, or null. */
-  private refusal(p: PresentedCert, now: number): Refused | null {
-    const problem = this.state.certProblem(p.cog, p.serial);
+  private async refusal(q: StoreOps, p: PresentedCert, now: number): Promise<Refused | null> {
+    const problem = await q.certProblem(p.cog, p.serial);
     if (problem) return { ok: false, code: "revoked", message: `hub refused the renewal: ${problem}` };
     const dueAt = renewalDueAt(p.notBefore, p.notAfter);
     if (now + RENEW_CLOCK_SLACK_MS < dueAt) {
@@ -107,7 +110,7 @@ export class Issuance {
         message: `renewal refused: this certificate is valid until ${p.notAfter.toISOString()}; the hub renews it once less than a third of its lifetime is left, from ${new Date(dueAt).toISOString()} (check this cog's clock)`,
       };
     }
-    const newer = this.state.newerCertIssuedAt(p.cog, p.serial);
+    const newer = await q.newerCertIssuedAt(p.cog, p.serial);
     const interval = this.cfg.tunnel.renewMinIntervalMs;
     if (newer !== null && now - newer < interval) {
       return {

@@ -26,7 +26,7 @@ import type { MuxSession } from "../protocol/mux.js";
 import type { PeekedName, VisitorObserver } from "./observer.js";
 import type { PeekOutcome } from "./peek.js";
 import type { RouteEntry, Router } from "./router.js";
-import type { CogListRow, HubState } from "./state.js";
+import type { CogListRow, HubStore } from "./store/types.js";
 import type { Tunnels } from "./tunnels.js";
 import type { Visitors } from "./visitors.js";
 
@@ -74,7 +74,7 @@ export interface HubParts {
   visitors: Visitors;
   tunnels: Tunnels;
   router: Router;
-  state: HubState;
+  store: HubStore;
   pki: HubPki;
 }
 
@@ -94,7 +94,8 @@ export class HubMetrics implements VisitorObserver {
   private readonly peeks = new Map<string, number>();
   private readonly seenCogs = new Set<string>();
   private readonly firstByte: Histogram<"kind">;
-  private readonly cogRows = perScrape(() => this.parts.state.listCogs());
+  /** One store query per scrape, shared by every family that lists cogs (never one per cog). */
+  private readonly cogRows = perScrape(() => this.parts.store.listCogs());
   private readonly scrapeRoutes = perScrape(() => this.routes(true));
   private readonly onAttached = (cog: string, session: MuxSession): void => {
     this.tunnelEvents.connects++;
@@ -159,8 +160,8 @@ export class HubMetrics implements VisitorObserver {
       for (const l of parts.tunnels.links.values()) if (l.session) n++;
       emit({}, n);
     });
-    f.gauge("capsul_hub_cog_up", "1 when the enrolled cog's tunnel is connected, 0 when not.", ["cog"], (emit) => {
-      for (const c of this.cogRows()) {
+    f.gauge("capsul_hub_cog_up", "1 when the enrolled cog's tunnel is connected, 0 when not.", ["cog"], async (emit) => {
+      for (const c of await this.cogRows()) {
         if (c.revokedAt === null && c.certNotAfter !== null) emit({ cog: c.name }, parts.tunnels.links.get(c.name)?.session ? 1 : 0);
       }
     });
@@ -190,8 +191,8 @@ export class HubMetrics implements VisitorObserver {
     const tunnelCert = certInfo(parts.pki.hubCertPem).notAfter.getTime();
     this.certificates.register("ca", "hub-ca", () => ca);
     this.certificates.register("tunnel", "hub-tunnel", () => tunnelCert);
-    this.certificates.export(f, "capsul_hub", "When a certificate expires (Unix seconds): the hub's CA and tunnel certificate, each cog's newest, and any registered (ACME).", (emit) => {
-      for (const c of this.cogRows()) {
+    this.certificates.export(f, "capsul_hub", "When a certificate expires (Unix seconds): the hub's CA and tunnel certificate, each cog's newest, and any registered (ACME).", async (emit) => {
+      for (const c of await this.cogRows()) {
         if (c.revokedAt === null && c.certNotAfter !== null) emit({ kind: "cog", name: c.name }, Math.floor(c.certNotAfter / 1000));
       }
     });
@@ -260,9 +261,9 @@ export class HubMetrics implements VisitorObserver {
     return r;
   }
 
-  /** The cogs this hub knows (SQLite), for the JSON API and the status page. */
-  cogs(): CogListRow[] {
-    return this.parts.state.listCogs();
+  /** The cogs the state store knows, for the JSON API and the status page (one query). */
+  cogs(): Promise<CogListRow[]> {
+    return this.parts.store.listCogs();
   }
 
   peekCounts(): ReadonlyMap<string, number> {

@@ -15,14 +15,21 @@
  *   or with a dry grant reuses its own longest-unused assignment instead.
  * - A route renamed with the same port takes its own assignment along.
  * - A state error on one route refuses that route; it never ends the session.
+ *
+ * The state calls are async, so what was atomic by being synchronous is made
+ * so explicitly: one application per cog at a time (a KeyedQueue; dropCog
+ * waits its turn too), and each TCP route's choice of port and its
+ * assignment in one store transaction under the "ports" lock, so two cogs
+ * (or two hubs) never both take the port they both saw free.
  */
 import type { HubConfig, PortRange } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { AcceptedRoute, RefusedRoute, WireRoute } from "../protocol/control.js";
 import { normalizeHostnamePattern } from "../lib/hostname.js";
+import { KeyedQueue } from "../lib/keyedqueue.js";
 import { grantsFor, inRanges, patternCovers, portGrants, type CogGrants } from "./grants.js";
 import type { RouteEntry, Router } from "./router.js";
-import type { HubState, PortAssignment } from "./state.js";
+import type { HubStore, PortAssignment, StoreOps } from "./store/types.js";
 
 export interface TcpPortOpener {
   /** Opens (or keeps) the public listener for a port; rejects with the bind error. */
@@ -47,23 +54,34 @@ type TcpOutcome = { entry: RouteEntry } | { reason: string };
 export const ROUTE_STATE_ERROR_REASON = "the hub could not record this route (hub-side error, see the hub's log); it will be retried with the next announce";
 
 export class RouteTable {
+  /** Applications and drops, one at a time per cog. */
+  private readonly queue = new KeyedQueue();
+
   constructor(
     private readonly cfg: HubConfig,
-    private readonly state: HubState,
+    private readonly store: HubStore,
     readonly router: Router,
     private readonly tcp: TcpPortOpener,
     private readonly log: Logger,
   ) {}
 
-  /** Replaces the cog's routes with `wanted`. */
-  async apply(cog: string, wanted: WireRoute[]): Promise<ApplyResult> {
+  /**
+   * Replaces the cog's routes with `wanted`, after any application or drop of the same
+   * cog before it. A `signal` aborted by then (the tunnel that sent it is gone, perhaps
+   * replaced by a newer one) applies nothing.
+   */
+  apply(cog: string, wanted: WireRoute[], signal?: AbortSignal): Promise<ApplyResult> {
+    return this.queue.run(cog, async () => (signal?.aborted ? { accepted: [], refused: [] } : this.applyNow(cog, wanted)));
+  }
+
+  private async applyNow(cog: string, wanted: WireRoute[]): Promise<ApplyResult> {
     const accepted: AcceptedRoute[] = [];
     const refused: RefusedRoute[] = [];
     const keep: RouteEntry[] = [];
     const names = new Set<string>();
     let ctx: TcpContext | null = null;
     try {
-      ctx = this.context(cog, wanted);
+      ctx = await this.context(cog, wanted);
     } catch (err) {
       this.log.error("could not read a cog's grants", { cog, error: (err as Error).message });
     }
@@ -75,7 +93,7 @@ export class RouteTable {
       try {
         res = r.kind === "tcp" ? await this.applyTcp(cog, r, ctx) : this.applyHost(cog, r, ctx.grants);
       } catch (err) {
-        // SQLite (busy, full disk, a constraint) failing on one route must not take the tunnel down.
+        // The store (busy, full disk, a constraint, a lost connection) failing on one route must not take the tunnel down.
         this.log.error("route could not be applied", { cog, route: r.name, error: (err as Error).message });
         res = { reason: ROUTE_STATE_ERROR_REASON };
       }
@@ -89,16 +107,16 @@ export class RouteTable {
     for (const old of this.router.entriesOf(cog)) {
       if (keep.some((k) => sameSlot(k, old))) continue;
       this.router.release(old);
-      if (old.kind === "tcp" && old.port !== undefined) this.closePort(old.port);
+      if (old.kind === "tcp" && old.port !== undefined) await this.closePort(old.port);
     }
     return { accepted, refused };
   }
 
-  private context(cog: string, wanted: WireRoute[]): TcpContext {
-    const grants = grantsFor(this.cfg, this.state, cog);
+  private async context(cog: string, wanted: WireRoute[]): Promise<TcpContext> {
+    const grants = await grantsFor(this.cfg, this.store, cog);
     const wantedTcp = new Set(wanted.filter((r) => r.kind === "tcp").map((r) => r.name));
     // Other cogs' ranges only matter to a cog with TCP routes; skip the read for the rest.
-    const othersRanges = wantedTcp.size === 0 ? [] : portGrants(this.cfg, this.state).filter((g) => g.cog !== cog).map((g) => g.range);
+    const othersRanges = wantedTcp.size === 0 ? [] : (await portGrants(this.cfg, this.store)).filter((g) => g.cog !== cog).map((g) => g.range);
     return { grants, othersRanges, wanted: wantedTcp };
   }
 
@@ -113,25 +131,9 @@ export class RouteTable {
   }
 
   private async applyTcp(cog: string, r: WireRoute, ctx: TcpContext): Promise<TcpOutcome> {
-    let current = this.state.portFor(cog, r.name);
-    if (current !== undefined && this.notUsable(cog, current, ctx)) {
-      // Grants changed since it was assigned (range given to another cog, pool shrunk): the cog's own assignment goes.
-      this.log.info("dropping a hub TCP port assignment its cog is no longer granted", { cog, route: r.name, port: current });
-      this.state.releasePort(cog, r.name);
-      current = undefined;
-    }
-    let port: number;
-    if (r.port !== undefined && r.port !== current) {
-      const got = this.assignExplicit(cog, r.name, r.port, ctx);
-      if (typeof got === "string") return { reason: got };
-      port = got;
-    } else if (current !== undefined) {
-      port = current;
-    } else {
-      const got = this.assignFree(cog, r.name, ctx);
-      if (typeof got === "string") return { reason: got };
-      port = got;
-    }
+    const got = await this.store.transaction(["ports"], (tx) => this.choosePort(tx, cog, r, ctx));
+    if (typeof got === "string") return { reason: got };
+    const port = got;
     const entry: RouteEntry = { cog, route: r.name, kind: "tcp", port };
     const claim = this.router.claim(entry);
     if (!claim.ok) return { reason: `hub port ${port} is held by cog ${claim.holder}` };
@@ -144,6 +146,20 @@ export class RouteTable {
     return { entry };
   }
 
+  /** The port a TCP route gets, assigned in `tx`; or a refusal. */
+  private async choosePort(tx: StoreOps, cog: string, r: WireRoute, ctx: TcpContext): Promise<number | string> {
+    let current = await tx.portFor(cog, r.name);
+    if (current !== undefined && this.notUsable(cog, current, ctx)) {
+      // Grants changed since it was assigned (range given to another cog, pool shrunk): the cog's own assignment goes.
+      this.log.info("dropping a hub TCP port assignment its cog is no longer granted", { cog, route: r.name, port: current });
+      await tx.releasePort(cog, r.name);
+      current = undefined;
+    }
+    if (r.port !== undefined && r.port !== current) return this.assignExplicit(tx, cog, r.name, r.port, ctx);
+    if (current !== undefined) return current;
+    return this.assignFree(tx, cog, r.name, ctx);
+  }
+
   /** A port this cog may not use (any more): outside its grant, or inside another cog's. */
   private notUsable(cog: string, port: number, ctx: TcpContext): string | null {
     if (!inRanges(port, ctx.grants.tcpPorts)) {
@@ -154,46 +170,44 @@ export class RouteTable {
   }
 
   /** The route asks for `port` by number: a new assignment, or a move of the cog's own. Returns the port or a refusal. */
-  private assignExplicit(cog: string, route: string, port: number, ctx: TcpContext): number | string {
+  private async assignExplicit(tx: StoreOps, cog: string, route: string, port: number, ctx: TcpContext): Promise<number | string> {
     const why = this.notUsable(cog, port, ctx);
     if (why) return why;
-    const owner = this.state.portOwner(port);
+    const owner = await tx.portOwner(port);
     if (owner && owner.cog !== cog) return `hub port ${port} is assigned to cog ${owner.cog}`;
     const live = this.router.lookupPort(port);
     if (live && live.cog !== cog) return `hub port ${port} is held by cog ${live.cog}`;
     if (owner) {
       // The cog's own port under another route name: a rename that keeps its port, unless both names are announced now.
       if (ctx.wanted.has(owner.route)) return `hub port ${port} is already used by this cog's route ${owner.route}`;
-      this.state.moveAssignment(port, cog, route);
+      await tx.moveAssignment(port, cog, route);
       return port;
     }
-    const room = this.makeRoom(cog, route, ctx);
+    const room = await this.makeRoom(tx, cog, route, ctx);
     if ("refuse" in room) return room.refuse;
-    this.state.db.transaction(() => {
-      if ("reuse" in room) this.state.releasePort(cog, room.reuse.route);
-      this.state.reassignPort(cog, route, port);
-    })();
+    if ("reuse" in room) await tx.releasePort(cog, room.reuse.route);
+    await tx.reassignPort(cog, route, port);
     return port;
   }
 
   /** The route asks for any port: a free one from its grant, else one of the cog's own unused ones. */
-  private assignFree(cog: string, route: string, ctx: TcpContext): number | string {
-    const room = this.makeRoom(cog, route, ctx);
+  private async assignFree(tx: StoreOps, cog: string, route: string, ctx: TcpContext): Promise<number | string> {
+    const room = await this.makeRoom(tx, cog, route, ctx);
     if ("refuse" in room) return room.refuse;
     // At its pool limit the cog reuses the assignment makeRoom picked; otherwise a free port first.
-    const port = "free" in room ? this.freePort(cog, ctx) : undefined;
+    const port = "free" in room ? await this.freePort(tx, cog, ctx) : undefined;
     if (port !== undefined) {
-      this.state.assignPort(cog, route, port);
+      await tx.assignPort(cog, route, port);
       return port;
     }
-    const own = "free" in room ? this.ownReusable(cog, ctx) : room.reuse;
+    const own = "free" in room ? await this.ownReusable(tx, cog, ctx) : room.reuse;
     if (!own) {
       return ctx.grants.fromPool
         ? (this.cfg.listen.tcpPorts.length ? "no free hub TCP port left in the pool (hub.listen.tcp_ports)" : "this hub has no TCP ports to assign (hub.listen.tcp_ports)")
         : "no free hub TCP port left in this cog's grant";
     }
     this.log.info("reusing a cog's own unused hub TCP port", { cog, port: own.port, from: own.route, to: route });
-    this.state.moveAssignment(own.port, cog, route);
+    await tx.moveAssignment(own.port, cog, route);
     return own.port;
   }
 
@@ -203,19 +217,19 @@ export class RouteTable {
    * or drops it), or is refused. A cog with a grant of its own has no limit
    * but the grant.
    */
-  private makeRoom(cog: string, route: string, ctx: TcpContext): { free: true } | { reuse: PortAssignment } | { refuse: string } {
+  private async makeRoom(tx: StoreOps, cog: string, route: string, ctx: TcpContext): Promise<{ free: true } | { reuse: PortAssignment } | { refuse: string }> {
     if (!ctx.grants.fromPool) return { free: true };
     const limit = this.cfg.defaultTcpPortsPerCog;
-    const held = this.state.assignmentsOf(cog).filter((a) => a.route !== route && this.notUsable(cog, a.port, ctx) === null);
+    const held = (await tx.assignmentsOf(cog)).filter((a) => a.route !== route && this.notUsable(cog, a.port, ctx) === null);
     if (held.length < limit) return { free: true };
-    const own = this.ownReusable(cog, ctx);
+    const own = await this.ownReusable(tx, cog, ctx);
     if (own && limit > 0) return { reuse: own };
     return { refuse: `cog ${cog} already holds ${held.length} hub TCP ports, its limit (hub.default_tcp_ports_per_cog: ${limit}); withdraw a tcp route, or ask the hub operator to release one (capsul hub ports)` };
   }
 
-  private freePort(cog: string, ctx: TcpContext): number | undefined {
+  private async freePort(tx: StoreOps, cog: string, ctx: TcpContext): Promise<number | undefined> {
     for (const r of ctx.grants.tcpPorts) {
-      const taken = new Set(this.state.assignmentsIn(r.from, r.to).map((a) => a.port));
+      const taken = new Set((await tx.assignmentsIn(r.from, r.to)).map((a) => a.port));
       for (let p = r.from; p <= r.to; p++) {
         if (taken.has(p) || inRanges(p, ctx.othersRanges)) continue;
         const live = this.router.lookupPort(p);
@@ -227,9 +241,9 @@ export class RouteTable {
   }
 
   /** The cog's own longest-unused assignment that no route of this announce uses. */
-  private ownReusable(cog: string, ctx: TcpContext): PortAssignment | undefined {
+  private async ownReusable(tx: StoreOps, cog: string, ctx: TcpContext): Promise<PortAssignment | undefined> {
     let best: PortAssignment | undefined;
-    for (const a of this.state.assignmentsOf(cog)) {
+    for (const a of await tx.assignmentsOf(cog)) {
       if (ctx.wanted.has(a.route) || this.notUsable(cog, a.port, ctx) !== null) continue;
       if (!best || a.assignedAt < best.assignedAt) best = a;
     }
@@ -237,22 +251,27 @@ export class RouteTable {
   }
 
   /** Stops serving a port; its assignment stays, stamped with when it was last served. */
-  private closePort(port: number): void {
+  private async closePort(port: number): Promise<void> {
     this.tcp.close(port);
     try {
-      this.state.touchPort(port);
+      await this.store.touchPort(port);
     } catch (err) {
       // Only the reuse order depends on the stamp: not worth failing a withdrawal or a cog's departure for.
       this.log.warn("could not stamp a closed hub TCP port", { port, error: (err as Error).message });
     }
   }
 
-  /** The cog is gone for good (grace over, or revoked): free its routes and listeners, keep port assignments. */
-  dropCog(cog: string): void {
-    for (const e of this.router.releaseCog(cog)) {
-      if (e.kind === "tcp" && e.port !== undefined) this.closePort(e.port);
-    }
-    this.log.debug("routes dropped", { cog });
+  /**
+   * The cog is gone for good (grace over, or revoked): free its routes and listeners, keep
+   * port assignments. After any application of the cog in flight, so none of it outlives this.
+   */
+  dropCog(cog: string): Promise<void> {
+    return this.queue.run(cog, async () => {
+      for (const e of this.router.releaseCog(cog)) {
+        if (e.kind === "tcp" && e.port !== undefined) await this.closePort(e.port);
+      }
+      this.log.debug("routes dropped", { cog });
+    });
   }
 }
 

@@ -64,9 +64,9 @@ function stateBadge(c: CogJson): string {
 }
 
 function cogCard(c: CogJson, nowMs: number): string {
-  const since = c.since ? `${c.state} for ${fmtAge((nowMs - Date.parse(c.since)) / 1000)}` : c.state;
-  const cert = c.certificate_expires_at
-    ? `${c.certificate_expires_at.slice(0, 10)} (${Math.floor((Date.parse(c.certificate_expires_at) - nowMs) / 86_400_000)} d)`
+  const since = c.state_changed_at ? `${c.state} for ${fmtAge((nowMs - Date.parse(c.state_changed_at)) / 1000)}` : c.state;
+  const cert = c.cert_expires_at
+    ? `${c.cert_expires_at.slice(0, 10)} (${Math.floor((Date.parse(c.cert_expires_at) - nowMs) / 86_400_000)} d)`
     : "—";
   return `<article class="card" data-cog="${esc(c.name)}" data-state="${c.state}" data-streams="${c.streams}">
 <h3>${esc(c.name)} ${stateBadge(c)}</h3>
@@ -125,7 +125,7 @@ footer{margin-top:1.5rem;color:var(--muted);font-size:.85rem}a{color:var(--accen
 
 /** The whole page for one status snapshot. `rates` are bytes/s per route key since the previous render. */
 export function renderStatusPage(s: StatusJson, refreshMs: number, meter: TrafficMeter): string {
-  const now = Date.parse(s.hub.now);
+  const now = Date.parse(s.hub.generated_at);
   const totals = new Map<string, number>();
   for (const c of s.cogs) for (const r of c.routes) totals.set(routeKey(c.name, r), r.bytes.received + r.bytes.sent);
   const rates = meter.sample(totals, now);
@@ -149,7 +149,7 @@ export function renderStatusPage(s: StatusJson, refreshMs: number, meter: Traffi
 </head>
 <body>
 <header><h1>capsul hub <span>${esc(s.hub.domain)}</span></h1>
-<p>${esc(s.hub.now.slice(0, 19).replace("T", " "))} UTC · up ${fmtAge(s.hub.uptime_seconds)} · reloads every ${refresh}s</p></header>
+<p>${esc(s.hub.generated_at.slice(0, 19).replace("T", " "))} UTC · up ${fmtAge(s.hub.uptime_seconds)} · reloads every ${refresh}s</p></header>
 <section class="tiles">
 <div class="tile" data-tile="visitors"><b>${s.visitors.active}</b><span>visitors now</span></div>
 <div class="tile" data-tile="cogs"><b>${online}/${enrolled}</b><span>cogs online</span></div>

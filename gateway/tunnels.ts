@@ -20,7 +20,8 @@ import {
 } from "../protocol/control.js";
 import type { HubPki } from "../certs/pki.js";
 import { peerAuthResult } from "../certs/pki.js";
-import type { HubState } from "./state.js";
+import { KeyedQueue } from "../lib/keyedqueue.js";
+import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
 import { ControlChannel, newControlStats, type ControlStats } from "./control.js";
@@ -33,7 +34,8 @@ import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
 /**
  * How often the hub checks SQLite for revocations written by `capsul hub
- * revoke`: the default of hub.tunnel.revocation_poll_interval.
+ * revoke` (on PostgreSQL: retries a lost notification connection): the
+ * default of hub.tunnel.revocation_poll_interval.
  */
 export const REVOCATION_POLL_MS = 500;
 /**
@@ -89,8 +91,9 @@ export class Tunnels extends EventEmitter {
   };
   private server: net.Server | null = null;
   private readonly tlsServer: tls.Server;
-  private pollTimer: NodeJS.Timeout | null = null;
-  private lastDataVersion = -1;
+  private watch: RevocationWatch | null = null;
+  /** Status writes for `capsul hub cogs`, in order per cog: an old "online" must not land after "offline". */
+  private readonly statusWrites = new KeyedQueue();
   private closing = false;
   private readonly strangers: ThrottledLog;
   readonly admission: TunnelAdmission;
@@ -102,7 +105,7 @@ export class Tunnels extends EventEmitter {
 
   constructor(
     private readonly cfg: HubConfig,
-    private readonly state: HubState,
+    private readonly store: HubStore,
     private readonly pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
@@ -110,7 +113,7 @@ export class Tunnels extends EventEmitter {
     super();
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
-    this.issuance = new Issuance(cfg, state, pki);
+    this.issuance = new Issuance(cfg, store, pki);
     // TLS runs on connections the TCP listener below admitted; this server never listens itself.
     this.tlsServer = tls.createServer({
       key: this.pki.hubKeyPem,
@@ -136,9 +139,13 @@ export class Tunnels extends EventEmitter {
       server.listen({ port, host, backlog: TUNNEL_LISTEN_BACKLOG }, () => { server.off("error", reject); resolve(); });
     });
     server.on("error", (err) => this.log.error("tunnel listener error", { error: err.message }));
-    this.state.markAllOffline();
-    this.pollTimer = setInterval(() => this.checkRevocations(), this.cfg.tunnel.revocationPollIntervalMs);
-    this.pollTimer.unref();
+    try {
+      await this.store.markAllOffline();
+      this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.cfg.tunnel.revocationPollIntervalMs);
+    } catch (err) {
+      server.close();
+      throw err;
+    }
     return (server.address() as { port: number }).port;
   }
 
@@ -272,7 +279,7 @@ export class Tunnels extends EventEmitter {
     }
     const cog = auth.cogName;
     const presented: PresentedCert = { cog, serial: normSerial(auth.serial), notBefore: auth.notBefore, notAfter: auth.notAfter };
-    const problem = this.state.certProblem(cog, presented.serial);
+    const problem = await this.store.certProblem(cog, presented.serial);
     if (problem) {
       refuse({ type: "error", code: "revoked", message: `hub refused the tunnel: ${problem}` });
       return;
@@ -284,7 +291,7 @@ export class Tunnels extends EventEmitter {
     session.once("close", () => closed.abort());
     const channel = new ControlChannel({
       cfg: this.cfg, cog, presented, routes: this.routes, issuance: this.issuance, log: this.log, signal: closed.signal,
-      recordStatus: (routes) => this.recordStatus(cog, () => this.state.markOnline(cog, remote, routes)),
+      recordStatus: (routes) => this.recordStatus(cog, () => this.store.markOnline(cog, remote, routes)),
       totals: this.counts.control,
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
         this.counts.refused.revoked++;
@@ -303,15 +310,14 @@ export class Tunnels extends EventEmitter {
 
   /**
    * Status writes for `capsul hub cogs` are a report, not a decision: one that fails
-   * (SQLITE_BUSY while `capsul hub invite` holds the write lock past busy_timeout) is
-   * logged and the hub carries on; it must never end a tunnel or skip a grace period.
+   * (SQLITE_BUSY while `capsul hub invite` holds the write lock past busy_timeout, a lost
+   * PostgreSQL connection) is logged and the hub carries on; it must never end a tunnel
+   * or skip a grace period. Never awaited: nothing waits for a report.
    */
-  private recordStatus(cog: string, write: () => void): void {
-    try {
-      write();
-    } catch (err) {
-      this.log.warn("could not record the cog's status", { cog, error: (err as Error).message });
-    }
+  private recordStatus(cog: string, write: () => Promise<void>): void {
+    void this.statusWrites.run(cog, write).catch((err: Error) => {
+      this.log.warn("could not record the cog's status", { cog, error: err.message });
+    });
   }
 
   private attach(cog: string, session: MuxSession, remote: string, control: ControlChannel): void {
@@ -342,7 +348,7 @@ export class Tunnels extends EventEmitter {
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
-      this.recordStatus(cog, () => this.state.markOffline(cog));
+      this.recordStatus(cog, () => this.store.markOffline(cog));
     });
   }
 
@@ -352,7 +358,7 @@ export class Tunnels extends EventEmitter {
       for (const w of link.waiters.splice(0)) w(null);
       if (!link.session) {
         this.links.delete(link.cog);
-        this.routes.dropCog(link.cog);
+        this.dropRoutes(link.cog);
       }
     };
     if (this.cfg.limits.graceMs <= 0) { end(); return; }
@@ -375,25 +381,29 @@ export class Tunnels extends EventEmitter {
     link.control = null;
     this.links.delete(cog);
     for (const w of link.waiters.splice(0)) w(null);
-    this.routes.dropCog(cog);
-    this.recordStatus(cog, () => this.state.markOffline(cog));
+    this.dropRoutes(cog);
+    this.recordStatus(cog, () => this.store.markOffline(cog));
     if (farewell) farewell();
     else s?.destroy();
   }
 
-  private checkRevocations(): void {
-    let v: number;
-    try { v = this.state.dataVersion(); } catch { return; }
-    if (v === this.lastDataVersion) return;
-    this.lastDataVersion = v;
-    let revoked: Set<string>;
-    try { revoked = this.state.revokedCogs(); } catch { return; } // SQLITE_BUSY: the next poll sees it
-    for (const cog of [...this.links.keys()]) if (revoked.has(cog)) this.drop(cog, "revoked by the operator");
+  /** Withdraws the cog's routes once its route applications in flight are done (never rejects). */
+  private dropRoutes(cog: string): void {
+    this.routes.dropCog(cog).catch((err: Error) => this.log.error("could not drop a cog's routes", { cog, error: err.message }));
+  }
+
+  /**
+   * Cogs revoked by any process (`capsul hub revoke`, another hub): their tunnels here end
+   * at once. Revoking lifts nothing, so a cog re-invited since is dropped all the same:
+   * the certificate its tunnel presented stays revoked.
+   */
+  private onRevoked(cogs: string[]): void {
+    for (const cog of cogs) if (this.links.has(cog)) this.drop(cog, "revoked by the operator");
   }
 
   async close(): Promise<void> {
     this.closing = true;
-    if (this.pollTimer) clearInterval(this.pollTimer);
+    await this.watch?.close();
     for (const cog of [...this.links.keys()]) {
       const link = this.links.get(cog)!;
       if (link.graceTimer) clearTimeout(link.graceTimer);

@@ -4,7 +4,7 @@
  * One registry per process (`processRegistry()`, with prom-client's default Node metrics);
  * an in-process test hub gets a registry of its own so its counts are its own. Every
  * capsul family is read by a collect callback at scrape time from counters the code keeps
- * anyway (VisitorStats, socket.bytesRead/bytesWritten, the router, SQLite): nothing is
+ * anyway (VisitorStats, socket.bytesRead/bytesWritten, the router, the state store): nothing is
  * added per byte, and a family's series are exactly what its callback reports at that
  * scrape, so a route or cog that is gone simply stops being reported.
  */
@@ -71,7 +71,8 @@ export class MetricFamilies {
 /**
  * One value per scrape: Registry.metrics() starts every family's collect() in the same
  * tick (one Promise.all), so they share the first call's result; the next scrape
- * computes afresh. Keeps, say, one SQLite query per scrape instead of one per family.
+ * computes afresh. Keeps, say, one state store query per scrape instead of one per family; `compute` may
+ * return a promise, which every family of that scrape then awaits.
  */
 export function perScrape<T>(compute: () => T): () => T {
   let fresh = false;
@@ -104,11 +105,11 @@ export class CertificateExpiry {
 
   /**
    * Adds the family to `families` under `<prefix>_certificate_expiry_timestamp_seconds`;
-   * `more` reports certificates the owner lists itself (the hub's cogs, from SQLite).
+   * `more` reports certificates the owner lists itself (the hub's cogs, from its state store; may be async).
    */
-  export(families: MetricFamilies, prefix: string, help: string, more?: (emit: Emit) => void): void {
-    families.gauge(`${prefix}_certificate_expiry_timestamp_seconds`, help, ["kind", "name"], (emit) => {
-      more?.(emit);
+  export(families: MetricFamilies, prefix: string, help: string, more?: Fill): void {
+    families.gauge(`${prefix}_certificate_expiry_timestamp_seconds`, help, ["kind", "name"], async (emit) => {
+      await more?.(emit);
       for (const s of this.sources.values()) {
         let ms: number | null;
         try { ms = s.notAfterMs(); } catch { ms = null; }

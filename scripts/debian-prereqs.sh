@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Usage: scripts/debian-prereqs.sh WHAT CHECK=PACKAGE...
 # CHECK is a command name (looked up in PATH, /usr/sbin, /sbin) or an absolute
-# path that must exist. As root, installs the packages whose check fails;
-# otherwise stops with the exact apt-get line to run. Never skips silently.
+# path that must exist (a glob needs one match: /usr/lib/postgresql/*/bin/initdb).
+# As root, installs the packages whose check fails; otherwise stops with the
+# exact apt-get line to run. Never skips silently.
 set -euo pipefail
 what=$1; shift
 missing=()
 for pair in "$@"; do
   check=${pair%%=*}; pkg=${pair#*=}
   if [[ $check == /* ]]; then
-    [ -e "$check" ] || missing+=("$pkg")
+    compgen -G "$check" >/dev/null || missing+=("$pkg")
   else
     command -v "$check" >/dev/null 2>&1 || [ -x "/usr/sbin/$check" ] || [ -x "/sbin/$check" ] || missing+=("$pkg")
   fi

@@ -25,6 +25,8 @@ import { cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, startTestHu
 import { spawnCli, writeYaml } from "./helpers/procs.js";
 import { cleanupDataDir, tempDataDir, testConfig } from "./helpers/vm.js";
 import { adminJson, adminRequest, scrape } from "./helpers/adminclient.js";
+import { jsonStyle } from "./helpers/jsonstyle.js";
+import { startPostgres } from "./helpers/pgcluster.js";
 
 const BLOG = `blog.c1.${HUB_DOMAIN}`;
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
@@ -54,7 +56,12 @@ function keysOf(v: unknown, out = new Set<string>()): Set<string> {
   return out;
 }
 
-const stillOnline = (s: Setup): boolean => !!s.hub.tunnels.links.get("c1")?.session && !s.hub.state.revokedCogs().has("c1");
+const stillOnline = async (s: Setup): Promise<boolean> => !!s.hub.tunnels.links.get("c1")?.session && !(await s.hub.store.revokedCogs()).has("c1");
+
+/** The JSON style of every `--json` (test/helpers/jsonstyle.ts): snake_case, instants as ISO under `_at` keys. */
+function styleOk(t: Test, json: unknown, what: string): void {
+  t.same(jsonStyle(json).problems, [], `${what}: snake_case keys, ISO instants under _at keys`);
+}
 
 t.test("defaults agree with config/config.ts", async (t) => {
   t.equal(ADMIN_REQUEST_TIMEOUT_MS, C.DEFAULT_ADMIN_REQUEST_TIMEOUT_MS);
@@ -63,8 +70,9 @@ t.test("defaults agree with config/config.ts", async (t) => {
   t.equal(STATUS_REFRESH_MS, C.DEFAULT_STATUS_REFRESH_MS);
 });
 
-t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tunnel at once", async (t) => {
-  const s = await setup(t);
+/** The JSON API on a hub whose state store is what `hubExtra` says (SQLite by default). */
+async function jsonApi(t: Test, hubExtra: Record<string, unknown> = {}): Promise<void> {
+  const s = await setup(t, hubExtra);
   const health = await adminJson<Json>(s.port, "/healthz");
   t.same(health, { status: 200, json: { status: "ok", tunnels_up: 1 } });
 
@@ -72,13 +80,17 @@ t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tu
   t.equal(st.status, 200);
   const bad = [...keysOf(st.json)].filter((k) => !/^[a-z][a-z0-9_]*$/.test(k));
   t.same(bad, [], "every key is snake_case");
-  t.match(st.json.hub, { domain: HUB_DOMAIN, started_at: ISO, now: ISO });
+  styleOk(t, st.json, "/v1/status");
+  t.match(st.json.hub, { domain: HUB_DOMAIN, started_at: ISO, generated_at: ISO });
   const c1 = st.json.cogs.find((c: Json) => c.name === "c1");
-  t.match(c1, { state: "online", online: true, since: ISO, address: /^127\.0\.0\.1:\d+$/, certificate_expires_at: ISO, revoked_at: null, streams: 0 });
-  t.equal(c1.certificate_expires_at, new Date(s.hub.state.listCogs()[0]!.certNotAfter!).toISOString());
+  t.match(c1, { state: "online", online: true, state_changed_at: ISO, address: /^127\.0\.0\.1:\d+$/, cert_expires_at: ISO, revoked_at: null, streams: 0 });
+  t.equal(c1.cert_expires_at, new Date((await s.hub.store.listCogs())[0]!.certNotAfter!).toISOString());
   t.match(c1.routes, [{ name: "blog", kind: "http", hostname: BLOG, held: true, connections_active: 0, connections_total: 0, bytes: { received: 0, sent: 0 } }]);
 
-  t.same((await adminJson<Json>(s.port, "/v1/cogs/c1")).json.cog, (await adminJson<Json>(s.port, "/v1/cogs")).json.cogs[0]);
+  const cogs = await adminJson<Json>(s.port, "/v1/cogs");
+  styleOk(t, cogs.json, "/v1/cogs");
+  t.same(cogs.json.cogs.map((c: Json) => c.name), ["c1"]);
+  t.same((await adminJson<Json>(s.port, "/v1/cogs/c1")).json.cog, cogs.json.cogs[0]);
   t.match(await adminJson<Json>(s.port, "/v1/cogs/nope"), { status: 404, json: { error: { code: "no_such_cog" } } });
   t.match(await adminJson<Json>(s.port, "/v1/cogs/Bad!Name"), { status: 404 });
   t.match(await adminJson<Json>(s.port, "/v1/nothing"), { status: 404, json: { error: { code: "not_found" } } });
@@ -88,6 +100,7 @@ t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tu
     adminJson<Json>(s.port, "/v1/invites", { method: "POST", headers: { "content-type": type }, body });
   const inv = await post(JSON.stringify({ cog: "c2", hostnames: ["*.extra.example"], ttl: "1h" }));
   t.equal(inv.status, 201);
+  styleOk(t, inv.json, "POST /v1/invites");
   t.match(inv.json.invite, { cog: "c2", expires_at: ISO, ca_fingerprint: s.hub.pki.caFingerprint });
   // The test config's public tunnel address is hub.test:0 (its tunnel listener asked for port 0).
   t.equal(inv.json.invite.command, `capsul cog enroll --hub ${HUB_DOMAIN}:0 --token ${inv.json.invite.token} --ca-fingerprint ${s.hub.pki.caFingerprint}`);
@@ -97,7 +110,9 @@ t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tu
   t.teardown(() => c2.close());
   const routes = await new Promise<Json>((resolve) => c2.client.once("routes", resolve));
   t.match(routes, { accepted: [{ name: "x", hostname: "a.extra.example" }], refused: [] }, "the invite's hostname grant holds");
-  const invites = (await adminJson<Json>(s.port, "/v1/invites")).json.invites as Json[];
+  const listed = await adminJson<Json>(s.port, "/v1/invites");
+  styleOk(t, listed.json, "/v1/invites");
+  const invites = listed.json.invites as Json[];
   t.match(invites.find((i) => i.cog === "c2"), { state: "used", created_at: ISO, expires_at: ISO, used_at: ISO });
   t.notOk(JSON.stringify(invites).includes(inv.json.invite.token), "tokens are never listed");
 
@@ -116,19 +131,33 @@ t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tu
   const theirs = await post(JSON.stringify({ cog: "c3", hostnames: [`shop.c1.${HUB_DOMAIN}`] }));
   t.equal(theirs.status, 400, "a hostname under c1's default grant");
   t.match(theirs.json.error.message, /overlaps "\*\.c1\.hub\.test" of cog c1 \(its default grant\)/);
-  t.notOk(s.hub.state.getCog("c3"), "no bad request created anything");
+  t.notOk(await s.hub.store.getCog("c3"), "no bad request created anything");
   t.notOk((await adminJson<Json>(s.port, "/v1/invites")).json.invites.some((i: Json) => i.cog === "c3"), "no invite stored for a refused grant");
 
   // Revoke: the tunnel is gone when the answer arrives, not at the next revocation poll.
   const down = new Promise<void>((resolve) => c2.client.once("disconnected", () => resolve()));
   const rv = await adminJson<Json>(s.port, "/v1/cogs/c2/revoke", { method: "POST" });
   t.equal(rv.status, 200);
-  t.match(rv.json.cog, { name: "c2", state: "revoked", online: false, revoked_at: ISO });
+  t.match(rv.json.cog, { name: "c2", state: "revoked", online: false, revoked_at: ISO, state_changed_at: rv.json.cog.revoked_at });
+  styleOk(t, rv.json, "POST /v1/cogs/c2/revoke");
   t.notOk(s.hub.tunnels.links.has("c2"), "its tunnel is dropped at once");
   await down;
-  t.ok(s.hub.state.revokedCogs().has("c2"));
+  t.ok((await s.hub.store.revokedCogs()).has("c2"), "revoked in the store");
+  t.match((await adminJson<Json>(s.port, "/v1/cogs/c2")).json.cog, { state: "revoked", online: false });
   t.match(await adminJson<Json>(s.port, "/v1/cogs/nope/revoke", { method: "POST" }), { status: 404 });
-  t.ok(stillOnline(s), "the other cog is untouched");
+  t.notOk(await s.hub.store.getCog("nope"), "revoking an unknown cog creates nothing");
+  t.ok(await stillOnline(s), "the other cog is untouched");
+}
+
+t.test("JSON API: cogs, invites that enroll a real cog, revoke that drops its tunnel at once", (t) => jsonApi(t));
+
+t.test("JSON API on a PostgreSQL state store: the same, through hub.store", async (t) => {
+  const pgc = await startPostgres(t);
+  // The revocation poll at an hour: the tunnel can only be gone through the admin API's own drop or the notification.
+  await jsonApi(t, {
+    store: await pgc.createDatabase(), store_password_file: pgc.passwordFile,
+    tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", revocation_poll_interval: "1h" },
+  });
 });
 
 t.test("a foreign Host is refused on every path (DNS rebinding); IP literals, localhost and the domain are not", async (t) => {
@@ -141,7 +170,7 @@ t.test("a foreign Host is refused on every path (DNS rebinding); IP literals, lo
   }
   const rv = await adminRequest(s.port, "/v1/cogs/c1/revoke", { method: "POST", headers: { host: `evil.example:${s.port}` } });
   t.equal(rv.status, 403);
-  t.ok(stillOnline(s), "the cog was not revoked");
+  t.ok(await stillOnline(s), "the cog was not revoked");
   for (const host of ["evil.example", "127.0.0.1.evil.example", "a b", "", `${HUB_DOMAIN}.evil.example`]) {
     // @hono/node-server answers 400 itself to a Host it cannot make a URL of ("a b"); the gate answers 403.
     const status = (await adminRequest(s.port, "/healthz", { headers: { host } })).status;
@@ -162,8 +191,8 @@ t.test("requests from web pages (an Origin) are refused for state-changing calls
     const i = await adminRequest(s.port, "/v1/invites", { method: "POST", headers: { origin, "content-type": "application/json" }, body: '{"cog":"c9"}' });
     t.equal(i.status, 403, `invite with Origin ${origin}`);
   }
-  t.ok(stillOnline(s), "not revoked");
-  t.notOk(s.hub.state.getCog("c9"), "no invite made");
+  t.ok(await stillOnline(s), "not revoked");
+  t.notOk(await s.hub.store.getCog("c9"), "no invite made");
   t.equal((await adminRequest(s.port, "/v1/status", { headers: { origin: "http://evil.example" } })).status, 403, "a cross-origin read too");
   t.equal((await adminRequest(s.port, "/v1/status", { headers: { origin: own } })).status, 200, "a same-origin GET is fine");
   t.equal((await adminRequest(s.port, "/v1/cogs/c1/revoke", { method: "POST" })).status, 200, "without an Origin, revoke works");
@@ -178,7 +207,7 @@ t.test("bodies over hub.admin.max_request_body are refused, declared or chunked;
   t.match(JSON.parse(declared.body), { error: { code: "body_too_large" } });
   const chunked = await adminRequest(s.port, "/v1/invites", { method: "POST", headers: { "content-type": "application/json" }, body, chunked: true });
   t.equal(chunked.status, 413, "a chunked body is cut while it streams");
-  t.notOk(s.hub.state.getCog("c5"), "nothing was created");
+  t.notOk(await s.hub.store.getCog("c5"), "nothing was created");
   const small = await adminRequest(s.port, "/v1/invites", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ cog: "c5" }) });
   t.equal(small.status, 201, "a body under the limit passes");
 
@@ -232,7 +261,7 @@ t.test("off loopback the token is required: bearer, or basic auth's password for
   const wrong = [`Bearer ${token}x`, `Bearer ${token.slice(1)}`, "Bearer", `Basic ${Buffer.from(`admin:${token}x`).toString("base64")}`, `Basic ${Buffer.from(token).toString("base64")}`, token];
   for (const authorization of wrong) t.equal((await adminRequest(s.port, "/v1/status", { headers: { authorization } })).status, 401, `Authorization: ${authorization.slice(0, 12)}…`);
   t.equal((await adminRequest(s.port, "/v1/cogs/c1/revoke", { method: "POST" })).status, 401);
-  t.ok(stillOnline(s), "not revoked without the token");
+  t.ok(await stillOnline(s), "not revoked without the token");
 
   const bearer = { authorization: `Bearer ${token}` };
   t.match((await scrape(s.port, bearer)).value("capsul_hub_tunnels"), 1, "Bearer works");
@@ -241,7 +270,7 @@ t.test("off loopback the token is required: bearer, or basic auth's password for
   t.match(page.headers["content-type"], /^text\/html/);
   t.equal((await adminRequest(s.port, "/healthz", { headers: { ...bearer, host: "evil.example" } })).status, 403, "the Host check still applies");
   t.equal((await adminRequest(s.port, "/v1/cogs/c1/revoke", { method: "POST", headers: { ...bearer, origin: "http://x.example" } })).status, 403, "and the Origin check");
-  t.ok(stillOnline(s));
+  t.ok(await stillOnline(s));
 });
 
 t.test("the token file: made once and kept; a hub refuses one others can read", async (t) => {

@@ -106,7 +106,8 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
   const raw = parse(text) as Record<string, Record<string, unknown>>;
   // Every key path the parser knows, written out here independently of config.ts.
   const paths = [
-    "hub.data_dir", "hub.domain", "hub.listen.tls", "hub.listen.http", "hub.listen.tunnel", "hub.listen.tcp_host",
+    "hub.data_dir", "hub.store", "hub.store_password_file", "hub.store_pool_size", "hub.store_connect_timeout",
+    "hub.store_busy_timeout", "hub.domain", "hub.listen.tls", "hub.listen.http", "hub.listen.tunnel", "hub.listen.tcp_host",
     "hub.listen.tcp_ports", "hub.listen.admin", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
@@ -170,6 +171,7 @@ t.test("defaults are filled", async (t) => {
   const want: CapsulConfig = {
     hub: {
       dataDir: "/var/lib/capsul/hub",
+      store: { kind: "sqlite", postgres: null, passwordFile: null, poolSize: 10, connectTimeoutMs: 10000, busyTimeoutMs: 5000 },
       domain: "hub.example.net",
       listen: {
         tls: { host: "0.0.0.0", port: 443 },
@@ -483,6 +485,10 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
   // [constant, interface, field, text after "default " in the doc comment, how to read that text]
   const table: [keyof typeof C, string, string, string, (s: string) => unknown][] = [
     ["DEFAULT_HUB_DATA_DIR", "HubConfig", "dataDir", "/var/lib/capsul/hub", same],
+    ["DEFAULT_HUB_STORE", "HubStoreConfig", "kind", "sqlite", same],
+    ["DEFAULT_STORE_POOL_SIZE", "HubStoreConfig", "poolSize", "10", int],
+    ["DEFAULT_STORE_CONNECT_TIMEOUT_MS", "HubStoreConfig", "connectTimeoutMs", "10s", dur],
+    ["DEFAULT_STORE_BUSY_TIMEOUT_MS", "HubStoreConfig", "busyTimeoutMs", "5s", dur],
     ["DEFAULT_HUB_TLS_LISTEN", "HubConfig", "tls", "0.0.0.0:443", same],
     ["DEFAULT_HUB_HTTP_LISTEN", "HubConfig", "http", "0.0.0.0:80", same],
     ["DEFAULT_HUB_TUNNEL_LISTEN", "HubConfig", "tunnel", "0.0.0.0:7443", same],
@@ -597,4 +603,31 @@ t.test("the HTTPS keys (config/acme.ts): defaults match config/types.ts, routes 
   t.equal(parseConfig({ cog: { acme: { directory_url: "letsencrypt-staging" } } }).cog!.acme.directoryUrl, A.LETSENCRYPT_STAGING_DIRECTORY_URL);
   t.equal(parseConfig({ cog: { acme: { ca_bundle: "pebble.pem" } } }, { baseDir: "/etc/capsul" }).cog!.acme.caBundle, "/etc/capsul/pebble.pem",
     "a relative ca_bundle is resolved against the file's directory");
+});
+
+t.test("hub.store: sqlite or a postgres:// URL, never with its password in it or in an error", async (t) => {
+  const hub = (extra: Record<string, unknown>) => parseConfig({ hub: { domain: "hub.example.net", data_dir: "/srv/hub", ...extra } }).hub!.store;
+  t.equal(hub({}).kind, "sqlite");
+  t.equal(hub({ store: "sqlite" }).kind, "sqlite");
+  const pg = hub({ store: "postgres://capsul@[::1]:6543/hubstate?sslmode=verify-full&sslrootcert=ca.pem", store_password_file: "pw", store_pool_size: 4, store_connect_timeout: "3s" });
+  t.strictSame(pg, {
+    kind: "postgres",
+    postgres: { host: "::1", port: 6543, user: "capsul", database: "hubstate", sslMode: "verify-full", sslRootCert: resolve("ca.pem") },
+    passwordFile: resolve("pw"), poolSize: 4, connectTimeoutMs: 3000, busyTimeoutMs: 5000,
+  });
+  // Relative files are resolved against the configuration's directory (here: the working directory).
+  t.equal(pg.postgres!.sslRootCert, resolve("ca.pem"));
+  t.equal(pg.passwordFile, resolve("pw"));
+  const socket = hub({ store: "postgresql://hub@/?host=/run/postgresql" }).postgres!;
+  t.same([socket.host, socket.port, socket.user, socket.database, socket.sslMode], ["/run/postgresql", 5432, "hub", "hub", "disable"], "a unix socket directory; the database defaults to the user");
+
+  for (const bad of ["postgres://u:sekrit@h/db", "postgres://u:sekrit@h/db?foo=sekrit", "postgress://u:sekrit@h/db", "postgres://:sekrit@h/db"]) {
+    const err = errorOf(() => hub({ store: bad }));
+    t.equal(err.path, "hub.store", bad);
+    t.notMatch(err.message, /sekrit/, `${bad}: the password is not echoed: ${err.message}`);
+  }
+  t.match(errorOf(() => hub({ store: "postgres://capsul@/db?host=relative/dir" })).message, /\?host= must be the absolute path/);
+  t.match(errorOf(() => hub({ store: "postgres://capsul@h/db?sslrootcert=ca.pem" })).message, /sslrootcert needs sslmode=verify-full/);
+  t.match(errorOf(() => hub({ store: "postgres://capsul@h/db", store_connect_timeout: "0s" })).message, /^hub\.store_connect_timeout: must be greater than 0/);
+  t.match(errorOf(() => hub({ store_busy_timeout: "soon" })).message, /^hub\.store_busy_timeout: /);
 });

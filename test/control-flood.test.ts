@@ -11,6 +11,7 @@ import t from "tap";
 import fs from "node:fs";
 import http from "node:http";
 import type { Hub } from "../gateway/hub.js";
+import type { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { encodeMessage } from "../protocol/messages.js";
 import { createKeyAndCsr } from "../certs/pki.js";
 import type { HubMessage, WireRoute } from "../protocol/control.js";
@@ -22,7 +23,7 @@ const BURST = 2;
 
 /** Rows SQLite changed through the hub's own connection since it opened. */
 function sqliteWrites(hub: Hub): number {
-  return (hub.state.db.prepare("SELECT total_changes() AS n").get() as { n: number }).n;
+  return ((hub.store as SqliteHubStore).db.prepare("SELECT total_changes() AS n").get() as { n: number }).n;
 }
 
 function get(port: number, host: string): Promise<{ status: number; body: string }> {
@@ -98,7 +99,7 @@ t.test("2000 route sets at once: a handful applied, the last one wins, another c
   // The final state is the last message.
   const mine = hub.router.entriesOf("flood");
   t.same(mine.map((e) => e.pattern), [last], "the router holds exactly the last set");
-  t.same(hub.state.listCogs().find((c) => c.name === "flood")?.routes, [`http:${last}`], "and so does the status for `capsul hub cogs`");
+  t.same((await hub.store.listCogs()).find((c) => c.name === "flood")?.routes, [`http:${last}`], "and so does the status for `capsul hub cogs`");
 });
 
 t.test("renewals are paced by the same bucket; each refusal keeps the tunnel", async (t) => {

@@ -154,7 +154,7 @@ t.test("a hostname granted to two cogs goes to the first; the second is refused"
   // `capsul hub invite` refuses the overlapping grant (test/grants.test.ts)...
   await t.rejects(createInvite(hubCfg, "two", { hostnames: [shared] }), { name: "ConfigError", message: /overlaps "shop\.example\.org" of cog one/ });
   // ...so it is stored directly, as in a hub.db written before that check: the router still lets only one cog hold it.
-  hub.state.addGrant("two", "hostname", shared);
+  await hub.store.addGrant("two", "hostname", shared);
   const two = await enrolledCog(hubCfg, hub, cogConfig(dir, "two", hub.ports.tunnel, [
     { name: "shop", kind: "http", hostname: shared, target: `127.0.0.1:${back.port}` },
   ]), "two");

@@ -39,8 +39,8 @@ t.test("a cog cannot be granted a name inside another cog's default namespace, s
       { name: "ConfigError", message: new RegExp(`^--hostname: "${pattern.replace(/[.*]/g, "\\$&")}" overlaps "(\\*\\.)?alice\\.${HUB_DOMAIN}" of cog alice \\(its default grant\\)`) },
       `invite --hostname ${pattern} is refused`);
   }
-  t.same(hub.state.grants("evil"), { hostnames: [], tcp: [] }, "nothing was stored");
-  t.equal(hub.state.getCog("evil"), undefined, "no invite either");
+  t.same(await hub.store.grants("evil"), { hostnames: [], tcp: [] }, "nothing was stored");
+  t.equal(await hub.store.getCog("evil"), undefined, "no invite either");
 
   // Enrolled anyway (with its default grant only), evil cannot announce the name.
   const inv = await createInvite(hubCfg, "evil");

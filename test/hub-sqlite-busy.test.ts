@@ -13,6 +13,7 @@ import http from "node:http";
 import path from "node:path";
 import { createLogger } from "../lib/log.js";
 import { startHub, type Hub } from "../gateway/hub.js";
+import { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, tmpDir } from "./helpers/cluster.js";
 import { until, within } from "./helpers/rawpeer.js";
 
@@ -54,7 +55,8 @@ t.test("a locked database neither skips the grace period nor ends a tunnel", asy
   await visitorsGone(hub);
 
   // `capsul hub invite` (or anything else) holds the write lock; the hub gives up after 50 ms instead of 5 s.
-  hub.state.db.pragma("busy_timeout = 50");
+  t.ok(hub.store instanceof SqliteHubStore, "the default store");
+  (hub.store as SqliteHubStore).db.pragma("busy_timeout = 50");
   const lock = new Database(path.join(hubCfg.dataDir, "hub.db"));
   t.teardown(() => { if (lock.open) lock.close(); });
   lock.exec("BEGIN IMMEDIATE");

@@ -11,7 +11,8 @@ import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import tls from "node:tls";
-import type { Hub } from "../gateway/hub.js";
+import type { HubConfig } from "../config/types.js";
+import { createInvite, type Hub } from "../gateway/hub.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { encodeMessage } from "../protocol/messages.js";
 import { TUNNEL_PROTOCOL_VERSION } from "../protocol/control.js";
@@ -23,6 +24,7 @@ import { curl, freePortRange, waitFor } from "./helpers/procs.js";
 import { parsePromText, PromParseError, type Scrape } from "./helpers/promtext.js";
 import { rawExchange, scrape } from "./helpers/adminclient.js";
 import { rawTunnel, within } from "./helpers/rawpeer.js";
+import { startPostgres } from "./helpers/pgcluster.js";
 
 const WEB = `web.c1.${HUB_DOMAIN}`;
 const BLOG = `blog.c1.${HUB_DOMAIN}`;
@@ -53,7 +55,7 @@ async function httpExchange(port: number, host: string): Promise<{ sent: number;
   return { sent: Buffer.byteLength(req), received: Buffer.byteLength(text, "latin1"), text };
 }
 
-interface Cluster { dir: string; hub: Hub; cog: Cog; admin: number; echoPort: number; caFile: string; echoTarget: number }
+interface Cluster { dir: string; cfg: HubConfig; hub: Hub; cog: Cog; admin: number; echoPort: number; caFile: string; echoTarget: number }
 
 async function cluster(t: Test, hubExtra: Record<string, unknown> = {}): Promise<Cluster> {
   const dir = tmpDir("capsul-metrics-");
@@ -75,7 +77,7 @@ async function cluster(t: Test, hubExtra: Record<string, unknown> = {}): Promise
   t.teardown(() => cog.close());
   const st = cog.client.status("echo");
   if (st.state !== "accepted" || !st.port) throw new Error(`echo route not accepted: ${JSON.stringify(st)}`);
-  return { dir, hub, cog, admin: hub.ports.admin!, echoPort: st.port, caFile: web.caFile, echoTarget };
+  return { dir, cfg: hubCfg, hub, cog, admin: hub.ports.admin!, echoPort: st.port, caFile: web.caFile, echoTarget };
 }
 
 const delta = (a: Scrape, b: Scrape, name: string, labels: Record<string, string> = {}): number => b.n(name, labels) - a.n(name, labels);
@@ -291,10 +293,27 @@ t.test("tunnels: down, reconnect, and a withdrawn route is reported once more, t
   t.equal(gone.value("capsul_hub_connections_total", ECHO), 0, "the held routes stay");
 });
 
-t.test("certificate expiry: the hub's, each cog's, and registered ones (the ACME hook)", async (t) => {
-  const c = await cluster(t);
-  const row = c.hub.state.listCogs().find((r) => r.name === "c1")!;
+/** Certificate expiry and cog_up, the families read from the state store, on the store `hubExtra` names. */
+async function storeFamilies(t: Test, hubExtra: Record<string, unknown> = {}): Promise<void> {
+  const c = await cluster(t, hubExtra);
+  // Two more cogs the store knows: c2 only invited (no certificate), c3 enrolled by nobody and then revoked.
+  await createInvite(c.cfg, "c2");
+  await createInvite(c.cfg, "c3");
+  t.ok(await c.hub.store.revokeCog("c3"));
+  const row = (await c.hub.store.listCogs()).find((r) => r.name === "c1")!;
+  // Counted on the real store: every family that lists cogs shares one query per scrape, however many cogs.
+  const store = c.hub.store;
+  const listCogs = store.listCogs.bind(store);
+  let queries = 0;
+  store.listCogs = () => { queries++; return listCogs(); };
+  t.teardown(() => { store.listCogs = listCogs; });
   const s = await scrape(c.admin);
+  t.equal(queries, 1, "one listCogs for the whole scrape");
+  await scrape(c.admin);
+  t.equal(queries, 2, "and a fresh one for the next scrape");
+  t.equal(s.value("capsul_hub_cog_up", { cog: "c1" }), 1, "the enrolled cog is up");
+  t.equal(s.value("capsul_hub_cog_up", { cog: "c2" }), undefined, "an invited cog is not reported yet");
+  t.equal(s.value("capsul_hub_cog_up", { cog: "c3" }), undefined, "nor an invited cog that was then revoked");
   t.equal(s.value("capsul_hub_certificate_expiry_timestamp_seconds", { kind: "cog", name: "c1" }), Math.floor(row.certNotAfter! / 1000));
   t.ok(s.n("capsul_hub_certificate_expiry_timestamp_seconds", { kind: "ca", name: "hub-ca" }) > Date.now() / 1000);
   t.ok(s.n("capsul_hub_certificate_expiry_timestamp_seconds", { kind: "tunnel", name: "hub-tunnel" }) > Date.now() / 1000);
@@ -306,6 +325,13 @@ t.test("certificate expiry: the hub's, each cog's, and registered ones (the ACME
   const certPem = fs.readFileSync(path.join(c.dir, "cog-c1", CERT_FILE));
   const cogS = await scrape(c.cog.admin!.port);
   t.equal(cogS.value("capsul_cog_certificate_expiry_timestamp_seconds", { kind: "tunnel", name: "c1" }), Math.floor(Date.parse(new X509Certificate(certPem).validTo) / 1000));
+}
+
+t.test("certificate expiry: the hub's, each cog's, and registered ones (the ACME hook)", (t) => storeFamilies(t));
+
+t.test("the same on a PostgreSQL state store", async (t) => {
+  const pgc = await startPostgres(t);
+  await storeFamilies(t, { store: await pgc.createDatabase(), store_password_file: pgc.passwordFile });
 });
 
 t.test("refusals: over the visitor limit, and a cog that is away past its grace", async (t) => {

@@ -13,7 +13,8 @@ import path from "node:path";
 import { parseConfig } from "../config/config.js";
 import type { HubConfig } from "../config/types.js";
 import { createInvite, startHub, type Hub } from "../gateway/hub.js";
-import { HubState } from "../gateway/state.js";
+import { openHubStore } from "../gateway/store/index.js";
+import { silentLogger } from "../lib/log.js";
 import { certInfo, createKeyAndCsr } from "../certs/pki.js";
 import { encodeMessage } from "../protocol/messages.js";
 import { TUNNEL_PROTOCOL_VERSION, type HubMessage } from "../protocol/control.js";
@@ -48,12 +49,12 @@ async function renew(raw: RawTunnel, name: string): Promise<HubMessage | null> {
   return within(raw.reader.next(), "the hub's answer to renew", 20_000);
 }
 
-function liveCerts(hub: Hub, cog: string): number {
-  return (hub.state.db.prepare("SELECT COUNT(*) AS n FROM certs WHERE cog = ? AND revoked = 0").get(cog) as { n: number }).n;
+async function liveCerts(hub: Hub, cog: string): Promise<number> {
+  return (await hub.store.certsOf(cog)).filter((c) => !c.revoked).length;
 }
 
-function allCerts(hub: Hub, cog: string): number {
-  return (hub.state.db.prepare("SELECT COUNT(*) AS n FROM certs WHERE cog = ?").get(cog) as { n: number }).n;
+async function allCerts(hub: Hub, cog: string): Promise<number> {
+  return (await hub.store.certsOf(cog)).length;
 }
 
 t.test("a renewal right after `hub revoke` is refused, and a later invite of the name brings nothing back", async (t) => {
@@ -61,9 +62,9 @@ t.test("a renewal right after `hub revoke` is refused, and a later invite of the
   const { cfg, hub } = await setup(t, { revocation_poll_interval: "1h" });
   const id = await cogIdentity(cfg, hub, "ghost", DUE);
   const raw = await helloTunnel(t, hub.ports.tunnel, id);
-  const cli = new HubState(cfg.dataDir); // what `capsul hub revoke ghost` does, from another process
+  const cli = await openHubStore(cfg, silentLogger); // what `capsul hub revoke ghost` does, from another process
   t.teardown(() => cli.close());
-  t.ok(cli.revokeCog("ghost"));
+  t.ok(await cli.revokeCog("ghost"));
 
   const answer = await renew(raw, "ghost");
   t.equal(answer?.type, "error", "no certificate");
@@ -71,11 +72,11 @@ t.test("a renewal right after `hub revoke` is refused, and a later invite of the
   t.match(answer?.type === "error" ? answer.message : "", /hub refused the renewal: cog ghost is revoked/);
   await within(new Promise<void>((r) => (raw.session.closed ? r() : raw.session.once("close", () => r()))), "the hub dropping the tunnel", 10_000);
   t.notOk(hub.tunnels.links.has("ghost"), "dropped at once");
-  t.equal(allCerts(hub, "ghost"), 1, "no certificate was recorded");
+  t.equal(await allCerts(hub, "ghost"), 1, "no certificate was recorded");
 
   // `hub invite ghost` lifts the cog's revocation, never its certificates'.
   await createInvite(cfg, "ghost");
-  t.equal(liveCerts(hub, "ghost"), 0, "no unrevoked certificate for ghost");
+  t.equal(await liveCerts(hub, "ghost"), 0, "no unrevoked certificate for ghost");
   const again = await rawTunnel(t, hub.ports.tunnel, id);
   again.control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "test", routes: [] }));
   const refused = await within(again.reader.next(), "the hub's answer", 10_000);
@@ -90,7 +91,7 @@ t.test("renewal before it is due is refused with a reason; the tunnel stays up",
   t.equal(answer?.type === "error" && answer.code, "renew");
   t.match(answer?.type === "error" ? answer.message : "",
     /^renewal refused: this certificate is valid until \S+; the hub renews it once less than a third of its lifetime is left, from \S+ \(check this cog's clock\)$/);
-  t.equal(allCerts(hub, "early"), 1, "nothing signed");
+  t.equal(await allCerts(hub, "early"), 1, "nothing signed");
   raw.control.write(encodeMessage({ type: "routes", routes: [{ name: "w", kind: "http", hostname: `w.early.${HUB_DOMAIN}` }] }));
   const res = await within(raw.reader.next(), "routes-result", 10_000);
   t.equal(res?.type, "routes-result", "the tunnel still works");
@@ -102,7 +103,7 @@ t.test("a certificate is renewed once: again on the same or another tunnel is re
   const raw = await helloTunnel(t, hub.ports.tunnel, id);
   const first = await renew(raw, "twice");
   t.equal(first?.type, "renewed");
-  t.equal(allCerts(hub, "twice"), 2);
+  t.equal(await allCerts(hub, "twice"), 2);
 
   const second = await renew(raw, "twice");
   t.equal(second?.type === "error" && second.code, "renew");
@@ -111,7 +112,7 @@ t.test("a certificate is renewed once: again on the same or another tunnel is re
   const other = await helloTunnel(t, hub.ports.tunnel, id); // replaces the first tunnel
   const third = await renew(other, "twice");
   t.equal(third?.type === "error" && third.code, "renew", "another tunnel with the same certificate: refused too");
-  t.equal(allCerts(hub, "twice"), 2, "one renewal in all");
+  t.equal(await allCerts(hub, "twice"), 2, "one renewal in all");
 });
 
 t.test("two tunnels renewing the same certificate at once get one certificate between them", async (t) => {
@@ -130,7 +131,7 @@ t.test("two tunnels renewing the same certificate at once get one certificate be
   t.equal(answers[0]?.type, "welcome");
   t.ok(answers[1]?.type === "renewed" || (answers[1]?.type === "error" && answers[1].code === "renew"), `b: ${JSON.stringify(answers[1]).slice(0, 120)}`);
   await until("no renewal being signed", () => hub.tunnels.issuance.renewalsInFlight === 0);
-  t.equal(allCerts(hub, "racer"), 2, "exactly one renewal recorded");
+  t.equal(await allCerts(hub, "racer"), 2, "exactly one renewal recorded");
 });
 
 /** The first two messages on a raw tunnel. */
@@ -162,6 +163,6 @@ t.test("a cog that lost its renewed certificate asks again and logs the hub's re
   t.teardown(() => second.close());
   await until("the refusal in the cog's log", () => lines.some((l) => /renewal refused: this certificate was already renewed/.test(l)));
   t.ok(lines.some((l) => /ERROR +\[cog\/tunnel\] renewal refused: .* code=renew/.test(l)), "logged with the hub's code");
-  t.equal(allCerts(hub, "forgetful"), 2, "no second renewal");
+  t.equal(await allCerts(hub, "forgetful"), 2, "no second renewal");
   t.equal(second.client.state, "connected", "and the cog stays connected with the certificate it has");
 });

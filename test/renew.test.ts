@@ -8,6 +8,7 @@ import path from "node:path";
 import t from "tap";
 import { certInfo, createKeyAndCsr, signCogCsr } from "../certs/pki.js";
 import { createInvite } from "../gateway/hub.js";
+import type { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { CERT_FILE, KEY_FILE, saveIdentity } from "../tunnel-client/identity.js";
 import { cogConfig, HUB_DOMAIN, hubConfig, startConnectedCog, startTestHub, tmpDir } from "./helpers/cluster.js";
 
@@ -30,7 +31,7 @@ t.test("a cog near the end of its certificate's life renews it over the tunnel",
   // 3 h of life, 2.5 h of it gone: under a third left.
   const { keyPem, csrPem } = await createKeyAndCsr("ren");
   const old = await signCogCsr(hub.pki, csrPem, "ren", { validityMs: 3 * HOUR_MS, notBefore: new Date(Date.now() - 2.5 * HOUR_MS) });
-  hub.state.recordCert("ren", old.serial.replace(/^0+/, ""), old.notAfter.getTime());
+  await hub.store.recordCert("ren", old.serial.replace(/^0+/, ""), old.notAfter.getTime());
   const cfg = cogConfig(dir, "ren", hub.ports.tunnel, []);
   await saveIdentity(cfg.dataDir, {
     name: "ren", hub: `127.0.0.1:${hub.ports.tunnel}`, hubDomain: HUB_DOMAIN, caFingerprint: hub.pki.caFingerprint,
@@ -48,10 +49,10 @@ t.test("a cog near the end of its certificate's life renews it over the tunnel",
   t.not(fs.readFileSync(path.join(cfg.dataDir, KEY_FILE), "utf8"), keyPem, "and a new key, made on the cog");
 
   // The next tunnel authenticates with the new certificate: the old one no longer would.
-  hub.state.db.prepare("UPDATE certs SET revoked = 1 WHERE serial = ?").run(old.serial.replace(/^0+/, ""));
+  (hub.store as SqliteHubStore).db.prepare("UPDATE certs SET revoked = 1 WHERE serial = ?").run(old.serial.replace(/^0+/, ""));
   const again = new Promise<void>((resolve) => cog.client.once("connected", () => resolve()));
   hub.tunnels.links.get("ren")!.session!.destroy();
   await again;
-  t.equal(hub.state.certProblem("ren", renewed.serial.replace(/^0+/, "")), null, "the hub knows the new certificate");
+  t.equal(await hub.store.certProblem("ren", renewed.serial.replace(/^0+/, "")), null, "the hub knows the new certificate");
   t.ok(hub.tunnels.links.get("ren")?.session, "reconnected with it");
 });

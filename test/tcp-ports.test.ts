@@ -95,7 +95,7 @@ t.test("explicit port requests count toward hub.default_tcp_ports_per_cog", asyn
   const accepted = routes.filter((r) => portOf(greedy, r.name) !== undefined).map((r) => r.name);
   t.same(accepted, ["p0", "p1"], "two ports, the limit, in announce order");
   for (const r of routes.slice(2)) t.match(reasonOf(greedy, r.name), /already holds 2 hub TCP ports, its limit \(hub\.default_tcp_ports_per_cog: 2\)/, `${r.name} refused`);
-  t.equal(hub.state.assignmentsOf("greedy").length, 2, "two assignments in the hub's state");
+  t.equal((await hub.store.assignmentsOf("greedy")).length, 2, "two assignments in the hub's state");
   t.equal(await visit(from), "greedy\n", "an accepted port serves");
   for (const i of [2, 3, 4, 5]) t.equal(await probePort(from + i), "ECONNREFUSED", `hub port ${from + i} was never opened`);
 });
@@ -123,15 +123,15 @@ t.test("cycling route names stays within the limit and never takes an offline co
     const p = portOf(greedy, `r${i}`);
     t.not(p, undefined, `r${i} accepted (${reasonOf(greedy, `r${i}`)})`);
     if (p !== undefined) seen.add(p);
-    t.ok(hub.state.assignmentsOf("greedy").length <= 2, `after r${i} the cog holds at most 2 assignments`);
-    t.same(hub.state.portOwner(from), { cog: "victim", route: "ssh" }, `after r${i} the victim's port is still the victim's`);
+    t.ok((await hub.store.assignmentsOf("greedy")).length <= 2, `after r${i} the cog holds at most 2 assignments`);
+    t.same(await hub.store.portOwner(from), { cog: "victim", route: "ssh" }, `after r${i} the victim's port is still the victim's`);
   }
   t.same([...seen].sort(), [from + 1, from + 2], "the cog cycled through its own two ports only");
   // Two routes at once at the limit: the second is refused, the victim's port is not taken.
   await announce(greedy, "vm", [tcpRoute("x1", greedyBack.port), tcpRoute("x2", greedyBack.port), tcpRoute("x3", greedyBack.port)], "three routes");
   t.equal([portOf(greedy, "x1"), portOf(greedy, "x2")].filter((p) => p !== undefined).length, 2);
   t.match(reasonOf(greedy, "x3"), /its limit/);
-  t.same(hub.state.portOwner(from), { cog: "victim", route: "ssh" });
+  t.same(await hub.store.portOwner(from), { cog: "victim", route: "ssh" });
 
   // The victim comes back to the same port, and visitors reach it there.
   const back = await startConnectedCog(victimCfg, "victim");
@@ -157,7 +157,7 @@ t.test("a port granted with invite --tcp-ports is never given to another cog", a
   t.equal(portOf(grabber, "a"), from + 3, "the pool minus the other cog's grant");
   t.equal(portOf(grabber, "b"), from + 4);
   t.match(reasonOf(grabber, "c"), /no free hub TCP port left in the pool/);
-  for (const p of [from, from + 1, from + 2]) t.equal(hub.state.portOwner(p), undefined, `port ${p} stays free for its grantee`);
+  for (const p of [from, from + 1, from + 2]) t.equal(await hub.store.portOwner(p), undefined, `port ${p} stays free for its grantee`);
 });
 
 t.test("renaming a tcp route that keeps its port moves the assignment; the session survives", async (t) => {
@@ -175,7 +175,7 @@ t.test("renaming a tcp route that keeps its port moves the assignment; the sessi
   t.equal(portOf(cog, "ssh"), from + 1);
   await announce(cog, "vm", [tcpRoute("ssh-renamed", back.port, from + 1)], "the renamed route");
   t.equal(portOf(cog, "ssh-renamed"), from + 1, "the new name has the port");
-  t.same(hub.state.portOwner(from + 1), { cog: "ren", route: "ssh-renamed" });
+  t.same(await hub.store.portOwner(from + 1), { cog: "ren", route: "ssh-renamed" });
   t.equal(await visit(from + 1), "renamed\n", "and serves on it");
 
   // Two names wanting one port in one announce: one is refused, nothing else happens.

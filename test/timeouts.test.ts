@@ -17,13 +17,13 @@ import * as C from "../config/config.js";
 import { parseConfig } from "../config/config.js";
 import type { CogConfig, HubConfig } from "../config/types.js";
 import { createInvite, startHub, type Hub } from "../gateway/hub.js";
-import { HubState } from "../gateway/state.js";
+import { openHubStore } from "../gateway/store/index.js";
 import { CONTROL_HELLO_TIMEOUT_MS, REVOCATION_POLL_MS } from "../gateway/tunnels.js";
 import { TunnelClient, VISITOR_HEADER_MAX_BYTES, VISITOR_HEADER_TIMEOUT_MS, WELCOME_TIMEOUT_MS } from "../tunnel-client/client.js";
 import { startCog, type Cog } from "../tunnel-client/cog.js";
 import { enroll, ENROLL_TIMEOUT_MS } from "../tunnel-client/enroll.js";
 import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr, type HubPki } from "../certs/pki.js";
-import { createLogger, type Logger } from "../lib/log.js";
+import { createLogger, silentLogger, type Logger } from "../lib/log.js";
 import { RuntimeError } from "../lib/errors.js";
 import { MuxSession, type MuxStream } from "../protocol/mux.js";
 import { encodeMessage } from "../protocol/messages.js";
@@ -167,9 +167,9 @@ t.test("hub.tunnel.revocation_poll_interval: a revoked cog is dropped after it, 
     const { dir, cfg, hub } = await setupHub(t, { revocation_poll_interval: "20ms" });
     const cog = await connectedCog(t, cfg, hub, cogConfig(dir, "quick", hub.ports.tunnel, []), "quick");
     const dropped = new Promise<void>((resolve) => cog.client.once("disconnected", () => resolve()));
-    const state = new HubState(cfg.dataDir);
+    const state = await openHubStore(cfg, silentLogger); // another process's connection, as `capsul hub revoke`
     t.teardown(() => state.close());
-    t.ok(state.revokeCog("quick"));
+    t.ok(await state.revokeCog("quick"));
     await within(dropped, "revoked cog dropped", 5_000);
     t.notOk(hub.tunnels.links.has("quick"), "the hub holds no link for it");
   });
@@ -179,9 +179,9 @@ t.test("hub.tunnel.revocation_poll_interval: a revoked cog is dropped after it, 
     const cog = await connectedCog(t, cfg, hub, cogConfig(dir, "slow", hub.ports.tunnel, []), "slow");
     let dropped = false;
     cog.client.once("disconnected", () => { dropped = true; });
-    const state = new HubState(cfg.dataDir);
+    const state = await openHubStore(cfg, silentLogger);
     t.teardown(() => state.close());
-    t.ok(state.revokeCog("slow"));
+    t.ok(await state.revokeCog("slow"));
     // Proving an absence needs a wait: with the default the cog would be gone within one REVOCATION_POLL_MS.
     await new Promise((r) => setTimeout(r, 3 * REVOCATION_POLL_MS));
     t.notOk(dropped, "still connected");

@@ -70,6 +70,8 @@ export function curl(args: string[]): Promise<RunResult> {
 
 type StreamName = "stdout" | "stderr";
 
+export interface CliProcOptions { cwd?: string; env?: NodeJS.ProcessEnv; launcher?: boolean; bin?: string }
+
 /** A long-running CLI child process whose output is collected line by line. */
 export class CliProc {
   readonly child: ChildProcess;
@@ -79,9 +81,12 @@ export class CliProc {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
 
-  /** `launcher`: run dist/cli/main.js itself (its shebang picks node and its flags) instead of `node main.js`. */
-  constructor(readonly name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; launcher?: boolean } = {}) {
-    const [file, argv] = opts.launcher ? [CLI, args] : [process.execPath, [CLI, ...args]];
+  /**
+   * `launcher`: run dist/cli/main.js itself (its shebang picks node and its flags) instead of `node main.js`.
+   * `bin`: run this executable instead, e.g. the `capsul` an `npm i -g` installed.
+   */
+  constructor(readonly name: string, args: string[], opts: CliProcOptions = {}) {
+    const [file, argv] = opts.bin ? [opts.bin, args] : opts.launcher ? [CLI, args] : [process.execPath, [CLI, ...args]];
     this.child = spawn(file, argv, { cwd: opts.cwd, env: opts.env ?? childEnv(), stdio: ["ignore", "pipe", "pipe"] });
     for (const s of ["stdout", "stderr"] as const) {
       const stream = this.child[s]!;
@@ -183,7 +188,7 @@ export class CliProc {
 }
 
 /** Spawns the CLI and registers a teardown that kills it (SIGKILL) if it is still running. */
-export function spawnCli(t: Teardown, name: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; launcher?: boolean } = {}): CliProc {
+export function spawnCli(t: Teardown, name: string, args: string[], opts: CliProcOptions = {}): CliProc {
   const p = new CliProc(name, args, opts);
   t.teardown(async () => {
     if (p.alive) {

@@ -42,7 +42,7 @@ export async function cogIdentity(hubCfg: HubConfig, hub: Hub, name: string, opt
   const { keyPem, csrPem } = await createKeyAndCsr(name);
   const signed = await signCogCsr(hub.pki, csrPem, name, { validityMs: opts.validityMs ?? 90 * 86_400_000, notBefore: opts.notBefore });
   const serial = signed.serial.replace(/^0+/, "");
-  hub.state.recordCert(name, serial, signed.notAfter.getTime());
+  await hub.store.recordCert(name, serial, signed.notAfter.getTime());
   return { keyPem, certPem: signed.certPem, serial };
 }
 
