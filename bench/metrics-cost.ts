@@ -1,0 +1,207 @@
+/**
+ * What the admin listener and its metrics cost the hub (issue 9, "Done means"), in one run:
+ *
+ *   node dist/bench/metrics-cost.js --a DIR [--rounds 3] [--big-mib 128] [--idle 10000] [--scrape-ms 1000]
+ *
+ * `a` is a checkout without metrics (its dist/cli/main.js, e.g. the commit before them),
+ * `b` this checkout with hub.listen.admin on. Both are hub + cog child processes behind one
+ * nginx (bench/paths.ts startCapsul, as the README runs them).
+ *
+ * 1. CPU per GiB: interleaved rounds of 1 and 16 concurrent downloads of /big through each;
+ *    hub CPU seconds (utime+stime from /proc) per GiB received. While b downloads, its
+ *    /metrics is scraped every --scrape-ms (15 times Prometheus' default 15 s at 1000), so
+ *    the scrapes' own cost is in b's figure.
+ * 2. Idle visitors: on fresh processes, --idle TLS visitors (bench/idle-holder.ts: each one
+ *    handshaken, its SNI peeked, one GET /small through the tunnel to nginx, then held
+ *    silent) and the hub's RSS before and while they are held; for b also one /metrics
+ *    scrape while they are held (how long it took, and that it counts them).
+ *
+ * Loopback only. Every visitor comes from 127.0.0.1, so the per-source caps are lifted
+ * (LOOPBACK_SOURCE_LIMITS). 10,000 visitors take about 10,000 descriptors in each of the
+ * holder, the hub and the cog, so the hard limit must allow it: run as root, or
+ * `ulimit -Hn 65536` first (bench/procs.ts raises each child's soft limit to the hard one).
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { startBackend } from "./backend.js";
+import { bulk } from "./load.js";
+import { walkArgs } from "./options.js";
+import { CAPSUL_CLI, LOOPBACK_SOURCE_LIMITS, startCapsul, type RunningPath } from "./paths.js";
+import { BENCH_NOFILE, cpuSeconds, rssBytes, sleep, startProc } from "./procs.js";
+import { median } from "./report.js";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const MIB = 1024 * 1024;
+const GIB = 1024 ** 3;
+/** A bulk round may not take longer than this (128 MiB x 16 on a loaded 2-core box: minutes). */
+const BULK_TIMEOUT_MS = 600_000;
+/** Opening 10,000 visitors through a loaded machine. */
+const IDLE_OPEN_TIMEOUT_MS = 600_000;
+/** After the visitors are held (or the processes start), let RSS settle before reading it. */
+const SETTLE_MS = 2_000;
+/** One scrape of /metrics; past this it is a failure, not a figure. */
+const SCRAPE_TIMEOUT_MS = 30_000;
+/** Descriptors per idle visitor across holder, hub and cog are one each; leave room for the rest. */
+const FD_HEADROOM = 1_000;
+
+const USAGE = `usage: node dist/bench/metrics-cost.js --a DIR [options]
+  --a DIR          baseline checkout without metrics (its dist/cli/main.js)
+  --rounds N       interleaved bulk rounds (default 3)
+  --big-mib N      download size (default 128)
+  --idle N         idle visitors held on each hub (default 10000; 0 skips)
+  --scrape-ms N    b's /metrics scrape interval during bulk (default 1000)`;
+
+interface Opts { aCli: string | null; rounds: number; bigBytes: number; idle: number; scrapeMs: number }
+
+function parse(argv: string[]): Opts {
+  const o: Opts = { aCli: null, rounds: 3, bigBytes: 128 * MIB, idle: 10_000, scrapeMs: 1000 };
+  walkArgs(argv, USAGE, (a, { val, int }) => {
+    switch (a) {
+      case "--a": o.aCli = path.join(path.resolve(val()), "dist", "cli", "main.js"); break;
+      case "--rounds": o.rounds = int(); break;
+      case "--big-mib": o.bigBytes = int() * MIB; break;
+      case "--idle": o.idle = int(); break;
+      case "--scrape-ms": o.scrapeMs = int(); break;
+      case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
+      default: throw new Error(`unknown option ${a}\n${USAGE}`);
+    }
+  });
+  if (!o.aCli) throw new Error(`--a is required\n${USAGE}`);
+  return o;
+}
+
+/** b's admin port, from its "hub ready … admin=PORT" line. */
+async function adminPort(p: RunningPath): Promise<number> {
+  const m = await p.procs[0]!.waitFor(/hub ready .*admin=(\d+)/);
+  return Number(m[1]);
+}
+
+function scrape(port: number): Promise<{ ms: number; bytes: number; text: string }> {
+  const t0 = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port, path: "/metrics", timeout: SCRAPE_TIMEOUT_MS }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => {
+        const text = Buffer.concat(chunks).toString("utf8");
+        if (res.statusCode !== 200) reject(new Error(`/metrics: HTTP ${res.statusCode}`));
+        else resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, bytes: text.length, text });
+      });
+    });
+    req.on("timeout", () => req.destroy(new Error(`/metrics: no answer within ${SCRAPE_TIMEOUT_MS} ms`)));
+    req.on("error", reject);
+  });
+}
+
+/** Scrapes every `everyMs` until stopped; one at a time, as Prometheus does. */
+function scraper(port: number, everyMs: number): { stop(): Promise<{ count: number; ms: number[] }> } {
+  let running = true;
+  const ms: number[] = [];
+  const loop = (async () => {
+    while (running) {
+      ms.push((await scrape(port)).ms);
+      await sleep(everyMs);
+    }
+  })();
+  return { async stop() { running = false; await loop; return { count: ms.length, ms }; } };
+}
+
+const fmtMiB = (b: number): string => (b / MIB).toFixed(1);
+
+async function main(): Promise<void> {
+  const o = parse(process.argv.slice(2));
+  if (o.idle > 0 && BENCH_NOFILE < o.idle + FD_HEADROOM) {
+    throw new Error(`--idle ${o.idle} needs a hard descriptor limit of at least ${o.idle + FD_HEADROOM} (now ${BENCH_NOFILE}): ulimit -Hn 65536, or run as root`);
+  }
+  const tmp = await mkdtemp(path.join(os.tmpdir(), "capsul-metrics-cost-"));
+  const be = await startBackend(path.join(tmp, "nginx"), ["a", "b", "idle-a", "idle-b"], o.bigBytes);
+  const start = (name: "a" | "b", port: number): Promise<RunningPath> =>
+    startCapsul(path.join(tmp, `${name}-${Date.now()}`), port, { name, cli: name === "a" ? o.aCli! : CAPSUL_CLI, hubLimits: LOOPBACK_SOURCE_LIMITS });
+  const cpu: Record<string, number[]> = { a1: [], b1: [], a16: [], b16: [] };
+  const scrapes: number[] = [];
+  const idle: string[] = [];
+  const problems: string[] = [];
+  try {
+    const paths = [await start("a", be.httpsPorts.a!), await start("b", be.httpsPorts.b!)];
+    const bAdmin = await adminPort(paths[1]!);
+    try {
+      for (let r = 0; r < o.rounds; r++) {
+        for (const n of [1, 16]) {
+          for (const p of r % 2 ? [...paths].reverse() : paths) {
+            const s = p.name === "b" ? scraper(bAdmin, o.scrapeMs) : null;
+            const c0 = cpuSeconds(p.procs[0]!.pid);
+            const res = await bulk(p.port, n, o.bigBytes, BULK_TIMEOUT_MS);
+            const hubCpu = cpuSeconds(p.procs[0]!.pid) - c0;
+            if (s) scrapes.push(...(await s.stop()).ms);
+            if (!res.complete) problems.push(`${p.name} bulk x${n}: ${res.failures.join("; ")}`);
+            const perGiB = hubCpu / (res.bytes / GIB);
+            cpu[`${p.name}${n}`]!.push(perGiB);
+            process.stderr.write(`round ${r + 1} ${p.name} bulk x${n}: ${res.mbPerSec.toFixed(0)} MB/s, hub ${perGiB.toFixed(2)} CPU s/GiB\n`);
+          }
+        }
+      }
+    } finally {
+      for (const p of paths) await p.stop().catch(() => {});
+    }
+
+    for (const name of o.idle > 0 ? (["a", "b"] as const) : []) {
+      const p = await start(name, be.httpsPorts[`idle-${name}`]!);
+      try {
+        await sleep(SETTLE_MS);
+        const base = rssBytes(p.procs[0]!.pid);
+        const t0 = Date.now();
+        const holder = startProc("idle-holder", process.execPath, [path.join(HERE, "idle-holder.js"), String(p.port), String(o.idle)]);
+        try {
+          await holder.waitFor(/ready (\d+)/, IDLE_OPEN_TIMEOUT_MS);
+          const openS = (Date.now() - t0) / 1000;
+          await sleep(SETTLE_MS);
+          const held = rssBytes(p.procs[0]!.pid);
+          let line = `| ${name} | ${o.idle} | ${fmtMiB(base)} | ${fmtMiB(held)} | ${((held - base) / o.idle / 1000).toFixed(2)} | ${openS.toFixed(0)} |`;
+          if (name === "b") {
+            const s = await scrape(await adminPort(p));
+            const active = /^capsul_hub_visitors_active (\d+)/m.exec(s.text)?.[1];
+            if (Number(active) !== o.idle) problems.push(`idle b: /metrics says ${active} visitors active, ${o.idle} were held`);
+            line += ` ${s.ms.toFixed(0)} ms, ${(s.bytes / 1024).toFixed(1)} KiB, visitors_active ${active}; RSS after ${fmtMiB(rssBytes(p.procs[0]!.pid))} MiB |`;
+          } else line += " — |";
+          idle.push(line);
+          process.stderr.write(`${line}\n`);
+        } catch (err) {
+          problems.push(`idle ${name}: ${(err as Error).message.split("\n")[0]}`);
+        } finally {
+          await holder.stop();
+        }
+      } finally {
+        await p.stop();
+      }
+    }
+  } finally {
+    await be.stop();
+    await rm(tmp, { recursive: true, force: true });
+  }
+
+  const med = (k: string): number => median(cpu[k]!);
+  let out = `a = ${o.aCli}\nb = ${CAPSUL_CLI} (hub.listen.admin on, /metrics scraped every ${o.scrapeMs} ms during bulk)\n`;
+  out += `${o.rounds} rounds, medians; bulk ${o.bigBytes / MIB} MiB; hub CPU s/GiB\n\n`;
+  out += "| downloads | a (no metrics) | b (metrics) | b - a | b / a |\n| --- | ---: | ---: | ---: | ---: |\n";
+  for (const n of [1, 16]) {
+    const a = med(`a${n}`), b = med(`b${n}`);
+    out += `| ${n} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${(b - a).toFixed(2)} | ${(b / a).toFixed(3)} |\n`;
+  }
+  out += `\nall rounds: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.map((x) => x.toFixed(2)).join("/")}`).join(", ")}\n`;
+  if (scrapes.length) out += `b's scrapes during bulk: ${scrapes.length}, median ${median(scrapes).toFixed(1)} ms, max ${Math.max(...scrapes).toFixed(1)} ms\n`;
+  if (idle.length) {
+    out += "\n| hub | idle visitors | RSS before MiB | RSS held MiB | KB per visitor | s to open | /metrics while held |\n";
+    out += "| --- | ---: | ---: | ---: | ---: | ---: | --- |\n" + idle.join("\n") + "\n";
+  }
+  if (problems.length) out += `\nproblems:\n${problems.map((p) => `- ${p}`).join("\n")}\n`;
+  process.stdout.write(out);
+  if (problems.length) process.exitCode = 1;
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`metrics-cost: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});
