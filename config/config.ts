@@ -47,6 +47,7 @@ export const DEFAULT_ADMIN_REQUEST_TIMEOUT_MS = 10_000;
 export const DEFAULT_ADMIN_MAX_CONNECTIONS = 64;
 export const DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES = 16 * 1024;
 export const DEFAULT_STATUS_REFRESH_MS = 5_000;
+export const DEFAULT_ADMIN_COGS_CACHE_MS = 2_000;
 export const DEFAULT_HUB_DEFAULT_GRANTS = true;
 export const DEFAULT_TCP_PORTS_PER_COG = 8;
 export const DEFAULT_INVITE_TTL_MS = 24 * 3_600_000;
@@ -167,7 +168,7 @@ const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tun
   "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "admin"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
-const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh"] as const;
+const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
 const COG_LISTEN_KEYS = ["admin"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
@@ -263,6 +264,7 @@ function parseHubAdmin(value: unknown, path: string): HubAdmin {
     ...parseAdminLimits(m, path),
     maxRequestBodyBytes: size(m.max_request_body, at(path, "max_request_body"), DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES, 1),
     statusRefreshMs,
+    cogsCacheMs: duration(m.cogs_cache, at(path, "cogs_cache"), DEFAULT_ADMIN_COGS_CACHE_MS, 0, MAX_MUX_INT),
   };
 }
 

@@ -158,6 +158,12 @@ export interface HubAdmin extends AdminLimits {
   maxRequestBodyBytes: number;
   /** How often the status page reloads itself, in whole seconds (default 5s; at least 1s). */
   statusRefreshMs: number;
+  /**
+   * How long the list of cogs read from the state store is reused by /metrics, the JSON API and
+   * the status page; 0 reads it for every request (default 2s). Live state (online, streams,
+   * bytes) is never cached; the admin API's own revoke and invite show at once.
+   */
+  cogsCacheMs: number;
 }
 
 /** A PostgreSQL server and database, as the hub.store URL names them. */

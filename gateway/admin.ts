@@ -132,6 +132,7 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
     // revokeCog tells every hub (PostgreSQL: a notification; SQLite: the poll), this one
     // included, but the answer must not come before this hub's tunnel is gone: drop it here.
     if (!(await store.revokeCog(name))) throw new BadRequest(404, "no_such_cog", `no cog named ${JSON.stringify(name)}`);
+    metrics.cogsChanged();
     tunnels.drop(name, "revoked through the admin API");
     log.info("cog revoked through the admin API", { cog: name });
     const [cog] = await cogsJson(metrics, tunnels, name);
@@ -148,6 +149,7 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
       if (e instanceof ConfigError) throw new BadRequest(400, "bad_request", e.message);
       throw e;
     }
+    metrics.cogsChanged(); // a new name is listed as invited at once
     log.info("invite created through the admin API", { cog: req.cog, expires: inv.expiresAt.toISOString() });
     return c.json({
       invite: { cog: req.cog, token: inv.token, ca_fingerprint: inv.caFingerprint, expires_at: inv.expiresAt.toISOString(), command: inv.command },

@@ -108,7 +108,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
   const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
   tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
-  const metrics = new HubMetrics({ visitors, tunnels, router, store, pki }, opts.registry);
+  const metrics = new HubMetrics({ visitors, tunnels, router, store, pki }, opts.registry, cfg.admin.cogsCacheMs);
   visitors.observer = metrics;
 
   const servers: net.Server[] = [];

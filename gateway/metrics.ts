@@ -20,7 +20,7 @@ import type { Duplex } from "node:stream";
 import { Histogram, Registry } from "prom-client";
 import type { RouteKind } from "../config/types.js";
 import { certInfo, type HubPki } from "../certs/pki.js";
-import { CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
+import { CachedRead, CertificateExpiry, MetricFamilies, perScrape, SocketTally } from "../lib/metrics.js";
 import type { ErrorCode } from "../protocol/control.js";
 import type { MuxSession } from "../protocol/mux.js";
 import type { PeekedName, VisitorObserver } from "./observer.js";
@@ -94,8 +94,13 @@ export class HubMetrics implements VisitorObserver {
   private readonly peeks = new Map<string, number>();
   private readonly seenCogs = new Set<string>();
   private readonly firstByte: Histogram<"kind">;
-  /** One store query per scrape, shared by every family that lists cogs (never one per cog). */
-  private readonly cogRows = perScrape(() => this.parts.store.listCogs());
+  /**
+   * The store's cog list, shared by every family that lists cogs (never one query per cog),
+   * the JSON API and the status page, and reused for hub.admin.cogs_cache: listCogs blocks
+   * SQLite's thread for about 10 ms at 1,000 cogs (3 certificates each, on a loaded 2-core
+   * box), and every open status page and every scraper would otherwise pay it per request.
+   */
+  private readonly cogRows: CachedRead<CogListRow[]>;
   private readonly scrapeRoutes = perScrape(() => this.routes(true));
   private readonly onAttached = (cog: string, session: MuxSession): void => {
     this.tunnelEvents.connects++;
@@ -104,8 +109,9 @@ export class HubMetrics implements VisitorObserver {
     session.once("close", () => { this.tunnelEvents.disconnects++; });
   };
 
-  constructor(private readonly parts: HubParts, registry: Registry = new Registry()) {
+  constructor(private readonly parts: HubParts, registry: Registry = new Registry(), cogsCacheMs = 0) {
     this.registry = registry;
+    this.cogRows = new CachedRead(() => parts.store.listCogs(), cogsCacheMs);
     const f = this.families = new MetricFamilies(registry);
     const stats = parts.visitors.stats;
     for (const [listener, outcomes] of Object.entries(PEEK_OUTCOMES)) {
@@ -161,7 +167,7 @@ export class HubMetrics implements VisitorObserver {
       emit({}, n);
     });
     f.gauge("capsul_hub_cog_up", "1 when the enrolled cog's tunnel is connected, 0 when not.", ["cog"], async (emit) => {
-      for (const c of await this.cogRows()) {
+      for (const c of await this.cogRows.get()) {
         if (c.revokedAt === null && c.certNotAfter !== null) emit({ cog: c.name }, parts.tunnels.links.get(c.name)?.session ? 1 : 0);
       }
     });
@@ -192,7 +198,7 @@ export class HubMetrics implements VisitorObserver {
     this.certificates.register("ca", "hub-ca", () => ca);
     this.certificates.register("tunnel", "hub-tunnel", () => tunnelCert);
     this.certificates.export(f, "capsul_hub", "When a certificate expires (Unix seconds): the hub's CA and tunnel certificate, each cog's newest, and any registered (ACME).", async (emit) => {
-      for (const c of await this.cogRows()) {
+      for (const c of await this.cogRows.get()) {
         if (c.revokedAt === null && c.certNotAfter !== null) emit({ kind: "cog", name: c.name }, Math.floor(c.certNotAfter / 1000));
       }
     });
@@ -261,9 +267,14 @@ export class HubMetrics implements VisitorObserver {
     return r;
   }
 
-  /** The cogs the state store knows, for the JSON API and the status page (one query). */
+  /** The cogs the state store knows, for the JSON API and the status page (at most hub.admin.cogs_cache old). */
   cogs(): Promise<CogListRow[]> {
-    return this.parts.store.listCogs();
+    return this.cogRows.get();
+  }
+
+  /** This process changed a cog in the store (the admin API's revoke or invite): the next read shows it. */
+  cogsChanged(): void {
+    this.cogRows.invalidate();
   }
 
   peekCounts(): ReadonlyMap<string, number> {

@@ -88,6 +88,41 @@ export function perScrape<T>(compute: () => T): () => T {
 }
 
 /**
+ * The last result of an async read, reused while it is younger than `maxAgeMs` (monotonic
+ * clock). Calls made while a read is in flight share it whatever the age (so every family
+ * of one scrape, which Registry.metrics() starts in the same tick, shares one read even at
+ * 0); a failed read is not kept; invalidate() makes the next call read afresh (after a
+ * write of this process, whose answer must show it).
+ */
+export class CachedRead<T> {
+  private value: Promise<T> | null = null;
+  private pending = false;
+  private readAt = 0;
+
+  constructor(private readonly read: () => Promise<T>, private readonly maxAgeMs: number) {}
+
+  get(): Promise<T> {
+    if (this.value && (this.pending || performance.now() - this.readAt < this.maxAgeMs)) return this.value;
+    const p = this.read();
+    this.value = p;
+    this.pending = true;
+    const settle = (ok: boolean): void => {
+      if (this.value !== p) return; // invalidated meanwhile: leave the newer read alone
+      this.pending = false;
+      this.readAt = performance.now();
+      if (!ok) this.value = null;
+    };
+    p.then(() => settle(true), () => settle(false));
+    return p;
+  }
+
+  invalidate(): void {
+    this.value = null;
+    this.pending = false;
+  }
+}
+
+/**
  * Certificates whose expiry is exported as <prefix>_certificate_expiry_timestamp_seconds{kind,name}.
  * The hub and cog register their own; register() is the hook for others (ACME certificates):
  * it returns the function that unregisters. `notAfterMs` is read at scrape time; null hides

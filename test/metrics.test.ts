@@ -22,7 +22,7 @@ import { CERT_FILE } from "../tunnel-client/identity.js";
 import { closeServer, cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, hubConfig, listen, startTestHub, tlsBackend, tmpDir } from "./helpers/cluster.js";
 import { curl, freePortRange, waitFor } from "./helpers/procs.js";
 import { parsePromText, PromParseError, type Scrape } from "./helpers/promtext.js";
-import { rawExchange, scrape } from "./helpers/adminclient.js";
+import { adminJson, adminRequest, rawExchange, scrape } from "./helpers/adminclient.js";
 import { rawTunnel, within } from "./helpers/rawpeer.js";
 import { startPostgres } from "./helpers/pgcluster.js";
 
@@ -295,7 +295,8 @@ t.test("tunnels: down, reconnect, and a withdrawn route is reported once more, t
 
 /** Certificate expiry and cog_up, the families read from the state store, on the store `hubExtra` names. */
 async function storeFamilies(t: Test, hubExtra: Record<string, unknown> = {}): Promise<void> {
-  const c = await cluster(t, hubExtra);
+  // hub.admin.cogs_cache 0: every scrape reads the store (the cache has its own test below).
+  const c = await cluster(t, { ...hubExtra, admin: { cogs_cache: "0s" } });
   // Two more cogs the store knows: c2 only invited (no certificate), c3 enrolled by nobody and then revoked.
   await createInvite(c.cfg, "c2");
   await createInvite(c.cfg, "c3");
@@ -332,6 +333,40 @@ t.test("certificate expiry: the hub's, each cog's, and registered ones (the ACME
 t.test("the same on a PostgreSQL state store", async (t) => {
   const pgc = await startPostgres(t);
   await storeFamilies(t, { store: await pgc.createDatabase(), store_password_file: pgc.passwordFile });
+});
+
+t.test("hub.admin.cogs_cache: scrapes, the JSON API and the status page share one store read; the admin API's own writes show at once", async (t) => {
+  // An hour, so that nothing here depends on how fast the machine is.
+  const c = await cluster(t, { admin: { cogs_cache: "1h" } });
+  const store = c.hub.store;
+  const listCogs = store.listCogs.bind(store);
+  let queries = 0;
+  store.listCogs = () => { queries++; return listCogs(); };
+  t.teardown(() => { store.listCogs = listCogs; });
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const adminJsonOf = async (port: number, p: string): Promise<any> => (await adminJson(port, p)).json;
+  const first = await scrape(c.admin);
+  await scrape(c.admin);
+  const cogs = await adminJsonOf(c.admin, "/v1/cogs");
+  t.equal((await adminRequest(c.admin, "/")).status, 200);
+  t.equal(queries, 1, "one listCogs for two scrapes, /v1/cogs and the status page");
+  t.equal(first.value("capsul_hub_cog_up", { cog: "c1" }), 1);
+  t.same(cogs.cogs.map((x: { name: string }) => x.name), ["c1"]);
+
+  // A cog invited behind the hub's back (the CLI, another hub) shows once the cache is old: not yet.
+  await createInvite(c.cfg, "c2");
+  t.same((await adminJsonOf(c.admin, "/v1/cogs")).cogs.map((x: { name: string }) => x.name), ["c1"], "cached");
+  // One invited through the admin API shows at once, and so does the one before it.
+  const inv = await adminRequest(c.admin, "/v1/invites", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ cog: "c3" }) });
+  t.equal(inv.status, 201);
+  t.same((await adminJsonOf(c.admin, "/v1/cogs")).cogs.map((x: { name: string }) => x.name), ["c1", "c2", "c3"]);
+  t.equal(queries, 2);
+  // A revoke through the admin API answers with the revoked cog and leaves the next reads right.
+  const rv = await adminRequest(c.admin, "/v1/cogs/c1/revoke", { method: "POST" });
+  t.equal(rv.status, 200);
+  t.match(JSON.parse(rv.body), { cog: { name: "c1", state: "revoked" } });
+  t.equal((await scrape(c.admin)).value("capsul_hub_cog_up", { cog: "c1" }), undefined, "a revoked cog is no longer reported");
+  t.equal(queries, 3);
 });
 
 t.test("refusals: over the visitor limit, and a cog that is away past its grace", async (t) => {
