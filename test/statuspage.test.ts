@@ -41,6 +41,27 @@ async function launch(): Promise<{ ctx: BrowserContext; close(): Promise<void> }
   };
 }
 
+/**
+ * A screenshot of the page as it is now, in a page of its own whose copy has the self-reload
+ * removed: the tested page reloads every second, and on a busy machine a screenshot taking
+ * longer than that was cut by the reload and timed out (30 s). Everything else is the hub's answer.
+ */
+async function snapshot(ctx: BrowserContext, url: string, file: string, viewport?: { width: number; height: number }): Promise<void> {
+  const page = await ctx.newPage();
+  try {
+    if (viewport) await page.setViewportSize(viewport);
+    await page.route(url, async (route) => {
+      const res = await route.fetch();
+      const body = (await res.text()).replace(/<meta http-equiv="refresh"[^>]*>/, "");
+      await route.fulfill({ response: res, body });
+    });
+    await page.goto(url);
+    await page.screenshot({ path: path.join(ARTIFACTS, file), fullPage: true });
+  } finally {
+    await page.close();
+  }
+}
+
 t.test("status page: cogs, routes and counters appear and change during live traffic, on a phone", async (t) => {
   const dir = tmpDir("capsul-statuspage-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -84,7 +105,7 @@ t.test("status page: cogs, routes and counters appear and change during live tra
   t.equal(await page.locator('[data-route="c1/blog"]').getAttribute("data-connections"), "0");
   t.equal(await page.locator('[data-tile="visitors"] b').textContent(), "0");
   await fs.promises.mkdir(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: path.join(ARTIFACTS, "statuspage-idle-phone.png"), fullPage: true });
+  await snapshot(ctx, base, "statuspage-idle-phone.png");
 
   // Live traffic: one echo connection kept busy, three HTTP visitors, one unknown name.
   const live = net.connect({ port: st.port!, host: "127.0.0.1" });
@@ -110,7 +131,7 @@ t.test("status page: cogs, routes and counters appear and change during live tra
   t.equal(await page.locator('[data-tile="visitors"] b').textContent(), "1", "one visitor now: the live echo connection");
   const echoBytes = Number(await page.locator('[data-route="c1/echo"]').getAttribute("data-bytes"));
   t.ok(echoBytes > 0, `echo bytes shown: ${echoBytes}`);
-  await page.screenshot({ path: path.join(ARTIFACTS, "statuspage-live-phone.png"), fullPage: true });
+  await snapshot(ctx, base, "statuspage-live-phone.png");
 
   // Readable on a phone: nothing wider than the screen (the routes table scrolls in its own box).
   const layout = await page.evaluate(() => ({
@@ -123,8 +144,7 @@ t.test("status page: cogs, routes and counters appear and change during live tra
   t.ok(layout.fontPx >= 14, `body text ${layout.fontPx}px`);
   t.ok(layout.tableInScroller);
 
-  await page.setViewportSize({ width: 1280, height: 800 });
-  await page.screenshot({ path: path.join(ARTIFACTS, "statuspage-live-desktop.png"), fullPage: true });
+  await snapshot(ctx, base, "statuspage-live-desktop.png", { width: 1280, height: 800 });
   for (const f of ["statuspage-idle-phone.png", "statuspage-live-phone.png", "statuspage-live-desktop.png"]) {
     const png = fs.readFileSync(path.join(ARTIFACTS, f));
     t.ok(png.length > 1000 && png.subarray(1, 4).toString() === "PNG", `${f} kept in .tap/artifacts`);
