@@ -8,13 +8,15 @@
  * nginx (bench/paths.ts startCapsul, as the README runs them).
  *
  * 1. CPU per GiB: interleaved rounds of 1 and 16 concurrent downloads of /big through each;
- *    hub CPU seconds (utime+stime from /proc) per GiB received. While b downloads, its
- *    /metrics is scraped every --scrape-ms (15 times Prometheus' default 15 s at 1000), so
- *    the scrapes' own cost is in b's figure.
+ *    hub CPU seconds (utime+stime from /proc) per GiB received: what metrics cost per byte.
+ *    With --scrape-ms N, b's /metrics is also scraped every N ms while it downloads (a
+ *    cost per second, not per byte: its share per GiB grows as a busy machine slows the
+ *    downloads, so it is measured on its own as well, in 3).
  * 2. Idle visitors: on fresh processes, --idle TLS visitors (bench/idle-holder.ts: each one
  *    handshaken, its SNI peeked, one GET /small through the tunnel to nginx, then held
- *    silent) and the hub's RSS before and while they are held; for b also one /metrics
- *    scrape while they are held (how long it took, and that it counts them).
+ *    silent) and the hub's RSS before and while they are held.
+ * 3. What a scrape costs b's hub: its CPU over SCRAPES_MEASURED scrapes in a row, idle and
+ *    while the idle visitors are held (and that /metrics counts them).
  *
  * Loopback only. Every visitor comes from 127.0.0.1, so the per-source caps are lifted
  * (LOOPBACK_SOURCE_LIMITS). 10,000 visitors take about 10,000 descriptors in each of the
@@ -44,6 +46,8 @@ const IDLE_OPEN_TIMEOUT_MS = 600_000;
 const SETTLE_MS = 2_000;
 /** One scrape of /metrics; past this it is a failure, not a figure. */
 const SCRAPE_TIMEOUT_MS = 30_000;
+/** Scrapes in a row whose hub CPU is averaged (section 3). */
+const SCRAPES_MEASURED = 50;
 /** Descriptors per idle visitor across holder, hub and cog are one each; leave room for the rest. */
 const FD_HEADROOM = 1_000;
 
@@ -52,12 +56,12 @@ const USAGE = `usage: node dist/bench/metrics-cost.js --a DIR [options]
   --rounds N       interleaved bulk rounds (default 3)
   --big-mib N      download size (default 128)
   --idle N         idle visitors held on each hub (default 10000; 0 skips)
-  --scrape-ms N    b's /metrics scrape interval during bulk (default 1000)`;
+  --scrape-ms N    also scrape b's /metrics every N ms during its bulk runs (default 0: no)`;
 
 interface Opts { aCli: string | null; rounds: number; bigBytes: number; idle: number; scrapeMs: number }
 
 function parse(argv: string[]): Opts {
-  const o: Opts = { aCli: null, rounds: 3, bigBytes: 128 * MIB, idle: 10_000, scrapeMs: 1000 };
+  const o: Opts = { aCli: null, rounds: 3, bigBytes: 128 * MIB, idle: 10_000, scrapeMs: 0 };
   walkArgs(argv, USAGE, (a, { val, int }) => {
     switch (a) {
       case "--a": o.aCli = path.join(path.resolve(val()), "dist", "cli", "main.js"); break;
@@ -109,6 +113,20 @@ function scraper(port: number, everyMs: number): { stop(): Promise<{ count: numb
   return { async stop() { running = false; await loop; return { count: ms.length, ms }; } };
 }
 
+/** b's hub CPU per scrape over SCRAPES_MEASURED scrapes in a row, with the wall time and size of one. */
+async function scrapeCpu(p: RunningPath, port: number): Promise<string> {
+  const c0 = cpuSeconds(p.procs[0]!.pid);
+  const wall: number[] = [];
+  let bytes = 0;
+  for (let i = 0; i < SCRAPES_MEASURED; i++) {
+    const s = await scrape(port);
+    wall.push(s.ms);
+    bytes = s.bytes;
+  }
+  const ms = ((cpuSeconds(p.procs[0]!.pid) - c0) * 1000) / SCRAPES_MEASURED;
+  return `${ms.toFixed(1)} ms CPU, ${median(wall).toFixed(1)} ms wall, ${(bytes / 1024).toFixed(1)} KiB`;
+}
+
 const fmtMiB = (b: number): string => (b / MIB).toFixed(1);
 
 async function main(): Promise<void> {
@@ -123,6 +141,7 @@ async function main(): Promise<void> {
   const cpu: Record<string, number[]> = { a1: [], b1: [], a16: [], b16: [] };
   const scrapes: number[] = [];
   const idle: string[] = [];
+  const scrapeCost: string[] = [];
   const problems: string[] = [];
   try {
     const paths = [await start("a", be.httpsPorts.a!), await start("b", be.httpsPorts.b!)];
@@ -131,7 +150,7 @@ async function main(): Promise<void> {
       for (let r = 0; r < o.rounds; r++) {
         for (const n of [1, 16]) {
           for (const p of r % 2 ? [...paths].reverse() : paths) {
-            const s = p.name === "b" ? scraper(bAdmin, o.scrapeMs) : null;
+            const s = p.name === "b" && o.scrapeMs > 0 ? scraper(bAdmin, o.scrapeMs) : null;
             const c0 = cpuSeconds(p.procs[0]!.pid);
             const res = await bulk(p.port, n, o.bigBytes, BULK_TIMEOUT_MS);
             const hubCpu = cpuSeconds(p.procs[0]!.pid) - c0;
@@ -143,6 +162,7 @@ async function main(): Promise<void> {
           }
         }
       }
+      scrapeCost.push(`| idle hub (1 route, no visitors) | ${await scrapeCpu(paths[1]!, bAdmin)} |`);
     } finally {
       for (const p of paths) await p.stop().catch(() => {});
     }
@@ -161,10 +181,12 @@ async function main(): Promise<void> {
           const held = rssBytes(p.procs[0]!.pid);
           let line = `| ${name} | ${o.idle} | ${fmtMiB(base)} | ${fmtMiB(held)} | ${((held - base) / o.idle / 1000).toFixed(2)} | ${openS.toFixed(0)} |`;
           if (name === "b") {
-            const s = await scrape(await adminPort(p));
+            const port = await adminPort(p);
+            const s = await scrape(port);
             const active = /^capsul_hub_visitors_active (\d+)/m.exec(s.text)?.[1];
             if (Number(active) !== o.idle) problems.push(`idle b: /metrics says ${active} visitors active, ${o.idle} were held`);
-            line += ` ${s.ms.toFixed(0)} ms, ${(s.bytes / 1024).toFixed(1)} KiB, visitors_active ${active}; RSS after ${fmtMiB(rssBytes(p.procs[0]!.pid))} MiB |`;
+            scrapeCost.push(`| ${o.idle} idle visitors held (visitors_active ${active}) | ${await scrapeCpu(p, port)} |`);
+            line += ` ${fmtMiB(rssBytes(p.procs[0]!.pid))} |`;
           } else line += " — |";
           idle.push(line);
           process.stderr.write(`${line}\n`);
@@ -183,7 +205,7 @@ async function main(): Promise<void> {
   }
 
   const med = (k: string): number => median(cpu[k]!);
-  let out = `a = ${o.aCli}\nb = ${CAPSUL_CLI} (hub.listen.admin on, /metrics scraped every ${o.scrapeMs} ms during bulk)\n`;
+  let out = `a = ${o.aCli}\nb = ${CAPSUL_CLI} (hub.listen.admin on${o.scrapeMs > 0 ? `, /metrics scraped every ${o.scrapeMs} ms during bulk` : ", not scraped during bulk"})\n`;
   out += `${o.rounds} rounds, medians; bulk ${o.bigBytes / MIB} MiB; hub CPU s/GiB\n\n`;
   out += "| downloads | a (no metrics) | b (metrics) | b - a | b / a |\n| --- | ---: | ---: | ---: | ---: |\n";
   for (const n of [1, 16]) {
@@ -193,9 +215,10 @@ async function main(): Promise<void> {
   out += `\nall rounds: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.map((x) => x.toFixed(2)).join("/")}`).join(", ")}\n`;
   if (scrapes.length) out += `b's scrapes during bulk: ${scrapes.length}, median ${median(scrapes).toFixed(1)} ms, max ${Math.max(...scrapes).toFixed(1)} ms\n`;
   if (idle.length) {
-    out += "\n| hub | idle visitors | RSS before MiB | RSS held MiB | KB per visitor | s to open | /metrics while held |\n";
-    out += "| --- | ---: | ---: | ---: | ---: | ---: | --- |\n" + idle.join("\n") + "\n";
+    out += "\n| hub | idle visitors | RSS before MiB | RSS held MiB | KB per visitor | s to open | RSS after the scrapes MiB |\n";
+    out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" + idle.join("\n") + "\n";
   }
+  out += `\n| b's hub, ${SCRAPES_MEASURED} scrapes in a row | hub CPU ms per scrape, wall ms (median), body |\n| --- | --- |\n${scrapeCost.join("\n")}\n`;
   if (problems.length) out += `\nproblems:\n${problems.map((p) => `- ${p}`).join("\n")}\n`;
   process.stdout.write(out);
   if (problems.length) process.exitCode = 1;
