@@ -102,14 +102,29 @@ export class AcmeManager extends EventEmitter {
   /** What status.json holds (names only), so that it is written when that changes and not otherwise. */
   private lastStatus = "{}";
 
+  /** A mutable copy of cog.acme that the issuer shares: reconfigure() changes what both read next. */
+  private readonly cfg: AcmeConfig;
+
   constructor(
-    private readonly cfg: AcmeConfig,
+    cfg: AcmeConfig,
     dataDir: string,
     private readonly log: Logger,
     private readonly random: () => number = Math.random,
   ) {
     super();
+    this.cfg = { ...cfg };
     this.store = new AcmeStore(dataDir);
+  }
+
+  /**
+   * A reloaded cog.acme: every key but `keep` (the directory, its CA trust and the account
+   * contact, config/reload.ts ACME_RESTART_KEYS) applies to the next order, retry and
+   * renewal scheduled; certificates already held keep their renewal time.
+   */
+  reconfigure(next: AcmeConfig, keep: ReadonlySet<keyof AcmeConfig>): void {
+    for (const key of Object.keys(next) as (keyof AcmeConfig)[]) {
+      if (!keep.has(key)) (this.cfg as unknown as Record<string, unknown>)[key] = next[key];
+    }
   }
 
   /** Reads the CA bundle and everything stored; serves stored certificates from now on. Schedules nothing yet (see setNames). */

@@ -1,5 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import fs from "node:fs";
+import path from "node:path";
 import type { Command } from "commander";
 import { parseConfig } from "../config/config.js";
 import type { CogConfig } from "../config/types.js";
@@ -9,7 +10,8 @@ import { enroll } from "../tunnel-client/enroll.js";
 import { identityExists } from "../tunnel-client/identity.js";
 import { ConfigError } from "../lib/errors.js";
 import { processRegistry } from "../lib/metrics.js";
-import { DEFAULT_CONFIG_PATHS, exitOnBugs, loadConfig, makeLogger, printJson, requireCog, untilSignal } from "./common.js";
+import { DEFAULT_CONFIG_PATHS, exitOnBugs, loadConfig, makeLogger, printJson, requireCog } from "./common.js";
+import { reportReload, requestReload, runService } from "./service.js";
 import { provisionerExtras } from "./provision.js";
 import { readCertRows } from "../certs/acme.js";
 import { certRowsJson, certRowsTable } from "./certs.js";
@@ -27,7 +29,27 @@ export function registerCogCommands(program: Command): void {
       const log = makeLogger(cfg).child("cog");
       exitOnBugs(log);
       const c = await startCog(cogCfg, log, { ...provisionerExtras(cogCfg, log), registry: processRegistry() });
-      await untilSignal(() => c.close(), log);
+      await runService({
+        role: "cog", file: path.resolve(file), dataDir: cogCfg.dataDir,
+        reload: async (next) => c.reload(next.cog!),
+        graceMs: () => c.config.shutdownGraceMs,
+        drain: (graceMs, cutNow) => c.drain(graceMs, cutNow),
+        close: () => c.close(),
+      }, cfg, log);
+    });
+
+  cog
+    .command("reload")
+    .description("make the running cog re-read its capsul.yaml and apply the changes without dropping live streams (the same as SIGHUP); " +
+      "the file is validated here first, and the cog refuses what it cannot apply (see capsul.yaml.example)")
+    .option("-c, --config <file>", CONFIG_HELP + "; its cog.data_dir locates the running cog (cog.pid)")
+    .option("--json", "print JSON instead of text")
+    .action(async (opts: { config?: string; json?: boolean }) => {
+      opts.config ??= cog.opts<{ config?: string }>().config;
+      const { cfg, file } = loadConfig(opts.config);
+      const cogCfg = requireCog(cfg, file);
+      const { pid, result } = await requestReload(cogCfg.dataDir, "cog");
+      reportReload("cog", pid, file, result, opts.json === true);
     });
 
   cog

@@ -39,10 +39,16 @@ export function exitCodeFor(err: unknown): number {
   return err instanceof ConfigError ? 2 : 1;
 }
 
-export function reportError(err: unknown, verbose: boolean): void {
+/** The one line an error is reported with, at start (reportError) and by a refused reload (cli/service.ts). */
+export function errorLine(err: unknown): string {
   const e = err instanceof Error ? err : new Error(String(err));
   const line = e instanceof ConfigError ? `capsul: config error: ${e.message}` : `capsul: ${e.message}`;
-  process.stderr.write(line.split("\n")[0] + "\n");
+  return line.split("\n")[0]!;
+}
+
+export function reportError(err: unknown, verbose: boolean): void {
+  const e = err instanceof Error ? err : new Error(String(err));
+  process.stderr.write(errorLine(e) + "\n");
   if (verbose && e.stack) process.stderr.write(e.stack + "\n");
 }
 
@@ -78,9 +84,9 @@ export function exitOnBugs(log: Logger): void {
 }
 
 /**
- * Runs until SIGINT/SIGTERM, then closes and resolves. Every long-running command
- * (hub, cog, demo) comes through here, so this is also where a node started without
- * capsul's heap flags says so, once.
+ * Runs until SIGINT/SIGTERM, then closes and resolves: `capsul demo`. (`capsul hub` and
+ * `capsul cog` reload and drain: cli/service.ts.) A node started without capsul's heap
+ * flags says so here, once.
  */
 export function untilSignal(close: () => Promise<void>, log: Logger): Promise<void> {
   const missing = missingHeapFlags();
@@ -102,10 +108,9 @@ export function untilSignal(close: () => Promise<void>, log: Logger): Promise<vo
     };
     const onInt = (): void => stop("SIGINT");
     const onTerm = (): void => stop("SIGTERM");
-    // `systemctl reload` sends SIGHUP (deploy/*.service ExecReload). Node's default for it is
-    // to die, and systemd counts death by SIGHUP as a clean exit: Restart=on-failure would
-    // leave the service down. Until config reload exists (issue 9), say so and carry on.
-    const onHup = (): void => log.warn("SIGHUP: configuration reload is not implemented yet, nothing changed; restart to apply a new capsul.yaml");
+    // Node's default for SIGHUP is to die. `capsul hub` and `capsul cog` reload on it
+    // (cli/service.ts); what comes through here (the demo) has nothing to reload.
+    const onHup = (): void => log.warn("SIGHUP: the demo does not reload its configuration; nothing changed");
     process.on("SIGINT", onInt);
     process.on("SIGTERM", onTerm);
     process.on("SIGHUP", onHup);

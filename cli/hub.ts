@@ -1,3 +1,4 @@
+import path from "node:path";
 import type { Command } from "commander";
 import { knownGrants, type GrantOrigin } from "../gateway/grants.js";
 import { createInvite, startHub } from "../gateway/hub.js";
@@ -9,7 +10,8 @@ import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
 import { processRegistry } from "../lib/metrics.js";
-import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table, untilSignal } from "./common.js";
+import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
+import { reportReload, requestReload, runService } from "./service.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -63,7 +65,26 @@ export function registerHubCommands(program: Command): void {
       const log = makeLogger(cfg).child("hub");
       exitOnBugs(log);
       const h = await startHub(hubCfg, log, { registry: processRegistry() });
-      await untilSignal(() => h.close(), log);
+      await runService({
+        role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,
+        reload: async (next) => ({ ...(await h.reload(next.hub!)), restart: [] }),
+        graceMs: () => h.config.shutdownGraceMs,
+        drain: (graceMs, cutNow) => h.drain(graceMs, cutNow),
+        close: () => h.close(),
+      }, cfg, log);
+    });
+
+  hub
+    .command("reload")
+    .description("make the running hub re-read its capsul.yaml and apply the changes without dropping live connections (the same as SIGHUP); " +
+      "the file is validated here first, and the hub refuses what it cannot apply (see capsul.yaml.example)")
+    .option("-c, --config <file>", CONFIG_HELP + "; its hub.data_dir locates the running hub (hub.pid)")
+    .option("--json", "print JSON instead of text")
+    .action(async (opts: { config?: string; json?: boolean }) => {
+      const { cfg, file } = loadConfig(configOpt(opts));
+      const hubCfg = requireHub(cfg, file);
+      const { pid, result } = await requestReload(hubCfg.dataDir, "hub");
+      reportReload("hub", pid, file, result, opts.json === true);
     });
 
   hub

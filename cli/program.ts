@@ -11,6 +11,7 @@ import { registerHubCommands } from "./hub.js";
 import { registerCogCommands } from "./cog.js";
 import { registerDemoCommand } from "./demo.js";
 import { registerVmCommands } from "./vm.js";
+import { registerConfigCommands } from "./config.js";
 
 /** Where package.json is looked for, walking up from this file: cli/ in a checkout run by tap, dist/cli/ when built or installed. */
 const PACKAGE_JSON_MAX_LEVELS = 3;
@@ -49,5 +50,6 @@ export function buildProgram(): Command {
   registerHubCommands(program);
   registerCogCommands(program);
   registerVmCommands(program);
+  registerConfigCommands(program);
   return program;
 }

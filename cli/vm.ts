@@ -9,16 +9,22 @@ import path from "node:path";
 import { type Command, Option } from "commander";
 import { loadConfigFile } from "../config/config.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
-import { findConfig, table } from "./common.js";
-import { formatBytes } from "../lib/units.js";
+import { findConfig, printJson, table } from "./common.js";
+import { formatBytes, parseDurationMs } from "../lib/units.js";
+import { clock, readyLine, WAIT_UNTIL, waitReady, type WaitUntil } from "./vmwait.js";
+import { registerBackupCommands } from "./vmbackup.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
 export const DEFAULT_PROVISIONER_DATA_DIR = "/var/lib/capsul/provisioner";
 /** A create/stop/start through the API must answer within this (stop waits for the guest to power off). */
 export const API_REQUEST_TIMEOUT_MS = 5 * 60_000;
-/** `vm create --wait`: how long to wait for `running`. */
-export const CREATE_WAIT_TIMEOUT_MS = 10 * 60_000;
-const WAIT_POLL_MS = 1000;
+/**
+ * `--wait`: how long to wait for the VM to be ready (`--timeout`). The Debian 12
+ * image finished cloud-init after ~210 s under TCG on a busy 2-core machine;
+ * this leaves room for a slower one. The provisioner never gives up on a
+ * booting VM itself (a slow boot is not an error while QEMU runs).
+ */
+export const WAIT_TIMEOUT_MS = 20 * 60_000;
 
 interface GlobalOpts { api: string; dataDir: string; config?: string; json?: boolean }
 
@@ -119,13 +125,25 @@ function describeVm(vm: any): string {
   const lines: Array<[string, string]> = [
     ["name", vm.name], ["state", `${vm.state}${vm.desired !== (vm.state === "stopped" ? "stopped" : "running") ? ` (should be ${vm.desired})` : ""}`],
     ["image", vm.image], ["size", `${vm.size} (${vm.vcpus} vCPU, ${formatBytes(vm.memory_bytes ?? 0)} RAM, ${formatBytes(vm.disk_bytes ?? 0)} disk)`],
-    ["accel", vm.accel ?? "-"], ["url", vm.url], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
+    ["accel", vm.accel ? `${vm.accel}${vm.accel_reason ? ` (${vm.accel_reason})` : ""}` : "-"],
+    ["url", vm.url], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
   ];
+  if (vm.boot) lines.push(["boot", describeBoot(vm.boot)]);
   if (vm.local) lines.push(["ssh (on this cog)", vm.local.ssh_command], ["http (on this cog)", `http://${vm.local.http}/`], ["https (on this cog)", `https://${vm.local.https}/`]);
   if (vm.message) lines.push(["message", vm.message]);
   lines.push(["uuid", vm.uuid], ["created", vm.created_at]);
   const w = Math.max(...lines.map(([k]) => k.length));
   return lines.map(([k, v]) => `${(k + ":").padEnd(w + 1)} ${v}`).join("\n");
+}
+
+function describeBoot(b: { started_at: string | null; ssh_at: string | null; cloud_init: string | null; cloud_init_done_at: string | null }): string {
+  if (!b.started_at) return b.cloud_init ? `cloud-init ${b.cloud_init}` : "-";
+  const since = (at: string): string => clock(Date.parse(at) - Date.parse(b.started_at!));
+  const parts = [`started ${b.started_at}`];
+  parts.push(b.ssh_at ? `ssh after ${since(b.ssh_at)}` : "no ssh yet");
+  if (b.cloud_init === "done") parts.push(`cloud-init done after ${since(b.cloud_init_done_at!)}`);
+  else if (b.cloud_init) parts.push(`cloud-init ${b.cloud_init}`);
+  return parts.join(", ");
 }
 
 function readKeys(specs: string[]): string[] {
@@ -144,16 +162,7 @@ function defaultKeyFiles(): string[] {
   return ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"].map((f) => path.join(dir, f)).filter((f) => fs.existsSync(f)).slice(0, 1);
 }
 
-async function waitRunning(a: Api, name: string): Promise<any> {
-  const deadline = Date.now() + CREATE_WAIT_TIMEOUT_MS;
-  for (;;) {
-    const { vm } = await a.json("GET", `/v1/vms/${name}`);
-    if (vm.state === "running") return vm;
-    if (vm.state === "error") throw new RuntimeError(`VM ${name} failed: ${vm.message}`);
-    if (Date.now() > deadline) throw new RuntimeError(`VM ${name} not running after ${CREATE_WAIT_TIMEOUT_MS / 1000} s (state ${vm.state})`);
-    await new Promise((r) => setTimeout(r, WAIT_POLL_MS));
-  }
-}
+const getVm = (a: Api) => async (name: string): Promise<any> => (await a.json("GET", `/v1/vms/${encodeURIComponent(name)}`)).vm;
 
 function progressBar(bytes: number, total: number | null): string {
   if (!total) return `${formatBytes(bytes)}`;
@@ -172,26 +181,37 @@ export function registerVmCommands(program: Command): void {
     .option("--json", "print JSON instead of text");
 
   const vm = common(program.command("vm").description("create and manage VMs (capsuls) on this cog"));
+  const waitOptions = (c: Command): Command => c
+    .addOption(new Option("--wait [until]", "wait until the VM is ready: ssh answers and cloud-init has finished (ready), or ssh answers (ssh)")
+      .choices(WAIT_UNTIL).preset("ready"))
+    .option("--timeout <duration>", `how long --wait waits (default ${WAIT_TIMEOUT_MS / 60_000}m)`);
+  const waitOpts = (o: { wait?: WaitUntil | true; timeout?: string }, json: boolean): { until: WaitUntil; timeoutMs: number; json: boolean } => ({
+    until: o.wait === true || o.wait === undefined ? "ready" : o.wait,
+    timeoutMs: o.timeout === undefined ? WAIT_TIMEOUT_MS : parseDurationMs(o.timeout, "--timeout"),
+    json,
+  });
 
-  vm.command("create <name>")
+  type WaitFlags = { wait?: WaitUntil | true; timeout?: string };
+  waitOptions(vm.command("create <name>")
     .description("create a VM and boot it")
     .requiredOption("--image <image>", "image name (capsul image list)")
     .option("--size <size>", "size (GET /v1/sizes)", "f1-s")
-    .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option("--wait", "wait until the VM answers ssh")
-    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; wait?: boolean }, cmd: Command) => {
+    .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[]))
+    .action(async (name: string, o: { image: string; size: string; sshKey: string[] } & WaitFlags, cmd: Command) => {
       const { api: a, opts } = api(cmd);
+      const wait = o.wait ? waitOpts(o, Boolean(opts.json)) : null;
       const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
       if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
-      let { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files) });
-      if (o.wait) v = await waitRunning(a, name);
-      out(opts.json ? JSON.stringify(v, null, 2) : o.wait ? describeVm(v) : `${name}: ${v.state} (capsul vm show ${name})`);
+      const { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files) });
+      if (!wait) { if (opts.json) printJson(v); else out(`${name}: ${v.state} (capsul vm show ${name})`); return; }
+      const r = await waitReady(getVm(a), name, wait);
+      if (opts.json) printJson(r.vm); else out(`${readyLine(name, r.vm, r.elapsedMs)}\n${describeVm(r.vm)}`);
     });
 
   vm.command("list").description("list VMs").action(async (_o: unknown, cmd: Command) => {
     const { api: a, opts } = api(cmd);
     const { vms } = await a.json("GET", "/v1/vms");
-    if (opts.json) { out(JSON.stringify(vms, null, 2)); return; }
+    if (opts.json) { printJson(vms); return; }
     if (vms.length === 0) { out("no VMs (capsul vm create NAME --image IMAGE)"); return; }
     out(table(["NAME", "STATE", "SIZE", "IMAGE", "SSH", "URL"],
       vms.map((v: any) => [v.name, v.state, v.size, v.image, v.ssh_command ?? v.local?.ssh_command ?? "-", v.url])));
@@ -200,27 +220,65 @@ export function registerVmCommands(program: Command): void {
   vm.command("show <name>").description("show a VM and how to reach it").action(async (name: string, _o: unknown, cmd: Command) => {
     const { api: a, opts } = api(cmd);
     const { vm: v } = await a.json("GET", `/v1/vms/${encodeURIComponent(name)}`);
-    out(opts.json ? JSON.stringify(v, null, 2) : describeVm(v));
+    if (opts.json) printJson(v); else out(describeVm(v));
   });
 
-  for (const [verb, what] of [["start", "boot a stopped VM"], ["stop", "power a VM off (ACPI, then forced)"], ["reboot", "reset a VM"]] as const) {
-    vm.command(`${verb} <name>`).description(what).action(async (name: string, _o: unknown, cmd: Command) => {
+  waitOptions(vm.command("start <name>").description("boot a stopped VM"))
+    .action(async (name: string, o: WaitFlags, cmd: Command) => {
       const { api: a, opts } = api(cmd);
-      const { vm: v } = await a.json("POST", `/v1/vms/${encodeURIComponent(name)}/${verb}`);
-      out(opts.json ? JSON.stringify(v, null, 2) : `${name}: ${v.state}`);
+      const wait = o.wait ? waitOpts(o, Boolean(opts.json)) : null;
+      let { vm: v } = await a.json("POST", `/v1/vms/${encodeURIComponent(name)}/start`);
+      let line = `${name}: ${v.state}`;
+      if (wait) {
+        const r = await waitReady(getVm(a), name, wait);
+        v = r.vm;
+        line = readyLine(name, v, r.elapsedMs);
+      }
+      if (opts.json) printJson(v); else out(line);
     });
-  }
+
+  vm.command("stop <name>")
+    .description("power a VM off: the ACPI power button, QEMU quit after stop_timeout")
+    .option("--force", "quit QEMU at once (pulls the plug: the guest may lose writes)")
+    .action(async (name: string, o: { force?: boolean }, cmd: Command) => {
+      const { api: a, opts } = api(cmd);
+      const r = await a.json("POST", `/v1/vms/${encodeURIComponent(name)}/stop`, o.force ? { force: true } : undefined);
+      if (opts.json) { printJson(r); return; }
+      const how = !r.stop ? "was not running" : r.stop.graceful ? `the guest powered off in ${clock(r.stop.took_ms)}`
+        : o.force ? "QEMU quit (--force)" : (r.vm.message ?? "QEMU quit");
+      out(`${name}: ${r.vm.state} (${how})`);
+    });
+
+  waitOptions(vm.command("reboot <name>")
+    .description("reboot a VM: ctrl-alt-delete, a hard reset after reboot_timeout")
+    .option("--force", "hard reset at once (the guest may lose writes)"))
+    .action(async (name: string, o: { force?: boolean } & WaitFlags, cmd: Command) => {
+      const { api: a, opts } = api(cmd);
+      const wait = o.wait ? waitOpts(o, Boolean(opts.json)) : null;
+      const r = await a.json("POST", `/v1/vms/${encodeURIComponent(name)}/reboot`, o.force ? { force: true } : undefined);
+      const how = r.reboot.graceful ? `the guest rebooted in ${clock(r.reboot.took_ms)}` : o.force ? "reset (--force)" : (r.vm.message ?? "reset");
+      let line = `${name}: ${r.vm.state} (${how})`;
+      if (wait) {
+        const w = await waitReady(getVm(a), name, wait);
+        r.vm = w.vm;
+        line += `\n${readyLine(name, w.vm, w.elapsedMs)}`;
+      }
+      if (opts.json) printJson(r); else out(line);
+    });
 
   vm.command("delete <name>").description("delete a VM and its disk").action(async (name: string, _o: unknown, cmd: Command) => {
     const { api: a, opts } = api(cmd);
     const r = await a.json("DELETE", `/v1/vms/${encodeURIComponent(name)}`);
-    out(opts.json ? JSON.stringify(r) : `${name}: deleted`);
+    if (opts.json) printJson(r); else out(`${name}: deleted`);
   });
 
   vm.command("console <name>").description("print the tail of a VM's serial console").action(async (name: string, _o: unknown, cmd: Command) => {
-    const { api: a } = api(cmd);
-    process.stdout.write(await (await a.call("GET", `/v1/vms/${encodeURIComponent(name)}/console`, undefined, "text/plain")).text());
+    const { api: a, opts } = api(cmd);
+    const text = await (await a.call("GET", `/v1/vms/${encodeURIComponent(name)}/console`, undefined, "text/plain")).text();
+    if (opts.json) printJson({ vm: name, console: text }); else process.stdout.write(text);
   });
+
+  registerBackupCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
 
   const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
 
@@ -261,13 +319,13 @@ export function registerVmCommands(program: Command): void {
         const m = `${result.error.message} [${result.error.code}]`;
         throw USAGE_STATUSES.has(result.error.status) ? new ConfigError(m) : new RuntimeError(m);
       }
-      out(opts.json ? JSON.stringify(result.image, null, 2) : `${result.image.name}: imported (${result.image.format})`);
+      if (opts.json) printJson(result.image); else out(`${result.image.name}: imported (${result.image.format})`);
     });
 
   image.command("list").description("list images").action(async (_o: unknown, cmd: Command) => {
     const { api: a, opts } = api(cmd);
     const { images } = await a.json("GET", "/v1/images");
-    if (opts.json) { out(JSON.stringify(images, null, 2)); return; }
+    if (opts.json) { printJson(images); return; }
     if (images.length === 0) { out("no images (capsul image import FILE --name NAME)"); return; }
     out(table(["NAME", "FORMAT", "SIZE", "SHA256", "USED BY"], images.map((i: any) => {
       const files = Object.values(i.files) as Array<{ sha256: string; bytes: number }>;
@@ -278,6 +336,6 @@ export function registerVmCommands(program: Command): void {
   image.command("delete <name>").description("delete an unused image").action(async (name: string, _o: unknown, cmd: Command) => {
     const { api: a, opts } = api(cmd);
     const r = await a.json("DELETE", `/v1/images/${encodeURIComponent(name)}`);
-    out(opts.json ? JSON.stringify(r) : `${name}: deleted`);
+    if (opts.json) printJson(r); else out(`${name}: deleted`);
   });
 }

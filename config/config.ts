@@ -19,9 +19,10 @@ import {
 import { spliceHeldMaxBytes } from "../protocol/splice.js";
 import { parseProvisionerConfig } from "../provisioner/config.js";
 import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
+import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import type {
-  AdminLimits, CapsulConfig, CogConfig, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
+  AdminLimits, CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
 } from "./types.js";
 import {
@@ -59,6 +60,14 @@ export const DEFAULT_HTTP_HEADER_TIMEOUT_MS = 5_000;
 export const DEFAULT_HTTP_HEADER_MAX_BYTES = 16 * 1024;
 export const DEFAULT_GRACE_MS = 5_000;
 export const DEFAULT_MAX_VISITORS = 20_000;
+/**
+ * A flood of 2,000 connections opened at once overflowed a backlog of 1,024 (Linux counted
+ * ~800 ListenOverflows per flood in test/silent-flood.test.ts): every source's connection
+ * that arrived then waited a second for its retry. 4096 is somaxconn's default since Linux 5.4.
+ */
+export const DEFAULT_LISTEN_BACKLOG = 4096;
+/** Catches a slip of the finger: the kernel caps the backlog at net.core.somaxconn anyway. */
+export const MAX_LISTEN_BACKLOG = 65_535;
 /**
  * A browser opens ~6 connections per site; 256 leaves room for a few dozen people behind one
  * NAT while one machine can take at most 1.3% of max_visitors (78 sources to take them all).
@@ -123,6 +132,11 @@ export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
 export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 30_000;
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
+/**
+ * hub.shutdown_grace and cog.shutdown_grace: 30 s lets a page load or a small download finish
+ * and stays inside systemd's default TimeoutStopSec (90 s), so a drain is never SIGKILLed.
+ */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 30_000;
 export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
 
 /** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
@@ -165,15 +179,15 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "admin"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "admin", "shutdown_grace"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
 const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
 const COG_LISTEN_KEYS = ["admin"] as const;
-const GRANT_KEYS = ["name", "hostnames", "tcp_ports"] as const;
+const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
-  "http_header_max_bytes", "grace", "max_visitors", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
-  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval"] as const;
+  "http_header_max_bytes", "grace", "max_visitors", "listen_backlog", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
+  "splice_queue", "buffer_budget", "cog_buffer_budget", "buffer_check_interval", "refusal_log_interval", ...HUB_QUOTA_KEYS] as const;
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
@@ -181,7 +195,7 @@ const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_po
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "listen", "admin",
-  "provisioner", "acme", "terminate"] as const;
+  "provisioner", "acme", "terminate", "shutdown_grace"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
 const LOG_KEYS = ["level"] as const;
@@ -293,6 +307,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
   if (cogBufferBudgetBytes > bufferBudgetBytes) {
     throw new ConfigError(`must be at most buffer_budget (${fmtBytes(bufferBudgetBytes)}), got ${fmtBytes(cogBufferBudgetBytes)}`, cogPath);
   }
+  const quotas = parseHubQuotas(m, path, maxVisitors);
   return {
     clientHelloTimeoutMs: duration(m.client_hello_timeout, at(path, "client_hello_timeout"), DEFAULT_CLIENT_HELLO_TIMEOUT_MS, 1),
     clientHelloMaxBytes: size(m.client_hello_max_bytes, at(path, "client_hello_max_bytes"), DEFAULT_CLIENT_HELLO_MAX_BYTES, 1),
@@ -300,6 +315,7 @@ function parseLimits(value: unknown, path: string): HubLimits {
     httpHeaderMaxBytes: size(m.http_header_max_bytes, at(path, "http_header_max_bytes"), DEFAULT_HTTP_HEADER_MAX_BYTES, 1),
     graceMs: duration(m.grace, at(path, "grace"), DEFAULT_GRACE_MS, 0),
     maxVisitors,
+    listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
     maxVisitorsPerIp,
     maxUnpeekedPerIp,
     // Node turns a timer delay above 2^31-1 ms into 1 ms: every visitor would be cut at once.
@@ -309,6 +325,10 @@ function parseLimits(value: unknown, path: string): HubLimits {
     cogBufferBudgetBytes,
     bufferCheckIntervalMs: duration(m.buffer_check_interval, at(path, "buffer_check_interval"), DEFAULT_BUFFER_CHECK_INTERVAL_MS, 1, MAX_MUX_INT),
     refusalLogIntervalMs: duration(m.refusal_log_interval, at(path, "refusal_log_interval"), DEFAULT_REFUSAL_LOG_INTERVAL_MS, 0),
+    maxStreamsPerCog: quotas.maxStreams,
+    maxConnectionsPerRoute: quotas.maxConnectionsPerRoute,
+    cogBandwidthBytesPerSec: quotas.bandwidthBytesPerSec,
+    cogBandwidthBurstBytes: quotas.bandwidthBurstBytes,
   };
 }
 
@@ -343,7 +363,10 @@ function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
   };
 }
 
-function parseGrants(value: unknown, path: string, hub: { domain: string; defaultGrants: boolean; pool: PortRange[] }): HubCogGrant[] {
+function parseGrants(
+  value: unknown, path: string,
+  hub: { domain: string; defaultGrants: boolean; pool: PortRange[]; limits: CogLimits; maxVisitors: number },
+): HubCogGrant[] {
   const grants = list(value, path).map((item, i): HubCogGrant => {
     const p = `${path}[${i}]`;
     const m = mapping(item, p, GRANT_KEYS);
@@ -359,7 +382,7 @@ function parseGrants(value: unknown, path: string, hub: { domain: string; defaul
       }
       return range;
     });
-    return { name, hostnames, tcpPorts };
+    return { name, hostnames, tcpPorts, limits: parseCogLimits(m.limits, `${p}.limits`, hub.limits, hub.maxVisitors) };
   });
 
   // Pairwise checks between different cogs; each error is reported at the later entry.
@@ -408,20 +431,24 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     ? formatHostPort({ host: domain, port: listen.tunnel.port })
     : formatHostPort(parseHostPort(m.public_tunnel_address, publicPath));
   const defaultGrants = boolean(m.default_grants, at(path, "default_grants"), DEFAULT_HUB_DEFAULT_GRANTS);
+  const limits = parseLimits(m.limits, at(path, "limits"));
   return {
     dataDir,
     store: parseHubStore(m, path, baseDir),
     domain,
     listen,
     publicTunnelAddress,
-    cogs: parseGrants(m.cogs, at(path, "cogs"), { domain, defaultGrants, pool: listen.tcpPorts }),
+    cogs: parseGrants(m.cogs, at(path, "cogs"), {
+      domain, defaultGrants, pool: listen.tcpPorts, limits: hubCogLimits(limits), maxVisitors: limits.maxVisitors,
+    }),
     defaultGrants,
     defaultTcpPortsPerCog: integer(m.default_tcp_ports_per_cog, at(path, "default_tcp_ports_per_cog"), DEFAULT_TCP_PORTS_PER_COG, 0),
     inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
-    limits: parseLimits(m.limits, at(path, "limits")),
+    limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
     admin: parseHubAdmin(m.admin, at(path, "admin")),
+    shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
   };
 }
 
@@ -500,6 +527,7 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     provisioner,
     acme: parseAcme(m.acme, at(path, "acme"), baseDir),
     terminate: parseTerminate(m.terminate, at(path, "terminate")),
+    shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
   };
 }
 

@@ -20,6 +20,25 @@ export interface HubCogGrant {
   hostnames: string[];
   /** TCP port ranges this cog may be assigned (must lie inside hub.listen.tcp_ports). */
   tcpPorts: PortRange[];
+  /** This cog's visitor limits: hub.cogs[].limits over the hub-wide ones of hub.limits. */
+  limits: CogLimits;
+}
+
+/**
+ * Limits on one cog's visitors (gateway/quotas.ts). hub.limits sets them for every cog
+ * (max_streams_per_cog, max_connections_per_route, cog_bandwidth, cog_bandwidth_burst);
+ * hub.cogs[].limits (max_streams, max_connections_per_route, bandwidth, bandwidth_burst)
+ * for one. The defaults are hub.limits' (config/quotas.ts).
+ */
+export interface CogLimits {
+  /** Visitor streams the cog's tunnel carries at once; a visitor over it is refused as if the cog were offline (HTTP: 503). */
+  maxStreams: number;
+  /** Visitor connections open at once to one route of the cog (one hostname's tls or http route, one tcp port); refused the same way. */
+  maxConnectionsPerRoute: number;
+  /** Bytes per second the cog's visitors may move, each direction on its own, all visitors together (0 = unlimited). */
+  bandwidthBytesPerSec: number;
+  /** Bytes they may move at once before that rate applies: the token bucket's size (0 when bandwidth is 0). */
+  bandwidthBurstBytes: number;
 }
 
 export interface HubLimits {
@@ -35,6 +54,13 @@ export interface HubLimits {
   graceMs: number;
   /** Max concurrent visitor connections hub-wide (default 20000). */
   maxVisitors: number;
+  /**
+   * Connections the kernel queues on each public listener (TLS, HTTP, TCP ports) until the hub
+   * accepts them; past it the kernel drops new ones, whoever sent them, until a SYN-ACK retry a
+   * second later. Capped by the kernel at net.core.somaxconn (default 4096, somaxconn's own
+   * default since Linux 5.4; 1 to 65535).
+   */
+  listenBacklog: number;
   /**
    * Max concurrent visitor connections from one source: an IPv4 address or an IPv6 /64
    * (default 256; at most maxVisitors). Raise it when visitors arrive through a proxy or CGNAT.
@@ -66,6 +92,25 @@ export interface HubLimits {
   bufferCheckIntervalMs: number;
   /** A refused or cut visitor is logged at most once per source per this (default 60s; 0 logs every one). */
   refusalLogIntervalMs: number;
+  /**
+   * Visitor streams one cog's tunnel carries at once; past it its visitors are refused as if it
+   * were offline (HTTP: 503), so one busy or attacked cog cannot take every slot (default 5000,
+   * a quarter of the default max_visitors, or maxVisitors if smaller; at most maxVisitors).
+   */
+  maxStreamsPerCog: number;
+  /**
+   * Visitor connections open at once to one route (one hostname's tls or http route, one tcp
+   * port), refused the same way: one capsul's flood leaves its cog's others room (default 2000,
+   * or maxStreamsPerCog if smaller; at most maxStreamsPerCog).
+   */
+  maxConnectionsPerRoute: number;
+  /**
+   * Bytes per second each cog's visitors may move, each direction on its own, shared by all the
+   * cog's visitors: a token bucket (default 0 = unlimited; at least 1KiB/s).
+   */
+  cogBandwidthBytesPerSec: number;
+  /** That bucket's size: bytes that pass at full speed before the rate applies (default 1s of cogBandwidthBytesPerSec, at least 64KiB; 0 when unlimited). */
+  cogBandwidthBurstBytes: number;
 }
 
 export interface TunnelTuning {
@@ -236,6 +281,12 @@ export interface HubConfig {
   limits: HubLimits;
   tunnel: HubTunnelTuning;
   admin: HubAdmin;
+  /**
+   * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
+   * visitor connections finish for up to this long, then cuts the rest and exits 0
+   * (default 30s; 0 cuts at once; at most 2^31-1 ms).
+   */
+  shutdownGraceMs: number;
 }
 
 export interface CogRoute {
@@ -337,6 +388,12 @@ export interface CogConfig {
   acme: AcmeConfig;
   /** Limits of TLS termination on the cog. */
   terminate: TerminateConfig;
+  /**
+   * On SIGTERM (or SIGINT) the cog sends GoAway to the hub and lets its visitor streams
+   * finish for up to this long, then closes the tunnel; VMs keep running (default 30s;
+   * 0 cuts at once; at most 2^31-1 ms).
+   */
+  shutdownGraceMs: number;
 }
 
 /** One VM size (issue 4). IO limits are per second; 0 means unlimited. */
@@ -377,10 +434,24 @@ export interface ProvisionerConfig {
   qemuImgBinary: string;
   /** genisoimage, builds the cloud-init NoCloud seed (default genisoimage). */
   genisoimageBinary: string;
-  /** From QEMU start until the guest answers on its SSH port; past it the VM is marked running with a warning (default 180s). */
+  /**
+   * Under KVM, from QEMU start (or a guest reset) until the guest answers on its SSH
+   * port; past it the VM stays `starting` with a "slow, still booting" message and
+   * is watched on while QEMU runs (default 180s).
+   */
   bootTimeoutMs: number;
-  /** From system_powerdown until QEMU has exited; then quit, then SIGKILL (default 60s). */
+  /**
+   * The same under TCG, where a cloud image takes minutes: Debian 12 answered SSH
+   * after 78–134 s on a quiet 2-core machine and 142–247 s under load (default 10m).
+   */
+  bootTimeoutTcgMs: number;
+  /** From system_powerdown (ACPI power button) until QEMU has exited; then quit, then SIGKILL (default 60s). */
   stopTimeoutMs: number;
+  /**
+   * From ctrl-alt-delete until the guest resets (a clean reboot); then a hard
+   * system_reset (default 120s; Debian 12 under TCG reset after 13 s).
+   */
+  rebootTimeoutMs: number;
   /** Deadline for `qemu-system … -daemonize` to return, i.e. for QEMU to initialise (default 30s). */
   launchTimeoutMs: number;
   /** Deadline for one QMP command (default 10s). */
@@ -429,6 +500,35 @@ export interface ProvisionerConfig {
   consoleLogMaxBytes: number;
   /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
   pastaBinary: string;
+  /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
+  backups: BackupConfig;
+}
+
+/** When the provisioner backs up running VMs by itself: never, or every `intervalMs` since a VM's newest backup. */
+export type BackupSchedule = { kind: "off" } | { kind: "every"; intervalMs: number };
+
+/** `cog.provisioner.backups` (README "Backups"). */
+export interface BackupConfig {
+  /** Where backups live: one directory per VM name with manifest.json and qcow2 files (default <dataDir>/backups, made 0700). */
+  dir: string;
+  /** off (default), hourly, daily, weekly, or a duration of at least 1m: a running VM whose newest backup is older gets one. */
+  schedule: BackupSchedule;
+  /** Chains kept per VM, a chain being a full backup and the incrementals on top of it; older chains are deleted whole (default 2). */
+  keepFull: number;
+  /** Incrementals per chain; with this many, the next backup is a full one that starts a new chain (default 6; 0 = always full). */
+  keepIncremental: number;
+  /** How long the guest agent may take to answer guest-ping; silence means a crash-consistent backup (default 3s). */
+  agentTimeoutMs: number;
+  /** How long guest-fsfreeze-freeze may take (the guest flushes its filesystems; default 60s); past it, thaw and back up crash-consistent. */
+  freezeTimeoutMs: number;
+  /** A backup or restore whose progress stops this long is cancelled (default 10m). */
+  stallTimeoutMs: number;
+  /** How often the schedule looks for VMs that are due (default 1m). */
+  checkIntervalMs: number;
+  /** After a scheduled backup of a VM failed, the next attempt waits this long (default 30m). */
+  retryAfterMs: number;
+  /** Bytes per second a backup job may read from a VM's disk (QEMU's job "speed"; default 0 = unlimited). */
+  rateLimitBytesPerSec: number;
 }
 
 export interface CapsulConfig {

@@ -121,6 +121,25 @@ export function size(value: unknown, path: string, def: number, min: number, max
   return bytes;
 }
 
+/**
+ * Bytes per second: a size with an optional "/s" ("2MiB/s", "500KB/s", a bare number of
+ * bytes), or 0, "off" or false for unlimited (0). `min` applies to a limit that is on.
+ */
+export function rate(value: unknown, path: string, def: number, min: number): number {
+  if (value === undefined || value === null) return def;
+  if (value === false || value === "off" || value === 0) return 0;
+  const text = typeof value === "string" ? value.trim().replace(/\/s$/, "") : value;
+  let bytes: number;
+  try {
+    bytes = parseSizeBytes(text, path);
+  } catch {
+    throw new ConfigError(`not a rate (use e.g. 2MiB/s, 500KiB/s, or off): ${JSON.stringify(value)}`, path);
+  }
+  if (bytes === 0) return 0;
+  if (bytes < min) throw new ConfigError(`must be at least ${fmtBytes(min)}/s (or off), got ${bytes} bytes/s`, path);
+  return bytes;
+}
+
 export function directory(value: unknown, path: string, def: string, baseDir: string): string {
   return resolve(baseDir, string(value, path, def));
 }

@@ -14,12 +14,14 @@
  */
 import type { Context } from "hono";
 import type { HubConfig } from "../config/types.js";
-import { ConfigError } from "../lib/errors.js";
-import { COG_NAME_RE, formatPortRange, isWildcardAddress, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
+import { loadOrCreateAdminToken } from "../certs/admintoken.js";
+import { ConfigError, RuntimeError } from "../lib/errors.js";
+import { COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import type { Logger } from "../lib/log.js";
 import { parseDurationMs } from "../lib/units.js";
 import { gatedApp, isLoopbackHost, serveAdmin, type AdminServer } from "../lib/adminhttp.js";
 import { cogsJson, invitesJson, statusJson } from "./adminviews.js";
+import type { ListenerChange } from "./listeners.js";
 import type { HubMetrics } from "./metrics.js";
 import type { HubStore } from "./store/types.js";
 import { renderStatusPage, STATUS_PAGE_HEADERS, TrafficMeter } from "./statuspage.js";
@@ -165,4 +167,93 @@ export async function startHubAdmin(d: HubAdminDeps): Promise<AdminServer> {
     url: server.url, token: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${d.cfg.dataDir}/admin-token)`,
   });
   return server;
+}
+
+/**
+ * hub.listen.admin as a reload sees it (gateway/reload.ts, like gateway/listeners.ts's
+ * Listener): a change of hub.listen.admin or hub.admin serves an app built from the new
+ * configuration (its Host names, whether the token is asked for, its limits) on the new
+ * address. prepare() binds it next to the old one; on the same port (only the limits
+ * changed, or 127.0.0.1:7444 to 0.0.0.0:7444) the old one stops accepting first and is
+ * bound again by undo(). The old server's requests in progress finish (each is bounded by
+ * hub.admin.request_timeout); its idle keep-alive connections are closed.
+ */
+export class HubAdminListener {
+  private server: AdminServer | null = null;
+  private cfg: HubConfig | null = null;
+
+  constructor(private readonly deps: Omit<HubAdminDeps, "cfg" | "token">) {}
+
+  get port(): number | null { return this.server?.port ?? null; }
+
+  private async bind(cfg: HubConfig): Promise<AdminServer> {
+    const token = await loadOrCreateAdminToken(cfg.dataDir);
+    return startHubAdmin({ ...this.deps, cfg, token });
+  }
+
+  private bindError(cfg: HubConfig, err: unknown): RuntimeError {
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    return new RuntimeError(`hub.listen.admin: cannot listen on ${formatHostPort(cfg.listen.admin!)}: ${why}`, { cause: err });
+  }
+
+  /** The first bind, at start (nothing when hub.listen.admin is off). */
+  async open(cfg: HubConfig): Promise<void> {
+    if (!cfg.listen.admin) return;
+    try {
+      this.server = await this.bind(cfg);
+      this.cfg = cfg;
+    } catch (err) {
+      throw this.bindError(cfg, err);
+    }
+  }
+
+  async prepare(next: HubConfig): Promise<ListenerChange> {
+    const old = this.server;
+    const oldCfg = this.cfg;
+    if (!next.listen.admin) {
+      return { commit: () => { old?.stop(); this.server = null; this.cfg = next; }, undo: async () => {} };
+    }
+    let fresh: AdminServer;
+    let stoppedOld = false;
+    try {
+      fresh = await this.bind(next);
+    } catch (err) {
+      const samePort = old !== null && oldCfg?.listen.admin != null && next.listen.admin.port !== 0 && oldCfg.listen.admin.port === next.listen.admin.port;
+      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || !samePort) throw this.bindError(next, err);
+      old.stop();
+      stoppedOld = true;
+      try {
+        fresh = await this.bind(next);
+      } catch (err2) {
+        await this.rebindOld(oldCfg);
+        throw this.bindError(next, err2);
+      }
+    }
+    return {
+      commit: () => {
+        if (!stoppedOld) old?.stop();
+        this.server = fresh;
+        this.cfg = next;
+      },
+      undo: async () => {
+        await fresh.close();
+        if (stoppedOld) await this.rebindOld(oldCfg!);
+      },
+    };
+  }
+
+  private async rebindOld(cfg: HubConfig): Promise<void> {
+    try {
+      this.server = await this.bind(cfg);
+    } catch (err) {
+      // Someone took the port in the moment it was free: no admin listener until a reload or restart.
+      this.server = null;
+      this.deps.log.error("the admin listener could not return to its old address", { error: (err as Error).message });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.server?.close();
+    this.server = null;
+  }
 }

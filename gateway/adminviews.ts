@@ -54,7 +54,10 @@ export interface StatusJson {
     active: number;
     total: number;
     routed: number;
-    refused: { no_route: number; cog_offline: number; over_limit: number; over_source_limit: number; over_unpeeked_limit: number };
+    refused: {
+      no_route: number; cog_offline: number; over_limit: number; over_source_limit: number; over_unpeeked_limit: number;
+      over_cog_streams: number; over_route_connections: number;
+    };
     /** Closed by the hub itself: over the buffer budget without draining, or idle past idle_timeout. */
     cut: { buffer_budget: number; idle_timeout: number };
     peeks: Record<string, Record<string, number>>;
@@ -149,6 +152,7 @@ export async function statusJson(domain: string, stats: VisitorStats, metrics: H
       refused: {
         no_route: stats.noRoute, cog_offline: stats.cogOffline, over_limit: stats.overLimit,
         over_source_limit: stats.overSourceLimit, over_unpeeked_limit: stats.overUnpeekedLimit,
+        over_cog_streams: stats.overCogStreams, over_route_connections: stats.overRouteConnections,
       },
       cut: { buffer_budget: stats.shed, idle_timeout: stats.idleTimeout },
       peeks,

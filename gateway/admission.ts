@@ -73,10 +73,16 @@ export class TunnelAdmission {
   readonly refused = { total: 0, perSource: 0 };
 
   constructor(
-    private readonly maxTotal: number,
-    private readonly maxPerSource: number,
+    private maxTotal: number,
+    private maxPerSource: number,
     private readonly log: ThrottledLog,
   ) {}
+
+  /** New caps (a reload); connections already admitted keep their tickets. */
+  setLimits(maxTotal: number, maxPerSource: number): void {
+    this.maxTotal = maxTotal;
+    this.maxPerSource = maxPerSource;
+  }
 
   /** Connections admitted and not yet released. */
   get unauthenticated(): number {

@@ -51,7 +51,7 @@ export class Pool {
   measured = 0;
   /** Over its budget at the last sweep: streams give window back, none grows. */
   squeezed = false;
-  constructor(readonly name: string, readonly limitBytes: number) {}
+  constructor(readonly name: string, public limitBytes: number) {}
 
   free(): number {
     return this.squeezed || this.limitBytes <= this.reserved ? 0 : this.limitBytes - this.reserved;
@@ -121,12 +121,12 @@ export class BufferBudget {
   private readonly cogs = new Map<string, Pool>();
   private readonly visits = new Set<Visit>();
   /** Floor + queues of one visit: what is over-committed per visit. */
-  private readonly unreservedPerVisit: number;
+  private unreservedPerVisit: number;
   private readonly clock: () => number;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
 
-  constructor(private readonly opts: BudgetOptions) {
+  constructor(private opts: BudgetOptions) {
     this.global = new Pool("hub", opts.budgetBytes);
     this.unreservedPerVisit = MUX_INITIAL_WINDOW_BYTES + spliceHeldMaxBytes(opts.spliceQueueBytes);
     this.clock = opts.clock ?? performance.now.bind(performance);
@@ -295,6 +295,25 @@ export class BufferBudget {
     else v.cog.measured -= v.measured;
     this.end(v);
     this.opts.onShed(v, pool);
+  }
+
+  /**
+   * New budgets, splice queue and sweep interval (a reload). The budgets bind at the next
+   * sweep, new windows and growth at once; the per-visit floor estimate follows the new
+   * splice_queue, which only new visitors use (an old visitor's larger queues are sampled
+   * by the sweeps like any other bytes it holds).
+   */
+  setLimits(limits: Pick<BudgetOptions, "budgetBytes" | "cogBudgetBytes" | "spliceQueueBytes" | "checkIntervalMs">): void {
+    const restart = this.timer !== null && limits.checkIntervalMs !== this.opts.checkIntervalMs;
+    this.opts = { ...this.opts, ...limits };
+    this.global.limitBytes = limits.budgetBytes;
+    for (const p of this.cogs.values()) p.limitBytes = limits.cogBudgetBytes;
+    this.unreservedPerVisit = MUX_INITIAL_WINDOW_BYTES + spliceHeldMaxBytes(limits.spliceQueueBytes);
+    if (restart) {
+      clearInterval(this.timer!);
+      this.timer = null;
+    }
+    this.watch(this.global);
   }
 
   /** Stops the sweeps (hub shutdown). */

@@ -59,6 +59,10 @@ export class ControlChannel {
   private readonly bucket: TokenBucket;
   private lastStatus = "";
   private lastRefused = "";
+  /** The route set the cog announced last: a reload that changes grants applies it again. */
+  private wanted: WireRoute[] = [];
+  /** Route applications run one at a time: the announce loop's and a reload's reapply(). */
+  private applying: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly ctx: ControlContext,
@@ -81,7 +85,8 @@ export class ControlChannel {
   /** Applies the hello's route set (it takes a token like any other) and returns what was accepted. */
   async hello(wanted: WireRoute[]): Promise<{ accepted: AcceptedRoute[]; refused: { name: string; reason: string }[] }> {
     this.bucket.tryTake();
-    const res = await this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal);
+    this.wanted = wanted;
+    const res = await this.serially(() => this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal));
     this.count("applied");
     this.lastRefused = JSON.stringify(res.refused);
     this.status(res.accepted);
@@ -147,9 +152,27 @@ export class ControlChannel {
     }
   }
 
+  /** Runs `fn` after every route application started before it. */
+  private serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.applying.then(fn, fn);
+    this.applying = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Applies the cog's last announced route set again, under the grants as they are now
+   * (a reload changed them), and tells the cog the outcome like any other routes-result.
+   * No token is taken: the hub, not the cog, asked for it.
+   */
+  async reapply(): Promise<void> {
+    if (this.ctx.signal.aborted) return;
+    await this.applyRoutes(this.wanted);
+  }
+
   private async applyRoutes(wanted: WireRoute[]): Promise<void> {
     const { cog, log } = this.ctx;
-    const res = await this.ctx.routes.apply(cog, wanted, this.ctx.signal);
+    this.wanted = wanted;
+    const res = await this.serially(() => this.ctx.routes.apply(cog, wanted, this.ctx.signal));
     this.count("applied");
     if (this.ctx.signal.aborted) return;
     this.send({ type: "routes-result", accepted: res.accepted, refused: res.refused });

@@ -1,7 +1,8 @@
 /**
  * The hub: public listeners (TLS passthrough, HTTP, raw TCP ports), the
  * tunnel listener, and the state that ties them together. `startHub()` is
- * what `capsul hub` and `capsul demo` run.
+ * what `capsul hub` and `capsul demo` run; reload (./reload.ts) and drain
+ * (./drain.ts) act on the parts it assembles.
  */
 import net from "node:net";
 import type { Registry } from "prom-client";
@@ -9,21 +10,24 @@ import type { HubConfig } from "../config/types.js";
 import { silentLogger, type Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
-import { loadOrCreateAdminToken } from "../certs/admintoken.js";
-import type { AdminServer } from "../lib/adminhttp.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
-import { startHubAdmin } from "./admin.js";
+import { HubAdminListener } from "./admin.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
+import { osLimitWarnings } from "./oslimits.js";
 import { Router } from "./router.js";
-import { RouteTable, type TcpPortOpener } from "./routes.js";
+import { drainHub, type DrainReport } from "./drain.js";
+import { Listener, TcpListeners } from "./listeners.js";
+import { reloadHub, type HubParts, type HubReloadReport } from "./reload.js";
+import { RouteTable } from "./routes.js";
 import { openHubStore } from "./store/index.js";
 import type { HubStore } from "./store/types.js";
 import { Tunnels } from "./tunnels.js";
 import { Visitors } from "./visitors.js";
 
 export interface Hub {
+  /** The CA and the tunnel certificate (made again by a reload that changes the hub's names). */
   readonly pki: HubPki;
   /** The state store (SQLite or PostgreSQL), shared with `capsul hub …` commands and other hubs. */
   readonly store: HubStore;
@@ -31,29 +35,20 @@ export interface Hub {
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
   readonly metrics: HubMetrics;
-  /** Bound ports (useful when the config asked for port 0). */
-  readonly ports: { tls: number | null; http: number | null; tunnel: number; admin: number | null };
+  /** Bound ports (useful when the config asked for port 0); they follow reloads (null: listener off). */
+  readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number; readonly admin: number | null };
+  /** The configuration in force: what the hub started with, as later reloads changed it. */
+  readonly config: HubConfig;
+  /** Applies a new configuration as a difference (gateway/reload.ts); throws, changing nothing, when it cannot. */
+  reload(next: HubConfig): Promise<HubReloadReport>;
+  /** Stops accepting and waits for live visitors up to `graceMs` (gateway/drain.ts); close() afterwards cuts the rest. */
+  drain(graceMs: number, cutNow?: AbortSignal): Promise<DrainReport>;
   close(): Promise<void>;
 }
 
 export interface HubOptions {
   /** Where the hub's metrics go: the process's registry (cli/); without it, a registry of the hub's own. */
   registry?: Registry;
-}
-
-function listen(server: net.Server, host: string, port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const onErr = (err: Error): void => reject(err);
-    server.once("error", onErr);
-    server.listen({ host, port, backlog: 1024 }, () => {
-      server.off("error", onErr);
-      resolve((server.address() as net.AddressInfo).port);
-    });
-  });
-}
-
-function closeServer(server: net.Server): Promise<void> {
-  return new Promise((resolve) => server.close(() => resolve()));
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -66,34 +61,11 @@ export function hubNames(cfg: HubConfig): string[] {
   return names;
 }
 
-/** Raw TCP listeners opened on demand as cogs are assigned ports. */
-export class TcpListeners implements TcpPortOpener {
-  readonly servers = new Map<number, net.Server>();
-  constructor(private readonly host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger) {}
-  async open(port: number): Promise<void> {
-    if (this.servers.has(port)) return;
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.onConn(s, port));
-    await listen(server, this.host, port);
-    server.on("error", (err) => this.log.error("tcp listener error", { port, error: err.message }));
-    this.servers.set(port, server);
-    this.log.info("tcp port open", { port });
-  }
-  close(port: number): void {
-    const s = this.servers.get(port);
-    if (!s) return;
-    this.servers.delete(port);
-    s.close();
-    this.log.info("tcp port closed", { port });
-  }
-  async closeAll(): Promise<void> {
-    const all = [...this.servers.values()];
-    this.servers.clear();
-    await Promise.all(all.map(closeServer));
-  }
-}
+/** Raw TCP listeners: gateway/listeners.ts (re-exported for tests that build a RouteTable of their own). */
+export { TcpListeners } from "./listeners.js";
 
 export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {}): Promise<Hub> {
-  const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
+  let pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const store = await openHubStore(cfg, log.child("store"));
   try {
     // Before any listener: a hub whose grants overlap would let the router's precedence pick a cog.
@@ -102,52 +74,69 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     await store.close();
     throw err;
   }
+  // The live configuration: one mutable top-level copy of the frozen config that every
+  // part below holds and reads when it needs a value. A reload replaces its sections
+  // (each of them still frozen); what parts built from it at start, they rebuild in
+  // their reconfigure().
+  const live: HubConfig = { ...cfg };
   const router = new Router();
   let tunnels: Tunnels | null = null;
-  const visitors = new Visitors(cfg, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
-  const tcp = new TcpListeners(cfg.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"));
-  const routes = new RouteTable(cfg, store, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(cfg, store, pki, routes, log.child("tunnel"));
-  const metrics = new HubMetrics({ visitors, tunnels, router, store, pki }, opts.registry, cfg.admin.cogsCacheMs);
+  const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
+  const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"), () => live.limits.listenBacklog);
+  const routes = new RouteTable(live, store, router, tcp, log.child("routes"));
+  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"));
+  const metrics = new HubMetrics({ visitors, tunnels, router, store, get pki() { return pki; } }, opts.registry, () => live.admin.cogsCacheMs);
   visitors.observer = metrics;
+  const publicListener = (key: string, onConn: (sock: net.Socket) => void): Listener =>
+    new Listener(key, () => net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn), log, () => live.limits.listenBacklog);
+  const tls = publicListener("hub.listen.tls", (sock) => void visitors.onTls(sock));
+  const http = publicListener("hub.listen.http", (sock) => void visitors.onHttp(sock));
+  // The admin API's invites read the live configuration (invite_ttl) and the PKI in force.
+  const invite = (name: string, o: InviteOptions): Promise<InviteResult> => inviteIn(live, store, pki, name, o);
+  const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, log: log.child("admin") });
+  const parts: HubParts = {
+    live, store, tunnels, visitors, tls, http, tcp, admin, log,
+    get pki() { return pki; },
+    set pki(p: HubPki) { pki = p; },
+  };
 
-  const servers: net.Server[] = [];
-  let admin: AdminServer | null = null;
-  const cleanup = async (): Promise<void> => {
-    await admin?.close();
-    metrics.close();
-    visitors.closeAll();
-    await tunnels!.close();
-    await tcp.closeAll();
-    await Promise.all(servers.map(closeServer));
-    await store.close();
+  let closed: Promise<void> | null = null;
+  const cleanup = (): Promise<void> => {
+    closed ??= (async () => {
+      await admin.close();
+      metrics.close();
+      visitors.closeAll();
+      await tunnels!.close();
+      tcp.stopAll();
+      tls.stop();
+      http.stop();
+      await store.close();
+    })();
+    return closed;
   };
   try {
     const tunnelPort = await tunnels.listen();
-    let tlsPort: number | null = null;
-    let httpPort: number | null = null;
-    if (cfg.listen.tls) {
-      const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onTls(sock));
-      tlsPort = await listen(s, cfg.listen.tls.host, cfg.listen.tls.port);
-      servers.push(s);
-    }
-    if (cfg.listen.http) {
-      const s = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => void visitors.onHttp(sock));
-      httpPort = await listen(s, cfg.listen.http.host, cfg.listen.http.port);
-      servers.push(s);
-    }
-    for (const s of servers) s.on("error", (err) => log.error("listener error", { error: err.message }));
-    if (cfg.listen.admin) {
-      const token = await loadOrCreateAdminToken(cfg.dataDir);
-      const invite = (name: string, o: InviteOptions) => inviteIn(cfg, store, pki, name, o);
-      admin = await startHubAdmin({ cfg, metrics, visitors, tunnels, store, token, invite, log: log.child("admin") });
-    }
+    await tls.open(live.listen.tls);
+    await http.open(live.listen.http);
+    await admin.open(live);
     log.info("hub ready", {
-      tls: tlsPort ?? "off", http: httpPort ?? "off", tunnel: tunnelPort, admin: admin?.port ?? "off", ca: pki.caFingerprint, store: store.location,
+      tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
     });
+    for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
+    const t = tunnels;
     return {
-      pki, store, router, tunnels, visitors, metrics,
-      ports: { tls: tlsPort, http: httpPort, tunnel: tunnelPort, admin: admin?.port ?? null },
+      get pki() { return pki; },
+      store, router, tunnels: t, visitors, metrics,
+      ports: {
+        get tls() { return tls.port; },
+        get http() { return http.port; },
+        // The tunnel port stays readable through a drain: cogs and tests dial the same address again.
+        get tunnel() { return t.port ?? tunnelPort; },
+        get admin() { return admin.port; },
+      },
+      config: live,
+      reload: (next) => reloadHub(parts, next),
+      drain: (graceMs, cutNow) => drainHub(parts, graceMs, cutNow),
       close: cleanup,
     };
   } catch (err) {

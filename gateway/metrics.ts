@@ -109,7 +109,8 @@ export class HubMetrics implements VisitorObserver {
     session.once("close", () => { this.tunnelEvents.disconnects++; });
   };
 
-  constructor(private readonly parts: HubParts, registry: Registry = new Registry(), cogsCacheMs = 0) {
+  /** `cogsCacheMs`: hub.admin.cogs_cache, or where to read it (the hub's live configuration). */
+  constructor(private readonly parts: HubParts, registry: Registry = new Registry(), cogsCacheMs: number | (() => number) = 0) {
     this.registry = registry;
     this.cogRows = new CachedRead(() => parts.store.listCogs(), cogsCacheMs);
     const f = this.families = new MetricFamilies(registry);
@@ -127,14 +128,18 @@ export class HubMetrics implements VisitorObserver {
       }
     });
     f.counter("capsul_hub_routing_total", "What became of visitors: routed to a cog, or refused (no route, cog offline, over hub.limits.max_visitors, "
-      + "max_visitors_per_ip or max_unpeeked_per_ip).", ["outcome"], (emit) => {
+      + "max_visitors_per_ip, max_unpeeked_per_ip, the cog's max_streams_per_cog or the route's max_connections_per_route).", ["outcome"], (emit) => {
       emit({ outcome: "routed" }, stats.routed);
       emit({ outcome: "no_route" }, stats.noRoute);
       emit({ outcome: "cog_offline" }, stats.cogOffline);
       emit({ outcome: "over_limit" }, stats.overLimit);
       emit({ outcome: "over_source_limit" }, stats.overSourceLimit);
       emit({ outcome: "over_unpeeked_limit" }, stats.overUnpeekedLimit);
+      emit({ outcome: "over_cog_streams" }, stats.overCogStreams);
+      emit({ outcome: "over_route_connections" }, stats.overRouteConnections);
     });
+    f.counter("capsul_hub_bandwidth_waits_total", "Times a cog's bandwidth bucket (hub.limits.cog_bandwidth) ran dry and its visitors waited for it.",
+      [], (emit) => emit({}, stats.throttled));
     f.counter("capsul_hub_visitors_cut_total", "Visitor connections the hub closed itself: to bring buffered bytes back within hub.limits.buffer_budget "
       + "or cog_buffer_budget, or after idle_timeout without a byte.", ["reason"], (emit) => {
       emit({ reason: "buffer_budget" }, stats.shed);
@@ -193,10 +198,10 @@ export class HubMetrics implements VisitorObserver {
       emit({ outcome: "renewal_refused" }, c.renewalsRefused);
     });
 
-    const ca = certInfo(parts.pki.caCertPem).notAfter.getTime();
-    const tunnelCert = certInfo(parts.pki.hubCertPem).notAfter.getTime();
-    this.certificates.register("ca", "hub-ca", () => ca);
-    this.certificates.register("tunnel", "hub-tunnel", () => tunnelCert);
+    // Read from the PKI in force at each scrape: a reload that changes the hub's names makes a new tunnel certificate.
+    const expiry = (pem: string): number => certInfo(pem).notAfter.getTime();
+    this.certificates.register("ca", "hub-ca", () => expiry(parts.pki.caCertPem));
+    this.certificates.register("tunnel", "hub-tunnel", () => expiry(parts.pki.hubCertPem));
     this.certificates.export(f, "capsul_hub", "When a certificate expires (Unix seconds): the hub's CA and tunnel certificate, each cog's newest, and any registered (ACME).", async (emit) => {
       for (const c of await this.cogRows.get()) {
         if (c.revokedAt === null && c.certNotAfter !== null) emit({ kind: "cog", name: c.name }, Math.floor(c.certNotAfter / 1000));

@@ -10,7 +10,7 @@
  * Counting is per connection (admit, peek done, close), never per chunk.
  */
 import net from "node:net";
-import type { Logger } from "../lib/log.js";
+import type { Fields, Logger } from "../lib/log.js";
 
 /** The source a visitor counts against: "192.0.2.7", or "2001:db8:1:2::/64". */
 export function sourceKey(addr: string | undefined): string {
@@ -35,7 +35,13 @@ export type SourceVerdict = "ok" | "per-source" | "unpeeked";
 export class SourceLimits {
   private readonly counts = new Map<string, Counts>();
 
-  constructor(private readonly maxPerSource: number, private readonly maxUnpeekedPerSource: number) {}
+  constructor(private maxPerSource: number, private maxUnpeekedPerSource: number) {}
+
+  /** New caps (a reload): they decide the next admissions; open connections stay. */
+  setLimits(maxPerSource: number, maxUnpeekedPerSource: number): void {
+    this.maxPerSource = maxPerSource;
+    this.maxUnpeekedPerSource = maxUnpeekedPerSource;
+  }
 
   /** A new connection from `key`; `peeking` if it starts un-peeked (TLS, HTTP). Counted only when "ok". */
   admit(key: string, peeking: boolean): SourceVerdict {
@@ -86,23 +92,33 @@ export class SourceLimits {
  */
 export const REFUSAL_LOG_MAX_SOURCES = 10_000;
 
-/** Logs a refusal at most once per source per interval. */
+/** Logs a refusal at most once per source (or per cog or route: warnFor) per interval. */
 export class RefusalLog {
   private readonly last = new Map<string, number>();
 
-  constructor(private readonly log: Logger, private readonly intervalMs: number, private readonly now: () => number = Date.now) {}
+  constructor(private readonly log: Logger, private intervalMs: number, private readonly now: () => number = Date.now) {}
+
+  /** A new interval (a reload), for the next line of each source. */
+  setInterval(intervalMs: number): void {
+    this.intervalMs = intervalMs;
+  }
 
   warn(source: string, msg: string, fields: Record<string, unknown>): void {
+    this.warnFor(source, msg, { source, ...fields });
+  }
+
+  /** At most once per `key` (a source, a cog, a route) and message per interval; `fields` as given. */
+  warnFor(key: string, msg: string, fields: Record<string, unknown>, level: "warn" | "info" = "warn"): void {
     const now = this.now();
-    const key = `${msg}\u0000${source}`;
-    const seen = this.last.get(key);
+    const k = `${msg}\u0000${key}`;
+    const seen = this.last.get(k);
     if (seen !== undefined && now - seen < this.intervalMs) return;
     if (seen === undefined && this.last.size >= REFUSAL_LOG_MAX_SOURCES) {
-      for (const [k, t] of this.last) if (now - t >= this.intervalMs) this.last.delete(k);
+      for (const [old, t] of this.last) if (now - t >= this.intervalMs) this.last.delete(old);
       if (this.last.size >= REFUSAL_LOG_MAX_SOURCES) return;
     }
-    this.last.delete(key); // re-insert: the map stays in last-logged order
-    this.last.set(key, now);
-    this.log.warn(msg, { source, ...fields });
+    this.last.delete(k); // re-insert: the map stays in last-logged order
+    this.last.set(k, now);
+    this.log[level](msg, fields as Fields);
   }
 }

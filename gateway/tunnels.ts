@@ -9,7 +9,7 @@
 import { EventEmitter } from "node:events";
 import net from "node:net";
 import tls from "node:tls";
-import type { HubConfig } from "../config/types.js";
+import type { HostPort, HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { ProtocolError } from "../lib/errors.js";
 import { MUX_INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from "../protocol/mux.js";
@@ -19,6 +19,7 @@ import {
   type CogMessage, type ErrorCode, type HubMessage,
 } from "../protocol/control.js";
 import type { HubPki } from "../certs/pki.js";
+import { Listener, type ListenerChange } from "./listeners.js";
 import { peerAuthResult } from "../certs/pki.js";
 import { KeyedQueue } from "../lib/keyedqueue.js";
 import type { HubStore, RevocationWatch } from "./store/types.js";
@@ -89,12 +90,16 @@ export class Tunnels extends EventEmitter {
     refused: { "version": 0, "auth": 0, "revoked": 0, "bad-request": 0, "enroll": 0, "renew": 0 },
     control: newControlStats(),
   };
-  private server: net.Server | null = null;
-  private readonly tlsServer: tls.Server;
+  private readonly listener: Listener;
+  private tlsServer: tls.Server;
   private watch: RevocationWatch | null = null;
+  /** The poll interval the revocation watch runs at (hub.tunnel.revocation_poll_interval when it started). */
+  private watchIntervalMs = 0;
   /** Status writes for `capsul hub cogs`, in order per cog: an old "online" must not land after "offline". */
   private readonly statusWrites = new KeyedQueue();
   private closing = false;
+  /** Draining (stopAccepting): a tunnel that completes its hello now is told GoAway at once, like the others. */
+  private draining = false;
   private readonly strangers: ThrottledLog;
   readonly admission: TunnelAdmission;
   readonly issuance: Issuance;
@@ -102,11 +107,16 @@ export class Tunnels extends EventEmitter {
   private readonly handshaking = new Map<string, AdmissionTicket>();
   /** Every TCP connection on the tunnel port, so close() can end the unauthenticated ones too. */
   private readonly sockets = new Set<net.Socket>();
+  /**
+   * Sessions a cog told to go away (GoAway: it is leaving, or moving to another hub) that
+   * still carry visitor streams; they end when those do, or with drop() or close().
+   */
+  private readonly retired = new Map<MuxSession, string>();
 
   constructor(
     private readonly cfg: HubConfig,
     private readonly store: HubStore,
-    private readonly pki: HubPki,
+    private pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
   ) {
@@ -114,8 +124,16 @@ export class Tunnels extends EventEmitter {
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
     this.issuance = new Issuance(cfg, store, pki);
-    // TLS runs on connections the TCP listener below admitted; this server never listens itself.
-    this.tlsServer = tls.createServer({
+    this.tlsServer = this.makeTlsServer();
+    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
+  }
+
+  /**
+   * TLS runs on connections the TCP listener admitted; this server never listens itself.
+   * Made again by reconfigure(): handshakes under way finish on the one they started on.
+   */
+  private makeTlsServer(): tls.Server {
+    const server = tls.createServer({
       key: this.pki.hubKeyPem,
       cert: this.pki.hubCertPem + "\n" + this.pki.caCertPem,
       ca: this.pki.caCertPem,
@@ -124,29 +142,88 @@ export class Tunnels extends EventEmitter {
       minVersion: "TLSv1.3",
       handshakeTimeout: this.cfg.tunnel.handshakeTimeoutMs,
     });
-    this.tlsServer.on("secureConnection", (sock: tls.TLSSocket) => this.onConnection(sock));
-    this.tlsServer.on("tlsClientError", (err, sock) => {
+    server.on("secureConnection", (sock: tls.TLSSocket) => this.onConnection(sock));
+    server.on("tlsClientError", (err, sock) => {
       this.strangers.warn(sourceKey(sock.remoteAddress), "tunnel TLS handshake failed", { remote: `${sock.remoteAddress}:${sock.remotePort}`, error: err.message });
     });
+    return server;
   }
 
   async listen(): Promise<number> {
-    const server = net.createServer((raw) => this.onTcp(raw));
-    this.server = server;
-    const { host, port } = this.cfg.listen.tunnel;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen({ port, host, backlog: TUNNEL_LISTEN_BACKLOG }, () => { server.off("error", reject); resolve(); });
-    });
-    server.on("error", (err) => this.log.error("tunnel listener error", { error: err.message }));
+    await this.listener.open(this.cfg.listen.tunnel);
     try {
       await this.store.markAllOffline();
-      this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.cfg.tunnel.revocationPollIntervalMs);
+      this.watchIntervalMs = this.cfg.tunnel.revocationPollIntervalMs;
+      this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.watchIntervalMs);
     } catch (err) {
-      server.close();
+      this.listener.stop();
       throw err;
     }
-    return (server.address() as { port: number }).port;
+    return this.listener.port!;
+  }
+
+  /**
+   * A reload changed hub.tunnel.revocation_poll_interval: the new watch starts before the
+   * old one stops, so no revocation falls between them (one seen twice drops nothing more).
+   * A store that cannot start it now keeps the old watch, and says so.
+   */
+  private async rewatch(): Promise<void> {
+    const interval = this.cfg.tunnel.revocationPollIntervalMs;
+    if (interval === this.watchIntervalMs || this.closing || this.watch === null) return;
+    try {
+      const next = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), interval);
+      const old = this.watch;
+      this.watch = next;
+      this.watchIntervalMs = interval;
+      await old.close();
+    } catch (err) {
+      this.log.warn("revocation watch kept at its old interval", { error: (err as Error).message });
+    }
+  }
+
+  /** The tunnel port (the kernel's choice for port 0); the last one bound, also once draining. */
+  get port(): number | null { return this.listener.port; }
+
+  /** Binds the tunnel listener's new address (a reload), to commit or undo. */
+  prepareListen(hp: HostPort): Promise<ListenerChange> {
+    return this.listener.prepare(hp);
+  }
+
+  /**
+   * After a reload changed the (shared, live) configuration: caps of unauthenticated
+   * connections and the revocation poll apply now; handshake timeout, certificate (`pki`,
+   * when the hub's names changed) and mux tuning apply to tunnels that connect from now on.
+   */
+  async reconfigure(pki: HubPki): Promise<void> {
+    this.pki = pki;
+    this.admission.setLimits(this.cfg.tunnel.maxUnauthenticated, this.cfg.tunnel.maxUnauthenticatedPerIp);
+    this.tlsServer = this.makeTlsServer();
+    await this.rewatch();
+  }
+
+  /**
+   * Re-applies every connected cog's current route set (a reload changed grants): what is
+   * outside the cog's grants now is withdrawn and the cog is told so, like any announce.
+   */
+  async reapplyRoutes(): Promise<void> {
+    for (const link of [...this.links.values()]) await link.control?.reapply();
+  }
+
+  /**
+   * Drain: the tunnel port stops accepting and every cog is told GoAway (it dials a new
+   * tunnel at once, and keeps its streams on this one); visitor streams already open, and
+   * those of visitors still being peeked, go on through the sessions as before.
+   */
+  stopAccepting(): void {
+    this.draining = true;
+    this.listener.stop();
+    let told = 0;
+    for (const link of this.links.values()) {
+      if (!link.session) continue;
+      link.session.goAway();
+      told++;
+    }
+    this.log.info("draining: tunnel listener closed, GoAway sent", { cogs: told });
   }
 
   /** A live session for the cog, waiting out its grace period if it is reconnecting. */
@@ -306,6 +383,9 @@ export class Tunnels extends EventEmitter {
     this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
     await channel.run();
+    // The cog ended its side (it is leaving, after a GoAway): end ours, so that the
+    // stream is finished both ways and a graceful session close can complete.
+    if (!session.closed) control.end();
   }
 
   /**
@@ -341,6 +421,8 @@ export class Tunnels extends EventEmitter {
     this.emit("attached", cog, session);
     for (const w of link.waiters.splice(0)) w(session);
     const l = link;
+    session.once("goaway", () => this.retire(l, session));
+    if (this.draining) session.goAway();
     session.once("close", (err?: Error) => {
       if (l.session !== session || this.closing) return; // replaced by a newer tunnel, or hub shutdown
       l.session = null;
@@ -350,6 +432,22 @@ export class Tunnels extends EventEmitter {
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
       this.recordStatus(cog, () => this.store.markOffline(cog));
     });
+  }
+
+  /**
+   * The cog sent GoAway: it opens no stream on this session and refuses ours, so new
+   * visitors wait for its next tunnel (the grace period) while the streams already open
+   * here finish. The cog closes the session once they have.
+   */
+  private retire(link: CogLink, session: MuxSession): void {
+    if (link.session !== session || this.closing) return;
+    link.session = null;
+    link.control = null;
+    this.retired.set(session, link.cog);
+    session.once("close", () => this.retired.delete(session));
+    this.startGrace(link);
+    this.log.info("cog is going away (GoAway): holding new visitors for its next tunnel", { cog: link.cog, streams: session.streamCount });
+    this.recordStatus(link.cog, () => this.store.markOffline(link.cog));
   }
 
   private startGrace(link: CogLink): void {
@@ -383,6 +481,7 @@ export class Tunnels extends EventEmitter {
     for (const w of link.waiters.splice(0)) w(null);
     this.dropRoutes(cog);
     this.recordStatus(cog, () => this.store.markOffline(cog));
+    for (const [old, owner] of this.retired) if (owner === cog) old.destroy();
     if (farewell) farewell();
     else s?.destroy();
   }
@@ -411,10 +510,10 @@ export class Tunnels extends EventEmitter {
       link.session?.destroy();
     }
     this.links.clear();
+    for (const old of [...this.retired.keys()]) old.destroy();
     // Connections still in their TLS handshake or before their hello: nobody else ends them.
     for (const raw of this.sockets) raw.destroy();
     this.sockets.clear();
-    const server = this.server;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    this.listener.stop();
   }
 }

@@ -9,6 +9,8 @@
  * (max_visitors) and per source (max_visitors_per_ip, max_unpeeked_per_ip; sources.ts)
  * connection caps at accept, an idle timeout, and the buffer budget (budget.ts) that
  * sizes each visitor stream's window and cuts visitors that pin memory without draining.
+ * What one cog's visitors may take together (streams, connections per route, bandwidth)
+ * is quotas.ts's; a throttled cog's visitors take protocol/throttle.ts's splice.
  */
 import net from "node:net";
 import type { HubConfig } from "../config/types.js";
@@ -16,11 +18,13 @@ import type { Logger } from "../lib/log.js";
 import { encodeMessage } from "../protocol/messages.js";
 import type { VisitorHeader } from "../protocol/control.js";
 import { splice } from "../protocol/splice.js";
+import { spliceThrottled } from "../protocol/throttle.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { BufferBudget, type Pool, type Visit } from "./budget.js";
 import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js";
 import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
+import { Quotas } from "./quotas.js";
 import type { RouteEntry, Router } from "./router.js";
 import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
@@ -46,6 +50,12 @@ export interface VisitorStats {
   shed: number;
   /** Closed after idle_timeout without a byte either way. */
   idleTimeout: number;
+  /** Refused: the cog's tunnel carried max_streams_per_cog (or its hub.cogs[].limits.max_streams) visitor streams. */
+  overCogStreams: number;
+  /** Refused: the route had max_connections_per_route visitor connections open. */
+  overRouteConnections: number;
+  /** A cog's bandwidth bucket ran dry and its visitors waited for it (once per wait, not per chunk). */
+  throttled: number;
 }
 
 /**
@@ -71,6 +81,7 @@ export class Visitors {
   readonly stats: VisitorStats = {
     active: 0, total: 0, routed: 0, noRoute: 0, cogOffline: 0, badHello: 0, peekTimeout: 0,
     overLimit: 0, overSourceLimit: 0, overUnpeekedLimit: 0, shed: 0, idleTimeout: 0,
+    overCogStreams: 0, overRouteConnections: 0, throttled: 0,
   };
   /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
   readonly acmeTokens = new Map<string, string>();
@@ -79,11 +90,16 @@ export class Visitors {
   /** Windows and buffered bytes of the visitor streams (budget.ts). */
   readonly budget: BufferBudget;
   readonly sources: SourceLimits;
+  /** Per-cog streams, per-route connections and bandwidth buckets. */
+  readonly quotas: Quotas;
   private readonly conns = new Map<net.Socket, Conn>();
   private idleTimer: NodeJS.Timeout | null = null;
   private readonly refusals: RefusalLog;
 
   constructor(
+    // The hub's live configuration (gateway/hub.ts): a reload replaces its sections, and
+    // what is read from it per connection applies to the next connection; reconfigure()
+    // passes the rest on.
     private readonly cfg: HubConfig,
     private readonly router: Router,
     private readonly sessionFor: (cog: string) => MuxSession | null | Promise<MuxSession | null>,
@@ -98,6 +114,13 @@ export class Visitors {
       spliceQueueBytes: l.spliceQueueBytes,
       checkIntervalMs: l.bufferCheckIntervalMs,
       onShed: (v, pool) => this.onShed(v, pool),
+    });
+    this.quotas = new Quotas(cfg, (cog) => {
+      this.stats.throttled++;
+      const l = this.quotas.of(cog).limits;
+      this.refusals.warnFor(cog, "visitors held back: their cog is at its bandwidth limit", {
+        cog, bytesPerSec: l.bandwidthBytesPerSec, burstBytes: l.bandwidthBurstBytes,
+      }, "info");
     });
   }
 
@@ -245,8 +268,9 @@ export class Visitors {
       notFound();
       return;
     }
-    await this.forward(socket, conn, entry, host ?? undefined, out.bytes, () => {
-      socket.end(httpErrorResponse(502, "Bad Gateway", `The home server for ${host} is offline. Try again shortly.`));
+    await this.forward(socket, conn, entry, host ?? undefined, out.bytes, (busy) => {
+      socket.end(busy ? httpErrorResponse(503, "Service Unavailable", `The home server for ${host} is busy. Try again shortly.`)
+        : httpErrorResponse(502, "Bad Gateway", `The home server for ${host} is offline. Try again shortly.`));
     });
   }
 
@@ -263,30 +287,43 @@ export class Visitors {
     await this.forward(socket, conn, entry, undefined, Buffer.alloc(0), () => socket.destroy());
   }
 
+  /** `refuse(busy)`: the answer for "cog offline", or with busy for "over its cog's or route's quota". */
   private async forward(
-    socket: net.Socket, conn: Conn, entry: RouteEntry, host: string | undefined, bytes: Buffer, offline: () => void,
+    socket: net.Socket, conn: Conn, entry: RouteEntry, host: string | undefined, bytes: Buffer, refuse: (busy?: boolean) => void,
   ): Promise<void> {
+    if (!socket.destroyed) {
+      if (!this.quotas.enterRoute(entry)) return this.overQuota(conn, entry, false, refuse);
+      socket.once("close", () => this.quotas.leaveRoute(entry));
+    }
     let session = this.sessionFor(entry.cog);
     if (session instanceof Promise) session = await session;
     if (!session || session.closed || socket.destroyed) {
       this.stats.cogOffline++;
-      if (!socket.destroyed) offline();
+      if (!socket.destroyed) refuse();
       return;
     }
+    const slots = this.quotas.openStream(entry.cog);
+    if (slots === null) return this.overQuota(conn, entry, true, refuse);
+    const throttle = slots.throttle;
     // The stream's window is a reservation against the buffer budget (budget.ts), given
     // back when the stream closes; no await between reserving and opening.
-    const visit = this.budget.begin(entry.cog, socket, conn.source, session.maxStreamWindowBytes);
+    const maxWindow = throttle === null ? session.maxStreamWindowBytes : Math.min(session.maxStreamWindowBytes, throttle.windowMaxBytes);
+    const visit = this.budget.begin(entry.cog, socket, conn.source, maxWindow);
     let stream: MuxStream;
     try {
       stream = session.open({ windowBytes: visit.windowBytes, budget: visit });
     } catch {
       this.budget.end(visit);
+      this.quotas.closeStream(slots);
       this.stats.cogOffline++;
-      offline();
+      refuse();
       return;
     }
     visit.stream = stream;
-    stream.once("close", () => this.budget.end(visit));
+    stream.once("close", () => {
+      this.budget.end(visit);
+      this.quotas.closeStream(slots);
+    });
     const header: VisitorHeader = {
       type: "visitor",
       kind: entry.kind,
@@ -301,8 +338,25 @@ export class Visitors {
     // The peeked bytes go first and in the same write as the header, so the
     // backend sees the ClientHello / request head exactly as the visitor sent it.
     stream.write(bytes.length ? Buffer.concat([encodeMessage(header), bytes]) : encodeMessage(header));
-    splice(socket, stream, undefined, this.cfg.limits.spliceQueueBytes);
+    const q = this.cfg.limits.spliceQueueBytes;
+    if (throttle === null) splice(socket, stream, undefined, q);
+    else spliceThrottled(socket, stream, throttle.fromVisitors, throttle.toVisitors, undefined, q);
     this.observer.forwarded(socket, entry, stream);
+  }
+
+  /** Over its cog's streams (`cogWide`) or its route's connections: refused as busy, counted, logged once per interval. */
+  private overQuota(conn: Conn, entry: RouteEntry, cogWide: boolean, refuse: (busy: boolean) => void): void {
+    const c = this.quotas.of(entry.cog);
+    if (cogWide) this.stats.overCogStreams++;
+    else this.stats.overRouteConnections++;
+    this.refusals.warnFor(cogWide ? entry.cog : `${entry.cog}/${entry.kind}/${entry.route}`, cogWide
+      ? "visitor refused: its cog carries as many visitor streams as it may"
+      : "visitor refused: its route has as many connections open as it may", {
+      cog: entry.cog, route: entry.route, source: conn.source,
+      limit: cogWide ? c.limits.maxStreams : c.limits.maxConnectionsPerRoute,
+      key: `${c.configPath}.${cogWide ? c.streamsKey : "max_connections_per_route"}`,
+    });
+    refuse(true);
   }
 
   private countBad(kind: string, socket: net.Socket, reason?: string): void {
@@ -326,6 +380,28 @@ export class Visitors {
     v.stream?.destroy();
     if (typeof v.socket.resetAndDestroy === "function") v.socket.resetAndDestroy();
     else v.socket.destroy();
+  }
+
+  /** After a reload: the limits built into objects at start take their new values; new connections get them. */
+  reconfigure(): void {
+    const l = this.cfg.limits;
+    this.sources.setLimits(l.maxVisitorsPerIp, l.maxUnpeekedPerIp);
+    this.refusals.setInterval(l.refusalLogIntervalMs);
+    // Per-cog stream, route and bandwidth limits (hub.limits and hub.cogs[].limits): the next visitors get them.
+    this.quotas.reconfigure();
+    this.budget.setLimits({
+      budgetBytes: l.bufferBudgetBytes, cogBudgetBytes: l.cogBufferBudgetBytes,
+      spliceQueueBytes: l.spliceQueueBytes, checkIntervalMs: l.bufferCheckIntervalMs,
+    });
+    // The idle sweep runs at a period derived from idle_timeout: start it again at the new one.
+    if (this.idleTimer !== null) {
+      clearInterval(this.idleTimer);
+      this.idleTimer = null;
+    }
+    if (this.idleCheckIntervalMs > 0 && this.conns.size > 0) {
+      this.idleTimer = setInterval(this.checkIdle, this.idleCheckIntervalMs);
+      this.idleTimer.unref();
+    }
   }
 
   /** Ends every visitor connection (hub shutdown). */

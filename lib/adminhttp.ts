@@ -119,6 +119,8 @@ export interface AdminServer {
   readonly port: number;
   /** http://HOST:PORT as bound, for logs and the demo's instructions. */
   readonly url: string;
+  /** Stops accepting (a reload moved the listener): requests in progress finish, idle keep-alive connections close. */
+  stop(): void;
   close(): Promise<void>;
 }
 
@@ -151,6 +153,10 @@ export async function serveAdmin(
   return {
     port: addr.port,
     url: `http://${host}:${addr.port}`,
+    stop: () => {
+      server.close();
+      server.closeIdleConnections();
+    },
     close: () => {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -99,10 +99,12 @@ export class CachedRead<T> {
   private pending = false;
   private readAt = 0;
 
-  constructor(private readonly read: () => Promise<T>, private readonly maxAgeMs: number) {}
+  /** `maxAgeMs`: a number, or where to read it at each call (a setting a reload may change). */
+  constructor(private readonly read: () => Promise<T>, private readonly maxAgeMs: number | (() => number)) {}
 
   get(): Promise<T> {
-    if (this.value && (this.pending || performance.now() - this.readAt < this.maxAgeMs)) return this.value;
+    const maxAge = typeof this.maxAgeMs === "function" ? this.maxAgeMs() : this.maxAgeMs;
+    if (this.value && (this.pending || performance.now() - this.readAt < maxAge)) return this.value;
     const p = this.read();
     this.value = p;
     this.pending = true;

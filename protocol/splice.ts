@@ -59,13 +59,18 @@ function abort(s: Duplex): void {
   else s.destroy();
 }
 
-/** One direction: src's bytes into dst. All handlers are bound once, at construction. */
-class Direction {
+/**
+ * One direction: src's bytes into dst. All handlers are bound once, at construction.
+ * protocol/throttle.ts extends it for the visitors of a cog with a bandwidth limit; the
+ * per-chunk handler here is the same for every splice.
+ */
+export class Direction {
   private readonly batch: boolean;
   private corked = false;
-  private paused = false;
+  /** The source is paused because the destination's queue is full. */
+  protected paused = false;
 
-  constructor(private readonly src: Duplex, private readonly dst: Duplex, private readonly maxQueuedBytes: number) {
+  constructor(protected readonly src: Duplex, protected readonly dst: Duplex, private readonly maxQueuedBytes: number) {
     this.batch = !(dst instanceof MuxStream);
     src.on("data", this.onData);
     src.on("end", this.onEnd);
@@ -98,8 +103,13 @@ class Direction {
   private readonly onDrain = (): void => {
     if (!this.paused) return;
     this.paused = false;
-    this.src.resume();
+    this.resumeSource();
   };
+
+  /** The destination drained (once per full queue, not per chunk): read the source again. */
+  protected resumeSource(): void {
+    this.src.resume();
+  }
 
   private readonly onEnd = (): void => {
     // end() flushes a pending cork itself; the scheduled uncork then finds nothing to do.
@@ -114,6 +124,18 @@ class Direction {
  * `maxQueuedBytes` is each direction's queue bound (hub.limits.splice_queue, cog.splice_queue).
  */
 export function splice(a: Duplex, b: Duplex, onClose?: (err?: Error) => void, maxQueuedBytes = SPLICE_MAX_QUEUED_BYTES): void {
+  joinEnds(a, b, onClose);
+  new Direction(a, b, maxQueuedBytes);
+  new Direction(b, a, maxQueuedBytes);
+  a.resume();
+  b.resume();
+}
+
+/**
+ * What every splice does besides moving bytes (protocol/throttle.ts too): an error or an
+ * abrupt close of either side aborts the other, and `onClose` runs once both are closed.
+ */
+export function joinEnds(a: Duplex, b: Duplex, onClose?: (err?: Error) => void): void {
   let open = 2;
   let firstErr: Error | undefined;
   const done = (): void => {
@@ -129,10 +151,7 @@ export function splice(a: Duplex, b: Duplex, onClose?: (err?: Error) => void, ma
       if (!(x.readableEnded && x.writableFinished)) abort(y);
       done();
     });
-    new Direction(x, y, maxQueuedBytes);
   };
   wire(a, b);
   wire(b, a);
-  a.resume();
-  b.resume();
 }

@@ -8,9 +8,12 @@ import type { Logger } from "../lib/log.js";
 import { NAME_RE } from "./config.js";
 import type { ImageRecord, Store } from "./db.js";
 import { apiGuard } from "./apiguard.js";
+import type { BackupManager } from "./backup.js";
+import { registerBackupRoutes } from "./backupapi.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
 import { registerVmMetrics } from "./metrics.js";
+import { powerView } from "./power.js";
 import { validateCreateRequest } from "./requests.js";
 import type { VmManager } from "./vms.js";
 
@@ -24,6 +27,7 @@ export interface ApiDeps {
   store: Store;
   images: ImageCatalogue;
   vms: VmManager;
+  backups: BackupManager;
   log: Logger;
   /** Bearer token (<dataDir>/api-token); required on every request. */
   token: string;
@@ -51,6 +55,20 @@ async function jsonBody(c: Context): Promise<unknown> {
   } catch (e) {
     throw badRequest("bad_json", `body is not valid JSON: ${(e as Error).message}`);
   }
+}
+
+/**
+ * Body of stop and reboot: none (graceful), or {"force": true} for the hard way
+ * at once (power.ts). Anything else is refused, so a typo never means "force".
+ */
+async function powerBody(c: Context): Promise<{ force: boolean }> {
+  if ((await c.req.text()).trim() === "") return { force: false };
+  const b = await jsonBody(c);
+  if (!b || typeof b !== "object" || Array.isArray(b)) throw badRequest("bad_request", "body: {force: boolean} or none");
+  for (const k of Object.keys(b)) if (k !== "force") throw badRequest("bad_request", `body: unknown key ${JSON.stringify(k)} (only force)`);
+  const force = (b as { force?: unknown }).force;
+  if (force !== undefined && typeof force !== "boolean") throw badRequest("bad_request", "force: must be true or false");
+  return { force: force === true };
 }
 
 function nameParam(c: Context): string {
@@ -88,8 +106,16 @@ export function buildApi(d: ApiDeps): Hono {
   });
   app.get("/v1/vms/:name", (c) => c.json({ vm: vms.get(nameParam(c)) }));
   app.post("/v1/vms/:name/start", async (c) => c.json({ vm: await vms.start(nameParam(c)) }, 202));
-  app.post("/v1/vms/:name/stop", async (c) => c.json({ vm: await vms.stop(nameParam(c)) }));
-  app.post("/v1/vms/:name/reboot", async (c) => c.json({ vm: await vms.reboot(nameParam(c)) }, 202));
+  app.post("/v1/vms/:name/stop", async (c) => {
+    const name = nameParam(c);
+    const r = await vms.stop(name, (await powerBody(c)).force);
+    return c.json({ vm: r.vm, stop: r.outcome ? powerView(r.outcome) : null });
+  });
+  app.post("/v1/vms/:name/reboot", async (c) => {
+    const name = nameParam(c);
+    const r = await vms.reboot(name, (await powerBody(c)).force);
+    return c.json({ vm: r.vm, reboot: powerView(r.outcome) }, 202);
+  });
   app.post("/v1/vms/:name/io-limits", async (c) => {
     const name = nameParam(c);
     const b = await jsonBody(c) as Record<string, unknown> | null;
@@ -104,6 +130,7 @@ export function buildApi(d: ApiDeps): Hono {
     return c.json({ deleted: name });
   });
   app.get("/v1/vms/:name/console", async (c) => c.text(await vms.consoleTail(nameParam(c))));
+  registerBackupRoutes(app, d.backups, { jsonBody, nameParam });
 
   app.get("/v1/images", (c) => c.json({ images: images.list().map((i) => imageView(i, store)) }));
   app.get("/v1/images/:name", (c) => c.json({ image: imageView(images.get(nameParam(c)), store) }));

@@ -2,6 +2,7 @@ import path from "node:path";
 import type { HostPort, ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
+import { parseBackupConfig } from "./backupconfig.js";
 import { parseCidr } from "./netguard.js";
 
 const MIB = 1024 * 1024;
@@ -13,7 +14,10 @@ export const DEFAULT_MEMORY_OVERCOMMIT_RATIO = 1.0;
 /** QEMU's own memory per VM, counted with the VM's size (see ProvisionerConfig.vmMemoryOverheadBytes). */
 export const DEFAULT_VM_MEMORY_OVERHEAD_BYTES = 128 * 1024 * 1024;
 export const DEFAULT_BOOT_TIMEOUT_MS = 180_000;
+/** TCG: a cloud image boots to SSH in minutes (ProvisionerConfig.bootTimeoutTcgMs). */
+export const DEFAULT_BOOT_TIMEOUT_TCG_MS = 10 * 60_000;
 export const DEFAULT_STOP_TIMEOUT_MS = 60_000;
+export const DEFAULT_REBOOT_TIMEOUT_MS = 120_000;
 export const DEFAULT_LAUNCH_TIMEOUT_MS = 30_000;
 export const DEFAULT_QMP_TIMEOUT_MS = 10_000;
 export const DEFAULT_KVM_PROBE_TIMEOUT_MS = 15_000;
@@ -66,11 +70,12 @@ export const NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
 const KEYS: Record<string, true> = {
   listen: true, data_dir: true, accel: true, sizes: true, host_memory: true,
   memory_overcommit_ratio: true, vm_memory_overhead: true, qemu_binary: true, qemu_img_binary: true, genisoimage_binary: true,
-  boot_timeout: true, stop_timeout: true, launch_timeout: true, qmp_timeout: true,
+  boot_timeout: true, boot_timeout_tcg: true, stop_timeout: true, reboot_timeout: true, launch_timeout: true, qmp_timeout: true,
   kvm_probe_timeout: true, tool_timeout: true, max_request_body: true, max_image_size: true,
   console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
   import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
   image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
+  backups: true,
 };
 const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
 
@@ -191,6 +196,12 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
   const inspectMemory = bytes("image_inspect_memory", DEFAULT_IMAGE_INSPECT_MEMORY_BYTES);
   if (inspectMemory < 16 * MIB) throw new ConfigError("at least 16MiB", `${at}.image_inspect_memory`);
   const inspectCpu = dur("image_inspect_cpu_time", DEFAULT_IMAGE_INSPECT_CPU_MS);
+  // 0 would make every boot "slow" at once, and every reboot a hard reset.
+  const atLeastOneSecond = (k: string, d: number): number => {
+    const v = dur(k, d);
+    if (v < 1000) throw new ConfigError(`at least 1s: ${JSON.stringify(raw[k])}`, `${at}.${k}`);
+    return v;
+  };
   if (inspectCpu < 1000) throw new ConfigError("at least 1s (prlimit counts whole CPU seconds)", `${at}.image_inspect_cpu_time`);
 
   const cfg: ProvisionerConfig = {
@@ -204,8 +215,10 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     qemuBinary: raw.qemu_binary === undefined ? "qemu-system-x86_64" : binary(raw.qemu_binary, `${at}.qemu_binary`, baseDir),
     qemuImgBinary: raw.qemu_img_binary === undefined ? "qemu-img" : binary(raw.qemu_img_binary, `${at}.qemu_img_binary`, baseDir),
     genisoimageBinary: raw.genisoimage_binary === undefined ? "genisoimage" : binary(raw.genisoimage_binary, `${at}.genisoimage_binary`, baseDir),
-    bootTimeoutMs: dur("boot_timeout", DEFAULT_BOOT_TIMEOUT_MS),
+    bootTimeoutMs: atLeastOneSecond("boot_timeout", DEFAULT_BOOT_TIMEOUT_MS),
+    bootTimeoutTcgMs: atLeastOneSecond("boot_timeout_tcg", DEFAULT_BOOT_TIMEOUT_TCG_MS),
     stopTimeoutMs: dur("stop_timeout", DEFAULT_STOP_TIMEOUT_MS),
+    rebootTimeoutMs: atLeastOneSecond("reboot_timeout", DEFAULT_REBOOT_TIMEOUT_MS),
     launchTimeoutMs: dur("launch_timeout", DEFAULT_LAUNCH_TIMEOUT_MS),
     qmpTimeoutMs: dur("qmp_timeout", DEFAULT_QMP_TIMEOUT_MS),
     kvmProbeTimeoutMs: dur("kvm_probe_timeout", DEFAULT_KVM_PROBE_TIMEOUT_MS),
@@ -226,6 +239,7 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     imageInspectCpuMs: inspectCpu,
     consoleLogMaxBytes,
     pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
+    backups: parseBackupConfig(raw.backups, `${at}.backups`, baseDir, dataDir),
   };
   return Object.freeze(cfg);
 }
@@ -245,6 +259,8 @@ export function provisionerConfigWith(over: Partial<ProvisionerConfig>): Provisi
   const cfg = { ...base, ...over };
   // As in capsul.yaml: the import dir defaults to one inside the data dir.
   if (over.importDir === undefined) cfg.importDir = path.join(cfg.dataDir, DEFAULT_IMPORT_SUBDIR);
+  // And so does the backup dir.
+  if (over.backups === undefined) cfg.backups = parseBackupConfig({}, "provisioner.backups", process.cwd(), cfg.dataDir);
   checkDataDir(cfg.dataDir, "provisioner.dataDir");
   return Object.freeze(cfg);
 }

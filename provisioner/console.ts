@@ -20,6 +20,8 @@ export class ConsoleLog {
   private size: number;
   private sock: net.Socket | null = null;
   private closed = false;
+  /** Sees every chunk of console output too (boot.ts reads cloud-init's progress from it). */
+  onData: ((chunk: Buffer) => void) | null = null;
 
   constructor(private readonly file: string, private readonly maxBytes: number) {
     this.fd = fs.openSync(file, "a", 0o600);
@@ -51,7 +53,7 @@ export class ConsoleLog {
       const s = net.createConnection(socketPath);
       s.once("connect", () => { this.sock = s; resolve(); });
       s.once("error", reject);
-      s.on("data", (d: Buffer) => this.write(d));
+      s.on("data", (d: Buffer) => { this.write(d); this.onData?.(d); });
       s.on("close", () => { if (this.sock === s) this.sock = null; });
     });
   }

@@ -6,7 +6,7 @@ import Database from "better-sqlite3";
  * `PRAGMA user_version` records how many have run.
  */
 
-export type VmState = "creating" | "starting" | "running" | "stopping" | "stopped" | "error" | "deleting";
+export type VmState = "creating" | "starting" | "running" | "rebooting" | "stopping" | "stopped" | "error" | "deleting";
 export type Desired = "running" | "stopped";
 
 export interface VmPorts { ssh: number; http: number; https: number }

@@ -9,6 +9,7 @@ import { RuntimeError } from "../lib/errors.js";
 import { type Logger, Masked } from "../lib/log.js";
 import type { RouteSink } from "../tunnel-client/routesink.js";
 import { buildApi } from "./api.js";
+import { BackupManager } from "./backup.js";
 import { Store } from "./db.js";
 import { ImageCatalogue } from "./images.js";
 import { processAlive, procCmdline } from "./qemu.js";
@@ -33,6 +34,11 @@ export interface Provisioner {
   url: string;
   /** <dataDir>/api-token: every API request needs `Authorization: Bearer <its content>`. */
   tokenFile: string;
+  /**
+   * A reloaded capsul.yaml's provisioner section: every key is taken but `keep` (those the
+   * running provisioner read once at start, config/reload.ts), which keep their old value.
+   */
+  reconfigure(next: ProvisionerConfig, keep: ReadonlySet<keyof ProvisionerConfig>): void;
   close(): Promise<void>;
 }
 
@@ -91,7 +97,8 @@ function takeLock(dataDir: string): () => void {
 }
 
 export async function startProvisioner(opts: ProvisionerOptions): Promise<Provisioner> {
-  const { config: cfg } = opts;
+  // One mutable copy that every part reads at use time, so that a reload (reconfigure) reaches them.
+  const cfg: ProvisionerConfig = { ...opts.config };
   const log = opts.logger.child("provisioner");
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // VM disks, the token and the image catalogue live here: nobody else reads it.
@@ -104,6 +111,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const images = new ImageCatalogue(cfg, store, log);
   const reach = { cogName: opts.cogName, hubDomain: opts.hubDomain, hubHost: opts.hubHost };
   const vms = new VmManager(cfg, store, opts.sink, reach, log);
+  const backups = new BackupManager(cfg, store, vms, log.child("backup"));
   const token = loadOrCreateToken(cfg.dataDir, log);
 
   let server: ReturnType<typeof serve> | undefined;
@@ -112,15 +120,17 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
     await vms.reconcile();
     const registry = opts.registry ?? new Registry();
     unregisterMetrics = registerVmMetrics(registry, store, vms);
+    await backups.start();
     // Port 0 (tests) becomes the kernel's choice: the Host check wants the bound one.
     let boundPort = cfg.listen.port;
-    const app = buildApi({ cfg, store, images, vms, log, token, registry, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
+    const app = buildApi({ cfg, store, images, vms, backups, log, token, registry, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, (info) => { boundPort = info.port; resolve(s); });
       s.once("error", reject);
     });
   } catch (e) {
     unregisterMetrics();
+    await backups.close();
     await vms.close();
     store.close();
     unlock();
@@ -135,6 +145,11 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   return {
     url,
     tokenFile: path.join(cfg.dataDir, TOKEN_FILE),
+    reconfigure(next, keep) {
+      for (const key of Object.keys(next) as (keyof ProvisionerConfig)[]) {
+        if (!keep.has(key)) (cfg as unknown as Record<string, unknown>)[key] = next[key];
+      }
+    },
     close: () => {
       closing ??= (async () => {
         await new Promise<void>((resolve) => {
@@ -143,6 +158,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
         });
         unregisterMetrics();
+        await backups.close();
         await vms.close();
         store.close();
         unlock();

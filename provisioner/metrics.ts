@@ -4,7 +4,7 @@ import type { Store, VmState } from "./db.js";
 import { cpuSeconds, DISK_DRIVE_ID, rssBytes } from "./qemu.js";
 import type { VmManager } from "./vms.js";
 
-const STATES: VmState[] = ["creating", "starting", "running", "stopping", "stopped", "error", "deleting"];
+const STATES: VmState[] = ["creating", "starting", "running", "rebooting", "stopping", "stopped", "error", "deleting"];
 
 interface VmSample { vm: string; cpu?: number; rss?: number; rd?: number; wr?: number }
 

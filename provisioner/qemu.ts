@@ -8,7 +8,7 @@ import { runTool } from "./tools.js";
 
 /** Files of one VM's run directory (DESIGN.md "The provisioner"). */
 export function runFiles(runDir: string): {
-  pid: string; qmp: string; console: string; consoleSock: string; pasta: string; seed: string; disk: string;
+  pid: string; qmp: string; console: string; consoleSock: string; pasta: string; seed: string; disk: string; qga: string;
 } {
   return {
     pid: path.join(runDir, "qemu.pid"),
@@ -20,6 +20,8 @@ export function runFiles(runDir: string): {
     pasta: path.join(runDir, "pasta.pid"),
     seed: path.join(runDir, "seed.iso"),
     disk: path.join(runDir, "disk.qcow2"),
+    // The guest agent's virtio-serial port (guestagent.ts); as long as qmp.sock.
+    qga: path.join(runDir, "qga.sock"),
   };
 }
 
@@ -32,6 +34,15 @@ export function qemuOpt(value: string): string {
 /** The qdev id of the VM's disk (virtio-blk-pci) and the -drive id behind it (query-blockstats "device"). */
 export const DISK_DEVICE_ID = "vdisk0";
 export const DISK_DRIVE_ID = "disk0";
+/**
+ * The node name of the disk's qcow2 format node: backup.ts puts its persistent
+ * dirty bitmaps there. (QEMU names an unnamed node "#blockNNN", different in
+ * every run; backup.ts still finds it through query-block for VMs started
+ * before this name existed.)
+ */
+export const DISK_NODE_NAME = "capsul-disk";
+/** The virtio-serial port qemu-guest-agent looks for inside the guest. */
+export const GUEST_AGENT_PORT_NAME = "org.qemu.guest_agent.0";
 /**
  * block_set_io_throttle wants the device that owns the block backend: for
  * virtio-blk-pci that is its virtio-backend child, not the PCI proxy.
@@ -50,6 +61,14 @@ export interface LaunchSpec {
 }
 
 /**
+ * The CPU a VM sees; the KVM probe (accel.ts) boots with the same one.
+ * qemu64 under TCG: "max" emulates more features and boots ~25% slower here.
+ */
+export function cpuModel(accel: "kvm" | "tcg"): string {
+  return accel === "kvm" ? "host" : "qemu64";
+}
+
+/**
  * The full argv of one VM, built without a shell. Identity: `-uuid` (re-adoption
  * checks it in /proc/PID/cmdline). QEMU daemonizes itself (fork + setsid) after
  * initialising, so the VM outlives a crash or kill -9 of the provisioner, and a
@@ -62,7 +81,7 @@ export interface LaunchSpec {
 export function buildQemuArgs(s: LaunchSpec): string[] {
   const f = runFiles(s.runDir);
   const mib = Math.floor(s.size.memoryBytes / (1024 * 1024));
-  let drive = `if=none,id=${DISK_DRIVE_ID},file=${qemuOpt(f.disk)},format=qcow2,discard=unmap,detect-zeroes=unmap`;
+  let drive = `if=none,id=${DISK_DRIVE_ID},node-name=${DISK_NODE_NAME},file=${qemuOpt(f.disk)},format=qcow2,discard=unmap,detect-zeroes=unmap`;
   if (s.size.diskIopsPerSec > 0) drive += `,throttling.iops-total=${s.size.diskIopsPerSec}`;
   if (s.size.diskBytesPerSec > 0) drive += `,throttling.bps-total=${s.size.diskBytesPerSec}`;
   // 0.0.0.0 of the VM's own namespace: its loopback is still down when QEMU binds.
@@ -71,8 +90,7 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
     "-name", `capsul-${s.name},debug-threads=on`,
     "-uuid", s.uuid,
     "-machine", `q35,accel=${s.accel}`,
-    // qemu64 under TCG: "max" emulates more features and boots ~25% slower here.
-    "-cpu", s.accel === "kvm" ? "host" : "qemu64",
+    "-cpu", cpuModel(s.accel),
     "-m", String(mib),
     "-smp", String(s.size.vcpus),
     "-nodefaults", "-no-user-config", "-display", "none",
@@ -91,6 +109,11 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
     // romfile= drops the iPXE option ROM: the guest never boots from the network.
     "-device", "virtio-net-pci,netdev=net0,romfile=",
     "-device", "virtio-rng-pci",
+    // The guest agent's channel: backups freeze the guest's filesystems through
+    // it when the guest runs qemu-guest-agent (Debian's cloud image does).
+    "-chardev", `socket,id=qga0,path=${qemuOpt(f.qga)},server=on,wait=off`,
+    "-device", "virtio-serial-pci,id=vserial0",
+    "-device", `virtserialport,chardev=qga0,name=${GUEST_AGENT_PORT_NAME}`,
   ];
   if (s.image.format === "kernel") {
     args.push("-kernel", s.image.files.kernel!.path, "-initrd", s.image.files.initrd!.path);
@@ -199,51 +222,4 @@ export function rssBytes(pid: number): number | null {
   } catch {
     return null;
   }
-}
-
-/** Can this process open /dev/kvm read-write? (Necessary, not sufficient: see probeKvm.) */
-export function kvmDeviceUsable(): boolean {
-  try {
-    fs.closeSync(fs.openSync("/dev/kvm", "r+"));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Boots `kernel` under KVM with no root disk: a healthy kernel prints its banner
- * ("Linux version") to the serial port in well under a second. Under broken
- * nested KVM the guest hangs before printing anything (seen on these machines:
- * /dev/kvm opens, the guest never gets past the firmware), so silence until the
- * deadline means "use TCG".
- */
-export async function probeKvm(qemu: string, kernel: string, workDir: string, timeoutMs: number): Promise<boolean> {
-  const log = path.join(workDir, `kvm-probe-${process.pid}.log`);
-  await fsp.rm(log, { force: true });
-  const { spawn } = await import("node:child_process");
-  const child = spawn(qemu, [
-    "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config",
-    "-display", "none", "-no-reboot", "-kernel", kernel, "-append", "console=ttyS0 panic=-1",
-    "-chardev", `file,id=c,path=${qemuOpt(log)}`, "-serial", "chardev:c",
-  ], { stdio: "ignore" });
-  const ok = await new Promise<boolean>((resolve) => {
-    const started = Date.now();
-    const tick = setInterval(() => {
-      let text = "";
-      try { text = fs.readFileSync(log, "utf8"); } catch { /* not created yet */ }
-      if (text.includes("Linux version")) { done(true); return; }
-      if (Date.now() - started > timeoutMs) done(false);
-    }, 250);
-    const done = (v: boolean): void => { clearInterval(tick); resolve(v); };
-    child.once("error", () => done(false));
-    child.once("exit", () => {
-      let text = "";
-      try { text = fs.readFileSync(log, "utf8"); } catch { /* none */ }
-      done(text.includes("Linux version"));
-    });
-  });
-  if (child.exitCode === null) child.kill("SIGKILL");
-  await fsp.rm(log, { force: true });
-  return ok;
 }

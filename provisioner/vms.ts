@@ -9,24 +9,27 @@ import type { RouteSink } from "../tunnel-client/routesink.js";
 import type { ImageRecord, IoLimits, Store, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
+import { type AccelDecision, decideAccel, probeSources } from "./accel.js";
+import { BootProgress, progressFromConsole } from "./boot.js";
 import { ConsoleLog, consoleTail } from "./console.js";
 import { badRequest, conflict, notFound } from "./errors.js";
 import { inOwnNamespace, NS_FORWARD_PORTS, stopPasta } from "./guestnet.js";
 import { sshBanner } from "./net.js";
+import { type PowerOutcome, powerOff, rebootGuest, waitExit } from "./power.js";
 import { QmpClient } from "./qmp.js";
 import { VmNetwork } from "./vmnet.js";
 import {
-  buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, kvmDeviceUsable, launchQemu, probeKvm, processAlive, readPidFile, runFiles,
+  buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, launchQemu, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
 import { type Reach, routeOwner, vmReach, vmRoutes } from "./routes.js";
 import type { CreateRequest } from "./requests.js";
 
 /** Wait between SSH banner probes while a guest boots. */
 export const BOOT_POLL_INTERVAL_MS = 1000;
+/** The same once the boot timeout has passed ("slow, still booting"): one probe per this, for as long as QEMU runs. */
+export const BOOT_SLOW_POLL_INTERVAL_MS = 5000;
 /** One SSH banner probe: through hostfwd the guest answers in milliseconds once sshd runs. */
 export const BANNER_TIMEOUT_MS = 3000;
-/** Poll interval while waiting for a QEMU process to exit. */
-export const EXIT_POLL_INTERVAL_MS = 100;
 /** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
 export const QMP_CONNECT_ATTEMPTS = 5;
 /** Pause before restarting a crashed VM. */
@@ -44,6 +47,8 @@ interface Live {
   stopping: boolean;
   /** The guest asked to power off (SHUTDOWN event, guest: true). */
   guestShutdown: boolean;
+  /** This boot: since when, SSH, cloud-init (fed from the console). */
+  boot: BootProgress;
 }
 
 
@@ -56,7 +61,9 @@ export class VmManager {
   readonly vmsDir: string;
   private readonly live = new Map<string, Live>();
   private readonly locks = new Map<string, Promise<unknown>>();
-  private accelChoice: Promise<"kvm" | "tcg"> | null = null;
+  private accelChoice: Promise<AccelDecision> | null = null;
+  /** Why VMs use the accelerator they use (accel.ts); null until the first start. */
+  private accelDecision: AccelDecision | null = null;
   /** What reconcile found and fixed at start-up (GET /v1/drift "resolved"). */
   readonly resolved: DriftItem[] = [];
   private closed = false;
@@ -92,9 +99,10 @@ export class VmManager {
     const img = this.store.getImage(v.image);
     return {
       name: v.name, uuid: v.uuid, image: v.image, size: v.size, state: v.state, desired: v.desired, message: v.message,
-      accel: v.accel, vcpus: size?.vcpus ?? null, memory_bytes: size?.memoryBytes ?? null, disk_bytes: size?.diskBytes ?? null,
+      accel: v.accel, accel_reason: v.accel ? this.accelDecision?.reason ?? null : null, vcpus: size?.vcpus ?? null, memory_bytes: size?.memoryBytes ?? null, disk_bytes: size?.diskBytes ?? null,
       io_limits: size ? { iops: withIoLimits(size, v.ioLimits).diskIopsPerSec, bps: withIoLimits(size, v.ioLimits).diskBytesPerSec } : null,
-      pid: this.live.get(v.name)?.pid ?? null, created_at: v.createdAt, updated_at: v.updatedAt,
+      pid: this.live.get(v.name)?.pid ?? null, boot: this.live.get(v.name)?.boot.view() ?? null,
+      created_at: v.createdAt, updated_at: v.updatedAt,
       ...vmReach(v, img?.sshUser ?? "root", this.reach, this.sink),
     };
   }
@@ -102,6 +110,9 @@ export class VmManager {
   list(): Record<string, unknown>[] { return this.store.listVms().map((v) => this.view(v)); }
   get(name: string): Record<string, unknown> { return this.view(this.record(name)); }
   liveVm(name: string): { pid: number; qmp: QmpClient } | undefined { return this.live.get(name); }
+
+  /** Runs `fn` holding the VM's lifecycle lock: no start, stop or delete meanwhile (backup.ts: offline backups, restores). */
+  exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> { return this.withLock(name, fn); }
 
   /** Memory of every VM that should run: its size plus vm_memory_overhead. */
   committedMemoryBytes(exceptVm?: string): number {
@@ -157,8 +168,10 @@ export class VmManager {
    * Validates, records the VM, makes its disk and seed (fast, synchronous with the
    * request so that a failure is the request's error and leaves nothing behind),
    * then boots it in the background. Returns the VM in state `creating`.
+   * A restore (backup.ts) passes the disk to boot from (moved into the run dir)
+   * and, when it recreates a deleted VM, that VM's uuid.
    */
-  async create(req: CreateRequest): Promise<Record<string, unknown>> {
+  async create(req: CreateRequest, from: { disk?: string; uuid?: string } = {}): Promise<Record<string, unknown>> {
     const image = this.store.getImage(req.image);
     if (!image) throw badRequest("image_not_found", `no image named ${JSON.stringify(req.image)} (GET /v1/images)`);
     const size = this.cfg.sizes[req.size];
@@ -171,13 +184,17 @@ export class VmManager {
     if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
     if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     this.checkMemory(req.name, size);
-    const uuid = randomUUID();
+    const uuid = from.uuid ?? randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
     this.store.insertVm({
       name: req.name, uuid, image: image.name, size: req.size, sshKeys: req.sshKeys, desired: "running",
       state: "creating", message: null, accel: null, ports: null,
     });
     try {
+      if (from.disk) {
+        await fsp.mkdir(this.runDir(req.name), { recursive: true, mode: 0o700 });
+        await fsp.rename(from.disk, runFiles(this.runDir(req.name)).disk);
+      }
       await this.prepare(this.record(req.name), image, size);
     } catch (e) {
       await fsp.rm(this.runDir(req.name), { recursive: true, force: true });
@@ -205,28 +222,13 @@ export class VmManager {
     return this.get(name);
   }
 
+  /** One decision per provisioner process, made when the first VM starts (accel.ts). */
   private async chooseAccel(image: ImageRecord): Promise<"kvm" | "tcg"> {
-    if (this.cfg.accel !== "auto") return this.cfg.accel;
-    if (!kvmDeviceUsable()) return "tcg";
-    this.accelChoice ??= (async () => {
-      const kernel = this.probeKernel(image);
-      if (!kernel) {
-        this.log.warn("accel auto: no Linux kernel to probe KVM with; using tcg (set accel: kvm to force KVM)");
-        return "tcg";
-      }
-      const ok = await probeKvm(this.cfg.qemuBinary, kernel, this.cfg.dataDir, this.cfg.kvmProbeTimeoutMs);
-      this.log.info(ok ? "accel auto: KVM boots a guest; using kvm" : "accel auto: guest hangs under KVM; using tcg", { kernel });
-      return ok ? "kvm" : "tcg";
-    })();
-    return this.accelChoice;
-  }
-
-  private probeKernel(image: ImageRecord): string | null {
-    if (image.format === "kernel") return image.files.kernel!.path;
-    const k = this.store.listImages().find((i) => i.format === "kernel");
-    if (k) return k.files.kernel!.path;
-    const host = `/boot/vmlinuz-${os.release()}`;
-    try { fs.accessSync(host, fs.constants.R_OK); return host; } catch { return null; }
+    this.accelChoice ??= decideAccel(this.cfg, probeSources(image, this.store.listImages()), this.log).then((d) => {
+      this.accelDecision = d;
+      return d;
+    });
+    return (await this.accelChoice).accel;
   }
 
   private async startLocked(name: string): Promise<void> {
@@ -255,11 +257,13 @@ export class VmManager {
       const ports = await this.net.connect(v, pid);
       const qmp = await this.connectQmp(f.qmp);
       consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+      const boot = new BootProgress(Date.now());
+      consoleLog.onData = (d): void => boot.feed(d);
       await consoleLog.attach(f.consoleSock);
       // Started paused (-S): the console is connected, the guest may run.
       await qmp.execute("cont");
       this.store.updateVm(name, { state: "starting", accel, ports, message: null });
-      const live = this.attach(name, pid, qmp, consoleLog);
+      const live = this.attach(name, pid, qmp, consoleLog, boot);
       this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach));
       this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https });
       this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
@@ -268,7 +272,7 @@ export class VmManager {
       consoleLog?.close();
       if (pid && isQemuOf(pid, v.uuid)) {
         try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
-        await this.waitExit(pid, this.cfg.quitTimeoutMs);
+        await waitExit(pid, this.cfg.quitTimeoutMs);
       }
       await stopPasta(f.pasta);
       this.store.updateVm(name, { state: "error", message: err.message });
@@ -290,18 +294,22 @@ export class VmManager {
   }
 
   /** Registers a running QEMU and what happens when it exits. */
-  private attach(name: string, pid: number, qmp: QmpClient, consoleLog: ConsoleLog | null): Live {
-    const live: Live = { pid, qmp, console: consoleLog, generation: 1, stopping: false, guestShutdown: false };
+  private attach(name: string, pid: number, qmp: QmpClient, consoleLog: ConsoleLog | null, boot: BootProgress): Live {
+    const live: Live = { pid, qmp, console: consoleLog, generation: 1, stopping: false, guestShutdown: false, boot };
     this.live.set(name, live);
     qmp.on("event", (ev: { event: string; data?: Record<string, unknown> }) => {
       if (ev.event === "SHUTDOWN" && ev.data?.guest === true) live.guestShutdown = true;
+      // Any reset is a new boot: ours (reboot), or the guest's own (`reboot`
+      // inside, cloud-init's power_state) at any point, also while it still
+      // boots, so its boot timeout starts again. One reboot may bring two or
+      // three RESET events within ~100 ms; each restarts the watch.
       if (ev.event === "RESET" && !live.stopping) {
         const v = this.store.getVm(name);
-        if (v?.ports && v.state === "running") {
-          this.store.updateVm(name, { state: "starting" });
-          live.generation++;
-          this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
-        }
+        if (!v?.ports) return;
+        live.boot.restart(Date.now());
+        live.generation++;
+        this.store.updateVm(name, { state: "starting" });
+        this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
       }
     });
     qmp.once("close", () => this.spawnBackground(this.onQmpClosed(name, live)));
@@ -311,7 +319,7 @@ export class VmManager {
   private async onQmpClosed(name: string, live: Live): Promise<void> {
     if (this.closed || live.stopping || this.live.get(name) !== live) return;
     // QMP closes when QEMU exits; give the process a moment to be reaped.
-    await this.waitExit(live.pid, 2000);
+    await waitExit(live.pid, 2000);
     if (processAlive(live.pid)) {
       // Socket dropped but QEMU lives: reconnect.
       try {
@@ -347,74 +355,65 @@ export class VmManager {
     await this.withLock(name, () => this.startLocked(name));
   }
 
-  /** Polls the guest's SSH banner until it answers: then the VM is `running`. */
+  /**
+   * Polls the guest's SSH banner until it answers: then the VM is `running`.
+   * Past the boot timeout (boot_timeout, or boot_timeout_tcg under TCG, where
+   * a cloud image takes minutes) the VM is not failed: QEMU runs, so it stays
+   * `starting` with a "slow, still booting" message, and the watch goes on.
+   */
   private async watchBoot(name: string, generation: number, sshPort: number): Promise<void> {
-    const deadline = Date.now() + this.cfg.bootTimeoutMs;
+    const accel = this.store.getVm(name)?.accel;
+    const timeoutMs = accel === "tcg" ? this.cfg.bootTimeoutTcgMs : this.cfg.bootTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
+    let slow = false;
     const current = (): boolean => !this.closed && this.live.get(name)?.generation === generation && !this.live.get(name)?.stopping;
     while (current()) {
       if (await sshBanner(sshPort, BANNER_TIMEOUT_MS)) {
         if (!current()) return;
+        this.live.get(name)!.boot.sshAt = Date.now();
         this.store.updateVm(name, { state: "running", message: null });
-        this.log.info("vm running: guest answers ssh", { vm: name });
+        this.log.info("vm running: guest answers ssh", { vm: name, slow });
         return;
       }
-      if (Date.now() > deadline) {
+      if (!slow && Date.now() > deadline) {
         if (!current()) return;
-        const msg = `guest did not answer ssh within ${this.cfg.bootTimeoutMs} ms (see console)`;
-        this.store.updateVm(name, { state: "running", message: msg });
-        this.log.warn("vm booted without ssh", { vm: name });
-        return;
+        slow = true;
+        const s = Math.round(timeoutMs / 1000);
+        this.store.updateVm(name, {
+          message: `slow: no ssh after ${s} s under ${accel ?? "?"}; still booting while QEMU runs (see capsul vm console ${name})`,
+        });
+        this.log.warn("vm slow to boot; still watching", { vm: name, after_ms: timeoutMs, accel });
       }
-      await new Promise((r) => setTimeout(r, BOOT_POLL_INTERVAL_MS));
+      await new Promise((r) => setTimeout(r, slow ? BOOT_SLOW_POLL_INTERVAL_MS : BOOT_POLL_INTERVAL_MS));
     }
   }
 
   // ------------------------------------------------------------ stop, reboot
 
-  async stop(name: string): Promise<Record<string, unknown>> {
+  /** Powers the VM off (power.ts: the guest first unless `force`); resolves once QEMU is gone. */
+  async stop(name: string, force = false): Promise<{ vm: Record<string, unknown>; outcome: PowerOutcome | null }> {
     const v = this.record(name);
     if (v.state === "deleting") throw conflict("vm_busy", `VM ${name} is being deleted`);
     this.store.updateVm(name, { desired: "stopped" });
-    await this.withLock(name, () => this.stopLocked(name, true));
-    return this.get(name);
+    const outcome = await this.withLock(name, () => this.stopLocked(name, !force));
+    return { vm: this.get(name), outcome };
   }
 
-  private async waitExit(pid: number, timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (processAlive(pid)) {
-      if (Date.now() > deadline) return false;
-      await new Promise((r) => setTimeout(r, EXIT_POLL_INTERVAL_MS));
-    }
-    return true;
-  }
-
-  /** system_powerdown (when graceful), then `quit`, then SIGKILL; each after its deadline. */
-  private async stopLocked(name: string, graceful: boolean): Promise<void> {
+  /** null when no QEMU ran. */
+  private async stopLocked(name: string, graceful: boolean): Promise<PowerOutcome | null> {
     const live = this.live.get(name);
     if (!live) {
       const v = this.store.getVm(name);
       if (v && v.state !== "deleting") this.store.updateVm(name, { state: "stopped" });
-      return;
+      return null;
     }
     live.stopping = true;
     live.generation++;
     this.store.updateVm(name, { state: "stopping" });
     this.sink.withdraw(routeOwner(name));
-    let exited = false;
-    if (graceful) {
-      try { await live.qmp.execute("system_powerdown"); } catch { /* QEMU may be going already */ }
-      exited = await this.waitExit(live.pid, this.cfg.stopTimeoutMs);
-      if (!exited) this.log.warn("guest ignored powerdown; quitting QEMU", { vm: name, after_ms: this.cfg.stopTimeoutMs });
-    }
-    if (!exited) {
-      try { await live.qmp.execute("quit"); } catch { /* closed as it quits */ }
-      exited = await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
-    }
-    if (!exited) {
-      this.log.warn("QEMU ignored quit; killing it", { vm: name, pid: live.pid });
-      try { process.kill(live.pid, "SIGKILL"); } catch { /* gone */ }
-      await this.waitExit(live.pid, this.cfg.quitTimeoutMs);
-    }
+    const outcome = await powerOff(live.qmp, live.pid, {
+      force: !graceful, stopTimeoutMs: this.cfg.stopTimeoutMs, quitTimeoutMs: this.cfg.quitTimeoutMs,
+    }, this.log, name);
     live.qmp.close();
     live.console?.close();
     this.live.delete(name);
@@ -423,28 +422,44 @@ export class VmManager {
     await fsp.rm(f.pid, { force: true });
     await fsp.rm(f.qmp, { force: true });
     await fsp.rm(f.consoleSock, { force: true });
-    if (this.store.getVm(name)?.state !== "deleting") this.store.updateVm(name, { state: "stopped", message: null });
-    this.log.info("vm stopped", { vm: name });
+    const message = graceful && !outcome.graceful ? `the guest ignored the power button for ${Math.round(this.cfg.stopTimeoutMs / 1000)} s; QEMU was quit` : null;
+    if (this.store.getVm(name)?.state !== "deleting") this.store.updateVm(name, { state: "stopped", message });
+    this.log.info("vm stopped", { vm: name, graceful: outcome.graceful, took_ms: outcome.tookMs });
+    return outcome;
   }
 
-  /** A hard reset (QMP system_reset): the guest boots again; state `starting` until ssh answers. */
-  async reboot(name: string): Promise<Record<string, unknown>> {
+  /**
+   * Reboots a running VM (power.ts: ctrl-alt-delete, system_reset after
+   * reboot_timeout; at once with `force`). Resolves once the guest has reset;
+   * the RESET listener (attach) then watches the new boot (`starting`).
+   */
+  async reboot(name: string, force = false): Promise<{ vm: Record<string, unknown>; outcome: PowerOutcome }> {
     this.record(name);
-    await this.withLock(name, async () => {
+    const outcome = await this.withLock(name, async () => {
       const live = this.live.get(name);
       const v = this.store.getVm(name);
       if (!live || !v?.ports) throw conflict("vm_not_running", `VM ${name} is not running (start it)`);
+      // The current boot watch stops: the old guest's sshd may answer until it is down.
       live.generation++;
-      this.store.updateVm(name, { state: "starting", message: null });
-      // Watch for ssh only once the reset happened (RESET event), or the old
-      // guest's sshd could still answer the first probe.
-      const reset = live.qmp.waitEvent("RESET", this.cfg.qmpTimeoutMs);
-      await live.qmp.execute("system_reset");
-      await reset;
-      this.log.info("vm reset", { vm: name });
-      this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
+      this.store.updateVm(name, { state: "rebooting", message: null });
+      try {
+        const o = await rebootGuest(live.qmp, { force, rebootTimeoutMs: this.cfg.rebootTimeoutMs, qmpTimeoutMs: this.cfg.qmpTimeoutMs }, this.log, name);
+        if (!force && !o.graceful) {
+          this.store.updateVm(name, { message: `the guest did not reboot within ${Math.round(this.cfg.rebootTimeoutMs / 1000)} s of ctrl-alt-delete; it was reset` });
+        }
+        return o;
+      } catch (e) {
+        // Still ours and alive (a QMP error): watch it as before. Gone: onQmpClosed decides.
+        if (this.live.get(name) === live && !live.qmp.isClosed) {
+          live.generation++;
+          this.store.updateVm(name, { state: "starting" });
+          this.spawnBackground(this.watchBoot(name, live.generation, v.ports.ssh));
+        }
+        throw e;
+      }
     });
-    return this.get(name);
+    this.log.info("vm rebooted", { vm: name, graceful: outcome.graceful, force, took_ms: outcome.tookMs });
+    return { vm: this.get(name), outcome };
   }
 
   /**
@@ -479,7 +494,7 @@ export class VmManager {
     const pid = readPidFile(runFiles(this.runDir(name)).pid);
     if (pid && isQemuOf(pid, v.uuid)) {
       try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
-      await this.waitExit(pid, this.cfg.quitTimeoutMs);
+      await waitExit(pid, this.cfg.quitTimeoutMs);
     }
     await stopPasta(runFiles(this.runDir(name)).pasta);
     this.sink.withdraw(routeOwner(name));
@@ -513,21 +528,26 @@ export class VmManager {
       const qmp = await this.connectQmp(f.qmp);
       const status = await qmp.execute<{ status: string }>("query-status");
       let consoleLog: ConsoleLog | null = null;
+      // The boot so far: what the console log holds after the last kernel banner.
+      const boot = progressFromConsole(await consoleTail(f.console, this.cfg.consoleTailBytes));
       if (fs.existsSync(f.consoleSock)) {
         consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
+        // Before attach: the guest runs, output may arrive with the connection.
+        consoleLog.onData = (d): void => boot.feed(d);
         await consoleLog.attach(f.consoleSock).catch((e: Error) => {
           this.log.warn("cannot reconnect the console", { vm: v.name, err: e.message });
           consoleLog?.close();
           consoleLog = null;
         });
       }
-      const live = this.attach(v.name, pid, qmp, consoleLog);
+      const live = this.attach(v.name, pid, qmp, consoleLog, boot);
       this.log.info("re-adopted running vm", { vm: v.name, pid, status: status.status });
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
       const ports = await this.net.readopt(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
       this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach));
       if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
+        boot.sshAt = Date.now();
         this.store.updateVm(v.name, { state: "running", message: null });
       } else {
         this.store.updateVm(v.name, { state: "starting" });

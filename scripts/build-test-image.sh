@@ -4,7 +4,10 @@
 #   OUTDIR/initrd      a busybox-static initramfs: virtio modules loaded in dependency
 #                      order, cidata seed applied (hostname, SSH keys), dropbear on 22,
 #                      busybox httpd on 80, openssl s_server on 443 (self-signed cert
-#                      for the hostname from the seed)
+#                      for the hostname from the seed); qemu-ga on the virtio-serial
+#                      port org.qemu.guest_agent.0 when the VM has one, and ext4 (which
+#                      mounts ext2; crc32c_generic, which ext4 asks the crypto API for
+#                      by name) so a test can put a filesystem on the blank disk
 #   OUTDIR/cmdline     the kernel command line the image wants
 #   OUTDIR/SHA256SUMS  checksums of the above
 # Usage: scripts/build-test-image.sh OUTDIR
@@ -17,8 +20,8 @@ if [ $# -ne 1 ]; then
 fi
 OUT=$1
 
-NEEDED_PKGS="qemu-system-x86 qemu-utils busybox-static genisoimage dropbear-bin openssl openssh-client"
-NEEDED_CMDS="qemu-system-x86_64 qemu-img genisoimage dropbear dropbearkey openssl ssh ssh-keygen dpkg-deb apt-get ldd gzip"
+NEEDED_PKGS="qemu-system-x86 qemu-utils busybox-static genisoimage dropbear-bin openssl openssh-client qemu-guest-agent"
+NEEDED_CMDS="qemu-system-x86_64 qemu-img genisoimage dropbear dropbearkey openssl ssh ssh-keygen dpkg-deb apt-get ldd gzip qemu-ga"
 missing=""
 for c in $NEEDED_CMDS; do
   command -v "$c" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$c" >/dev/null 2>&1 || missing="$missing $c"
@@ -64,7 +67,7 @@ MODDIR="$WORK/k/lib/modules/$KVER"
 
 # --- initramfs root -------------------------------------------------------
 R="$WORK/root"
-mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,tmp,root/.ssh,run,var/run,www,lib/modules,mnt/seed,etc/dropbear,usr/lib/ssl}
+mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,tmp,root/.ssh,run,var/run,www,lib/modules,mnt/seed,mnt/data,etc/dropbear,usr/lib/ssl}
 cp /bin/busybox "$R/bin/busybox"
 
 # Modules: the ones we name plus whatever each declares in its modinfo
@@ -98,7 +101,8 @@ addmod() {
   esac
 }
 for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         failover net_failover virtio_net virtio_blk cdrom isofs virtio_rng button evdev; do
+         failover net_failover virtio_net virtio_blk cdrom isofs virtio_rng button evdev \
+         virtio_console ext4 crc32c_generic; do
   addmod "$m"
 done
 printf '%s\n' "${ORDER[@]}" >"$R/lib/modules/order"
@@ -114,6 +118,7 @@ copybin() {
 }
 copybin "$(command -v dropbear || echo /usr/sbin/dropbear)" /sbin/dropbear
 copybin "$(command -v openssl)" /bin/openssl
+copybin "$(command -v qemu-ga || echo /usr/sbin/qemu-ga)" /sbin/qemu-ga
 [ -f /usr/lib/ssl/openssl.cnf ] && cp -L /usr/lib/ssl/openssl.cnf "$R/usr/lib/ssl/openssl.cnf"
 
 cat >"$R/etc/passwd" <<'EOF'
@@ -175,6 +180,14 @@ httpd -p 80 -h /www
     -subj "/CN=$host" -keyout /tmp/tls.key -out /tmp/tls.crt >/dev/null 2>&1
   while :; do openssl s_server -quiet -accept 443 -cert /tmp/tls.crt -key /tmp/tls.key -WWW >/dev/null 2>&1; sleep 1; done
 ) &
+# The guest agent (fsfreeze for consistent backups) on its virtio-serial port,
+# found by name: the port's number depends on the VM's devices. Started after
+# the servers above, so they come up as soon as before it was added.
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -f /run/qemu-ga.pid -t /run -l /tmp/qemu-ga.log
+  echo "capsul-test-image: qemu-ga on /dev/${p##*/}"
+done
 echo "capsul-test-image: ready hostname=$host"
 # PID 1 must not exit.
 while :; do sleep 3600; done

@@ -32,7 +32,7 @@ const NO_STDOUT: Record<string, string> = {
 const PENDING_PREFIXES = ["vm", "image"];
 const PENDING_COMMANDS = [
   "image delete", "image import", "image list",
-  "vm console", "vm create", "vm delete", "vm list", "vm reboot", "vm show", "vm start", "vm stop",
+  "vm backup", "vm backups", "vm console", "vm create", "vm delete", "vm list", "vm reboot", "vm restore", "vm show", "vm start", "vm stop",
 ];
 
 interface Found { path: string; hasJson: boolean; hasAction: boolean }
@@ -112,11 +112,18 @@ t.test("every command that prints has --json, and its JSON has the one style", a
     return (JSON.parse(r.stdout) as Array<{ routes: string[] }>)[0]?.routes.some((x) => x.startsWith("tcp:"));
   });
 
+  // The running hub and cog answer a reload (nothing changed) with what they did.
+  const reloaded = await run("hub reload", ["-c", hubYaml]) as { changed: string[]; reloaded_at: string };
+  t.same(reloaded.changed, []);
+  await run("cog reload", ["-c", cogYaml]);
+  await run("config check", ["-c", hubYaml]);
+  t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
   const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
   t.equal(cogs[0]?.online, true);
   t.ok(Date.parse(cogs[0]!.cert_expires_at) > Date.now(), "cert_expires_at is a real future instant");
   const ports = await run("hub ports", ["-c", hubYaml]) as Array<{ port: number; live: boolean; assigned_at: string }>;
   t.equal(ports[0]?.live, true);
+  t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
   await run("hub grants", ["-c", hubYaml]);
   await run("hub ungrant", ["home1", "blog.example.org", "-c", hubYaml]);
   await run("hub ports release", [String(ports[0]!.port), "--force", "-c", hubYaml]);
@@ -150,6 +157,6 @@ t.test("every command that prints has --json, and its JSON has the one style", a
     t.same(style.problems, [], `capsul ${c.path} --json: ${r.stdout.trim()}`);
     instants += style.instants;
   }
-  // invite (expires_at), enroll and cogs (cert_expires_at, last_seen_at, created_at), ports (assigned_at), revoke (revoked_at)
-  t.ok(instants >= 6, `instants were checked, not skipped (${instants})`);
+  // invite (expires_at), enroll and cogs (cert_expires_at, last_seen_at, created_at), ports (assigned_at), revoke (revoked_at), reloads (reloaded_at)
+  t.ok(instants >= 8, `instants were checked, not skipped (${instants})`);
 });

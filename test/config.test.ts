@@ -111,10 +111,12 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.listen.tcp_ports", "hub.listen.admin", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
-    "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.idle_timeout",
+    "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.listen_backlog", "hub.limits.idle_timeout",
     "hub.limits.splice_queue", "hub.limits.max_visitors_per_ip", "hub.limits.max_unpeeked_per_ip",
     "hub.limits.buffer_budget", "hub.limits.cog_buffer_budget", "hub.limits.buffer_check_interval",
-    "hub.limits.refusal_log_interval",
+    "hub.limits.refusal_log_interval", "hub.limits.max_streams_per_cog", "hub.limits.max_connections_per_route",
+    "hub.limits.cog_bandwidth",
+    ...["max_streams", "max_connections_per_route", "bandwidth", "bandwidth_burst"].map((k) => `hub.cogs.0.limits.${k}`),
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
@@ -123,6 +125,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
+    "hub.shutdown_grace", "cog.shutdown_grace",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
@@ -139,6 +142,8 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
       "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout", "tool_timeout",
       "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys"].map((k) => `cog.provisioner.${k}`),
   ];
+  // Shown commented out: the example's cog_bandwidth is off, and a burst without it is an error.
+  t.match(text, /\n {4}# cog_bandwidth_burst: \d/, "example documents hub.limits.cog_bandwidth_burst");
   for (const path of paths) {
     let node: unknown = raw;
     for (const part of path.split(".")) node = (node as Record<string, unknown> | undefined)?.[part];
@@ -195,6 +200,7 @@ t.test("defaults are filled", async (t) => {
         httpHeaderMaxBytes: 16384,
         graceMs: 5000,
         maxVisitors: 20000,
+        listenBacklog: 4096,
         maxVisitorsPerIp: 256,
         maxUnpeekedPerIp: 64,
         idleTimeoutMs: 600000,
@@ -203,9 +209,14 @@ t.test("defaults are filled", async (t) => {
         cogBufferBudgetBytes: 134217728,
         bufferCheckIntervalMs: 250,
         refusalLogIntervalMs: 60000,
+        maxStreamsPerCog: 5000,
+        maxConnectionsPerRoute: 2000,
+        cogBandwidthBytesPerSec: 0,
+        cogBandwidthBurstBytes: 0,
       },
       tunnel: hubTunnel,
       admin: { requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000, cogsCacheMs: 2000 },
+      shutdownGraceMs: 30000,
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -223,6 +234,7 @@ t.test("defaults are filled", async (t) => {
         retryMinDelayMs: 300000, retryMaxDelayMs: 43200000, requestTimeoutMs: 30000, orderTimeoutMs: 300000, pollIntervalMs: 1000,
       },
       terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
+      shutdownGraceMs: 30000,
     },
     log: { level: "info" },
   };
@@ -282,10 +294,12 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(hub.cogCertTtlMs, 1.5 * 86400_000);
   t.same(hub.limits, {
     clientHelloTimeoutMs: 250, clientHelloMaxBytes: 20000, httpHeaderTimeoutMs: 1500, httpHeaderMaxBytes: 8192,
-    graceMs: 0, maxVisitors: 1, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
+    graceMs: 0, maxVisitors: 1, listenBacklog: 4096, idleTimeoutMs: 120000, spliceQueueBytes: 16384,
     // The per-source caps are absent: their defaults (256, 64) are lowered to max_visitors.
     maxVisitorsPerIp: 1, maxUnpeekedPerIp: 1,
     bufferBudgetBytes: 64_000_000, cogBufferBudgetBytes: 1048576, bufferCheckIntervalMs: 100, refusalLogIntervalMs: 0,
+    // So are the per-cog caps (5000, 2000); bandwidth stays off.
+    maxStreamsPerCog: 1, maxConnectionsPerRoute: 1, cogBandwidthBytesPerSec: 0, cogBandwidthBurstBytes: 0,
   });
   t.same(hub.tunnel, {
     maxStreamWindowBytes: 1048576, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 101, handshakeTimeoutMs: 1000,
@@ -512,6 +526,7 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_HTTP_HEADER_MAX_BYTES", "HubLimits", "httpHeaderMaxBytes", "16KiB", bytes],
     ["DEFAULT_GRACE_MS", "HubLimits", "graceMs", "5s", dur],
     ["DEFAULT_MAX_VISITORS", "HubLimits", "maxVisitors", "20000", int],
+    ["DEFAULT_LISTEN_BACKLOG", "HubLimits", "listenBacklog", "4096", int],
     ["DEFAULT_MAX_VISITORS_PER_IP", "HubLimits", "maxVisitorsPerIp", "256", int],
     ["DEFAULT_MAX_UNPEEKED_PER_IP", "HubLimits", "maxUnpeekedPerIp", "64", int],
     ["DEFAULT_IDLE_TIMEOUT_MS", "HubLimits", "idleTimeoutMs", "10m", dur],
@@ -547,13 +562,15 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_RECONNECT_MAX_DELAY_MS", "CogConfig", "maxDelayMs", "30s", dur],
     ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
     ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
+    ["DEFAULT_SHUTDOWN_GRACE_MS", "HubConfig", "shutdownGraceMs", "30s", dur],
   ];
   for (const [name, iface, field, text, read] of table) {
     const doc = docOf(iface, field);
     t.ok(doc.includes(`default ${text}`), `${iface}.${field} doc says "default ${text}": ${doc.trim()}`);
     t.equal(C[name], read(text), `${name} = ${text}`);
   }
-  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default.
+  // One constant serves two fields: cog.splice_queue has hub.limits.splice_queue's default, and so does cog.shutdown_grace.
+  t.ok(docOf("CogConfig", "shutdownGraceMs").includes("default 30s"), "CogConfig.shutdownGraceMs doc says default 30s");
   t.ok(docOf("CogConfig", "spliceQueueBytes").includes("default 256KiB"), "CogConfig.spliceQueueBytes doc says default 256KiB");
   // Each exported default is in the table, so a new one cannot skip this check.
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();

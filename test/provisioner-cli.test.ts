@@ -25,6 +25,38 @@ function capsul(args: string[], extraEnv: Record<string, string> = {}): Promise<
   return new Promise((resolve) => p.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr })));
 }
 
+/**
+ * The --json style of every capsul command (cli/common.ts printJson): one line,
+ * snake_case keys, instants as ISO-8601 UTC strings under keys ending in _at.
+ * Returns what is wrong, with the JSON path.
+ */
+function jsonProblems(stdout: string): string[] {
+  const out: string[] = [];
+  if (stdout.split("\n").filter(Boolean).length !== 1) out.push(`not one line: ${JSON.stringify(stdout)}`);
+  const walk = (v: unknown, at: string, key: string | null): void => {
+    if (Array.isArray(v)) { v.forEach((x, i) => walk(x, `${at}[${i}]`, key)); return; }
+    if (v !== null && typeof v === "object") {
+      for (const [k, x] of Object.entries(v)) {
+        if (!/^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$/.test(k)) out.push(`${at}.${k}: not snake_case`);
+        walk(x, `${at}.${k}`, k);
+      }
+      return;
+    }
+    if (key?.endsWith("_at") && v !== null && !(typeof v === "string" && /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/.test(v))) {
+      out.push(`${at}: ${JSON.stringify(v)} is not an ISO-8601 UTC instant`);
+    }
+  };
+  try { walk(JSON.parse(stdout), "$", null); } catch (e) { out.push(`not JSON: ${(e as Error).message}`); }
+  return out;
+}
+
+t.test("the --json style check catches what it is for", async (t) => {
+  t.same(jsonProblems('{"name":"a","created_at":"2026-11-30T20:46:30.287Z","boot":{"ssh_at":null}}\n'), []);
+  t.match(jsonProblems('{"createdAt":"2026-11-30T20:46:30.287Z"}\n'), [/createdAt: not snake_case/]);
+  t.match(jsonProblems('{"created_at":1764500000000}\n'), [/created_at: 1764500000000 is not an ISO-8601/]);
+  t.match(jsonProblems('{\n  "name": "a"\n}\n'), [/not one line/]);
+});
+
 t.test("table", async (t) => {
   t.equal(table(["A", "BB"], [["xxx", "y"], ["z", ""]]), "A    BB\nxxx  y\nz");
 });
@@ -47,6 +79,9 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.equal(r.stdout.trim(), "base: imported (qcow2)");
   r = await capsul(["image", "list", ...g]);
   t.match(r.stdout, /^NAME\s+FORMAT\s+SIZE\s+SHA256\s+USED BY\nbase\s+qcow2\s/);
+  r = await capsul(["image", "list", "--json", ...g]);
+  t.same(jsonProblems(r.stdout), [], `image list --json: ${r.stdout}`);
+  t.match(JSON.parse(r.stdout), [{ name: "base", format: "qcow2", created_at: /Z$/ }]);
 
   r = await capsul(["vm", "create", "web1", "--image", "base", "--size", "t1", "--ssh-key", `${key}.pub`, ...g]);
   t.equal(r.code, 0, r.stderr);
@@ -54,7 +89,17 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   r = await capsul(["vm", "list", ...g]);
   t.match(r.stdout, /^NAME\s+STATE\s+SIZE\s+IMAGE\s+SSH\s+URL\nweb1\s+\S+\s+t1\s+base\s+.*https:\/\/web1\.home1\.hub\.example\//);
   r = await capsul(["vm", "show", "web1", "--json", ...g]);
+  t.same(jsonProblems(r.stdout), [], `vm show --json: ${r.stdout}`);
   t.equal(JSON.parse(r.stdout).hostname, "web1.home1.hub.example");
+  // QEMU is /bin/false: the start failed and nothing runs; stop says so.
+  r = await capsul(["vm", "stop", "web1", "--json", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.same(jsonProblems(r.stdout), [], `vm stop --json: ${r.stdout}`);
+  t.match(JSON.parse(r.stdout), { vm: { name: "web1", state: "stopped", updated_at: /Z$/ }, stop: null });
+  r = await capsul(["vm", "console", "web1", "--json", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.same(jsonProblems(r.stdout), [], `vm console --json: ${r.stdout}`);
+  t.equal(typeof JSON.parse(r.stdout).console, "string");
   r = await capsul(["vm", "show", "web1", ...g]);
   t.match(r.stdout, /^name:\s+web1$/m);
   t.match(r.stdout, /^url:\s+https:\/\/web1\.home1\.hub\.example\/$/m);
@@ -104,10 +149,13 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.equal(r.code, 1);
   t.match(r.stderr, /^capsul: missing or wrong bearer token .*\[unauthorized\]\n$/);
 
-  r = await capsul(["vm", "delete", "web1", ...g]);
+  r = await capsul(["vm", "delete", "web1", "--json", ...g]);
   t.equal(r.code, 0, r.stderr);
-  r = await capsul(["image", "delete", "base", ...g]);
+  t.same(JSON.parse(r.stdout), { deleted: "web1" });
+  r = await capsul(["image", "delete", "base", "--json", ...g]);
   t.equal(r.code, 0, r.stderr);
+  t.same(jsonProblems(r.stdout), []);
+  t.same(JSON.parse(r.stdout), { deleted: "base" });
   r = await capsul(["vm", "list", ...g]);
   t.match(r.stdout, /^no VMs/);
 });

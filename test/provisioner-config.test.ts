@@ -14,6 +14,9 @@ t.test("defaults", async (t) => {
   t.equal(c.accel, "auto");
   t.equal(c.memoryOvercommitRatio, 1);
   t.equal(c.bootTimeoutMs, 180_000);
+  t.equal(c.bootTimeoutTcgMs, 600_000, "TCG boots get longer before they are called slow");
+  t.equal(c.stopTimeoutMs, 60_000);
+  t.equal(c.rebootTimeoutMs, 120_000);
   t.equal(c.quitTimeoutMs, 5000);
   t.equal(c.crashRestarts, 3);
   t.equal(c.crashWindowMs, 600_000);
@@ -33,6 +36,7 @@ t.test("defaults", async (t) => {
 t.test("values and overrides", async (t) => {
   const c = parseProvisionerConfig({
     listen: "[::1]:9000", data_dir: "state", accel: "tcg", memory_overcommit_ratio: 1.5, boot_timeout: "2m",
+    boot_timeout_tcg: "20m", reboot_timeout: "45s",
     sizes: { "f1-s": { memory: "256MiB" }, tiny: { vcpus: 1, memory: "128MiB", disk: "1GiB", disk_iops: 100 } },
     qemu_binary: "bin/qemu", host_memory: "8GiB", crash_restarts: 0, crash_window: "1h", quit_timeout: "2s",
     vm_memory_overhead: "48MiB", import_dir: "images-in", import_allowed_cidrs: ["192.168.1.0/24", "fd00::/8"],
@@ -60,6 +64,8 @@ t.test("values and overrides", async (t) => {
   t.equal(c.sizes["f1-s"]!.diskBytes, DEFAULT_SIZES["f1-s"]!.diskBytes, "unnamed fields keep the default");
   t.equal(c.sizes.tiny!.diskIopsPerSec, 100);
   t.equal(c.bootTimeoutMs, 120_000);
+  t.equal(c.bootTimeoutTcgMs, 20 * 60_000);
+  t.equal(c.rebootTimeoutMs, 45_000);
   t.equal(c.qemuBinary, "/etc/capsul/bin/qemu");
   t.equal(c.hostMemoryBytes, 8 * 1024 * MIB);
 });
@@ -72,6 +78,11 @@ t.test("errors name the key path", async (t) => {
     [{ accel: "xen" }, /^cog\.provisioner\.accel: must be auto, kvm or tcg/],
     [{ memory_overcommit_ratio: 0 }, /^cog\.provisioner\.memory_overcommit_ratio: /],
     [{ boot_timeout: "soon" }, /^cog\.provisioner\.boot_timeout: not a duration/],
+    [{ boot_timeout: "0s" }, /^cog\.provisioner\.boot_timeout: at least 1s/],
+    [{ boot_timeout_tcg: "500ms" }, /^cog\.provisioner\.boot_timeout_tcg: at least 1s/],
+    [{ boot_timeout_tcg: "later" }, /^cog\.provisioner\.boot_timeout_tcg: not a duration/],
+    [{ reboot_timeout: 0 }, /^cog\.provisioner\.reboot_timeout: at least 1s/],
+    [{ reboot_timeout: "-5s" }, /^cog\.provisioner\.reboot_timeout: not a duration/],
     [{ sizes: { "F1": { vcpus: 1 } } }, /^cog\.provisioner\.sizes\.F1: not a size name/],
     [{ sizes: { new1: { vcpus: 1 } } }, /^cog\.provisioner\.sizes\.new1\.memory: required/],
     [{ sizes: { "f1-s": { ram: 1 } } }, /^cog\.provisioner\.sizes\.f1-s\.ram: unknown key/],
@@ -139,10 +150,10 @@ t.test("capsul.yaml.example sets and documents every cog.provisioner key", async
   const file = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "capsul.yaml.example");
   const p = (parse(fs.readFileSync(file, "utf8")) as { cog: { provisioner: Record<string, unknown> } }).cog.provisioner;
   const keys = ["listen", "data_dir", "accel", "sizes", "host_memory", "memory_overcommit_ratio", "vm_memory_overhead", "qemu_binary",
-    "qemu_img_binary", "genisoimage_binary", "boot_timeout", "stop_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout",
+    "qemu_img_binary", "genisoimage_binary", "boot_timeout", "boot_timeout_tcg", "stop_timeout", "reboot_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout",
     "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "quit_timeout", "crash_restarts",
     "crash_window", "import_dir", "import_allowed_cidrs", "import_max_redirects", "download_idle_timeout", "image_inspect_memory",
-    "image_inspect_cpu_time", "console_log_size", "pasta_binary"];
+    "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups"];
   for (const k of keys) t.not(p[k], undefined, `example sets cog.provisioner.${k}`);
   t.same(Object.keys(p).filter((k) => !keys.includes(k)), [], "and nothing this list does not know");
   const c = parseProvisionerConfig(p, "cog.provisioner", path.dirname(file));

@@ -28,7 +28,7 @@ async function hub(t: Test, cfg: HubConfig): Promise<Hub> {
   const router = new Router();
   const tcp = new TcpListeners("127.0.0.1", (s) => s.destroy(), log);
   t.teardown(async () => {
-    await tcp.closeAll();
+    tcp.stopAll();
     await store.close();
   });
   return { router, routes: new RouteTable(cfg, store, router, tcp, log), tcp };
@@ -56,7 +56,7 @@ for (const b of storeBackends(pgc)) {
       t.equal(first.accepted.length, 4, `the first set was accepted: ${JSON.stringify(first.refused)}`);
       t.equal(second.accepted.length, 1);
       t.same(held(h, "c"), ["http:bweb"], "only the later set");
-      t.equal(h.tcp.servers.size, 0, "the first set's ports are closed again");
+      t.equal(h.tcp.ports.length, 0, "the first set's ports are closed again");
     });
 
     t.test("a drop while a route set is being applied leaves nothing of the cog behind", async (t) => {
@@ -65,7 +65,7 @@ for (const b of storeBackends(pgc)) {
       const dropping = h.routes.dropCog("c");
       await Promise.all([applying, dropping]);
       t.same(held(h, "c"), [], "no route of a dropped cog");
-      t.equal(h.tcp.servers.size, 0, "no listener either");
+      t.equal(h.tcp.ports.length, 0, "no listener either");
       for (let p = pool.from; p <= pool.to; p++) t.equal(await probePort(p), "ECONNREFUSED", `hub port ${p} closed`);
     });
 

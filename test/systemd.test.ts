@@ -11,7 +11,8 @@ import t from "tap";
 import fs from "node:fs";
 import path from "node:path";
 import { EXIT_INTERNAL_ERROR, exitCodeFor, DEFAULT_CONFIG_PATHS } from "../cli/common.js";
-import { DEFAULT_COG_DATA_DIR, DEFAULT_HUB_DATA_DIR } from "../config/config.js";
+import { DEFAULT_COG_DATA_DIR, DEFAULT_HUB_DATA_DIR, DEFAULT_SHUTDOWN_GRACE_MS } from "../config/config.js";
+import { parseDurationMs } from "../lib/units.js";
 import { DEFAULT_DATA_DIR as DEFAULT_PROVISIONER_DATA_DIR } from "../provisioner/config.js";
 import { ConfigError } from "../lib/errors.js";
 import { tmpDir } from "./helpers/cluster.js";
@@ -76,6 +77,9 @@ t.test("the units agree with the code", async (t) => {
     t.equal(one(s, "RestartPreventExitStatus"), String(exitCodeFor(new ConfigError("x"))), `${name}: not after a config error, which would only fail again`);
     t.not(String(EXIT_INTERNAL_ERROR), one(s, "RestartPreventExitStatus"), `${name}: a bug's exit ${EXIT_INTERNAL_ERROR} restarts`);
     t.equal(one(s, "ExecReload"), "/bin/kill -HUP $MAINPID", `${name}: reload is SIGHUP`);
+    // A drain (SIGTERM) runs up to shutdown_grace; systemd must not SIGKILL it first (its default stop timeout is 90s).
+    const stopMs = parseDurationMs(one(s, "TimeoutStopSec") ?? "90s");
+    t.ok(stopMs > DEFAULT_SHUTDOWN_GRACE_MS, `${name}: TimeoutStopSec ${stopMs} ms > the default shutdown_grace ${DEFAULT_SHUTDOWN_GRACE_MS} ms`);
     t.equal(s.get("MemoryDenyWriteExecute"), undefined, `${name}: V8 generates code at run time`);
   }
   t.equal(one(hub, "AmbientCapabilities"), "CAP_NET_BIND_SERVICE", "the hub binds 80 and 443 unprivileged");

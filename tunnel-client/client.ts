@@ -6,6 +6,12 @@
  *
  * Reconnects with jittered exponential backoff; a dead hub is noticed by the
  * mux keepalive. Refusals from the hub are logged with the hub's reason.
+ *
+ * Leaving a session without dropping its streams ("retiring" it): when the hub
+ * sends GoAway (it is draining), when a reload moves the cog to another hub
+ * address, and when the cog itself drains (SIGTERM). The retired session keeps
+ * serving the visitor streams open on it, and those the hub still opens on it,
+ * while the client dials a new tunnel at once (not after draining).
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -18,6 +24,7 @@ import {
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
+import { waitForClose } from "../lib/closewait.js";
 import { dialHub } from "./dial.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
@@ -33,7 +40,19 @@ export const VISITOR_HEADER_MAX_BYTES = 4096;
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
 
-export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "closed";
+export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "draining" | "closed";
+
+/** Why one tunnel's life ended: refused by the hub, ended, or left on purpose (then retired, not destroyed). */
+type RunOutcome = "refused" | "ended" | "goaway" | "moved" | "draining";
+
+export interface ClientDrainReport {
+  /** Visitor streams open when the drain began. */
+  live: number;
+  /** Of those, how many ended by themselves within the grace period. */
+  finished: number;
+  /** How many were still open at its end (close() cuts them). */
+  cut: number;
+}
 
 /** Serves the routes that say `tls: terminate` (tunnel-client/terminate.ts): their TLS side and their plain-HTTP side. */
 export interface TerminatingHandler {
@@ -55,18 +74,23 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private readonly published = new Map<string, PublishedRoute[]>();
   private readonly statuses = new Map<string, RouteStatus>();
   private targets = new Map<string, RouteTarget>();
-  private readonly targetOpts: TargetOptions;
+  private targetOpts: TargetOptions;
   private attempt = 0;
   private wakeup: (() => void) | null = null;
   private updateQueued = false;
   private loopDone: Promise<void> | null = null;
   private readonly streams = new Set<MuxStream>();
   private identity: CogIdentity;
+  /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
+  private leave: ((why: "moved" | "draining") => void) | null = null;
+  /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
+  private readonly retired = new Set<MuxSession>();
 
   constructor(
+    // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
     private readonly cfg: CogConfig,
     identity: CogIdentity,
-    private readonly hub: HostPort,
+    private hub: HostPort,
     private readonly log: Logger,
     private readonly dataDir: string = cfg.dataDir,
     private readonly terminator: TerminatingHandler | null = null,
@@ -88,10 +112,50 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   async close(): Promise<void> {
     this.state = "closed";
     this.wakeup?.();
+    this.leave?.("draining");
     for (const s of this.streams) s.destroy();
     this.session?.destroy();
+    for (const s of this.retired) s.destroy();
     await this.loopDone;
   }
+
+  /**
+   * Stops for good, gently: the tunnel is retired (GoAway: the hub sends no new visitors
+   * and holds them for its grace period instead) and no other is dialed; the visitor
+   * streams open now may finish for up to `graceMs`, or until `cutNow` aborts. close()
+   * afterwards cuts what is left.
+   */
+  async drain(graceMs: number, cutNow?: AbortSignal): Promise<ClientDrainReport> {
+    const open = [...this.streams];
+    if (this.state !== "closed") this.state = "draining";
+    this.wakeup?.();
+    this.leave?.("draining");
+    const left = await waitForClose(open, graceMs, cutNow);
+    return { live: open.length, finished: open.length - left, cut: left };
+  }
+
+  /** The hub address dialed (capsul.yaml's cog.hub, or the enrollment's). */
+  get hubAddress(): HostPort { return this.hub; }
+
+  /**
+   * A reload moved the cog to another hub address: the current tunnel is retired (its
+   * streams finish on it) and the new address is dialed at once.
+   */
+  setHub(hub: HostPort): void {
+    this.hub = hub;
+    this.attempt = 0;
+    this.leave?.("moved");
+    this.wakeup?.();
+  }
+
+  /** After a reload: announce the route set again (capsul.yaml's routes changed) and rebuild the dial settings. */
+  reconfigure(routesChanged: boolean): void {
+    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log };
+    if (routesChanged) this.routesChanged();
+  }
+
+  /** Visitor streams open now, on the current tunnel and on retired ones (status, tests). */
+  get streamCount(): number { return this.streams.size; }
 
   /** The current session, for tests and status. */
   get connected(): boolean { return this.state === "connected"; }
@@ -195,22 +259,36 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   /** Read through a method so TypeScript does not narrow it across awaits. */
   private current(): ClientState { return this.state; }
 
+  /** Draining or closed: no tunnel is dialed any more. */
+  private stopping(): boolean {
+    const s = this.current();
+    return s === "closed" || s === "draining";
+  }
+
   private async loop(): Promise<void> {
-    while (this.current() !== "closed") {
+    while (!this.stopping()) {
       this.state = "connecting";
-      let fatal = false;
+      let outcome: RunOutcome = "ended";
       try {
-        fatal = await this.runOnce();
+        outcome = await this.runOnce();
       } catch (err) {
-        if (this.current() !== "closed") this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
+        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
       }
-      this.session?.destroy();
+      const wasConnected = this.current() === "connected";
+      if (this.session && (outcome === "goaway" || outcome === "moved" || outcome === "draining")) this.retire(this.session, outcome);
+      else this.session?.destroy();
       this.session = null;
       this.control = null;
       if (this.current() === "closed") break;
-      if (this.current() === "connected") this.emit("disconnected");
+      if (wasConnected) this.emit("disconnected");
+      if (this.stopping()) break;
+      if (outcome === "goaway" || outcome === "moved") {
+        // Dial the (next) hub now: a draining hub is on its way out, a moved cog has somewhere to go.
+        this.attempt = 0;
+        continue;
+      }
       this.state = "waiting";
-      if (fatal) this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
+      if (outcome === "refused") this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
       const delay = this.backoffMs();
       this.attempt++;
       this.log.info("reconnecting", { inMs: delay });
@@ -218,14 +296,46 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     }
   }
 
-  /** One tunnel's life. Returns true when the hub refused us (auth, version). */
-  private async runOnce(): Promise<boolean> {
+  /**
+   * Leaves a session without cutting its visitor streams. Our end of its control stream
+   * ends (the hub ends its own in turn). Told GoAway by a draining hub, the session keeps
+   * taking the streams that hub still opens for visitors it accepted before draining; it
+   * ends when the hub closes it. Left by us (moved, draining), it is closed: GoAway to the
+   * hub, no new streams, and it ends once the open ones have.
+   */
+  private retire(session: MuxSession, why: "goaway" | "moved" | "draining"): void {
+    if (session.closed) return;
+    this.retired.add(session);
+    session.once("close", () => this.retired.delete(session));
+    this.control?.end();
+    if (why !== "goaway") session.close();
+    const message = why === "goaway" ? "the hub is going away (GoAway): dialing a new tunnel; open streams stay on the old one"
+      : why === "moved" ? "hub address changed: dialing the new one; open streams stay on the old tunnel"
+        : "draining: no new visitors; open streams may finish";
+    this.log.info(message, { hub: `${this.hub.host}:${this.hub.port}`, streams: this.streams.size });
+  }
+
+  /** One tunnel's life, and why it ended. */
+  private async runOnce(): Promise<RunOutcome> {
+    // Set before dialing: a reload or a drain may end this life at any point.
+    const left = new Promise<"moved" | "draining" | "goaway">((resolve) => { this.leave = resolve; });
+    try {
+      return await this.connectAndServe(left);
+    } finally {
+      this.leave = null;
+    }
+  }
+
+  private async connectAndServe(left: Promise<"moved" | "draining" | "goaway">): Promise<RunOutcome> {
     const { socket, session } = await dialHub({
       hub: this.hub, tuning: this.cfg.tunnel,
       caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem,
     });
-    if (this.state === "closed") { session.destroy(); return false; }
+    if (this.stopping()) { session.destroy(); return "draining"; }
     this.session = session;
+    // GoAway may come at any time, even before the welcome (a hub that began draining meanwhile).
+    const goaway = new Promise<"goaway">((resolve) => session.once("goaway", () => resolve("goaway")));
+    const leaving = Promise.race([left, goaway]);
     const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
     session.on("error", () => {});
     session.on("stream", (s: MuxStream) => this.onVisitor(s));
@@ -244,9 +354,10 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     if (!first) throw new Error("the hub closed the control stream");
     if (first.type === "error") {
       this.log.error(first.message, { code: first.code });
-      return true;
+      return "refused";
     }
     if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
+    if (this.stopping()) return "draining";
     this.state = "connected";
     this.attempt = 0;
     this.log.info("connected to hub", { hub: `${this.hub.host}:${this.hub.port}`, cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length });
@@ -254,14 +365,15 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.emit("connected", first);
     void this.maybeRenew(control);
     for (;;) {
-      const m = await reader.next().catch(() => null);
+      const m = await Promise.race([reader.next().catch(() => null), leaving]);
+      if (m === "goaway" || m === "moved" || m === "draining") return m;
       if (!m) break;
       if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
       else if (m.type === "renewed") await this.onRenewed(m.cert);
       else if (m.type === "error") this.log.error(m.message, { code: m.code });
     }
-    await closed;
-    return false;
+    const end = await Promise.race([closed.then(() => "ended" as const), leaving]);
+    return session.closed ? "ended" : end;
   }
 
   private pendingKeyPem: string | null = null;

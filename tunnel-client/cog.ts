@@ -10,9 +10,10 @@ import type { AdminServer } from "../lib/adminhttp.js";
 import { loadOrCreateAdminToken } from "../certs/admintoken.js";
 import { AcmeManager, type TerminatedName } from "../certs/acme.js";
 import { startCogAdmin } from "./admin.js";
-import { TunnelClient } from "./client.js";
+import { TunnelClient, type ClientDrainReport } from "./client.js";
 import { loadIdentity, type CogIdentity } from "./identity.js";
 import { CogMetrics } from "./metrics.js";
+import { reloadCog, type CogReloadReport } from "./reload.js";
 import { httpSideName, Terminator } from "./terminate.js";
 
 export interface Cog {
@@ -23,6 +24,12 @@ export interface Cog {
   readonly admin: { port: number; url: string } | null;
   /** Certificates of `tls: terminate` routes (idle while no route terminates). */
   readonly acme: AcmeManager;
+  /** The configuration in force: what the cog started with, as later reloads changed it. */
+  readonly config: CogConfig;
+  /** Applies a new configuration as a difference (./reload.ts); throws, changing nothing, when it cannot. */
+  reload(next: CogConfig): CogReloadReport;
+  /** Retires the tunnel and waits for open visitor streams up to `graceMs`; close() afterwards cuts the rest. */
+  drain(graceMs: number, cutNow?: AbortSignal): Promise<ClientDrainReport>;
   close(): Promise<void>;
 }
 
@@ -44,6 +51,8 @@ export function terminatedNames(client: TunnelClient, connected: boolean): Termi
 export interface CogExtras {
   /** Starts side services (the provisioner) once the client exists; returns their close(). */
   start?: (client: TunnelClient, identity: CogIdentity, hub: HostPort, registry: Registry) => Promise<() => Promise<void>>;
+  /** A reload: the side services take what they can of the new configuration. */
+  reconfigure?: (next: CogConfig) => void;
   /** Where the cog's metrics go: the process's registry (cli/); without it, a registry of the cog's own. */
   registry?: Registry;
 }
@@ -53,9 +62,12 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
   const hub = cfg.hub ?? parseHostPort(identity.hub, "enrollment.json hub");
   const acme = new AcmeManager(cfg.acme, cfg.dataDir, log.child("acme"));
   await acme.start();
+  // The live configuration: one mutable top-level copy that the client and the terminator
+  // read when they need a value; a reload replaces its sections (./reload.ts).
+  const live: CogConfig = { ...cfg };
   // Terminated routes' plaintext connections count in the cog's metrics like passthrough ones.
-  const terminator = new Terminator(acme, cfg, log.child("terminate"), (route, target) => client.emit("visitor", route, target));
-  const client = new TunnelClient(cfg, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
+  const terminator = new Terminator(acme, live, log.child("terminate"), (route, target) => client.emit("visitor", route, target));
+  const client = new TunnelClient(live, identity, hub, log.child("tunnel"), cfg.dataDir, terminator);
   // Orders start once the hub has accepted the routes their challenges arrive by.
   acme.setNames(terminatedNames(client, false));
   client.on("routes", () => acme.setNames(terminatedNames(client, true)));
@@ -82,6 +94,9 @@ export async function startCog(cfg: CogConfig, log: Logger, extras: CogExtras = 
     metrics,
     admin: admin && { port: admin.port, url: admin.url },
     acme,
+    config: live,
+    reload: (next) => reloadCog({ live, identity, client, acme, terminator, reconfigureExtras: extras.reconfigure }, next),
+    drain: (graceMs, cutNow) => client.drain(graceMs, cutNow),
     async close() {
       await admin?.close();
       await stopExtras();

@@ -57,7 +57,7 @@ export class HstsProxy {
   private readonly server: http.Server;
   private readonly conns = new WeakMap<Duplex, Conn>();
 
-  constructor(private readonly opts: HstsOptions) {
+  constructor(private opts: HstsOptions) {
     this.server = http.createServer({ keepAliveTimeout: opts.keepAliveTimeoutMs, headersTimeout: opts.headersTimeoutMs, requestTimeout: 0 });
     this.server.keepAliveTimeout = opts.keepAliveTimeoutMs;
     this.server.on("request", (req, res) => this.onRequest(req, res));
@@ -119,6 +119,13 @@ export class HstsProxy {
     for (let i = 0; i < req.rawHeaders.length; i += 2) lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
     target.write(Buffer.concat([Buffer.from(lines.join("\r\n") + "\r\n\r\n", "latin1"), head]));
     splice(socket, target, undefined, this.opts.spliceQueueBytes);
+  }
+
+  /** New options (a reload of capsul.yaml): connections from now on, and the next request of kept-alive ones. */
+  setOptions(opts: HstsOptions): void {
+    this.opts = opts;
+    this.server.keepAliveTimeout = opts.keepAliveTimeoutMs;
+    this.server.headersTimeout = opts.headersTimeoutMs;
   }
 
   close(): void {

@@ -31,7 +31,7 @@ import { httpErrorResponse, parseHttpHead } from "../gateway/httphost.js";
 import { peek } from "../gateway/peek.js";
 import type { Logger } from "../lib/log.js";
 import type { VisitorHeader } from "../protocol/control.js";
-import { HstsProxy } from "./hsts.js";
+import { HstsProxy, type HstsOptions } from "./hsts.js";
 import { connectTarget, type TargetOptions } from "./target.js";
 
 /** The plain-HTTP side of terminated route NAME is announced as NAME + this; a dot never occurs in a configured route name. */
@@ -40,18 +40,32 @@ export const httpSideName = (route: string): string => `${route}${HTTP_SIDE_SUFF
 
 export class Terminator {
   private readonly hsts: HstsProxy;
-  private readonly targetOpts: TargetOptions;
+  private targetOpts: TargetOptions;
 
-  /** `onSpliced`: told of each plaintext connection spliced to its target (the cog's metrics; not the hsts proxy's). */
+  /**
+   * `cfg`: the cog's live configuration (tunnel-client/cog.ts); reconfigure() after a reload changed it.
+   * `onSpliced`: told of each plaintext connection spliced to its target (the cog's metrics; not the hsts proxy's).
+   */
   constructor(
     private readonly acme: AcmeManager, private readonly cfg: CogConfig, private readonly log: Logger,
-    onSpliced?: TargetOptions["onSpliced"],
+    private readonly onSpliced?: TargetOptions["onSpliced"],
   ) {
     this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log, onSpliced };
-    this.hsts = new HstsProxy({
+    this.hsts = new HstsProxy(this.hstsOptions());
+  }
+
+  private hstsOptions(): HstsOptions {
+    const cfg = this.cfg;
+    return {
       dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes,
-      keepAliveTimeoutMs: cfg.terminate.httpKeepAliveTimeoutMs, headersTimeoutMs: cfg.terminate.handshakeTimeoutMs, log,
-    });
+      keepAliveTimeoutMs: cfg.terminate.httpKeepAliveTimeoutMs, headersTimeoutMs: cfg.terminate.handshakeTimeoutMs, log: this.log,
+    };
+  }
+
+  /** After a reload: the dial and proxy settings built from the configuration, for connections from now on. */
+  reconfigure(): void {
+    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log, onSpliced: this.onSpliced };
+    this.hsts.setOptions(this.hstsOptions());
   }
 
   /**

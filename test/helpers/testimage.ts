@@ -7,14 +7,16 @@ import { fileURLToPath } from "node:url";
 
 /**
  * The tiny test VM image (scripts/build-test-image.sh), built once into
- * os.tmpdir()/capsul-test-image and reused. The build is keyed by the script's
- * hash so an edited script rebuilds; concurrent test files wait on a lock dir.
+ * os.tmpdir()/capsul-test-image-<hash of the script> and reused: an edited script
+ * builds into a directory of its own, so worktrees with different scripts on one
+ * machine never rebuild (or replace) each other's image; concurrent test files
+ * wait on a lock dir.
  */
 export interface TestImage { dir: string; kernel: string; initrd: string; cmdline: string }
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const SCRIPT = path.join(ROOT, "scripts", "build-test-image.sh");
-export const TEST_IMAGE_CACHE = path.join(os.tmpdir(), "capsul-test-image");
+export const TEST_IMAGE_CACHE_PREFIX = path.join(os.tmpdir(), "capsul-test-image");
 /** A stale lock (a build that crashed) is broken after this long; a build takes ~10 s. */
 const BUILD_LOCK_STALE_MS = 10 * 60_000;
 const LOCK_POLL_MS = 500;
@@ -37,7 +39,7 @@ function ready(dir: string): TestImage | null {
 }
 
 export async function testImage(): Promise<TestImage> {
-  const dir = TEST_IMAGE_CACHE;
+  const dir = `${TEST_IMAGE_CACHE_PREFIX}-${stamp()}`;
   const lock = `${dir}.lock`;
   for (;;) {
     const img = ready(dir);
