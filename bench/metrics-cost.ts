@@ -23,6 +23,7 @@
  * holder, the hub and the cog, so the hard limit must allow it: run as root, or
  * `ulimit -Hn 65536` first (bench/procs.ts raises each child's soft limit to the hard one).
  */
+import { readdirSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
 import os from "node:os";
@@ -54,8 +55,10 @@ const FD_HEADROOM = 1_000;
 const USAGE = `usage: node dist/bench/metrics-cost.js --a DIR [options]
   --a DIR          baseline checkout without metrics (its dist/cli/main.js)
   --rounds N       interleaved bulk rounds (default 3)
+  --no-bulk        skip the bulk rounds (idle and scrape sections only)
   --big-mib N      download size (default 128)
-  --idle N         idle visitors held on each hub (default 10000; 0 skips)
+  --idle N         idle visitors held on each hub (default 10000)
+  --no-idle        skip the idle section
   --scrape-ms N    also scrape b's /metrics every N ms during its bulk runs (default 0: no)`;
 
 interface Opts { aCli: string | null; rounds: number; bigBytes: number; idle: number; scrapeMs: number }
@@ -68,6 +71,8 @@ function parse(argv: string[]): Opts {
       case "--rounds": o.rounds = int(); break;
       case "--big-mib": o.bigBytes = int() * MIB; break;
       case "--idle": o.idle = int(); break;
+      case "--no-idle": o.idle = 0; break;
+      case "--no-bulk": o.rounds = 0; break;
       case "--scrape-ms": o.scrapeMs = int(); break;
       case "-h": case "--help": process.stdout.write(USAGE + "\n"); process.exit(0); break;
       default: throw new Error(`unknown option ${a}\n${USAGE}`);
@@ -127,6 +132,9 @@ async function scrapeCpu(p: RunningPath, port: number): Promise<string> {
   return `${ms.toFixed(1)} ms CPU, ${median(wall).toFixed(1)} ms wall, ${(bytes / 1024).toFixed(1)} KiB`;
 }
 
+/** Open descriptors of a process: the held visitors must still be there when RSS is read. */
+const fdCount = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
+
 const fmtMiB = (b: number): string => (b / MIB).toFixed(1);
 
 async function main(): Promise<void> {
@@ -179,7 +187,9 @@ async function main(): Promise<void> {
           const openS = (Date.now() - t0) / 1000;
           await sleep(SETTLE_MS);
           const held = rssBytes(p.procs[0]!.pid);
-          let line = `| ${name} | ${o.idle} | ${fmtMiB(base)} | ${fmtMiB(held)} | ${((held - base) / o.idle / 1000).toFixed(2)} | ${openS.toFixed(0)} |`;
+          const fds = fdCount(p.procs[0]!.pid);
+          if (fds < o.idle) problems.push(`idle ${name}: the hub holds ${fds} descriptors, fewer than the ${o.idle} visitors held`);
+          let line = `| ${name} | ${o.idle} | ${fds} | ${fmtMiB(base)} | ${fmtMiB(held)} | ${((held - base) / o.idle / 1000).toFixed(2)} | ${openS.toFixed(0)} |`;
           if (name === "b") {
             const port = await adminPort(p);
             const s = await scrape(port);
@@ -207,16 +217,16 @@ async function main(): Promise<void> {
   const med = (k: string): number => median(cpu[k]!);
   let out = `a = ${o.aCli}\nb = ${CAPSUL_CLI} (hub.listen.admin on${o.scrapeMs > 0 ? `, /metrics scraped every ${o.scrapeMs} ms during bulk` : ", not scraped during bulk"})\n`;
   out += `${o.rounds} rounds, medians; bulk ${o.bigBytes / MIB} MiB; hub CPU s/GiB\n\n`;
-  out += "| downloads | a (no metrics) | b (metrics) | b - a | b / a |\n| --- | ---: | ---: | ---: | ---: |\n";
-  for (const n of [1, 16]) {
+  if (o.rounds > 0) out += "| downloads | a (no metrics) | b (metrics) | b - a | b / a |\n| --- | ---: | ---: | ---: | ---: |\n";
+  for (const n of o.rounds > 0 ? [1, 16] : []) {
     const a = med(`a${n}`), b = med(`b${n}`);
     out += `| ${n} | ${a.toFixed(2)} | ${b.toFixed(2)} | ${(b - a).toFixed(2)} | ${(b / a).toFixed(3)} |\n`;
   }
-  out += `\nall rounds: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.map((x) => x.toFixed(2)).join("/")}`).join(", ")}\n`;
+  if (o.rounds > 0) out += `\nall rounds: ${Object.entries(cpu).map(([k, v]) => `${k} ${v.map((x) => x.toFixed(2)).join("/")}`).join(", ")}\n`;
   if (scrapes.length) out += `b's scrapes during bulk: ${scrapes.length}, median ${median(scrapes).toFixed(1)} ms, max ${Math.max(...scrapes).toFixed(1)} ms\n`;
   if (idle.length) {
-    out += "\n| hub | idle visitors | RSS before MiB | RSS held MiB | KB per visitor | s to open | RSS after the scrapes MiB |\n";
-    out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" + idle.join("\n") + "\n";
+    out += "\n| hub | idle visitors | hub fds | RSS before MiB | RSS held MiB | KB per visitor | s to open | RSS after the scrapes MiB |\n";
+    out += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n" + idle.join("\n") + "\n";
   }
   out += `\n| b's hub, ${SCRAPES_MEASURED} scrapes in a row | hub CPU ms per scrape, wall ms (median), body |\n| --- | --- |\n${scrapeCost.join("\n")}\n`;
   if (problems.length) out += `\nproblems:\n${problems.map((p) => `- ${p}`).join("\n")}\n`;
