@@ -19,7 +19,7 @@
  *    while the idle visitors are held (and that /metrics counts them).
  *
  * Loopback only. Every visitor comes from 127.0.0.1, so the per-source caps are lifted
- * (LOOPBACK_SOURCE_LIMITS). 10,000 visitors take about 10,000 descriptors in each of the
+ * (LOOPBACK_SOURCE_LIMITS; for b also the per-cog limits, LOOPBACK_IDLE_LIMITS). 10,000 visitors take about 10,000 descriptors in each of the
  * holder, the hub and the cog, so the hard limit must allow it: run as root, or
  * `ulimit -Hn 65536` first (bench/procs.ts raises each child's soft limit to the hard one).
  */
@@ -32,7 +32,7 @@ import { fileURLToPath } from "node:url";
 import { startBackend } from "./backend.js";
 import { bulk } from "./load.js";
 import { walkArgs } from "./options.js";
-import { CAPSUL_CLI, LOOPBACK_SOURCE_LIMITS, startCapsul, type RunningPath } from "./paths.js";
+import { CAPSUL_CLI, LOOPBACK_IDLE_LIMITS, LOOPBACK_SOURCE_LIMITS, startCapsul, type RunningPath } from "./paths.js";
 import { BENCH_NOFILE, cpuSeconds, rssBytes, sleep, startProc } from "./procs.js";
 import { median } from "./report.js";
 
@@ -145,7 +145,8 @@ async function main(): Promise<void> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), "capsul-metrics-cost-"));
   const be = await startBackend(path.join(tmp, "nginx"), ["a", "b", "idle-a", "idle-b"], o.bigBytes);
   const start = (name: "a" | "b", port: number): Promise<RunningPath> =>
-    startCapsul(path.join(tmp, `${name}-${Date.now()}`), port, { name, cli: name === "a" ? o.aCli! : CAPSUL_CLI, hubLimits: LOOPBACK_SOURCE_LIMITS });
+    // a may predate the per-cog limits (and refuse their keys); b has them, at defaults that would refuse 10,000 visitors of one route.
+    startCapsul(path.join(tmp, `${name}-${Date.now()}`), port, { name, cli: name === "a" ? o.aCli! : CAPSUL_CLI, hubLimits: name === "a" ? LOOPBACK_SOURCE_LIMITS : LOOPBACK_IDLE_LIMITS });
   const cpu: Record<string, number[]> = { a1: [], b1: [], a16: [], b16: [] };
   const scrapes: number[] = [];
   const idle: string[] = [];
@@ -201,7 +202,7 @@ async function main(): Promise<void> {
           idle.push(line);
           process.stderr.write(`${line}\n`);
         } catch (err) {
-          problems.push(`idle ${name}: ${(err as Error).message.split("\n")[0]}`);
+          problems.push(`idle ${name}: ${(err as Error).message.split("\n").slice(0, 3).join(" ")}`);
         } finally {
           await holder.stop();
         }

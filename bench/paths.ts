@@ -139,6 +139,11 @@ export async function startGopeer(
  * The per-source caps (hub.limits.max_visitors_per_ip, default 256) would refuse them.
  */
 export const LOOPBACK_SOURCE_LIMITS: Record<string, number> = { max_visitors_per_ip: 60000, max_unpeeked_per_ip: 60000 };
+/**
+ * And the bench's one cog and route hold them all: hub.limits.max_connections_per_route (default
+ * 2,000) and max_streams_per_cog (5,000) would refuse the rest. Only for builds that know the keys.
+ */
+export const LOOPBACK_IDLE_LIMITS: Record<string, number> = { ...LOOPBACK_SOURCE_LIMITS, max_streams_per_cog: 60000, max_connections_per_route: 60000 };
 
 export async function startCapsul(
   dir: string, nginxPort: number,
