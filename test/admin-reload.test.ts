@@ -3,7 +3,8 @@
  * by gateway/reload.ts): it moves like the other listeners, rebinds in place when only
  * hub.admin changed, answers with an app built from the new values (the token is asked
  * for once it leaves loopback), turns off and on, and a reload whose admin address will
- * not bind is refused with the old listener still serving. A real hub on loopback.
+ * not bind is refused with the old listener still serving. The cog's admin listener and
+ * limits wait for a restart. A real hub and cog on loopback.
  */
 import t from "tap";
 import fs from "node:fs";
@@ -11,7 +12,7 @@ import net from "node:net";
 import path from "node:path";
 import type { Test } from "tap";
 import { ADMIN_TOKEN_FILE } from "../certs/admintoken.js";
-import { hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { cogConfig, enrolledCog, hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
 import { freePort } from "./helpers/procs.js";
 import { adminJson, adminRequest } from "./helpers/adminclient.js";
 
@@ -100,4 +101,21 @@ t.test("an admin address that will not bind refuses the reload; the old listener
   t.equal(page.status, 200);
   t.match(page.body, /content="5"/, "the old configuration stays");
   t.equal(hub.config.admin.statusRefreshMs, 5000);
+});
+
+t.test("the cog's admin listener and limits wait for a restart; the rest of its reload applies", async (t) => {
+  const { dir, hub, cfgWith } = await hubAt(t, "127.0.0.1:0");
+  const cfgOf = (extra: Record<string, unknown>) => cogConfig(dir, "c1", hub.ports.tunnel, [], {}, extra);
+  const cog = await enrolledCog(cfgWith("127.0.0.1:0"), hub, cfgOf({}), "c1");
+  t.teardown(() => cog.close());
+  const port = cog.admin!.port;
+  const other = await freePort();
+  const report = cog.reload(cfgOf({ listen: { admin: `127.0.0.1:${other}` }, admin: { request_timeout: "3s" }, target_dial_timeout: "2s" }));
+  t.same(report.changed.sort(), ["cog.admin", "cog.listen", "cog.target_dial_timeout"]);
+  t.same(report.restart.sort(), ["cog.admin", "cog.listen"]);
+  t.equal(cog.config.targetDialTimeoutMs, 2000, "the rest applies");
+  t.same(cog.config.listen.admin, { host: "127.0.0.1", port: 0 }, "the running listener's address is kept");
+  t.equal(cog.config.admin.requestTimeoutMs, 10_000, "and its limits");
+  t.equal((await adminJson(port, "/healthz")).status, 200, "still served where it was");
+  t.ok(await refused(other), "nothing on the new address until a restart");
 });
