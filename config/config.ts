@@ -21,6 +21,7 @@ import { parseProvisionerConfig } from "../provisioner/config.js";
 import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
 import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
+import { parseDomains } from "./domains.js";
 import type {
   AdminLimits, CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -179,7 +180,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "admin", "shutdown_grace"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
 const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
@@ -445,6 +446,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     defaultTcpPortsPerCog: integer(m.default_tcp_ports_per_cog, at(path, "default_tcp_ports_per_cog"), DEFAULT_TCP_PORTS_PER_COG, 0),
     inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
+    domains: parseDomains(m.domains, at(path, "domains")),
     limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
     admin: parseHubAdmin(m.admin, at(path, "admin")),

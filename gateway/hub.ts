@@ -13,6 +13,7 @@ import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { HubAdminListener } from "./admin.js";
+import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
 import { osLimitWarnings } from "./oslimits.js";
@@ -35,6 +36,8 @@ export interface Hub {
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
   readonly metrics: HubMetrics;
+  /** Custom domains by DNS proof. */
+  readonly domains: DomainProofs;
   /** Bound ports (useful when the config asked for port 0); they follow reloads (null: listener off). */
   readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number; readonly admin: number | null };
   /** The configuration in force: what the hub started with, as later reloads changed it. */
@@ -83,8 +86,14 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"), () => live.limits.listenBacklog);
-  const routes = new RouteTable(live, store, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"));
+  // Custom domains by DNS proof: the hooks reach the tunnels, made just below.
+  const domains = new DomainProofs(live, store, pki.caFingerprint, log.child("domains"), {
+    liveCogs: () => [...tunnels!.links.values()].filter((l) => l.control).map((l) => l.cog),
+    changed: (cog) => void tunnels!.links.get(cog)?.control?.refresh(),
+    checked: (cog) => void tunnels!.links.get(cog)?.control?.sendDomains(),
+  });
+  const routes = new RouteTable(live, store, router, tcp, log.child("routes"), domains);
+  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"), domains);
   const metrics = new HubMetrics({ visitors, tunnels, router, store, get pki() { return pki; } }, opts.registry, () => live.admin.cogsCacheMs);
   visitors.observer = metrics;
   const publicListener = (key: string, onConn: (sock: net.Socket) => void): Listener =>
@@ -95,7 +104,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   const invite = (name: string, o: InviteOptions): Promise<InviteResult> => inviteIn(live, store, pki, name, o);
   const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, log: log.child("admin") });
   const parts: HubParts = {
-    live, store, tunnels, visitors, tls, http, tcp, admin, log,
+    live, store, tunnels, visitors, tls, http, tcp, admin, log, domains,
     get pki() { return pki; },
     set pki(p: HubPki) { pki = p; },
   };
@@ -105,6 +114,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     closed ??= (async () => {
       await admin.close();
       metrics.close();
+      await domains.close();
       visitors.closeAll();
       await tunnels!.close();
       tcp.stopAll();
@@ -123,10 +133,11 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
       tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
     });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
+    domains.start();
     const t = tunnels;
     return {
       get pki() { return pki; },
-      store, router, tunnels: t, visitors, metrics,
+      store, router, tunnels: t, visitors, metrics, domains,
       ports: {
         get tls() { return tls.port; },
         get http() { return http.port; },
