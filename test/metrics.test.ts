@@ -162,6 +162,18 @@ t.test("hub /metrics: counters move by exactly the visitors and bytes that went 
   t.equal(cogM.value("capsul_cog_bytes_total", { route: "blog", direction: "to_target" }), httpSent, "the backend got exactly the visitors' requests");
 });
 
+t.test("the cog keeps counting its streams after a reload (the visitor hook survives TunnelClient.reconfigure)", async (t) => {
+  const c = await cluster(t);
+  const payload = randomBytes(1234);
+  t.ok((await echoSession(c.echoPort, payload)).equals(payload));
+  const report = c.cog.reload({ ...c.cog.config, targetDialTimeoutMs: c.cog.config.targetDialTimeoutMs + 1000 });
+  t.same(report.changed, ["cog.target_dial_timeout"]);
+  t.ok((await echoSession(c.echoPort, payload)).equals(payload));
+  const cogM = await scrape(c.cog.admin!.port);
+  t.equal(cogM.value("capsul_cog_streams_total", { route: "echo" }), 2, "both streams, before and after the reload");
+  t.equal(cogM.value("capsul_cog_bytes_total", { route: "echo", direction: "to_target" }), 2 * payload.length);
+});
+
 t.test("live connections: counted while open, bytes read from the live sockets at scrape time", async (t) => {
   const c = await cluster(t);
   const before = await scrape(c.admin);
