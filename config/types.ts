@@ -201,6 +201,28 @@ export interface CogTunnelTuning extends TunnelTuning {
   acceptBacklog: number;
 }
 
+/** hub.admin and cog.admin: limits of the admin listener (gateway/admin.ts, lib/adminhttp.ts). */
+export interface AdminLimits {
+  /** Deadline for one admin request, headers and body; past it the connection is closed (default 10s). */
+  requestTimeoutMs: number;
+  /** Connections the admin listener holds at once; more are closed as they arrive (default 64). */
+  maxConnections: number;
+}
+
+/** hub.admin: the admin listener's limits plus what only the hub's API and status page need. */
+export interface HubAdmin extends AdminLimits {
+  /** Largest admin API request body; a bigger one is answered 413 (default 16KiB). */
+  maxRequestBodyBytes: number;
+  /** How often the status page reloads itself, in whole seconds (default 5s; at least 1s). */
+  statusRefreshMs: number;
+  /**
+   * How long the list of cogs read from the state store is reused by /metrics, the JSON API and
+   * the status page; 0 reads it for every request (default 2s). Live state (online, streams,
+   * bytes) is never cached; the admin API's own revoke and invite show at once.
+   */
+  cogsCacheMs: number;
+}
+
 /** A PostgreSQL server and database, as the hub.store URL names them. */
 export interface PostgresTarget {
   /** A host name or address, or a directory holding the server's unix socket (`?host=/dir`). */
@@ -267,6 +289,12 @@ export interface HubConfig {
     tcpHost: string;
     /** The pool of TCP ports the hub may open for cogs' tcp routes (default none). */
     tcpPorts: PortRange[];
+    /**
+     * Admin listener: /healthz, /metrics, the JSON admin API and the status page, or null to
+     * disable (default 127.0.0.1:7444). Anything but loopback requires the bearer token in
+     * <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
   };
   /** Address cogs use to reach the tunnel listener, as printed in invites (default domain:tunnel-port). */
   publicTunnelAddress: string;
@@ -284,6 +312,7 @@ export interface HubConfig {
   domains: DomainsConfig;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
+  admin: HubAdmin;
   /**
    * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
    * visitor connections finish for up to this long, then cuts the rest and exits 0
@@ -397,6 +426,15 @@ export interface CogConfig {
   /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side (default 256KiB, at least 16KiB). */
   spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
+  listen: {
+    /**
+     * The cog's /healthz and /metrics, or null to disable (default 127.0.0.1:7445, or null when
+     * the provisioner is configured: its API listener serves them then). Anything but loopback
+     * requires the bearer token in <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
+  };
+  admin: AdminLimits;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
   /** The ACME client for `tls: terminate` routes (always present; idle while no route terminates). */
