@@ -72,7 +72,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   const live: HubConfig = { ...cfg };
   const router = new Router();
   let tunnels: Tunnels | null = null;
-  const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
+  const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"), log.child("access"));
   const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"), () => live.limits.listenBacklog);
   const routes = new RouteTable(live, store, router, tcp, log.child("routes"));
   tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"));
