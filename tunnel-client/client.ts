@@ -262,12 +262,16 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     while (!this.stopping()) {
       this.state = "connecting";
       let outcome: RunOutcome = "ended";
+      let failure: string | undefined;
       try {
         outcome = await this.runOnce();
       } catch (err) {
-        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
+        failure = (err as Error).message;
+        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: failure });
       }
       const wasConnected = this.current() === "connected";
+      // One line per tunnel that was up and is no longer, with why (an error, or the outcome: ended, goaway, moved, draining).
+      if (wasConnected) this.log.info("disconnected from hub", { hub: `${this.hub.host}:${this.hub.port}`, reason: failure ?? outcome });
       if (this.session && (outcome === "goaway" || outcome === "moved" || outcome === "draining")) this.retire(this.session, outcome);
       else this.session?.destroy();
       this.session = null;
