@@ -90,7 +90,8 @@ t.test("a real hub and cog on pipes: JSON lines with level, time, component, msg
   const web = await httpBackend("logs-web");
   t.teardown(() => web.close());
   const env = envWith({});
-  const hubYaml = writeYaml(path.join(dir, "hub.yaml"), hubDoc(dir, { pool: pool.spec, hub: { access_log: true } }));
+  // The access log is off by default; a reload turns it on below.
+  const hubYaml = writeYaml(path.join(dir, "hub.yaml"), hubDoc(dir, { pool: pool.spec }));
   const hub = spawnCli(t, "hub", ["hub", "-c", hubYaml], { env });
   const ready = await waitJson(t, hub, "hub ready");
   t.match(ready, { level: "info", component: "hub", tls: Number, http: Number, tunnel: Number, ca: String });
@@ -112,7 +113,14 @@ t.test("a real hub and cog on pipes: JSON lines with level, time, component, msg
   const attached = await waitJson(t, hub, "cog connected", (l) => l.cog === "home1");
   t.match(attached, { level: "info", component: "hub/tunnel", routes: 1, refused: 0, remote: "127.0.0.1" });
 
-  // A visitor through the tunnel: one access line when its connection ends.
+  // Off by default: a visitor gets no access line.
+  t.equal((await httpGet(Number(ready.http), host)).status, "200");
+  writeYaml(hubYaml, hubDoc(dir, { pool: pool.spec, hub: { access_log: true } })); // listen ports 0 as before: unchanged
+  hub.kill("SIGHUP");
+  t.match(await waitJson(t, hub, "configuration reloaded"), { changed: /\bhub\.access_log\b/ });
+  t.same(jsonLines(t, hub).filter((l) => l.component === "hub/access"), [], "no access line while hub.access_log was off");
+
+  // On (after the reload): a visitor through the tunnel gets one access line when its connection ends.
   const got = await httpGet(Number(ready.http), host);
   t.equal(got.status, "200");
   t.match(got.body, /^logs-web /);
