@@ -7,6 +7,7 @@
  */
 import t, { type Test } from "tap";
 import fs from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { createLogger, Masked } from "../lib/log.js";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
@@ -135,6 +136,14 @@ t.test("a real hub and cog on pipes: JSON lines with level, time, component, msg
   t.match(refusal, { level: "info", component: "hub/visitor", source: "127.0.0.1", listener: "http", host: `nobody.${DOMAIN}` });
   t.match(await waitJson(t, hub, "visitor", (l) => l.outcome === "no-route"), { listener: "http", host: `nobody.${DOMAIN}` });
   t.notOk(jsonLines(t, hub).some((l) => l.msg === "visitor" && "cog" in l && l.outcome === "no-route"), "no cog on an unrouted line");
+
+  // Plain text on the TLS port: not a ClientHello, cut, and the access line says so.
+  await new Promise<void>((resolve) => {
+    const s = net.connect(Number(ready.tls), "127.0.0.1", () => s.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    s.on("error", () => {});
+    s.on("close", () => resolve());
+  });
+  t.match(await waitJson(t, hub, "visitor", (l) => l.outcome === "bad-hello"), { listener: "tls", source: "127.0.0.1", in_bytes: Number });
 
   // Detach: the cog process dies; the hub says so, with a reason.
   cog.kill("SIGKILL");
