@@ -155,6 +155,8 @@ export async function startCapsul(
     launcherFlags?: readonly string[];
     /** More hub.limits keys (only keys the CLI's checkout knows: an older one refuses new keys). */
     hubLimits?: Record<string, string | number>;
+    /** More top-level hub keys (access_log: true), likewise only keys the checkout knows. */
+    hubKeys?: Record<string, string | number>;
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
@@ -172,12 +174,14 @@ export async function startCapsul(
     tls: 127.0.0.1:0
     http: off
     tunnel: 127.0.0.1:0${adminKey}
-  limits:
+${Object.entries(opts.hubKeys ?? {}).map(([k, v]) => `  ${k}: ${v}\n`).join("")}  limits:
     max_visitors: 60000
 ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
   // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
   const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
-  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir });
+  // The lines waited for below are matched as text (a pipe's default is JSON; an older checkout ignores the variable).
+  const env = { ...process.env, CAPSUL_LOG_FORMAT: "text" };
+  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir, env });
   const m = await hub.waitFor(/hub ready tls=(\d+) http=\S+ tunnel=(\d+)/);
   const tlsPort = Number(m[1]);
   const tunnelPort = Number(m[2]);
@@ -198,7 +202,7 @@ ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join(
       target: 127.0.0.1:${nginxPort}
 ${adminKey ? `  listen:${adminKey}\n` : ""}`);
   await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", caFingerprint], { cwd: cogDir });
-  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
+  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir, env });
   await cog.waitFor(/connected to hub .*routes=1/);
   await hub.waitFor(/cog connected cog=bench/);
   return {

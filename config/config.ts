@@ -150,6 +150,9 @@ export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
  */
 export const DEFAULT_SHUTDOWN_GRACE_MS = 30_000;
 export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
+export const DEFAULT_LOG_FORMAT: CapsulConfig["log"]["format"] = "auto";
+/** hub.access_log: off, so that a busy hub's log holds events, not traffic. */
+export const DEFAULT_ACCESS_LOG = false;
 
 /** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
 export const MIN_STREAM_WINDOW_BYTES = 256 * 1024;
@@ -187,11 +190,12 @@ export const MIN_STATUS_REFRESH_MS = 1_000;
 const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
 const PROXY_PROTOCOLS: readonly ProxyProtocol[] = ["none", "v1", "v2"];
 const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "warn", "error"];
+const LOG_FORMATS: readonly CapsulConfig["log"]["format"][] = ["json", "text", "auto"];
 
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace", "endpoint"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace", "endpoint", "access_log"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
 const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
@@ -210,7 +214,7 @@ const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout
   "provisioner", "acme", "terminate", "shutdown_grace"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay", "endpoint_gone_timeout"] as const;
-const LOG_KEYS = ["level"] as const;
+const LOG_KEYS = ["level", "format"] as const;
 
 // ---- sections -------------------------------------------------------------
 
@@ -466,6 +470,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     admin: parseHubAdmin(m.admin, at(path, "admin")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
     endpoint: parseHubEndpoint(m.endpoint, at(path, "endpoint"), publicTunnelAddress, domain),
+    accessLog: boolean(m.access_log, at(path, "access_log"), DEFAULT_ACCESS_LOG),
   };
 }
 
@@ -603,7 +608,10 @@ export function parseConfig(raw: unknown, opts: { baseDir?: string } = {}): Caps
   const hub = top.hub == null ? null : parseHub(top.hub, "hub", baseDir);
   const cog = top.cog == null ? null : parseCog(top.cog, "cog", baseDir);
   const logMap = top.log == null ? {} : mapping(top.log, "log", LOG_KEYS);
-  const log = { level: oneOf(logMap.level, "log.level", LOG_LEVELS, DEFAULT_LOG_LEVEL) };
+  const log = {
+    level: oneOf(logMap.level, "log.level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+    format: oneOf(logMap.format, "log.format", LOG_FORMATS, DEFAULT_LOG_FORMAT),
+  };
   if (hub === null && cog === null) throw new ConfigError("neither hub: nor cog: is configured (at least one is required)");
   checkListeners(hub, cog);
   return deepFreeze({ hub, cog, log });

@@ -29,6 +29,7 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
   cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace", endpoint: "endpoint",
   admin: "admin",
+  accessLog: "access_log",
 };
 const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports", admin: "admin" };
 const COG_KEYS: KeyTable<CogConfig> = {

@@ -321,6 +321,13 @@ export interface HubConfig {
   shutdownGraceMs: number;
   /** How this hub process registers itself in the store for cogs to dial (hub.endpoint). */
   endpoint: HubEndpointConfig;
+  /**
+   * The access log (default false): one line per visitor connection when it ends (source,
+   * listener, route, cog, bytes both ways, duration, outcome), at info level under the
+   * component hub/access. Written once at close, never per chunk; a reload applies it to
+   * new connections.
+   */
+  accessLog: boolean;
 }
 
 /**
@@ -600,6 +607,10 @@ export interface BackupConfig {
 export interface CapsulConfig {
   hub: HubConfig | null;
   cog: CogConfig | null;
-  /** Log level (default info). */
-  log: { level: "debug" | "info" | "warn" | "error" };
+  /**
+   * Logging of every role on this machine (lib/log.ts). level: default info. format: json,
+   * text or auto (default auto: json when stderr is not a terminal, text when it is).
+   * CAPSUL_LOG and CAPSUL_LOG_FORMAT in the environment override both.
+   */
+  log: { level: "debug" | "info" | "warn" | "error"; format: "json" | "text" | "auto" };
 }

@@ -86,7 +86,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   const live: HubConfig = { ...cfg };
   const router = new Router();
   let tunnels: Tunnels | null = null;
-  const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
+  const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"), log.child("access"));
   const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"), () => live.limits.listenBacklog);
   // Custom domains by DNS proof: the hooks reach the tunnels, made just below.
   const domains = new DomainProofs(live, store, pki.caFingerprint, log.child("domains"), {

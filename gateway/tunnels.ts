@@ -502,7 +502,9 @@ export class Tunnels extends EventEmitter {
       l.control = null;
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
-      this.log.info("cog disconnected", { cog, remote, error: err?.message });
+      this.log.info("cog disconnected", {
+        cog, remote, reason: err?.message ?? "tunnel closed", connected_ms: Date.now() - l.connectedAt,
+      });
       this.recordStatus(cog, async () => {
         await this.store.clearTunnel(cog, this.endpoints.name);
         await this.store.markOffline(cog);

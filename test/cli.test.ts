@@ -152,7 +152,7 @@ t.test("hub invite / cogs / revoke against a hub data dir", async (t) => {
   const list = await runCli(["hub", "cogs", "-c", yaml]);
   t.equal(list.code, 0, list.stderr);
   const rows = lines(list.stdout);
-  t.match(rows[0] ?? "", /^NAME\s+STATUS\s+LAST SEEN\s+REMOTE\s+CERT EXPIRES\s+ROUTES$/);
+  t.match(rows[0] ?? "", /^NAME\s+STATUS\s+LAST SEEN\s+ENDPOINTS\s+REMOTE\s+CERT EXPIRES\s+ROUTES$/);
   t.match(list.stdout, /^home1\s+invited\s+never\s/m, "an invited cog is listed");
   t.match(list.stdout, /^home2\s+invited\s/m);
 

@@ -227,6 +227,7 @@ t.test("defaults are filled", async (t) => {
         name: defaultEndpointName(), advertise: { host: "hub.example.net", port: 7443 }, serverName: "hub.example.net",
         heartbeatIntervalMs: 2000, timeoutMs: 10000,
       },
+      accessLog: false,
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -246,7 +247,7 @@ t.test("defaults are filled", async (t) => {
       terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
       shutdownGraceMs: 30000,
     },
-    log: { level: "info" },
+    log: { level: "info", format: "auto" },
   };
   t.strictSame(cfg, want);
 
@@ -584,6 +585,8 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_ENDPOINT_TIMEOUT_MS", "HubEndpointConfig", "timeoutMs", "10s", dur],
     ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
     ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
+    ["DEFAULT_LOG_FORMAT", "CapsulConfig", "log", "auto", same],
+    ["DEFAULT_ACCESS_LOG", "HubConfig", "accessLog", "false", (s: string) => s === "true"],
     ["DEFAULT_SHUTDOWN_GRACE_MS", "HubConfig", "shutdownGraceMs", "30s", dur],
   ];
   for (const [name, iface, field, text, read] of table) {
