@@ -164,7 +164,8 @@ export async function startHubAdmin(d: HubAdminDeps): Promise<AdminServer> {
   const listen = d.cfg.listen.admin!;
   const server = await serveAdmin(buildHubAdminApp(d), listen, d.cfg.admin, d.log);
   d.log.info("admin listener ready", {
-    url: server.url, token: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${d.cfg.dataDir}/admin-token)`,
+    // "auth", not "token": a field named token is a secret to the logger (lib/log.ts redaction).
+    url: server.url, auth: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${d.cfg.dataDir}/admin-token)`,
   });
   return server;
 }

@@ -297,7 +297,7 @@ t.test("a `capsul hub` process: /metrics is the process's one registry, with the
   const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
   const m = await hub.waitLine(/hub ready .* admin=(\d+)/);
   const port = Number(m[1]);
-  t.match(hub.text(), /admin listener ready url=http:\/\/127\.0\.0\.1:\d+ token="not required \(loopback\)"/);
+  t.match(hub.text(), /admin listener ready url=http:\/\/127\.0\.0\.1:\d+ auth="not required \(loopback\)"/);
   const sc = await scrape(port);
   for (const name of ["process_cpu_user_seconds_total", "process_resident_memory_bytes", "nodejs_eventloop_lag_seconds", "nodejs_heap_size_used_bytes"]) {
     t.ok(sc.families.has(name), `default metric ${name}`);

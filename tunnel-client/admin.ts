@@ -25,7 +25,8 @@ export async function startCogAdmin(cfg: CogConfig, client: TunnelClient, metric
   app.get("/metrics", async (c) => c.body(await metrics.registry.metrics(), 200, { "content-type": metrics.registry.contentType }));
   const server = await serveAdmin(app, listen, cfg.admin, log);
   log.info("admin listener ready", {
-    url: server.url, token: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${cfg.dataDir}/admin-token)`,
+    // "auth", not "token": a field named token is a secret to the logger (lib/log.ts redaction).
+    url: server.url, auth: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${cfg.dataDir}/admin-token)`,
   });
   return server;
 }
