@@ -139,6 +139,11 @@ export async function startGopeer(
  * The per-source caps (hub.limits.max_visitors_per_ip, default 256) would refuse them.
  */
 export const LOOPBACK_SOURCE_LIMITS: Record<string, number> = { max_visitors_per_ip: 60000, max_unpeeked_per_ip: 60000 };
+/**
+ * And the bench's one cog and route hold them all: hub.limits.max_connections_per_route (default
+ * 2,000) and max_streams_per_cog (5,000) would refuse the rest. Only for builds that know the keys.
+ */
+export const LOOPBACK_IDLE_LIMITS: Record<string, number> = { ...LOOPBACK_SOURCE_LIMITS, max_streams_per_cog: 60000, max_connections_per_route: 60000 };
 
 export async function startCapsul(
   dir: string, nginxPort: number,
@@ -150,9 +155,14 @@ export async function startCapsul(
     launcherFlags?: readonly string[];
     /** More hub.limits keys (only keys the CLI's checkout knows: an older one refuses new keys). */
     hubLimits?: Record<string, string | number>;
+    /** More top-level hub keys (access_log: true), likewise only keys the checkout knows. */
+    hubKeys?: Record<string, string | number>;
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
+  // This checkout's admin listeners go on ephemeral ports, so two hubs never fight over
+  // 7444; another checkout (ab.ts's baseline) may predate the key and is left as it is.
+  const adminKey = cli === CAPSUL_CLI ? "\n    admin: 127.0.0.1:0" : "";
   const hubDir = path.join(dir, "hub");
   const cogDir = path.join(dir, "cog");
   await mkdir(hubDir, { recursive: true });
@@ -163,13 +173,15 @@ export async function startCapsul(
   listen:
     tls: 127.0.0.1:0
     http: off
-    tunnel: 127.0.0.1:0
-  limits:
+    tunnel: 127.0.0.1:0${adminKey}
+${Object.entries(opts.hubKeys ?? {}).map(([k, v]) => `  ${k}: ${v}\n`).join("")}  limits:
     max_visitors: 60000
 ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
   // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
   const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
-  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir });
+  // The lines waited for below are matched as text (a pipe's default is JSON; an older checkout ignores the variable).
+  const env = { ...process.env, CAPSUL_LOG_FORMAT: "text" };
+  const hub = startProc("capsul-hub", process.execPath, [...nodeArgs, cli, "hub", "-c", "capsul.yaml"], { cwd: hubDir, env });
   const m = await hub.waitFor(/hub ready tls=(\d+) http=\S+ tunnel=(\d+)/);
   const tlsPort = Number(m[1]);
   const tunnelPort = Number(m[2]);
@@ -188,9 +200,9 @@ ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join(
       kind: tls
       hostname: ${BENCH_HOST}
       target: 127.0.0.1:${nginxPort}
-`);
+${adminKey ? `  listen:${adminKey}\n` : ""}`);
   await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", caFingerprint], { cwd: cogDir });
-  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
+  const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir, env });
   await cog.waitFor(/connected to hub .*routes=1/);
   await hub.waitFor(/cog connected cog=bench/);
   return {

@@ -4,7 +4,7 @@ import path from "node:path";
 import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
-import { createLogger, type Logger } from "../lib/log.js";
+import { createLogger, flushLogs, logSettings, type Logger } from "../lib/log.js";
 import { missingHeapFlags, NODE_HEAP_FLAGS } from "./runtime.js";
 
 /** Where `-c` looks when it is not given. */
@@ -31,8 +31,13 @@ export function requireCog(cfg: CapsulConfig, file: string): NonNullable<CapsulC
   return cfg.cog;
 }
 
+/**
+ * The logger of a command, hub or cog: capsul.yaml's log.level and log.format, each
+ * overridden by CAPSUL_LOG / CAPSUL_LOG_FORMAT when set (a bad value is a ConfigError
+ * naming the variable: exit 2).
+ */
 export function makeLogger(cfg?: CapsulConfig): Logger {
-  return createLogger({ level: cfg?.log.level ?? "info" });
+  return createLogger(logSettings(cfg?.log));
 }
 
 export function exitCodeFor(err: unknown): number {
@@ -70,13 +75,15 @@ export const EXIT_INTERNAL_ERROR = 70;
  * What that costs: live visitor connections drop (clients reconnect), cogs reconnect
  * by themselves with backoff, and QEMU VMs keep running (they are daemonized and,
  * with the units' KillMode, outlive the cog) and are re-adopted on the next start.
- * The log line is complete before exit: writes to stderr are synchronous in Node on
- * Linux for files, pipes and sockets (journald's stream socket included).
+ * The log line is complete before exit: lib/log.ts writes stderr synchronously (pino's
+ * sync destination, like Node's own stderr on Linux for files, pipes and sockets,
+ * journald's stream socket included), and flushLogs() writes out anything left anyway.
  */
 export function exitOnBugs(log: Logger): void {
   const die = (kind: string, err: unknown): void => {
     const e = err instanceof Error ? err : new Error(`${kind} of a non-Error value: ${String(err)}`);
     log.error("internal error (a bug: please report it); exiting", { kind, error: e.message, stack: e.stack, exit: EXIT_INTERNAL_ERROR });
+    flushLogs();
     process.exit(EXIT_INTERNAL_ERROR);
   };
   process.on("uncaughtException", (err) => die("uncaught exception", err));

@@ -97,11 +97,11 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       const cfg = loadConfigFile(svc.file);
       if (!cfg[svc.role]) throw new ConfigError(`${svc.file} has no ${svc.role}: section`);
       const report = await svc.reload(cfg);
-      // The logger is made once at start (lib/log.ts): its level, like other restart keys, keeps its running value.
-      const levelChanged = cfg.log.level !== startCfg.log.level;
+      // The logger is made once at start (lib/log.ts): its level and format, like other restart keys, keep their running values.
+      const logChanged = (["level", "format"] as const).filter((k) => cfg.log[k] !== startCfg.log[k]).map((k) => `log.${k}`);
       result.ok = true;
-      result.changed = levelChanged ? [...report.changed, "log.level"] : report.changed;
-      result.restart = levelChanged ? [...report.restart, "log.level"] : report.restart;
+      result.changed = [...report.changed, ...logChanged];
+      result.restart = [...report.restart, ...logChanged];
       log.info(result.changed.length ? "configuration reloaded" : "configuration reloaded: nothing changed", {
         file: svc.file, changed: result.changed.join(" ") || undefined,
       });

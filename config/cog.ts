@@ -6,6 +6,7 @@
 import { COG_NAME_RE, parseHostPort } from "../lib/hostname.js";
 import { z } from "zod";
 import { provisionerSchema } from "../provisioner/config.js";
+import { cogAdminListen, cogAdminSchema, DEFAULT_COG_ADMIN_LISTEN } from "./admin.js";
 import { acmeSchema, buildRouteTermination, checkTerminatedHostnames, ROUTE_TLS_SHAPE, terminateSchema } from "./acme.js";
 import { choice, custom, durationMs, fail, hostPort, int, leaf, listOf, path, rules, section } from "./fields.js";
 import { shutdownGrace } from "./hub.js";
@@ -75,6 +76,10 @@ const reconnectSchema = section("Backoff of the cog's redials; jitter is ±25%."
   return { minDelayMs: o.min_delay, maxDelayMs: o.max_delay, endpointGoneTimeoutMs: o.endpoint_gone_timeout };
 });
 
+const cogListenSchema = section("The cog's own listener (the provisioner's is cog.provisioner.listen).", {
+  admin: cogAdminListen,
+}, (o) => o);
+
 /** Absent, null or false: no provisioner. Its keys and defaults are provisioner/config.ts's. */
 const provisioner = z.preprocess((v) => (v === false || v === null ? undefined : v), provisionerSchema.optional());
 
@@ -86,6 +91,8 @@ export const cogSchema = section("The cog (home server); omit on a hub-only mach
   target_dial_timeout: durationMs("Deadline for dialing a route's target.", { def: DEFAULT_TARGET_DIAL_TIMEOUT_MS, min: 1 }),
   splice_queue: spliceQueue("a target's or its tunnel stream's"),
   tunnel: cogTunnelSchema,
+  listen: cogListenSchema,
+  admin: cogAdminSchema,
   provisioner,
   acme: acmeSchema,
   terminate: terminateSchema,
@@ -98,6 +105,9 @@ export const cogSchema = section("The cog (home server); omit on a hub-only mach
   targetDialTimeoutMs: o.target_dial_timeout,
   spliceQueueBytes: o.splice_queue,
   tunnel: o.tunnel,
+  // With a provisioner, its API listener serves /healthz and /metrics; a second listener is opt-in.
+  listen: { admin: o.listen.admin !== undefined ? o.listen.admin : o.provisioner ? null : parseHostPort(DEFAULT_COG_ADMIN_LISTEN) },
+  admin: o.admin,
   provisioner: o.provisioner ?? null,
   acme: o.acme,
   terminate: o.terminate,

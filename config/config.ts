@@ -24,6 +24,7 @@ import { hubSchema } from "./hub.js";
 import type { CapsulConfig, CogConfig, HostPort, HubConfig } from "./types.js";
 
 // The defaults and bounds live with their keys; they are exported here for the code that uses them.
+export * from "./admin.js";
 export * from "./cog.js";
 export * from "./hub.js";
 export * from "./limits.js";
@@ -32,15 +33,19 @@ export { DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS, DEFAULT_ENDPOINT_TIMEOUT_MS } f
 export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "warn", "error"];
+const LOG_FORMATS: readonly CapsulConfig["log"]["format"][] = ["json", "text", "auto"];
 export const DEFAULT_LOG_LEVEL: CapsulConfig["log"]["level"] = "info";
+export const DEFAULT_LOG_FORMAT: CapsulConfig["log"]["format"] = "auto";
 
 /** The whole file. hub: and cog: left empty (null) mean "not configured", like an absent key. */
 export const configSchema = section("capsul.yaml: configuration of the capsul dispenser (hub, cog, or both).", {
   hub: hubSchema.nullable().optional(),
   cog: cogSchema.nullable().optional(),
-  log: section("Logging.", {
-    level: choice("Log level.", LOG_LEVELS, DEFAULT_LOG_LEVEL),
-  }, (o) => ({ level: o.level })),
+  log: section("Logging of every role on this machine (lib/log.ts).", {
+    level: choice("Log level; CAPSUL_LOG in the environment overrides it.", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+    format: choice("json (one object per line), text, or auto: json when stderr is not a terminal, text when it is; CAPSUL_LOG_FORMAT overrides it.",
+      LOG_FORMATS, DEFAULT_LOG_FORMAT),
+  }, (o) => ({ level: o.level, format: o.format })),
 }, (o): CapsulConfig => ({ hub: o.hub ?? null, cog: o.cog ?? null, log: o.log }), { nullable: false });
 
 /**
@@ -52,6 +57,8 @@ function checkListeners(hub: HubConfig | null, cog: CogConfig | null): void {
   if (hub?.listen.tls) listeners.push(["hub.listen.tls", hub.listen.tls]);
   if (hub?.listen.http) listeners.push(["hub.listen.http", hub.listen.http]);
   if (hub) listeners.push(["hub.listen.tunnel", hub.listen.tunnel]);
+  if (hub?.listen.admin) listeners.push(["hub.listen.admin", hub.listen.admin]);
+  if (cog?.listen.admin) listeners.push(["cog.listen.admin", cog.listen.admin]);
   if (cog?.provisioner) listeners.push(["cog.provisioner.listen", cog.provisioner.listen]);
   const sameHost = (a: string, b: string) => a === b || isWildcardAddress(a) || isWildcardAddress(b);
   listeners.forEach(([path, hp], j) => {

@@ -268,7 +268,7 @@ export function path<D extends string | undefined>(description: string, def: D) 
     (v) => (v == null ? (def === undefined ? null : resolvePath(def)) : resolvePath(string(v, ""))) as D extends string ? string : string | null);
 }
 
-const HOST_PORT_JSON = { type: "string", pattern: "^(\\[[0-9A-Fa-f:.]+\\]|[^:\\s]*):[0-9]{1,5}$" };
+export const HOST_PORT_JSON = { type: "string", pattern: "^(\\[[0-9A-Fa-f:.]+\\]|[^:\\s]*):[0-9]{1,5}$" };
 
 /** "host:port", "[::1]:443" or ":443"; listeners allow port 0 (ephemeral). */
 export function hostPort<D extends string | null>(description: string, o: { def: D; listener?: boolean }) {

@@ -10,6 +10,7 @@ import {
 } from "../lib/hostname.js";
 import { ConfigError } from "../lib/errors.js";
 import { bool, custom, durationMs, fail, int, leaf, listOf, optionalListener, path, PORT_RANGE_JSON, section, text } from "./fields.js";
+import { DEFAULT_HUB_ADMIN_LISTEN, hubAdminSchema } from "./admin.js";
 import { domainsSchema } from "./domains.js";
 import { endpointSchema, resolveEndpoint } from "./endpoint.js";
 import { hubLimitsSchema } from "./limits.js";
@@ -28,6 +29,8 @@ export const DEFAULT_HUB_DEFAULT_GRANTS = true;
 export const DEFAULT_TCP_PORTS_PER_COG = 8;
 export const DEFAULT_INVITE_TTL_MS = 24 * 3_600_000;
 export const DEFAULT_COG_CERT_TTL_MS = 90 * 86_400_000;
+/** hub.access_log: off, so that a busy hub's log holds events, not traffic. */
+export const DEFAULT_ACCESS_LOG = false;
 /**
  * hub.shutdown_grace and cog.shutdown_grace: 30 s lets a page load or a small download finish
  * and stays inside systemd's default TimeoutStopSec (90 s), so a drain is never SIGKILLed.
@@ -55,6 +58,8 @@ const listenSchema = section("The hub's listeners.", {
   }),
   tcp_host: text("Address the raw TCP port listeners bind to.", DEFAULT_HUB_TCP_HOST),
   tcp_ports: listOf("The pool of TCP ports the hub may open for cogs' tcp routes (default none).", portRange),
+  admin: optionalListener("Admin listener: /healthz, /metrics, the JSON admin API and the status page, or off; anything but loopback requires the bearer token in <data_dir>/admin-token.",
+    DEFAULT_HUB_ADMIN_LISTEN),
 }, (o): HubConfig["listen"] => {
   const tcpHost = isIP(o.tcp_host) ? o.tcp_host.toLowerCase() : normalizeHostname(o.tcp_host);
   if (tcpHost === null) fail(["tcp_host"], `not an IP address or hostname: ${JSON.stringify(o.tcp_host)}`);
@@ -62,7 +67,7 @@ const listenSchema = section("The hub's listeners.", {
     const i = o.tcp_ports.findIndex((other, k) => k < j && rangesOverlap(other, r));
     if (i >= 0) fail(["tcp_ports", j], `${formatPortRange(r)} overlaps hub.listen.tcp_ports[${i}] (${formatPortRange(o.tcp_ports[i]!)})`);
   });
-  return { tls: o.tls, http: o.http, tunnel: o.tunnel, tcpHost, tcpPorts: o.tcp_ports };
+  return { tls: o.tls, http: o.http, tunnel: o.tunnel, tcpHost, tcpPorts: o.tcp_ports, admin: o.admin };
 });
 
 const grantSchema = section("One cog's grant.", {
@@ -138,8 +143,11 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   domains: domainsSchema,
   limits: hubLimitsSchema,
   tunnel: hubTunnelSchema,
+  admin: hubAdminSchema,
   shutdown_grace: shutdownGrace("the hub stops accepting, sends GoAway to every cog and lets live visitor connections finish"),
   endpoint: endpointSchema,
+  access_log: bool("One log line (info, component hub/access) per visitor connection when it ends: source, listener, route, cog, bytes both ways, duration, outcome; written once at close, never per chunk.",
+    DEFAULT_ACCESS_LOG),
 }, (o): HubConfig => {
   const publicTunnelAddress = o.public_tunnel_address ?? formatHostPort({ host: o.domain, port: o.listen.tunnel.port });
   return {
@@ -158,7 +166,9 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
     domains: o.domains,
     limits: o.limits,
     tunnel: o.tunnel,
+    admin: o.admin,
     shutdownGraceMs: o.shutdown_grace,
     endpoint: resolveEndpoint(o.endpoint, publicTunnelAddress, o.domain),
+    accessLog: o.access_log,
   };
 }, { requiredKeys: ["domain"], nullable: false });

@@ -198,6 +198,28 @@ export interface CogTunnelTuning extends TunnelTuning {
   acceptBacklog: number;
 }
 
+/** hub.admin and cog.admin: limits of the admin listener (gateway/admin.ts, lib/adminhttp.ts). */
+export interface AdminLimits {
+  /** Deadline for one admin request, headers and body; past it the connection is closed. */
+  requestTimeoutMs: number;
+  /** Connections the admin listener holds at once; more are closed as they arrive. */
+  maxConnections: number;
+}
+
+/** hub.admin: the admin listener's limits plus what only the hub's API and status page need. */
+export interface HubAdmin extends AdminLimits {
+  /** Largest admin API request body; a bigger one is answered 413. */
+  maxRequestBodyBytes: number;
+  /** How often the status page reloads itself, in whole seconds (at least 1s). */
+  statusRefreshMs: number;
+  /**
+   * How long the list of cogs read from the state store is reused by /metrics, the JSON API and
+   * the status page; 0 reads it for every request. Live state (online, streams,
+   * bytes) is never cached; the admin API's own revoke and invite show at once.
+   */
+  cogsCacheMs: number;
+}
+
 /** A PostgreSQL server and database, as the hub.store URL names them. */
 export interface PostgresTarget {
   /** A host name or address, or a directory holding the server's unix socket (`?host=/dir`). */
@@ -264,6 +286,11 @@ export interface HubConfig {
     tcpHost: string;
     /** The pool of TCP ports the hub may open for cogs' tcp routes. */
     tcpPorts: PortRange[];
+    /**
+     * Admin listener: /healthz, /metrics, the JSON admin API and the status page, or null when
+     * disabled. Anything but loopback requires the bearer token in <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
   };
   /** Address cogs use to reach the tunnel listener, as printed in invites. */
   publicTunnelAddress: string;
@@ -281,6 +308,7 @@ export interface HubConfig {
   domains: DomainsConfig;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
+  admin: HubAdmin;
   /**
    * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
    * visitor connections finish for up to this long, then cuts the rest and exits 0
@@ -289,6 +317,13 @@ export interface HubConfig {
   shutdownGraceMs: number;
   /** How this hub process registers itself in the store for cogs to dial (hub.endpoint). */
   endpoint: HubEndpointConfig;
+  /**
+   * The access log: one line per visitor connection when it ends (source,
+   * listener, route, cog, bytes both ways, duration, outcome), at info level under the
+   * component hub/access. Written once at close, never per chunk; a reload applies it to
+   * new connections.
+   */
+  accessLog: boolean;
 }
 
 /**
@@ -394,6 +429,15 @@ export interface CogConfig {
   /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side. */
   spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
+  listen: {
+    /**
+     * The cog's /healthz and /metrics, or null when disabled (by default when the provisioner is
+     * configured: its API listener serves them then). Anything but loopback requires the bearer
+     * token in <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
+  };
+  admin: AdminLimits;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
   /** The ACME client for `tls: terminate` routes (always present; idle while no route terminates). */
@@ -558,6 +602,9 @@ export interface BackupConfig {
 export interface CapsulConfig {
   hub: HubConfig | null;
   cog: CogConfig | null;
-  /** Log level (default info). */
-  log: { level: "debug" | "info" | "warn" | "error" };
+  /**
+   * Logging of every role on this machine (lib/log.ts). format auto: json when stderr is not
+   * a terminal, text when it is. CAPSUL_LOG and CAPSUL_LOG_FORMAT in the environment override both.
+   */
+  log: { level: "debug" | "info" | "warn" | "error"; format: "json" | "text" | "auto" };
 }

@@ -17,7 +17,7 @@ import { MUX_INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from "../protoco
 import { encodeMessage, MESSAGE_MAX_BYTES, MessageReader } from "../protocol/messages.js";
 import {
   checkWireRoutes, TUNNEL_PROTOCOL_VERSION, versionMismatchMessage,
-  type CogMessage, type HubMessage,
+  type CogMessage, type ErrorCode, type HubMessage,
 } from "../protocol/control.js";
 import type { HubPki } from "../certs/pki.js";
 import { Listener, type ListenerChange } from "./listeners.js";
@@ -26,7 +26,7 @@ import { KeyedQueue } from "../lib/keyedqueue.js";
 import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
-import { ControlChannel, type ControlContext } from "./control.js";
+import { ControlChannel, newControlStats, type ControlContext, type ControlStats } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 import { EndpointRegistry } from "./endpoints.js";
 import type { StoredRoute } from "./store/types.js";
@@ -85,10 +85,18 @@ function connKey(s: net.Socket): string {
   return `${s.remoteAddress}|${s.remotePort}`;
 }
 
+/** Hub-wide counts since start (gateway/metrics.ts): tunnels refused, by the error code sent; what control streams did. */
+export interface TunnelCounts { refused: Record<ErrorCode, number>; control: ControlStats }
+
+/** Events: "attached" (cog: string, session: MuxSession) when a cog's tunnel is authenticated and in use. */
 export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
   /** VM moves between cogs (moves.ts). */
   private readonly moves: MoveRelay;
+  readonly counts: TunnelCounts = {
+    refused: { "version": 0, "auth": 0, "revoked": 0, "bad-request": 0, "enroll": 0, "renew": 0 },
+    control: newControlStats(),
+  };
   private readonly listener: Listener;
   private tlsServer: tls.Server;
   private watch: RevocationWatch | null = null;
@@ -366,6 +374,7 @@ export class Tunnels extends EventEmitter {
     control.on("error", () => {}); // the session's close says what happened
     const send = (m: HubMessage): void => { control.write(encodeMessage(m)); };
     const refuse = (m: HubMessage & { type: "error" }): void => {
+      this.counts.refused[m.code]++;
       this.strangers.warn(ticket.source, "tunnel refused", { remote, reason: m.message }, `tunnel refused: ${m.code}`);
       control.end(encodeMessage(m));
       setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
@@ -425,7 +434,9 @@ export class Tunnels extends EventEmitter {
         await this.store.markOnline(cog, remote, routes);
         await this.store.saveRoutes(cog, accepted.map((a): StoredRoute => ({ route: a.name, kind: a.kind, hostname: a.hostname ?? null, port: a.port ?? null })));
       }),
+      totals: this.counts.control,
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
+        this.counts.refused.revoked++;
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
       }),
@@ -479,6 +490,7 @@ export class Tunnels extends EventEmitter {
     link.control = control;
     link.remote = remote;
     link.connectedAt = Date.now();
+    this.emit("attached", cog, session);
     for (const w of link.waiters.splice(0)) w(session);
     this.recordStatus(cog, () => this.store.recordTunnel(cog, this.endpoints.name, remote));
     const l = link;
@@ -490,7 +502,9 @@ export class Tunnels extends EventEmitter {
       l.control = null;
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
-      this.log.info("cog disconnected", { cog, remote, error: err?.message });
+      this.log.info("cog disconnected", {
+        cog, remote, reason: err?.message ?? "tunnel closed", connected_ms: Date.now() - l.connectedAt,
+      });
       this.recordStatus(cog, async () => {
         await this.store.clearTunnel(cog, this.endpoints.name);
         await this.store.markOffline(cog);

@@ -20,12 +20,14 @@ import type { VisitorHeader } from "../protocol/control.js";
 import { splice } from "../protocol/splice.js";
 import { spliceThrottled } from "../protocol/throttle.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
+import { accessRecord, logAccess, type AccessOutcome, type AccessRecord } from "./accesslog.js";
 import { BufferBudget, type Pool, type Visit } from "./budget.js";
 import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js";
 import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
 import { Quotas } from "./quotas.js";
 import type { RouteEntry, Router } from "./router.js";
+import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
 
 /** ACME HTTP-01 answers the hub itself holds (token → key authorization). */
@@ -74,6 +76,13 @@ interface Conn {
   /** bytesRead + bytesWritten at the last idle check that saw them change, and when (performance.now). */
   moved: number;
   quietSince: number;
+  /** What the access log writes at close; null when hub.access_log was off at accept (nothing kept). */
+  access: AccessRecord | null;
+}
+
+/** Sets how a connection ended, for the access log (a no-op with it off). */
+function ended(conn: Conn, outcome: AccessOutcome): void {
+  if (conn.access !== null) conn.access.outcome = outcome;
 }
 
 export class Visitors {
@@ -84,6 +93,8 @@ export class Visitors {
   };
   /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
   readonly acmeTokens = new Map<string, string>();
+  /** Told of each peek's result and each forwarded visitor (gateway/metrics.ts). */
+  observer: VisitorObserver = NO_VISITOR_OBSERVER;
   /** Windows and buffered bytes of the visitor streams (budget.ts). */
   readonly budget: BufferBudget;
   readonly sources: SourceLimits;
@@ -101,6 +112,8 @@ export class Visitors {
     private readonly router: Router,
     private readonly sessionFor: (cog: string) => MuxSession | null | Promise<MuxSession | null>,
     private readonly log: Logger,
+    /** Where hub.access_log lines go (component hub/access). */
+    private readonly accessLog: Logger = log.child("access"),
   ) {
     const l = cfg.limits;
     this.sources = new SourceLimits(l.maxVisitorsPerIp, l.maxUnpeekedPerIp);
@@ -125,10 +138,14 @@ export class Visitors {
    * Common start for every listener: limits, bookkeeping, error safety. `peeking`: the
    * connection starts with a peek (TLS, HTTP) and counts as un-peeked until peeked().
    */
-  private admit(socket: net.Socket, peeking: boolean): Conn | null {
+  private admit(socket: net.Socket, peeking: boolean, listener: AccessRecord["listener"], port?: number): Conn | null {
     socket.on("error", () => {}); // errors are handled where the socket is used; never crash
     if (this.stats.active >= this.cfg.limits.maxVisitors) {
       this.stats.overLimit++;
+      const source = sourceKey(socket.remoteAddress);
+      this.refusals.warn(source, "visitor refused: the hub has as many connections open as it may", {
+        limit: this.cfg.limits.maxVisitors, key: "hub.limits.max_visitors",
+      });
       socket.destroy();
       return null;
     }
@@ -146,7 +163,10 @@ export class Visitors {
       socket.destroy();
       return null;
     }
-    const conn: Conn = { socket, source, peeking, moved: 0, quietSince: performance.now() };
+    const conn: Conn = {
+      socket, source, peeking, moved: 0, quietSince: performance.now(),
+      access: this.cfg.accessLog ? accessRecord(listener, port) : null,
+    };
     this.stats.active++;
     this.stats.total++;
     this.conns.set(socket, conn);
@@ -154,6 +174,7 @@ export class Visitors {
       this.stats.active--;
       this.conns.delete(socket);
       this.sources.closed(conn.source, conn.peeking);
+      if (conn.access !== null) logAccess(this.accessLog, conn.access, conn.source, socket);
       if (this.conns.size === 0 && this.idleTimer !== null) {
         clearInterval(this.idleTimer);
         this.idleTimer = null;
@@ -182,6 +203,7 @@ export class Visitors {
         c.quietSince = now;
       } else if (now - c.quietSince >= idleMs && !c.socket.destroyed) {
         this.stats.idleTimeout++;
+        ended(c, "idle-timeout");
         c.socket.destroy();
       }
     }
@@ -206,22 +228,24 @@ export class Visitors {
   }
 
   async onTls(socket: net.Socket): Promise<void> {
-    const conn = this.admit(socket, true);
+    const conn = this.admit(socket, true, "tls");
     if (conn === null) return;
     const out = await peek(socket, (b) => parseClientHello(b, this.cfg.limits.clientHelloMaxBytes), {
       timeoutMs: this.cfg.limits.clientHelloTimeoutMs,
       maxBytes: this.cfg.limits.clientHelloMaxBytes,
     });
     this.peeked(conn);
+    this.observer.peeked("tls", out);
     if (out.kind !== "ok") {
-      this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
+      this.countBad(out.kind, conn, out.kind === "invalid" ? out.reason : undefined);
       socket.destroy();
       return;
     }
     const sni = out.value.sni;
+    if (conn.access !== null) conn.access.host = sni ?? undefined;
     const entry = sni ? this.router.lookupHost("tls", sni) : undefined;
     if (!entry) {
-      this.stats.noRoute++;
+      this.noRoute(conn, "tls", sni ?? undefined);
       socket.end(TLS_ALERT_UNRECOGNIZED_NAME);
       return;
     }
@@ -229,7 +253,7 @@ export class Visitors {
   }
 
   async onHttp(socket: net.Socket): Promise<void> {
-    const conn = this.admit(socket, true);
+    const conn = this.admit(socket, true, "http");
     if (conn === null) return;
     // The parser's own cap sits one byte above the peek's, so an oversized head is
     // reported by the peek as too-large (431), not by the parser as invalid (400).
@@ -238,8 +262,9 @@ export class Visitors {
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
     this.peeked(conn);
+    this.observer.peeked("http", out);
     if (out.kind !== "ok") {
-      this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
+      this.countBad(out.kind, conn, out.kind === "invalid" ? out.reason : undefined);
       if (out.kind === "invalid") socket.end(httpErrorResponse(400, "Bad Request", "The request could not be read."));
       else if (out.kind === "too-large") socket.end(httpErrorResponse(431, "Request Header Fields Too Large", "The request head is too large."));
       else if (out.kind === "timeout") socket.end(httpErrorResponse(408, "Request Timeout", "The request head did not arrive in time."));
@@ -247,9 +272,11 @@ export class Visitors {
       return;
     }
     const { host, path } = out.value;
+    if (conn.access !== null) conn.access.host = host ?? undefined;
     if (path.startsWith(ACME_CHALLENGE_PREFIX)) {
       const answer = this.acmeTokens.get(path.slice(ACME_CHALLENGE_PREFIX.length));
       if (answer !== undefined) {
+        ended(conn, "acme");
         socket.end(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(answer)}\r\nConnection: close\r\n\r\n${answer}`);
         return;
       }
@@ -259,7 +286,7 @@ export class Visitors {
     };
     const entry = host ? this.router.lookupHost("http", host) : undefined;
     if (!entry) {
-      this.stats.noRoute++;
+      this.noRoute(conn, "http", host ?? undefined);
       notFound();
       return;
     }
@@ -270,12 +297,12 @@ export class Visitors {
   }
 
   async onTcp(socket: net.Socket, port: number): Promise<void> {
-    const conn = this.admit(socket, false);
+    const conn = this.admit(socket, false, "tcp", port);
     if (conn === null) return;
     socket.pause();
     const entry = this.router.lookupPort(port);
     if (!entry) {
-      this.stats.noRoute++;
+      this.noRoute(conn, "tcp", undefined, port);
       socket.destroy();
       return;
     }
@@ -290,10 +317,13 @@ export class Visitors {
       if (!this.quotas.enterRoute(entry)) return this.overQuota(conn, entry, false, refuse);
       socket.once("close", () => this.quotas.leaveRoute(entry));
     }
+    if (conn.access !== null) conn.access.entry = entry;
     let session = this.sessionFor(entry.cog);
     if (session instanceof Promise) session = await session;
     if (!session || session.closed || socket.destroyed) {
       this.stats.cogOffline++;
+      ended(conn, "cog-offline");
+      this.refusals.warn(conn.source, "visitor refused: its cog is offline", { cog: entry.cog, route: entry.route });
       if (!socket.destroyed) refuse();
       return;
     }
@@ -311,6 +341,7 @@ export class Visitors {
       this.budget.end(visit);
       this.quotas.closeStream(slots);
       this.stats.cogOffline++;
+      ended(conn, "cog-offline");
       refuse();
       return;
     }
@@ -330,17 +361,20 @@ export class Visitors {
       dstPort: socket.localPort ?? 0,
     };
     this.stats.routed++;
+    ended(conn, "ok");
     // The peeked bytes go first and in the same write as the header, so the
     // backend sees the ClientHello / request head exactly as the visitor sent it.
     stream.write(bytes.length ? Buffer.concat([encodeMessage(header), bytes]) : encodeMessage(header));
     const q = this.cfg.limits.spliceQueueBytes;
     if (throttle === null) splice(socket, stream, undefined, q);
     else spliceThrottled(socket, stream, throttle.fromVisitors, throttle.toVisitors, undefined, q);
+    this.observer.forwarded(socket, entry, stream);
   }
 
   /** Over its cog's streams (`cogWide`) or its route's connections: refused as busy, counted, logged once per interval. */
   private overQuota(conn: Conn, entry: RouteEntry, cogWide: boolean, refuse: (busy: boolean) => void): void {
     const c = this.quotas.of(entry.cog);
+    ended(conn, "busy");
     if (cogWide) this.stats.overCogStreams++;
     else this.stats.overRouteConnections++;
     this.refusals.warnFor(cogWide ? entry.cog : `${entry.cog}/${entry.kind}/${entry.route}`, cogWide
@@ -353,17 +387,30 @@ export class Visitors {
     refuse(true);
   }
 
-  private countBad(kind: string, socket: net.Socket, reason?: string): void {
+  /**
+   * No cog serves what the visitor asked for: counted, and logged at info once per source
+   * per refusal_log_interval (strangers scanning the hub's addresses are routine).
+   */
+  private noRoute(conn: Conn, listener: AccessRecord["listener"], host?: string, port?: number): void {
+    this.stats.noRoute++;
+    ended(conn, "no-route");
+    this.refusals.warnFor(conn.source, "visitor refused: no route", { source: conn.source, listener, host, port }, "info");
+  }
+
+  private countBad(kind: string, conn: Conn, reason?: string): void {
     if (kind === "timeout") this.stats.peekTimeout++;
     else if (kind !== "closed") this.stats.badHello++;
+    ended(conn, kind === "timeout" ? "peek-timeout" : kind === "closed" ? "closed" : "bad-hello");
     if (kind === "invalid" || kind === "too-large") {
-      this.log.debug("bad visitor hello", { remote: socket.remoteAddress, kind, reason });
+      this.log.debug("bad visitor hello", { remote: conn.socket.remoteAddress, kind, reason });
     }
   }
 
   /** A visit the budget let go to bring `pool` back within its budget: cut both ends. */
   private onShed(v: Visit, pool: Pool): void {
     this.stats.shed++;
+    const conn = this.conns.get(v.socket);
+    if (conn !== undefined) ended(conn, "shed");
     const global = pool === this.budget.global;
     this.refusals.warn(v.source, "visitor cut: it holds buffered bytes without draining and the buffer budget is exceeded", {
       cog: v.cog.name,

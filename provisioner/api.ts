@@ -1,5 +1,6 @@
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { Registry } from "prom-client";
 import { stream } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { HostPort, ProvisionerConfig } from "../config/types.js";
@@ -14,7 +15,7 @@ import type { MoveManager } from "./move.js";
 import type { ExportDeps } from "./vmexport.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
-import { renderMetrics } from "./metrics.js";
+import { registerVmMetrics } from "./metrics.js";
 import { powerView } from "./power.js";
 import { validateCreateRequest } from "./requests.js";
 import type { VmManager } from "./vms.js";
@@ -38,6 +39,8 @@ export interface ApiDeps {
   token: string;
   /** The address the API listens on, as bound (see apiguard.ts hostAllowed). */
   listen: () => HostPort;
+  /** The cog's registry, with the VM metrics on it (startProvisioner); without it, one of the API's own. */
+  registry?: Registry;
 }
 
 function errorResponse(c: Context, e: unknown, log: Logger): Response {
@@ -176,9 +179,12 @@ export function buildApi(d: ApiDeps): Hono {
     memory: { host_bytes: vms.hostMemoryBytes(), limit_bytes: vms.memoryLimitBytes(), committed_bytes: vms.committedMemoryBytes() },
   }));
   app.get("/v1/drift", (c) => c.json({ drift: vms.drift(), resolved: vms.resolved }));
-  app.get("/metrics", async (c) => {
-    c.header("content-type", "text/plain; version=0.0.4");
-    return c.body(await renderMetrics(store, vms));
-  });
+  // The cog's /healthz and /metrics live here when there is a provisioner (cog.listen.admin is then off by default).
+  // Both sit behind apiGuard like every route: /metrics names VMs and their use, and /healthz
+  // stays with them so the listener has one rule (a probe reads the 0600 token as Prometheus must).
+  const registry = d.registry ?? new Registry();
+  if (!d.registry) registerVmMetrics(registry, store, vms);
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/metrics", async (c) => c.body(await registry.metrics(), 200, { "content-type": registry.contentType }));
   return app;
 }

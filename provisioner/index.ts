@@ -3,6 +3,7 @@ import fs from "node:fs";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { serve } from "@hono/node-server";
+import { Registry } from "prom-client";
 import type { HostPort, ProvisionerConfig } from "../config/types.js";
 import { RuntimeError } from "../lib/errors.js";
 import { type Logger, Masked } from "../lib/log.js";
@@ -14,6 +15,7 @@ import { ImageCatalogue } from "./images.js";
 import { processAlive, procCmdline } from "./qemu.js";
 import { MoveManager, type MoveTunnel } from "./move.js";
 import type { ExportDeps } from "./vmexport.js";
+import { registerVmMetrics } from "./metrics.js";
 import { VmManager } from "./vms.js";
 
 export { parseProvisionerConfig } from "./config.js";
@@ -28,6 +30,8 @@ export interface ProvisionerOptions {
   logger: Logger;
   /** The cog's tunnel, for `capsul vm move` (both ends); without it moves are refused. */
   tunnel?: MoveTunnel;
+  /** The cog's registry: the VM metrics join it and /metrics renders all of it. Default: one of its own. */
+  registry?: Registry;
 }
 
 export interface Provisioner {
@@ -120,18 +124,22 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const moves = new MoveManager(archives, opts.tunnel ?? null, log.child("move"));
 
   let server: ReturnType<typeof serve> | undefined;
+  let unregisterMetrics = (): void => {};
   try {
     await vms.reconcile();
+    const registry = opts.registry ?? new Registry();
+    unregisterMetrics = registerVmMetrics(registry, store, vms);
     await backups.start();
     // Port 0 (tests) becomes the kernel's choice: the Host check wants the bound one.
     let boundPort = cfg.listen.port;
-    const app = buildApi({ cfg, store, images, vms, backups, archives, moves, log, token, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
+    const app = buildApi({ cfg, store, images, vms, backups, archives, moves, log, token, registry, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, (info) => { boundPort = info.port; resolve(s); });
       s.once("error", reject);
     });
   } catch (e) {
     moves.close();
+    unregisterMetrics();
     await backups.close();
     await vms.close();
     store.close();
@@ -161,6 +169,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
           // Keep-alive connections would hold close() open.
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
         });
+        unregisterMetrics();
         await backups.close();
         await vms.close();
         store.close();

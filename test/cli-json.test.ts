@@ -78,7 +78,7 @@ t.test("every command that prints has --json, and its JSON has the one style", a
   const hubYaml = writeYaml(path.join(dir, "hub.yaml"), {
     hub: {
       data_dir: path.join(dir, "hub"), domain: DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool.spec] },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool.spec], admin: "127.0.0.1:0" },
       domains: { enabled: false }, // no lookups through the system resolver, which is off loopback
     },
   });
@@ -90,6 +90,7 @@ t.test("every command that prints has --json, and its JSON has the one style", a
         { name: "ssh", kind: "tcp", target: "127.0.0.1:9" },
         { name: "site", kind: "http", hostname: `www.home1.${DOMAIN}`, target: "127.0.0.1:9" },
       ],
+      listen: { admin: "127.0.0.1:0" },
     },
   });
   const hub = spawnCli(t, "hub", ["hub", "-c", hubYaml]);

@@ -128,7 +128,7 @@ t.test("hub invite / cogs / revoke against a hub data dir", async (t) => {
   const dir = tmpDir("capsul-cli-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const yaml = writeYaml(path.join(dir, "hub.yaml"), {
-    hub: { data_dir: path.join(dir, "hub"), domain: "hub.example.net", listen: { tunnel: "0.0.0.0:7443" } },
+    hub: { data_dir: path.join(dir, "hub"), domain: "hub.example.net", listen: { tunnel: "0.0.0.0:7443", admin: "127.0.0.1:0" } },
   });
 
   const empty = await runCli(["hub", "cogs", "-c", yaml]);
@@ -152,7 +152,7 @@ t.test("hub invite / cogs / revoke against a hub data dir", async (t) => {
   const list = await runCli(["hub", "cogs", "-c", yaml]);
   t.equal(list.code, 0, list.stderr);
   const rows = lines(list.stdout);
-  t.match(rows[0] ?? "", /^NAME\s+STATUS\s+LAST SEEN\s+REMOTE\s+CERT EXPIRES\s+ROUTES$/);
+  t.match(rows[0] ?? "", /^NAME\s+STATUS\s+LAST SEEN\s+ENDPOINTS\s+REMOTE\s+CERT EXPIRES\s+ROUTES$/);
   t.match(list.stdout, /^home1\s+invited\s+never\s/m, "an invited cog is listed");
   t.match(list.stdout, /^home2\s+invited\s/m);
 

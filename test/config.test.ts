@@ -111,7 +111,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
   const paths = [
     "hub.data_dir", "hub.store", "hub.store_password_file", "hub.store_pool_size", "hub.store_connect_timeout",
     "hub.store_busy_timeout", "hub.domain", "hub.listen.tls", "hub.listen.http", "hub.listen.tunnel", "hub.listen.tcp_host",
-    "hub.listen.tcp_ports", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
+    "hub.listen.tcp_ports", "hub.listen.admin", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.listen_backlog", "hub.limits.idle_timeout",
@@ -123,6 +123,9 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
+    "hub.admin.request_timeout", "hub.admin.max_connections", "hub.admin.max_request_body", "hub.admin.status_refresh",
+    "hub.admin.cogs_cache",
+    "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
@@ -188,6 +191,7 @@ t.test("defaults are filled", async (t) => {
         tunnel: { host: "0.0.0.0", port: 7443 },
         tcpHost: "0.0.0.0",
         tcpPorts: [],
+        admin: { host: "127.0.0.1", port: 7444 },
       },
       publicTunnelAddress: "hub.example.net:7443",
       cogs: [],
@@ -218,11 +222,13 @@ t.test("defaults are filled", async (t) => {
         cogBandwidthBurstBytes: 0,
       },
       tunnel: hubTunnel,
+      admin: { requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000, cogsCacheMs: 2000 },
       shutdownGraceMs: 30000,
       endpoint: {
         name: defaultEndpointName(), advertise: { host: "hub.example.net", port: 7443 }, serverName: "hub.example.net",
         heartbeatIntervalMs: 2000, timeoutMs: 10000,
       },
+      accessLog: false,
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -232,6 +238,8 @@ t.test("defaults are filled", async (t) => {
       targetDialTimeoutMs: 5000,
       spliceQueueBytes: 262144,
       tunnel: cogTunnel,
+      listen: { admin: { host: "127.0.0.1", port: 7445 } },
+      admin: { requestTimeoutMs: 10000, maxConnections: 64 },
       provisioner: null,
       acme: {
         directoryUrl: "https://acme-v02.api.letsencrypt.org/directory", caBundle: null, email: null, renewAtRatio: 2 / 3,
@@ -240,7 +248,7 @@ t.test("defaults are filled", async (t) => {
       terminate: { handshakeTimeoutMs: 10000, clientHelloMaxBytes: 16409, httpHeaderMaxBytes: 16384, httpKeepAliveTimeoutMs: 5000 },
       shutdownGraceMs: 30000,
     },
-    log: { level: "info" },
+    log: { level: "info", format: "auto" },
   };
   t.strictSame(cfg, want);
 
@@ -248,6 +256,11 @@ t.test("defaults are filled", async (t) => {
   const prov = parseConfig({ cog: { provisioner: {} } }).cog!.provisioner!;
   t.same(prov.listen, { host: "127.0.0.1", port: 7480 });
   t.equal(prov.dataDir, "/var/lib/capsul/provisioner");
+  // With a provisioner its listener serves /healthz and /metrics: the cog's own admin listener is opt-in.
+  t.equal(parseConfig({ cog: { provisioner: {} } }).cog!.listen.admin, null);
+  t.same(parseConfig({ cog: { provisioner: {}, listen: { admin: "127.0.0.1:7446" } } }).cog!.listen.admin, { host: "127.0.0.1", port: 7446 });
+  t.equal(parseConfig({ cog: { listen: { admin: "off" } } }).cog!.listen.admin, null);
+  t.equal(parseConfig({ hub: { domain: "hub.example.net", listen: { admin: null } } }).hub!.listen.admin, null);
   t.equal(parseConfig({ cog: { provisioner: false } }).cog!.provisioner, null);
   t.equal(parseConfig({ cog: { provisioner: null } }).cog!.provisioner, null);
   t.equal(parseConfig({ hub: { domain: "hub.example.net" } }).cog, null);
@@ -505,6 +518,13 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_HUB_HTTP_LISTEN", "hub.listen.http", "0.0.0.0:80", same],
     ["DEFAULT_HUB_TUNNEL_LISTEN", "hub.listen.tunnel", "0.0.0.0:7443", same],
     ["DEFAULT_HUB_TCP_HOST", "hub.listen.tcp_host", "0.0.0.0", same],
+    ["DEFAULT_HUB_ADMIN_LISTEN", "hub.listen.admin", "127.0.0.1:7444", same],
+    ["DEFAULT_COG_ADMIN_LISTEN", "cog.listen.admin", "127.0.0.1:7445", same],
+    ["DEFAULT_ADMIN_REQUEST_TIMEOUT_MS", "hub.admin.request_timeout", "10s", dur],
+    ["DEFAULT_ADMIN_MAX_CONNECTIONS", "hub.admin.max_connections", "64", int],
+    ["DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES", "hub.admin.max_request_body", "16KiB", bytes],
+    ["DEFAULT_STATUS_REFRESH_MS", "hub.admin.status_refresh", "5s", dur],
+    ["DEFAULT_ADMIN_COGS_CACHE_MS", "hub.admin.cogs_cache", "2s", dur],
     ["DEFAULT_HUB_DEFAULT_GRANTS", "hub.default_grants", "true", bool],
     ["DEFAULT_TCP_PORTS_PER_COG", "hub.default_tcp_ports_per_cog", "8", int],
     ["DEFAULT_INVITE_TTL_MS", "hub.invite_ttl", "1d", dur],
@@ -557,6 +577,8 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_ENDPOINT_TIMEOUT_MS", "hub.endpoint.timeout", "10s", dur],
     ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "cog.target_dial_timeout", "5s", dur],
     ["DEFAULT_LOG_LEVEL", "log.level", "info", same],
+    ["DEFAULT_LOG_FORMAT", "log.format", "auto", same],
+    ["DEFAULT_ACCESS_LOG", "hub.access_log", "false", bool],
     ["DEFAULT_SHUTDOWN_GRACE_MS", "hub.shutdown_grace", "30s", dur],
   ];
   for (const [name, path, text, read] of table) {
@@ -566,6 +588,9 @@ t.test("every default constant is the default capsul.schema.json documents for i
   // One constant serves two keys: cog.splice_queue has hub.limits.splice_queue's default, and so does cog.shutdown_grace.
   t.equal(documentedDefault("cog.shutdown_grace"), "30s");
   t.equal(documentedDefault("cog.splice_queue"), "256KiB");
+  // cog.admin's keys have hub.admin's defaults.
+  t.equal(documentedDefault("cog.admin.request_timeout"), "10s");
+  t.equal(documentedDefault("cog.admin.max_connections"), "64");
   // Each exported default is in the table, so a new one cannot skip this check.
   const exported = Object.keys(C).filter((k) => k.startsWith("DEFAULT_")).sort();
   t.same(exported, table.map(([name]) => name).sort());

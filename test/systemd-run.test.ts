@@ -39,6 +39,10 @@ cog:
   data_dir: /var/lib/capsul/cog
   routes: []
   provisioner: {}
+# The journal lines below are matched in the text format (a service's default is JSON,
+# which test/logs.test.ts parses).
+log:
+  format: text
 `;
 
 t.test("the units under a real systemd: hub reload/crash/config error, cog restart keeps its VM", { timeout: TEST_TIMEOUT_MS }, async (t) => {

@@ -70,6 +70,10 @@ export interface TerminatingHandler {
 /** Where a route's visitors go; `terminated` routes go to the TerminatingHandler instead of straight to the target. */
 interface RouteTarget extends Target { terminated?: { side: "tls" | "http"; route: CogRoute } }
 
+/**
+ * Events: "connected" (welcome), "disconnected", "routes" ({accepted, refused}), and
+ * "visitor" (route name, target socket) once per visitor stream spliced to its target.
+ */
 export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   /** "connected" while at least one link is; else the bootstrap link's state. */
   state: ClientState = "idle";
@@ -103,7 +107,10 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   ) {
     super();
     this.identityNow = identity;
-    this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
+    this.targetOpts = {
+      dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log,
+      onSpliced: (route, target) => this.emit("visitor", route, target),
+    };
     this.rebuildTargets();
   }
 
@@ -168,7 +175,10 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
 
   /** After a reload: announce the route set again (capsul.yaml's routes changed) and rebuild the dial settings. */
   reconfigure(routesChanged: boolean): void {
-    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log };
+    this.targetOpts = {
+      dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log,
+      onSpliced: (route, target) => this.emit("visitor", route, target),
+    };
     if (routesChanged) this.routesChanged();
   }
 

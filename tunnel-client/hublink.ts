@@ -131,12 +131,16 @@ export class HubLink {
     while (!this.stopping()) {
       this.state = "connecting";
       let outcome: RunOutcome = "ended";
+      let failure: string | undefined;
       try {
         outcome = await this.runOnce();
       } catch (err) {
-        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: this.label, endpoint: this.name ?? undefined, error: (err as Error).message });
+        failure = (err as Error).message;
+        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: this.label, endpoint: this.name ?? undefined, error: failure });
       }
       const was = this.current();
+      // One line per tunnel that was up and is no longer, with why (an error, or the outcome: ended, goaway, moved, draining).
+      if (was === "connected") this.log.info("disconnected from hub", { hub: this.label, endpoint: this.name ?? undefined, reason: failure ?? outcome });
       if (this.session && (outcome === "goaway" || outcome === "moved" || outcome === "draining")) {
         this.owner.retire(this, this.session, this.control, outcome);
       } else this.session?.destroy();

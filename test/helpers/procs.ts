@@ -23,10 +23,12 @@ export interface Teardown { teardown(fn: () => unknown): void }
 /**
  * The environment for CLI children: ours, minus tap's coverage hooks
  * (NODE_OPTIONS --import of @tapjs/processinfo), which double the start-up
- * time of every short `capsul` run on this small machine.
+ * time of every short `capsul` run on this small machine. Logs in the text format
+ * (their stderr is a pipe, where the default is JSON): the tests match text lines;
+ * `extra` may ask for JSON (test/logs.test.ts).
  */
 export function childEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  const env: NodeJS.ProcessEnv = { ...process.env, CAPSUL_LOG_FORMAT: "text", ...extra };
   delete env.NODE_OPTIONS;
   delete env.NODE_V8_COVERAGE;
   return env;
