@@ -11,6 +11,7 @@ import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
 import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
+import { hubWorkerIndex, runHubPrimary, runHubWorker } from "./hubworkers.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -61,8 +62,11 @@ export function registerHubCommands(program: Command): void {
     .action(async (opts: { config?: string }) => {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
-      const log = makeLogger(cfg).child("hub");
+      const worker = hubWorkerIndex();
+      const log = makeLogger(cfg).child(worker === null ? "hub" : `hub/w${worker}`);
       exitOnBugs(log);
+      if (worker !== null) return runHubWorker(worker, cfg, hubCfg, path.resolve(file), log);
+      if (hubCfg.workers > 1) return runHubPrimary(hubCfg, path.resolve(file), log);
       const h = await startHub(hubCfg, log);
       await runService({
         role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,

@@ -22,6 +22,7 @@ import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTermin
 import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import { parseHubEndpoint } from "./endpoint.js";
+import { parseHubWorker, parseHubWorkers } from "./workers.js";
 import type {
   CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -32,6 +33,7 @@ import {
 } from "./values.js";
 
 export { DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS, DEFAULT_ENDPOINT_TIMEOUT_MS } from "./endpoint.js";
+export { DEFAULT_HUB_WORKERS, DEFAULT_WORKER_RESTART_MIN_DELAY_MS, DEFAULT_WORKER_RESTART_MAX_DELAY_MS, DEFAULT_WORKER_STATS_INTERVAL_MS } from "./workers.js";
 export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
@@ -170,7 +172,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "shutdown_grace", "endpoint"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "shutdown_grace", "endpoint", "workers", "worker"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
@@ -414,6 +416,8 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
     endpoint: parseHubEndpoint(m.endpoint, at(path, "endpoint"), publicTunnelAddress, domain),
+    workers: parseHubWorkers(m.workers, at(path, "workers")),
+    worker: parseHubWorker(m.worker, at(path, "worker")),
   };
 }
 

@@ -57,7 +57,15 @@ export function hubNames(cfg: HubConfig): string[] {
 /** Raw TCP listeners: gateway/listeners.ts (re-exported for tests that build a RouteTable of their own). */
 export { TcpListeners } from "./listeners.js";
 
-export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
+export interface StartHubOptions {
+  /**
+   * A hub worker (gateway/workers.ts): the primary holds the tunnel port (this one) and
+   * hands connections over through hub.tunnels.adopt(); no tunnel listener is bound here.
+   */
+  handedTunnelPort?: number;
+}
+
+export async function startHub(cfg: HubConfig, log: Logger, opts: StartHubOptions = {}): Promise<Hub> {
   let pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const store = await openHubStore(cfg, log.child("store"));
   try {
@@ -101,10 +109,11 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     return closed;
   };
   try {
-    const tunnelPort = await tunnels.listen();
+    const tunnelPort = await tunnels.listen(opts.handedTunnelPort ?? null);
     await tls.open(live.listen.tls);
     await http.open(live.listen.http);
-    log.info("hub ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
+    // A worker's "ready" is the primary's to announce, once every worker is (cli/hubworkers.ts).
+    log.info(opts.handedTunnelPort === undefined ? "hub ready" : "worker ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
     const t = tunnels;
     return {
