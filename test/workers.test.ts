@@ -183,3 +183,63 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   t.equal(code, 0, "the primary exits 0 after its workers drained");
   t.match(hub.text(), /shut down: every worker exited/);
 });
+
+t.test("the primary's tunnel peek is bounded: a silent connection, an oversized hello, too many from one source", async (t) => {
+  const dir = tmpDir("capsul-workers-peek-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), {
+    hub: {
+      data_dir: path.join(dir, "hub"),
+      domain: DOMAIN,
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [] },
+      // The primary's peek reuses the visitors' bounds and the tunnel's unauthenticated caps.
+      limits: { client_hello_timeout: "3s", client_hello_max_bytes: "4KiB" },
+      tunnel: { max_unauthenticated_per_ip: 3 },
+      endpoint: { name: "hub", advertise: "127.0.0.1:0" },
+      workers: 2,
+    },
+  });
+  const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
+  const port = Number((await hub.waitLine(READY_RE))[3]);
+  const open = (): { sock: net.Socket; closed: Promise<void>; isClosed(): boolean } => {
+    const sock = net.connect({ host: "127.0.0.1", port });
+    sock.on("error", () => {});
+    let closed = false;
+    return { sock, closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
+  };
+  const connected = (s: net.Socket): Promise<void> => new Promise((r) => (s.readyState === "open" ? r() : s.once("connect", () => r())));
+
+  // Four silent connections from one source: the cap is three, so one is closed at once
+  // while the other three wait in the peek (which one depends on the order of accepts).
+  const four = [open(), open(), open(), open()];
+  await Promise.race(four.map((c) => c.closed));
+  t.equal(four.filter((c) => c.isClosed()).length, 1, "one of four connections from one source was closed while three were still peeked");
+  await hub.waitLine(/tunnel connection refused: too many unauthenticated tunnel connections from this source/);
+  const silent = four.filter((c) => !c.isClosed());
+  // The silent ones end at client_hello_timeout, not at the worker's handshake timeout or never.
+  await Promise.all(silent.map((c) => c.closed));
+  t.pass("silent tunnel connections are closed by the primary's peek deadline");
+
+  // A hello bigger than client_hello_max_bytes: closed as soon as the cap is read, before the deadline.
+  const waiting = open();
+  await connected(waiting.sock);
+  const big = open();
+  await connected(big.sock);
+  // A 4 KiB handshake record that starts a ClientHello announcing 16 KiB: the cap is reached before its end.
+  const hs = Buffer.concat([Buffer.from([0x01, 0x00, 0x40, 0x00]), Buffer.alloc(4096 - 4, 0x41)]);
+  big.sock.write(Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x10, 0x00]), hs]));
+  await big.closed;
+  t.notOk(waiting.isClosed(), "the oversized hello was closed before the deadline that still holds an earlier silent connection");
+  waiting.sock.destroy();
+
+  // Not TLS at all: closed, and the hub still serves the next one.
+  const http = open();
+  http.sock.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  await http.closed;
+  t.pass("a non-TLS tunnel connection is closed");
+  const inv = await runCli(["hub", "invite", "late", "--json", "-c", yaml]);
+  const invite = JSON.parse(inv.stdout) as { token: string; ca_fingerprint: string };
+  const cy = cogYaml(dir, "late", []);
+  const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${port}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", cy]);
+  t.equal(en.code, 0, `enrollment still works through the primary: ${en.stderr}`);
+});
