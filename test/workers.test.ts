@@ -201,8 +201,8 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
   });
   const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
   const port = Number((await hub.waitLine(READY_RE))[3]);
-  const open = (): { sock: net.Socket; closed: Promise<void>; isClosed(): boolean } => {
-    const sock = net.connect({ host: "127.0.0.1", port });
+  const open = (from = "127.0.0.1"): { sock: net.Socket; closed: Promise<void>; isClosed(): boolean } => {
+    const sock = net.connect({ host: "127.0.0.1", port, localAddress: from });
     sock.on("error", () => {});
     let closed = false;
     return { sock, closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
@@ -211,9 +211,15 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
 
   // Four silent connections from one source: the cap is three, so one is closed at once
   // while the other three wait in the peek (which one depends on the order of accepts).
+  // A silent connection from another source, opened first, is still waiting for its
+  // deadline when the refused one closes (without the cap all five would end at the deadline).
+  const sentinel = open("127.0.0.2");
+  await connected(sentinel.sock);
   const four = [open(), open(), open(), open()];
   await Promise.race(four.map((c) => c.closed));
   t.equal(four.filter((c) => c.isClosed()).length, 1, "one of four connections from one source was closed while three were still peeked");
+  t.notOk(sentinel.isClosed(), "it was refused before the peek deadline of an earlier connection");
+  sentinel.sock.destroy();
   await hub.waitLine(/tunnel connection refused: too many unauthenticated tunnel connections from this source/);
   const silent = four.filter((c) => !c.isClosed());
   // The silent ones end at client_hello_timeout, not at the worker's handshake timeout or never.
@@ -223,10 +229,14 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
   // A hello bigger than client_hello_max_bytes: closed as soon as the cap is read, before the deadline.
   const waiting = open();
   await connected(waiting.sock);
+  // Its deadline comes first by this much, so without the cap it would close before the big one.
+  await new Promise((r) => setTimeout(r, 1000));
   const big = open();
   await connected(big.sock);
   // A 4 KiB handshake record that starts a ClientHello announcing 16 KiB: the cap is reached before its end.
-  const hs = Buffer.concat([Buffer.from([0x01, 0x00, 0x40, 0x00]), Buffer.alloc(4096 - 4, 0x41)]);
+  // (version, random, no session id, then 16,128 bytes of cipher suites: a valid prefix, so only the cap can end it).
+  const start = Buffer.concat([Buffer.from([0x01, 0x00, 0x40, 0x00, 0x03, 0x03]), Buffer.alloc(32), Buffer.from([0x00, 0x3f, 0x00])]);
+  const hs = Buffer.concat([start, Buffer.alloc(4096 - start.length, 0x13)]);
   big.sock.write(Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x10, 0x00]), hs]));
   await big.closed;
   t.notOk(waiting.isClosed(), "the oversized hello was closed before the deadline that still holds an earlier silent connection");
