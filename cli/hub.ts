@@ -11,7 +11,7 @@ import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
 import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
-import { hubWorkerIndex, runHubPrimary, runHubWorker } from "./hubworkers.js";
+import { hubWorkerIndex, runHubPrimary, runHubWorker, workerRestartKeys } from "./hubworkers.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -70,7 +70,10 @@ export function registerHubCommands(program: Command): void {
       const h = await startHub(hubCfg, log);
       await runService({
         role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,
-        reload: async (next) => ({ ...(await h.reload(next.hub!)), restart: [] }),
+        reload: async (next) => {
+          const restart = workerRestartKeys(h.config, next.hub!); // read before the reload replaces h.config's sections
+          return { ...(await h.reload(next.hub!)), restart };
+        },
         graceMs: () => h.config.shutdownGraceMs,
         drain: (graceMs, cutNow) => h.drain(graceMs, cutNow),
         close: () => h.close(),

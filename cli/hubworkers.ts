@@ -23,12 +23,18 @@ export function hubWorkerIndex(): number | null {
   return Number.isInteger(i) && i >= 1 ? i : null;
 }
 
-/** The keys only the primary applies (it holds the tunnel port and the workers): a restart. */
-function primaryRestartKeys(a: HubConfig, b: HubConfig): string[] {
+/** hub.workers and hub.worker: how many processes run and how they are cared for, fixed at start. */
+export function workerRestartKeys(a: HubConfig, b: HubConfig): string[] {
   const out: string[] = [];
-  if (!sameValue(a.listen.tunnel, b.listen.tunnel)) out.push("hub.listen.tunnel");
   if (a.workers !== b.workers) out.push("hub.workers");
   if (!sameValue(a.worker, b.worker)) out.push("hub.worker");
+  return out;
+}
+
+/** The keys only the primary applies (it holds the tunnel port and the workers): a restart. */
+function primaryRestartKeys(a: HubConfig, b: HubConfig): string[] {
+  const out = workerRestartKeys(a, b);
+  if (!sameValue(a.listen.tunnel, b.listen.tunnel)) out.unshift("hub.listen.tunnel");
   return out;
 }
 

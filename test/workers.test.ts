@@ -187,7 +187,7 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
 t.test("the primary's tunnel peek is bounded: a silent connection, an oversized hello, too many from one source", async (t) => {
   const dir = tmpDir("capsul-workers-peek-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const yaml = writeYaml(path.join(dir, "hub.yaml"), {
+  const doc = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
     hub: {
       data_dir: path.join(dir, "hub"),
       domain: DOMAIN,
@@ -197,8 +197,10 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
       tunnel: { max_unauthenticated_per_ip: 3 },
       endpoint: { name: "hub", advertise: "127.0.0.1:0" },
       workers: 2,
+      ...extra,
     },
   });
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), doc());
   const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
   const port = Number((await hub.waitLine(READY_RE))[3]);
   const open = (from = "127.0.0.1"): { sock: net.Socket; closed: Promise<void>; isClosed(): boolean } => {
@@ -252,4 +254,14 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
   const cy = cogYaml(dir, "late", []);
   const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${port}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", cy]);
   t.equal(en.code, 0, `enrollment still works through the primary: ${en.stderr}`);
+
+  // capsul hub reload reaches the primary (hub.pid), which reloads both workers and reports for them.
+  writeYaml(yaml, doc({ shutdown_grace: "5s", workers: 3 }));
+  const rl = await runCli(["hub", "reload", "--json", "-c", yaml]);
+  t.equal(rl.code, 0, rl.stderr);
+  const report = JSON.parse(rl.stdout) as { pid: number; changed: string[]; restart_needed: string[] };
+  t.equal(report.pid, (JSON.parse(fs.readFileSync(path.join(dir, "hub", "hub-workers.json"), "utf8")) as WorkersFile).primary, "the primary answered");
+  t.same([...report.changed].sort(), ["hub.shutdown_grace", "hub.workers"], "the workers' change and the primary's");
+  t.same(report.restart_needed, ["hub.workers"], "the number of workers takes a restart");
+  t.equal(hub.matching(/\[hub\/w\d\] configuration reloaded .*hub\.shutdown_grace/).length, 2, "each worker applied it");
 });
