@@ -23,6 +23,7 @@ import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import { parseHubEndpoint } from "./endpoint.js";
 import { parseHubWorker, parseHubWorkers } from "./workers.js";
+import { parseDomains } from "./domains.js";
 import type {
   CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
@@ -115,6 +116,10 @@ export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
 export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
 export const DEFAULT_CONTROL_BURST = 100;
 export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
+// hub.tunnel only. gateway/tunnels.ts exports the same value as TUNNEL_LISTEN_BACKLOG
+// (test/tunnel-dos.test.ts checks that they agree): 1,000 cogs redialling a restarted hub at
+// once overflowed Node's default of 511 (issue 12: TcpExtListenOverflows +1665).
+export const DEFAULT_TUNNEL_LISTEN_BACKLOG = 1024;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
 // WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
 export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
@@ -172,7 +177,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "limits", "tunnel", "shutdown_grace", "endpoint", "workers", "worker"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "shutdown_grace", "endpoint", "workers", "worker"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
@@ -181,7 +186,7 @@ const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_head
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
-  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
+  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval", "listen_backlog"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
@@ -235,6 +240,7 @@ function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
     controlRatePerSec: integer(m.control_rate, at(path, "control_rate"), DEFAULT_CONTROL_RATE_PER_SEC, 1),
     controlBurst: integer(m.control_burst, at(path, "control_burst"), DEFAULT_CONTROL_BURST, 1),
     renewMinIntervalMs: duration(m.renew_min_interval, at(path, "renew_min_interval"), DEFAULT_RENEW_MIN_INTERVAL_MS, 0),
+    listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_TUNNEL_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
   };
 }
 
@@ -412,6 +418,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     defaultTcpPortsPerCog: integer(m.default_tcp_ports_per_cog, at(path, "default_tcp_ports_per_cog"), DEFAULT_TCP_PORTS_PER_COG, 0),
     inviteTtlMs: duration(m.invite_ttl, at(path, "invite_ttl"), DEFAULT_INVITE_TTL_MS, 1),
     cogCertTtlMs: duration(m.cog_cert_ttl, at(path, "cog_cert_ttl"), DEFAULT_COG_CERT_TTL_MS, 1),
+    domains: parseDomains(m.domains, at(path, "domains")),
     limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),

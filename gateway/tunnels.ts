@@ -25,7 +25,7 @@ import { KeyedQueue } from "../lib/keyedqueue.js";
 import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
-import { ControlChannel } from "./control.js";
+import { ControlChannel, type ControlContext } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 import { EndpointRegistry } from "./endpoints.js";
 import type { StoredRoute } from "./store/types.js";
@@ -49,8 +49,8 @@ export const REVOCATION_POLL_MS = 500;
  */
 export const HUB_ACCEPT_BACKLOG = 0;
 /**
- * Listen backlog of the tunnel port, as the public listeners' (gateway/hub.ts): hundreds of
- * cogs redial together after a hub restart, and Node's default of 511 drops SYNs past it.
+ * Default listen backlog of the tunnel port (hub.tunnel.listen_backlog): hundreds of cogs
+ * redial together after a hub restart, and Node's default of 511 drops SYNs past it.
  */
 export const TUNNEL_LISTEN_BACKLOG = 1024;
 /**
@@ -115,6 +115,8 @@ export class Tunnels extends EventEmitter {
     private pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
+    /** Custom-domain claims, reported to each cog over its control stream (null: none). */
+    private readonly domains: ControlContext["domains"] = null,
   ) {
     super();
     this.strangers = new ThrottledLog(log);
@@ -123,7 +125,7 @@ export class Tunnels extends EventEmitter {
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
     this.tlsServer = this.makeTlsServer();
-    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
+    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
 
   /**
@@ -445,6 +447,7 @@ export class Tunnels extends EventEmitter {
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
       }),
+      domains: this.domains,
     }, reader, control);
     this.attach(cog, session, remote, channel);
     const result = await channel.hello(wanted);
@@ -453,6 +456,7 @@ export class Tunnels extends EventEmitter {
       type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused,
       endpoint: this.endpoints.name, endpoints: this.endpoints.list,
     });
+    channel.welcomeSent();
     this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
     await channel.run();

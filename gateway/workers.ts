@@ -16,7 +16,8 @@
  * The tunnel port stays one port, held by the primary: a cog names the worker it wants in
  * the TLS server name, so the primary peeks each tunnel connection's ClientHello (the
  * visitors' parser and peek, bounded by hub.limits.client_hello_timeout and
- * client_hello_max_bytes, under hub.tunnel.max_unauthenticated[_per_ip] while it peeks),
+ * client_hello_max_bytes, under hub.tunnel.max_unauthenticated[_per_ip] while it peeks; its
+ * backlog is hub.tunnel.listen_backlog),
  * and sends the raw socket with the bytes it read to that worker (Tunnels.adopt()), which
  * puts them back in front before its TLS server reads. No server name, or one naming no
  * worker (enrollment, a cog dialing the configured address, an older cog): worker 1, the
@@ -41,7 +42,6 @@ import { parseClientHello } from "./clienthello.js";
 import { peek } from "./peek.js";
 import { ThrottledLog, TunnelAdmission } from "./admission.js";
 import { listenOn } from "./listeners.js";
-import { TUNNEL_LISTEN_BACKLOG } from "./tunnels.js";
 import { hubNames } from "./hub.js";
 
 /** The environment variable that tells a forked process it is worker i (1-based). */
@@ -165,7 +165,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   };
   const server = net.createServer({ pauseOnConnect: true }, (raw) => void handOver(raw));
   server.on("error", (err) => log.error("tunnel listener error", { error: err.message }));
-  const tunnelPort = await listenOn(server, cfg.listen.tunnel, TUNNEL_LISTEN_BACKLOG);
+  const tunnelPort = await listenOn(server, cfg.listen.tunnel, cfg.tunnel.listenBacklog);
 
   // The primary binds each shared public socket once and lends it to every worker (see above).
   cluster.schedulingPolicy = cluster.SCHED_NONE;

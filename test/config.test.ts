@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
 import * as C from "../config/config.js";
 import * as A from "../config/acme.js";
+import * as D from "../config/domains.js";
 import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { defaultEndpointName } from "../config/endpoint.js";
@@ -122,7 +123,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
-    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
+    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
     ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
     "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval"].map((k) => `hub.worker.${k}`),
@@ -172,7 +173,7 @@ t.test("defaults are filled", async (t) => {
   };
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
-    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -193,6 +194,7 @@ t.test("defaults are filled", async (t) => {
       defaultTcpPortsPerCog: 8,
       inviteTtlMs: 86400000,
       cogCertTtlMs: 7776000000,
+      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000, maxClaimsPerCog: 100 },
       limits: {
         clientHelloTimeoutMs: 5000,
         clientHelloMaxBytes: 16409,
@@ -304,7 +306,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxAutoWindowBytes: 1048576, maxFramePayloadBytes: 1, writeBatchMaxBytes: 1000000, closeLingerMs: 0,
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
-    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -339,6 +341,7 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     ["hub", "control_burst", 5000, "controlBurst", 5000],
     ["hub", "renew_min_interval", 0, "renewMinIntervalMs", 0],
     ["hub", "renew_min_interval", "1d", "renewMinIntervalMs", 86_400_000],
+    ["hub", "listen_backlog", 2048, "listenBacklog", 2048],
     ["hub", "max_queued_control_frames", 64, "maxQueuedControlFrames", 64],
     ["cog", "max_queued_control_frames", 1, "maxQueuedControlFrames", 1],
     ["cog", "welcome_timeout", "1.5m", "welcomeTimeoutMs", 90_000],
@@ -369,6 +372,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
     [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
+    [{ hub: { domain: "h.example", tunnel: { listen_backlog: 0 } } }, "hub.tunnel.listen_backlog: out of range (1-65535): 0"],
+    [{ hub: { domain: "h.example", tunnel: { listen_backlog: "lots" } } }, 'hub.tunnel.listen_backlog: expected an integer, got a string "lots"'],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -543,6 +548,7 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
     ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
     ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
+    ["DEFAULT_TUNNEL_LISTEN_BACKLOG", "HubTunnelTuning", "listenBacklog", "1024", int],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],
@@ -647,6 +653,37 @@ t.test("hub.store: sqlite or a postgres:// URL, never with its password in it or
   t.match(errorOf(() => hub({ store: "postgres://capsul@h/db?sslrootcert=ca.pem" })).message, /sslrootcert needs sslmode=verify-full/);
   t.match(errorOf(() => hub({ store: "postgres://capsul@h/db", store_connect_timeout: "0s" })).message, /^hub\.store_connect_timeout: must be greater than 0/);
   t.match(errorOf(() => hub({ store_busy_timeout: "soon" })).message, /^hub\.store_busy_timeout: /);
+});
+
+t.test("hub.domains (config/domains.ts): defaults match config/types.ts; a resolver is an address", async (t) => {
+  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
+  const start = types.indexOf("export interface DomainsConfig {");
+  t.ok(start >= 0, "interface DomainsConfig exists");
+  const docOf = (field: string): string => new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}:`).exec(types.slice(start))?.[1] ?? "";
+  const table: [keyof typeof D, string, unknown][] = [
+    ["DEFAULT_DOMAINS_ENABLED", "enabled", true],
+    ["DEFAULT_DOMAINS_RESOLVER", "resolver", "system"],
+    ["DEFAULT_DOMAINS_LOOKUP_TIMEOUT_MS", "lookupTimeoutMs", parseDurationMs("5s")],
+    ["DEFAULT_DOMAINS_PENDING_INTERVAL_MS", "pendingIntervalMs", parseDurationMs("30s")],
+    ["DEFAULT_DOMAINS_RECHECK_INTERVAL_MS", "recheckIntervalMs", parseDurationMs("10m")],
+    ["DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS", "errorRetryIntervalMs", parseDurationMs("60s")],
+    ["DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG", "maxClaimsPerCog", 100],
+  ];
+  for (const [name, field, value] of table) {
+    t.equal(D[name], value, name);
+    const m = /\(default ([^;)]+)/.exec(docOf(field));
+    t.ok(m, `${field} states its default`);
+    const text = m?.[1] ?? "";
+    t.equal(field === "maxClaimsPerCog" ? Number(text) : typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${field}: doc says ${text}`);
+  }
+  t.same(Object.keys(D).filter((k) => k.startsWith("DEFAULT_")).sort(), table.map(([n]) => n).sort(), "every default is in the table");
+  const d = parseConfig({ hub: { domain: "hub.example.net" } }).hub!.domains;
+  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000, maxClaimsPerCog: 100 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { max_claims_per_cog: 0 } } })).message, "hub.domains.max_claims_per_cog: out of range (1-100000): 0");
+  t.same(parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: "[::1]:5353" } } }).hub!.domains.resolver, { host: "::1", port: 5353 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: ":53" } } })).message,
+    'hub.domains.resolver: expected system or the IP:PORT of a DNS resolver, got ":53"');
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { pending_interval: "30 parsecs" } } })).path, "hub.domains.pending_interval");
 });
 
 t.test("hub.endpoint and cog.reconnect.endpoint_gone_timeout: read, defaulted, and bad values named", async (t) => {

@@ -27,14 +27,15 @@ import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import {
-  checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
-  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
+  checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
+  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { parseHostPort } from "../lib/hostname.js";
 import { waitForClose } from "../lib/closewait.js";
 import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
 import { HubLink, type LinkOwner } from "./hublink.js";
+import { saveDomainReport } from "./domains.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
@@ -77,6 +78,8 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private readonly statuses = new Map<string, RouteStatus>();
   private targets = new Map<string, RouteTarget>();
   private targetOpts: TargetOptions;
+  /** The last state the hub reported for each custom domain, so that only changes are logged. */
+  private readonly domainStates = new Map<string, string>();
   /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
   private readonly retired = new Set<MuxSession>();
   private updateQueued = false;
@@ -295,6 +298,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
     else if (m.type === "renewed") await this.onRenewed(m.cert);
     else if (m.type === "endpoints") this.onEndpoints(m.endpoints);
+    else if (m.type === "domains") await this.onDomains(m.proofs);
     else if (m.type === "error") {
       if (m.code === "renew") this.renewing = null;
       this.log.error(m.message, { code: m.code });
@@ -394,6 +398,31 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     this.identityNow = { ...this.identityNow, keyPem: this.pendingKeyPem, certPem };
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
+  }
+
+  /** The hub's report on this cog's custom-domain claims: kept for `capsul cog domains`, logged when it changes. */
+  private async onDomains(raw: unknown): Promise<void> {
+    let proofs: WireDomainProof[];
+    try {
+      proofs = checkWireDomainProofs(raw);
+    } catch (err) {
+      // Only a report: a malformed one (a hub of another release) is not worth the tunnel.
+      this.log.warn("ignoring a malformed custom-domain report from the hub", { error: (err as Error).message });
+      return;
+    }
+    for (const p of proofs) {
+      const was = this.domainStates.get(p.hostname);
+      if (was === p.state) continue;
+      this.domainStates.set(p.hostname, p.state);
+      if (p.state === "verified") this.log.info("custom domain proven by DNS", { hostname: p.hostname });
+      else this.log.warn(`custom domain ${p.hostname} is ${p.state === "lost" ? "no longer" : "not yet"} proven: create the DNS record ${p.record}. TXT "${p.value}"`, { hostname: p.hostname });
+    }
+    try {
+      await saveDomainReport(this.dataDir, proofs);
+    } catch (err) {
+      this.log.warn("could not save the hub's custom-domain report", { error: (err as Error).message });
+    }
+    this.emit("domains", proofs);
   }
 
   onVisitor(stream: MuxStream): void {
