@@ -65,6 +65,12 @@ export interface Service {
   graceMs(): number;
   drain(graceMs: number, cutNow: AbortSignal): Promise<{ live: number; finished: number; cut: number }>;
   close(): Promise<void>;
+  /**
+   * A hub worker (gateway/workers.ts): the primary owns the pidfile and the reload result
+   * file; reload, drain and cut arrive as its IPC messages too (a worker that also got the
+   * signal itself drains once), and each reload outcome goes back to it.
+   */
+  underPrimary?: boolean;
 }
 
 /** Writes `data` to `file` so that a reader sees the old content or the new, never half. */
@@ -85,7 +91,7 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     log.info(`node was started without ${missing.join(" ")}: bulk transfers will spend ~30% more CPU on garbage collection; start capsul as \`capsul\` (npm link) or \`node ${NODE_HEAP_FLAGS.join(" ")} dist/cli/main.js\``);
   }
   const pids = pidFile(svc.dataDir, svc.role);
-  writeAtomic(pids, `${process.pid}\n`);
+  if (!svc.underPrimary) writeAtomic(pids, `${process.pid}\n`);
   let seq = 0;
   let reloading: Promise<void> = Promise.resolve();
   let draining = false;
@@ -112,6 +118,10 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       log.error(`reload refused, the running configuration stays: ${errorLine(err)}`);
     }
     result.at = new Date().toISOString();
+    if (svc.underPrimary) {
+      process.send?.({ type: "capsul-reloaded", ok: result.ok, changed: result.changed, restart: result.restart, error: result.error, exit: result.exit });
+      return;
+    }
     try {
       writeAtomic(reloadResultFile(svc.dataDir, svc.role), JSON.stringify(result) + "\n");
     } catch (err) {
@@ -147,8 +157,9 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
         process.off("SIGHUP", onHup);
         process.off("SIGINT", onInt);
         process.off("SIGTERM", onTerm);
+        process.off("message", onPrimary);
         try {
-          if (fs.readFileSync(pids, "utf8").trim() === String(process.pid)) fs.rmSync(pids);
+          if (!svc.underPrimary && fs.readFileSync(pids, "utf8").trim() === String(process.pid)) fs.rmSync(pids);
         } catch { /* gone already */ }
         setTimeout(() => process.exit(0), EXIT_AFTER_CLOSE_MS).unref();
         resolve();
@@ -156,6 +167,12 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     };
     const onInt = (): void => stop("SIGINT");
     const onTerm = (): void => stop("SIGTERM");
+    const onPrimary = (m: { type?: string } | null): void => {
+      if (m?.type === "capsul-reload") onHup();
+      else if (m?.type === "capsul-drain" && !draining) stop("drain from the primary");
+      else if (m?.type === "capsul-cut" && draining) stop("cut from the primary");
+    };
+    if (svc.underPrimary) process.on("message", onPrimary);
     process.on("SIGHUP", onHup);
     process.on("SIGINT", onInt);
     process.on("SIGTERM", onTerm);

@@ -22,6 +22,7 @@ import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTermin
 import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import { parseHubEndpoint } from "./endpoint.js";
+import { parseHubWorker, parseHubWorkers } from "./workers.js";
 import { parseDomains } from "./domains.js";
 import type {
   AdminLimits, CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
@@ -33,6 +34,7 @@ import {
 } from "./values.js";
 
 export { DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS, DEFAULT_ENDPOINT_TIMEOUT_MS } from "./endpoint.js";
+export { DEFAULT_HUB_WORKERS, DEFAULT_WORKER_RESTART_MIN_DELAY_MS, DEFAULT_WORKER_RESTART_MAX_DELAY_MS, DEFAULT_WORKER_STATS_INTERVAL_MS } from "./workers.js";
 export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
@@ -195,7 +197,7 @@ const LOG_FORMATS: readonly CapsulConfig["log"]["format"][] = ["json", "text", "
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace", "endpoint", "access_log"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace", "endpoint", "access_log", "workers", "worker"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
 const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
 const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
@@ -471,6 +473,8 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
     endpoint: parseHubEndpoint(m.endpoint, at(path, "endpoint"), publicTunnelAddress, domain),
     accessLog: boolean(m.access_log, at(path, "access_log"), DEFAULT_ACCESS_LOG),
+    workers: parseHubWorkers(m.workers, at(path, "workers")),
+    worker: parseHubWorker(m.worker, at(path, "worker")),
   };
 }
 

@@ -328,6 +328,24 @@ export interface HubConfig {
    * new connections.
    */
   accessLog: boolean;
+  /**
+   * Hub worker processes on this machine (hub.workers: a number, or `auto` = the machine's
+   * cores; default 1 = one process, no primary). Above 1 a primary process starts that many
+   * workers, each a full hub and its own endpoint (gateway/workers.ts).
+   */
+  workers: number;
+  /** How the primary process looks after its workers (hub.worker); unused with workers: 1. */
+  worker: HubWorkerConfig;
+}
+
+/** hub.worker: the primary's care of its workers (gateway/workers.ts). */
+export interface HubWorkerConfig {
+  /** First delay before a dead worker is started again; doubles per death in a row (default 200ms). */
+  restartMinDelayMs: number;
+  /** Longest such delay; a worker up this long resets it (default 10s). */
+  restartMaxDelayMs: number;
+  /** How often each worker sends its visitor counters to the primary, which writes them to <data_dir>/hub-workers.json (default 1s). */
+  statsIntervalMs: number;
 }
 
 /**
