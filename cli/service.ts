@@ -19,6 +19,7 @@ import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import { sdNotify } from "../lib/sdnotify.js";
 import { errorLine, exitCodeFor } from "./common.js";
 import { missingHeapFlags, NODE_HEAP_FLAGS } from "./runtime.js";
 
@@ -86,12 +87,15 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
   }
   const pids = pidFile(svc.dataDir, svc.role);
   writeAtomic(pids, `${process.pid}\n`);
+  // Type=notify units (deploy/*.service): `systemctl start` returns now, not at exec.
+  void sdNotify(["READY=1", `STATUS=${svc.role} running (pid ${process.pid})`], log);
   let seq = 0;
   let reloading: Promise<void> = Promise.resolve();
   let draining = false;
 
   const reloadOnce = async (): Promise<void> => {
     seq++;
+    await sdNotify(["RELOADING=1", `STATUS=reloading ${svc.file}`], log);
     const result: ReloadResult = { pid: process.pid, seq, at: "", ok: false, changed: [], restart: [], error: null, exit: 0 };
     try {
       const cfg = loadConfigFile(svc.file);
@@ -117,6 +121,9 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     } catch (err) {
       log.warn("could not write the reload result for capsul reload", { error: (err as Error).message });
     }
+    const status = result.ok ? `reloaded at ${result.at}: ${result.changed.length ? `changed ${result.changed.join(" ")}` : "nothing changed"}`
+      : `reload refused at ${result.at}, the running configuration stays: ${result.error}`;
+    await sdNotify(["READY=1", `STATUS=${status}`], log);
   };
 
   return new Promise((resolve) => {
@@ -138,6 +145,7 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       draining = true;
       const graceMs = svc.graceMs();
       log.info("shutting down: draining", { signal, grace: `${graceMs}ms` });
+      void sdNotify(["STOPPING=1", `STATUS=draining on ${signal}: open connections may finish for ${graceMs} ms`], log);
       (async () => {
         await reloading;
         const r = await svc.drain(graceMs, cutNow.signal);

@@ -3,9 +3,10 @@
  * the README's deploy section uses them: PID 1 here is not systemd, so
  * scripts/systemd-sandbox.sh boots one in namespaces (overlay root, loopback-only
  * network; nothing reaches the host). Checked there, with the units unmodified:
- *  - the hub runs as `capsul`, binds 80 and 443 (its one capability), survives
- *    `systemctl reload`, is restarted by systemd after a crash (exit 70, logged), and
- *    stays down after a config error (exit 2) instead of looping;
+ *  - the hub runs as `capsul`, binds 80 and 443 (its one capability), tells systemd it
+ *    is ready and how a reload went (Type=notify through systemd-notify: StatusText),
+ *    survives `systemctl reload`, is restarted by systemd after a crash (exit 70,
+ *    logged), and stays down after a config error (exit 2) instead of looping;
  *  - a cog enrolled as the README says (its user manager ordered before it by a
  *    drop-in) starts a real VM whose QEMU and pasta each run in a scope of their own
  *    in capsul.slice of capsul's user manager, not in the cog's cgroup (read from
@@ -84,6 +85,8 @@ t.test("the units under a real systemd: hub reload/crash/config error, cog resta
   await out("systemctl start capsul-hub");
   await waitJournal(t, "capsul-hub", HUB_READY);
   const hubPid = await show("capsul-hub", "MainPID");
+  // Set only by the hub's own READY=1 (the unit is Type=notify: `systemctl start` waited for it).
+  t.equal(await show("capsul-hub", "StatusText"), `hub running (pid ${hubPid})`, "the hub told systemd it is ready");
   t.equal(await out(`ps -o user= -p ${hubPid}`), "capsul", "the hub runs as capsul");
   t.match(await out("ss -ltnpH 'sport = :443'"), `pid=${hubPid},`, "and holds port 443 without root");
 
@@ -91,16 +94,21 @@ t.test("the units under a real systemd: hub reload/crash/config error, cog resta
   let mark = await journalLength("capsul-hub");
   await out("systemctl reload capsul-hub");
   await waitJournal(t, "capsul-hub", "configuration reloaded: nothing changed", mark - 1);
+  t.match(await waitFor("the reload's outcome in systemctl status", async () => {
+    const s = await show("capsul-hub", "StatusText");
+    return s.startsWith("reloaded") ? s : undefined;
+  }, { timeoutMs: STEP_TIMEOUT_MS }), /^reloaded at \d{4}-\d\d-\d\dT[\d:.]+Z: nothing changed$/, "RELOADING=1, then READY=1 with the outcome");
   t.equal(await show("capsul-hub", "MainPID"), hubPid, "systemctl reload keeps the hub running");
   t.equal(await show("capsul-hub", "ActiveState"), "active");
 
   // A crash: a fault module throws from a signal callback; systemd restarts the hub.
+  mark = await journalLength("capsul-hub");
   await out(`mkdir -p /srv/capsul-fault /etc/capsul-sandbox-units/capsul-hub.service.d
     echo "process.on('SIGUSR2', () => { throw new Error('injected fault under systemd'); });" > /srv/capsul-fault/fault.mjs
     printf '[Service]\\nEnvironment=NODE_OPTIONS=--import=/srv/capsul-fault/fault.mjs\\n' > /etc/capsul-sandbox-units/capsul-hub.service.d/fault.conf
     systemctl daemon-reload && systemctl restart capsul-hub`);
+  await waitJournal(t, "capsul-hub", HUB_READY, mark - 1);
   mark = await journalLength("capsul-hub");
-  await waitJournal(t, "capsul-hub", HUB_READY, mark - 2);
   const beforeCrash = await show("capsul-hub", "MainPID");
   const restartsBefore = Number(await show("capsul-hub", "NRestarts"));
   await out("systemctl kill --kill-whom=main -s SIGUSR2 capsul-hub");
@@ -136,6 +144,7 @@ t.test("the units under a real systemd: hub reload/crash/config error, cog resta
     runuser -u capsul -- capsul cog enroll --hub 127.0.0.1:7443 --token ${invite.token} --ca-fingerprint ${invite.ca_fingerprint} -c /etc/capsul/capsul.yaml
     systemctl start capsul-cog`);
   await waitJournal(t, "capsul-cog", "connected to hub");
+  t.equal(await show("capsul-cog", "StatusText"), `cog running (pid ${await show("capsul-cog", "MainPID")})`, "the cog told systemd it is ready");
   t.equal(await show("user@990.service", "ActiveState"), "active", "the drop-in started capsul's user manager with the cog");
   // Local images come only from the provisioner's import directory (issue 8).
   const imp = "/var/lib/capsul/provisioner/import";
