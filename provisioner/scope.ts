@@ -133,12 +133,14 @@ function userName(uid: number): string {
 
 /**
  * The provisioner's choice, made before the first VM start (QEMU or pasta). A
- * manager found is kept for the process's life. One not found is looked for again
- * at the next start: at boot the cog may come up before capsul's user manager
- * does (README "Deploy" orders them, but a drop-in may be missing).
+ * manager found is kept while systemd_scope stays what it was (a reload may change
+ * it: cfg is the provisioner's live copy). One not found is looked for again at the
+ * next start: at boot the cog may come up before capsul's user manager does (README
+ * "Deploy" orders them, but a drop-in may be missing).
  */
 export class VmScopes {
   private found: ScopeManager | null = null;
+  private foundFor: SystemdScopeMode | null = null;
   private pending: Promise<ScopeDecision> | null = null;
   private lastReason = "";
 
@@ -146,13 +148,16 @@ export class VmScopes {
 
   /** The manager to use, or null; with systemd_scope on, throws when there is none. */
   async manager(): Promise<ScopeManager | null> {
-    if (this.found) return this.found;
+    if (this.found && this.foundFor === this.cfg.systemdScope) return this.found;
+    this.found = null;
     // Concurrent starts share one probe.
     this.pending ??= decideScope(this.cfg.systemdScope, process.getuid?.() ?? -1, process.env, (m) => this.probe(m));
     const d = await this.pending.finally(() => { this.pending = null; });
     if (d.manager) {
-      if (!this.found) this.log.info("vm scopes", { manager: d.manager.user ? "user" : "system", slice: VM_SLICE });
+      this.log.info("vm scopes", { manager: d.manager.user ? "user" : "system", slice: VM_SLICE });
       this.found = d.manager;
+      this.foundFor = this.cfg.systemdScope;
+      this.lastReason = "";
       return d.manager;
     }
     if (d.reason !== this.lastReason) {

@@ -10,7 +10,7 @@ import t from "tap";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { createLogger, silentLogger } from "../lib/log.js";
+import { createLogger } from "../lib/log.js";
 import { decideScope, inScope, locateManager, SYSTEM_MANAGER_SOCKET, scopeUnitName, VmScopes } from "../provisioner/scope.js";
 import { tmpDir } from "./helpers/cluster.js";
 import { testConfig } from "./helpers/vm.js";
@@ -70,6 +70,11 @@ t.test("systemd_scope on, and no manager here: VM starts fail, saying why", { sk
   t.teardown(() => { if (saved === undefined) delete process.env.XDG_RUNTIME_DIR; else process.env.XDG_RUNTIME_DIR = saved; });
   const on = new VmScopes(testConfig("/tmp/cpv-x", { systemdScope: "on" }), createLogger({ write: (l) => lines.push(l) }));
   await t.rejects(on.manager(), { code: "launch_failed", message: /^cog\.provisioner\.systemd_scope is on but the (system )?service manager.* is not reachable: no \S+private/ });
-  const off = new VmScopes(testConfig("/tmp/cpv-x", { systemdScope: "off" }), silentLogger);
-  t.equal(await off.manager(), null, "off: QEMU starts as before");
+  // The provisioner's live config (a reload changes it in place): each start reads the key.
+  const live = { ...testConfig("/tmp/cpv-x", { systemdScope: "off" }) };
+  const scopes = new VmScopes(live, createLogger({ write: (l) => lines.push(l) }));
+  t.equal(await scopes.manager(), null, "off: QEMU starts as before");
+  live.systemdScope = "on";
+  await t.rejects(scopes.manager(), { code: "launch_failed" }, "a reload to on applies at the next start");
+  t.match(lines.join("\n"), /vm scopes not used why="cog\.provisioner\.systemd_scope is off"/, "the choice is logged");
 });
