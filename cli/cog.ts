@@ -14,6 +14,7 @@ import { reportReload, requestReload, runService } from "./service.js";
 import { provisionerExtras } from "./provision.js";
 import { readCertRows } from "../certs/acme.js";
 import { certRowsJson, certRowsTable } from "./certs.js";
+import { registerDomainCommands } from "./domains.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -62,6 +63,8 @@ export function registerCogCommands(program: Command): void {
       const rows = readCertRows(requireCog(cfg, file).dataDir);
       process.stdout.write((opts.json ? JSON.stringify(certRowsJson(rows)) : certRowsTable(rows)) + "\n");
     });
+
+  registerDomainCommands(cog, CONFIG_HELP);
 
   cog
     .command("enroll")

@@ -126,7 +126,9 @@ function describeVm(vm: any): string {
     ["name", vm.name], ["state", `${vm.state}${vm.desired !== (vm.state === "stopped" ? "stopped" : "running") ? ` (should be ${vm.desired})` : ""}`],
     ["image", vm.image], ["size", `${vm.size} (${vm.vcpus} vCPU, ${formatBytes(vm.memory_bytes ?? 0)} RAM, ${formatBytes(vm.disk_bytes ?? 0)} disk)`],
     ["accel", vm.accel ? `${vm.accel}${vm.accel_reason ? ` (${vm.accel_reason})` : ""}` : "-"],
-    ["url", vm.url], ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
+    ["url", vm.url],
+    ["https", vm.https === "terminate" ? "terminate (the cog holds the certificate; plain HTTP to the VM's port 80)" : "passthrough (the VM holds its certificate)"],
+    ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
   ];
   if (vm.boot) lines.push(["boot", describeBoot(vm.boot)]);
   if (vm.local) lines.push(["ssh (on this cog)", vm.local.ssh_command], ["http (on this cog)", `http://${vm.local.http}/`], ["https (on this cog)", `https://${vm.local.https}/`]);
@@ -196,13 +198,15 @@ export function registerVmCommands(program: Command): void {
     .description("create a VM and boot it")
     .requiredOption("--image <image>", "image name (capsul image list)")
     .option("--size <size>", "size (GET /v1/sizes)", "f1-s")
-    .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[]))
-    .action(async (name: string, o: { image: string; size: string; sshKey: string[] } & WaitFlags, cmd: Command) => {
+    .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option("--https <mode>", "passthrough: the VM holds its own certificate (TLS reaches its port 443); terminate: the cog gets one by ACME and sends plain HTTP to the VM's port 80", "passthrough"))
+    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; https: string } & WaitFlags, cmd: Command) => {
+      if (o.https !== "passthrough" && o.https !== "terminate") throw new ConfigError(`--https: expected terminate or passthrough, got ${JSON.stringify(o.https)}`);
       const { api: a, opts } = api(cmd);
       const wait = o.wait ? waitOpts(o, Boolean(opts.json)) : null;
       const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
       if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
-      const { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files) });
+      const { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files), https: o.https });
       if (!wait) { if (opts.json) printJson(v); else out(`${name}: ${v.state} (capsul vm show ${name})`); return; }
       const r = await waitReady(getVm(a), name, wait);
       if (opts.json) printJson(r.vm); else out(`${readyLine(name, r.vm, r.elapsedMs)}\n${describeVm(r.vm)}`);

@@ -27,7 +27,7 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   // hub.store stands for it and its store_* companions: they are one connection, opened at start.
   dataDir: "data_dir", store: "store", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
-  cogCertTtlMs: "cog_cert_ttl", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace",
+  cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace",
 };
 const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports" };
 const COG_KEYS: KeyTable<CogConfig> = {
@@ -49,8 +49,16 @@ const ACME_KEYS: KeyTable<AcmeConfig> = {
 export function changedHubKeys(a: HubConfig, b: HubConfig): string[] {
   const out: string[] = [];
   for (const [field, key] of Object.entries(HUB_KEYS) as [keyof typeof HUB_KEYS, string][]) {
+    if (field === "cogs") continue;
     if (!sameValue(a[field], b[field])) out.push(`hub.${key}`);
   }
+  // hub.cogs[]: its grants, and its limits apart. A cog's limits are resolved over
+  // hub.limits, so a change of hub.limits alone changes them all: that is reported as
+  // hub.limits; hub.cogs[].limits only when hub.limits stayed, so only an override moved.
+  // Limits never re-check or re-apply grants (gateway/reload.ts GRANT_KEYS).
+  const grantsOf = (c: HubConfig): unknown[] => c.cogs.map(({ limits: _l, ...g }) => g);
+  if (!sameValue(grantsOf(a), grantsOf(b))) out.push("hub.cogs");
+  if (sameValue(a.limits, b.limits) && !sameValue(a.cogs.map((g) => [g.name, g.limits]), b.cogs.map((g) => [g.name, g.limits]))) out.push("hub.cogs[].limits");
   for (const [field, key] of Object.entries(HUB_LISTEN_KEYS) as [keyof HubConfig["listen"], string][]) {
     if (!sameValue(a.listen[field], b.listen[field])) out.push(`hub.listen.${key}`);
   }

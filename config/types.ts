@@ -219,6 +219,24 @@ export interface HubStoreConfig {
   busyTimeoutMs: number;
 }
 
+/** hub.domains: hostnames outside a cog's grants, proven by a DNS TXT record (config/domains.ts). */
+export interface DomainsConfig {
+  /** Let cogs announce hostnames outside their grants once DNS proves them (default true). */
+  enabled: boolean;
+  /** The DNS resolver the hub asks for `_capsul-challenge.<name>` TXT records, IP:PORT; null asks the system's (default system). */
+  resolver: HostPort | null;
+  /** Deadline for one TXT lookup; past it the proof keeps its state and is retried (default 5s). */
+  lookupTimeoutMs: number;
+  /** How often an unproven (or lost) name of a connected cog is looked up again (default 30s). */
+  pendingIntervalMs: number;
+  /** How often a proven name is looked up again; a record that is gone withdraws its routes (default 10m). */
+  recheckIntervalMs: number;
+  /** After a lookup that got no answer (timeout, SERVFAIL), the next try comes this much later (default 60s). */
+  errorRetryIntervalMs: number;
+  /** Names one cog may claim outside its grants, proven or not; a claim beyond it is refused (default 100). */
+  maxClaimsPerCog: number;
+}
+
 export interface HubConfig {
   /** Directory for the hub's CA, certificates and SQLite state (default /var/lib/capsul/hub). */
   dataDir: string;
@@ -250,6 +268,8 @@ export interface HubConfig {
   inviteTtlMs: number;
   /** Lifetime of cog certificates the hub issues (default 90d). */
   cogCertTtlMs: number;
+  /** Custom domains by DNS proof. */
+  domains: DomainsConfig;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
   /**

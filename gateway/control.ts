@@ -18,7 +18,7 @@ import { ProtocolError } from "../lib/errors.js";
 import { TokenBucket } from "../lib/tokenbucket.js";
 import type { MuxStream } from "../protocol/mux.js";
 import { encodeMessage, type MessageReader } from "../protocol/messages.js";
-import { checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireRoute } from "../protocol/control.js";
+import { checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireRoute } from "../protocol/control.js";
 import type { Issuance, PresentedCert } from "./issuance.js";
 import type { RouteTable } from "./routes.js";
 
@@ -45,6 +45,8 @@ export interface ControlContext {
   recordStatus(routes: string[]): void;
   /** The cog or its certificate was revoked: tell it why and drop it at once. */
   revoked(message: string): void;
+  /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
+  domains: { readonly enabled: boolean; reportOf(cog: string): Promise<WireDomainProof[]> } | null;
 }
 
 /** Counts for tests and logs: what the loop did with what it read. */
@@ -55,6 +57,10 @@ export class ControlChannel {
   private readonly bucket: TokenBucket;
   private lastStatus = "";
   private lastRefused = "";
+  /** The last `domains` message sent, so an unchanged report is not sent again. */
+  private lastDomains = "";
+  /** Set once the welcome went out: before it the cog may be sent nothing else. */
+  private welcomed = false;
   /** The route set the cog announced last: a reload that changes grants applies it again. */
   private wanted: WireRoute[] = [];
   /** Route applications run one at a time: the announce loop's and a reload's reapply(). */
@@ -173,6 +179,42 @@ export class ControlChannel {
       for (const r of res.refused) log.warn("route refused", { cog, route: r.name, reason: r.reason });
     }
     this.lastRefused = refused;
+    await this.sendDomains();
+  }
+
+  /** After the welcome went out: from now on the cog may be sent other messages. */
+  welcomeSent(): void {
+    this.welcomed = true;
+    void this.sendDomains();
+  }
+
+  /**
+   * One of the cog's DNS proofs changed state (gateway/domains.ts): a route refused may be
+   * accepted now, or one accepted must go, so its last route set is applied again, as a
+   * reload does (reapply). Never rejects.
+   */
+  async refresh(): Promise<void> {
+    if (!this.welcomed || this.ctx.signal.aborted) return;
+    try {
+      await this.reapply();
+    } catch (err) {
+      this.ctx.log.error("could not re-apply a cog's routes", { cog: this.ctx.cog, error: (err as Error).message });
+    }
+  }
+
+  /** Tells the cog where its custom-domain claims stand, if that changed. Never rejects. */
+  async sendDomains(): Promise<void> {
+    const domains = this.ctx.domains;
+    if (!domains?.enabled || !this.welcomed || this.ctx.signal.aborted) return;
+    try {
+      const proofs = await domains.reportOf(this.ctx.cog);
+      const text = JSON.stringify(proofs);
+      if (text === this.lastDomains || this.ctx.signal.aborted) return;
+      this.lastDomains = text;
+      this.send({ type: "domains", proofs });
+    } catch (err) {
+      this.ctx.log.warn("could not read a cog's custom-domain claims", { cog: this.ctx.cog, error: (err as Error).message });
+    }
   }
 
   /** Coalesced status writes: only when what `capsul hub cogs` would show changed. */

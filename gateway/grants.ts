@@ -263,3 +263,13 @@ export async function checkNewGrants(cfg: HubConfig, tx: StoreOps, cog: string, 
     }
   }
 }
+
+/**
+ * A grant of another cog (capsul.yaml, invite, or a default grant) that `pattern` overlaps,
+ * for a name `cog` wants by DNS proof (gateway/domains.ts): a proof never takes a name out
+ * of another cog's grants, whatever DNS says.
+ */
+export async function otherCogsGrantOver(cfg: HubConfig, store: StoreOps, cog: string, pattern: string): Promise<HostnameGrant | undefined> {
+  const known = await knownGrants(cfg, store);
+  return hostnameClash(cog, pattern, indexHostnames(cfg, known.hostnames));
+}

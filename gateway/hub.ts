@@ -11,6 +11,7 @@ import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
+import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { osLimitWarnings } from "./oslimits.js";
 import { Router } from "./router.js";
@@ -31,6 +32,8 @@ export interface Hub {
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
+  /** Custom domains by DNS proof. */
+  readonly domains: DomainProofs;
   /** Bound ports (useful when the config asked for port 0); they follow reloads (null: listener off). */
   readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number };
   /** The configuration in force: what the hub started with, as later reloads changed it. */
@@ -74,14 +77,20 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let tunnels: Tunnels | null = null;
   const visitors = new Visitors(live, router, (cog) => tunnels!.sessionFor(cog), log.child("visitor"));
   const tcp = new TcpListeners(live.listen.tcpHost, (s, port) => void visitors.onTcp(s, port), log.child("tcp"), () => live.limits.listenBacklog);
-  const routes = new RouteTable(live, store, router, tcp, log.child("routes"));
-  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"));
+  // Custom domains by DNS proof: the hooks reach the tunnels, made just below.
+  const domains = new DomainProofs(live, store, pki.caFingerprint, log.child("domains"), {
+    liveCogs: () => [...tunnels!.links.values()].filter((l) => l.control).map((l) => l.cog),
+    changed: (cog) => void tunnels!.links.get(cog)?.control?.refresh(),
+    checked: (cog) => void tunnels!.links.get(cog)?.control?.sendDomains(),
+  });
+  const routes = new RouteTable(live, store, router, tcp, log.child("routes"), domains);
+  tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"), domains);
   const publicListener = (key: string, onConn: (sock: net.Socket) => void): Listener =>
     new Listener(key, () => net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn), log, () => live.limits.listenBacklog);
   const tls = publicListener("hub.listen.tls", (sock) => void visitors.onTls(sock));
   const http = publicListener("hub.listen.http", (sock) => void visitors.onHttp(sock));
   const parts: HubParts = {
-    live, store, tunnels, visitors, tls, http, tcp, log,
+    live, store, tunnels, visitors, tls, http, tcp, log, domains,
     get pki() { return pki; },
     set pki(p: HubPki) { pki = p; },
   };
@@ -89,6 +98,7 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let closed: Promise<void> | null = null;
   const cleanup = (): Promise<void> => {
     closed ??= (async () => {
+      await domains.close();
       visitors.closeAll();
       await tunnels!.close();
       tcp.stopAll();
@@ -104,10 +114,11 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     await http.open(live.listen.http);
     log.info("hub ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
+    domains.start();
     const t = tunnels;
     return {
       get pki() { return pki; },
-      store, router, tunnels: t, visitors,
+      store, router, tunnels: t, visitors, domains,
       ports: {
         get tls() { return tls.port; },
         get http() { return http.port; },

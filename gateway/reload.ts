@@ -17,6 +17,8 @@
  * - hub.limits: new connections (Visitors.reconfigure); the buffer budgets at the next sweep.
  * - hub.tunnel, public_tunnel_address: tunnels that connect from now on (Tunnels.reconfigure);
  *   the unauthenticated-connection caps and the revocation poll at once.
+ * - hub.domains: the next decision and lookup use it; the lookup timer restarts, and every
+ *   connected cog's routes are applied again (turning it off withdraws proven names).
  * - invite_ttl, cog_cert_ttl, shutdown_grace: read when used.
  */
 import type { HubPki } from "../certs/pki.js";
@@ -27,6 +29,7 @@ import { ConfigError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { checkGrantsConsistent } from "./grants.js";
 import { hubNames } from "./hub.js";
+import type { DomainProofs } from "./domains.js";
 import type { Listener, ListenerChange, TcpListeners } from "./listeners.js";
 import type { HubStore } from "./store/types.js";
 import type { Tunnels } from "./tunnels.js";
@@ -42,6 +45,7 @@ export interface HubParts {
   readonly http: Listener;
   readonly tcp: TcpListeners;
   readonly log: Logger;
+  readonly domains: DomainProofs;
   pki: HubPki;
 }
 
@@ -51,7 +55,7 @@ export interface HubReloadReport {
 }
 
 /** The keys whose change alters what some cog may announce. */
-const GRANT_KEYS = ["hub.cogs", "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.listen.tcp_ports"];
+const GRANT_KEYS = ["hub.cogs", "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.listen.tcp_ports", "hub.domains"];
 
 export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReloadReport> {
   const changed = changedHubKeys(p.live, next);
@@ -82,6 +86,7 @@ export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReload
   p.pki = pki;
   p.visitors.reconfigure();
   await p.tunnels.reconfigure(pki);
+  if (changed.includes("hub.domains")) p.domains.reconfigure();
   if (grants) await p.tunnels.reapplyRoutes();
   return { changed };
 }

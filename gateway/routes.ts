@@ -1,6 +1,6 @@
 /**
  * Applies the route set a cog announces: checks each route against the cog's
- * grants, claims it in the router (refusing anything another cog holds),
+ * grants (a hostname outside them only with a DNS proof, gateway/domains.ts), claims it in the router (refusing anything another cog holds),
  * assigns TCP ports (stable: kept in SQLite per cog and route name) and opens
  * their listeners. Everything refused comes back with a reason for the cog.
  *
@@ -39,6 +39,11 @@ export interface TcpPortOpener {
 
 export interface ApplyResult { accepted: AcceptedRoute[]; refused: RefusedRoute[] }
 
+/** Decides on hostnames outside a cog's grants (gateway/domains.ts: DNS proofs). */
+export interface DomainGate {
+  decide(cog: string, pattern: string): Promise<{ ok: true } | { reason: string }>;
+}
+
 /** What a cog's TCP routes are checked against, read once per announce. */
 interface TcpContext {
   grants: CogGrants;
@@ -63,6 +68,8 @@ export class RouteTable {
     readonly router: Router,
     private readonly tcp: TcpPortOpener,
     private readonly log: Logger,
+    /** Without one, a hostname outside the cog's grants is simply refused. */
+    private readonly domains: DomainGate | null = null,
   ) {}
 
   /**
@@ -91,7 +98,7 @@ export class RouteTable {
       if (!ctx) { refused.push({ name: r.name, reason: ROUTE_STATE_ERROR_REASON }); continue; }
       let res: TcpOutcome;
       try {
-        res = r.kind === "tcp" ? await this.applyTcp(cog, r, ctx) : this.applyHost(cog, r, ctx.grants);
+        res = r.kind === "tcp" ? await this.applyTcp(cog, r, ctx) : await this.applyHost(cog, r, ctx.grants);
       } catch (err) {
         // The store (busy, full disk, a constraint, a lost connection) failing on one route must not take the tunnel down.
         this.log.error("route could not be applied", { cog, route: r.name, error: (err as Error).message });
@@ -120,10 +127,14 @@ export class RouteTable {
     return { grants, othersRanges, wanted: wantedTcp };
   }
 
-  private applyHost(cog: string, r: WireRoute, grants: CogGrants): TcpOutcome {
+  private async applyHost(cog: string, r: WireRoute, grants: CogGrants): Promise<TcpOutcome> {
     const pattern = r.hostname === undefined ? null : normalizeHostnamePattern(r.hostname);
     if (!pattern) return { reason: `not a hostname pattern: ${JSON.stringify(r.hostname)}` };
-    if (!grants.hostnames.some((g) => patternCovers(g, pattern))) return { reason: `hostname ${pattern} is not granted to cog ${cog}` };
+    if (!grants.hostnames.some((g) => patternCovers(g, pattern))) {
+      // Outside the grants: only a DNS proof lets it in (and says which record to create if there is none).
+      const d = this.domains ? await this.domains.decide(cog, pattern) : { reason: `hostname ${pattern} is not granted to cog ${cog}` };
+      if ("reason" in d) return d;
+    }
     const entry: RouteEntry = { cog, route: r.name, kind: r.kind, pattern };
     const claim = this.router.claim(entry);
     if (!claim.ok) return { reason: `hostname ${pattern} (${r.kind}) is held by cog ${claim.holder}` };

@@ -25,7 +25,7 @@ import { KeyedQueue } from "../lib/keyedqueue.js";
 import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
-import { ControlChannel } from "./control.js";
+import { ControlChannel, type ControlContext } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 
 /**
@@ -111,6 +111,8 @@ export class Tunnels extends EventEmitter {
     private pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
+    /** Custom-domain claims, reported to each cog over its control stream (null: none). */
+    private readonly domains: ControlContext["domains"] = null,
   ) {
     super();
     this.strangers = new ThrottledLog(log);
@@ -364,11 +366,13 @@ export class Tunnels extends EventEmitter {
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
       }),
+      domains: this.domains,
     }, reader, control);
     this.attach(cog, session, remote, channel);
     const result = await channel.hello(wanted);
     if (session.closed) return;
     send({ type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused });
+    channel.welcomeSent();
     this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
     await channel.run();

@@ -19,6 +19,22 @@ export interface WireRoute {
 export interface AcceptedRoute extends WireRoute { port?: number }
 export interface RefusedRoute { name: string; reason: string }
 
+/**
+ * One of the cog's claims on a hostname outside its grants (gateway/domains.ts): the TXT
+ * record that proves it and where the proof stands. Times are epoch milliseconds.
+ */
+export interface WireDomainProof {
+  hostname: string;
+  /** Where the TXT record goes: `_capsul-challenge.<hostname>`. */
+  record: string;
+  /** What it must hold. */
+  value: string;
+  state: "pending" | "verified" | "lost";
+  verifiedAt: number | null;
+  checkedAt: number | null;
+  lastError: string | null;
+}
+
 export type CogMessage =
   | { type: "hello"; protocol: number; software: string; routes: WireRoute[] }
   | { type: "routes"; routes: WireRoute[] }
@@ -33,6 +49,8 @@ export type HubMessage =
   | { type: "routes-result"; accepted: AcceptedRoute[]; refused: RefusedRoute[] }
   | { type: "enrolled"; cog: string; cert: string; ca: string; domain: string }
   | { type: "renewed"; cert: string }
+  /** The cog's custom-domain claims, whenever they may have changed; a cog that does not know it ignores it. */
+  | { type: "domains"; proofs: WireDomainProof[] }
   | { type: "error"; code: ErrorCode; message: string };
 
 /** First message on every visitor stream (hub → cog). */
@@ -82,6 +100,25 @@ export function checkWireRoutes(v: unknown): WireRoute[] {
       out.port = r.port;
     }
     return out;
+  });
+}
+
+const PROOF_STATES: readonly string[] = ["pending", "verified", "lost"];
+
+/** Validates the hub's `domains` message (shape only); throws ProtocolError. */
+export function checkWireDomainProofs(v: unknown): WireDomainProof[] {
+  if (!Array.isArray(v)) throw new ProtocolError("domains.proofs must be a list");
+  const time = (x: unknown): x is number | null => x === null || (typeof x === "number" && Number.isFinite(x));
+  return v.map((p, i) => {
+    if (!isObj(p) || typeof p.hostname !== "string" || typeof p.record !== "string" || typeof p.value !== "string"
+      || typeof p.state !== "string" || !PROOF_STATES.includes(p.state) || !time(p.verifiedAt) || !time(p.checkedAt)
+      || !(p.lastError === null || typeof p.lastError === "string")) {
+      throw new ProtocolError(`domains.proofs[${i}] is malformed`);
+    }
+    return {
+      hostname: p.hostname, record: p.record, value: p.value, state: p.state as WireDomainProof["state"],
+      verifiedAt: p.verifiedAt, checkedAt: p.checkedAt, lastError: p.lastError,
+    };
   });
 }
 

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import path from "node:path";
+import { HTTPS_MODES, type HttpsMode } from "./db.js";
 import { badRequest, conflict, internal, notFound } from "./errors.js";
 
 /**
@@ -35,7 +36,8 @@ export const BACKUP_ID_RE = /^[1-9][0-9]{0,8}$/;
 export type BackupKind = "full" | "incremental";
 
 /** What a restore needs to recreate the VM the backup was taken from. */
-export interface BackupVmInfo { uuid: string; image: string; size: string; sshKeys: string[] }
+/** `https`: the VM's HTTPS mode (absent in backups made before `--https`: passthrough). */
+export interface BackupVmInfo { uuid: string; image: string; size: string; sshKeys: string[]; https?: HttpsMode }
 
 export interface BackupRecord {
   id: string;
@@ -94,6 +96,7 @@ function checkRecord(r: unknown, i: number): BackupRecord {
   if (!isInt(b!.bytes) || !isInt(b!.dataBytes) || !isInt(b!.virtualBytes) || !isInt(b!.durationMs)) bad("bad sizes");
   const vm = b!.vm;
   if (!vm || !isStr(vm.uuid) || !isStr(vm.image) || !isStr(vm.size) || !Array.isArray(vm.sshKeys) || !vm.sshKeys.every(isStr)) bad("bad vm");
+  if (vm?.https !== undefined && !HTTPS_MODES.includes(vm.https)) bad("bad vm https");
   return b as BackupRecord;
 }
 

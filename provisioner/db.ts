@@ -11,6 +11,14 @@ export type Desired = "running" | "stopped";
 
 export interface VmPorts { ssh: number; http: number; https: number }
 
+/**
+ * How visitors' HTTPS reaches the VM: `passthrough` (the VM holds its own certificate
+ * and key; the hub and cog pass TLS through to its port 443) or `terminate` (the cog
+ * gets a certificate by ACME, serves TLS itself and sends plain HTTP to the VM's port 80).
+ */
+export type HttpsMode = "passthrough" | "terminate";
+export const HTTPS_MODES: readonly HttpsMode[] = ["passthrough", "terminate"];
+
 export interface VmRecord {
   name: string;
   uuid: string;
@@ -26,6 +34,8 @@ export interface VmRecord {
   ports: VmPorts | null;
   /** Disk limits set at run time (POST /v1/vms/:name/io-limits); null: the size's. Kept across restarts. */
   ioLimits: IoLimits | null;
+  /** Chosen at create time (`capsul vm create --https`); default passthrough. */
+  https: HttpsMode;
   createdAt: string;
   updatedAt: string;
 }
@@ -75,12 +85,14 @@ const MIGRATIONS: string[] = [
   // 2: disk limits changed at run time survive a stop/start, a crash restart and a provisioner restart.
   `ALTER TABLE vms ADD COLUMN io_iops INTEGER;
    ALTER TABLE vms ADD COLUMN io_bps INTEGER;`,
+  // 3: `capsul vm create --https terminate|passthrough` (issue 10); VMs from before pass TLS through, as they did.
+  `ALTER TABLE vms ADD COLUMN https TEXT NOT NULL DEFAULT 'passthrough' CHECK (https IN ('passthrough', 'terminate'));`,
 ];
 
 interface VmRow {
   name: string; uuid: string; image: string; size: string; ssh_keys: string; desired: string; state: string;
   message: string | null; accel: string | null; port_ssh: number | null; port_http: number | null; port_https: number | null;
-  io_iops: number | null; io_bps: number | null;
+  io_iops: number | null; io_bps: number | null; https: string;
   created_at: string; updated_at: string;
 }
 interface ImageRow { name: string; format: string; files: string; cmdline: string | null; ssh_user: string; created_at: string }
@@ -92,6 +104,7 @@ function vmFromRow(r: VmRow): VmRecord {
     desired: r.desired as Desired, state: r.state as VmState, message: r.message, accel: r.accel,
     ports: r.port_ssh && r.port_http && r.port_https ? { ssh: r.port_ssh, http: r.port_http, https: r.port_https } : null,
     ioLimits: r.io_iops !== null && r.io_bps !== null ? { iops: r.io_iops, bps: r.io_bps } : null,
+    https: r.https === "terminate" ? "terminate" : "passthrough",
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
 }
@@ -141,10 +154,10 @@ export class Store {
   insertVm(v: Omit<VmRecord, "createdAt" | "updatedAt" | "ioLimits">): void {
     const now = new Date().toISOString();
     this.db.prepare(
-      `INSERT INTO vms (name, uuid, image, size, ssh_keys, desired, state, message, accel, port_ssh, port_http, port_https, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO vms (name, uuid, image, size, ssh_keys, desired, state, message, accel, port_ssh, port_http, port_https, https, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(v.name, v.uuid, v.image, v.size, JSON.stringify(v.sshKeys), v.desired, v.state, v.message, v.accel,
-      v.ports?.ssh ?? null, v.ports?.http ?? null, v.ports?.https ?? null, now, now);
+      v.ports?.ssh ?? null, v.ports?.http ?? null, v.ports?.https ?? null, v.https, now, now);
   }
 
   updateVm(name: string, patch: Partial<Pick<VmRecord, "desired" | "state" | "message" | "accel" | "ports" | "ioLimits">>): void {

@@ -1,15 +1,16 @@
 import { NAME_RE } from "./config.js";
+import { HTTPS_MODES, type HttpsMode } from "./db.js";
 import { badRequest } from "./errors.js";
 import { parseSshKey } from "./sshkeys.js";
 
 /** POST /v1/vms: every field checked here, before anything is created. */
-export interface CreateRequest { name: string; image: string; size: string; sshKeys: string[] }
+export interface CreateRequest { name: string; image: string; size: string; sshKeys: string[]; https: HttpsMode }
 
 export function validateCreateRequest(raw: unknown, maxSshKeys: number): CreateRequest {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw badRequest("bad_request", "body must be a JSON object");
   const b = raw as Record<string, unknown>;
   for (const k of Object.keys(b)) {
-    if (!["name", "image", "size", "ssh_keys"].includes(k)) throw badRequest("bad_request", `unknown field ${JSON.stringify(k)}`);
+    if (!["name", "image", "size", "ssh_keys", "https"].includes(k)) throw badRequest("bad_request", `unknown field ${JSON.stringify(k)}`);
   }
   if (typeof b.name !== "string" || !NAME_RE.test(b.name)) {
     throw badRequest("bad_name", "name: must match ^[a-z][a-z0-9-]{0,38}$ (lower-case letters, digits, dashes)");
@@ -19,5 +20,8 @@ export function validateCreateRequest(raw: unknown, maxSshKeys: number): CreateR
   if (!Array.isArray(b.ssh_keys) || b.ssh_keys.length === 0) throw badRequest("bad_ssh_key", "ssh_keys: at least one OpenSSH public key");
   if (b.ssh_keys.length > maxSshKeys) throw badRequest("bad_ssh_key", `ssh_keys: at most ${maxSshKeys}`);
   const sshKeys = b.ssh_keys.map((k, i) => parseSshKey(k, `ssh_keys[${i}]`));
-  return { name: b.name, image: b.image, size: b.size, sshKeys };
+  if (b.https !== undefined && !HTTPS_MODES.includes(b.https as HttpsMode)) {
+    throw badRequest("bad_request", `https: must be ${HTTPS_MODES.join(" or ")}, got ${JSON.stringify(b.https)}`);
+  }
+  return { name: b.name, image: b.image, size: b.size, sshKeys, https: (b.https as HttpsMode | undefined) ?? "passthrough" };
 }

@@ -142,7 +142,7 @@ export async function restoreBackup(d: RestoreDeps, name: string, req: RestoreRe
     } else {
       // Its own uuid, unless another VM has it meanwhile (a restore of a copy, then of the original).
       const uuid = target === name && !d.db.listVms().some((v) => v.uuid === rec.vm.uuid) ? rec.vm.uuid : undefined;
-      await d.vms.create({ name: target, image: rec.vm.image, size: rec.vm.size, sshKeys: rec.vm.sshKeys }, { disk: tmp, uuid });
+      await d.vms.create({ name: target, image: rec.vm.image, size: rec.vm.size, sshKeys: rec.vm.sshKeys, https: rec.vm.https ?? "passthrough" }, { disk: tmp, uuid });
       if (target === name) {
         m.resetReason = `the disk was restored from backup ${rec.id} at ${when}`;
         await d.store.save(m);

@@ -192,7 +192,7 @@ export class VmManager {
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
     this.store.insertVm({
       name: req.name, uuid, image: image.name, size: req.size, sshKeys: req.sshKeys, desired: "running",
-      state: "creating", message: null, accel: null, ports: null,
+      state: "creating", message: null, accel: null, ports: null, https: req.https,
     });
     try {
       if (from.disk) {
@@ -205,7 +205,7 @@ export class VmManager {
       this.store.deleteVm(req.name);
       throw e;
     }
-    this.log.info("vm created", { vm: req.name, image: image.name, size: req.size });
+    this.log.info("vm created", { vm: req.name, image: image.name, size: req.size, https: req.https });
     const view = this.get(req.name);
     this.spawnBackground(this.withLock(req.name, () => this.startLocked(req.name)));
     return view;
@@ -272,7 +272,7 @@ export class VmManager {
       await qmp.execute("cont");
       this.store.updateVm(name, { state: "starting", accel, ports, message: null });
       const live = this.attach(name, pid, qmp, consoleLog, boot);
-      this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach));
+      this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach, this.record(name).https));
       this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https, scope });
       this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
     } catch (e) {
@@ -553,7 +553,7 @@ export class VmManager {
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
       const ports = await this.net.readopt(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
-      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach));
+      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach, v.https));
       if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
         boot.sshAt = Date.now();
         this.store.updateVm(v.name, { state: "running", message: null });

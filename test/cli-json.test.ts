@@ -93,6 +93,7 @@ t.test("every command that prints has --json, and its JSON has the one style", {
     hub: {
       data_dir: path.join(dir, "hub"), domain: DOMAIN,
       listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool.spec] },
+      domains: { enabled: false }, // no lookups through the system resolver, which is off loopback
     },
   });
   const cogYaml = writeYaml(path.join(dir, "cog.yaml"), {
@@ -148,6 +149,9 @@ t.test("every command that prints has --json, and its JSON has the one style", {
   const ports = await run("hub ports", ["-c", hubYaml]) as Array<{ port: number; live: boolean; assigned_at: string }>;
   t.equal(ports[0]?.live, true);
   t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
+  const added = await run("cog domains add", ["blog.example.net", "-c", cogYaml]) as { record: string };
+  t.equal(added.record, "_capsul-challenge.blog.example.net");
+  t.match(await run("cog domains", ["-c", cogYaml]), [{ hostname: "blog.example.net", state: "unannounced", checked_at: null }]);
   await run("hub grants", ["-c", hubYaml]);
   await run("hub ungrant", ["home1", "blog.example.org", "-c", hubYaml]);
   await run("hub ports release", [String(ports[0]!.port), "--force", "-c", hubYaml]);

@@ -152,3 +152,16 @@ t.test("max_connections_per_route: the route's visitor over it is refused, the c
   await until("every stream slot back", () => hub.visitors.quotas.of("qa").streams === 0);
   t.equal(hub.visitors.quotas.routeConnections(entryA), 0);
 });
+
+t.test("a reload that sets a cog's max_streams applies to its next visitors, live ones keep their slots", async (t) => {
+  const { hub, hubCfg } = await cluster(t, {}, [{ name: "qa" }]);
+  const port = hub.ports.http!;
+  const held = [get(port, A, "/hold"), get(port, B, "/hold")];
+  t.teardown(() => held.forEach((h) => h.sock.destroy()));
+  await until("both held visitors to have streams", () => hub.visitors.quotas.of("qa").streams === 2);
+  const next: HubConfig = { ...hubCfg, cogs: hubCfg.cogs.map((g) => (g.name === "qa" ? { ...g, limits: { ...g.limits, maxStreams: 2 } } : g)) };
+  t.same((await hub.reload(next)).changed, ["hub.cogs[].limits"]);
+  t.match(await get(port, A, "/").answer, /^HTTP\/1\.1 503 Service Unavailable\r\n/, "the cog's third visitor is over its new cap");
+  t.equal(hub.visitors.quotas.of("qa").streams, 2, "the two live visitors kept their slots");
+  t.match(await get(port, C, "/").answer, /^HTTP\/1\.1 200 OK/, "another cog is not affected");
+});

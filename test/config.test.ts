@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
 import * as C from "../config/config.js";
 import * as A from "../config/acme.js";
+import * as D from "../config/domains.js";
 import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError } from "../lib/errors.js";
@@ -189,6 +190,7 @@ t.test("defaults are filled", async (t) => {
       defaultTcpPortsPerCog: 8,
       inviteTtlMs: 86400000,
       cogCertTtlMs: 7776000000,
+      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000, maxClaimsPerCog: 100 },
       limits: {
         clientHelloTimeoutMs: 5000,
         clientHelloMaxBytes: 16409,
@@ -630,4 +632,35 @@ t.test("hub.store: sqlite or a postgres:// URL, never with its password in it or
   t.match(errorOf(() => hub({ store: "postgres://capsul@h/db?sslrootcert=ca.pem" })).message, /sslrootcert needs sslmode=verify-full/);
   t.match(errorOf(() => hub({ store: "postgres://capsul@h/db", store_connect_timeout: "0s" })).message, /^hub\.store_connect_timeout: must be greater than 0/);
   t.match(errorOf(() => hub({ store_busy_timeout: "soon" })).message, /^hub\.store_busy_timeout: /);
+});
+
+t.test("hub.domains (config/domains.ts): defaults match config/types.ts; a resolver is an address", async (t) => {
+  const types = readFileSync(join(root, "config", "types.ts"), "utf8");
+  const start = types.indexOf("export interface DomainsConfig {");
+  t.ok(start >= 0, "interface DomainsConfig exists");
+  const docOf = (field: string): string => new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*${field}:`).exec(types.slice(start))?.[1] ?? "";
+  const table: [keyof typeof D, string, unknown][] = [
+    ["DEFAULT_DOMAINS_ENABLED", "enabled", true],
+    ["DEFAULT_DOMAINS_RESOLVER", "resolver", "system"],
+    ["DEFAULT_DOMAINS_LOOKUP_TIMEOUT_MS", "lookupTimeoutMs", parseDurationMs("5s")],
+    ["DEFAULT_DOMAINS_PENDING_INTERVAL_MS", "pendingIntervalMs", parseDurationMs("30s")],
+    ["DEFAULT_DOMAINS_RECHECK_INTERVAL_MS", "recheckIntervalMs", parseDurationMs("10m")],
+    ["DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS", "errorRetryIntervalMs", parseDurationMs("60s")],
+    ["DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG", "maxClaimsPerCog", 100],
+  ];
+  for (const [name, field, value] of table) {
+    t.equal(D[name], value, name);
+    const m = /\(default ([^;)]+)/.exec(docOf(field));
+    t.ok(m, `${field} states its default`);
+    const text = m?.[1] ?? "";
+    t.equal(field === "maxClaimsPerCog" ? Number(text) : typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${field}: doc says ${text}`);
+  }
+  t.same(Object.keys(D).filter((k) => k.startsWith("DEFAULT_")).sort(), table.map(([n]) => n).sort(), "every default is in the table");
+  const d = parseConfig({ hub: { domain: "hub.example.net" } }).hub!.domains;
+  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000, maxClaimsPerCog: 100 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { max_claims_per_cog: 0 } } })).message, "hub.domains.max_claims_per_cog: out of range (1-100000): 0");
+  t.same(parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: "[::1]:5353" } } }).hub!.domains.resolver, { host: "::1", port: 5353 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: ":53" } } })).message,
+    'hub.domains.resolver: expected system or the IP:PORT of a DNS resolver, got ":53"');
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { pending_interval: "30 parsecs" } } })).path, "hub.domains.pending_interval");
 });

@@ -78,6 +78,8 @@ t.test("bad VM requests are clear 4xx JSON errors and leave nothing behind", asy
     ["name as object", { ...ok, name: { x: 1 } }, 400, "bad_name"],
     ["image as list", { ...ok, image: ["disk"] }, 400, "bad_request"],
     ["size empty", { ...ok, size: "" }, 400, "bad_request"],
+    ["https mode unknown", { ...ok, https: "both" }, 400, "bad_request"],
+    ["https mode not a string", { ...ok, https: true }, 400, "bad_request"],
     ["keys not strings", { ...ok, ssh_keys: [1, null] }, 400, "bad_ssh_key"],
     ["empty object", {}, 400, "bad_name"],
     ["deeply nested", "[".repeat(5000) + "]".repeat(5000), 400, "bad_request"],
@@ -99,6 +101,7 @@ t.test("bad VM requests are clear 4xx JSON errors and leave nothing behind", asy
   // A good request, then the same name again.
   const c = await api(base, "POST", "/v1/vms", ok);
   t.equal(c.status, 202, c.text);
+  t.equal(c.body.vm.https, "passthrough", "the default HTTPS mode");
   const dup = await api(base, "POST", "/v1/vms", ok);
   t.equal(dup.status, 409);
   t.ok(isError(dup, "vm_exists"));
@@ -124,6 +127,12 @@ t.test("bad VM requests are clear 4xx JSON errors and leave nothing behind", asy
   t.ok(isError(inUse, "image_in_use"));
   t.equal((await api(base, "DELETE", "/v1/vms/vm1")).status, 200);
   t.notOk(fs.existsSync(path.join(dataDir, "vms", "vm1")));
+  // --https terminate is recorded and shown (one VM at a time fits this cog's memory).
+  const term = await api(base, "POST", "/v1/vms", { ...ok, name: "vm2", https: "terminate" });
+  t.equal(term.status, 202, term.text);
+  t.equal(term.body.vm.https, "terminate");
+  t.equal((await api(base, "GET", "/v1/vms/vm2")).body.vm.https, "terminate", "kept");
+  t.equal((await api(base, "DELETE", "/v1/vms/vm2")).status, 200);
   t.equal((await api(base, "DELETE", "/v1/images/disk")).status, 200);
   t.notOk(fs.existsSync(path.join(dataDir, "images", "disk")));
 
@@ -225,10 +234,11 @@ t.test("state from before run-time disk limits were stored opens, migrates, and 
   old.close();
   const store = new Store(file);
   t.teardown(() => store.close());
-  t.equal(store.db.pragma("user_version", { simple: true }), 2, "migrated");
+  t.equal(store.db.pragma("user_version", { simple: true }), 3, "migrated");
   const v = store.getVm("web1")!;
   t.same([v.uuid, v.state, v.ports], ["u-1", "running", { ssh: 2201, http: 2202, https: 2203 }], "the VM is intact");
   t.equal(v.ioLimits, null, "no run-time limits: the size's apply");
+  t.equal(v.https, "passthrough", "a VM from before --https passes TLS through, as it did");
   store.updateVm("web1", { ioLimits: { iops: 100, bps: 0 } });
   t.same(store.getVm("web1")!.ioLimits, { iops: 100, bps: 0 }, "stored (0 = unlimited)");
   store.updateVm("web1", { state: "stopped" });

@@ -91,6 +91,15 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   r = await capsul(["vm", "show", "web1", "--json", ...g]);
   t.same(jsonProblems(r.stdout), [], `vm show --json: ${r.stdout}`);
   t.equal(JSON.parse(r.stdout).hostname, "web1.home1.hub.example");
+  t.equal(JSON.parse(r.stdout).https, "passthrough", "the default HTTPS mode");
+  r = await capsul(["vm", "create", "web3", "--image", "base", "--size", "t1", "--ssh-key", `${key}.pub`, "--https", "terminate", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  r = await capsul(["vm", "show", "web3", "--json", ...g]);
+  t.equal(JSON.parse(r.stdout).https, "terminate", "--https terminate reaches the provisioner and is kept");
+  t.equal((await capsul(["vm", "delete", "web3", ...g])).code, 0);
+  r = await capsul(["vm", "create", "web4", "--image", "base", "--size", "t1", "--ssh-key", `${key}.pub`, "--https", "both", ...g]);
+  t.equal(r.code, 2, "a bad --https is a usage error");
+  t.equal(r.stderr, 'capsul: config error: --https: expected terminate or passthrough, got "both"\n');
   // QEMU is /bin/false: the start failed and nothing runs; stop says so.
   r = await capsul(["vm", "stop", "web1", "--json", ...g]);
   t.equal(r.code, 0, r.stderr);

@@ -15,7 +15,7 @@ import type { HubConfig } from "../config/types.js";
 import { openHubStore } from "../gateway/store/index.js";
 import { MIGRATIONS, SCHEMA_VERSION } from "../gateway/store/schema.js";
 import { SqliteHubStore } from "../gateway/store/sqlite.js";
-import type { HubStore, StoreOps } from "../gateway/store/types.js";
+import type { DomainProofRow, HubStore, StoreOps } from "../gateway/store/types.js";
 import { silentLogger } from "../lib/log.js";
 import { HUB_DOMAIN, tmpDir } from "./helpers/cluster.js";
 import { startPostgres } from "./helpers/pgcluster.js";
@@ -237,16 +237,28 @@ for (const b of backends) {
       t.same(await s.tunnelsOf("a"), [], "an endpoint's tunnels go with it");
       t.same((await s.liveEndpoints(0)).map((e) => e.name), ["hub-b"]);
 
-      await s.putDomainProof("a", "blog.alice.net", "v1", 100);
-      t.same(await s.domainProof("blog.alice.net"), { cog: "a", hostname: "blog.alice.net", value: "v1", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null });
-      await s.markDomainProofChecked("blog.alice.net", false, "NXDOMAIN", 200);
-      t.same(await s.domainProof("blog.alice.net"), { cog: "a", hostname: "blog.alice.net", value: "v1", createdAt: 100, verifiedAt: null, checkedAt: 200, lastError: "NXDOMAIN" });
-      await s.markDomainProofChecked("blog.alice.net", true, null, 300);
-      t.same((await s.domainProofsOf("a")).map((p) => [p.verifiedAt, p.checkedAt, p.lastError]), [[300, 300, null]]);
-      await s.putDomainProof("b", "blog.alice.net", "v2", 400);
-      t.same(await s.domainProof("blog.alice.net"), { cog: "b", hostname: "blog.alice.net", value: "v2", createdAt: 400, verifiedAt: null, checkedAt: null, lastError: null }, "a new claim starts unverified");
-      t.equal(await s.removeDomainProof("a", "blog.alice.net"), false, "not a's any more");
+      const row = (over: Partial<DomainProofRow>): DomainProofRow => ({
+        cog: "a", hostname: "blog.alice.net", value: "v1", state: "pending", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null, ...over,
+      });
+      t.equal(await s.putDomainProof("a", "blog.alice.net", "v1", 100), true);
+      t.same(await s.domainProofsFor("blog.alice.net"), [row({})]);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 200), "pending", "never found: still pending");
+      t.same(await s.domainProofsFor("blog.alice.net"), [row({ checkedAt: 200, lastError: "no TXT record" })]);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 300), "verified");
+      t.equal(await s.putDomainProof("a", "blog.alice.net", "v1", 350), false, "the same claim again changes nothing");
+      t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 300 })]);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "no-answer", "timed out", 400), "verified", "no answer keeps the state");
+      t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 400, lastError: "timed out" })]);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 500), "lost", "proven, then gone");
+      t.equal(await s.putDomainProof("b", "blog.alice.net", "v2", 600), true, "another cog may claim the same name");
+      t.same((await s.domainProofsFor("blog.alice.net")).map((p) => [p.cog, p.state]), [["a", "lost"], ["b", "pending"]]);
+      t.same((await s.allDomainProofs()).map((p) => p.cog), ["a", "b"]);
+      t.equal(await s.putDomainProof("a", "blog.alice.net", "v3", 700), true, "a new value (another hub CA) starts over");
+      t.same(await s.domainProofsOf("a"), [row({ value: "v3", createdAt: 700 })]);
+      t.equal(await s.markDomainProofChecked("z", "blog.alice.net", "found", null, 800), undefined, "no such claim");
+      t.equal(await s.removeDomainProof("a", "shop.alice.net"), false);
       t.equal(await s.removeDomainProof("b", "blog.alice.net"), true);
+      t.same((await s.domainProofsFor("blog.alice.net")).map((p) => p.cog), ["a"], "only b's claim went");
     });
 
     t.test("a revoke by another connection, or by this one, reaches the watcher", async (t) => {
@@ -293,8 +305,23 @@ t.test("sqlite: a hub.db from before the version table (user_version 1) migrates
   t.same(await s.cogNames(), ["kept"]);
   t.same(await s.portOwner(20001), { cog: "kept", route: "ssh" });
   t.equal(await s.revokeCog("kept"), true, "the new tables are there");
-  t.same((s.db.prepare("SELECT version FROM schema_version ORDER BY version").all() as Array<{ version: number }>).map((r) => r.version), [1, 2]);
+  t.same((s.db.prepare("SELECT version FROM schema_version ORDER BY version").all() as Array<{ version: number }>).map((r) => r.version), MIGRATIONS.map((_, i) => i + 1));
   t.equal(s.db.pragma("user_version", { simple: true }), SCHEMA_VERSION, "what capsul before the version table checks, and refuses as newer");
+});
+
+t.test("sqlite: migration 3 carries custom-domain proofs of schema 2 over (one row per hostname and cog from then on)", async (t) => {
+  const dir = tmpDir("capsul-store-v2-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const old = new Database(path.join(dir, "hub.db"));
+  old.exec(MIGRATIONS[0] as string);
+  old.exec(MIGRATIONS[1] as string);
+  old.exec("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL); INSERT INTO schema_version VALUES (1, 0), (2, 0)");
+  old.prepare("INSERT INTO domain_proofs (hostname, cog, value, created_at, verified_at, checked_at) VALUES ('blog.alice.net', 'a', 'v', 1, 2, 2), ('x.example', 'b', 'w', 3, NULL, NULL)").run();
+  old.close();
+  const s = await SqliteHubStore.open(dir, { busyTimeoutMs: 1000 }, silentLogger);
+  t.teardown(() => s.close());
+  t.same((await s.allDomainProofs()).map((p) => [p.hostname, p.cog, p.state, p.verifiedAt]), [["blog.alice.net", "a", "verified", 2], ["x.example", "b", "pending", null]]);
+  t.equal(await s.putDomainProof("b", "blog.alice.net", "v2", 5), true, "a second cog's claim on the same name fits now");
 });
 
 t.test("sqlite: statements are prepared once", async (t) => {

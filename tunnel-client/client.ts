@@ -20,8 +20,8 @@ import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import {
-  checkVisitorHeader, TUNNEL_PROTOCOL_VERSION,
-  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireRoute,
+  checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
+  type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
 import { waitForClose } from "../lib/closewait.js";
@@ -30,6 +30,7 @@ import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
 import { httpSideName } from "./terminate.js";
+import { saveDomainReport } from "./domains.js";
 
 /** Deadline for the hub's welcome after the hello: the default of cog.tunnel.welcome_timeout. */
 export const WELCOME_TIMEOUT_MS = 15_000;
@@ -77,6 +78,8 @@ export class TunnelClient extends EventEmitter implements RouteSink {
   private loopDone: Promise<void> | null = null;
   private readonly streams = new Set<MuxStream>();
   private identity: CogIdentity;
+  /** The last state the hub reported for each custom domain, so that only changes are logged. */
+  private readonly domainStates = new Map<string, string>();
   /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
   private leave: ((why: "moved" | "draining") => void) | null = null;
   /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
@@ -363,6 +366,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
       if (!m) break;
       if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
       else if (m.type === "renewed") await this.onRenewed(m.cert);
+      else if (m.type === "domains") await this.onDomains(m.proofs);
       else if (m.type === "error") this.log.error(m.message, { code: m.code });
     }
     const end = await Promise.race([closed.then(() => "ended" as const), leaving]);
@@ -390,6 +394,31 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.identity = { ...this.identity, keyPem: this.pendingKeyPem, certPem };
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
+  }
+
+  /** The hub's report on this cog's custom-domain claims: kept for `capsul cog domains`, logged when it changes. */
+  private async onDomains(raw: unknown): Promise<void> {
+    let proofs: WireDomainProof[];
+    try {
+      proofs = checkWireDomainProofs(raw);
+    } catch (err) {
+      // Only a report: a malformed one (a hub of another release) is not worth the tunnel.
+      this.log.warn("ignoring a malformed custom-domain report from the hub", { error: (err as Error).message });
+      return;
+    }
+    for (const p of proofs) {
+      const was = this.domainStates.get(p.hostname);
+      if (was === p.state) continue;
+      this.domainStates.set(p.hostname, p.state);
+      if (p.state === "verified") this.log.info("custom domain proven by DNS", { hostname: p.hostname });
+      else this.log.warn(`custom domain ${p.hostname} is ${p.state === "lost" ? "no longer" : "not yet"} proven: create the DNS record ${p.record}. TXT "${p.value}"`, { hostname: p.hostname });
+    }
+    try {
+      await saveDomainReport(this.dataDir, proofs);
+    } catch (err) {
+      this.log.warn("could not save the hub's custom-domain report", { error: (err as Error).message });
+    }
+    this.emit("domains", proofs);
   }
 
   private onVisitor(stream: MuxStream): void {

@@ -7,7 +7,7 @@
  * millisecond timestamps stay far below 2^53).
  */
 import type {
-  CertRow, CogListRow, CogRow, CogTunnelRow, DomainProofRow, EndpointRow, InviteCheck, PortAssignment,
+  CertRow, CogListRow, CogRow, CogTunnelRow, DomainLookupOutcome, DomainProofRow, DomainProofState, EndpointRow, InviteCheck, PortAssignment,
   RevocationRow, StoredGrant, StoredRoute, StoreOps, TxLock,
 } from "./types.js";
 
@@ -35,12 +35,12 @@ export interface Executor {
 interface CogDbRow { name: string; created_at: number; revoked_at: number | null }
 interface AssignmentDbRow { port: number; cog: string; route: string; assigned_at: number }
 interface ProofDbRow {
-  cog: string; hostname: string; value: string; created_at: number;
+  cog: string; hostname: string; value: string; state: DomainProofState; created_at: number;
   verified_at: number | null; checked_at: number | null; last_error: string | null;
 }
 
 const ASSIGNMENT_COLUMNS = "port, cog, route, assigned_at";
-const PROOF_COLUMNS = "cog, hostname, value, created_at, verified_at, checked_at, last_error";
+const PROOF_COLUMNS = "cog, hostname, value, state, created_at, verified_at, checked_at, last_error";
 
 function assignment(r: AssignmentDbRow): PortAssignment {
   return { port: r.port, cog: r.cog, route: r.route, assignedAt: r.assigned_at };
@@ -48,7 +48,7 @@ function assignment(r: AssignmentDbRow): PortAssignment {
 
 function proof(r: ProofDbRow): DomainProofRow {
   return {
-    cog: r.cog, hostname: r.hostname, value: r.value, createdAt: r.created_at,
+    cog: r.cog, hostname: r.hostname, value: r.value, state: r.state, createdAt: r.created_at,
     verifiedAt: r.verified_at, checkedAt: r.checked_at, lastError: r.last_error,
   };
 }
@@ -348,26 +348,39 @@ export class StoreQueries implements StoreOps {
 
   // ---- custom-domain proofs ----
 
-  async putDomainProof(cog: string, hostname: string, value: string, now = Date.now()): Promise<void> {
-    await this.x.run(
-      `INSERT INTO domain_proofs (hostname, cog, value, created_at) VALUES (?, ?, ?, ?)
-       ON CONFLICT (hostname) DO UPDATE SET cog = excluded.cog, value = excluded.value, created_at = excluded.created_at,
-         verified_at = NULL, checked_at = NULL, last_error = NULL`,
-      [hostname, cog, value, now]);
+  async putDomainProof(cog: string, hostname: string, value: string, now = Date.now()): Promise<boolean> {
+    // A new value (the hub's CA changed) starts over; the same value keeps the proof's state.
+    return (await this.x.run(
+      `INSERT INTO domain_proofs (hostname, cog, value, state, created_at) VALUES (?, ?, ?, 'pending', ?)
+       ON CONFLICT (hostname, cog) DO UPDATE SET value = excluded.value, state = 'pending', created_at = excluded.created_at,
+         verified_at = NULL, checked_at = NULL, last_error = NULL
+       WHERE domain_proofs.value <> excluded.value`,
+      [hostname, cog, value, now])) > 0;
   }
 
-  async domainProof(hostname: string): Promise<DomainProofRow | undefined> {
-    const r = await this.x.get<ProofDbRow>(`SELECT ${PROOF_COLUMNS} FROM domain_proofs WHERE hostname = ?`, [hostname]);
-    return r && proof(r);
+  async domainProofsFor(hostname: string): Promise<DomainProofRow[]> {
+    return (await this.x.all<ProofDbRow>(`SELECT ${PROOF_COLUMNS} FROM domain_proofs WHERE hostname = ? ORDER BY created_at, cog`, [hostname])).map(proof);
   }
 
   async domainProofsOf(cog: string): Promise<DomainProofRow[]> {
     return (await this.x.all<ProofDbRow>(`SELECT ${PROOF_COLUMNS} FROM domain_proofs WHERE cog = ? ORDER BY hostname`, [cog])).map(proof);
   }
 
-  async markDomainProofChecked(hostname: string, found: boolean, error: string | null, now = Date.now()): Promise<void> {
-    if (found) await this.x.run("UPDATE domain_proofs SET verified_at = ?, checked_at = ?, last_error = NULL WHERE hostname = ?", [now, now, hostname]);
-    else await this.x.run("UPDATE domain_proofs SET checked_at = ?, last_error = ? WHERE hostname = ?", [now, error, hostname]);
+  async allDomainProofs(): Promise<DomainProofRow[]> {
+    return (await this.x.all<ProofDbRow>(`SELECT ${PROOF_COLUMNS} FROM domain_proofs ORDER BY hostname, created_at, cog`)).map(proof);
+  }
+
+  async markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now = Date.now()): Promise<DomainProofState | undefined> {
+    const where = "WHERE hostname = ? AND cog = ?";
+    if (outcome === "found") {
+      await this.x.run(`UPDATE domain_proofs SET state = 'verified', verified_at = ?, checked_at = ?, last_error = NULL ${where}`, [now, now, hostname, cog]);
+    } else if (outcome === "missing") {
+      await this.x.run(`UPDATE domain_proofs SET state = CASE WHEN state = 'pending' THEN 'pending' ELSE 'lost' END, checked_at = ?, last_error = ? ${where}`,
+        [now, error, hostname, cog]);
+    } else {
+      await this.x.run(`UPDATE domain_proofs SET checked_at = ?, last_error = ? ${where}`, [now, error, hostname, cog]);
+    }
+    return (await this.x.get<{ state: DomainProofState }>(`SELECT state FROM domain_proofs ${where}`, [hostname, cog]))?.state;
   }
 
   async removeDomainProof(cog: string, hostname: string): Promise<boolean> {

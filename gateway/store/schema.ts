@@ -101,6 +101,31 @@ export const MIGRATIONS: readonly Migration[] = [
    CREATE INDEX certs_cog ON certs (cog);
    CREATE INDEX invites_cog ON invites (cog);
    CREATE INDEX cogs_online ON cogs (online) WHERE online = 1;`,
+
+  // 3: custom-domain proofs as issue 10 uses them. One row per hostname and cog, not per
+  // hostname: a cog's unproven claim must not stop another cog from proving the name (or
+  // anyone could squat a name by announcing it first). A state, because "was proven and is
+  // gone" (routes withdrawn, looked up again as often as a new claim) is not "never proven",
+  // and a lookup that got no answer changes neither. Rows of migration 2 were never written
+  // by a released capsul; they are carried over all the same.
+  `CREATE TABLE domain_proofs_v3 (
+     hostname TEXT NOT NULL,
+     cog TEXT NOT NULL,
+     value TEXT NOT NULL,
+     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'verified', 'lost')),
+     created_at BIGINT NOT NULL,
+     verified_at BIGINT,
+     checked_at BIGINT,
+     last_error TEXT,
+     PRIMARY KEY (hostname, cog)
+   );
+   INSERT INTO domain_proofs_v3 (hostname, cog, value, state, created_at, verified_at, checked_at, last_error)
+     SELECT hostname, cog, value, CASE WHEN verified_at IS NULL THEN 'pending' ELSE 'verified' END,
+       created_at, verified_at, checked_at, last_error
+     FROM domain_proofs;
+   DROP TABLE domain_proofs;
+   ALTER TABLE domain_proofs_v3 RENAME TO domain_proofs;
+   CREATE INDEX domain_proofs_cog ON domain_proofs (cog);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

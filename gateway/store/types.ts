@@ -37,19 +37,30 @@ export interface EndpointRow { name: string; tunnelAddress: string; startedAt: n
 /** A live tunnel of a cog to one endpoint. */
 export interface CogTunnelRow { cog: string; endpoint: string; remote: string; connectedAt: number }
 /**
+ * Where a custom-domain proof stands: never found yet (`pending`), found at the last lookup
+ * that got an answer (`verified`: the cog may route the name), or found once and missing
+ * since (`lost`: its routes were withdrawn).
+ */
+export type DomainProofState = "pending" | "verified" | "lost";
+/** What one lookup of a proof's TXT record said: the value is there, it is not, or no answer (timeout, SERVFAIL). */
+export type DomainLookupOutcome = "found" | "missing" | "no-answer";
+
+/**
  * A cog's claim on a hostname outside its grants, proven by a DNS TXT record
- * `_capsul-challenge.<hostname>` holding `value` (issue 10 fills this in).
+ * `_capsul-challenge.<hostname>` holding `value` (protocol/domainproof.ts).
+ * One row per hostname and cog.
  */
 export interface DomainProofRow {
   cog: string;
   hostname: string;
   value: string;
+  state: DomainProofState;
   createdAt: number;
   /** When the record was last found; null until it first is. */
   verifiedAt: number | null;
   /** When it was last looked up, found or not. */
   checkedAt: number | null;
-  /** Why the last lookup did not find it. */
+  /** Why the last lookup did not find it (missing, or no answer); null after a lookup that found it. */
   lastError: string | null;
 }
 
@@ -162,12 +173,23 @@ export interface StoreOps {
   tunnelsTo(endpoint: string): Promise<CogTunnelRow[]>;
 
   // ---- custom-domain proofs (issue 10) ----
-  /** Stores (or replaces) the record a cog must publish for `hostname`; not verified yet. */
-  putDomainProof(cog: string, hostname: string, value: string, now?: number): Promise<void>;
-  domainProof(hostname: string): Promise<DomainProofRow | undefined>;
+  /**
+   * Records that `cog` claims `hostname` with `value`, pending, unless it already does with
+   * that value (then nothing changes: a cog announcing its routes again keeps its proof).
+   * Returns true when a row was written.
+   */
+  putDomainProof(cog: string, hostname: string, value: string, now?: number): Promise<boolean>;
+  /** Every cog's claim on `hostname`. */
+  domainProofsFor(hostname: string): Promise<DomainProofRow[]>;
   domainProofsOf(cog: string): Promise<DomainProofRow[]>;
-  /** Records a lookup: found (verifiedAt = now) or not (lastError says why). */
-  markDomainProofChecked(hostname: string, found: boolean, error: string | null, now?: number): Promise<void>;
+  /** Every claim of every cog (the clash checks read them all: one small table). */
+  allDomainProofs(): Promise<DomainProofRow[]>;
+  /**
+   * Records a lookup: found makes the proof verified; missing makes a verified one lost (a
+   * pending one stays pending); no answer changes no state. `error` says why it was not found.
+   * Returns the state after.
+   */
+  markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now?: number): Promise<DomainProofState | undefined>;
   removeDomainProof(cog: string, hostname: string): Promise<boolean>;
 }
 

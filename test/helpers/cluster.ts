@@ -34,6 +34,9 @@ export function hubConfig(dir: string, extra: Record<string, unknown> = {}): Hub
       listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", ...(extra.listen as object ?? {}) },
       limits: { client_hello_timeout: "2s", grace: "1s", ...(extra.limits as object ?? {}) },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
+      // Custom domains look names up in DNS: off unless a test brings its own resolver
+      // (test/helpers/dnsstub.ts), so that no lookup leaves loopback for the system's.
+      domains: { enabled: false },
       ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== "listen" && k !== "limits")),
     },
   }).hub!;

@@ -30,6 +30,8 @@ export function hubDoc(dir: string, opts: { pool: string; ports?: Partial<HubPor
       },
       limits: { grace: "1s", client_hello_timeout: "2s", http_header_timeout: "2s" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
+      // No DNS lookups of custom domains: the system resolver is off loopback (test/helpers/cluster.ts).
+      domains: { enabled: false },
       ...extra,
     },
   };
