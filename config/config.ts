@@ -112,6 +112,10 @@ export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
 export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
 export const DEFAULT_CONTROL_BURST = 100;
 export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
+// hub.tunnel only. gateway/tunnels.ts exports the same value as TUNNEL_LISTEN_BACKLOG
+// (test/tunnel-dos.test.ts checks that they agree): 1,000 cogs redialling a restarted hub at
+// once overflowed Node's default of 511 (issue 12: TcpExtListenOverflows +1665).
+export const DEFAULT_TUNNEL_LISTEN_BACKLOG = 1024;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
 // WELCOME_TIMEOUT_MS, ENROLL_TIMEOUT_MS, VISITOR_HEADER_TIMEOUT_MS and VISITOR_HEADER_MAX_BYTES.
 export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
@@ -177,7 +181,7 @@ const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_head
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
-  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval"] as const;
+  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval", "listen_backlog"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
@@ -231,6 +235,7 @@ function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
     controlRatePerSec: integer(m.control_rate, at(path, "control_rate"), DEFAULT_CONTROL_RATE_PER_SEC, 1),
     controlBurst: integer(m.control_burst, at(path, "control_burst"), DEFAULT_CONTROL_BURST, 1),
     renewMinIntervalMs: duration(m.renew_min_interval, at(path, "renew_min_interval"), DEFAULT_RENEW_MIN_INTERVAL_MS, 0),
+    listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_TUNNEL_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
   };
 }
 

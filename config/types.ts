@@ -168,6 +168,11 @@ export interface HubTunnelTuning extends TunnelTuning {
    * certificate that was already renewed within this is refused (default 1h; 0 = no limit).
    */
   renewMinIntervalMs: number;
+  /**
+   * Listen backlog of the tunnel port: connections the kernel queues until the hub accepts
+   * them, read at each bind (default 1024; 1 to 65535, capped by net.core.somaxconn).
+   */
+  listenBacklog: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */

@@ -27,6 +27,12 @@ export class Router {
   private readonly exact: Record<"tls" | "http", Map<string, RouteEntry>> = { tls: new Map(), http: new Map() };
   private readonly wild: Record<"tls" | "http", Map<string, RouteEntry>> = { tls: new Map(), http: new Map() };
   private readonly ports = new Map<number, RouteEntry>();
+  /**
+   * The entries each cog holds, kept in step with the maps above: entriesOf() and
+   * releaseCog() cost O(that cog's routes), not a scan of every route of every cog on each
+   * hello, routes message and drop (issue 12: O(N) per event at 1,000 cogs).
+   */
+  private readonly byCog = new Map<string, Set<RouteEntry>>();
 
   /** Finds the route for a hostname (already normalized: lower-case, no trailing dot). */
   lookupHost(kind: "tls" | "http", host: string): RouteEntry | undefined {
@@ -54,6 +60,10 @@ export class Router {
     const cur = map.get(key as never);
     if (cur && cur.cog !== entry.cog) return { ok: false, holder: cur.cog };
     map.set(key as never, entry);
+    if (cur) this.unindex(cur);
+    let mine = this.byCog.get(entry.cog);
+    if (!mine) this.byCog.set(entry.cog, mine = new Set());
+    mine.add(entry);
     return { ok: true };
   }
 
@@ -61,17 +71,23 @@ export class Router {
   release(entry: RouteEntry): void {
     const { map, key } = this.slot(entry);
     const cur = map.get(key as never);
-    if (cur && cur.cog === entry.cog) map.delete(key as never);
+    if (cur && cur.cog === entry.cog) {
+      map.delete(key as never);
+      this.unindex(cur);
+    }
   }
 
-  /** Every entry a cog holds. */
+  /** Every entry a cog holds (a copy: the caller may release them while walking it). */
   entriesOf(cog: string): RouteEntry[] {
-    const out: RouteEntry[] = [];
-    for (const m of [this.exact.tls, this.exact.http, this.wild.tls, this.wild.http]) {
-      for (const e of m.values()) if (e.cog === cog) out.push(e);
-    }
-    for (const e of this.ports.values()) if (e.cog === cog) out.push(e);
-    return out;
+    const mine = this.byCog.get(cog);
+    return mine ? [...mine] : [];
+  }
+
+  private unindex(e: RouteEntry): void {
+    const mine = this.byCog.get(e.cog);
+    if (!mine) return;
+    mine.delete(e);
+    if (mine.size === 0) this.byCog.delete(e.cog);
   }
 
   releaseCog(cog: string): RouteEntry[] {

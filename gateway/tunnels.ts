@@ -47,8 +47,8 @@ export const REVOCATION_POLL_MS = 500;
  */
 export const HUB_ACCEPT_BACKLOG = 0;
 /**
- * Listen backlog of the tunnel port, as the public listeners' (gateway/hub.ts): hundreds of
- * cogs redial together after a hub restart, and Node's default of 511 drops SYNs past it.
+ * Default listen backlog of the tunnel port (hub.tunnel.listen_backlog): hundreds of cogs
+ * redial together after a hub restart, and Node's default of 511 drops SYNs past it.
  */
 export const TUNNEL_LISTEN_BACKLOG = 1024;
 /**
@@ -119,7 +119,7 @@ export class Tunnels extends EventEmitter {
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
     this.issuance = new Issuance(cfg, store, pki);
     this.tlsServer = this.makeTlsServer();
-    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, TUNNEL_LISTEN_BACKLOG);
+    this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
 
   /**

@@ -56,6 +56,15 @@ export interface OpenOptions {
   budget?: WindowBudget;
 }
 
+/**
+ * One arena for the headers and small payloads of every session of this process. A private
+ * 64 KiB arena per session was 64 MB of external memory at 1,000 idle tunnels that each
+ * write a few dozen bytes per keepalive (issue 12). Bytes handed out are never written
+ * again: a session takes the next free bytes, and a full arena is replaced by a new one,
+ * which lives on only while a queued batch still points into it (as Node's Buffer pool).
+ */
+const sharedArena = { buf: Buffer.allocUnsafe(MUX_ARENA_BYTES), pos: 0 };
+
 interface PendingPing {
   resolve: (rttMs: number) => void;
   reject: (err: Error) => void;
@@ -94,9 +103,10 @@ export class MuxSession extends EventEmitter {
   // ---- write side
   private out: Buffer[] = [];
   private outBytes = 0;
-  private arena = Buffer.allocUnsafe(MUX_ARENA_BYTES);
-  private arenaStart = 0;
-  private arenaPos = 0;
+  /** This session's part of the current batch in the shared arena: [segStart, segEnd) of segBuf. */
+  private segBuf: Buffer | null = null;
+  private segStart = 0;
+  private segEnd = 0;
   private flushScheduled = false;
   private connBlocked = false;
   private waitingConn: MuxStream[] = [];
@@ -292,18 +302,16 @@ export class MuxSession extends EventEmitter {
 
   /** @internal Appends one header to the current batch. */
   putHeader(type: FrameTypeValue, flags: number, id: number, length: number): void {
-    if (this.arena.length - this.arenaPos < FRAME_HEADER_BYTES) this.newArena();
-    encodeHeader(type, flags, id, length, this.arena, this.arenaPos);
-    this.arenaPos += FRAME_HEADER_BYTES;
+    const at = this.reserve(FRAME_HEADER_BYTES);
+    encodeHeader(type, flags, id, length, this.segBuf!, at);
     this.outBytes += FRAME_HEADER_BYTES;
   }
 
   private putPayload(buf: Buffer): void {
     const n = buf.length;
     if (n <= MUX_COPY_PAYLOAD_MAX_BYTES) {
-      if (this.arena.length - this.arenaPos < n) this.newArena();
-      buf.copy(this.arena, this.arenaPos);
-      this.arenaPos += n;
+      const at = this.reserve(n);
+      buf.copy(this.segBuf!, at);
     } else {
       this.sealArena();
       this.out.push(buf);
@@ -311,19 +319,34 @@ export class MuxSession extends EventEmitter {
     this.outBytes += n;
   }
 
-  /** Bytes handed out of the arena are never overwritten: we only move forward, then replace it. */
-  private sealArena(): void {
-    if (this.arenaPos > this.arenaStart) {
-      this.out.push(this.arena.subarray(this.arenaStart, this.arenaPos));
-      this.arenaStart = this.arenaPos;
+  /**
+   * Takes `n` bytes of the shared arena for this session's batch and returns their offset in
+   * segBuf. They extend the session's open segment when nobody took arena bytes since (one
+   * buffer per batch, as with a private arena); else the segment is sealed and a new one starts.
+   */
+  private reserve(n: number): number {
+    const a = sharedArena;
+    if (this.segBuf !== null && (this.segBuf !== a.buf || this.segEnd !== a.pos)) this.sealArena();
+    if (a.buf.length - a.pos < n) {
+      this.sealArena();
+      a.buf = Buffer.allocUnsafe(MUX_ARENA_BYTES);
+      a.pos = 0;
     }
+    if (this.segBuf === null) {
+      this.segBuf = a.buf;
+      this.segStart = a.pos;
+    }
+    const at = a.pos;
+    a.pos += n;
+    this.segEnd = a.pos;
+    return at;
   }
 
-  private newArena(): void {
-    this.sealArena();
-    this.arena = Buffer.allocUnsafe(MUX_ARENA_BYTES);
-    this.arenaStart = 0;
-    this.arenaPos = 0;
+  /** Moves the open segment to the batch; its bytes are never written again (the arena only moves forward). */
+  private sealArena(): void {
+    if (this.segBuf === null) return;
+    if (this.segEnd > this.segStart) this.out.push(this.segBuf.subarray(this.segStart, this.segEnd));
+    this.segBuf = null;
   }
 
   /**

@@ -122,7 +122,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
-    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "cog.tunnel.max_queued_control_frames",
+    "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
@@ -169,7 +169,7 @@ t.test("defaults are filled", async (t) => {
   };
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
-    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -296,7 +296,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxAutoWindowBytes: 1048576, maxFramePayloadBytes: 1, writeBatchMaxBytes: 1000000, closeLingerMs: 0,
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
-    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000,
+    maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -331,6 +331,7 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     ["hub", "control_burst", 5000, "controlBurst", 5000],
     ["hub", "renew_min_interval", 0, "renewMinIntervalMs", 0],
     ["hub", "renew_min_interval", "1d", "renewMinIntervalMs", 86_400_000],
+    ["hub", "listen_backlog", 2048, "listenBacklog", 2048],
     ["hub", "max_queued_control_frames", 64, "maxQueuedControlFrames", 64],
     ["cog", "max_queued_control_frames", 1, "maxQueuedControlFrames", 1],
     ["cog", "welcome_timeout", "1.5m", "welcomeTimeoutMs", 90_000],
@@ -361,6 +362,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { control_burst: 0 } } }, "hub.tunnel.control_burst: must be at least 1, got 0"],
     [{ hub: { domain: "h.example", tunnel: { renew_min_interval: "often" } } }, 'hub.tunnel.renew_min_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
+    [{ hub: { domain: "h.example", tunnel: { listen_backlog: 0 } } }, "hub.tunnel.listen_backlog: out of range (1-65535): 0"],
+    [{ hub: { domain: "h.example", tunnel: { listen_backlog: "lots" } } }, 'hub.tunnel.listen_backlog: expected an integer, got a string "lots"'],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -535,6 +538,7 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CONTROL_RATE_PER_SEC", "HubTunnelTuning", "controlRatePerSec", "20", int],
     ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
     ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
+    ["DEFAULT_TUNNEL_LISTEN_BACKLOG", "HubTunnelTuning", "listenBacklog", "1024", int],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],

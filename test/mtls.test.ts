@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tls from "node:tls";
+import * as x509 from "@peculiar/x509";
 import { AuthError } from "../lib/errors.js";
 import {
   type HubPki, certInfo, createKeyAndCsr, loadOrCreateHubPki, peerAuthResult, signCogCsr, verifyPinnedChain,
@@ -92,6 +93,50 @@ t.test("mutual TLS between hub and cog", async (t) => {
     t.same(s.result, { ok: true, cogName: "home1", serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter });
     t.equal(client.reply, "hello home1");
     t.equal(client.socket.authorized, true, "cog verified the hub cert against the CA and the name");
+  });
+
+  t.test("the identity read from the handshake is the full parse's, for many certificates", async (t) => {
+    // peerAuthResult takes CN, serial and validity from getPeerCertificate() (no re-parse);
+    // certInfo parses the PEM with @peculiar/x509. Random serials cover high-bit and short ones.
+    for (let i = 0; i < 12; i++) {
+      const cog = await cogCert(pki, `many${i}`, { validityMs: (i + 1) * DAY_MS });
+      await dial(hub.port, { ...cog, ca: pki.caCertPem, servername: "hub.test" });
+      const s = await hub.next();
+      const info = certInfo(cog.cert);
+      t.same(s.result, { ok: true, cogName: `many${i}`, serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter }, `cert ${i} (serial ${info.serial})`);
+    }
+  });
+
+  t.test("a certificate with two CNs: the first names the cog, as the full parse reads it", async (t) => {
+    // Our CA never issues one; a CA key used elsewhere could. The handshake reports the CNs
+    // as an array, and peerAuthResult must then fall back to the full parse, not fail open.
+    const { keyPem } = await createKeyAndCsr("x");
+    const subtle = globalThis.crypto.subtle;
+    const alg = { name: "ECDSA", namedCurve: "P-256" } as const;
+    const der = (p: string): Buffer => Buffer.from(p.replace(/-----[^-]+-----|\s/g, ""), "base64");
+    const caKey = await subtle.importKey("pkcs8", der(pki.caKeyPem), alg, false, ["sign"]);
+    const priv = await subtle.importKey("pkcs8", der(keyPem), alg, true, ["sign"]);
+    const jwk = await subtle.exportKey("jwk", priv);
+    const pub = await subtle.importKey("jwk", { kty: jwk.kty, crv: jwk.crv, x: jwk.x, y: jwk.y }, alg, true, ["verify"]);
+    const ca = new x509.X509Certificate(pki.caCertPem);
+    const cert = await x509.X509CertificateGenerator.create({
+      serialNumber: "0a1b2c3d4e5f",
+      issuer: ca.subjectName,
+      subject: [{ CN: ["home3"] }, { CN: ["other"] }],
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter: new Date(Date.now() + DAY_MS),
+      publicKey: pub,
+      signingKey: caKey,
+      signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+      extensions: [new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth], false)],
+    });
+    const certPem = cert.toString("pem");
+    await dial(hub.port, { key: keyPem, cert: certPem, ca: pki.caCertPem, servername: "hub.test" });
+    const s = await hub.next();
+    t.equal(s.authorized, true);
+    const info = certInfo(certPem);
+    t.equal(info.commonName, "home3");
+    t.same(s.result, { ok: true, cogName: "home3", serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter });
   });
 
   t.test("the cog also accepts the hub by IP literal and localhost", async (t) => {

@@ -14,7 +14,7 @@ import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import * as C from "../config/config.js";
-import { parseConfig } from "../config/config.js";
+import { DEFAULT_TUNNEL_LISTEN_BACKLOG, parseConfig } from "../config/config.js";
 import type { HubConfig } from "../config/types.js";
 import { startHub, type Hub } from "../gateway/hub.js";
 import { MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, sourceKey } from "../gateway/admission.js";
@@ -209,4 +209,11 @@ t.test("the tunnel port listens with a backlog of 1024, as the public ports", as
   const sendQ = Number(out.split(/\s+/)[2]);
   t.equal(sendQ, Math.min(TUNNEL_LISTEN_BACKLOG, somaxconn), `ss: ${out}`);
   t.equal(TUNNEL_LISTEN_BACKLOG, 1024);
+  t.equal(DEFAULT_TUNNEL_LISTEN_BACKLOG, TUNNEL_LISTEN_BACKLOG, "config's default is the tunnel's constant");
+});
+
+t.test("hub.tunnel.listen_backlog sets the tunnel port's backlog", async (t) => {
+  const { hub } = await setupHub(t, { listen_backlog: 77 });
+  const out = execFileSync("ss", ["-Hltn", `sport = :${hub.ports.tunnel}`], { encoding: "utf8" }).trim();
+  t.equal(Number(out.split(/\s+/)[2]), 77, `ss: ${out}`);
 });

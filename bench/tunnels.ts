@@ -1,0 +1,306 @@
+/**
+ * Many cogs on one hub (issue 12, "Measured today at 1,000 tunnels"): a real `capsul hub`
+ * child process and N real TunnelClients (bench/tunnel-holder.ts, HOLDERS processes), all on
+ * loopback. Measures, in one run:
+ * - hub CPU per tunnel setup: /proc/PID/stat utime+stime of the hub over "all N dial once"
+ *   (TLS handshake, certificate check, store reads and status writes, route claims, logs);
+ * - after `kill -9` of the hub and a restart on the same ports and data: seconds until all N
+ *   are back (from the kill, and from the new hub's ready line), and the new hub's CPU per tunnel;
+ * - hub RSS per tunnel after GC (bench/gc-hook.ts, SIGUSR2), RSS after all but KEEP drop,
+ *   and the hub's idle CPU with N tunnels up (keepalives only);
+ * - routing: SAMPLE visitors (HTTP, Host: <cog>.<domain>) must each get their own cog's name.
+ *
+ *   node dist/bench/tunnels.js [--cogs 1000] [--holders 2] [--cli dist/cli/main.js] [--keep 10]
+ *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE] [--cpu-prof-dir DIR]
+ *
+ * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there.
+ *
+ * `--cli` runs another checkout's hub (A/B: the holders always run this tree's cog code).
+ * Enrollment of N cogs (keys, certificates signed by a bench CA, rows in hub.db) is done once
+ * and cached in `--cache` (default $TMPDIR/capsul-bench-tunnels-N); every run copies it.
+ * The fd limit is the hard limit (bench/procs.ts): N cogs need ~2N fds in the holders and
+ * ~N in the hub, so N=1000 fits the default of most shells only after `ulimit -n 4096`.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import readline from "node:readline";
+import { parseArgs } from "node:util";
+import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
+import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr } from "../certs/pki.js";
+import { normSerial } from "../gateway/issuance.js";
+import { SqliteHubStore } from "../gateway/store/sqlite.js";
+import { silentLogger } from "../lib/log.js";
+import { BENCH_NOFILE, cpuSeconds, sleep, startProc, type Proc } from "./procs.js";
+import type { BenchState } from "./tunnel-holder.js";
+
+const HERE = path.dirname(new URL(import.meta.url).pathname);
+const DEFAULT_CLI = path.resolve(HERE, "..", "cli", "main.js");
+const DOMAIN = "tunnels.bench";
+/** Enrolled certificates are valid this long: a cache older than a few weeks is rebuilt anyway. */
+const BENCH_CERT_VALIDITY_MS = 90 * 86_400_000;
+/** All N connected within this, or the run fails (the issue's baseline: 9.6 s after a kill). */
+const ALL_BACK_TIMEOUT_MS = 180_000;
+/** After the drop: the hub's grace period (1s here) and its status writes must be over. */
+const AFTER_DROP_SETTLE_MS = 4_000;
+/** Quiet time before the RSS-after-connect sample (the status writes of the storm settle). */
+const SETTLE_MS = 2_000;
+const GC_HOOK_TIMEOUT_MS = 30_000;
+
+interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string }
+
+function args(): Args {
+  const { values: v } = parseArgs({
+    options: {
+      cogs: { type: "string", default: "1000" }, holders: { type: "string", default: "2" },
+      cli: { type: "string", default: DEFAULT_CLI }, keep: { type: "string", default: "10" },
+      "idle-s": { type: "string", default: "20" }, sample: { type: "string", default: "50" },
+      "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" }, "cpu-prof-dir": { type: "string" },
+    },
+  });
+  const cogs = Number(v.cogs);
+  return {
+    cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
+    sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cpuProf: v["cpu-prof-dir"], cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
+  };
+}
+
+/** N enrolled cogs: the hub's data dir (pki/, hub.db) and the cogs' keys and certificates. */
+async function enrolled(cache: string, n: number): Promise<BenchState> {
+  const stateFile = path.join(cache, "state-v2.json"); // v2: serials recorded as issuance.ts does
+  if (fs.existsSync(stateFile)) return JSON.parse(fs.readFileSync(stateFile, "utf8")) as BenchState;
+  const data = path.join(cache, "hub");
+  fs.rmSync(cache, { recursive: true, force: true });
+  fs.mkdirSync(data, { recursive: true });
+  const pki = await loadOrCreateHubPki(data, ["127.0.0.1"]);
+  const store = await SqliteHubStore.open(data, { busyTimeoutMs: 5_000 }, silentLogger);
+  const cogs: BenchState["cogs"] = [];
+  for (let i = 0; i < n; i++) {
+    const name = `cog${i}`;
+    const { keyPem, csrPem } = await createKeyAndCsr(name);
+    const { certPem, serial, notAfter } = await signCogCsr(pki, csrPem, name, { validityMs: BENCH_CERT_VALIDITY_MS });
+    await store.ensureCog(name);
+    await store.recordCert(name, normSerial(serial), notAfter.getTime()); // as gateway/issuance.ts records it
+    cogs.push({ name, keyPem, certPem });
+  }
+  await store.close();
+  const state: BenchState = { domain: DOMAIN, caPem: pki.caCertPem, caFingerprint: pki.caFingerprint, cogs };
+  fs.writeFileSync(stateFile, JSON.stringify(state));
+  return state;
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
+
+function startHub(cli: string, dir: string, profDir?: string): Proc {
+  const gcHook = path.join(HERE, "gc-hook.js");
+  const prof = profDir ? ["--cpu-prof", "--cpu-prof-dir", profDir] : [];
+  return startProc("capsul-hub", process.execPath,
+    [...NODE_HEAP_FLAGS, ...prof, "--expose-gc", "--import", gcHook, cli, "hub", "-c", "capsul.yaml"], { cwd: dir });
+}
+
+interface Mem { rss: number; heapUsed: number; external: number; arrayBuffers: number }
+
+/** Two full GCs in the hub, then its memory (bench/gc-hook.ts). */
+async function gcMem(hub: Proc, nth: number): Promise<Mem> {
+  process.kill(hub.pid, "SIGUSR2");
+  const m = await hub.waitFor(new RegExp(`gc-hook #${nth} (\\{.*\\})`), GC_HOOK_TIMEOUT_MS);
+  return JSON.parse(m[1]!) as Mem;
+}
+
+const mb = (m: Mem): Record<string, number> => Object.fromEntries(Object.entries(m).filter(([, v]) => typeof v === "number").map(([k, v]) => [k, Math.round((v as number) / 1e5) / 10]));
+
+interface Holder { child: ChildProcess; connected: number; since: number; send(cmd: string): void; next(key: string): Promise<Record<string, number>> }
+
+function startHolder(stateFile: string, from: number, to: number, hubPort: number): Holder {
+  const script = path.join(HERE, "tunnel-holder.js");
+  const child = spawn("bash", ["-c", `ulimit -n ${BENCH_NOFILE} && exec "$@"`, "bash", process.execPath, script, stateFile, String(from), String(to), String(hubPort)],
+    { stdio: ["pipe", "pipe", "inherit"] });
+  const waiting: Array<{ key: string; resolve: (m: Record<string, number>) => void }> = [];
+  const h: Holder = {
+    child, connected: 0, since: 0,
+    send: (cmd) => { child.stdin!.write(cmd + "\n"); },
+    next: (key) => new Promise((resolve) => waiting.push({ key, resolve })),
+  };
+  readline.createInterface({ input: child.stdout! }).on("line", (line) => {
+    const m = JSON.parse(line) as Record<string, number>;
+    if ("connected" in m) { h.connected = m.connected!; h.since = m.since!; }
+    const i = waiting.findIndex((w) => w.key in m);
+    if (i >= 0) waiting.splice(i, 1)[0]!.resolve(m);
+  });
+  return h;
+}
+
+async function until(what: string, cond: () => boolean, why: () => Promise<string>, timeoutMs = ALL_BACK_TIMEOUT_MS): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${await why()}`);
+    await sleep(10);
+  }
+}
+
+/** GET / with Host: <cog>.<domain> on the hub's HTTP port; resolves to the body. */
+function visit(port: number, cog: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: "127.0.0.1", port, path: "/", headers: { host: `${cog}.${DOMAIN}` }, agent: false }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => { body += d; });
+      res.on("end", () => resolve(`${res.statusCode} ${body}`));
+    });
+    req.on("error", reject);
+  });
+}
+
+async function routingCheck(port: number, names: string[], sample: number): Promise<{ ok: number; wrong: string[] }> {
+  const step = Math.max(1, Math.floor(names.length / sample));
+  const wrong: string[] = [];
+  let ok = 0;
+  for (let i = 0; i < names.length && ok + wrong.length < sample; i += step) {
+    const got = await visit(port, names[i]!).catch((e: Error) => `error ${e.message}`);
+    if (got === `200 ${names[i]}`) ok++;
+    else wrong.push(`${names[i]} -> ${got.slice(0, 80)}`);
+  }
+  return { ok, wrong };
+}
+
+async function main(): Promise<void> {
+  const a = args();
+  const t0 = Date.now();
+  const state = await enrolled(a.cache, a.cogs);
+  if (state.cogs.length < a.cogs) throw new Error(`${a.cache} holds ${state.cogs.length} cogs, fewer than ${a.cogs}: remove it`);
+  process.stderr.write(`enrolled ${a.cogs} cogs (${a.cache}) in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+
+  const run = fs.mkdtempSync(path.join(os.tmpdir(), "capsul-tunnels-run-"));
+  fs.cpSync(path.join(a.cache, "hub"), path.join(run, "data"), { recursive: true });
+  const [httpPort, tunnelPort] = [await freePort(), await freePort()];
+  // Every cog dials from 127.0.0.1: the per-source cap on handshakes would turn this into a
+  // test of that cap; real cogs come from as many addresses as there are homes.
+  fs.writeFileSync(path.join(run, "capsul.yaml"), `hub:
+  data_dir: ./data
+  domain: ${DOMAIN}
+  listen:
+    tls: off
+    http: 127.0.0.1:${httpPort}
+    tunnel: 127.0.0.1:${tunnelPort}
+  limits:
+    grace: 1s
+  tunnel:
+    max_unauthenticated: ${Math.max(512, a.cogs + 16)}
+    max_unauthenticated_per_ip: ${Math.max(512, a.cogs + 16)}
+`);
+  const stateFile = path.join(run, "state.json");
+  fs.writeFileSync(stateFile, JSON.stringify({ ...state, cogs: state.cogs.slice(0, a.cogs) }));
+  const names = state.cogs.slice(0, a.cogs).map((c) => c.name);
+
+  let hub = startHub(a.cli, run);
+  const holders: Holder[] = [];
+  // On any way out (a timeout included): no hub, holder or run directory is left behind.
+  process.once("exit", () => {
+    for (const h of holders) h.child.kill("SIGTERM"); // the holder removes its data dir on the way out
+    try { process.kill(hub.pid, "SIGKILL"); } catch { /* already gone */ }
+    fs.rmSync(run, { recursive: true, force: true });
+  });
+  await hub.waitFor(/hub ready/);
+  let gcN = 0;
+  await sleep(SETTLE_MS);
+  const memEmpty = await gcMem(hub, ++gcN);
+  const rssEmpty = memEmpty.rss;
+
+  const per = Math.ceil(a.cogs / a.holders);
+  for (let i = 0; i < a.holders; i++) holders.push(startHolder(stateFile, i * per, Math.min(a.cogs, (i + 1) * per), tunnelPort));
+  await Promise.all(holders.map((h) => h.next("ready")));
+  const connected = (): number => holders.reduce((s, h) => s + h.connected, 0);
+  const since = (): number => holders.reduce((s, h) => s + h.since, 0);
+  const why = async (): Promise<string> => {
+    const w = await Promise.all(holders.map((h) => { h.send("warnings"); return h.next("warnings"); }));
+    return `connected ${connected()}, since epoch ${since()}; cog warnings ${JSON.stringify(w)}; hub output:\n${hub.output().slice(-3000)}`;
+  };
+
+  // 1. First connect: all N dial at once.
+  const cpu0 = cpuSeconds(hub.pid);
+  const c0 = Date.now();
+  for (const h of holders) h.send("start");
+  await until("all cogs connected", () => connected() >= a.cogs, why);
+  const firstS = (Date.now() - c0) / 1000;
+  const cpuFirst = cpuSeconds(hub.pid) - cpu0;
+  process.stderr.write(`first connect: ${a.cogs} in ${firstS.toFixed(1)} s, hub CPU ${((cpuFirst * 1000) / a.cogs).toFixed(2)} ms per tunnel\n`);
+  await sleep(SETTLE_MS);
+  const memUp = await gcMem(hub, ++gcN);
+  const rssUp = memUp.rss;
+  const routing1 = await routingCheck(httpPort, names, a.sample);
+
+  // 2. Idle: keepalives only.
+  const i0 = cpuSeconds(hub.pid);
+  await sleep(a.idleS * 1000);
+  const idlePct = ((cpuSeconds(hub.pid) - i0) / a.idleS) * 100;
+
+  // 3. kill -9, restart on the same ports and data.
+  for (const h of holders) h.send("epoch");
+  await sleep(100); // the epoch reaches the holders before the first reconnect
+  const k0 = Date.now();
+  process.kill(hub.pid, "SIGKILL");
+  await hub.stop();
+  hub = startHub(a.cli, run, a.cpuProf);
+  gcN = 0;
+  await hub.waitFor(/hub ready/);
+  const readyAt = Date.now();
+  const cpuR0 = cpuSeconds(hub.pid);
+  // Not all back in time is a result, not a failure: say how many were, and why not the rest.
+  let notBack = "";
+  await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why, a.backTimeoutS * 1000)
+    .catch((err: Error) => { notBack = err.message.slice(0, 2000); });
+  const backAt = Date.now();
+  const backCount = since();
+  const cpuBack = cpuSeconds(hub.pid) - cpuR0;
+  await sleep(SETTLE_MS);
+  const routing2 = await routingCheck(httpPort, names, a.sample);
+  const memBack = await gcMem(hub, ++gcN);
+  const rssBack = memBack.rss;
+
+  // 4. All but KEEP drop.
+  let left = a.keep;
+  await Promise.all(holders.map((h) => {
+    const k = Math.min(left, per);
+    left -= k;
+    h.send(`keep ${k}`);
+    return h.next("kept");
+  }));
+  await sleep(AFTER_DROP_SETTLE_MS);
+  const memDropped = await gcMem(hub, ++gcN);
+  const rssDropped = memDropped.rss;
+
+  for (const h of holders) h.send("exit");
+  await Promise.all(holders.map((h) => new Promise((resolve) => h.child.once("exit", resolve))));
+  await hub.stop();
+  fs.rmSync(run, { recursive: true, force: true });
+
+  const MB = 1e6;
+  const result = {
+    cogs: a.cogs, holders: a.holders, cli: a.cli, load: os.loadavg().map((l) => l.toFixed(2)).join(" "),
+    firstConnectS: firstS, hubCpuMsPerSetupFirst: (cpuFirst * 1000) / a.cogs,
+    killToAllBackS: (backAt - k0) / 1000, readyToAllBackS: (backAt - readyAt) / 1000,
+    hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
+    rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
+    rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
+    idleCpuPct: idlePct, idleS: a.idleS,
+    memoryMB: { empty: mb(memEmpty), up: mb(memUp), afterRestart: mb(memBack), afterDrop: mb(memDropped) },
+    routing: { beforeKill: routing1, afterRestart: routing2 },
+  };
+  process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  if (a.json) fs.writeFileSync(a.json, JSON.stringify(result, null, 2) + "\n");
+  if (routing1.wrong.length + routing2.wrong.length > 0) process.exitCode = 1;
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench/tunnels: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});
