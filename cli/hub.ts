@@ -120,7 +120,7 @@ export function registerHubCommands(program: Command): void {
 
   hub
     .command("cogs")
-    .description("list the cogs this hub knows: online or not, routes, certificate expiry")
+    .description("list the cogs this hub knows: online or not, the hub endpoints each has a tunnel to, routes, certificate expiry")
     .option("-c, --config <file>", CONFIG_HELP)
     .option("--json", "print JSON instead of a table")
     .action(async (opts: { config?: string; json?: boolean }) => {
@@ -130,7 +130,7 @@ export function registerHubCommands(program: Command): void {
         const statusOf = (c: CogListRow): string => (c.revokedAt !== null ? "revoked" : c.online ? "online" : c.certNotAfter === null ? "invited" : "offline");
         if (opts.json) {
           printJson(cogs.map((c) => ({
-            name: c.name, status: statusOf(c), online: c.online, remote: c.remote, routes: c.routes,
+            name: c.name, status: statusOf(c), online: c.online, endpoints: c.endpoints, remote: c.remote, routes: c.routes,
             created_at: isoTime(c.createdAt), last_seen_at: isoTime(c.lastSeen), cert_expires_at: isoTime(c.certNotAfter), revoked_at: isoTime(c.revokedAt),
           })));
           return;
@@ -139,9 +139,9 @@ export function registerHubCommands(program: Command): void {
           process.stdout.write("No cogs yet. Invite one with: capsul hub invite NAME\n");
           return;
         }
-        const rows = [["NAME", "STATUS", "LAST SEEN", "REMOTE", "CERT EXPIRES", "ROUTES"]];
+        const rows = [["NAME", "STATUS", "LAST SEEN", "ENDPOINTS", "REMOTE", "CERT EXPIRES", "ROUTES"]];
         for (const c of cogs) {
-          rows.push([c.name, statusOf(c), c.online ? "now" : ago(c.lastSeen), c.remote ?? "-",
+          rows.push([c.name, statusOf(c), c.online ? "now" : ago(c.lastSeen), c.endpoints.join(",") || "-", c.remote ?? "-",
             c.certNotAfter ? new Date(c.certNotAfter).toISOString().slice(0, 10) : "-", c.routes.join(" ") || "-"]);
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");

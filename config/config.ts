@@ -21,6 +21,7 @@ import { parseProvisionerConfig } from "../provisioner/config.js";
 import { checkTerminatedHostnames, parseAcme, parseRouteTermination, parseTerminate, ROUTE_TLS_KEYS } from "./acme.js";
 import { HUB_QUOTA_KEYS, hubCogLimits, parseCogLimits, parseHubQuotas } from "./quotas.js";
 import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
+import { parseHubEndpoint } from "./endpoint.js";
 import { parseDomains } from "./domains.js";
 import type {
   CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
@@ -31,6 +32,7 @@ import {
   string, type Obj,
 } from "./values.js";
 
+export { DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS, DEFAULT_ENDPOINT_TIMEOUT_MS } from "./endpoint.js";
 export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 // Defaults. Each one is stated in the doc comment of its field in ./types.ts
@@ -126,6 +128,7 @@ export const DEFAULT_COG_DATA_DIR = "/var/lib/capsul/cog";
 export const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = "none";
 export const DEFAULT_RECONNECT_MIN_DELAY_MS = 500;
 export const DEFAULT_RECONNECT_MAX_DELAY_MS = 30_000;
+export const DEFAULT_ENDPOINT_GONE_TIMEOUT_MS = 30_000;
 export const DEFAULT_TARGET_DIAL_TIMEOUT_MS = 5_000;
 /**
  * hub.shutdown_grace and cog.shutdown_grace: 30 s lets a page load or a small download finish
@@ -172,7 +175,7 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "shutdown_grace"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "shutdown_grace", "endpoint"] as const;
 const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
@@ -187,7 +190,7 @@ const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "v
 const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
   "acme", "terminate", "shutdown_grace"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
-const RECONNECT_KEYS = ["min_delay", "max_delay"] as const;
+const RECONNECT_KEYS = ["min_delay", "max_delay", "endpoint_gone_timeout"] as const;
 const LOG_KEYS = ["level"] as const;
 
 // ---- sections -------------------------------------------------------------
@@ -417,6 +420,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
+    endpoint: parseHubEndpoint(m.endpoint, at(path, "endpoint"), publicTunnelAddress, domain),
   };
 }
 
@@ -480,7 +484,10 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     dataDir: directory(m.data_dir, at(path, "data_dir"), DEFAULT_COG_DATA_DIR, baseDir),
     hub: m.hub == null ? null : parseHostPort(m.hub, at(path, "hub")),
     routes: parseRoutes(m.routes, at(path, "routes")),
-    reconnect: { minDelayMs, maxDelayMs },
+    reconnect: {
+      minDelayMs, maxDelayMs,
+      endpointGoneTimeoutMs: duration(rc.endpoint_gone_timeout, at(reconnectPath, "endpoint_gone_timeout"), DEFAULT_ENDPOINT_GONE_TIMEOUT_MS, 1),
+    },
     targetDialTimeoutMs: duration(m.target_dial_timeout, at(path, "target_dial_timeout"), DEFAULT_TARGET_DIAL_TIMEOUT_MS, 1),
     spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
     tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),

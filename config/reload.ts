@@ -27,7 +27,7 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   // hub.store stands for it and its store_* companions: they are one connection, opened at start.
   dataDir: "data_dir", store: "store", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
-  cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace",
+  cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace", endpoint: "endpoint",
 };
 const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports" };
 const COG_KEYS: KeyTable<CogConfig> = {

@@ -283,6 +283,25 @@ export interface HubConfig {
    * (default 30s; 0 cuts at once; at most 2^31-1 ms).
    */
   shutdownGraceMs: number;
+  /** How this hub process registers itself in the store for cogs to dial (hub.endpoint). */
+  endpoint: HubEndpointConfig;
+}
+
+/**
+ * hub.endpoint: one hub process as cogs see it (issue 12). Every hub sharing a
+ * store registers one; a cog keeps a tunnel to each live one.
+ */
+export interface HubEndpointConfig {
+  /** Unique among the hubs sharing the store (default: this machine's hostname, lower-cased). */
+  name: string;
+  /** The tunnel address cogs dial (default public_tunnel_address); port 0 means the tunnel listener's bound port. */
+  advertise: HostPort;
+  /** TLS server name (SNI) cogs send to this endpoint (default the advertised host, or domain when that is an IP address). */
+  serverName: string;
+  /** How often the hub stamps its endpoint row (default 2s). */
+  heartbeatIntervalMs: number;
+  /** An endpoint not stamped for this long is gone: cogs are told, its tunnel rows are cleaned (default 10s, at least twice heartbeat_interval). */
+  timeoutMs: number;
 }
 
 export interface CogRoute {
@@ -363,6 +382,8 @@ export interface CogConfig {
     minDelayMs: number;
     /** Cap of the exponential backoff (default 30s). Jitter is ±25%. */
     maxDelayMs: number;
+    /** A hub endpoint missing from the hub's list for this long, with no tunnel up, is no longer dialed (default 30s). */
+    endpointGoneTimeoutMs: number;
   };
   /** Deadline for dialing a route's target (default 5s). */
   targetDialTimeoutMs: number;

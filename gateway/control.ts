@@ -18,7 +18,9 @@ import { ProtocolError } from "../lib/errors.js";
 import { TokenBucket } from "../lib/tokenbucket.js";
 import type { MuxStream } from "../protocol/mux.js";
 import { encodeMessage, type MessageReader } from "../protocol/messages.js";
-import { checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireRoute } from "../protocol/control.js";
+import {
+  checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireEndpoint, type WireRoute,
+} from "../protocol/control.js";
 import type { Issuance, PresentedCert } from "./issuance.js";
 import type { RouteTable } from "./routes.js";
 
@@ -41,8 +43,11 @@ export interface ControlContext {
   log: Logger;
   /** Aborted when the tunnel closes. */
   signal: AbortSignal;
-  /** Writes the cog's live status for `capsul hub cogs` (never throws). */
-  recordStatus(routes: string[]): void;
+  /**
+   * Writes the cog's live status for `capsul hub cogs` and keeps its accepted routes in
+   * the store, for a restarted hub to hold visitors for (never throws).
+   */
+  recordStatus(routes: string[], accepted: AcceptedRoute[]): void;
   /** The cog or its certificate was revoked: tell it why and drop it at once. */
   revoked(message: string): void;
   /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
@@ -76,6 +81,12 @@ export class ControlChannel {
 
   private send(m: HubMessage): void {
     this.control.write(encodeMessage(m));
+  }
+
+  /** Tells the cog the live hub endpoints changed (gateway/endpoints.ts). */
+  pushEndpoints(endpoints: WireEndpoint[]): void {
+    if (this.ctx.signal.aborted) return;
+    this.send({ type: "endpoints", endpoints });
   }
 
   /** Applies the hello's route set (it takes a token like any other) and returns what was accepted. */
@@ -223,7 +234,7 @@ export class ControlChannel {
     const key = JSON.stringify(routes);
     if (key === this.lastStatus) return;
     this.lastStatus = key;
-    this.ctx.recordStatus(routes);
+    this.ctx.recordStatus(routes, accepted);
   }
 
   /** False when the cog was revoked (the tunnel is being dropped). */

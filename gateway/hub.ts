@@ -52,6 +52,8 @@ export function hubNames(cfg: HubConfig): string[] {
   if (pubHost && !names.includes(pubHost)) names.push(pubHost);
   const lh = cfg.listen.tunnel.host;
   if (lh && lh !== "0.0.0.0" && lh !== "::" && !names.includes(lh)) names.push(lh);
+  // What cogs dial and send as SNI when this hub is one endpoint of several (hub.endpoint).
+  for (const n of [cfg.endpoint.serverName, cfg.endpoint.advertise.host]) if (n && !names.includes(n)) names.push(n);
   return names;
 }
 

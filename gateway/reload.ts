@@ -19,6 +19,8 @@
  *   the unauthenticated-connection caps and the revocation poll at once.
  * - hub.domains: the next decision and lookup use it; the lookup timer restarts, and every
  *   connected cog's routes are applied again (turning it off withdraws proven names).
+ * - hub.endpoint (its advertised address follows public_tunnel_address and the tunnel
+ *   port): the endpoint row is registered again and every cog is sent the new list.
  * - invite_ttl, cog_cert_ttl, shutdown_grace: read when used.
  */
 import type { HubPki } from "../certs/pki.js";

@@ -29,7 +29,7 @@ import { normalizeHostnamePattern } from "../lib/hostname.js";
 import { KeyedQueue } from "../lib/keyedqueue.js";
 import { grantsFor, inRanges, patternCovers, portGrants, type CogGrants } from "./grants.js";
 import type { RouteEntry, Router } from "./router.js";
-import type { HubStore, PortAssignment, StoreOps } from "./store/types.js";
+import type { HubStore, PortAssignment, StoredRoute, StoreOps } from "./store/types.js";
 
 export interface TcpPortOpener {
   /** Opens (or keeps) the public listener for a port; rejects with the bind error. */
@@ -270,6 +270,51 @@ export class RouteTable {
       // Only the reuse order depends on the stamp: not worth failing a withdrawal or a cog's departure for.
       this.log.warn("could not stamp a closed hub TCP port", { port, error: (err as Error).message });
     }
+  }
+
+  /**
+   * Claims routes a cog held before this hub started (gateway/tunnels.ts restoreRoutes),
+   * before the cog is back: hostnames still inside its grants, TCP ports still assigned
+   * to it (their listeners opened). Anything else is skipped: the cog's next announce
+   * decides. Returns how many were claimed.
+   */
+  restore(cog: string, stored: readonly StoredRoute[]): Promise<number> {
+    return this.queue.run(cog, async () => {
+      let n = 0;
+      let grants: CogGrants;
+      try {
+        grants = await grantsFor(this.cfg, this.store, cog);
+      } catch (err) {
+        this.log.warn("could not read a cog's grants to restore its routes", { cog, error: (err as Error).message });
+        return 0;
+      }
+      for (const r of stored) {
+        try {
+          if (r.kind === "tcp") {
+            if (r.port === null || !inRanges(r.port, grants.tcpPorts)) continue;
+            const owner = await this.store.portOwner(r.port);
+            if (!owner || owner.cog !== cog || owner.route !== r.route) continue;
+            const entry: RouteEntry = { cog, route: r.route, kind: "tcp", port: r.port };
+            if (!this.router.claim(entry).ok) continue;
+            try {
+              await this.tcp.open(r.port);
+            } catch (err) {
+              this.router.release(entry);
+              this.log.warn("could not reopen a known route's port", { cog, port: r.port, error: (err as NodeJS.ErrnoException).code ?? (err as Error).message });
+              continue;
+            }
+          } else {
+            const pattern = r.hostname === null ? null : normalizeHostnamePattern(r.hostname);
+            if (!pattern || !grants.hostnames.some((g) => patternCovers(g, pattern))) continue;
+            if (!this.router.claim({ cog, route: r.route, kind: r.kind, pattern }).ok) continue;
+          }
+          n++;
+        } catch (err) {
+          this.log.warn("could not restore a known route", { cog, route: r.route, error: (err as Error).message });
+        }
+      }
+      return n;
+    });
   }
 
   /**

@@ -27,6 +27,8 @@ import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
 import { ControlChannel, type ControlContext } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
+import { EndpointRegistry } from "./endpoints.js";
+import type { StoredRoute } from "./store/types.js";
 
 /**
  * How long an unauthenticated or silent connection may take to send its first
@@ -95,6 +97,8 @@ export class Tunnels extends EventEmitter {
   private readonly strangers: ThrottledLog;
   readonly admission: TunnelAdmission;
   readonly issuance: Issuance;
+  /** This process as a hub endpoint in the store, and the live list cogs are given. */
+  readonly endpoints: EndpointRegistry;
   /** Admitted TCP connections whose TLS handshake has not finished, by connKey. */
   private readonly handshaking = new Map<string, AdmissionTicket>();
   /** Every TCP connection on the tunnel port, so close() can end the unauthenticated ones too. */
@@ -118,6 +122,8 @@ export class Tunnels extends EventEmitter {
     this.strangers = new ThrottledLog(log);
     this.admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, this.strangers);
     this.issuance = new Issuance(cfg, store, pki);
+    this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
+    this.endpoints.on("change", () => this.pushEndpoints());
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
@@ -149,6 +155,8 @@ export class Tunnels extends EventEmitter {
       await this.store.markAllOffline();
       this.watchIntervalMs = this.cfg.tunnel.revocationPollIntervalMs;
       this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.watchIntervalMs);
+      await this.restoreRoutes();
+      await this.endpoints.start(this.listener.port!);
     } catch (err) {
       this.listener.stop();
       throw err;
@@ -193,6 +201,14 @@ export class Tunnels extends EventEmitter {
     this.admission.setLimits(this.cfg.tunnel.maxUnauthenticated, this.cfg.tunnel.maxUnauthenticatedPerIp);
     this.tlsServer = this.makeTlsServer();
     await this.rewatch();
+    // The endpoint's address follows public_tunnel_address and the tunnel port; under a new
+    // name the live tunnels are recorded again (the old name's rows went with its row).
+    const { renamed } = await this.endpoints.reconfigure(this.listener.port!);
+    if (renamed) {
+      for (const link of this.links.values()) {
+        if (link.session) this.recordStatus(link.cog, () => this.store.recordTunnel(link.cog, this.endpoints.name, link.remote));
+      }
+    }
   }
 
   /**
@@ -218,6 +234,44 @@ export class Tunnels extends EventEmitter {
       told++;
     }
     this.log.info("draining: tunnel listener closed, GoAway sent", { cogs: told });
+  }
+
+  /**
+   * The routes cogs held before this hub (re)started, from the store: each such cog gets
+   * a link without a session in its grace period, so a visitor arriving before the cog is
+   * back waits for it instead of getting "no route" (issue 12: after a restart ~9 s of
+   * refusals at 1,000 cogs). A cog that is not back when the grace ends is dropped as usual.
+   */
+  private async restoreRoutes(): Promise<void> {
+    const revoked = await this.store.revokedCogs();
+    const byCog = new Map<string, StoredRoute[]>();
+    for (const r of await this.store.allRoutes()) {
+      if (revoked.has(r.cog)) continue;
+      const list = byCog.get(r.cog);
+      if (list) list.push(r);
+      else byCog.set(r.cog, [r]);
+    }
+    if (this.cfg.limits.graceMs <= 0) return; // no grace: nothing would hold a visitor
+    let held = 0;
+    // All at once (each cog's restore queues behind nothing but its own hello): at 1,000 cogs
+    // one after the other would cost a store round trip each before the hub is ready.
+    const restoring: Promise<void>[] = [];
+    for (const [cog, stored] of byCog) {
+      if (this.links.has(cog)) continue; // back already: its hello decides
+      const link: CogLink = { cog, session: null, waiters: [], graceTimer: null, remote: "", connectedAt: 0, control: null };
+      this.links.set(cog, link);
+      restoring.push(this.routes.restore(cog, stored).then((n) => {
+        held += n;
+        if (!link.session && this.links.get(cog) === link) this.startGrace(link);
+      }));
+    }
+    await Promise.all(restoring);
+    if (byCog.size) this.log.info("known routes held for their cogs", { cogs: byCog.size, routes: held, graceMs: this.cfg.limits.graceMs });
+  }
+
+  /** The live endpoints changed: every connected cog hears it on its control stream. */
+  private pushEndpoints(): void {
+    for (const link of this.links.values()) link.control?.pushEndpoints(this.endpoints.list);
   }
 
   /** A live session for the cog, waiting out its grace period if it is reconnecting. */
@@ -361,7 +415,10 @@ export class Tunnels extends EventEmitter {
     session.once("close", () => closed.abort());
     const channel = new ControlChannel({
       cfg: this.cfg, cog, presented, routes: this.routes, issuance: this.issuance, log: this.log, signal: closed.signal,
-      recordStatus: (routes) => this.recordStatus(cog, () => this.store.markOnline(cog, remote, routes)),
+      recordStatus: (routes, accepted) => this.recordStatus(cog, async () => {
+        await this.store.markOnline(cog, remote, routes);
+        await this.store.saveRoutes(cog, accepted.map((a): StoredRoute => ({ route: a.name, kind: a.kind, hostname: a.hostname ?? null, port: a.port ?? null })));
+      }),
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
@@ -371,7 +428,10 @@ export class Tunnels extends EventEmitter {
     this.attach(cog, session, remote, channel);
     const result = await channel.hello(wanted);
     if (session.closed) return;
-    send({ type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused });
+    send({
+      type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused,
+      endpoint: this.endpoints.name, endpoints: this.endpoints.list,
+    });
     channel.welcomeSent();
     this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
@@ -412,6 +472,7 @@ export class Tunnels extends EventEmitter {
     link.remote = remote;
     link.connectedAt = Date.now();
     for (const w of link.waiters.splice(0)) w(session);
+    this.recordStatus(cog, () => this.store.recordTunnel(cog, this.endpoints.name, remote));
     const l = link;
     session.once("goaway", () => this.retire(l, session));
     if (this.draining) session.goAway();
@@ -422,7 +483,10 @@ export class Tunnels extends EventEmitter {
       // The grace period first: a failed status write below must not cost the visitors their wait.
       this.startGrace(l);
       this.log.info("cog disconnected", { cog, remote, error: err?.message });
-      this.recordStatus(cog, () => this.store.markOffline(cog));
+      this.recordStatus(cog, async () => {
+        await this.store.clearTunnel(cog, this.endpoints.name);
+        await this.store.markOffline(cog);
+      });
     });
   }
 
@@ -472,7 +536,10 @@ export class Tunnels extends EventEmitter {
     this.links.delete(cog);
     for (const w of link.waiters.splice(0)) w(null);
     this.dropRoutes(cog);
-    this.recordStatus(cog, () => this.store.markOffline(cog));
+    this.recordStatus(cog, async () => {
+      await this.store.clearTunnel(cog, this.endpoints.name);
+      await this.store.markOffline(cog);
+    });
     for (const [old, owner] of this.retired) if (owner === cog) old.destroy();
     if (farewell) farewell();
     else s?.destroy();
@@ -494,6 +561,7 @@ export class Tunnels extends EventEmitter {
 
   async close(): Promise<void> {
     this.closing = true;
+    await this.endpoints.close();
     await this.watch?.close();
     for (const cog of [...this.links.keys()]) {
       const link = this.links.get(cog)!;

@@ -18,6 +18,14 @@ export interface WireRoute {
 /** A route the hub accepted; tcp routes carry the hub port assigned. */
 export interface AcceptedRoute extends WireRoute { port?: number }
 export interface RefusedRoute { name: string; reason: string }
+/**
+ * A hub endpoint (issue 12): one hub process a cog keeps a tunnel to. `address` is the
+ * host:port to dial, `serverName` the TLS SNI to send: several endpoints may share one
+ * address and differ by server name only.
+ */
+export interface WireEndpoint { name: string; address: string; serverName: string }
+/** A cog reads at most this many endpoints from one list (a hub is a handful of processes, not thousands). */
+export const ENDPOINTS_MAX = 256;
 
 /**
  * One of the cog's claims on a hostname outside its grants (gateway/domains.ts): the TXT
@@ -45,7 +53,13 @@ export type CogMessage =
 export type ErrorCode = "version" | "auth" | "revoked" | "bad-request" | "enroll" | "renew";
 
 export type HubMessage =
-  | { type: "welcome"; protocol: number; cog: string; domain: string; accepted: AcceptedRoute[]; refused: RefusedRoute[] }
+  | {
+    type: "welcome"; protocol: number; cog: string; domain: string; accepted: AcceptedRoute[]; refused: RefusedRoute[];
+    /** The name of the endpoint that answered, and every live endpoint (absent from hubs before issue 12). */
+    endpoint?: string; endpoints?: WireEndpoint[];
+  }
+  /** The live endpoints changed; the whole list (added in protocol 1 without a bump: older cogs ignore unknown types). */
+  | { type: "endpoints"; endpoints: WireEndpoint[] }
   | { type: "routes-result"; accepted: AcceptedRoute[]; refused: RefusedRoute[] }
   | { type: "enrolled"; cog: string; cert: string; ca: string; domain: string }
   | { type: "renewed"; cert: string }
@@ -120,6 +134,26 @@ export function checkWireDomainProofs(v: unknown): WireDomainProof[] {
       verifiedAt: p.verifiedAt, checkedAt: p.checkedAt, lastError: p.lastError,
     };
   });
+}
+
+const ENDPOINT_NAME_RE = /^[a-z0-9][a-z0-9.-]{0,62}$/;
+
+/**
+ * The endpoints of a welcome or an endpoints message, as far as they are usable: entries
+ * that are not {name, address "host:port", serverName} are skipped, not fatal (a newer hub
+ * may add kinds of entries this cog does not know). Throws only when it is not a list.
+ */
+export function checkWireEndpoints(v: unknown): WireEndpoint[] {
+  if (!Array.isArray(v)) throw new ProtocolError("endpoints must be a list");
+  const out: WireEndpoint[] = [];
+  for (const e of v.slice(0, ENDPOINTS_MAX)) {
+    if (!isObj(e) || typeof e.name !== "string" || !ENDPOINT_NAME_RE.test(e.name)) continue;
+    if (typeof e.address !== "string" || !/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(e.address)) continue;
+    if (typeof e.serverName !== "string" || e.serverName.length > 253) continue;
+    if (out.some((o) => o.name === e.name)) continue;
+    out.push({ name: e.name, address: e.address, serverName: e.serverName });
+  }
+  return out;
 }
 
 export function checkVisitorHeader(v: { type: string }): VisitorHeader {

@@ -17,6 +17,7 @@
  * line per change of state, checked below too.
  */
 import t, { type Test } from "tap";
+import { defaultEndpointName } from "../config/endpoint.js";
 import fs from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
@@ -143,8 +144,9 @@ t.test("every command that prints has --json, and its JSON has the one style", {
   await run("cog reload", ["-c", cogYaml]);
   await run("config check", ["-c", hubYaml]);
   t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
-  const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
+  const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; endpoints: string[]; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
   t.equal(cogs[0]?.online, true);
+  t.same(cogs[0]?.endpoints, [defaultEndpointName()], "connected to the one hub, by its default endpoint name");
   t.ok(Date.parse(cogs[0]!.cert_expires_at) > Date.now(), "cert_expires_at is a real future instant");
   const ports = await run("hub ports", ["-c", hubYaml]) as Array<{ port: number; live: boolean; assigned_at: string }>;
   t.equal(ports[0]?.live, true);

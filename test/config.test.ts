@@ -9,6 +9,7 @@ import * as A from "../config/acme.js";
 import * as D from "../config/domains.js";
 import { loadConfigFile, parseConfig } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
+import { defaultEndpointName } from "../config/endpoint.js";
 import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
 
@@ -124,6 +125,8 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
+    ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
+    "cog.reconnect.endpoint_gone_timeout",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
     "cog.target_dial_timeout", "cog.splice_queue", "cog.tunnel.max_stream_window", "cog.tunnel.keepalive_interval",
@@ -214,12 +217,16 @@ t.test("defaults are filled", async (t) => {
       },
       tunnel: hubTunnel,
       shutdownGraceMs: 30000,
+      endpoint: {
+        name: defaultEndpointName(), advertise: { host: "hub.example.net", port: 7443 }, serverName: "hub.example.net",
+        heartbeatIntervalMs: 2000, timeoutMs: 10000,
+      },
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
       hub: null,
       routes: [],
-      reconnect: { minDelayMs: 500, maxDelayMs: 30000 },
+      reconnect: { minDelayMs: 500, maxDelayMs: 30000, endpointGoneTimeoutMs: 30000 },
       targetDialTimeoutMs: 5000,
       spliceQueueBytes: 262144,
       tunnel: cogTunnel,
@@ -303,7 +310,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
   t.equal(cog.routes[0]!.proxyProtocol, "v1");
   t.same(cog.routes[1]!.target, { host: "localhost", port: 80 });
   t.equal(cog.routes[2]!.port, undefined, "tcp port left to the hub");
-  t.same(cog.reconnect, { minDelayMs: 30000, maxDelayMs: 30000 });
+  t.same(cog.reconnect, { minDelayMs: 30000, maxDelayMs: 30000, endpointGoneTimeoutMs: 30000 });
   t.equal(cog.targetDialTimeoutMs, 750);
   t.equal(cog.spliceQueueBytes, 1_000_000);
   t.same(cog.tunnel, {
@@ -547,6 +554,9 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_PROXY_PROTOCOL", "CogRoute", "proxyProtocol", "none", same],
     ["DEFAULT_RECONNECT_MIN_DELAY_MS", "CogConfig", "minDelayMs", "500ms", dur],
     ["DEFAULT_RECONNECT_MAX_DELAY_MS", "CogConfig", "maxDelayMs", "30s", dur],
+    ["DEFAULT_ENDPOINT_GONE_TIMEOUT_MS", "CogConfig", "endpointGoneTimeoutMs", "30s", dur],
+    ["DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS", "HubEndpointConfig", "heartbeatIntervalMs", "2s", dur],
+    ["DEFAULT_ENDPOINT_TIMEOUT_MS", "HubEndpointConfig", "timeoutMs", "10s", dur],
     ["DEFAULT_TARGET_DIAL_TIMEOUT_MS", "CogConfig", "targetDialTimeoutMs", "5s", dur],
     ["DEFAULT_LOG_LEVEL", "CapsulConfig", "log", "info", same],
     ["DEFAULT_SHUTDOWN_GRACE_MS", "HubConfig", "shutdownGraceMs", "30s", dur],
@@ -667,4 +677,36 @@ t.test("hub.domains (config/domains.ts): defaults match config/types.ts; a resol
   t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: ":53" } } })).message,
     'hub.domains.resolver: expected system or the IP:PORT of a DNS resolver, got ":53"');
   t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { pending_interval: "30 parsecs" } } })).path, "hub.domains.pending_interval");
+});
+
+t.test("hub.endpoint and cog.reconnect.endpoint_gone_timeout: read, defaulted, and bad values named", async (t) => {
+  t.equal(defaultEndpointName("Web-1.Example.NET"), "web-1.example.net");
+  t.equal(defaultEndpointName("my_box"), "my-box");
+  t.equal(defaultEndpointName("_"), "hub", "nothing usable left: a fixed name");
+  const ep = parseConfig({ hub: { domain: "hub.example.net", endpoint: {
+    name: "vps-2", advertise: "198.51.100.7:7443", heartbeat_interval: "1s", timeout: "5s",
+  } } }).hub!.endpoint;
+  t.strictSame(ep, { name: "vps-2", advertise: { host: "198.51.100.7", port: 7443 }, serverName: "hub.example.net", heartbeatIntervalMs: 1000, timeoutMs: 5000 },
+    "an IP address advertised: the hub's domain is the server name");
+  const named = parseConfig({ hub: { domain: "hub.example.net", public_tunnel_address: "t2.example.net:443", endpoint: { server_name: "W1.T2.example.net" } } }).hub!.endpoint;
+  t.same([named.advertise, named.serverName], [{ host: "t2.example.net", port: 443 }, "w1.t2.example.net"], "public_tunnel_address is the default; the server name is normalized");
+  t.same(parseConfig({ hub: { domain: "h.example", listen: { tunnel: "127.0.0.1:0" } } }).hub!.endpoint.advertise, { host: "h.example", port: 0 },
+    "port 0 stands for the bound tunnel port");
+  t.equal(parseConfig({ cog: { reconnect: { endpoint_gone_timeout: "2m" } } }).cog!.reconnect.endpointGoneTimeoutMs, 120_000);
+  const bad: [unknown, string][] = [
+    [{ hub: { domain: "h.example", endpoint: { name: "Hub A" } } }, 'hub.endpoint.name: not an endpoint name (a-z or 0-9 first, then a-z, 0-9, "." or "-", at most 63): "Hub A"'],
+    [{ hub: { domain: "h.example", endpoint: { advertise: "nowhere" } } }, 'hub.endpoint.advertise: not host:port (missing :port): "nowhere"'],
+    [{ hub: { domain: "h.example", endpoint: { advertise: ":7443" } } }, "hub.endpoint.advertise: must name a host cogs can dial, not 0.0.0.0"],
+    [{ hub: { domain: "h.example", endpoint: { server_name: "10.0.0.1" } } }, 'hub.endpoint.server_name: not a DNS name: "10.0.0.1"'],
+    [{ hub: { domain: "h.example", endpoint: { heartbeat_interval: "0s" } } }, "hub.endpoint.heartbeat_interval: must be greater than 0"],
+    [{ hub: { domain: "h.example", endpoint: { heartbeat_interval: "5s", timeout: "9s" } } }, "hub.endpoint.timeout: must be at least twice heartbeat_interval (10s), got 9s"],
+    [{ hub: { domain: "h.example", endpoint: { ttl: "5s" } } }, "hub.endpoint.ttl"],
+    [{ cog: { reconnect: { endpoint_gone_timeout: "never" } } }, 'cog.reconnect.endpoint_gone_timeout: not a duration (use e.g. 500ms, 5s, 2m, 1h): "never"'],
+  ];
+  for (const [raw, message] of bad) {
+    let err: unknown = null;
+    try { parseConfig(raw); } catch (e) { err = e; }
+    t.ok(err instanceof ConfigError, `${message}: a ConfigError`);
+    t.match((err as Error).message, new RegExp(`^${message.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`), message);
+  }
 });

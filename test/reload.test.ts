@@ -130,7 +130,8 @@ t.test("a 256 MiB transfer in flight survives hub and cog reloads that add and r
   const tr = await runCli(["hub", "reload", "-c", hubYaml]);
   t.equal(tr.code, 0, `capsul hub reload: ${tr.stderr}`);
   // public_tunnel_address follows the tunnel port when it is not set.
-  t.match(tr.stdout, /changed: hub\.public_tunnel_address, hub\.limits, hub\.listen\.tunnel\./, "limits back to the defaults, tunnel listener moved");
+  // The endpoint cogs are told to dial follows public_tunnel_address too (hub.endpoint.advertise defaults to it).
+  t.match(tr.stdout, /changed: hub\.public_tunnel_address, hub\.limits, hub\.endpoint, hub\.listen\.tunnel\./, "limits back to the defaults, tunnel listener and endpoint moved");
   t.equal(await probePort(hub.ports.tunnel), "ECONNREFUSED", "the old tunnel port takes no new tunnels");
   const cogFrom = cog.out.stderr.length;
   writeDoc(cogYaml, cogDoc(dir, "home1", [bulkRoute, routeB, routeD], { hub: `127.0.0.1:${newTunnel}` }));

@@ -221,20 +221,31 @@ for (const b of backends) {
       await s.saveRoutes("a", [{ route: "web", kind: "http", hostname: "w.a.hub.test", port: null }]);
       t.same((await s.allRoutes()).map((r) => `${r.cog}/${r.route}`), ["a/web", "b/site"], "a set replaces the last one");
 
-      await s.registerEndpoint("hub-a", "198.51.100.1:7443", 1000);
-      await s.registerEndpoint("hub-b", "198.51.100.2:7443", 1000);
-      t.equal(await s.heartbeatEndpoint("hub-a", 5000), true);
-      t.equal(await s.heartbeatEndpoint("hub-z", 5000), false, "not registered");
-      t.same((await s.liveEndpoints(4000)).map((e) => [e.name, e.tunnelAddress, e.startedAt, e.heartbeatAt]), [["hub-a", "198.51.100.1:7443", 1000, 5000]]);
+      await s.registerEndpoint("hub-a", "198.51.100.1:7443", "a.hub.test", 1000, 1000);
+      await s.registerEndpoint("hub-b", "198.51.100.2:7443", "b.hub.test", 1000, 1000);
+      t.equal(await s.heartbeatEndpoint("hub-a", 1000, 5000), true);
+      t.equal(await s.heartbeatEndpoint("hub-z", 1000, 5000), false, "not registered");
+      t.equal(await s.heartbeatEndpoint("hub-b", 999, 5000), false, "another process's row of that name (started at another time)");
+      t.same((await s.liveEndpoints(4000)).map((e) => [e.name, e.tunnelAddress, e.serverName, e.startedAt, e.heartbeatAt]),
+        [["hub-a", "198.51.100.1:7443", "a.hub.test", 1000, 5000]]);
+      t.same(await s.getEndpoint("hub-b"), { name: "hub-b", tunnelAddress: "198.51.100.2:7443", serverName: "b.hub.test", startedAt: 1000, heartbeatAt: 1000 });
       await s.recordTunnel("a", "hub-a", "192.0.2.7:4000", 5100);
       await s.recordTunnel("a", "hub-b", "192.0.2.7:4001", 5100);
       await s.recordTunnel("a", "hub-a", "192.0.2.7:4002", 5200);
       t.same(await s.tunnelsOf("a"), [{ cog: "a", endpoint: "hub-a", remote: "192.0.2.7:4002", connectedAt: 5200 }, { cog: "a", endpoint: "hub-b", remote: "192.0.2.7:4001", connectedAt: 5100 }]);
-      await s.clearTunnel("a", "hub-b");
+      await s.ensureCog("a", 1);
+      t.same((await s.listCogs()).map((c) => [c.name, c.online, c.endpoints]), [["a", true, ["hub-a", "hub-b"]]], "capsul hub cogs sees the tunnels");
+      t.same(await s.reapEndpoints(4000), ["hub-b"], "hub-b's last stamp is older than the cut");
+      t.same(await s.tunnelsOf("a"), [{ cog: "a", endpoint: "hub-a", remote: "192.0.2.7:4002", connectedAt: 5200 }], "a reaped endpoint's tunnel rows go with it");
+      t.equal(await s.getEndpoint("hub-b"), undefined);
       await s.recordTunnel("c", "hub-a", "192.0.2.9:1", 5300);
       t.same((await s.tunnelsTo("hub-a")).map((r) => r.cog), ["a", "c"]);
+      await s.clearTunnel("c", "hub-a");
+      t.same((await s.tunnelsTo("hub-a")).map((r) => r.cog), ["a"]);
+      await s.registerEndpoint("hub-b", "198.51.100.2:7443", "b.hub.test", 6000, 6000);
       await s.removeEndpoint("hub-a");
       t.same(await s.tunnelsOf("a"), [], "an endpoint's tunnels go with it");
+      t.same((await s.listCogs()).map((c) => [c.name, c.online, c.endpoints]), [["a", false, []]]);
       t.same((await s.liveEndpoints(0)).map((e) => e.name), ["hub-b"]);
 
       const row = (over: Partial<DomainProofRow>): DomainProofRow => ({

@@ -1,17 +1,24 @@
 /**
- * The cog's tunnel client: keeps one mTLS + yamux tunnel to the hub up,
- * announces routes (capsul.yaml's plus whatever the provisioner publishes),
- * and splices every visitor stream the hub opens to its local target, with a
- * PROXY protocol header first when the route asks for one.
+ * The cog's tunnel client: keeps one mTLS + yamux tunnel to every hub
+ * endpoint up (./hublink.ts, each with its own backoff; a dead hub is noticed
+ * by the mux keepalive), announces routes (capsul.yaml's plus whatever the
+ * provisioner publishes) on each, and splices every visitor stream any of
+ * them opens to its local target, with a PROXY protocol header first when the
+ * route asks for one. Refusals from a hub are logged with the hub's reason.
  *
- * Reconnects with jittered exponential backoff; a dead hub is noticed by the
- * mux keepalive. Refusals from the hub are logged with the hub's reason.
+ * Endpoints (issue 12): the configured hub address is the bootstrap. Its
+ * welcome names the endpoint that answered and lists the live ones; the hub
+ * pushes the list again when it changes. The client dials every listed
+ * endpoint it has no link to, and stops dialing one the list has not named
+ * for cog.reconnect.endpoint_gone_timeout. When no link is left it dials the
+ * bootstrap address again. A hub without endpoints (an older one) never sends
+ * a list: the bootstrap link is then the only one, as before.
  *
- * Leaving a session without dropping its streams ("retiring" it): when the hub
- * sends GoAway (it is draining), when a reload moves the cog to another hub
- * address, and when the cog itself drains (SIGTERM). The retired session keeps
- * serving the visitor streams open on it, and those the hub still opens on it,
- * while the client dials a new tunnel at once (not after draining).
+ * Leaving a session without dropping its streams ("retiring" it, ./hublink.ts):
+ * when a hub sends GoAway (it is draining), when a reload moves the cog to
+ * another hub address, and when the cog itself drains (SIGTERM). The retired
+ * session keeps serving the visitor streams open on it, and those the hub
+ * still opens on it, while the link dials a new tunnel at once.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -24,13 +31,15 @@ import {
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
 } from "../protocol/control.js";
 import { certInfo, createKeyAndCsr, renewalDueAt } from "../certs/pki.js";
+import { parseHostPort } from "../lib/hostname.js";
 import { waitForClose } from "../lib/closewait.js";
-import { dialHub } from "./dial.js";
+import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
+import { HubLink, type LinkOwner } from "./hublink.js";
+import { saveDomainReport } from "./domains.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
 import { httpSideName } from "./terminate.js";
-import { saveDomainReport } from "./domains.js";
 
 /** Deadline for the hub's welcome after the hello: the default of cog.tunnel.welcome_timeout. */
 export const WELCOME_TIMEOUT_MS = 15_000;
@@ -38,13 +47,9 @@ export const WELCOME_TIMEOUT_MS = 15_000;
 export const VISITOR_HEADER_TIMEOUT_MS = 10_000;
 /** The visitor header is small; anything bigger is a protocol error. The default of cog.tunnel.visitor_header_max_bytes. */
 export const VISITOR_HEADER_MAX_BYTES = 4096;
-/** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
-export const RECONNECT_JITTER_RATIO = 0.25;
+export { RECONNECT_JITTER_RATIO } from "./hublink.js";
 
 export type ClientState = "idle" | "connecting" | "connected" | "waiting" | "draining" | "closed";
-
-/** Why one tunnel's life ended: refused by the hub, ended, or left on purpose (then retired, not destroyed). */
-type RunOutcome = "refused" | "ended" | "goaway" | "moved" | "draining";
 
 export interface ClientDrainReport {
   /** Visitor streams open when the drain began. */
@@ -64,30 +69,29 @@ export interface TerminatingHandler {
 /** Where a route's visitors go; `terminated` routes go to the TerminatingHandler instead of straight to the target. */
 interface RouteTarget extends Target { terminated?: { side: "tls" | "http"; route: CogRoute } }
 
-export class TunnelClient extends EventEmitter implements RouteSink {
+export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
+  /** "connected" while at least one link is; else the bootstrap link's state. */
   state: ClientState = "idle";
-  private session: MuxSession | null = null;
-  private control: MuxStream | null = null;
+  /** One per hub endpoint (and a bootstrap link until its welcome names its endpoint). */
+  readonly links = new Set<HubLink>();
   private readonly published = new Map<string, PublishedRoute[]>();
   private readonly statuses = new Map<string, RouteStatus>();
   private targets = new Map<string, RouteTarget>();
   private targetOpts: TargetOptions;
-  private attempt = 0;
-  private wakeup: (() => void) | null = null;
-  private updateQueued = false;
-  private loopDone: Promise<void> | null = null;
-  private readonly streams = new Set<MuxStream>();
-  private identity: CogIdentity;
   /** The last state the hub reported for each custom domain, so that only changes are logged. */
   private readonly domainStates = new Map<string, string>();
-  /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
-  private leave: ((why: "moved" | "draining") => void) | null = null;
   /** Sessions left on purpose that still carry visitor streams (see the top of this file). */
   private readonly retired = new Set<MuxSession>();
+  private updateQueued = false;
+  private started = false;
+  private readonly streams = new Set<MuxStream>();
+  private identityNow: CogIdentity;
+  /** The link a renewal was asked on, until it is answered or that link drops: the other links do not ask too. */
+  private renewing: HubLink | null = null;
 
   constructor(
     // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
-    private readonly cfg: CogConfig,
+    readonly cfg: CogConfig,
     identity: CogIdentity,
     private hub: HostPort,
     private readonly log: Logger,
@@ -95,53 +99,52 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     private readonly terminator: TerminatingHandler | null = null,
   ) {
     super();
-    this.identity = identity;
+    this.identityNow = identity;
     this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
     this.rebuildTargets();
   }
 
   start(): void {
-    if (this.loopDone) return;
-    this.loopDone = this.loop();
+    if (this.started) return;
+    this.started = true;
+    this.state = "connecting";
+    this.addLink({ hub: this.hub }, null);
   }
 
   async close(): Promise<void> {
     this.state = "closed";
-    this.wakeup?.();
-    this.leave?.("draining");
     for (const s of this.streams) s.destroy();
-    this.session?.destroy();
+    const stopping = [...this.links].map((l) => l.stop());
     for (const s of this.retired) s.destroy();
-    await this.loopDone;
+    await Promise.all(stopping);
+    this.links.clear();
   }
 
   /**
-   * Stops for good, gently: the tunnel is retired (GoAway: the hub sends no new visitors
-   * and holds them for its grace period instead) and no other is dialed; the visitor
-   * streams open now may finish for up to `graceMs`, or until `cutNow` aborts. close()
-   * afterwards cuts what is left.
+   * Stops for good, gently: every tunnel is retired (GoAway: the hubs send no new visitors
+   * and hold them for their grace period instead) and none is dialed; the visitor streams
+   * open now may finish for up to `graceMs`, or until `cutNow` aborts. close() afterwards
+   * cuts what is left.
    */
   async drain(graceMs: number, cutNow?: AbortSignal): Promise<ClientDrainReport> {
     const open = [...this.streams];
     if (this.state !== "closed") this.state = "draining";
-    this.wakeup?.();
-    this.leave?.("draining");
+    for (const l of this.links) l.drain();
     const left = await waitForClose(open, graceMs, cutNow);
     return { live: open.length, finished: open.length - left, cut: left };
   }
 
-  /** The hub address dialed (capsul.yaml's cog.hub, or the enrollment's). */
+  /** The bootstrap hub address (capsul.yaml's cog.hub, or the enrollment's). */
   get hubAddress(): HostPort { return this.hub; }
 
   /**
-   * A reload moved the cog to another hub address: the current tunnel is retired (its
-   * streams finish on it) and the new address is dialed at once.
+   * A reload moved the cog to another hub address: the links dialed from the bootstrap
+   * address retire their tunnels (their streams finish on them) and dial the new one at
+   * once; links made from an endpoint list keep following the list.
    */
   setHub(hub: HostPort): void {
     this.hub = hub;
-    this.attempt = 0;
-    this.leave?.("moved");
-    this.wakeup?.();
+    for (const l of this.links) if (!l.fromList) l.move({ hub });
   }
 
   /** After a reload: announce the route set again (capsul.yaml's routes changed) and rebuild the dial settings. */
@@ -150,11 +153,17 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     if (routesChanged) this.routesChanged();
   }
 
-  /** Visitor streams open now, on the current tunnel and on retired ones (status, tests). */
+  /** Visitor streams open now, on live tunnels and on retired ones (status, tests). */
   get streamCount(): number { return this.streams.size; }
 
-  /** The current session, for tests and status. */
   get connected(): boolean { return this.state === "connected"; }
+
+  /** The endpoints this cog has a live tunnel to, by name ("" for a link whose hub names none). */
+  connectedEndpoints(): string[] {
+    return [...this.links].filter((l) => l.state === "connected").map((l) => l.name ?? "").sort();
+  }
+
+  identity(): CogIdentity { return this.identityNow; }
 
   // ---- RouteSink ----
 
@@ -191,7 +200,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     return terminated.size ? out.filter((r) => r.kind !== "http" || !terminated.has(r.hostname)) : out;
   }
 
-  private wireRoutes(): WireRoute[] {
+  wireRoutes(): WireRoute[] {
     const out: WireRoute[] = [];
     for (const r of this.routes()) {
       const w: WireRoute = { name: r.name, kind: r.kind };
@@ -220,12 +229,12 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.rebuildTargets();
     if (this.updateQueued) return;
     this.updateQueued = true;
-    // Batch the publishes of one tick into one update.
+    // Batch the publishes of one tick into one update, sent on every connected link.
     setImmediate(() => {
       this.updateQueued = false;
-      if (this.state === "connected" && this.control) {
-        this.control.write(encodeMessage({ type: "routes", routes: this.wireRoutes() }));
-      }
+      if (this.state === "closed" || this.state === "draining") return;
+      const routes = this.wireRoutes();
+      for (const l of this.links) l.sendRoutes(routes);
     });
   }
 
@@ -238,160 +247,155 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.emit("routes", { accepted, refused });
   }
 
-  private backoffMs(): number {
-    const { minDelayMs, maxDelayMs } = this.cfg.reconnect;
-    const base = Math.min(maxDelayMs, minDelayMs * 2 ** Math.min(this.attempt, 30));
-    const jitter = 1 + (Math.random() * 2 - 1) * RECONNECT_JITTER_RATIO;
-    return Math.max(0, Math.round(base * jitter));
+  // ---- links ----
+
+  private addLink(target: HubLink["target"], name: string | null): HubLink {
+    const link = new HubLink(this, target, name, this.log);
+    this.links.add(link);
+    link.start();
+    return link;
   }
 
-  private async sleep(ms: number): Promise<void> {
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => { this.wakeup = null; resolve(); }, ms);
-      this.wakeup = () => { clearTimeout(t); this.wakeup = null; resolve(); };
-    });
+  private async removeLink(link: HubLink): Promise<void> {
+    this.links.delete(link);
+    await link.stop();
+    this.updateState();
   }
 
-  /** Read through a method so TypeScript does not narrow it across awaits. */
-  private current(): ClientState { return this.state; }
+  /** Some link was connected at the last look: "disconnected" is said once when none is. */
+  private anyConnected = false;
 
-  /** Draining or closed: no tunnel is dialed any more. */
-  private stopping(): boolean {
-    const s = this.current();
-    return s === "closed" || s === "draining";
+  private updateState(): void {
+    const now = [...this.links].some((l) => l.state === "connected");
+    const was = this.anyConnected;
+    this.anyConnected = now;
+    if (this.state === "closed") return;
+    if (this.state !== "draining") this.state = now ? "connected" : "waiting";
+    if (was && !now) this.emit("disconnected");
+    // Every endpoint link stopped (all gone from the lists): start over from the configured address.
+    if (this.links.size === 0 && this.state !== "draining") this.addLink({ hub: this.hub }, null);
   }
 
-  private async loop(): Promise<void> {
-    while (!this.stopping()) {
-      this.state = "connecting";
-      let outcome: RunOutcome = "ended";
-      try {
-        outcome = await this.runOnce();
-      } catch (err) {
-        if (!this.stopping()) this.log.warn("tunnel to hub failed", { hub: `${this.hub.host}:${this.hub.port}`, error: (err as Error).message });
+  welcomed(link: HubLink, m: HubMessage & { type: "welcome" }, control: MuxStream): void {
+    if (typeof m.endpoint === "string" && m.endpoint !== "") {
+      // A bootstrap address (round-robin DNS) may land on an endpoint another link already
+      // holds: the hub replaced that link's tunnel with this one, so that link goes.
+      for (const other of this.links) {
+        if (other !== link && other.name === m.endpoint) void this.removeLink(other);
       }
-      const wasConnected = this.current() === "connected";
-      if (this.session && (outcome === "goaway" || outcome === "moved" || outcome === "draining")) this.retire(this.session, outcome);
-      else this.session?.destroy();
-      this.session = null;
-      this.control = null;
-      if (this.current() === "closed") break;
-      if (wasConnected) this.emit("disconnected");
-      if (this.stopping()) break;
-      if (outcome === "goaway" || outcome === "moved") {
-        // Dial the (next) hub now: a draining hub is on its way out, a moved cog has somewhere to go.
-        this.attempt = 0;
-        continue;
-      }
-      this.state = "waiting";
-      if (outcome === "refused") this.attempt = 30; // refusals won't fix themselves quickly: retry at the slowest pace
-      const delay = this.backoffMs();
-      this.attempt++;
-      this.log.info("reconnecting", { inMs: delay });
-      await this.sleep(delay);
+      link.name = m.endpoint;
+      link.goneSince = null;
+    }
+    if (this.state !== "draining" && this.state !== "closed") this.state = "connected";
+    this.anyConnected = true;
+    this.applyResult(m.accepted, m.refused);
+    if (m.endpoints !== undefined) this.onEndpoints(m.endpoints);
+    this.emit("connected", m);
+    void this.maybeRenew(link, control);
+  }
+
+  async message(_link: HubLink, m: HubMessage): Promise<void> {
+    if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
+    else if (m.type === "renewed") await this.onRenewed(m.cert);
+    else if (m.type === "endpoints") this.onEndpoints(m.endpoints);
+    else if (m.type === "domains") await this.onDomains(m.proofs);
+    else if (m.type === "error") {
+      if (m.code === "renew") this.renewing = null;
+      this.log.error(m.message, { code: m.code });
     }
   }
 
-  /**
-   * Leaves a session without cutting its visitor streams. Our end of its control stream
-   * ends (the hub ends its own in turn). Told GoAway by a draining hub, the session keeps
-   * taking the streams that hub still opens for visitors it accepted before draining; it
-   * ends when the hub closes it. Left by us (moved, draining), it is closed: GoAway to the
-   * hub, no new streams, and it ends once the open ones have.
-   */
-  private retire(session: MuxSession, why: "goaway" | "moved" | "draining"): void {
+  retire(link: HubLink, session: MuxSession, control: MuxStream | null, why: "goaway" | "moved" | "draining"): void {
     if (session.closed) return;
     this.retired.add(session);
     session.once("close", () => this.retired.delete(session));
-    this.control?.end();
+    control?.end();
     if (why !== "goaway") session.close();
     const message = why === "goaway" ? "the hub is going away (GoAway): dialing a new tunnel; open streams stay on the old one"
       : why === "moved" ? "hub address changed: dialing the new one; open streams stay on the old tunnel"
         : "draining: no new visitors; open streams may finish";
-    this.log.info(message, { hub: `${this.hub.host}:${this.hub.port}`, streams: this.streams.size });
+    this.log.info(message, { hub: link.label, endpoint: link.name ?? undefined, streams: this.streams.size });
   }
 
-  /** One tunnel's life, and why it ended. */
-  private async runOnce(): Promise<RunOutcome> {
-    // Set before dialing: a reload or a drain may end this life at any point.
-    const left = new Promise<"moved" | "draining" | "goaway">((resolve) => { this.leave = resolve; });
-    try {
-      return await this.connectAndServe(left);
-    } finally {
-      this.leave = null;
+  lost(link: HubLink): void {
+    if (this.renewing === link) {
+      this.renewing = null;
+      this.pendingKeyPem = null;
     }
+    this.updateState();
   }
 
-  private async connectAndServe(left: Promise<"moved" | "draining" | "goaway">): Promise<RunOutcome> {
-    const { socket, session } = await dialHub({
-      hub: this.hub, tuning: this.cfg.tunnel,
-      caPem: this.identity.caPem, keyPem: this.identity.keyPem, certPem: this.identity.certPem,
-    });
-    if (this.stopping()) { session.destroy(); return "draining"; }
-    this.session = session;
-    // GoAway may come at any time, even before the welcome (a hub that began draining meanwhile).
-    const goaway = new Promise<"goaway">((resolve) => session.once("goaway", () => resolve("goaway")));
-    const leaving = Promise.race([left, goaway]);
-    const closed = new Promise<void>((resolve) => session.once("close", () => resolve()));
-    session.on("error", () => {});
-    session.on("stream", (s: MuxStream) => this.onVisitor(s));
-    const control = session.open();
-    control.on("error", () => {});
-    this.control = control;
-    const reader = new MessageReader<HubMessage>(control);
-    control.write(encodeMessage({ type: "hello", protocol: TUNNEL_PROTOCOL_VERSION, software: "capsul/0.1.0", routes: this.wireRoutes() }));
-    const timer = setTimeout(() => session.destroy(new Error("the hub did not answer the hello in time")), this.cfg.tunnel.welcomeTimeoutMs);
-    let first: HubMessage | null;
+  keepDialing(link: HubLink): boolean {
+    if (this.state === "closed" || this.state === "draining") return false;
+    const gone = link.goneSince !== null && Date.now() - link.goneSince >= this.cfg.reconnect.endpointGoneTimeoutMs;
+    if (gone) {
+      this.links.delete(link);
+      setImmediate(() => this.updateState());
+    }
+    return !gone;
+  }
+
+  /** The hub's list of live endpoints: dial the new ones, mark the unlisted ones gone (they stop after the timeout). */
+  private onEndpoints(raw: unknown): void {
+    let list: WireEndpoint[];
     try {
-      first = await reader.next();
-    } finally {
-      clearTimeout(timer);
+      list = checkWireEndpoints(raw);
+    } catch (err) {
+      this.log.warn("bad endpoint list from the hub", { error: (err as Error).message });
+      return;
     }
-    if (!first) throw new Error("the hub closed the control stream");
-    if (first.type === "error") {
-      this.log.error(first.message, { code: first.code });
-      return "refused";
+    const now = Date.now();
+    const listed = new Set(list.map((e) => e.name));
+    for (const l of this.links) {
+      if (l.name !== null && !listed.has(l.name)) l.goneSince ??= now;
     }
-    if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
-    if (this.stopping()) return "draining";
-    this.state = "connected";
-    this.attempt = 0;
-    this.log.info("connected to hub", { hub: `${this.hub.host}:${this.hub.port}`, cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length });
-    this.applyResult(first.accepted, first.refused);
-    this.emit("connected", first);
-    void this.maybeRenew(control);
-    for (;;) {
-      const m = await Promise.race([reader.next().catch(() => null), leaving]);
-      if (m === "goaway" || m === "moved" || m === "draining") return m;
-      if (!m) break;
-      if (m.type === "routes-result") this.applyResult(m.accepted, m.refused);
-      else if (m.type === "renewed") await this.onRenewed(m.cert);
-      else if (m.type === "domains") await this.onDomains(m.proofs);
-      else if (m.type === "error") this.log.error(m.message, { code: m.code });
+    for (const e of list) {
+      let hub: HostPort;
+      try {
+        hub = parseHostPort(e.address);
+      } catch {
+        continue;
+      }
+      const target = { hub, serverName: e.serverName || undefined };
+      const have = [...this.links].find((l) => l.name === e.name);
+      if (have) {
+        have.goneSince = null;
+        // A link made from a list follows the endpoint's address (a hub restarted elsewhere) from
+        // its next dial; one made from the bootstrap address keeps the address that reached it.
+        if (have.fromList) have.target = target;
+        continue;
+      }
+      this.log.info("new hub endpoint: dialing it", { endpoint: e.name, hub: e.address });
+      this.addLink(target, e.name).fromList = true;
     }
-    const end = await Promise.race([closed.then(() => "ended" as const), leaving]);
-    return session.closed ? "ended" : end;
   }
 
   private pendingKeyPem: string | null = null;
 
-  private async maybeRenew(control: MuxStream): Promise<void> {
+  /** Asks for a renewal on this link when one is due and no other link has asked already. */
+  private async maybeRenew(link: HubLink, control: MuxStream): Promise<void> {
+    if (this.renewing) return;
     try {
-      const info = certInfo(this.identity.certPem);
+      const info = certInfo(this.identityNow.certPem);
       if (Date.now() < renewalDueAt(info.notBefore, info.notAfter)) return;
-      const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
+      this.renewing = link;
+      const { keyPem, csrPem } = await createKeyAndCsr(this.identityNow.name);
+      if (this.renewing !== link) return; // that link went down meanwhile
       this.pendingKeyPem = keyPem;
       control.write(encodeMessage({ type: "renew", csr: csrPem }));
       this.log.info("asking the hub to renew this cog's certificate", { notAfter: info.notAfter.toISOString() });
     } catch (err) {
+      this.renewing = null;
       this.log.warn("certificate renewal failed", { error: (err as Error).message });
     }
   }
 
   private async onRenewed(certPem: string): Promise<void> {
+    this.renewing = null;
     if (!this.pendingKeyPem) return;
     await saveKeyAndCert(this.dataDir, this.pendingKeyPem, certPem);
-    this.identity = { ...this.identity, keyPem: this.pendingKeyPem, certPem };
+    // Links dialing from now on present the new certificate; the live tunnels keep theirs.
+    this.identityNow = { ...this.identityNow, keyPem: this.pendingKeyPem, certPem };
     this.pendingKeyPem = null;
     this.log.info("certificate renewed", { notAfter: certInfo(certPem).notAfter.toISOString() });
   }
@@ -421,7 +425,7 @@ export class TunnelClient extends EventEmitter implements RouteSink {
     this.emit("domains", proofs);
   }
 
-  private onVisitor(stream: MuxStream): void {
+  onVisitor(stream: MuxStream): void {
     this.streams.add(stream);
     stream.once("close", () => this.streams.delete(stream));
     stream.on("error", () => {});

@@ -14,6 +14,8 @@ const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 
 export interface DialOptions {
   hub: HostPort;
+  /** TLS server name to send; absent: the hub's host when it is a name (IP literals get none). */
+  serverName?: string;
   /** cog.tunnel (enrollment passes the same; acceptBacklog absent means MuxSession's default). */
   tuning: TunnelTuning & Partial<Pick<CogTunnelTuning, "acceptBacklog">>;
   /** PEM of the pinned CA; when absent the caller verifies the chain itself (enrollment). */
@@ -27,7 +29,7 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
     const socket = tls.connect({
       host: opts.hub.host,
       port: opts.hub.port,
-      servername: /^[\d.]+$|:/.test(opts.hub.host) ? undefined : opts.hub.host,
+      servername: opts.serverName ?? (/^[\d.]+$|:/.test(opts.hub.host) ? undefined : opts.hub.host),
       minVersion: "TLSv1.3",
       ca: opts.caPem,
       key: opts.keyPem,

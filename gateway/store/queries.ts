@@ -40,6 +40,12 @@ interface ProofDbRow {
 }
 
 const ASSIGNMENT_COLUMNS = "port, cog, route, assigned_at";
+const ENDPOINT_COLUMNS = "name, tunnel_address, server_name, started_at, heartbeat_at";
+interface EndpointDbRow { name: string; tunnel_address: string; server_name: string; started_at: number; heartbeat_at: number }
+
+function endpoint(r: EndpointDbRow): EndpointRow {
+  return { name: r.name, tunnelAddress: r.tunnel_address, serverName: r.server_name, startedAt: r.started_at, heartbeatAt: r.heartbeat_at };
+}
 const PROOF_COLUMNS = "cog, hostname, value, state, created_at, verified_at, checked_at, last_error";
 
 function assignment(r: AssignmentDbRow): PortAssignment {
@@ -85,9 +91,17 @@ export class StoreQueries implements StoreOps {
               (SELECT MAX(not_after) FROM certs WHERE cog = c.name AND revoked = 0) AS cert_not_after
          FROM cogs c ORDER BY c.name`,
     );
+    const tunnels = new Map<string, string[]>();
+    for (const t of await this.x.all<{ cog: string; endpoint: string }>("SELECT cog, endpoint FROM cog_tunnels ORDER BY cog, endpoint")) {
+      const list = tunnels.get(t.cog);
+      if (list) list.push(t.endpoint);
+      else tunnels.set(t.cog, [t.endpoint]);
+    }
+    // Several hubs write one cogs row: "online" is a tunnel to any of them, not the last hub's word.
     return rows.map((r) => ({
       name: r.name, createdAt: r.created_at, revokedAt: r.revoked_at, certNotAfter: r.cert_not_after,
-      online: r.online === 1, lastSeen: r.last_seen, remote: r.remote, routes: r.routes ? (JSON.parse(r.routes) as string[]) : [],
+      online: r.online === 1 || tunnels.has(r.name), endpoints: tunnels.get(r.name) ?? [],
+      lastSeen: r.last_seen, remote: r.remote, routes: r.routes ? (JSON.parse(r.routes) as string[]) : [],
     }));
   }
 
@@ -142,6 +156,8 @@ export class StoreQueries implements StoreOps {
       await q.x.run("UPDATE cogs SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", [now, name]);
       await q.x.run("UPDATE certs SET revoked = 1 WHERE cog = ?", [name]);
       await q.x.run("DELETE FROM invites WHERE cog = ? AND used_at IS NULL", [name]);
+      // A restarted hub must not hold visitors for a revoked cog's routes.
+      await q.x.run("DELETE FROM cog_routes WHERE cog = ?", [name]);
       if (!(await q.getCog(name))) return false;
       // Numbered under the lock, so seq order is commit order and a watcher that has seen
       // seq N has seen every revocation before it.
@@ -297,21 +313,36 @@ export class StoreQueries implements StoreOps {
 
   // ---- endpoints and tunnels ----
 
-  async registerEndpoint(name: string, tunnelAddress: string, now = Date.now()): Promise<void> {
+  async registerEndpoint(name: string, tunnelAddress: string, serverName: string, startedAt: number, now = Date.now()): Promise<void> {
     await this.x.run(
-      `INSERT INTO endpoints (name, tunnel_address, started_at, heartbeat_at) VALUES (?, ?, ?, ?)
-       ON CONFLICT (name) DO UPDATE SET tunnel_address = excluded.tunnel_address, started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
-      [name, tunnelAddress, now, now]);
+      `INSERT INTO endpoints (name, tunnel_address, server_name, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET tunnel_address = excluded.tunnel_address, server_name = excluded.server_name,
+         started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
+      [name, tunnelAddress, serverName, startedAt, now]);
   }
 
-  async heartbeatEndpoint(name: string, now = Date.now()): Promise<boolean> {
-    return (await this.x.run("UPDATE endpoints SET heartbeat_at = ? WHERE name = ?", [now, name])) === 1;
+  async heartbeatEndpoint(name: string, startedAt: number, now = Date.now()): Promise<boolean> {
+    return (await this.x.run("UPDATE endpoints SET heartbeat_at = ? WHERE name = ? AND started_at = ?", [now, name, startedAt])) === 1;
+  }
+
+  async getEndpoint(name: string): Promise<EndpointRow | undefined> {
+    const r = await this.x.get<EndpointDbRow>(`SELECT ${ENDPOINT_COLUMNS} FROM endpoints WHERE name = ?`, [name]);
+    return r && endpoint(r);
   }
 
   async liveEndpoints(since: number): Promise<EndpointRow[]> {
-    const rows = await this.x.all<{ name: string; tunnel_address: string; started_at: number; heartbeat_at: number }>(
-      "SELECT name, tunnel_address, started_at, heartbeat_at FROM endpoints WHERE heartbeat_at >= ? ORDER BY name", [since]);
-    return rows.map((r) => ({ name: r.name, tunnelAddress: r.tunnel_address, startedAt: r.started_at, heartbeatAt: r.heartbeat_at }));
+    return (await this.x.all<EndpointDbRow>(`SELECT ${ENDPOINT_COLUMNS} FROM endpoints WHERE heartbeat_at >= ? ORDER BY name`, [since])).map(endpoint);
+  }
+
+  async reapEndpoints(before: number): Promise<string[]> {
+    return this.atomically([], async (q) => {
+      const gone = (await q.x.all<{ name: string }>("SELECT name FROM endpoints WHERE heartbeat_at < ? ORDER BY name", [before])).map((r) => r.name);
+      for (const name of gone) {
+        await q.x.run("DELETE FROM cog_tunnels WHERE endpoint = ?", [name]);
+        await q.x.run("DELETE FROM endpoints WHERE name = ? AND heartbeat_at < ?", [name, before]);
+      }
+      return gone;
+    });
   }
 
   async removeEndpoint(name: string): Promise<void> {

@@ -126,6 +126,10 @@ export const MIGRATIONS: readonly Migration[] = [
    DROP TABLE domain_proofs;
    ALTER TABLE domain_proofs_v3 RENAME TO domain_proofs;
    CREATE INDEX domain_proofs_cog ON domain_proofs (cog);`,
+
+  // 4: an endpoint is (name, dial address, TLS server name): hub workers behind one address
+  // differ by server name only. Existing rows (none were ever written before this) get ''.
+  `ALTER TABLE endpoints ADD COLUMN server_name TEXT NOT NULL DEFAULT '';`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

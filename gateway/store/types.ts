@@ -18,7 +18,10 @@ import type { RouteKind } from "../../config/types.js";
 export interface CogRow { name: string; createdAt: number; revokedAt: number | null }
 export interface CogListRow extends CogRow {
   certNotAfter: number | null;
+  /** Connected to at least one hub endpoint (or, for a hub that keeps no tunnel rows, marked online). */
   online: boolean;
+  /** The endpoints the cog has a tunnel to, by name. */
+  endpoints: string[];
   lastSeen: number | null;
   remote: string | null;
   routes: string[];
@@ -33,7 +36,7 @@ export interface RevocationRow { seq: number; cog: string; revokedAt: number }
 /** A route a cog holds, kept so that a restarted hub (or another endpoint) knows it before the cog is back. */
 export interface StoredRoute { route: string; kind: RouteKind; hostname: string | null; port: number | null }
 /** A hub process cogs can dial, alive while its heartbeat is recent. */
-export interface EndpointRow { name: string; tunnelAddress: string; startedAt: number; heartbeatAt: number }
+export interface EndpointRow { name: string; tunnelAddress: string; serverName: string; startedAt: number; heartbeatAt: number }
 /** A live tunnel of a cog to one endpoint. */
 export interface CogTunnelRow { cog: string; endpoint: string; remote: string; connectedAt: number }
 /**
@@ -160,9 +163,17 @@ export interface StoreOps {
   allRoutes(): Promise<Array<StoredRoute & { cog: string }>>;
 
   // ---- endpoints (hub processes) and which cog has a tunnel to which ----
-  registerEndpoint(name: string, tunnelAddress: string, now?: number): Promise<void>;
-  /** False if the endpoint is not registered (it was reaped as dead, or never was). */
-  heartbeatEndpoint(name: string, now?: number): Promise<boolean>;
+  /** Registers (or re-registers) an endpoint; `startedAt` tells this process's row from another's of the same name. */
+  registerEndpoint(name: string, tunnelAddress: string, serverName: string, startedAt: number, now?: number): Promise<void>;
+  /**
+   * False if the row is not this process's any more: reaped as dead, or taken over by
+   * another process with the same name (its `startedAt` differs).
+   */
+  heartbeatEndpoint(name: string, startedAt: number, now?: number): Promise<boolean>;
+  /** The endpoint row of that name, live or not. */
+  getEndpoint(name: string): Promise<EndpointRow | undefined>;
+  /** Removes the endpoints (and their tunnel rows) not stamped since `before`; returns their names. */
+  reapEndpoints(before: number): Promise<string[]>;
   /** Endpoints whose last heartbeat is at or after `since`. */
   liveEndpoints(since: number): Promise<EndpointRow[]>;
   /** Forgets an endpoint and the tunnels recorded to it. */

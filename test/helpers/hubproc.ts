@@ -73,7 +73,7 @@ export async function startCogProc(t: Teardown, name: string, yaml: string): Pro
   return proc;
 }
 
-export interface CogRow { name: string; status: string; revoked_at: string | null; online: boolean; routes: string[] }
+export interface CogRow { name: string; status: string; revoked_at: string | null; online: boolean; endpoints: string[]; routes: string[] }
 
 export async function listCogs(hubYaml: string): Promise<CogRow[]> {
   const r = await runCli(["hub", "cogs", "--json", "-c", hubYaml]);
