@@ -139,6 +139,11 @@ export async function startGopeer(
  * The per-source caps (hub.limits.max_visitors_per_ip, default 256) would refuse them.
  */
 export const LOOPBACK_SOURCE_LIMITS: Record<string, number> = { max_visitors_per_ip: 60000, max_unpeeked_per_ip: 60000 };
+/**
+ * And the bench's one cog and route hold them all: hub.limits.max_connections_per_route (default
+ * 2,000) and max_streams_per_cog (5,000) would refuse the rest. Only for builds that know the keys.
+ */
+export const LOOPBACK_IDLE_LIMITS: Record<string, number> = { ...LOOPBACK_SOURCE_LIMITS, max_streams_per_cog: 60000, max_connections_per_route: 60000 };
 
 export async function startCapsul(
   dir: string, nginxPort: number,
@@ -153,6 +158,9 @@ export async function startCapsul(
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
+  // This checkout's admin listeners go on ephemeral ports, so two hubs never fight over
+  // 7444; another checkout (ab.ts's baseline) may predate the key and is left as it is.
+  const adminKey = cli === CAPSUL_CLI ? "\n    admin: 127.0.0.1:0" : "";
   const hubDir = path.join(dir, "hub");
   const cogDir = path.join(dir, "cog");
   await mkdir(hubDir, { recursive: true });
@@ -163,7 +171,7 @@ export async function startCapsul(
   listen:
     tls: 127.0.0.1:0
     http: off
-    tunnel: 127.0.0.1:0
+    tunnel: 127.0.0.1:0${adminKey}
   limits:
     max_visitors: 60000
 ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
@@ -188,7 +196,7 @@ ${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join(
       kind: tls
       hostname: ${BENCH_HOST}
       target: 127.0.0.1:${nginxPort}
-`);
+${adminKey ? `  listen:${adminKey}\n` : ""}`);
   await run(process.execPath, [cli, "cog", "enroll", "--hub", hubAddr, "--token", invite.token, "--ca-fingerprint", caFingerprint], { cwd: cogDir });
   const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir });
   await cog.waitFor(/connected to hub .*routes=1/);

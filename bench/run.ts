@@ -12,7 +12,7 @@ import { bulk, wrk, writeWrkScripts, WRK_CONNECTIONS, LATENCY_CONNECTIONS } from
 import { ensureLibp2p, microOnce, MICRO_IMPLS, MICRO_STREAMS } from "./micro.js";
 import { parseOptions, type Options } from "./options.js";
 import { cpuSeconds, rssBytes, rssSampler, run, sleep, startProc, type Proc } from "./procs.js";
-import { direct, haproxyMaxConn, LOOPBACK_SOURCE_LIMITS, startCapsul, startGopeer, startHaproxy, buildGopeer, REPO_ROOT, type PathName, type RunningPath } from "./paths.js";
+import { direct, haproxyMaxConn, LOOPBACK_IDLE_LIMITS, startCapsul, startGopeer, startHaproxy, buildGopeer, REPO_ROOT, type PathName, type RunningPath } from "./paths.js";
 import { profileCapsul } from "./profile.js";
 import { perfAvailable, perfPath, renderBreakdown, PERF_FREQ_HZ } from "./perfprof.js";
 import { NODE_HEAP_FLAGS } from "../cli/runtime.js";
@@ -42,7 +42,7 @@ async function startPath(name: PathName, tmp: string, be: Backend, gopeerBin: st
       return startHaproxy(path.join(tmp, "haproxy"), await freePort(), port);
     }
     case "gopeer": return startGopeer(path.join(tmp, "gopeer"), gopeerBin!, port);
-    case "capsul": return startCapsul(path.join(tmp, `capsul-${Date.now()}`), port, { nodeArgs, hubLimits: LOOPBACK_SOURCE_LIMITS });
+    case "capsul": return startCapsul(path.join(tmp, `capsul-${Date.now()}`), port, { nodeArgs, hubLimits: LOOPBACK_IDLE_LIMITS });
   }
 }
 
@@ -160,7 +160,7 @@ async function measureRtt(o: Options, tmp: string, be: Backend, gopeerBin: strin
   try {
     const routes: { name: string; port: number }[] = [{ name: "plain TCP", port: await relay(be.httpsPorts["rtt-plain"]) }];
     if (o.only.includes("capsul")) {
-      const c = await startCapsul(path.join(tmp, "capsul-rtt"), be.httpsPorts["rtt-capsul"], { name: "capsul", hubAddrForCog: async (t) => `127.0.0.1:${await relay(t)}`, hubLimits: LOOPBACK_SOURCE_LIMITS });
+      const c = await startCapsul(path.join(tmp, "capsul-rtt"), be.httpsPorts["rtt-capsul"], { name: "capsul", hubAddrForCog: async (t) => `127.0.0.1:${await relay(t)}`, hubLimits: LOOPBACK_IDLE_LIMITS });
       started.push(c);
       routes.push({ name: "capsul", port: c.port });
     }

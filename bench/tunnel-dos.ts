@@ -17,7 +17,7 @@ import os from "node:os";
 import path from "node:path";
 import tls from "node:tls";
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { parseConfig } from "../config/config.js";
+import * as config from "../config/config.js";
 import { createInvite, startHub } from "../gateway/hub.js";
 import { createKeyAndCsr, signCogCsr } from "../certs/pki.js";
 import { silentLogger } from "../lib/log.js";
@@ -30,10 +30,13 @@ const MIB = 1024 * 1024;
 
 async function hub() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "capsul-dos-bench-"));
-  const cfg = parseConfig({
+  // The admin listener (when the tree has one) on an ephemeral port, never a second hub's 7444;
+  // an older tree would refuse the key it does not know.
+  const admin = "DEFAULT_HUB_ADMIN_LISTEN" in config ? { admin: "127.0.0.1:0" } : {};
+  const cfg = config.parseConfig({
     hub: {
       data_dir: path.join(dir, "hub"), domain: "hub.test",
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1" },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", ...admin },
       // Only the attack may end the connection: no keepalive verdict, no hello deadline.
       tunnel: { keepalive_interval: "1h", keepalive_timeout: "2h", control_hello_timeout: "1h" },
     },

@@ -9,6 +9,7 @@ import { startCog } from "../tunnel-client/cog.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import { identityExists } from "../tunnel-client/identity.js";
 import { ConfigError } from "../lib/errors.js";
+import { processRegistry } from "../lib/metrics.js";
 import { DEFAULT_CONFIG_PATHS, exitOnBugs, loadConfig, makeLogger, printJson, requireCog } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
 import { provisionerExtras } from "./provision.js";
@@ -28,7 +29,7 @@ export function registerCogCommands(program: Command): void {
       const cogCfg = requireCog(cfg, file);
       const log = makeLogger(cfg).child("cog");
       exitOnBugs(log);
-      const c = await startCog(cogCfg, log, provisionerExtras(cogCfg, log));
+      const c = await startCog(cogCfg, log, { ...provisionerExtras(cogCfg, log), registry: processRegistry() });
       await runService({
         role: "cog", file: path.resolve(file), dataDir: cogCfg.dataDir,
         reload: async (next) => c.reload(next.cog!),

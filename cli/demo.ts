@@ -9,12 +9,14 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
+import { Registry } from "prom-client";
 import { parseConfig } from "../config/config.js";
 import { createInvite, startHub, type Hub } from "../gateway/hub.js";
 import { loadOrCreateHubPki } from "../certs/pki.js";
 import { startCog, type Cog } from "../tunnel-client/cog.js";
 import { enroll } from "../tunnel-client/enroll.js";
 import { createLogger, type Level } from "../lib/log.js";
+import { processRegistry } from "../lib/metrics.js";
 import { startBackends, type Backends } from "./demo-backends.js";
 import { exitOnBugs, printJson, untilSignal } from "./common.js";
 
@@ -49,10 +51,15 @@ export interface Demo {
   hosts: { web: string; blog: string };
   caFile: string;
   commands: string[];
+  /** The hub's status page and its /metrics, on its admin listener. */
+  statusUrl: string;
+  metricsUrl: string;
   close(): Promise<void>;
 }
 
-export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): Promise<Demo> {
+export async function startDemo(opts: { logLevel?: Level; dir?: string; registry?: Registry } = {}): Promise<Demo> {
+  // Hub and cog share the process's registry, so the hub's /metrics shows the cog's side too.
+  const registry = opts.registry ?? new Registry();
   const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "capsul-demo-"));
   const log = createLogger({ level: opts.logLevel ?? "warn" });
   const web = `web.${DEMO_COG}.${DEMO_DOMAIN}`;
@@ -75,11 +82,11 @@ export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): 
       hub: {
         data_dir: path.join(dir, "hub"),
         domain: DEMO_DOMAIN,
-        listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool] },
+        listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool], admin: "127.0.0.1:0" },
         public_tunnel_address: "127.0.0.1:7443",
       },
     }).hub!;
-    const hub = await startHub(hubCfg, log.child("hub"));
+    const hub = await startHub(hubCfg, log.child("hub"), { registry });
     cleanups.push(() => hub.close());
 
     const cogCfg = parseConfig({
@@ -91,11 +98,12 @@ export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): 
           { name: "blog", kind: "http", hostname: blog, target: `127.0.0.1:${backends.http}` },
           { name: "echo", kind: "tcp", target: `127.0.0.1:${backends.echo}`, proxy_protocol: "v2" },
         ],
+        listen: { admin: "off" }, // its metrics are in the hub's /metrics (one registry per process)
       },
     }).cog!;
     const invite = await createInvite(hubCfg, DEMO_COG);
     await enroll({ hub: cogCfg.hub!, token: invite.token, caFingerprint: invite.caFingerprint, dataDir: cogCfg.dataDir, tuning: cogCfg.tunnel });
-    const cog = await startCog(cogCfg, log.child("cog"));
+    const cog = await startCog(cogCfg, log.child("cog"), { registry });
     cleanups.push(() => cog.close());
     const routes = await new Promise<{ accepted: Array<{ name: string; port?: number }> }>((resolve) => cog.client.once("routes", resolve));
     const echoPort = routes.accepted.find((r) => r.name === "echo")?.port;
@@ -108,7 +116,9 @@ export async function startDemo(opts: { logLevel?: Level; dir?: string } = {}): 
     ];
     // curl's telnet:// speaks raw TCP, so no netcat is needed: type a line, Ctrl-C to quit.
     if (echoPort) commands.push(`curl telnet://127.0.0.1:${echoPort}`);
-    return { dir, hub, cog, backends, hosts: { web, blog }, caFile, commands, close };
+    const statusUrl = `http://127.0.0.1:${hub.ports.admin}/`;
+    const metricsUrl = `http://127.0.0.1:${hub.ports.admin}/metrics`;
+    return { dir, hub, cog, backends, hosts: { web, blog }, caFile, commands, statusUrl, metricsUrl, close };
   } catch (err) {
     await close();
     throw err;
@@ -124,9 +134,12 @@ export function registerDemoCommand(program: Command): void {
     .action(async (opts: { logLevel: Level; json?: boolean }) => {
       const log = createLogger({ level: "warn" });
       exitOnBugs(log);
-      const demo = await startDemo({ logLevel: opts.logLevel });
+      const demo = await startDemo({ logLevel: opts.logLevel, registry: processRegistry() });
       if (opts.json) {
-        printJson({ ports: { tls: demo.hub.ports.tls, http: demo.hub.ports.http, tunnel: demo.hub.ports.tunnel }, data_dir: demo.dir, ca_file: demo.caFile, commands: demo.commands });
+        printJson({
+          ports: { tls: demo.hub.ports.tls, http: demo.hub.ports.http, tunnel: demo.hub.ports.tunnel, admin: demo.hub.ports.admin },
+          data_dir: demo.dir, ca_file: demo.caFile, commands: demo.commands, status_url: demo.statusUrl, metrics_url: demo.metricsUrl,
+        });
         await untilSignal(() => demo.close(), log);
         return;
       }
@@ -139,6 +152,10 @@ export function registerDemoCommand(program: Command): void {
         "",
         "An unknown name is refused by the hub (no catch-all route):",
         `  curl --resolve nope.${DEMO_DOMAIN}:${demo.hub.ports.tls}:127.0.0.1 -k https://nope.${DEMO_DOMAIN}:${demo.hub.ports.tls}/`,
+        "",
+        "Watch it: the hub's status page (open it in a browser; it reloads itself) and its Prometheus metrics:",
+        `  ${demo.statusUrl}`,
+        `  curl ${demo.metricsUrl}`,
         "",
         "Press Ctrl-C to stop.",
       ];

@@ -9,6 +9,7 @@ import { COG_NAME_RE, formatPortRange, normalizeHostnamePattern, parsePortRange 
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { parseDurationMs } from "../lib/units.js";
 import { fmtMs } from "../config/values.js";
+import { processRegistry } from "../lib/metrics.js";
 import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
 
@@ -63,7 +64,7 @@ export function registerHubCommands(program: Command): void {
       const hubCfg = requireHub(cfg, file);
       const log = makeLogger(cfg).child("hub");
       exitOnBugs(log);
-      const h = await startHub(hubCfg, log);
+      const h = await startHub(hubCfg, log, { registry: processRegistry() });
       await runService({
         role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,
         reload: async (next) => ({ ...(await h.reload(next.hub!)), restart: [] }),

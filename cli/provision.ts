@@ -16,7 +16,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
     reconfigure(next) {
       if (running && next.provisioner) running.reconfigure(next.provisioner, PROVISIONER_START_ONLY_FIELDS);
     },
-    async start(client, identity, hub) {
+    async start(client, identity, hub, registry) {
       const mod = await import("../provisioner/index.js");
       const p = await mod.startProvisioner({
         config: pcfg,
@@ -24,7 +24,9 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
         hubDomain: identity.hubDomain,
         hubHost: hub.host,
         sink: client,
+        tunnel: client,
         logger: log.child("provisioner"),
+        registry,
       });
       running = p;
       log.info("provisioner API ready", { url: p.url });

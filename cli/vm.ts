@@ -13,6 +13,7 @@ import { findConfig, printJson, table } from "./common.js";
 import { formatBytes, parseDurationMs } from "../lib/units.js";
 import { clock, readyLine, WAIT_UNTIL, waitReady, type WaitUntil } from "./vmwait.js";
 import { registerBackupCommands } from "./vmbackup.js";
+import { registerMoveCommands } from "./vmmove.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
 export const DEFAULT_PROVISIONER_DATA_DIR = "/var/lib/capsul/provisioner";
@@ -44,6 +45,29 @@ class Api {
       });
     } catch (e) {
       const why = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).message;
+      throw new RuntimeError(`cannot reach the provisioner at ${this.base} (${why}); is \`capsul cog\` running with cog.provisioner?`);
+    }
+    if (!res.ok && !res.headers.get("content-type")?.includes("ndjson")) {
+      const text = await res.text();
+      let msg = text.trim() || res.statusText;
+      try {
+        const j = JSON.parse(text) as { error?: { code?: string; message?: string } };
+        if (j.error?.message) msg = `${j.error.message} [${j.error.code}]`;
+      } catch { /* not JSON */ }
+      if (USAGE_STATUSES.has(res.status)) throw new ConfigError(msg);
+      throw new RuntimeError(msg);
+    }
+    return res;
+  }
+
+  async raw(method: string, p: string, body: ReadableStream<Uint8Array> | null, headers: Record<string, string>): Promise<Response> {
+    let res: Response;
+    try {
+      res = await fetch(this.base + p, {
+        method, headers: { authorization: `Bearer ${this.token}`, ...headers }, body, duplex: "half",
+      } as RequestInit);
+    } catch (e) {
+      const why = (e as { cause?: { code?: string; message?: string } }).cause?.message ?? (e as Error).message;
       throw new RuntimeError(`cannot reach the provisioner at ${this.base} (${why}); is \`capsul cog\` running with cog.provisioner?`);
     }
     if (!res.ok && !res.headers.get("content-type")?.includes("ndjson")) {
@@ -283,6 +307,7 @@ export function registerVmCommands(program: Command): void {
   });
 
   registerBackupCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
+  registerMoveCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
 
   const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
 

@@ -12,6 +12,8 @@ import { table } from "./common.js";
 
 export interface VmApiClient {
   call(method: string, p: string, body?: unknown, accept?: string): Promise<Response>;
+  /** A request with a body of its own (an archive upload) or none, answered as call() does. */
+  raw(method: string, p: string, body: ReadableStream<Uint8Array> | null, headers: Record<string, string>): Promise<Response>;
   json<T = any>(method: string, p: string, body?: unknown): Promise<T>;
 }
 
@@ -22,7 +24,10 @@ export interface VmCliContext {
   usageStatuses: Set<number>;
 }
 
-const PHASES: Record<string, string> = { backup: "backing up", checksum: "checksum", verify: "verifying", restore: "restoring" };
+const PHASES: Record<string, string> = {
+  backup: "backing up", checksum: "checksum", verify: "verifying", restore: "restoring",
+  flatten: "flattening", export: "exporting", import: "importing", move: "moving", upload: "uploading",
+};
 const BAR_WIDTH = 24;
 
 export function formatEta(sec: number | null): string {
@@ -42,7 +47,11 @@ export function progressLine(p: { phase: string; bytes: number; total_bytes: num
 
 /** POSTs and follows the ndjson answer: progress as it comes, then the result (or the error, thrown). */
 async function streamed(ctx: VmCliContext, a: VmApiClient, p: string, body: unknown, json: boolean): Promise<any> {
-  const res = await a.call("POST", p, body, "application/x-ndjson");
+  return followProgress(ctx, await a.call("POST", p, body, "application/x-ndjson"), json);
+}
+
+/** Follows an ndjson answer: progress as it comes (a terminal line, or --json lines), then the result (or the error, thrown). */
+export async function followProgress(ctx: VmCliContext, res: Response, json: boolean): Promise<any> {
   const tty = process.stderr.isTTY && !json;
   let result: any;
   let buf = "";

@@ -24,7 +24,7 @@ import { HUB_STORE_KEYS, parseHubStore } from "./store.js";
 import { parseHubEndpoint } from "./endpoint.js";
 import { parseDomains } from "./domains.js";
 import type {
-  CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubLimits, HubTunnelTuning,
+  AdminLimits, CapsulConfig, CogConfig, CogLimits, CogRoute, CogTunnelTuning, HostPort, HubCogGrant, HubConfig, HubAdmin, HubLimits, HubTunnelTuning,
   PortRange, ProvisionerConfig, ProxyProtocol, RouteKind, TunnelTuning,
 } from "./types.js";
 import {
@@ -42,6 +42,16 @@ export const DEFAULT_HUB_TLS_LISTEN = "0.0.0.0:443";
 export const DEFAULT_HUB_HTTP_LISTEN = "0.0.0.0:80";
 export const DEFAULT_HUB_TUNNEL_LISTEN = "0.0.0.0:7443";
 export const DEFAULT_HUB_TCP_HOST = "0.0.0.0";
+export const DEFAULT_HUB_ADMIN_LISTEN = "127.0.0.1:7444";
+export const DEFAULT_COG_ADMIN_LISTEN = "127.0.0.1:7445";
+// hub.admin and cog.admin. lib/adminhttp.ts and gateway/statuspage.ts export the same values as
+// ADMIN_REQUEST_TIMEOUT_MS, ADMIN_MAX_CONNECTIONS, ADMIN_MAX_REQUEST_BODY_BYTES and
+// STATUS_REFRESH_MS (test/admin.test.ts checks that they agree).
+export const DEFAULT_ADMIN_REQUEST_TIMEOUT_MS = 10_000;
+export const DEFAULT_ADMIN_MAX_CONNECTIONS = 64;
+export const DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES = 16 * 1024;
+export const DEFAULT_STATUS_REFRESH_MS = 5_000;
+export const DEFAULT_ADMIN_COGS_CACHE_MS = 2_000;
 export const DEFAULT_HUB_DEFAULT_GRANTS = true;
 export const DEFAULT_TCP_PORTS_PER_COG = 8;
 export const DEFAULT_INVITE_TTL_MS = 24 * 3_600_000;
@@ -114,6 +124,10 @@ export const DEFAULT_MAX_UNAUTHENTICATED_PER_IP = 16;
 export const DEFAULT_CONTROL_RATE_PER_SEC = 20;
 export const DEFAULT_CONTROL_BURST = 100;
 export const DEFAULT_RENEW_MIN_INTERVAL_MS = 3_600_000;
+/** Default of hub.tunnel.move_answer_timeout: the source's move header, then the target cog's yes or no (it answers at once). */
+export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 30_000;
+/** Default of hub.tunnel.max_moves: VM moves one cog may have relayed at once, as source or target. */
+export const DEFAULT_MAX_MOVES = 2;
 // hub.tunnel only. gateway/tunnels.ts exports the same value as TUNNEL_LISTEN_BACKLOG
 // (test/tunnel-dos.test.ts checks that they agree): 1,000 cogs redialling a restarted hub at
 // once overflowed Node's default of 511 (issue 12: TcpExtListenOverflows +1665).
@@ -167,6 +181,8 @@ export function minBufferBudgetBytes(spliceQueueBytes: number): number {
  */
 export const MAX_WINDOW_BYTES = 0xffff_ffff;
 export const MAX_MUX_INT = 2 ** 31 - 1;
+/** The status page reloads with <meta http-equiv="refresh" content="SECONDS">: whole seconds, at least one. */
+export const MIN_STATUS_REFRESH_MS = 1_000;
 
 const ROUTE_KINDS: readonly RouteKind[] = ["tls", "http", "tcp"];
 const PROXY_PROTOCOLS: readonly ProxyProtocol[] = ["none", "v1", "v2"];
@@ -175,8 +191,11 @@ const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "w
 // The keys each mapping may hold, in the order capsul.yaml.example documents them.
 const TOP_KEYS = ["hub", "cog", "log"] as const;
 const HUB_KEYS = ["data_dir", ...HUB_STORE_KEYS, "domain", "listen", "public_tunnel_address", "cogs", "default_grants",
-  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "shutdown_grace", "endpoint"] as const;
-const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports"] as const;
+  "default_tcp_ports_per_cog", "invite_ttl", "cog_cert_ttl", "domains", "limits", "tunnel", "admin", "shutdown_grace", "endpoint"] as const;
+const LISTEN_KEYS = ["tls", "http", "tunnel", "tcp_host", "tcp_ports", "admin"] as const;
+const ADMIN_KEYS = ["request_timeout", "max_connections"] as const;
+const HUB_ADMIN_KEYS = [...ADMIN_KEYS, "max_request_body", "status_refresh", "cogs_cache"] as const;
+const COG_LISTEN_KEYS = ["admin"] as const;
 const GRANT_KEYS = ["name", "hostnames", "tcp_ports", "limits"] as const;
 const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_header_timeout",
   "http_header_max_bytes", "grace", "max_visitors", "listen_backlog", "max_visitors_per_ip", "max_unpeeked_per_ip", "idle_timeout",
@@ -184,11 +203,11 @@ const LIMIT_KEYS = ["client_hello_timeout", "client_hello_max_bytes", "http_head
 const TUNNEL_KEYS = ["max_stream_window", "max_auto_window", "keepalive_interval", "keepalive_timeout", "handshake_timeout",
   "max_frame_payload", "write_batch", "close_linger", "max_queued_control_frames"] as const;
 const HUB_TUNNEL_KEYS = [...TUNNEL_KEYS, "control_hello_timeout", "revocation_poll_interval", "max_unauthenticated",
-  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval", "listen_backlog"] as const;
+  "max_unauthenticated_per_ip", "control_rate", "control_burst", "renew_min_interval", "listen_backlog", "move_answer_timeout", "max_moves"] as const;
 const COG_TUNNEL_KEYS = [...TUNNEL_KEYS, "welcome_timeout", "enroll_timeout", "visitor_header_timeout",
   "visitor_header_max_bytes", "accept_backlog"] as const;
-const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "provisioner",
-  "acme", "terminate", "shutdown_grace"] as const;
+const COG_KEYS = ["data_dir", "hub", "routes", "reconnect", "target_dial_timeout", "splice_queue", "tunnel", "listen", "admin",
+  "provisioner", "acme", "terminate", "shutdown_grace"] as const;
 const ROUTE_KEYS = ["name", "kind", "hostname", "port", "target", "proxy_protocol", ...ROUTE_TLS_KEYS] as const;
 const RECONNECT_KEYS = ["min_delay", "max_delay", "endpoint_gone_timeout"] as const;
 const LOG_KEYS = ["level"] as const;
@@ -238,6 +257,8 @@ function parseHubTunnel(value: unknown, path: string): HubTunnelTuning {
     controlRatePerSec: integer(m.control_rate, at(path, "control_rate"), DEFAULT_CONTROL_RATE_PER_SEC, 1),
     controlBurst: integer(m.control_burst, at(path, "control_burst"), DEFAULT_CONTROL_BURST, 1),
     renewMinIntervalMs: duration(m.renew_min_interval, at(path, "renew_min_interval"), DEFAULT_RENEW_MIN_INTERVAL_MS, 0),
+    moveAnswerTimeoutMs: duration(m.move_answer_timeout, at(path, "move_answer_timeout"), DEFAULT_MOVE_ANSWER_TIMEOUT_MS, 1),
+    maxMoves: integer(m.max_moves, at(path, "max_moves"), DEFAULT_MAX_MOVES, 0),
     listenBacklog: integer(m.listen_backlog, at(path, "listen_backlog"), DEFAULT_TUNNEL_LISTEN_BACKLOG, 1, MAX_LISTEN_BACKLOG),
   };
 }
@@ -251,6 +272,28 @@ function parseCogTunnel(value: unknown, path: string): CogTunnelTuning {
     visitorHeaderTimeoutMs: duration(m.visitor_header_timeout, at(path, "visitor_header_timeout"), DEFAULT_VISITOR_HEADER_TIMEOUT_MS, 1),
     visitorHeaderMaxBytes: size(m.visitor_header_max_bytes, at(path, "visitor_header_max_bytes"), DEFAULT_VISITOR_HEADER_MAX_BYTES, MIN_VISITOR_HEADER_MAX_BYTES),
     acceptBacklog: integer(m.accept_backlog, at(path, "accept_backlog"), DEFAULT_ACCEPT_BACKLOG, 0, MAX_MUX_INT),
+  };
+}
+
+function parseAdminLimits(m: Obj, path: string): AdminLimits {
+  return {
+    requestTimeoutMs: duration(m.request_timeout, at(path, "request_timeout"), DEFAULT_ADMIN_REQUEST_TIMEOUT_MS, 1, MAX_MUX_INT),
+    maxConnections: integer(m.max_connections, at(path, "max_connections"), DEFAULT_ADMIN_MAX_CONNECTIONS, 1),
+  };
+}
+
+function parseHubAdmin(value: unknown, path: string): HubAdmin {
+  const m = value == null ? {} : mapping(value, path, HUB_ADMIN_KEYS);
+  const refreshPath = at(path, "status_refresh");
+  const statusRefreshMs = duration(m.status_refresh, refreshPath, DEFAULT_STATUS_REFRESH_MS, 1, MAX_MUX_INT);
+  if (statusRefreshMs < MIN_STATUS_REFRESH_MS || statusRefreshMs % 1000 !== 0) {
+    throw new ConfigError(`must be whole seconds, at least 1s (the page reloads with <meta http-equiv="refresh">), got ${fmtMs(statusRefreshMs)}`, refreshPath);
+  }
+  return {
+    ...parseAdminLimits(m, path),
+    maxRequestBodyBytes: size(m.max_request_body, at(path, "max_request_body"), DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES, 1),
+    statusRefreshMs,
+    cogsCacheMs: duration(m.cogs_cache, at(path, "cogs_cache"), DEFAULT_ADMIN_COGS_CACHE_MS, 0, MAX_MUX_INT),
   };
 }
 
@@ -331,6 +374,7 @@ function parseHubListen(value: unknown, path: string): HubConfig["listen"] {
     tunnel: parseHostPort(m.tunnel ?? DEFAULT_HUB_TUNNEL_LISTEN, tunnelPath, { allowPortZero: true }),
     tcpHost,
     tcpPorts,
+    admin: optionalListener(m.admin, at(path, "admin"), DEFAULT_HUB_ADMIN_LISTEN),
   };
 }
 
@@ -419,6 +463,7 @@ function parseHub(value: unknown, path: string, baseDir: string): HubConfig {
     domains: parseDomains(m.domains, at(path, "domains")),
     limits,
     tunnel: parseHubTunnel(m.tunnel, at(path, "tunnel")),
+    admin: parseHubAdmin(m.admin, at(path, "admin")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
     endpoint: parseHubEndpoint(m.endpoint, at(path, "endpoint"), publicTunnelAddress, domain),
   };
@@ -480,6 +525,12 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
   const minDelayMs = duration(rc.min_delay, at(reconnectPath, "min_delay"), DEFAULT_RECONNECT_MIN_DELAY_MS, 1);
   const maxDelayMs = duration(rc.max_delay, at(reconnectPath, "max_delay"), DEFAULT_RECONNECT_MAX_DELAY_MS, 1);
   if (minDelayMs > maxDelayMs) throw new ConfigError(`must not exceed max_delay (${fmtMs(maxDelayMs)})`, at(reconnectPath, "min_delay"));
+  const provisioner = parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir);
+  const listenPath = at(path, "listen");
+  const listen = m.listen == null ? {} : mapping(m.listen, listenPath, COG_LISTEN_KEYS);
+  const adminPath = at(path, "admin");
+  // With a provisioner, its API listener serves /healthz and /metrics; a second listener is opt-in.
+  const admin = provisioner && listen.admin === undefined ? null : optionalListener(listen.admin, at(listenPath, "admin"), DEFAULT_COG_ADMIN_LISTEN);
   return {
     dataDir: directory(m.data_dir, at(path, "data_dir"), DEFAULT_COG_DATA_DIR, baseDir),
     hub: m.hub == null ? null : parseHostPort(m.hub, at(path, "hub")),
@@ -491,7 +542,9 @@ function parseCog(value: unknown, path: string, baseDir: string): CogConfig {
     targetDialTimeoutMs: duration(m.target_dial_timeout, at(path, "target_dial_timeout"), DEFAULT_TARGET_DIAL_TIMEOUT_MS, 1),
     spliceQueueBytes: size(m.splice_queue, at(path, "splice_queue"), DEFAULT_SPLICE_QUEUE_BYTES, MIN_SPLICE_QUEUE_BYTES),
     tunnel: parseCogTunnel(m.tunnel, at(path, "tunnel")),
-    provisioner: parseProvisioner(m.provisioner, at(path, "provisioner"), baseDir),
+    listen: { admin },
+    admin: parseAdminLimits(m.admin == null ? {} : mapping(m.admin, adminPath, ADMIN_KEYS), adminPath),
+    provisioner,
     acme: parseAcme(m.acme, at(path, "acme"), baseDir),
     terminate: parseTerminate(m.terminate, at(path, "terminate")),
     shutdownGraceMs: duration(m.shutdown_grace, at(path, "shutdown_grace"), DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_MUX_INT),
@@ -507,6 +560,8 @@ function checkListeners(hub: HubConfig | null, cog: CogConfig | null): void {
   if (hub?.listen.tls) listeners.push(["hub.listen.tls", hub.listen.tls]);
   if (hub?.listen.http) listeners.push(["hub.listen.http", hub.listen.http]);
   if (hub) listeners.push(["hub.listen.tunnel", hub.listen.tunnel]);
+  if (hub?.listen.admin) listeners.push(["hub.listen.admin", hub.listen.admin]);
+  if (cog?.listen.admin) listeners.push(["cog.listen.admin", cog.listen.admin]);
   if (cog?.provisioner) listeners.push(["cog.provisioner.listen", cog.provisioner.listen]);
   const sameHost = (a: string, b: string) => a === b || isWildcardAddress(a) || isWildcardAddress(b);
   listeners.forEach(([path, hp], j) => {

@@ -28,12 +28,13 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   dataDir: "data_dir", store: "store", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
   cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace", endpoint: "endpoint",
+  admin: "admin",
 };
-const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports" };
+const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports", admin: "admin" };
 const COG_KEYS: KeyTable<CogConfig> = {
   dataDir: "data_dir", hub: "hub", routes: "routes", reconnect: "reconnect", targetDialTimeoutMs: "target_dial_timeout",
   spliceQueueBytes: "splice_queue", tunnel: "tunnel", provisioner: "provisioner", acme: "acme", terminate: "terminate",
-  shutdownGraceMs: "shutdown_grace",
+  shutdownGraceMs: "shutdown_grace", listen: "listen", admin: "admin",
 };
 const ACME_KEYS: KeyTable<AcmeConfig> = {
   directoryUrl: "directory_url", caBundle: "ca_bundle", email: "email", renewAtRatio: "renew_at",

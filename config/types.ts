@@ -173,6 +173,13 @@ export interface HubTunnelTuning extends TunnelTuning {
    * them, read at each bind (default 1024; 1 to 65535, capped by net.core.somaxconn).
    */
   listenBacklog: number;
+  /**
+   * A VM move (gateway/moves.ts): how long the hub waits for the source cog's move
+   * header, then for the target cog's consent, before it drops the move (default 30s).
+   */
+  moveAnswerTimeoutMs: number;
+  /** VM moves one cog may have relayed through the hub at once, as source or target; more are refused (default 2; 0 = no moves). */
+  maxMoves: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */
@@ -192,6 +199,28 @@ export interface CogTunnelTuning extends TunnelTuning {
    * refuses any other stream a cog opens (gateway/tunnels.ts HUB_ACCEPT_BACKLOG).
    */
   acceptBacklog: number;
+}
+
+/** hub.admin and cog.admin: limits of the admin listener (gateway/admin.ts, lib/adminhttp.ts). */
+export interface AdminLimits {
+  /** Deadline for one admin request, headers and body; past it the connection is closed (default 10s). */
+  requestTimeoutMs: number;
+  /** Connections the admin listener holds at once; more are closed as they arrive (default 64). */
+  maxConnections: number;
+}
+
+/** hub.admin: the admin listener's limits plus what only the hub's API and status page need. */
+export interface HubAdmin extends AdminLimits {
+  /** Largest admin API request body; a bigger one is answered 413 (default 16KiB). */
+  maxRequestBodyBytes: number;
+  /** How often the status page reloads itself, in whole seconds (default 5s; at least 1s). */
+  statusRefreshMs: number;
+  /**
+   * How long the list of cogs read from the state store is reused by /metrics, the JSON API and
+   * the status page; 0 reads it for every request (default 2s). Live state (online, streams,
+   * bytes) is never cached; the admin API's own revoke and invite show at once.
+   */
+  cogsCacheMs: number;
 }
 
 /** A PostgreSQL server and database, as the hub.store URL names them. */
@@ -260,6 +289,12 @@ export interface HubConfig {
     tcpHost: string;
     /** The pool of TCP ports the hub may open for cogs' tcp routes (default none). */
     tcpPorts: PortRange[];
+    /**
+     * Admin listener: /healthz, /metrics, the JSON admin API and the status page, or null to
+     * disable (default 127.0.0.1:7444). Anything but loopback requires the bearer token in
+     * <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
   };
   /** Address cogs use to reach the tunnel listener, as printed in invites (default domain:tunnel-port). */
   publicTunnelAddress: string;
@@ -277,6 +312,7 @@ export interface HubConfig {
   domains: DomainsConfig;
   limits: HubLimits;
   tunnel: HubTunnelTuning;
+  admin: HubAdmin;
   /**
    * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
    * visitor connections finish for up to this long, then cuts the rest and exits 0
@@ -390,6 +426,15 @@ export interface CogConfig {
   /** Bytes waiting in a target's or its tunnel stream's write queue before the cog stops reading the other side (default 256KiB, at least 16KiB). */
   spliceQueueBytes: number;
   tunnel: CogTunnelTuning;
+  listen: {
+    /**
+     * The cog's /healthz and /metrics, or null to disable (default 127.0.0.1:7445, or null when
+     * the provisioner is configured: its API listener serves them then). Anything but loopback
+     * requires the bearer token in <dataDir>/admin-token.
+     */
+    admin: HostPort | null;
+  };
+  admin: AdminLimits;
   /** Settings for the VM provisioner, or null when disabled (issue 4). */
   provisioner: ProvisionerConfig | null;
   /** The ACME client for `tls: terminate` routes (always present; idle while no route terminates). */
@@ -518,6 +563,19 @@ export interface ProvisionerConfig {
   systemdScope: "auto" | "on" | "off";
   /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
   backups: BackupConfig;
+  /**
+   * Cogs that may move VMs to this one (`capsul vm move NAME --to THIS-COG` run on
+   * them), by cog name (default none: every move to this cog is refused).
+   */
+  acceptMovesFrom: string[];
+  /** Largest VM archive an import or a move may declare; a larger one is refused before a byte is kept (default 400GiB). */
+  maxArchiveBytes: number;
+  /** A move's source waits this long for the target cog's consent through the hub (default 60s). */
+  moveAnswerTimeoutMs: number;
+  /** After the last byte, a move's source waits this long for the target to verify and recreate the VM (default 30m: SHA-256 of a big disk). */
+  moveVerifyTimeoutMs: number;
+  /** A move sends at most this many bytes per second, so that it leaves the home uplink usable (default 0 = unlimited). */
+  moveBytesPerSec: number;
 }
 
 /** When the provisioner backs up running VMs by itself: never, or every `intervalMs` since a VM's newest backup. */

@@ -69,6 +69,8 @@ export interface AdmissionTicket {
 export class TunnelAdmission {
   private total = 0;
   private readonly perSource = new Map<string, number>();
+  /** Connections closed at accept since start, by the cap they hit (metrics). */
+  readonly refused = { total: 0, perSource: 0 };
 
   constructor(
     private maxTotal: number,
@@ -92,10 +94,12 @@ export class TunnelAdmission {
     const source = sourceKey(address);
     const mine = this.perSource.get(source) ?? 0;
     if (this.total >= this.maxTotal) {
+      this.refused.total++;
       this.log.warn(source, "tunnel connection refused: too many unauthenticated tunnel connections (hub.tunnel.max_unauthenticated)", { limit: this.maxTotal });
       return null;
     }
     if (mine >= this.maxPerSource) {
+      this.refused.perSource++;
       this.log.warn(source, "tunnel connection refused: too many unauthenticated tunnel connections from this source (hub.tunnel.max_unauthenticated_per_ip)", { limit: this.maxPerSource });
       return null;
     }

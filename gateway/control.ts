@@ -50,15 +50,19 @@ export interface ControlContext {
   recordStatus(routes: string[], accepted: AcceptedRoute[]): void;
   /** The cog or its certificate was revoked: tell it why and drop it at once. */
   revoked(message: string): void;
+  /** Hub-wide counts every channel adds to as well (Tunnels.counts.control, for gateway/metrics.ts). */
+  totals?: ControlStats;
   /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
   domains: { readonly enabled: boolean; reportOf(cog: string): Promise<WireDomainProof[]> } | null;
 }
 
-/** Counts for tests and logs: what the loop did with what it read. */
-export interface ControlStats { applied: number; superseded: number; renewals: number }
+/** Counts for tests, logs and metrics: what the loop did with what it read. */
+export interface ControlStats { applied: number; superseded: number; renewals: number; renewalsRefused: number }
+
+export const newControlStats = (): ControlStats => ({ applied: 0, superseded: 0, renewals: 0, renewalsRefused: 0 });
 
 export class ControlChannel {
-  readonly stats: ControlStats = { applied: 0, superseded: 0, renewals: 0 };
+  readonly stats: ControlStats = newControlStats();
   private readonly bucket: TokenBucket;
   private lastStatus = "";
   private lastRefused = "";
@@ -79,6 +83,12 @@ export class ControlChannel {
     this.bucket = new TokenBucket(ctx.cfg.tunnel.controlRatePerSec, ctx.cfg.tunnel.controlBurst);
   }
 
+  /** One per control message acted on or skipped, never per byte. */
+  private count(k: keyof ControlStats): void {
+    this.stats[k]++;
+    if (this.ctx.totals) this.ctx.totals[k]++;
+  }
+
   private send(m: HubMessage): void {
     this.control.write(encodeMessage(m));
   }
@@ -94,7 +104,7 @@ export class ControlChannel {
     this.bucket.tryTake();
     this.wanted = wanted;
     const res = await this.serially(() => this.ctx.routes.apply(this.ctx.cog, wanted, this.ctx.signal));
-    this.stats.applied++;
+    this.count("applied");
     this.lastRefused = JSON.stringify(res.refused);
     this.status(res.accepted);
     return res;
@@ -118,7 +128,7 @@ export class ControlChannel {
             if (n.type !== "routes") carry = n;
             else {
               wanted = checkWireRoutes(n.routes);
-              this.stats.superseded++;
+              this.count("superseded");
             }
           }
         };
@@ -180,7 +190,7 @@ export class ControlChannel {
     const { cog, log } = this.ctx;
     this.wanted = wanted;
     const res = await this.serially(() => this.ctx.routes.apply(cog, wanted, this.ctx.signal));
-    this.stats.applied++;
+    this.count("applied");
     if (this.ctx.signal.aborted) return;
     this.send({ type: "routes-result", accepted: res.accepted, refused: res.refused });
     this.status(res.accepted);
@@ -243,7 +253,7 @@ export class ControlChannel {
     const out = await this.ctx.issuance.renew(this.ctx.presented, csr);
     if (this.ctx.signal.aborted) return false;
     if (out.ok) {
-      this.stats.renewals++;
+      this.count("renewals");
       this.send({ type: "renewed", cert: out.certPem });
       log.info("cog certificate renewed", { cog, notAfter: out.notAfter.toISOString() });
       return true;
@@ -254,6 +264,7 @@ export class ControlChannel {
       return false;
     }
     // Not fatal: the tunnel stays up and the cog logs the reason.
+    this.count("renewalsRefused");
     this.send({ type: "error", code: "renew", message: out.message });
     return true;
   }

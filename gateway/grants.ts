@@ -222,6 +222,7 @@ function listenerPorts(cfg: HubConfig): Array<{ path: string; port: number; host
   if (cfg.listen.tls) out.push({ path: "hub.listen.tls", ...cfg.listen.tls });
   if (cfg.listen.http) out.push({ path: "hub.listen.http", ...cfg.listen.http });
   out.push({ path: "hub.listen.tunnel", ...cfg.listen.tunnel });
+  if (cfg.listen.admin) out.push({ path: "hub.listen.admin", ...cfg.listen.admin });
   return out.filter((l) => l.port !== 0);
 }
 

@@ -5,14 +5,17 @@
  * (./drain.ts) act on the parts it assembles.
  */
 import net from "node:net";
+import type { Registry } from "prom-client";
 import type { HubConfig } from "../config/types.js";
 import { silentLogger, type Logger } from "../lib/log.js";
 import { loadOrCreateHubPki, type HubPki } from "../certs/pki.js";
 import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
+import { HubAdminListener } from "./admin.js";
 import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
+import { HubMetrics } from "./metrics.js";
 import { osLimitWarnings } from "./oslimits.js";
 import { Router } from "./router.js";
 import { drainHub, type DrainReport } from "./drain.js";
@@ -32,10 +35,11 @@ export interface Hub {
   readonly router: Router;
   readonly tunnels: Tunnels;
   readonly visitors: Visitors;
+  readonly metrics: HubMetrics;
   /** Custom domains by DNS proof. */
   readonly domains: DomainProofs;
   /** Bound ports (useful when the config asked for port 0); they follow reloads (null: listener off). */
-  readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number };
+  readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number; readonly admin: number | null };
   /** The configuration in force: what the hub started with, as later reloads changed it. */
   readonly config: HubConfig;
   /** Applies a new configuration as a difference (gateway/reload.ts); throws, changing nothing, when it cannot. */
@@ -43,6 +47,11 @@ export interface Hub {
   /** Stops accepting and waits for live visitors up to `graceMs` (gateway/drain.ts); close() afterwards cuts the rest. */
   drain(graceMs: number, cutNow?: AbortSignal): Promise<DrainReport>;
   close(): Promise<void>;
+}
+
+export interface HubOptions {
+  /** Where the hub's metrics go: the process's registry (cli/); without it, a registry of the hub's own. */
+  registry?: Registry;
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -60,7 +69,7 @@ export function hubNames(cfg: HubConfig): string[] {
 /** Raw TCP listeners: gateway/listeners.ts (re-exported for tests that build a RouteTable of their own). */
 export { TcpListeners } from "./listeners.js";
 
-export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
+export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {}): Promise<Hub> {
   let pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const store = await openHubStore(cfg, log.child("store"));
   try {
@@ -87,12 +96,17 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   });
   const routes = new RouteTable(live, store, router, tcp, log.child("routes"), domains);
   tunnels = new Tunnels(live, store, pki, routes, log.child("tunnel"), domains);
+  const metrics = new HubMetrics({ visitors, tunnels, router, store, get pki() { return pki; } }, opts.registry, () => live.admin.cogsCacheMs);
+  visitors.observer = metrics;
   const publicListener = (key: string, onConn: (sock: net.Socket) => void): Listener =>
     new Listener(key, () => net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn), log, () => live.limits.listenBacklog);
   const tls = publicListener("hub.listen.tls", (sock) => void visitors.onTls(sock));
   const http = publicListener("hub.listen.http", (sock) => void visitors.onHttp(sock));
+  // The admin API's invites read the live configuration (invite_ttl) and the PKI in force.
+  const invite = (name: string, o: InviteOptions): Promise<InviteResult> => inviteIn(live, store, pki, name, o);
+  const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, log: log.child("admin") });
   const parts: HubParts = {
-    live, store, tunnels, visitors, tls, http, tcp, log, domains,
+    live, store, tunnels, visitors, tls, http, tcp, admin, log, domains,
     get pki() { return pki; },
     set pki(p: HubPki) { pki = p; },
   };
@@ -100,6 +114,8 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   let closed: Promise<void> | null = null;
   const cleanup = (): Promise<void> => {
     closed ??= (async () => {
+      await admin.close();
+      metrics.close();
       await domains.close();
       visitors.closeAll();
       await tunnels!.close();
@@ -114,18 +130,22 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
     const tunnelPort = await tunnels.listen();
     await tls.open(live.listen.tls);
     await http.open(live.listen.http);
-    log.info("hub ready", { tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, ca: pki.caFingerprint, store: store.location });
+    await admin.open(live);
+    log.info("hub ready", {
+      tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
+    });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
     domains.start();
     const t = tunnels;
     return {
       get pki() { return pki; },
-      store, router, tunnels: t, visitors, domains,
+      store, router, tunnels: t, visitors, metrics, domains,
       ports: {
         get tls() { return tls.port; },
         get http() { return http.port; },
         // The tunnel port stays readable through a drain: cogs and tests dial the same address again.
         get tunnel() { return t.port ?? tunnelPort; },
+        get admin() { return admin.port; },
       },
       config: live,
       reload: (next) => reloadHub(parts, next),
@@ -138,6 +158,9 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
   }
 }
 
+export type InviteOptions = { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string };
+export type InviteResult = { token: string; command: string; expiresAt: Date; caFingerprint: string };
+
 /**
  * Creates a one-time invite for a cog and returns the exact enroll command.
  * Works against the hub's data dir whether or not the hub is running.
@@ -145,33 +168,34 @@ export async function startHub(cfg: HubConfig, log: Logger): Promise<Hub> {
  * outside the pool or holding the hub's own ports, are refused with a
  * ConfigError and nothing is stored.
  */
-export async function createInvite(
-  cfg: HubConfig,
-  name: string,
-  opts: { ttlMs?: number; hostnames?: string[]; tcpPorts?: string[]; hubAddress?: string } = {},
-): Promise<{ token: string; command: string; expiresAt: Date; caFingerprint: string }> {
+export async function createInvite(cfg: HubConfig, name: string, opts: InviteOptions = {}): Promise<InviteResult> {
   const pki = await loadOrCreateHubPki(cfg.dataDir, hubNames(cfg));
   const store = await openHubStore(cfg, silentLogger);
   try {
-    const { token, hash } = newInviteToken();
-    const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
-    const hostnames = (opts.hostnames ?? []).map((h) => {
-      const n = normalizeHostnamePattern(h);
-      if (n === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(h)}`, "--hostname");
-      return n;
-    });
-    const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
-    // The grants lock is taken before the checks read, so two invites racing cannot both pass them.
-    await store.transaction(["grants"], async (tx) => {
-      await checkNewGrants(cfg, tx, name, { hostnames, tcpPorts });
-      await tx.addInvite(name, hash, expiresAt.getTime());
-      for (const h of hostnames) await tx.addGrant(name, "hostname", h);
-      for (const r of tcpPorts) await tx.addGrant(name, "tcp", formatPortRange(r));
-    });
-    const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
-    const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
-    return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
+    return await inviteIn(cfg, store, pki, name, opts);
   } finally {
     await store.close();
   }
+}
+
+/** createInvite on a store and PKI already open (the running hub's admin API: no second connection pool per invite). */
+export async function inviteIn(cfg: HubConfig, store: HubStore, pki: HubPki, name: string, opts: InviteOptions = {}): Promise<InviteResult> {
+  const { token, hash } = newInviteToken();
+  const expiresAt = new Date(Date.now() + (opts.ttlMs ?? cfg.inviteTtlMs));
+  const hostnames = (opts.hostnames ?? []).map((h) => {
+    const n = normalizeHostnamePattern(h);
+    if (n === null) throw new ConfigError(`not a hostname pattern: ${JSON.stringify(h)}`, "--hostname");
+    return n;
+  });
+  const tcpPorts = (opts.tcpPorts ?? []).map((p) => parsePortRange(p, "--tcp-ports"));
+  // The grants lock is taken before the checks read, so two invites racing cannot both pass them.
+  await store.transaction(["grants"], async (tx) => {
+    await checkNewGrants(cfg, tx, name, { hostnames, tcpPorts });
+    await tx.addInvite(name, hash, expiresAt.getTime());
+    for (const h of hostnames) await tx.addGrant(name, "hostname", h);
+    for (const r of tcpPorts) await tx.addGrant(name, "tcp", formatPortRange(r));
+  });
+  const addr = opts.hubAddress ?? cfg.publicTunnelAddress;
+  const command = `capsul cog enroll --hub ${addr} --token ${token} --ca-fingerprint ${pki.caFingerprint}`;
+  return { token, command, expiresAt, caFingerprint: pki.caFingerprint };
 }

@@ -9,6 +9,9 @@
  * - hub.data_dir, hub.domain: refused (config/reload.ts HUB_FIXED_KEYS).
  * - hub.listen.tls / http / tunnel / tcp_host: that listener moves; the old socket stops
  *   accepting, the connections it accepted carry on (gateway/listeners.ts).
+ * - hub.listen.admin, hub.admin: the admin listener serves an app built from the new values,
+ *   moved or rebound in place (gateway/admin.ts HubAdminListener); hub.admin.cogs_cache at
+ *   the next read.
  * - grants (hub.cogs, default_grants, default_tcp_ports_per_cog, listen.tcp_ports): the
  *   consistency check runs again (refusing the reload if two cogs would overlap), then
  *   every connected cog's last announced routes are applied again, so that routes now
@@ -31,6 +34,7 @@ import { ConfigError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
 import { checkGrantsConsistent } from "./grants.js";
 import { hubNames } from "./hub.js";
+import type { HubAdminListener } from "./admin.js";
 import type { DomainProofs } from "./domains.js";
 import type { Listener, ListenerChange, TcpListeners } from "./listeners.js";
 import type { HubStore } from "./store/types.js";
@@ -46,6 +50,7 @@ export interface HubParts {
   readonly tls: Listener;
   readonly http: Listener;
   readonly tcp: TcpListeners;
+  readonly admin: HubAdminListener;
   readonly log: Logger;
   readonly domains: DomainProofs;
   pki: HubPki;
@@ -75,6 +80,8 @@ export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReload
     if (changed.includes("hub.listen.http")) moves.push(await p.http.prepare(next.listen.http));
     if (changed.includes("hub.listen.tunnel")) moves.push(await p.tunnels.prepareListen(next.listen.tunnel));
     if (changed.includes("hub.listen.tcp_host")) moves.push(await p.tcp.prepareHost(next.listen.tcpHost));
+    // A new app on the new address, or on the same one with new limits (gateway/admin.ts).
+    if (changed.includes("hub.listen.admin") || changed.includes("hub.admin")) moves.push(await p.admin.prepare(next));
     // A certificate that also names a new public_tunnel_address (or tunnel host) for cogs that dial it.
     if (!sameValue(hubNames(p.live), hubNames(next))) pki = await loadOrCreateHubPki(next.dataDir, hubNames(next));
   } catch (err) {

@@ -10,13 +10,14 @@ import { EventEmitter } from "node:events";
 import net from "node:net";
 import tls from "node:tls";
 import type { HostPort, HubConfig } from "../config/types.js";
+import { MoveRelay } from "./moves.js";
 import type { Logger } from "../lib/log.js";
 import { ProtocolError } from "../lib/errors.js";
 import { MUX_INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MESSAGE_MAX_BYTES, MessageReader } from "../protocol/messages.js";
 import {
   checkWireRoutes, TUNNEL_PROTOCOL_VERSION, versionMismatchMessage,
-  type CogMessage, type HubMessage,
+  type CogMessage, type ErrorCode, type HubMessage,
 } from "../protocol/control.js";
 import type { HubPki } from "../certs/pki.js";
 import { Listener, type ListenerChange } from "./listeners.js";
@@ -25,7 +26,7 @@ import { KeyedQueue } from "../lib/keyedqueue.js";
 import type { HubStore, RevocationWatch } from "./store/types.js";
 import type { RouteTable } from "./routes.js";
 import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "./admission.js";
-import { ControlChannel, type ControlContext } from "./control.js";
+import { ControlChannel, newControlStats, type ControlContext, type ControlStats } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 import { EndpointRegistry } from "./endpoints.js";
 import type { StoredRoute } from "./store/types.js";
@@ -42,8 +43,10 @@ export const CONTROL_HELLO_TIMEOUT_MS = 10_000;
  */
 export const REVOCATION_POLL_MS = 500;
 /**
- * The hub takes exactly one stream per tunnel, the control stream, straight from the
- * session's "stream" event; a stream a cog opens after it would only wait in the backlog,
+ * The hub takes the control stream straight from the session's "stream" event, and, once
+ * the hello is accepted, every later stream as a VM move (moves.ts: a header within
+ * hub.tunnel.move_answer_timeout, at most hub.tunnel.max_moves per cog); a stream that
+ * found no taker would only wait in the backlog,
  * holding up to max_stream_window of our memory. 0: every such stream is refused (RST) at
  * once. Not a config key on purpose: any other value only lets a peer park memory.
  */
@@ -82,8 +85,18 @@ function connKey(s: net.Socket): string {
   return `${s.remoteAddress}|${s.remotePort}`;
 }
 
+/** Hub-wide counts since start (gateway/metrics.ts): tunnels refused, by the error code sent; what control streams did. */
+export interface TunnelCounts { refused: Record<ErrorCode, number>; control: ControlStats }
+
+/** Events: "attached" (cog: string, session: MuxSession) when a cog's tunnel is authenticated and in use. */
 export class Tunnels extends EventEmitter {
   readonly links = new Map<string, CogLink>();
+  /** VM moves between cogs (moves.ts). */
+  private readonly moves: MoveRelay;
+  readonly counts: TunnelCounts = {
+    refused: { "version": 0, "auth": 0, "revoked": 0, "bad-request": 0, "enroll": 0, "renew": 0 },
+    control: newControlStats(),
+  };
   private readonly listener: Listener;
   private tlsServer: tls.Server;
   private watch: RevocationWatch | null = null;
@@ -124,6 +137,7 @@ export class Tunnels extends EventEmitter {
     this.issuance = new Issuance(cfg, store, pki);
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
+    this.moves = new MoveRelay(cfg, (c) => this.links.get(c)?.session ?? null, log.child("move"));
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
@@ -360,6 +374,7 @@ export class Tunnels extends EventEmitter {
     control.on("error", () => {}); // the session's close says what happened
     const send = (m: HubMessage): void => { control.write(encodeMessage(m)); };
     const refuse = (m: HubMessage & { type: "error" }): void => {
+      this.counts.refused[m.code]++;
       this.strangers.warn(ticket.source, "tunnel refused", { remote, reason: m.message }, `tunnel refused: ${m.code}`);
       control.end(encodeMessage(m));
       setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
@@ -419,13 +434,17 @@ export class Tunnels extends EventEmitter {
         await this.store.markOnline(cog, remote, routes);
         await this.store.saveRoutes(cog, accepted.map((a): StoredRoute => ({ route: a.name, kind: a.kind, hostname: a.hostname ?? null, port: a.port ?? null })));
       }),
+      totals: this.counts.control,
       revoked: (message) => this.drop(cog, "revoked by the operator", () => {
+        this.counts.refused.revoked++;
         control.end(encodeMessage({ type: "error", code: "revoked", message }));
         setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
       }),
       domains: this.domains,
     }, reader, control);
     this.attach(cog, session, remote, channel);
+    // Every later stream this cog opens is a VM move (moves.ts); before the hello was accepted there was no listener (backlog 0: reset).
+    session.on("stream", (s: MuxStream) => this.moves.onStream(cog, s));
     const result = await channel.hello(wanted);
     if (session.closed) return;
     send({
@@ -471,6 +490,7 @@ export class Tunnels extends EventEmitter {
     link.control = control;
     link.remote = remote;
     link.connectedAt = Date.now();
+    this.emit("attached", cog, session);
     for (const w of link.waiters.splice(0)) w(session);
     this.recordStatus(cog, () => this.store.recordTunnel(cog, this.endpoints.name, remote));
     const l = link;

@@ -26,6 +26,7 @@ import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
 import { Quotas } from "./quotas.js";
 import type { RouteEntry, Router } from "./router.js";
+import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
 
 /** ACME HTTP-01 answers the hub itself holds (token → key authorization). */
@@ -84,6 +85,8 @@ export class Visitors {
   };
   /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
   readonly acmeTokens = new Map<string, string>();
+  /** Told of each peek's result and each forwarded visitor (gateway/metrics.ts). */
+  observer: VisitorObserver = NO_VISITOR_OBSERVER;
   /** Windows and buffered bytes of the visitor streams (budget.ts). */
   readonly budget: BufferBudget;
   readonly sources: SourceLimits;
@@ -213,6 +216,7 @@ export class Visitors {
       maxBytes: this.cfg.limits.clientHelloMaxBytes,
     });
     this.peeked(conn);
+    this.observer.peeked("tls", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       socket.destroy();
@@ -238,6 +242,7 @@ export class Visitors {
       maxBytes: this.cfg.limits.httpHeaderMaxBytes,
     });
     this.peeked(conn);
+    this.observer.peeked("http", out);
     if (out.kind !== "ok") {
       this.countBad(out.kind, socket, out.kind === "invalid" ? out.reason : undefined);
       if (out.kind === "invalid") socket.end(httpErrorResponse(400, "Bad Request", "The request could not be read."));
@@ -336,6 +341,7 @@ export class Visitors {
     const q = this.cfg.limits.spliceQueueBytes;
     if (throttle === null) splice(socket, stream, undefined, q);
     else spliceThrottled(socket, stream, throttle.fromVisitors, throttle.toVisitors, undefined, q);
+    this.observer.forwarded(socket, entry, stream);
   }
 
   /** Over its cog's streams (`cogWide`) or its route's connections: refused as busy, counted, logged once per interval. */

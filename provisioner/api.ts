@@ -1,5 +1,6 @@
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
+import { Registry } from "prom-client";
 import { stream } from "hono/streaming";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { HostPort, ProvisionerConfig } from "../config/types.js";
@@ -9,9 +10,12 @@ import type { ImageRecord, Store } from "./db.js";
 import { apiGuard } from "./apiguard.js";
 import type { BackupManager } from "./backup.js";
 import { registerBackupRoutes } from "./backupapi.js";
+import { registerArchiveRoutes, registerArchiveUpload } from "./exportapi.js";
+import type { MoveManager } from "./move.js";
+import type { ExportDeps } from "./vmexport.js";
 import { badRequest, ProvisionerError } from "./errors.js";
 import { type ImageCatalogue, validateImportRequest } from "./images.js";
-import { renderMetrics } from "./metrics.js";
+import { registerVmMetrics } from "./metrics.js";
 import { powerView } from "./power.js";
 import { validateCreateRequest } from "./requests.js";
 import type { VmManager } from "./vms.js";
@@ -27,11 +31,16 @@ export interface ApiDeps {
   images: ImageCatalogue;
   vms: VmManager;
   backups: BackupManager;
+  /** Export, import and move of VMs (vmexport.ts, move.ts). */
+  archives: ExportDeps;
+  moves: MoveManager;
   log: Logger;
   /** Bearer token (<dataDir>/api-token); required on every request. */
   token: string;
   /** The address the API listens on, as bound (see apiguard.ts hostAllowed). */
   listen: () => HostPort;
+  /** The cog's registry, with the VM metrics on it (startProvisioner); without it, one of the API's own. */
+  registry?: Registry;
 }
 
 function errorResponse(c: Context, e: unknown, log: Logger): Response {
@@ -91,6 +100,8 @@ export function buildApi(d: ApiDeps): Hono {
   app.notFound((c) => c.json({ error: { code: "not_found", message: `no route ${c.req.method} ${c.req.path}` } }, 404));
 
   app.use("*", apiGuard({ token: d.token, listen: d.listen, log }));
+  // Before the body limit: the body is a whole VM archive, bounded by max_archive_size instead.
+  registerArchiveUpload(app, d.archives);
   app.use("*", bodyLimit({
     maxSize: cfg.maxRequestBodyBytes,
     onError: (c) => c.json({ error: { code: "body_too_large", message: `request body over ${cfg.maxRequestBodyBytes} bytes` } }, 413),
@@ -128,6 +139,7 @@ export function buildApi(d: ApiDeps): Hono {
   });
   app.get("/v1/vms/:name/console", async (c) => c.text(await vms.consoleTail(nameParam(c))));
   registerBackupRoutes(app, d.backups, { jsonBody, nameParam });
+  registerArchiveRoutes(app, d.archives, d.moves, { jsonBody, nameParam });
 
   app.get("/v1/images", (c) => c.json({ images: images.list().map((i) => imageView(i, store)) }));
   app.get("/v1/images/:name", (c) => c.json({ image: imageView(images.get(nameParam(c)), store) }));
@@ -167,9 +179,12 @@ export function buildApi(d: ApiDeps): Hono {
     memory: { host_bytes: vms.hostMemoryBytes(), limit_bytes: vms.memoryLimitBytes(), committed_bytes: vms.committedMemoryBytes() },
   }));
   app.get("/v1/drift", (c) => c.json({ drift: vms.drift(), resolved: vms.resolved }));
-  app.get("/metrics", async (c) => {
-    c.header("content-type", "text/plain; version=0.0.4");
-    return c.body(await renderMetrics(store, vms));
-  });
+  // The cog's /healthz and /metrics live here when there is a provisioner (cog.listen.admin is then off by default).
+  // Both sit behind apiGuard like every route: /metrics names VMs and their use, and /healthz
+  // stays with them so the listener has one rule (a probe reads the 0600 token as Prometheus must).
+  const registry = d.registry ?? new Registry();
+  if (!d.registry) registerVmMetrics(registry, store, vms);
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/metrics", async (c) => c.body(await registry.metrics(), 200, { "content-type": registry.contentType }));
   return app;
 }

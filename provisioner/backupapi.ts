@@ -17,12 +17,12 @@ import { validateRestoreRequest } from "./restore.js";
 
 interface Helpers { jsonBody(c: Context): Promise<unknown>; nameParam(c: Context): string }
 
-function progressLine(p: Progress): string {
+export function progressLine(p: Progress): string {
   return JSON.stringify({ progress: { phase: p.phase, bytes: p.bytes, total_bytes: p.totalBytes, bytes_per_sec: p.bytesPerSec, eta_sec: p.etaSec } }) + "\n";
 }
 
 /** Runs `op` answering JSON (`status` on success), or as ndjson with progress when the client asks for it. */
-function answer(c: Context, status: 200 | 201, op: (onProgress?: ProgressFn) => Promise<Record<string, unknown>>): Response | Promise<Response> {
+export function answer(c: Context, status: 200 | 201, op: (onProgress?: ProgressFn) => Promise<Record<string, unknown>>): Response | Promise<Response> {
   if (!/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
     return op().then((r) => c.json(r, status));
   }

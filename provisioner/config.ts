@@ -4,6 +4,7 @@ import { ConfigError } from "../lib/errors.js";
 import { parseDurationMs, parseSizeBytes } from "../lib/units.js";
 import { parseBackupConfig } from "./backupconfig.js";
 import { parseCidr } from "./netguard.js";
+import { COG_NAME_RE } from "../lib/hostname.js";
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
@@ -64,6 +65,21 @@ export const DEFAULT_SIZES: Readonly<Record<string, ProvisionerSize>> = Object.f
   "f1-xxx": { vcpus: 8, memoryBytes: 16 * GIB, diskBytes: 320 * GIB, diskIopsPerSec: 8000, diskBytesPerSec: 400 * MIB },
 });
 
+/** Default of max_archive_size: above the largest default size's disk (320 GiB), with room for the rest. */
+export const DEFAULT_MAX_ARCHIVE_BYTES = 400 * GIB;
+/** Default of move_answer_timeout: the hub asks the target cog, which answers at once. */
+export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 60_000;
+/** Default of move_verify_timeout: SHA-256 and qemu-img info of a 320 GiB disk at ~300 MB/s take ~18 min. */
+export const DEFAULT_MOVE_VERIFY_TIMEOUT_MS = 30 * 60_000;
+function parseCogNames(v: unknown, at: string): string[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw new ConfigError("must be a list of cog names", at);
+  return v.map((n, i) => {
+    if (typeof n !== "string" || !COG_NAME_RE.test(n)) throw new ConfigError(`not a cog name: ${JSON.stringify(n)}`, `${at}[${i}]`);
+    return n;
+  });
+}
+
 /** VM, image and size names: DNS-label safe, never an option or a path. */
 export const NAME_RE = /^[a-z][a-z0-9-]{0,38}$/;
 
@@ -75,7 +91,8 @@ const KEYS: Record<string, true> = {
   console_tail: true, max_vms: true, max_ssh_keys: true, quit_timeout: true, crash_restarts: true, crash_window: true,
   import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
   image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
-  backups: true, systemd_scope: true,
+  backups: true, accept_moves_from: true, max_archive_size: true, move_answer_timeout: true, move_verify_timeout: true, move_rate: true,
+  systemd_scope: true,
 };
 const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
 
@@ -249,7 +266,13 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
     systemdScope,
     backups: parseBackupConfig(raw.backups, `${at}.backups`, baseDir, dataDir),
+    acceptMovesFrom: parseCogNames(raw.accept_moves_from, `${at}.accept_moves_from`),
+    maxArchiveBytes: bytes("max_archive_size", DEFAULT_MAX_ARCHIVE_BYTES),
+    moveAnswerTimeoutMs: atLeastOneSecond("move_answer_timeout", DEFAULT_MOVE_ANSWER_TIMEOUT_MS),
+    moveVerifyTimeoutMs: atLeastOneSecond("move_verify_timeout", DEFAULT_MOVE_VERIFY_TIMEOUT_MS),
+    moveBytesPerSec: bytes("move_rate", 0),
   };
+  if (cfg.maxArchiveBytes < 64 * MIB) throw new ConfigError("at least 64MiB", `${at}.max_archive_size`);
   return Object.freeze(cfg);
 }
 

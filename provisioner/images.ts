@@ -106,13 +106,26 @@ export function sniffFormat(head: Buffer): "qcow2" | "raw" | string {
 }
 
 /** What `qemu-img info --output=json -f qcow2` says about the fields that matter here. */
-interface Qcow2Info {
+export interface Qcow2Info {
   format?: string;
   "virtual-size"?: number;
   "backing-filename"?: string;
   "full-backing-filename"?: string;
   encrypted?: boolean;
   "format-specific"?: { type?: string; data?: { "data-file"?: string; "data-file-raw"?: boolean } };
+}
+
+/**
+ * Why a qcow2 is not safe to hand to QEMU as a VM's disk, or null. A VM opens
+ * these files with QEMU: anything that names another file would let it read
+ * that file from the cog (the cog's keys, another VM's disk).
+ */
+export function notSelfContained(info: Qcow2Info): string | null {
+  if (info["backing-filename"] || info["full-backing-filename"]) return "image has a backing file; flatten it first (qemu-img convert)";
+  const dataFile = info["format-specific"]?.data?.["data-file"];
+  if (dataFile !== undefined) return `image keeps its data in an external file (${JSON.stringify(dataFile)}); convert it to a self-contained qcow2 first`;
+  if (info.encrypted) return "encrypted images are not supported";
+  return null;
 }
 
 export class ImageCatalogue {
@@ -279,7 +292,7 @@ export class ImageCatalogue {
    * `qemu-img info` of an untrusted qcow2, told the format (no probing) and
    * under prlimit: address space image_inspect_memory, CPU image_inspect_cpu_time.
    */
-  private async inspectQcow2(src: string): Promise<Qcow2Info> {
+  async inspectQcow2(src: string): Promise<Qcow2Info> {
     const cpuSeconds = Math.max(1, Math.ceil(this.cfg.imageInspectCpuMs / 1000));
     let stdout: string;
     try {
@@ -304,14 +317,8 @@ export class ImageCatalogue {
       const info = await this.inspectQcow2(src);
       // A VM opens these files with QEMU: anything that names another file would
       // let it read that file from the cog (the cog's keys, another VM's disk).
-      if (info["backing-filename"] || info["full-backing-filename"]) {
-        throw badRequest("image_invalid", "image has a backing file; flatten it first (qemu-img convert)");
-      }
-      const dataFile = info["format-specific"]?.data?.["data-file"];
-      if (dataFile !== undefined) {
-        throw badRequest("image_invalid", `image keeps its data in an external file (${JSON.stringify(dataFile)}); convert it to a self-contained qcow2 first`);
-      }
-      if (info.encrypted) throw badRequest("image_invalid", "encrypted images are not supported");
+      const problem = notSelfContained(info);
+      if (problem) throw badRequest("image_invalid", problem);
       await fsp.rename(src, dst);
     } else if (format === "raw") {
       // -f raw: the bytes are data, never parsed as a header.

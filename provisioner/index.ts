@@ -3,6 +3,7 @@ import fs from "node:fs";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { serve } from "@hono/node-server";
+import { Registry } from "prom-client";
 import type { HostPort, ProvisionerConfig } from "../config/types.js";
 import { RuntimeError } from "../lib/errors.js";
 import { type Logger, Masked } from "../lib/log.js";
@@ -12,6 +13,9 @@ import { BackupManager } from "./backup.js";
 import { Store } from "./db.js";
 import { ImageCatalogue } from "./images.js";
 import { processAlive, procCmdline } from "./qemu.js";
+import { MoveManager, type MoveTunnel } from "./move.js";
+import type { ExportDeps } from "./vmexport.js";
+import { registerVmMetrics } from "./metrics.js";
 import { VmManager } from "./vms.js";
 
 export { parseProvisionerConfig } from "./config.js";
@@ -24,6 +28,10 @@ export interface ProvisionerOptions {
   hubHost: string;
   sink: RouteSink;
   logger: Logger;
+  /** The cog's tunnel, for `capsul vm move` (both ends); without it moves are refused. */
+  tunnel?: MoveTunnel;
+  /** The cog's registry: the VM metrics join it and /metrics renders all of it. Default: one of its own. */
+  registry?: Registry;
 }
 
 export interface Provisioner {
@@ -109,19 +117,29 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const vms = new VmManager(cfg, store, opts.sink, reach, log);
   const backups = new BackupManager(cfg, store, vms, log.child("backup"));
   const token = loadOrCreateToken(cfg.dataDir, log);
+  const closing = new AbortController();
+  const archives: ExportDeps = {
+    cfg, db: store, vms, images, log: log.child("move"), signal: closing.signal, cogName: opts.cogName, hubDomain: opts.hubDomain,
+  };
+  const moves = new MoveManager(archives, opts.tunnel ?? null, log.child("move"));
 
   let server: ReturnType<typeof serve> | undefined;
+  let unregisterMetrics = (): void => {};
   try {
     await vms.reconcile();
+    const registry = opts.registry ?? new Registry();
+    unregisterMetrics = registerVmMetrics(registry, store, vms);
     await backups.start();
     // Port 0 (tests) becomes the kernel's choice: the Host check wants the bound one.
     let boundPort = cfg.listen.port;
-    const app = buildApi({ cfg, store, images, vms, backups, log, token, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
+    const app = buildApi({ cfg, store, images, vms, backups, archives, moves, log, token, registry, listen: (): HostPort => ({ host: cfg.listen.host, port: boundPort }) });
     server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, hostname: cfg.listen.host, port: cfg.listen.port }, (info) => { boundPort = info.port; resolve(s); });
       s.once("error", reject);
     });
   } catch (e) {
+    moves.close();
+    unregisterMetrics();
     await backups.close();
     await vms.close();
     store.close();
@@ -133,7 +151,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const url = `http://${host}:${addr.port}`;
   log.info("provisioner listening", { url, data_dir: cfg.dataDir, token_file: path.join(cfg.dataDir, TOKEN_FILE), token: new Masked(token) });
 
-  let closing: Promise<void> | undefined;
+  let closed: Promise<void> | undefined;
   return {
     url,
     tokenFile: path.join(cfg.dataDir, TOKEN_FILE),
@@ -143,19 +161,22 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
       }
     },
     close: () => {
-      closing ??= (async () => {
+      closed ??= (async () => {
+        moves.close();
+        closing.abort();
         await new Promise<void>((resolve) => {
           server!.close(() => resolve());
           // Keep-alive connections would hold close() open.
           (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
         });
+        unregisterMetrics();
         await backups.close();
         await vms.close();
         store.close();
         unlock();
         log.info("provisioner closed; VMs keep running");
       })();
-      return closing;
+      return closed;
     },
   };
 }

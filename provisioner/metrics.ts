@@ -1,59 +1,67 @@
+import type { Registry } from "prom-client";
+import { MetricFamilies } from "../lib/metrics.js";
 import type { Store, VmState } from "./db.js";
 import { cpuSeconds, DISK_DRIVE_ID, rssBytes } from "./qemu.js";
 import type { VmManager } from "./vms.js";
 
 const STATES: VmState[] = ["creating", "starting", "running", "rebooting", "stopping", "stopped", "error", "deleting"];
 
-/** Label values are VM names (NAME_RE) or states, but escape per the exposition format anyway. */
-const esc = (s: string): string => s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+interface VmSample { vm: string; cpu?: number; rss?: number; rd?: number; wr?: number }
 
 /**
- * Prometheus text exposition (format 0.0.4) of per-VM state, vCPU time (sum of
- * the vCPU threads' utime+stime, thread ids from QMP query-cpus-fast), QEMU RSS,
- * and disk bytes read/written (QMP query-blockstats).
+ * Per-VM state, vCPU time (sum of the vCPU threads' utime+stime, thread ids from QMP
+ * query-cpus-fast), QEMU RSS, and disk bytes read/written (QMP query-blockstats), as
+ * families on the cog's registry (one registry per process, lib/metrics.ts). QEMU is asked
+ * once per scrape: every family's collect() starts in the same tick and shares one
+ * sampling. Returns the function that takes the families off the registry.
  */
-export async function renderMetrics(store: Store, vms: VmManager): Promise<string> {
-  const lines: string[] = [];
-  const family = (name: string, type: string, help: string): void => { lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`); };
-  const records = store.listVms();
+export function registerVmMetrics(registry: Registry, store: Store, vms: VmManager): () => void {
+  const f = new MetricFamilies(registry);
+  let inflight: Promise<VmSample[]> | null = null;
+  const sample = (): Promise<VmSample[]> => {
+    inflight ??= sampleVms(store, vms).finally(() => { inflight = null; });
+    return inflight;
+  };
+  f.gauge("capsul_vm_state", "1 for the state the VM is in.", ["vm", "state"], (emit) => {
+    for (const v of store.listVms()) for (const s of STATES) emit({ vm: v.name, state: s }, v.state === s ? 1 : 0);
+  });
+  const perVm = (name: string, help: string, pick: (s: VmSample) => number | undefined, counter: boolean): void => {
+    const fill = async (emit: (l: Record<string, string>, v: number) => void): Promise<void> => {
+      for (const s of await sample()) {
+        const v = pick(s);
+        if (v !== undefined) emit({ vm: s.vm }, v);
+      }
+    };
+    if (counter) f.counter(name, help, ["vm"], fill);
+    else f.gauge(name, help, ["vm"], fill);
+  };
+  perVm("capsul_vm_vcpu_seconds_total", "CPU time of the VM's vCPU threads.", (s) => s.cpu, true);
+  perVm("capsul_vm_rss_bytes", "Resident memory of the VM's QEMU process.", (s) => s.rss, false);
+  perVm("capsul_vm_disk_read_bytes_total", "Bytes the guest read from its disk.", (s) => s.rd, true);
+  perVm("capsul_vm_disk_written_bytes_total", "Bytes the guest wrote to its disk.", (s) => s.wr, true);
+  f.gauge("capsul_memory_committed_bytes", "Memory of every VM that should run.", [], (emit) => emit({}, vms.committedMemoryBytes()));
+  f.gauge("capsul_memory_limit_bytes", "Host memory × memory_overcommit_ratio.", [], (emit) => emit({}, vms.memoryLimitBytes()));
+  return () => f.close();
+}
 
-  family("capsul_vm_state", "gauge", "1 for the state the VM is in.");
-  for (const v of records) for (const s of STATES) lines.push(`capsul_vm_state{vm="${esc(v.name)}",state="${s}"} ${v.state === s ? 1 : 0}`);
-
-  const cpu: string[] = [];
-  const rss: string[] = [];
-  const rd: string[] = [];
-  const wr: string[] = [];
-  for (const v of records) {
+async function sampleVms(store: Store, vms: VmManager): Promise<VmSample[]> {
+  const out: VmSample[] = [];
+  for (const v of store.listVms()) {
     const live = vms.liveVm(v.name);
     if (!live) continue;
-    const l = `{vm="${esc(v.name)}"}`;
+    const s: VmSample = { vm: v.name };
     try {
       const cpus = await live.qmp.execute<Array<{ "thread-id": number }>>("query-cpus-fast");
       let sum = 0;
       for (const c of cpus) sum += cpuSeconds(`/proc/${live.pid}/task/${c["thread-id"]}/stat`) ?? 0;
-      cpu.push(`capsul_vm_vcpu_seconds_total${l} ${sum}`);
+      s.cpu = sum;
       const stats = await live.qmp.execute<Array<{ device: string; stats: { rd_bytes: number; wr_bytes: number } }>>("query-blockstats");
-      const disk = stats.find((s) => s.device === DISK_DRIVE_ID);
-      if (disk) {
-        rd.push(`capsul_vm_disk_read_bytes_total${l} ${disk.stats.rd_bytes}`);
-        wr.push(`capsul_vm_disk_written_bytes_total${l} ${disk.stats.wr_bytes}`);
-      }
+      const disk = stats.find((d) => d.device === DISK_DRIVE_ID);
+      if (disk) { s.rd = disk.stats.rd_bytes; s.wr = disk.stats.wr_bytes; }
     } catch { /* QEMU going away: skip its samples this scrape */ }
     const r = rssBytes(live.pid);
-    if (r !== null) rss.push(`capsul_vm_rss_bytes${l} ${r}`);
+    if (r !== null) s.rss = r;
+    out.push(s);
   }
-  family("capsul_vm_vcpu_seconds_total", "counter", "CPU time of the VM's vCPU threads.");
-  lines.push(...cpu);
-  family("capsul_vm_rss_bytes", "gauge", "Resident memory of the VM's QEMU process.");
-  lines.push(...rss);
-  family("capsul_vm_disk_read_bytes_total", "counter", "Bytes the guest read from its disk.");
-  lines.push(...rd);
-  family("capsul_vm_disk_written_bytes_total", "counter", "Bytes the guest wrote to its disk.");
-  lines.push(...wr);
-  family("capsul_memory_committed_bytes", "gauge", "Memory of every VM that should run.");
-  lines.push(`capsul_memory_committed_bytes ${vms.committedMemoryBytes()}`);
-  family("capsul_memory_limit_bytes", "gauge", "Host memory × memory_overcommit_ratio.");
-  lines.push(`capsul_memory_limit_bytes ${vms.memoryLimitBytes()}`);
-  return lines.join("\n") + "\n";
+  return out;
 }

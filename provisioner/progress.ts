@@ -5,7 +5,8 @@
  * began, and the time left at that rate.
  */
 
-export type ProgressPhase = "backup" | "checksum" | "verify" | "restore";
+/** flatten: an export's qemu-img convert; export: an archive written; import: one read; move: one sent to another cog. */
+export type ProgressPhase = "backup" | "checksum" | "verify" | "restore" | "flatten" | "export" | "import" | "move";
 
 export interface Progress {
   phase: ProgressPhase;

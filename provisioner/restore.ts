@@ -8,7 +8,7 @@ import { type BackupRecord, type BackupStore, backupView, chainOf, chainRoots, m
 import { NAME_RE } from "./config.js";
 import type { Store } from "./db.js";
 import { badRequest, conflict, ProvisionerError } from "./errors.js";
-import { ProgressMeter, type ProgressFn } from "./progress.js";
+import { ProgressMeter, type ProgressFn, type ProgressPhase } from "./progress.js";
 import { runFiles } from "./qemu.js";
 import type { VmManager } from "./vms.js";
 
@@ -64,7 +64,19 @@ async function verifyChain(d: RestoreDeps, vm: string, chain: BackupRecord[], on
 
 /** `qemu-img convert` of the chain's top into `out`, with progress; killed when it stalls or the provisioner closes. */
 function convert(d: RestoreDeps, top: string, out: string, virtualBytes: number, onProgress?: ProgressFn): Promise<void> {
-  const meter = new ProgressMeter("restore", onProgress);
+  return flattenQcow2(d.cfg, d.signal, top, out, virtualBytes, "restore", onProgress);
+}
+
+/**
+ * `qemu-img convert` of a qcow2 and its backing chain into one standalone qcow2
+ * at `out` (restores, exports), with progress; killed when it stalls for
+ * backups.stall_timeout or `signal` aborts (the provisioner closes).
+ */
+export function flattenQcow2(
+  cfg: ProvisionerConfig, signal: AbortSignal, top: string, out: string, virtualBytes: number, phase: ProgressPhase, onProgress?: ProgressFn,
+): Promise<void> {
+  const d = { cfg, signal };
+  const meter = new ProgressMeter(phase, onProgress);
   return new Promise((resolve, reject) => {
     const child = spawn(d.cfg.qemuImgBinary, ["convert", "-p", "-f", "qcow2", "-O", "qcow2", top, out], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";

@@ -67,7 +67,7 @@ MODDIR="$WORK/k/lib/modules/$KVER"
 
 # --- initramfs root -------------------------------------------------------
 R="$WORK/root"
-mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,tmp,root/.ssh,run,var/run,www,lib/modules,mnt/seed,mnt/data,etc/dropbear,usr/lib/ssl}
+mkdir -p "$R"/{bin,sbin,etc,proc,sys,dev,tmp,root/.ssh,run,var/run,www,lib/modules,mnt/seed,mnt/data,mnt/keys,etc/dropbear,usr/lib/ssl}
 cp /bin/busybox "$R/bin/busybox"
 
 # Modules: the ones we name plus whatever each declares in its modinfo
@@ -127,6 +127,15 @@ EOF
 echo 'root:x:0:' >"$R/etc/group"
 printf '/bin/sh\n' >"$R/etc/shells"
 
+cat >"$R/bin/save-hostkeys" <<'EOF'
+#!/bin/busybox sh
+# save-hostkeys DIR: keeps this instance's SSH host keys on the disk mounted at DIR (see init).
+iid=$(cat /run/instance-id)
+[ -n "$iid" ] && [ -d "$1" ] || { echo "usage: save-hostkeys DIR (needs an instance-id)" >&2; exit 2; }
+mkdir -p "$1/.capsul-hostkeys/$iid" && cp /etc/dropbear/dropbear_*_host_key "$1/.capsul-hostkeys/$iid/" && sync
+EOF
+chmod +x "$R/bin/save-hostkeys"
+
 cat >"$R/init" <<'EOF'
 #!/bin/busybox sh
 # capsul test image init: everything runs from the initramfs.
@@ -147,6 +156,7 @@ for d in /dev/vd[a-z]; do
     if [ -f /mnt/seed/meta-data ]; then
       h=$(sed -n 's/^local-hostname: *"\{0,1\}\([a-z0-9-]*\)"\{0,1\} *$/\1/p' /mnt/seed/meta-data)
       [ -n "$h" ] && host=$h
+      sed -n 's/^instance-id: *"\{0,1\}\([A-Za-z0-9-]*\)"\{0,1\} *$/\1/p' /mnt/seed/meta-data >/run/instance-id
       sed -n 's/^ *- *"\(\(ssh\|ecdsa\|sk\)-[^"]*\)" *$/\1/p' /mnt/seed/user-data >/root/.ssh/authorized_keys
       echo "capsul-test-image: seed $d hostname=$host keys=$(wc -l </root/.ssh/authorized_keys)"
       break
@@ -158,6 +168,23 @@ hostname "$host"
 echo "$host" >/etc/hostname
 chmod 700 /root /root/.ssh
 chmod 600 /root/.ssh/authorized_keys 2>/dev/null
+
+# SSH host keys are kept on the disk per cloud-init instance, as a cloud image
+# keeps them in its /etc/ssh until cloud-init sees a new instance-id: the same
+# instance (a restart, an import that keeps the id) answers with the same keys,
+# a new one with new keys. save-hostkeys DIR (the disk mounted at DIR) keeps the
+# current ones; a blank disk has none, and dropbear makes new ones (-R).
+iid=$(cat /run/instance-id 2>/dev/null)
+for d in /dev/vd[a-z]; do
+  [ -b "$d" ] || continue
+  grep -q "^$d " /proc/mounts && continue # the seed
+  mount -t ext4 -o ro "$d" /mnt/keys 2>/dev/null || continue
+  if [ -n "$iid" ] && [ -d "/mnt/keys/.capsul-hostkeys/$iid" ]; then
+    cp /mnt/keys/.capsul-hostkeys/"$iid"/* /etc/dropbear/ && echo "capsul-test-image: host keys of instance $iid"
+  fi
+  umount /mnt/keys
+  break
+done
 
 ip link set lo up
 ip link set eth0 up

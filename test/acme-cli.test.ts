@@ -32,6 +32,7 @@ t.test("capsul cog: a crash mid-order leaves nothing half-written; the next star
       hub: `127.0.0.1:${w.hub.ports.tunnel}`,
       routes: [{ name: "www", kind: "tls", hostname: name, target: `127.0.0.1:${backend.port}`, tls: "terminate", redirect_http: true }],
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
+      listen: { admin: "127.0.0.1:0" },
       acme: { directory_url: proxy.directoryUrl, ca_bundle: w.pebble.ca.caFile, email: "first@example.org", poll_interval: "100ms", retry_min_delay: "500ms" },
     },
   };

@@ -2,13 +2,15 @@
  * Renewal with real short-lived certificates: pebble issues 20-second
  * certificates, the cog renews at two thirds of that, keeps serving, does not
  * drop a connection that is open across the renewal (it keeps the certificate
- * it was handshaken with), and the next connection is handed the new one.
+ * it was handshaken with), and the next connection is handed the new one. The cog's
+ * /metrics exports each certificate's expiry and follows the renewal.
  */
 import t from "tap";
 import http from "node:http";
 import tls from "node:tls";
 import { closeServer, cogConfig, enrolledCog, HUB_DOMAIN, listen, tmpDir } from "./helpers/cluster.js";
 import { acmeKeys, acmeWorld, presentedSerial, waitIssued } from "./helpers/acme.js";
+import { scrape } from "./helpers/adminclient.js";
 
 /** pebble's certificate lifetime here: long enough for the steps before the renewal, short enough to wait for it. */
 const VALIDITY_SEC = 20;
@@ -78,6 +80,10 @@ t.test("short-lived certificates are renewed; an open connection survives, the n
   t.teardown(() => cog.close());
 
   const first = await waitIssued(cog, name);
+  // The ACME manager's certificates reach the cog's /metrics through certificates.register().
+  const expiry = async (): Promise<number | undefined> =>
+    (await scrape(cog.admin!.port)).value("capsul_cog_certificate_expiry_timestamp_seconds", { kind: "acme", name });
+  t.equal(await expiry(), Math.floor(Date.parse(first.notAfter!) / 1000), "the first certificate's expiry is exported");
   const lifetimeMs = Date.parse(first.notAfter!) - Date.parse(first.notBefore!);
   t.ok(lifetimeMs <= (VALIDITY_SEC + 1) * 1000, `pebble issued a short certificate (${lifetimeMs} ms)`);
   const renewAt = Date.parse(first.renewAt!);
@@ -95,6 +101,8 @@ t.test("short-lived certificates are renewed; an open connection survives, the n
   const second = await waitIssued(cog, name, { notSerial: first.serial, timeoutMs: VALIDITY_SEC * 3 * 1000 });
   t.not(second.serial, first.serial, "a new certificate was issued before the first expired");
   t.ok(Date.parse(second.lastIssuedAt!) < Date.parse(first.notAfter!), "renewed before the old one expired");
+  t.equal(await expiry(), Math.floor(Date.parse(second.notAfter!) / 1000), "the exported expiry moved with the renewal");
+  t.ok(Date.parse(second.notAfter!) > Date.parse(first.notAfter!), "(to a later time)");
 
   t.notOk(kept.closed, "the connection open across the renewal was not dropped");
   const b = await kept.get("/after");

@@ -11,6 +11,7 @@ import path from "node:path";
 import { cogConfig, enrolledCog, httpBackend, HUB_DOMAIN, tmpDir } from "./helpers/cluster.js";
 import { acmeKeys, acmeWorld, waitIssued } from "./helpers/acme.js";
 import { curl } from "./helpers/procs.js";
+import { scrape } from "./helpers/adminclient.js";
 
 t.test("HTTP-01 and TLS-ALPN-01 through the hub; HTTPS to a plain-HTTP backend; redirect and HSTS per route", async (t) => {
   const dir = tmpDir("capsul-acme-");
@@ -67,6 +68,16 @@ t.test("HTTP-01 and TLS-ALPN-01 through the hub; HTTPS to a plain-HTTP backend; 
   const p = await curl([...resolve(app, httpPort), `http://${app}:${httpPort}/plain`]);
   t.equal(p.code, 0, p.stderr);
   t.equal(p.stdout, `plain ${app}:${httpPort} /plain\n`, "without redirect_http, plain HTTP reaches the target");
+
+  // The cog's /metrics: both certificates' expiry, and the plaintext connections it spliced to
+  // the target per route (the redirect and the challenge answers reach no target).
+  const m = await scrape(cog.admin!.port);
+  t.equal(m.value("capsul_cog_certificate_expiry_timestamp_seconds", { kind: "acme", name: web }), Math.floor(Date.parse(webRow.notAfter!) / 1000));
+  t.equal(m.value("capsul_cog_certificate_expiry_timestamp_seconds", { kind: "acme", name: app }), Math.floor(Date.parse(appRow.notAfter!) / 1000));
+  t.equal(m.value("capsul_cog_streams_total", { route: "web" }), 1, "the one HTTPS request to web, spliced after termination");
+  t.equal(m.value("capsul_cog_streams_total", { route: "app.http" }), 1, "the one plain request to app's http side");
+  t.equal(m.value("capsul_cog_streams_total", { route: "web.http" }), 0, "the redirect reached no target");
+  t.ok(m.n("capsul_cog_bytes_total", { route: "web", direction: "to_target" }) > 0, "the request's plaintext bytes");
 
   // A client that does not trust pebble's root is refused: it is a real chain, not a self-signed stand-in.
   const untrusted = await curl([...resolve(web, tlsPort), `https://${web}:${tlsPort}/`]);

@@ -128,7 +128,7 @@ t.test("hub invite / cogs / revoke against a hub data dir", async (t) => {
   const dir = tmpDir("capsul-cli-");
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const yaml = writeYaml(path.join(dir, "hub.yaml"), {
-    hub: { data_dir: path.join(dir, "hub"), domain: "hub.example.net", listen: { tunnel: "0.0.0.0:7443" } },
+    hub: { data_dir: path.join(dir, "hub"), domain: "hub.example.net", listen: { tunnel: "0.0.0.0:7443", admin: "127.0.0.1:0" } },
   });
 
   const empty = await runCli(["hub", "cogs", "-c", yaml]);

@@ -110,7 +110,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
   const paths = [
     "hub.data_dir", "hub.store", "hub.store_password_file", "hub.store_pool_size", "hub.store_connect_timeout",
     "hub.store_busy_timeout", "hub.domain", "hub.listen.tls", "hub.listen.http", "hub.listen.tunnel", "hub.listen.tcp_host",
-    "hub.listen.tcp_ports", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
+    "hub.listen.tcp_ports", "hub.listen.admin", "hub.public_tunnel_address", "hub.cogs.0.name", "hub.cogs.0.hostnames", "hub.cogs.0.tcp_ports",
     "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.invite_ttl", "hub.cog_cert_ttl",
     "hub.limits.client_hello_timeout", "hub.limits.client_hello_max_bytes", "hub.limits.http_header_timeout",
     "hub.limits.http_header_max_bytes", "hub.limits.grace", "hub.limits.max_visitors", "hub.limits.listen_backlog", "hub.limits.idle_timeout",
@@ -122,6 +122,9 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_stream_window", "hub.tunnel.keepalive_interval", "hub.tunnel.keepalive_timeout", "hub.tunnel.handshake_timeout",
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
+    "hub.admin.request_timeout", "hub.admin.max_connections", "hub.admin.max_request_body", "hub.admin.status_refresh",
+    "hub.admin.cogs_cache",
+    "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
@@ -173,6 +176,7 @@ t.test("defaults are filled", async (t) => {
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -186,6 +190,7 @@ t.test("defaults are filled", async (t) => {
         tunnel: { host: "0.0.0.0", port: 7443 },
         tcpHost: "0.0.0.0",
         tcpPorts: [],
+        admin: { host: "127.0.0.1", port: 7444 },
       },
       publicTunnelAddress: "hub.example.net:7443",
       cogs: [],
@@ -216,6 +221,7 @@ t.test("defaults are filled", async (t) => {
         cogBandwidthBurstBytes: 0,
       },
       tunnel: hubTunnel,
+      admin: { requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000, cogsCacheMs: 2000 },
       shutdownGraceMs: 30000,
       endpoint: {
         name: defaultEndpointName(), advertise: { host: "hub.example.net", port: 7443 }, serverName: "hub.example.net",
@@ -230,6 +236,8 @@ t.test("defaults are filled", async (t) => {
       targetDialTimeoutMs: 5000,
       spliceQueueBytes: 262144,
       tunnel: cogTunnel,
+      listen: { admin: { host: "127.0.0.1", port: 7445 } },
+      admin: { requestTimeoutMs: 10000, maxConnections: 64 },
       provisioner: null,
       acme: {
         directoryUrl: "https://acme-v02.api.letsencrypt.org/directory", caBundle: null, email: null, renewAtRatio: 2 / 3,
@@ -246,6 +254,11 @@ t.test("defaults are filled", async (t) => {
   const prov = parseConfig({ cog: { provisioner: {} } }).cog!.provisioner!;
   t.same(prov.listen, { host: "127.0.0.1", port: 7480 });
   t.equal(prov.dataDir, "/var/lib/capsul/provisioner");
+  // With a provisioner its listener serves /healthz and /metrics: the cog's own admin listener is opt-in.
+  t.equal(parseConfig({ cog: { provisioner: {} } }).cog!.listen.admin, null);
+  t.same(parseConfig({ cog: { provisioner: {}, listen: { admin: "127.0.0.1:7446" } } }).cog!.listen.admin, { host: "127.0.0.1", port: 7446 });
+  t.equal(parseConfig({ cog: { listen: { admin: "off" } } }).cog!.listen.admin, null);
+  t.equal(parseConfig({ hub: { domain: "hub.example.net", listen: { admin: null } } }).hub!.listen.admin, null);
   t.equal(parseConfig({ cog: { provisioner: false } }).cog!.provisioner, null);
   t.equal(parseConfig({ cog: { provisioner: null } }).cog!.provisioner, null);
   t.equal(parseConfig({ hub: { domain: "hub.example.net" } }).cog, null);
@@ -304,6 +317,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -371,6 +385,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ cog: { tunnel: { max_queued_control_frames: 0 } } }, "cog.tunnel.max_queued_control_frames: out of range (1-2147483647): 0"],
     [{ hub: { domain: "h.example", tunnel: { listen_backlog: 0 } } }, "hub.tunnel.listen_backlog: out of range (1-65535): 0"],
     [{ hub: { domain: "h.example", tunnel: { listen_backlog: "lots" } } }, 'hub.tunnel.listen_backlog: expected an integer, got a string "lots"'],
+    [{ hub: { domain: "h.example", tunnel: { max_moves: -1 } } }, "hub.tunnel.max_moves: must be at least 0, got -1"],
+    [{ hub: { domain: "h.example", tunnel: { move_answer_timeout: 0 } } }, "hub.tunnel.move_answer_timeout: must be greater than 0"],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -508,6 +524,13 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_HUB_HTTP_LISTEN", "HubConfig", "http", "0.0.0.0:80", same],
     ["DEFAULT_HUB_TUNNEL_LISTEN", "HubConfig", "tunnel", "0.0.0.0:7443", same],
     ["DEFAULT_HUB_TCP_HOST", "HubConfig", "tcpHost", "0.0.0.0", same],
+    ["DEFAULT_HUB_ADMIN_LISTEN", "HubConfig", "admin", "127.0.0.1:7444", same],
+    ["DEFAULT_COG_ADMIN_LISTEN", "CogConfig", "admin", "127.0.0.1:7445", same],
+    ["DEFAULT_ADMIN_REQUEST_TIMEOUT_MS", "AdminLimits", "requestTimeoutMs", "10s", dur],
+    ["DEFAULT_ADMIN_MAX_CONNECTIONS", "AdminLimits", "maxConnections", "64", int],
+    ["DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES", "HubAdmin", "maxRequestBodyBytes", "16KiB", bytes],
+    ["DEFAULT_STATUS_REFRESH_MS", "HubAdmin", "statusRefreshMs", "5s", dur],
+    ["DEFAULT_ADMIN_COGS_CACHE_MS", "HubAdmin", "cogsCacheMs", "2s", dur],
     ["DEFAULT_HUB_DEFAULT_GRANTS", "HubConfig", "defaultGrants", "true", bool],
     ["DEFAULT_TCP_PORTS_PER_COG", "HubConfig", "defaultTcpPortsPerCog", "8", int],
     ["DEFAULT_INVITE_TTL_MS", "HubConfig", "inviteTtlMs", "24h", dur],
@@ -546,6 +569,8 @@ t.test("every default constant matches the doc comment in config/types.ts", asyn
     ["DEFAULT_CONTROL_BURST", "HubTunnelTuning", "controlBurst", "100", int],
     ["DEFAULT_RENEW_MIN_INTERVAL_MS", "HubTunnelTuning", "renewMinIntervalMs", "1h", dur],
     ["DEFAULT_TUNNEL_LISTEN_BACKLOG", "HubTunnelTuning", "listenBacklog", "1024", int],
+    ["DEFAULT_MOVE_ANSWER_TIMEOUT_MS", "HubTunnelTuning", "moveAnswerTimeoutMs", "30s", dur],
+    ["DEFAULT_MAX_MOVES", "HubTunnelTuning", "maxMoves", "2", int],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "CogTunnelTuning", "welcomeTimeoutMs", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "CogTunnelTuning", "enrollTimeoutMs", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "CogTunnelTuning", "visitorHeaderTimeoutMs", "10s", dur],

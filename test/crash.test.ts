@@ -39,7 +39,7 @@ function faultEnv(dir: string, fault: Fault): NodeJS.ProcessEnv {
 
 function hubYaml(dir: string): string {
   return writeYaml(path.join(dir, "hub.yaml"), {
-    hub: { data_dir: path.join(dir, "hub"), domain: "hub.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0" } },
+    hub: { data_dir: path.join(dir, "hub"), domain: "hub.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" } },
   });
 }
 
@@ -76,7 +76,7 @@ t.test("cog: a thrown exception ends the process, logged", async (t) => {
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const hub = spawnCli(t, "hub", ["hub", "-c", hubYaml(dir)]);
   const tunnel = Number((await hub.waitLine(READY_RE))[3]);
-  const cogYaml = writeYaml(path.join(dir, "cog.yaml"), { cog: { data_dir: path.join(dir, "cog"), routes: [] } });
+  const cogYaml = writeYaml(path.join(dir, "cog.yaml"), { cog: { data_dir: path.join(dir, "cog"), routes: [], listen: { admin: "127.0.0.1:0" } } });
   const inv = JSON.parse((await runCli(["hub", "invite", "home1", "--json", "-c", path.join(dir, "hub.yaml")])).stdout) as { token: string; ca_fingerprint: string };
   const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${tunnel}`, "--token", inv.token, "--ca-fingerprint", inv.ca_fingerprint, "-c", cogYaml]);
   t.equal(en.code, 0, en.stderr);

@@ -7,6 +7,7 @@ import t, { type Test } from "tap";
 import fs from "node:fs";
 import net from "node:net";
 import { probePort, runProgram, spawnCli, WAIT_MS, type CliProc } from "./helpers/procs.js";
+import { Scrape } from "./helpers/promtext.js";
 
 interface Printed {
   tls: number;
@@ -16,6 +17,9 @@ interface Printed {
   curls: string[][];
   telnet: number;
   nope: string[];
+  /** The status page URL and the /metrics command, as printed. */
+  status: string;
+  metrics: string[];
 }
 
 /** Reads what the demo printed: its ports, data dir and the commands to try. */
@@ -26,12 +30,15 @@ function parseDemo(stdout: string[]): Printed {
   const commands = stdout.filter((l) => l.startsWith("  curl")).map((l) => l.trim().split(/\s+/));
   const telnet = commands.find((c) => c.some((a) => a.startsWith("telnet://")));
   const nope = commands.find((c) => c.some((a) => a.includes("://nope.")));
-  const curls = commands.filter((c) => c !== telnet && c !== nope);
+  const metrics = commands.find((c) => c.some((a) => a.endsWith("/metrics")));
+  const curls = commands.filter((c) => c !== telnet && c !== nope && c !== metrics);
+  const status = stdout.map((l) => /^ {2}(http:\/\/127\.0\.0\.1:\d+\/)$/.exec(l)?.[1]).find(Boolean);
+  if (!status || !metrics) throw new Error(`missing the status page URL or the metrics command in:\n${text}`);
   const telnetPort = /^telnet:\/\/127\.0\.0\.1:(\d+)$/.exec(telnet?.find((a) => a.startsWith("telnet://")) ?? "");
   if (!telnetPort || !nope) throw new Error(`missing telnet or nope command in:\n${text}`);
   return {
     tls: Number(ports[1]), http: Number(ports[2]), tunnel: Number(ports[3]), dir: ports[4]!.replace(/\.$/, ""),
-    curls, telnet: Number(telnetPort[1]), nope,
+    curls, telnet: Number(telnetPort[1]), nope, status, metrics,
   };
 }
 
@@ -100,6 +107,23 @@ async function tryEverything(t: Test, printed: Printed): Promise<void> {
   const n = await runPrinted(printed.nope);
   t.not(n.code, 0, "the unknown name is refused");
   t.match(n.stderr, /unrecognized name/i);
+
+  // The printed /metrics command: every visitor above, counted once.
+  const m = await runPrinted(printed.metrics);
+  t.equal(m.code, 0, m.stderr);
+  const sc = new Scrape(m.stdout);
+  const conns = (route: string, kind: string): number | undefined => sc.value("capsul_hub_connections_total", { cog: "home1", route, kind });
+  t.equal(conns("web", "tls"), 1, "the HTTPS command");
+  t.equal(conns("blog", "http"), 1, "the HTTP command");
+  t.equal(conns("echo", "tcp"), 1, "the echo session");
+  t.equal(sc.value("capsul_hub_routing_total", { outcome: "no_route" }), 1, "the unknown name");
+  t.equal(sc.value("capsul_cog_tunnel_up"), 1, "the cog's metrics are in the same registry");
+  t.ok(sc.families.has("process_cpu_user_seconds_total"), "with the default Node metrics");
+  // The printed status page shows the cog and its routes.
+  const page = await runProgram("curl", ["-sS", "--max-time", "20", printed.status]);
+  t.equal(page.code, 0, page.stderr);
+  t.match(page.stdout, /<title>capsul hub · demo\.capsul\.test<\/title>/);
+  for (const r of ["web", "blog", "echo"]) t.match(page.stdout, `data-route="home1/${r}"`, `the status page lists ${r}`);
 }
 
 async function stopAndCheck(t: Test, demo: CliProc, printed: Printed, signal: NodeJS.Signals): Promise<void> {

@@ -73,8 +73,8 @@ t.test("the CLI: overlapping grants and bad --tcp-ports are refused with exit 2 
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const dataDir = path.join(dir, "hub");
   // Hubs started from these files bind loopback ephemeral ports only; invites never bind, so the main file names 7443.
-  const base = { data_dir: dataDir, domain: "hub3.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: ["20000-20009"] } };
-  const yaml = writeYaml(path.join(dir, "hub.yaml"), { hub: { ...base, listen: { ...base.listen, tunnel: "0.0.0.0:7443" }, cogs: [{ name: "dora", tcp_ports: ["20008-20009"] }] } });
+  const base = { data_dir: dataDir, domain: "hub3.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: ["20000-20009"], admin: "127.0.0.1:0" } };
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), { hub: { ...base, listen: { ...base.listen, tunnel: "0.0.0.0:7443", admin: "127.0.0.1:7444" }, cogs: [{ name: "dora", tcp_ports: ["20008-20009"] }] } });
   const ok = async (args: string[]): Promise<void> => {
     const r = await runCli([...args, "-c", yaml]);
     t.equal(r.code, 0, `capsul ${args.join(" ")}: ${r.stderr}`);
@@ -96,6 +96,7 @@ t.test("the CLI: overlapping grants and bad --tcp-ports are refused with exit 2 
 
   // --tcp-ports: the hub's own ports, the pool, other cogs' grants and assignments.
   await refused(["hub", "invite", "tcp1", "--tcp-ports", "7440-7450"], /--tcp-ports: 7440-7450 includes port 7443, the hub's own hub\.listen\.tunnel listener/);
+  await refused(["hub", "invite", "tcp1", "--tcp-ports", "7444"], /--tcp-ports: 7444 includes port 7444, the hub's own hub\.listen\.admin listener/);
   await refused(["hub", "invite", "tcp1", "--tcp-ports", "30000-30001"], /--tcp-ports: 30000-30001 is not inside the hub's TCP port pool hub\.listen\.tcp_ports \(20000-20009\)/);
   await ok(["hub", "invite", "bert", "--tcp-ports", "20000-20004"]);
   await refused(["hub", "invite", "tcp1", "--tcp-ports", "20004-20005"], /20004-20005 overlaps "20000-20004" of cog bert \(granted by capsul hub invite\)/);

@@ -121,6 +121,7 @@ t.test("hub + cog, smallest window: 16 concurrent visitors, stalled readers, eve
       ],
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: tunnelTuning(),
+      listen: { admin: "127.0.0.1:0" },
     },
   }).cog!;
   t.equal(cogCfg.tunnel.maxStreamWindowBytes, MIN_STREAM_WINDOW_BYTES, "cog uses the reduced window");

@@ -46,7 +46,7 @@ function hubYaml(dir: string, name: string, addr: string, pool: string, url: str
       store_password_file: pgc.passwordFile,
       listen: {
         tls: `${addr}:${ports.tls}`, http: `${addr}:${ports.http}`, tunnel: `${addr}:${ports.tunnel}`,
-        tcp_host: addr, tcp_ports: [pool],
+        tcp_host: addr, tcp_ports: [pool], admin: `${addr}:0`,
       },
       limits: { grace: "10s", client_hello_timeout: "1s", http_header_timeout: "1s" },
       // An hour between SQLite-style polls: only PostgreSQL's notification can drop a revoked cog quickly.

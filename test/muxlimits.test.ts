@@ -396,7 +396,7 @@ function hubCfg(dir: string): HubConfig {
   return parseConfig({
     hub: {
       data_dir: path.join(dir, "hub"), domain: HUB_DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1" },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", admin: "127.0.0.1:0" },
       limits: { splice_queue: `${SPLICE_QUEUE}B` },
       tunnel: { ...KEEPALIVE, ...HUB_TUNNEL },
     },
@@ -410,6 +410,7 @@ function cogCfg(dir: string, name: string, hubPort: number, routes: unknown[] = 
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       splice_queue: `${SPLICE_QUEUE}B`,
       tunnel: { ...KEEPALIVE, ...COG_TUNNEL },
+      listen: { admin: "127.0.0.1:0" },
     },
   }).cog!;
 }

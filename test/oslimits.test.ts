@@ -49,7 +49,7 @@ async function hubUnder(nofile: number, maxVisitors: number): Promise<string> {
     const yaml = writeYaml(path.join(dir, "capsul.yaml"), {
       hub: {
         data_dir: path.join(dir, "data"), domain: "capsul.test",
-        listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0" },
+        listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" },
         limits: { max_visitors: maxVisitors, listen_backlog: 128 },
       },
     });

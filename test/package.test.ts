@@ -99,7 +99,7 @@ t.test("npm pack, npm i -g of the tarball, and the installed capsul runs", { tim
 
   // A hub from the installed copy: node runs with the heap flags, and the code is the installed one.
   const yaml = writeYaml(path.join(dir, "capsul.yaml"), {
-    hub: { data_dir: path.join(dir, "data"), domain: "capsul.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0" } },
+    hub: { data_dir: path.join(dir, "data"), domain: "capsul.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" } },
   });
   const hub = spawnCli(t, "installed-hub", ["hub", "-c", yaml], { bin, env });
   await hub.waitLine(/hub ready tls=\d+/);

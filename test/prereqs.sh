@@ -5,7 +5,8 @@
 # nginx/haproxy/wrk for the bench's own correctness test, mmdebstrap and the
 # disk tools for the real Debian image (scripts/build-debian-image.sh, built by
 # test/helpers/debianimage.ts inside its test), pebble (an RFC 8555 test CA, with
-# pebble-challtestsrv as its DNS) for the ACME tests, systemd, util-linux and procps
+# pebble-challtestsrv as its DNS) for the ACME tests, chromium for the status
+# page's browser test (driven by playwright-core), systemd, util-linux and procps
 # for deploy/*.service (test/systemd.test.ts needs no running systemd;
 # test/systemd-run.test.ts boots one in namespaces, which needs root), PostgreSQL
 # for the state store's second dialect (throwaway clusters made with initdb and
@@ -20,7 +21,7 @@ root=$(dirname "$0")/..
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils /bin/busybox=busybox-static \
   genisoimage=genisoimage dropbear=dropbear-bin dropbearkey=dropbear-bin cpio=cpio \
   pasta=passt unshare=util-linux prlimit=util-linux nsenter=util-linux ip=iproute2 ss=iproute2 \
-  nginx=nginx-light haproxy=haproxy wrk=wrk \
+  nginx=nginx-light haproxy=haproxy wrk=wrk /usr/bin/chromium=chromium \
   mmdebstrap=mmdebstrap sfdisk=fdisk mkfs.ext4=e2fsprogs \
   /usr/share/keyrings/debian-archive-keyring.gpg=debian-archive-keyring \
   pebble=pebble pebble-challtestsrv=pebble \

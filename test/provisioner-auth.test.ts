@@ -93,6 +93,16 @@ t.test("a real provisioner refuses requests without the token, with a foreign Ho
     ["sandboxed page (Origin: null)", "DELETE", "/v1/vms/vm1", [bearer, "Origin: null"], 403, "browser_request_refused"],
     ["same-origin page after rebinding", "POST", "/v1/images", [bearer, `Origin: http://127.0.0.1:${port}`], 403, "browser_request_refused",
       JSON.stringify({ name: "stolen", source: tokenFile })],
+    ["no token: export a VM (its disk)", "GET", "/v1/vms/vm1/export", [], 401, "unauthorized"],
+    ["no token: move a VM away", "POST", "/v1/vms/vm1/move", [], 401, "unauthorized", JSON.stringify({ to: "elsewhere", stop: true })],
+    ["no token: import a VM (before the body limit, not before the guard)", "POST", "/v1/vms/import", [], 401, "unauthorized", "x"],
+    ["cross-site import", "POST", "/v1/vms/import", [bearer, "Origin: https://evil.example"], 403, "browser_request_refused", "x"],
+    ["DNS rebinding: export", "GET", "/v1/vms/vm1/export", [bearer, `Host: rebind.attacker.example:${port}`], 421, "wrong_host"],
+    // The cog's /healthz and /metrics live on this listener too (VM names and their use): same rule.
+    ["no token: /metrics", "GET", "/metrics", [], 401, "unauthorized"],
+    ["no token: /healthz", "GET", "/healthz", [], 401, "unauthorized"],
+    ["DNS rebinding: /metrics", "GET", "/metrics", [bearer, `Host: rebind.attacker.example:${port}`], 421, "wrong_host"],
+    ["a web page reads /metrics", "GET", "/metrics", [bearer, "Origin: https://evil.example"], 403, "browser_request_refused"],
   ];
   for (const [what, method, p, headers, status, code, body] of refused) {
     const r = await curl(method, p, headers, body);
@@ -103,10 +113,15 @@ t.test("a real provisioner refuses requests without the token, with a foreign Ho
   const vm = (await api(base, "GET", "/v1/vms/vm1")).body.vm;
   t.equal(vm.desired, "running", "the refused stop changed nothing");
   t.equal((await api(base, "GET", "/v1/images")).body.images.length, 1, "nothing imported");
+  t.equal((await api(base, "GET", "/v1/vms")).body.vms.length, 1, "no VM imported, vm1 not moved");
 
   // Our own clients still work: the bound address and localhost, with the token.
   t.equal((await curl("GET", "/v1/vms", [bearer])).status, 200);
   t.equal((await curl("GET", "/v1/vms", [bearer, `Host: localhost:${port}`])).status, 200);
+  const metrics = await curl("GET", "/metrics", [bearer]);
+  t.equal(metrics.status, 200, "/metrics with the token");
+  t.match(metrics.text, /capsul_vm_state\{vm="vm1",state="error"\} 1/, "the VM metrics");
+  t.same((await curl("GET", "/healthz", [bearer])).json, { status: "ok" }, "/healthz with the token");
 
   // One log line per refusal, naming the reason.
   const logged = await waitFor("refusals logged", async () => {

@@ -42,9 +42,15 @@ t.test("values and overrides", async (t) => {
     qemu_binary: "bin/qemu", host_memory: "8GiB", crash_restarts: 0, crash_window: "1h", quit_timeout: "2s",
     vm_memory_overhead: "48MiB", import_dir: "images-in", import_allowed_cidrs: ["192.168.1.0/24", "fd00::/8"],
     import_max_redirects: 0, download_idle_timeout: "2m", image_inspect_memory: "512MiB", image_inspect_cpu_time: "5s",
-    console_log_size: "256KiB", pasta_binary: "/opt/passt/pasta", systemd_scope: "off",
+    console_log_size: "256KiB", pasta_binary: "/opt/passt/pasta",
+    accept_moves_from: ["home1", "old-box"], max_archive_size: "100GiB", move_answer_timeout: "2m", move_verify_timeout: "1h", move_rate: "10MiB", systemd_scope: "off",
   }, "cog.provisioner", "/etc/capsul");
   t.equal(c.systemdScope, "off");
+  t.same(c.acceptMovesFrom, ["home1", "old-box"]);
+  t.equal(c.maxArchiveBytes, 100 * 1024 * MIB);
+  t.equal(c.moveAnswerTimeoutMs, 120_000);
+  t.equal(c.moveVerifyTimeoutMs, 3_600_000);
+  t.equal(c.moveBytesPerSec, 10 * MIB);
   t.equal(c.importDir, "/etc/capsul/images-in", "relative to the config file");
   t.same(c.importAllowedCidrs, ["192.168.1.0/24", "fd00::/8"]);
   t.equal(c.importMaxRedirects, 0);
@@ -110,6 +116,12 @@ t.test("errors name the key path", async (t) => {
     [{ console_log_size: "1KiB" }, /^cog\.provisioner\.console_log_size: at least 4096 bytes/],
     [{ console_log_size: "big" }, /^cog\.provisioner\.console_log_size: /],
     [{ pasta_binary: "-x" }, /^cog\.provisioner\.pasta_binary: /],
+    [{ accept_moves_from: "home1" }, /^cog\.provisioner\.accept_moves_from: must be a list of cog names/],
+    [{ accept_moves_from: ["home1", "Home 2"] }, /^cog\.provisioner\.accept_moves_from\[1\]: not a cog name: "Home 2"/],
+    [{ max_archive_size: "1MiB" }, /^cog\.provisioner\.max_archive_size: at least 64MiB/],
+    [{ move_answer_timeout: "10ms" }, /^cog\.provisioner\.move_answer_timeout: at least 1s/],
+    [{ move_verify_timeout: "soon" }, /^cog\.provisioner\.move_verify_timeout: /],
+    [{ move_rate: "fast" }, /^cog\.provisioner\.move_rate: /],
     ["yes", /^cog\.provisioner: must be a mapping/],
   ];
   t.ok(bad.length > 0);
@@ -157,7 +169,8 @@ t.test("capsul.yaml.example sets and documents every cog.provisioner key", async
     "qemu_img_binary", "genisoimage_binary", "boot_timeout", "boot_timeout_tcg", "stop_timeout", "reboot_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout",
     "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "quit_timeout", "crash_restarts",
     "crash_window", "import_dir", "import_allowed_cidrs", "import_max_redirects", "download_idle_timeout", "image_inspect_memory",
-    "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups", "systemd_scope"];
+    "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups", "accept_moves_from", "max_archive_size", "move_answer_timeout",
+    "move_verify_timeout", "move_rate", "systemd_scope"];
   for (const k of keys) t.not(p[k], undefined, `example sets cog.provisioner.${k}`);
   t.same(Object.keys(p).filter((k) => !keys.includes(k)), [], "and nothing this list does not know");
   const c = parseProvisionerConfig(p, "cog.provisioner", path.dirname(file));

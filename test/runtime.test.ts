@@ -34,7 +34,7 @@ t.test("the shebang and npm start carry exactly NODE_HEAP_FLAGS", async (t) => {
 
 function hubYaml(dir: string): string {
   return writeYaml(path.join(dir, "capsul.yaml"), {
-    hub: { data_dir: path.join(dir, "data"), domain: "capsul.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0" } },
+    hub: { data_dir: path.join(dir, "data"), domain: "capsul.test", listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" } },
   });
 }
 

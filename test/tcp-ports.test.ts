@@ -209,7 +209,7 @@ t.test("a state error on one route refuses that route only", async (t) => {
 
 t.test("capsul hub ports lists assignments; release frees an offline cog's port for others", async (t) => {
   const { dir, hubCfg, hub, from } = await startHubWithPool(t, 2, { default_tcp_ports_per_cog: 2, limits: { grace: "0s" } });
-  const yaml = writeYaml(path.join(dir, "hub.yaml"), { hub: { data_dir: hubCfg.dataDir, domain: hubCfg.domain, listen: { tunnel: "127.0.0.1:0", tls: "off", http: "off", tcp_ports: [`${from}-${from + 1}`] } } });
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), { hub: { data_dir: hubCfg.dataDir, domain: hubCfg.domain, listen: { tunnel: "127.0.0.1:0", tls: "off", http: "off", tcp_ports: [`${from}-${from + 1}`], admin: "127.0.0.1:0" } } });
   const back = await tagBackend("x");
   t.teardown(() => back.close());
   const away = await enrolledCog(hubCfg, hub, cogConfig(dir, "away", hub.ports.tunnel, [{ name: "ssh", kind: "tcp", target: `127.0.0.1:${back.port}` }]), "away");

@@ -33,7 +33,7 @@ function hubCfg(dir: string, tunnel: Record<string, unknown> = {}): HubConfig {
     hub: {
       data_dir: path.join(dir, "hub"),
       domain: HUB_DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1" },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", admin: "127.0.0.1:0" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
     },
   }).hub!;

@@ -8,6 +8,7 @@
  *   max_unpeeked_per_ip that send nothing: the extra one is refused, another source
  *   (another 127.x address) is served;
  * - a silent connection is cut by the idle timeout, which is now on by default.
+ * Each refusal and cut is read back from the hub's /metrics (and /v1/status) as well.
  */
 import t, { type Test } from "tap";
 import { createHash } from "node:crypto";
@@ -17,6 +18,7 @@ import { IDLE_CHECKS_PER_TIMEOUT } from "../gateway/visitors.js";
 import type { HubConfig } from "../config/types.js";
 import type { Hub } from "../gateway/hub.js";
 import { cogConfig, closeServer, enrolledCog, HUB_DOMAIN, hubConfig, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { adminJson, scrape } from "./helpers/adminclient.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -194,6 +196,9 @@ t.test("visitors that stop reading: the hub's buffered bytes end within buffer_b
   // (A paused client does not notice the reset until it reads again; count on the hub's side.)
   t.equal(hub.visitors.stats.active, STALLED - hub.visitors.stats.shed, "the cut connections are closed, the rest still open");
   t.ok(hub.visitors.stats.shed < STALLED, `not every stalled visitor had to go (${STALLED - hub.visitors.stats.shed} of ${STALLED} kept)`);
+  const m = await scrape(hub.ports.admin!);
+  t.equal(m.value("capsul_hub_visitors_cut_total", { reason: "buffer_budget" }), hub.visitors.stats.shed, "each cut is in /metrics");
+  t.equal(m.value("capsul_hub_visitors_cut_total", { reason: "idle_timeout" }), 0);
   for (const s of stalled) s.destroy();
   await until("every visit to end", () => hub.visitors.budget.visitCount === 0);
   t.equal(hub.visitors.budget.reservedBytes, 0, "every window reservation went back to the pool");
@@ -212,6 +217,9 @@ t.test("max_visitors_per_ip: the (cap+1)th connection from one source is refused
   const extra = rawVisitor(port, "127.0.0.2", request("/bytes/100"));
   t.equal((await extra.closed).length, 0, "the extra connection from 127.0.0.2 is closed without an answer");
   t.equal(hub.visitors.stats.overSourceLimit, 1, "and counted");
+  const m = await scrape(hub.ports.admin!);
+  t.equal(m.value("capsul_hub_routing_total", { outcome: "over_source_limit" }), 1, "a refusal in /metrics");
+  t.equal(m.value("capsul_hub_routing_total", { outcome: "over_unpeeked_limit" }), 0);
 
   const other = await download(port, 100 * KiB, "127.0.0.3");
   t.equal(other.bytes, 100 * KiB, "127.0.0.3 is served meanwhile");
@@ -236,6 +244,11 @@ t.test("max_unpeeked_per_ip: silent connections from one source are capped, a so
   t.equal((await third.closed).length, 0, "a third silent connection from 127.0.0.4 is closed at once");
   t.equal(hub.visitors.stats.overUnpeekedLimit, 1, "and counted");
   t.equal(hub.visitors.stats.overSourceLimit, 0, "by the un-peeked cap, not the per-source one");
+  const m = await scrape(hub.ports.admin!);
+  t.equal(m.value("capsul_hub_routing_total", { outcome: "over_unpeeked_limit" }), 1, "a refusal in /metrics");
+  t.equal(m.value("capsul_hub_routing_total", { outcome: "over_source_limit" }), 0);
+  const st = await adminJson<{ visitors: { refused: Record<string, number> } }>(hub.ports.admin!, "/v1/status");
+  t.match(st.json.visitors.refused, { over_unpeeked_limit: 1, over_source_limit: 0 }, "and in /v1/status");
 
   const other = await download(port, 10 * KiB, "127.0.0.5");
   t.equal(other.hex, expectedSha(10 * KiB), "127.0.0.5 is served meanwhile");
@@ -264,6 +277,7 @@ t.test("idle timeout: on by default, and it cuts a silent connection", async (t)
   def.hub.visitors.checkIdle(performance.now() + DEFAULT_IDLE_TIMEOUT_MS);
   t.equal((await silent.closed).length, 0, "cut once it has passed, without an answer");
   t.equal(def.hub.visitors.stats.idleTimeout, 1, "and counted");
+  t.equal((await scrape(def.hub.ports.admin!)).value("capsul_hub_visitors_cut_total", { reason: "idle_timeout" }), 1, "a cut in /metrics");
 
   // A shorter one, waited out on the real clock: a connection with no byte either way is cut.
   const { hub } = await cluster(t, { idle_timeout: "300ms" });
@@ -282,4 +296,6 @@ t.test("idle timeout: on by default, and it cuts a silent connection", async (t)
   const stalled = await stalledVisitor(hub.ports.http!, "127.0.0.8");
   await until("the stalled download to be cut", () => hub.visitors.stats.idleTimeout === 2);
   stalled.destroy();
+  const cut = await adminJson<{ visitors: { cut: Record<string, number> } }>(hub.ports.admin!, "/v1/status");
+  t.same(cut.json.visitors.cut, { buffer_budget: 0, idle_timeout: 2 }, "both idle closes in /v1/status");
 });

@@ -26,6 +26,7 @@ import type { CogConfig, CogRoute, HostPort } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
+import { checkMoveOffer, type MoveOffer } from "../protocol/move.js";
 import {
   checkVisitorHeader, checkWireDomainProofs, TUNNEL_PROTOCOL_VERSION,
   type AcceptedRoute, type HubMessage, type RefusedRoute, type VisitorHeader, type WireDomainProof, type WireRoute,
@@ -69,6 +70,10 @@ export interface TerminatingHandler {
 /** Where a route's visitors go; `terminated` routes go to the TerminatingHandler instead of straight to the target. */
 interface RouteTarget extends Target { terminated?: { side: "tls" | "http"; route: CogRoute } }
 
+/**
+ * Events: "connected" (welcome), "disconnected", "routes" ({accepted, refused}), and
+ * "visitor" (route name, target socket) once per visitor stream spliced to its target.
+ */
 export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   /** "connected" while at least one link is; else the bootstrap link's state. */
   state: ClientState = "idle";
@@ -88,6 +93,8 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private identityNow: CogIdentity;
   /** The link a renewal was asked on, until it is answered or that link drops: the other links do not ask too. */
   private renewing: HubLink | null = null;
+  /** Takes the VM moves the hub offers (provisioner/move.ts); null: offers are refused. */
+  private moveHandler: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null = null;
 
   constructor(
     // The cog's live configuration (tunnel-client/cog.ts): routes() and each dial read it; reconfigure() after a reload.
@@ -100,9 +107,28 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   ) {
     super();
     this.identityNow = identity;
-    this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
+    this.targetOpts = {
+      dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log,
+      onSpliced: (route, target) => this.emit("visitor", route, target),
+    };
     this.rebuildTargets();
   }
+
+  /**
+   * A stream to a hub for a VM move (protocol/move.ts), on the first connected link (with
+   * several endpoints every cog has a tunnel to each hub, so any of them reaches the
+   * target); throws when no tunnel is up.
+   */
+  openMoveStream(): Duplex {
+    const session = [...this.links].find((l) => l.state === "connected" && l.session && !l.session.closed)?.session;
+    if (!session) throw new Error("the cog is not connected to the hub");
+    const s = session.open();
+    this.streams.add(s);
+    s.once("close", () => this.streams.delete(s));
+    return s;
+  }
+
+  setMoveHandler(h: ((stream: Duplex, offer: MoveOffer, rest: Buffer) => void) | null): void { this.moveHandler = h; }
 
   start(): void {
     if (this.started) return;
@@ -149,7 +175,10 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
 
   /** After a reload: announce the route set again (capsul.yaml's routes changed) and rebuild the dial settings. */
   reconfigure(routesChanged: boolean): void {
-    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log };
+    this.targetOpts = {
+      dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log,
+      onSpliced: (route, target) => this.emit("visitor", route, target),
+    };
     if (routesChanged) this.routesChanged();
   }
 
@@ -435,6 +464,12 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       clearTimeout(timer);
       const rest = reader.detach();
       if (!msg) { stream.destroy(); return; }
+      if (msg.type === "move-offer") {
+        const offer = checkMoveOffer(msg);
+        if (this.moveHandler) { this.moveHandler(stream, offer, rest); return; }
+        stream.end(encodeMessage({ type: "move-refuse", reason: `cog ${this.identityNow.name} runs no provisioner` }));
+        return;
+      }
       const h = checkVisitorHeader(msg);
       const t = this.targets.get(h.route);
       if (!t) {

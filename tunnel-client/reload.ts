@@ -11,6 +11,7 @@
  * - cog.acme: applied, except directory_url, ca_bundle and email (a restart).
  * - cog.provisioner: applied (each key is read when used), except listen, max_request_body,
  *   import_dir and import_allowed_cidrs, and turning it on or off (a restart).
+ * - cog.listen.admin and cog.admin: a restart (the cog's /healthz and /metrics stay where they are).
  * Keys that wait for a restart keep their running value, so that every later reload
  * names them again until the restart.
  */
@@ -25,6 +26,9 @@ import type { AcmeManager } from "../certs/acme.js";
 import type { TunnelClient } from "./client.js";
 import type { CogIdentity } from "./identity.js";
 import type { Terminator } from "./terminate.js";
+
+/** The cog's admin listener (/healthz, /metrics) and its limits: a restart applies them. */
+const ADMIN_RESTART_FIELDS = ["listen", "admin"] as const;
 
 export interface CogParts {
   readonly live: CogConfig;
@@ -59,13 +63,17 @@ export function reloadCog(p: CogParts, next: CogConfig): CogReloadReport {
   if (prov.fixed) throw new ConfigError(fixedKeyMessage(PROVISIONER_FIXED_KEY, "cog"));
   if (changed.length === 0) return { changed, restart: [] };
   const acme = acmeChange(old.acme, next.acme);
-  const restart = [...acme.restart, ...prov.restart];
+  // cog.listen.admin and cog.admin: the admin listener is bound once, at start.
+  const adminRestart = ADMIN_RESTART_FIELDS.filter((f) => !sameValue(old[f], next[f])).map((f) => `cog.${f}`);
+  const restart = [...acme.restart, ...prov.restart, ...adminRestart];
 
   // What the process runs with from now on: the new values, but the running ones of restart keys.
   let provisioner: ProvisionerConfig | null = next.provisioner;
   if (old.provisioner === null || next.provisioner === null) provisioner = old.provisioner;
   else provisioner = keeping(next.provisioner, old.provisioner, PROVISIONER_START_ONLY_FIELDS);
-  const applied: CogConfig = { ...next, acme: keeping(next.acme, old.acme, ACME_RESTART_FIELDS), provisioner };
+  const applied: CogConfig = {
+    ...keeping(next, old, new Set(ADMIN_RESTART_FIELDS)), acme: keeping(next.acme, old.acme, ACME_RESTART_FIELDS), provisioner,
+  };
 
   const hub = next.hub ?? parseHostPort(p.identity.hub, "enrollment.json hub");
   const routesChanged = !sameValue(old.routes, next.routes);

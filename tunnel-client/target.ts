@@ -21,6 +21,8 @@ export interface TargetOptions {
   /** cog.splice_queue */
   spliceQueueBytes: number;
   log: Logger;
+  /** Told once per connection, after the splice is wired: the route and its target socket (metrics). */
+  onSpliced?: (route: string, target: net.Socket) => void;
 }
 
 /** The PROXY header for the visitor in `h`, or null when the route wants none. Throws on an address it cannot encode. */
@@ -61,5 +63,6 @@ export function connectTarget(src: Duplex, t: Target, h: VisitorHeader, first: B
     // The visitor's FIN may have come with its first bytes, before the target
     // answered: splice() passes on an 'end' the header reader already saw.
     splice(src, target, undefined, opts.spliceQueueBytes);
+    opts.onSpliced?.(h.route, target);
   });
 }

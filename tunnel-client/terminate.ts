@@ -42,9 +42,15 @@ export class Terminator {
   private readonly hsts: HstsProxy;
   private targetOpts: TargetOptions;
 
-  /** `cfg`: the cog's live configuration (tunnel-client/cog.ts); reconfigure() after a reload changed it. */
-  constructor(private readonly acme: AcmeManager, private readonly cfg: CogConfig, private readonly log: Logger) {
-    this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log };
+  /**
+   * `cfg`: the cog's live configuration (tunnel-client/cog.ts); reconfigure() after a reload changed it.
+   * `onSpliced`: told of each plaintext connection spliced to its target (the cog's metrics; not the hsts proxy's).
+   */
+  constructor(
+    private readonly acme: AcmeManager, private readonly cfg: CogConfig, private readonly log: Logger,
+    private readonly onSpliced?: TargetOptions["onSpliced"],
+  ) {
+    this.targetOpts = { dialTimeoutMs: cfg.targetDialTimeoutMs, spliceQueueBytes: cfg.spliceQueueBytes, log, onSpliced };
     this.hsts = new HstsProxy(this.hstsOptions());
   }
 
@@ -58,7 +64,7 @@ export class Terminator {
 
   /** After a reload: the dial and proxy settings built from the configuration, for connections from now on. */
   reconfigure(): void {
-    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log };
+    this.targetOpts = { dialTimeoutMs: this.cfg.targetDialTimeoutMs, spliceQueueBytes: this.cfg.spliceQueueBytes, log: this.log, onSpliced: this.onSpliced };
     this.hsts.setOptions(this.hstsOptions());
   }
 

@@ -7,7 +7,7 @@
  * millisecond timestamps stay far below 2^53).
  */
 import type {
-  CertRow, CogListRow, CogRow, CogTunnelRow, DomainLookupOutcome, DomainProofRow, DomainProofState, EndpointRow, InviteCheck, PortAssignment,
+  CertRow, CogListRow, CogRow, CogTunnelRow, DomainLookupOutcome, DomainProofRow, DomainProofState, EndpointRow, InviteCheck, InviteListRow, PortAssignment,
   RevocationRow, StoredGrant, StoredRoute, StoreOps, TxLock,
 } from "./types.js";
 
@@ -211,6 +211,13 @@ export class StoreQueries implements StoreOps {
     if (used) return { cog: used.cog };
     const why = await this.checkInvite(tokenHash, now);
     return "problem" in why ? why : { problem: "this invite token was already used" };
+  }
+
+  async listInvites(): Promise<InviteListRow[]> {
+    // The token hash only breaks ties between invites made in the same millisecond; it is not returned.
+    const rows = await this.x.all<{ cog: string; created_at: number; expires_at: number; used_at: number | null }>(
+      "SELECT cog, created_at, expires_at, used_at FROM invites ORDER BY created_at DESC, token_hash");
+    return rows.map((r) => ({ cog: r.cog, createdAt: r.created_at, expiresAt: r.expires_at, usedAt: r.used_at }));
   }
 
   // ---- grants ----

@@ -31,6 +31,7 @@ export interface StoredGrant { cog: string; kind: "hostname" | "tcp"; value: str
 /** A hub TCP port held by one route of one cog; `assignedAt` is when it was assigned or last served. */
 export interface PortAssignment { port: number; cog: string; route: string; assignedAt: number }
 export interface InviteRow { cog: string; expiresAt: number; usedAt: number | null }
+export interface InviteListRow extends InviteRow { createdAt: number }
 /** One `capsul hub revoke`, in commit order: `seq` only grows. */
 export interface RevocationRow { seq: number; cog: string; revokedAt: number }
 /** A route a cog holds, kept so that a restarted hub (or another endpoint) knows it before the cog is back. */
@@ -126,6 +127,8 @@ export interface StoreOps {
   checkInvite(tokenHash: string, now?: number): Promise<InviteCheck>;
   /** Consumes an invite atomically: a token works once, before it expires. */
   useInvite(tokenHash: string, now?: number): Promise<InviteCheck>;
+  /** Every invite, newest first, for the admin API (the token hashes stay in the store). */
+  listInvites(): Promise<InviteListRow[]>;
 
   // ---- grants (beyond capsul.yaml) ----
   addGrant(cog: string, kind: StoredGrant["kind"], value: string): Promise<void>;

@@ -31,7 +31,7 @@ export function hubConfig(dir: string, extra: Record<string, unknown> = {}): Hub
     hub: {
       data_dir: path.join(dir, "hub"),
       domain: HUB_DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", ...(extra.listen as object ?? {}) },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", admin: "127.0.0.1:0", ...(extra.listen as object ?? {}) },
       limits: { client_hello_timeout: "2s", grace: "1s", ...(extra.limits as object ?? {}) },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       // Custom domains look names up in DNS: off unless a test brings its own resolver
@@ -52,6 +52,7 @@ export function cogConfig(dir: string, name: string, hubPort: number, routes: un
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel },
       ...extra,
+      listen: { admin: "127.0.0.1:0", ...(extra.listen as object ?? {}) },
     },
   }).cog!;
 }

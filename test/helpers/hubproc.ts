@@ -26,7 +26,7 @@ export function hubDoc(dir: string, pool: string, listenPorts?: HubPorts, extra:
       domain: DOMAIN,
       listen: {
         tls: `127.0.0.1:${p.tls}`, http: `127.0.0.1:${p.http}`, tunnel: `127.0.0.1:${p.tunnel}`,
-        tcp_host: "127.0.0.1", tcp_ports: [pool],
+        tcp_host: "127.0.0.1", tcp_ports: [pool], admin: "127.0.0.1:0",
       },
       limits: { grace: "1s", client_hello_timeout: "1s", http_header_timeout: "1s" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
@@ -51,6 +51,7 @@ export function cogYaml(dir: string, name: string, routes: unknown[]): string {
       routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
+      listen: { admin: "127.0.0.1:0" },
     },
   });
 }

@@ -26,7 +26,8 @@ export function hubDoc(dir: string, opts: { pool: string; ports?: Partial<HubPor
       domain: DOMAIN,
       listen: {
         tls: `127.0.0.1:${p.tls}`, http: `127.0.0.1:${p.http}`, tunnel: `127.0.0.1:${p.tunnel}`,
-        tcp_host: "127.0.0.1", tcp_ports: [opts.pool], ...extraListen,
+        // The admin listener on the kernel's port: the default 127.0.0.1:7444 would collide between hubs.
+        tcp_host: "127.0.0.1", tcp_ports: [opts.pool], admin: "127.0.0.1:0", ...extraListen,
       },
       limits: { grace: "1s", client_hello_timeout: "2s", http_header_timeout: "2s" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
@@ -44,6 +45,7 @@ export function cogDoc(dir: string, name: string, routes: unknown[], extra: Reco
       routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
+      listen: { admin: "127.0.0.1:0" },
       ...extra,
     },
   };
