@@ -14,6 +14,7 @@ import {
   startPrimary, workerHubConfig, WORKER_INDEX_ENV, WORKER_TUNNEL_PORT_ENV,
   type FromWorker, type ToWorker,
 } from "../gateway/workers.js";
+import { sdNotify } from "../lib/sdnotify.js";
 import { pidFile, reloadResultFile, RELOAD_WAIT_TIMEOUT_MS, runService, type ReloadResult } from "./service.js";
 
 /** This process is hub worker i under a primary, or null. */
@@ -90,11 +91,14 @@ export async function runHubPrimary(hubCfg: HubConfig, file: string, log: Logger
   log.info("hub ready", { tls: ports.tls ?? "off", http: ports.http ?? "off", tunnel: primary.tunnelPort, workers: hubCfg.workers, pid: process.pid });
   const pids = pidFile(hubCfg.dataDir, "hub");
   writeAtomic(pids, `${process.pid}\n`);
+  // Type=notify (deploy/capsul-hub.service): the primary speaks for the hub; its workers stay silent (cli/service.ts).
+  void sdNotify(["READY=1", `STATUS=hub running (pid ${process.pid}, ${hubCfg.workers} workers)`], log);
 
   let seq = 0;
   let reloading: Promise<void> = Promise.resolve();
   const reloadOnce = async (): Promise<void> => {
     seq++;
+    await sdNotify(["RELOADING=1", `STATUS=reloading ${file}`], log);
     const result: ReloadResult = { pid: process.pid, seq, at: "", ok: true, changed: [], restart: [], error: null, exit: 0 };
     const workers = primary.live();
     const replies = await Promise.all(workers.map((w) => new Promise<Extract<FromWorker, { type: "capsul-reloaded" }> | null>((resolve) => {
@@ -129,6 +133,7 @@ export async function runHubPrimary(hubCfg: HubConfig, file: string, log: Logger
     } catch (err) {
       log.warn("could not write the reload result for capsul reload", { error: (err as Error).message });
     }
+    await sdNotify(["READY=1", `STATUS=${result.ok ? `reloaded at ${result.at}` : `reload refused at ${result.at}: ${result.error}`}`], log);
   };
 
   await new Promise<void>((resolve) => {
@@ -144,6 +149,7 @@ export async function runHubPrimary(hubCfg: HubConfig, file: string, log: Logger
         return;
       }
       stopping = true;
+      void sdNotify(["STOPPING=1", `STATUS=draining the workers on ${signal}`], log);
       log.info("shutting down: draining the workers", { signal, workers: primary.broadcast({ type: "capsul-drain" }) });
       void primary.stop().then(() => {
         process.off("SIGHUP", onHup);

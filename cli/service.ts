@@ -19,6 +19,7 @@ import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import { sdNotify } from "../lib/sdnotify.js";
 import { errorLine, exitCodeFor } from "./common.js";
 import { missingHeapFlags, NODE_HEAP_FLAGS } from "./runtime.js";
 
@@ -91,13 +92,21 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     log.info(`node was started without ${missing.join(" ")}: bulk transfers will spend ~30% more CPU on garbage collection; start capsul as \`capsul\` (npm link) or \`node ${NODE_HEAP_FLAGS.join(" ")} dist/cli/main.js\``);
   }
   const pids = pidFile(svc.dataDir, svc.role);
-  if (!svc.underPrimary) writeAtomic(pids, `${process.pid}\n`);
+  // A hub worker (cli/hubworkers.ts) leaves the pidfile and systemd's notifications to its primary.
+  if (!svc.underPrimary) {
+    writeAtomic(pids, `${process.pid}\n`);
+    // Type=notify units (deploy/*.service): `systemctl start` returns now, not at exec.
+    void sdNotify(["READY=1", `STATUS=${svc.role} running (pid ${process.pid})`], log);
+  }
+  // A worker's primary speaks to systemd for the whole hub (NotifyAccess=all would let a worker's RELOADING=1 stick).
+  const notify = (lines: string[]): Promise<void> => (svc.underPrimary ? Promise.resolve() : sdNotify(lines, log));
   let seq = 0;
   let reloading: Promise<void> = Promise.resolve();
   let draining = false;
 
   const reloadOnce = async (): Promise<void> => {
     seq++;
+    await notify(["RELOADING=1", `STATUS=reloading ${svc.file}`]);
     const result: ReloadResult = { pid: process.pid, seq, at: "", ok: false, changed: [], restart: [], error: null, exit: 0 };
     try {
       const cfg = loadConfigFile(svc.file);
@@ -127,6 +136,9 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     } catch (err) {
       log.warn("could not write the reload result for capsul reload", { error: (err as Error).message });
     }
+    const status = result.ok ? `reloaded at ${result.at}: ${result.changed.length ? `changed ${result.changed.join(" ")}` : "nothing changed"}`
+      : `reload refused at ${result.at}, the running configuration stays: ${result.error}`;
+    await sdNotify(["READY=1", `STATUS=${status}`], log);
   };
 
   return new Promise((resolve) => {
@@ -148,6 +160,7 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       draining = true;
       const graceMs = svc.graceMs();
       log.info("shutting down: draining", { signal, grace: `${graceMs}ms` });
+      void notify(["STOPPING=1", `STATUS=draining on ${signal}: open connections may finish for ${graceMs} ms`]);
       (async () => {
         await reloading;
         const r = await svc.drain(graceMs, cutNow.signal);

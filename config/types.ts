@@ -578,6 +578,14 @@ export interface ProvisionerConfig {
   consoleLogMaxBytes: number;
   /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
   pastaBinary: string;
+  /**
+   * Each VM's QEMU and pasta in a systemd scope of its own (capsul.slice/capsul-vm-<name>-<id>.scope),
+   * so that a stop or restart of the cog's service leaves the VMs running (provisioner/scope.ts):
+   * "auto" (default) when started by systemd (INVOCATION_ID) and a service manager can create
+   * scopes (root: the system's; else the user's, `loginctl enable-linger`); "on" always, failing
+   * VM starts when it cannot; "off" never (QEMU stays in the cog's cgroup).
+   */
+  systemdScope: "auto" | "on" | "off";
   /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
   backups: BackupConfig;
   /**

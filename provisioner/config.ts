@@ -92,6 +92,7 @@ const KEYS: Record<string, true> = {
   import_dir: true, import_allowed_cidrs: true, import_max_redirects: true, download_idle_timeout: true,
   image_inspect_memory: true, image_inspect_cpu_time: true, console_log_size: true, pasta_binary: true,
   backups: true, accept_moves_from: true, max_archive_size: true, move_answer_timeout: true, move_verify_timeout: true, move_rate: true,
+  systemd_scope: true,
 };
 const SIZE_KEYS: Record<string, true> = { vcpus: true, memory: true, disk: true, disk_iops: true, disk_bps: true };
 
@@ -168,6 +169,14 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
       throw new ConfigError(`must be auto, kvm or tcg: ${JSON.stringify(raw.accel)}`, `${at}.accel`);
     }
     accel = raw.accel;
+  }
+
+  let systemdScope: ProvisionerConfig["systemdScope"] = "auto";
+  if (raw.systemd_scope !== undefined) {
+    if (raw.systemd_scope !== "auto" && raw.systemd_scope !== "on" && raw.systemd_scope !== "off") {
+      throw new ConfigError(`must be auto, on or off: ${JSON.stringify(raw.systemd_scope)}`, `${at}.systemd_scope`);
+    }
+    systemdScope = raw.systemd_scope;
   }
 
   const sizes: Record<string, ProvisionerSize> = { ...DEFAULT_SIZES };
@@ -255,6 +264,7 @@ export function parseProvisionerConfig(raw: unknown, at: string, baseDir: string
     imageInspectCpuMs: inspectCpu,
     consoleLogMaxBytes,
     pastaBinary: raw.pasta_binary === undefined ? "pasta" : binary(raw.pasta_binary, `${at}.pasta_binary`, baseDir),
+    systemdScope,
     backups: parseBackupConfig(raw.backups, `${at}.backups`, baseDir, dataDir),
     acceptMovesFrom: parseCogNames(raw.accept_moves_from, `${at}.accept_moves_from`),
     maxArchiveBytes: bytes("max_archive_size", DEFAULT_MAX_ARCHIVE_BYTES),
