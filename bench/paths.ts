@@ -3,7 +3,7 @@
  * processes on loopback: direct, HAProxy SNI passthrough, gopeer (Go, hashicorp/yamux),
  * and capsul's hub + cog through the CLI (invite, enroll, run).
  */
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -33,6 +33,8 @@ export interface RunningPath {
   port: number;
   /** Proxy processes whose RSS/CPU we report (hub first). Empty for direct. */
   procs: Proc[];
+  /** capsul with hub.workers above 1: the worker processes (procs[0] is then the primary). */
+  workers?: { name: string; pid: number }[];
   /** Counters the proxy itself reports, read on demand (HAProxy stats). */
   proxyCounters?(): Promise<Record<string, number>>;
   stop(): Promise<void>;
@@ -157,6 +159,8 @@ export async function startCapsul(
     hubLimits?: Record<string, string | number>;
     /** More top-level hub keys (access_log: true), likewise only keys the checkout knows. */
     hubKeys?: Record<string, string | number>;
+    /** hub.workers (issue 12); above 1 the cog is connected to every worker before this returns. */
+    workers?: number;
   } = {},
 ): Promise<RunningPath> {
   const cli = opts.cli ?? CAPSUL_CLI;
@@ -176,7 +180,11 @@ export async function startCapsul(
     tunnel: 127.0.0.1:0${adminKey}
 ${Object.entries(opts.hubKeys ?? {}).map(([k, v]) => `  ${k}: ${v}\n`).join("")}  limits:
     max_visitors: 60000
-${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}`);
+${Object.entries(opts.hubLimits ?? {}).map(([k, v]) => `    ${k}: ${v}\n`).join("")}${(opts.workers ?? 1) > 1 ? `  endpoint:
+    name: bench
+    advertise: 127.0.0.1:0
+  workers: ${opts.workers}
+` : ""}`);
   // As `capsul hub` runs it: node with the launcher's heap flags (cli/runtime.ts).
   const nodeArgs = [...(opts.launcherFlags ?? NODE_HEAP_FLAGS), ...(opts.nodeArgs ?? [])];
   // The lines waited for below are matched as text (a pipe's default is JSON; an older checkout ignores the variable).
@@ -205,10 +213,17 @@ ${adminKey ? `  listen:${adminKey}\n` : ""}`);
   const cog = startProc("capsul-cog", process.execPath, [...nodeArgs, cli, "cog"], { cwd: cogDir, env });
   await cog.waitFor(/connected to hub .*routes=1/);
   await hub.waitFor(/cog connected cog=bench/);
+  const workers: { name: string; pid: number }[] = [];
+  for (let i = 1; i <= (opts.workers ?? 1) && (opts.workers ?? 1) > 1; i++) {
+    await cog.waitFor(new RegExp(`connected to hub .*endpoint=bench-w${i} `));
+    const file = JSON.parse(await readFile(path.join(hubDir, "data", "hub-workers.json"), "utf8")) as { workers: { worker: number; pid: number }[] };
+    workers.push({ name: `w${i}`, pid: file.workers.find((w) => w.worker === i)!.pid });
+  }
   return {
     name: opts.name ?? "capsul",
     port: tlsPort,
     procs: [hub, cog],
+    workers,
     async stop() { await cog.stop(); await hub.stop(); },
   };
 }

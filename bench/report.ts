@@ -15,6 +15,8 @@ import { MUXBENCH_WINDOW_BYTES, type MicroResult } from "./micro.js";
 
 /** dist/bench/report.js -> bench/OPTIMISATION-LOG.md in the source tree. */
 export const OPTIMISATION_LOG_FILE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "bench", "OPTIMISATION-LOG.md");
+/** bench/WORKERS.md: hub.workers 1 vs 2 vs gopeer (bench/workers.ts), hand-copied from its output, kept across runs. */
+export const WORKERS_RESULTS_FILE = path.resolve(path.dirname(OPTIMISATION_LOG_FILE), "WORKERS.md");
 
 export interface PathRound {
   round: number;
@@ -187,6 +189,9 @@ export function renderMarkdown(res: Results): string {
     L.push(`| ${n} | ${r.round} | ${fmt(r.keepAlive)} | ${fmt(r.newConn)} | ${fmt(r.latRate)} | ${fmt(r.p50Ms, 2)} | ${fmt(r.p99Ms, 2)} | ${fmt(r.bulk1)} | ${fmt(r.bulk16)} | ${r.bulkComplete ? "yes" : "NO"} |`);
   }
   L.push("");
+  let workers = "";
+  try { workers = readFileSync(WORKERS_RESULTS_FILE, "utf8").trim(); } catch { /* not measured */ }
+  if (workers) L.push("## Hub workers: workers 1 and 2 against gopeer (issue 12)", "", workers, "");
   // Hand-written: what each hot-path change measured (bench/OPTIMISATION-LOG.md), kept across runs.
   let log = "";
   try { log = readFileSync(OPTIMISATION_LOG_FILE, "utf8").trim(); } catch { /* no log yet */ }

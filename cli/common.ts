@@ -74,7 +74,8 @@ export const EXIT_INTERNAL_ERROR = 70;
  * restarts a clean process (deploy/capsul-*.service: Restart=on-failure, RestartSec).
  * What that costs: live visitor connections drop (clients reconnect), cogs reconnect
  * by themselves with backoff, and QEMU VMs keep running (they are daemonized and,
- * with the units' KillMode, outlive the cog) and are re-adopted on the next start.
+ * under systemd, in scopes of their own: provisioner/scope.ts) and are re-adopted on
+ * the next start.
  * The log line is complete before exit: lib/log.ts writes stderr synchronously (pino's
  * sync destination, like Node's own stderr on Linux for files, pipes and sockets,
  * journald's stream socket included), and flushLogs() writes out anything left anyway.

@@ -12,6 +12,7 @@ import { fmtMs } from "../config/values.js";
 import { processRegistry } from "../lib/metrics.js";
 import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
+import { hubWorkerIndex, runHubPrimary, runHubWorker, workerRestartKeys } from "./hubworkers.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
 
@@ -62,12 +63,18 @@ export function registerHubCommands(program: Command): void {
     .action(async (opts: { config?: string }) => {
       const { cfg, file } = loadConfig(opts.config);
       const hubCfg = requireHub(cfg, file);
-      const log = makeLogger(cfg).child("hub");
+      const worker = hubWorkerIndex();
+      const log = makeLogger(cfg).child(worker === null ? "hub" : `hub/w${worker}`);
       exitOnBugs(log);
+      if (worker !== null) return runHubWorker(worker, cfg, hubCfg, path.resolve(file), log);
+      if (hubCfg.workers > 1) return runHubPrimary(hubCfg, path.resolve(file), log);
       const h = await startHub(hubCfg, log, { registry: processRegistry() });
       await runService({
         role: "hub", file: path.resolve(file), dataDir: hubCfg.dataDir,
-        reload: async (next) => ({ ...(await h.reload(next.hub!)), restart: [] }),
+        reload: async (next) => {
+          const restart = workerRestartKeys(h.config, next.hub!); // read before the reload replaces h.config's sections
+          return { ...(await h.reload(next.hub!)), restart };
+        },
         graceMs: () => h.config.shutdownGraceMs,
         drain: (graceMs, cutNow) => h.drain(graceMs, cutNow),
         close: () => h.close(),

@@ -19,6 +19,7 @@ import { loadConfigFile } from "../config/config.js";
 import type { CapsulConfig } from "../config/types.js";
 import { ConfigError, RuntimeError } from "../lib/errors.js";
 import type { Logger } from "../lib/log.js";
+import { sdNotify } from "../lib/sdnotify.js";
 import { errorLine, exitCodeFor } from "./common.js";
 import { missingHeapFlags, NODE_HEAP_FLAGS } from "./runtime.js";
 
@@ -65,6 +66,12 @@ export interface Service {
   graceMs(): number;
   drain(graceMs: number, cutNow: AbortSignal): Promise<{ live: number; finished: number; cut: number }>;
   close(): Promise<void>;
+  /**
+   * A hub worker (gateway/workers.ts): the primary owns the pidfile and the reload result
+   * file; reload, drain and cut arrive as its IPC messages too (a worker that also got the
+   * signal itself drains once), and each reload outcome goes back to it.
+   */
+  underPrimary?: boolean;
 }
 
 /** Writes `data` to `file` so that a reader sees the old content or the new, never half. */
@@ -85,13 +92,21 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     log.info(`node was started without ${missing.join(" ")}: bulk transfers will spend ~30% more CPU on garbage collection; start capsul as \`capsul\` (npm link) or \`node ${NODE_HEAP_FLAGS.join(" ")} dist/cli/main.js\``);
   }
   const pids = pidFile(svc.dataDir, svc.role);
-  writeAtomic(pids, `${process.pid}\n`);
+  // A hub worker (cli/hubworkers.ts) leaves the pidfile and systemd's notifications to its primary.
+  if (!svc.underPrimary) {
+    writeAtomic(pids, `${process.pid}\n`);
+    // Type=notify units (deploy/*.service): `systemctl start` returns now, not at exec.
+    void sdNotify(["READY=1", `STATUS=${svc.role} running (pid ${process.pid})`], log);
+  }
+  // A worker's primary speaks to systemd for the whole hub (NotifyAccess=all would let a worker's RELOADING=1 stick).
+  const notify = (lines: string[]): Promise<void> => (svc.underPrimary ? Promise.resolve() : sdNotify(lines, log));
   let seq = 0;
   let reloading: Promise<void> = Promise.resolve();
   let draining = false;
 
   const reloadOnce = async (): Promise<void> => {
     seq++;
+    await notify(["RELOADING=1", `STATUS=reloading ${svc.file}`]);
     const result: ReloadResult = { pid: process.pid, seq, at: "", ok: false, changed: [], restart: [], error: null, exit: 0 };
     try {
       const cfg = loadConfigFile(svc.file);
@@ -112,11 +127,18 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       log.error(`reload refused, the running configuration stays: ${errorLine(err)}`);
     }
     result.at = new Date().toISOString();
+    if (svc.underPrimary) {
+      process.send?.({ type: "capsul-reloaded", ok: result.ok, changed: result.changed, restart: result.restart, error: result.error, exit: result.exit });
+      return;
+    }
     try {
       writeAtomic(reloadResultFile(svc.dataDir, svc.role), JSON.stringify(result) + "\n");
     } catch (err) {
       log.warn("could not write the reload result for capsul reload", { error: (err as Error).message });
     }
+    const status = result.ok ? `reloaded at ${result.at}: ${result.changed.length ? `changed ${result.changed.join(" ")}` : "nothing changed"}`
+      : `reload refused at ${result.at}, the running configuration stays: ${result.error}`;
+    await sdNotify(["READY=1", `STATUS=${status}`], log);
   };
 
   return new Promise((resolve) => {
@@ -138,6 +160,7 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
       draining = true;
       const graceMs = svc.graceMs();
       log.info("shutting down: draining", { signal, grace: `${graceMs}ms` });
+      void notify(["STOPPING=1", `STATUS=draining on ${signal}: open connections may finish for ${graceMs} ms`]);
       (async () => {
         await reloading;
         const r = await svc.drain(graceMs, cutNow.signal);
@@ -147,8 +170,9 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
         process.off("SIGHUP", onHup);
         process.off("SIGINT", onInt);
         process.off("SIGTERM", onTerm);
+        process.off("message", onPrimary);
         try {
-          if (fs.readFileSync(pids, "utf8").trim() === String(process.pid)) fs.rmSync(pids);
+          if (!svc.underPrimary && fs.readFileSync(pids, "utf8").trim() === String(process.pid)) fs.rmSync(pids);
         } catch { /* gone already */ }
         setTimeout(() => process.exit(0), EXIT_AFTER_CLOSE_MS).unref();
         resolve();
@@ -156,6 +180,12 @@ export function runService(svc: Service, startCfg: CapsulConfig, log: Logger): P
     };
     const onInt = (): void => stop("SIGINT");
     const onTerm = (): void => stop("SIGTERM");
+    const onPrimary = (m: { type?: string } | null): void => {
+      if (m?.type === "capsul-reload") onHup();
+      else if (m?.type === "capsul-drain" && !draining) stop("drain from the primary");
+      else if (m?.type === "capsul-cut" && draining) stop("cut from the primary");
+    };
+    if (svc.underPrimary) process.on("message", onPrimary);
     process.on("SIGHUP", onHup);
     process.on("SIGINT", onInt);
     process.on("SIGTERM", onTerm);

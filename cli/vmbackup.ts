@@ -114,7 +114,7 @@ export function registerBackupCommands(vm: Command, ctx: VmCliContext): void {
     .action(async (name: string, _o: unknown, cmd: Command) => {
       const { api: a, opts } = ctx.api(cmd);
       const r = await a.json("GET", `/v1/vms/${encodeURIComponent(name)}/backups`);
-      if (opts.json) { ctx.out(JSON.stringify(r, null, 2)); return; }
+      if (opts.json) { ctx.out(JSON.stringify(r)); return; }
       if (r.backups.length === 0) { ctx.out(`${name}: no backups (capsul vm backup ${name})`); return; }
       ctx.out(table(["ID", "KIND", "CHAIN", "CREATED", "SIZE", "READ", "TIME", "CONSISTENCY"], r.backups.map((b: any) => [
         b.id, b.kind, b.chain, b.created_at.replace(/\.\d+Z$/, "Z"), formatBytes(b.bytes), formatBytes(b.data_bytes), seconds(b.duration_ms), b.consistency,

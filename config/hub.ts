@@ -17,6 +17,7 @@ import { hubLimitsSchema } from "./limits.js";
 import { cogLimitsSchema, hubCogLimits, resolveLimits } from "./quotas.js";
 import { buildHubStore, HUB_STORE_SHAPE } from "./store.js";
 import { hubTunnelSchema, MAX_MUX_INT } from "./tunnel.js";
+import { hubWorkerSchema, hubWorkersSchema } from "./workers.js";
 import type { CogLimits, HubCogGrant, HubConfig, PortRange } from "./types.js";
 import { hostname, hostnamePattern, string } from "./values.js";
 
@@ -148,6 +149,8 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   endpoint: endpointSchema,
   access_log: bool("One log line (info, component hub/access) per visitor connection when it ends: source, listener, route, cog, bytes both ways, duration, outcome; written once at close, never per chunk.",
     DEFAULT_ACCESS_LOG),
+  workers: hubWorkersSchema,
+  worker: hubWorkerSchema,
 }, (o): HubConfig => {
   const publicTunnelAddress = o.public_tunnel_address ?? formatHostPort({ host: o.domain, port: o.listen.tunnel.port });
   return {
@@ -170,5 +173,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
     shutdownGraceMs: o.shutdown_grace,
     endpoint: resolveEndpoint(o.endpoint, publicTunnelAddress, o.domain),
     accessLog: o.access_log,
+    workers: o.workers,
+    worker: o.worker,
   };
 }, { requiredKeys: ["domain"], nullable: false });

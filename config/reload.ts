@@ -30,6 +30,7 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace", endpoint: "endpoint",
   admin: "admin",
   accessLog: "access_log",
+  workers: "workers", worker: "worker",
 };
 const HUB_LISTEN_KEYS: KeyTable<HubConfig["listen"]> = { tls: "tls", http: "http", tunnel: "tunnel", tcpHost: "tcp_host", tcpPorts: "tcp_ports", admin: "admin" };
 const COG_KEYS: KeyTable<CogConfig> = {

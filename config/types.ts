@@ -324,6 +324,24 @@ export interface HubConfig {
    * new connections.
    */
   accessLog: boolean;
+  /**
+   * Hub worker processes on this machine (hub.workers: a number, or `auto` = the machine's
+   * cores; 1 = one process, no primary). Above 1 a primary process starts that many
+   * workers, each a full hub and its own endpoint (gateway/workers.ts).
+   */
+  workers: number;
+  /** How the primary process looks after its workers (hub.worker); unused with workers: 1. */
+  worker: HubWorkerConfig;
+}
+
+/** hub.worker: the primary's care of its workers (gateway/workers.ts). */
+export interface HubWorkerConfig {
+  /** First delay before a dead worker is started again; doubles per death in a row. */
+  restartMinDelayMs: number;
+  /** Longest such delay; a worker up this long resets it. */
+  restartMaxDelayMs: number;
+  /** How often each worker sends its visitor counters to the primary, which writes them to <data_dir>/hub-workers.json. */
+  statsIntervalMs: number;
 }
 
 /**
@@ -555,6 +573,14 @@ export interface ProvisionerConfig {
   consoleLogMaxBytes: number;
   /** passt's pasta, which connects each VM's private network namespace to the host (default pasta, on PATH). */
   pastaBinary: string;
+  /**
+   * Each VM's QEMU and pasta in a systemd scope of its own (capsul.slice/capsul-vm-<name>-<id>.scope),
+   * so that a stop or restart of the cog's service leaves the VMs running (provisioner/scope.ts):
+   * "auto" when started by systemd (INVOCATION_ID) and a service manager can create
+   * scopes (root: the system's; else the user's, `loginctl enable-linger`); "on" always, failing
+   * VM starts when it cannot; "off" never (QEMU stays in the cog's cgroup).
+   */
+  systemdScope: "auto" | "on" | "off";
   /** Backups of the VMs' disks (`cog.provisioner.backups`; provisioner/backupconfig.ts). */
   backups: BackupConfig;
   /**

@@ -52,6 +52,11 @@ export interface Hub {
 export interface HubOptions {
   /** Where the hub's metrics go: the process's registry (cli/); without it, a registry of the hub's own. */
   registry?: Registry;
+  /**
+   * A hub worker (gateway/workers.ts): the primary holds the tunnel port (this one) and
+   * hands connections over through hub.tunnels.adopt(); no tunnel listener is bound here.
+   */
+  handedTunnelPort?: number;
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -127,11 +132,12 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     return closed;
   };
   try {
-    const tunnelPort = await tunnels.listen();
+    const tunnelPort = await tunnels.listen(opts.handedTunnelPort ?? null);
     await tls.open(live.listen.tls);
     await http.open(live.listen.http);
+    // A worker's "ready" is the primary's to announce, once every worker is (cli/hubworkers.ts).
     await admin.open(live);
-    log.info("hub ready", {
+    log.info(opts.handedTunnelPort === undefined ? "hub ready" : "worker ready", {
       tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
     });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);

@@ -163,19 +163,43 @@ export class Tunnels extends EventEmitter {
     return server;
   }
 
-  async listen(): Promise<number> {
-    await this.listener.open(this.cfg.listen.tunnel);
+  /**
+   * A hub worker (gateway/workers.ts) has no tunnel listener: the primary holds the one
+   * public tunnel port and hands each connection over (adopt()). Then this is that port.
+   */
+  private handedPort: number | null = null;
+
+  /** Opens the tunnel listener, or with `handedPort` (a worker) takes connections from adopt() only. */
+  async listen(handedPort: number | null = null): Promise<number> {
+    this.handedPort = handedPort;
+    if (handedPort === null) await this.listener.open(this.cfg.listen.tunnel);
     try {
       await this.store.markAllOffline();
       this.watchIntervalMs = this.cfg.tunnel.revocationPollIntervalMs;
       this.watch = await this.store.watchRevocations((cogs) => this.onRevoked(cogs), this.watchIntervalMs);
       await this.restoreRoutes();
-      await this.endpoints.start(this.listener.port!);
+      await this.endpoints.start(this.boundPort);
     } catch (err) {
       this.listener.stop();
       throw err;
     }
-    return this.listener.port!;
+    return this.boundPort;
+  }
+
+  /** The port cogs reach this process on: the listener's, or the primary's for a worker. */
+  private get boundPort(): number {
+    return this.handedPort ?? this.listener.port!;
+  }
+
+  /**
+   * A tunnel connection the primary accepted and peeked (gateway/workers.ts): the bytes it
+   * read go back in front of the socket's stream, where the TLS server reads them first
+   * (Node's TLSSocket takes over what a wrapped socket has buffered), then it is served
+   * like one from our own listener, under the same admission caps.
+   */
+  adopt(raw: net.Socket, head: Buffer): void {
+    if (head.length) raw.unshift(head);
+    this.onTcp(raw);
   }
 
   /**
@@ -198,7 +222,7 @@ export class Tunnels extends EventEmitter {
   }
 
   /** The tunnel port (the kernel's choice for port 0); the last one bound, also once draining. */
-  get port(): number | null { return this.listener.port; }
+  get port(): number | null { return this.handedPort ?? this.listener.port; }
 
   /** Binds the tunnel listener's new address (a reload), to commit or undo. */
   prepareListen(hp: HostPort): Promise<ListenerChange> {
@@ -217,7 +241,7 @@ export class Tunnels extends EventEmitter {
     await this.rewatch();
     // The endpoint's address follows public_tunnel_address and the tunnel port; under a new
     // name the live tunnels are recorded again (the old name's rows went with its row).
-    const { renamed } = await this.endpoints.reconfigure(this.listener.port!);
+    const { renamed } = await this.endpoints.reconfigure(this.boundPort);
     if (renamed) {
       for (const link of this.links.values()) {
         if (link.session) this.recordStatus(link.cog, () => this.store.recordTunnel(link.cog, this.endpoints.name, link.remote));

@@ -264,6 +264,14 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
   console_log_size: sizeBytes(`A VM's console.log is rotated to console.log.1 when it reaches this size (2 files kept; at least ${MIN_CONSOLE_LOG_BYTES} bytes).`,
     { def: DEFAULT_CONSOLE_LOG_MAX_BYTES, min: 0 }),
   pasta_binary: binary("passt's pasta, which connects each VM's private network namespace to the host.", "pasta"),
+  systemd_scope: custom({
+    description: "Each VM's QEMU and pasta in a systemd scope of its own (capsul.slice), so that a stop or restart of the cog's service leaves the VMs running: auto when started by systemd (INVOCATION_ID) and a service manager can create scopes, on always (a VM start fails when none can), off never. Default: auto.",
+    default: "auto", anyOf: [{ enum: ["auto", "on", "off"] }, { type: "null" }],
+  }, (v): ProvisionerConfig["systemdScope"] => {
+    if (v == null) return "auto";
+    if (v !== "auto" && v !== "on" && v !== "off") throw new ConfigError(`must be auto, on or off: ${JSON.stringify(v)}`);
+    return v;
+  }),
   backups: backupsSchema,
   accept_moves_from: listOf("Cogs that may move VMs to this one (`capsul vm move NAME --to THIS-COG` run on them), by cog name (default none: every move to this cog is refused).",
     custom({ description: "A cog name.", type: "string", pattern: COG_NAME_RE.source }, (n) => {
@@ -318,6 +326,7 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
     imageInspectCpuMs: o.image_inspect_cpu_time,
     consoleLogMaxBytes: o.console_log_size,
     pastaBinary: o.pasta_binary,
+    systemdScope: o.systemd_scope,
     backups: resolveBackups(o.backups, dataDir),
     acceptMovesFrom: Object.freeze(o.accept_moves_from) as string[],
     maxArchiveBytes: o.max_archive_size,

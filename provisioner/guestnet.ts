@@ -95,21 +95,24 @@ export function findPasta(qemuPid: number): number | null {
   return null;
 }
 
+/** How pasta's argv is wrapped before it runs (scope.ts: systemd-run --scope), with the environment for it. */
+export type PastaWrap = (cmd: { file: string; args: string[] }) => { file: string; args: string[]; env?: NodeJS.ProcessEnv };
+
 /**
  * Starts pasta for the QEMU `qemuPid` and returns the pid of its daemon. pasta
  * forks into the background once the namespace is configured and the ports
  * are bound, so its foreground process exiting 0 means ready.
  */
-export function startPasta(pasta: string, qemuPid: number, ports: VmPorts, timeoutMs: number): Promise<number> {
-  const args = pastaArgs(qemuPid, ports, process.getuid?.() === 0);
+export function startPasta(pasta: string, qemuPid: number, ports: VmPorts, timeoutMs: number, wrap: PastaWrap = (c) => c): Promise<number> {
+  const cmd = wrap({ file: pasta, args: pastaArgs(qemuPid, ports, process.getuid?.() === 0) });
   return new Promise((resolve, reject) => {
-    const child = spawn(pasta, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
+    const child = spawn(cmd.file, cmd.args, { stdio: ["ignore", "ignore", "pipe"], detached: true, env: cmd.env });
     let err = "";
     child.stderr!.on("data", (d: Buffer) => { if (err.length < 64 * 1024) err += d.toString(); });
     const timer = setTimeout(() => { child.kill("SIGKILL"); }, timeoutMs);
     child.once("error", (e) => {
       clearTimeout(timer);
-      const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? `${pasta} not found (apt-get install passt, or set cog.provisioner.pasta_binary)` : e.message;
+      const why = (e as NodeJS.ErrnoException).code === "ENOENT" ? `${cmd.file} not found (apt-get install ${cmd.file === pasta ? "passt, or set cog.provisioner.pasta_binary" : "systemd"})` : e.message;
       reject(new ProvisionerError("network_failed", why, 500, { cause: e }));
     });
     child.once("close", (code, signal) => {

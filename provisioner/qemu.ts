@@ -123,14 +123,15 @@ export function buildQemuArgs(s: LaunchSpec): string[] {
 }
 
 /**
- * Starts QEMU (`cmd`: its argv, possibly behind unshare, see guestnet.ts);
- * resolves with the daemon's pid once it has initialised (paused, see -S).
+ * Starts QEMU (`cmd`: its argv, possibly behind unshare, see guestnet.ts, and
+ * systemd-run, see scope.ts); resolves with the daemon's pid once it has
+ * initialised (paused, see -S).
  */
-export async function launchQemu(cmd: { file: string; args: string[]; qemu: string }, pidFile: string, timeoutMs: number): Promise<number> {
+export async function launchQemu(cmd: { file: string; args: string[]; qemu: string; env?: NodeJS.ProcessEnv }, pidFile: string, timeoutMs: number): Promise<number> {
   await fsp.rm(pidFile, { force: true });
   try {
-    // Errors are QEMU's unless unshare itself speaks ("unshare: …").
-    await runTool("launch_failed", cmd.file, cmd.args, timeoutMs, cmd.qemu);
+    // Errors are QEMU's unless unshare or systemd-run speaks ("unshare: …", "Failed to start transient scope unit: …").
+    await runTool("launch_failed", cmd.file, cmd.args, timeoutMs, cmd.qemu, cmd.env);
   } catch (e) {
     const msg = (e as Error).message;
     if (/: unshare: unshare failed/.test(msg)) {

@@ -10,9 +10,9 @@ export interface ToolResult { stdout: string; stderr: string }
  * Runs a program with an argv array: never a shell, so no word splitting, globbing
  * or quoting games. Fails with a ProvisionerError carrying the tool's last stderr line.
  */
-export function runTool(code: string, file: string, args: string[], timeoutMs: number, label = file): Promise<ToolResult> {
+export function runTool(code: string, file: string, args: string[], timeoutMs: number, label = file, env?: NodeJS.ProcessEnv): Promise<ToolResult> {
   return new Promise((resolve, reject) => {
-    execFile(file, args, { timeout: timeoutMs, maxBuffer: TOOL_MAX_OUTPUT_BYTES, killSignal: "SIGKILL" }, (err, stdout, stderr) => {
+    execFile(file, args, { timeout: timeoutMs, maxBuffer: TOOL_MAX_OUTPUT_BYTES, killSignal: "SIGKILL", env }, (err, stdout, stderr) => {
       if (!err) { resolve({ stdout, stderr }); return; }
       const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: unknown };
       const lastLine = String(stderr).trim().split("\n").pop()?.trim();

@@ -3,9 +3,10 @@ import type { ProvisionerConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { Store, VmPorts, VmRecord } from "./db.js";
 import type { DriftItem } from "./drift.js";
-import { inOurNetNamespace, PortTakenError, readPastaPid, startPasta, writePastaPid } from "./guestnet.js";
+import { inOurNetNamespace, type PastaWrap, PortTakenError, readPastaPid, startPasta, writePastaPid } from "./guestnet.js";
 import { pickFreePorts, portFree } from "./net.js";
 import { runFiles } from "./qemu.js";
+import { inScope, scopeUnitName, type VmScopes } from "./scope.js";
 
 /** pasta start attempts when a freshly picked port was taken before pasta bound it. */
 export const LAUNCH_ATTEMPTS = 3;
@@ -22,6 +23,7 @@ export class VmNetwork {
     private readonly vmsDir: string,
     private readonly resolved: DriftItem[],
     private readonly log: Logger,
+    private readonly scopes: VmScopes,
   ) {}
 
   /** Keeps the VM's recorded ports when they are still free, so that its routes stay the same. */
@@ -48,11 +50,18 @@ export class VmNetwork {
    */
   async connect(v: VmRecord, pid: number): Promise<VmPorts> {
     const f = runFiles(path.join(this.vmsDir, v.name));
+    // pasta outlives us like QEMU: under systemd it needs a scope as well (its own:
+    // systemd-run cannot add a process to an existing scope), else a stop of the
+    // cog's service would cut the VM's network.
+    const manager = await this.scopes.manager();
+    const wrap: PastaWrap | undefined = manager
+      ? (c) => ({ ...inScope(manager, scopeUnitName("vmnet", v.name), `capsul VM ${v.name} network (pasta)`, c), env: manager.env })
+      : undefined;
     let ports = v.ports;
     for (let attempt = 1; ; attempt++) {
       ports = await this.ports({ ...v, ports }, attempt > 1);
       try {
-        const pastaPid = await startPasta(this.cfg.pastaBinary, pid, ports, this.cfg.launchTimeoutMs);
+        const pastaPid = await startPasta(this.cfg.pastaBinary, pid, ports, this.cfg.launchTimeoutMs, wrap);
         writePastaPid(f.pasta, pastaPid, pid);
         return ports;
       } catch (e) {

@@ -22,6 +22,7 @@ import {
   buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, launchQemu, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
 import { type Reach, routeOwner, vmReach, vmRoutes } from "./routes.js";
+import { inScope, scopeUnitName, VmScopes } from "./scope.js";
 import type { CreateRequest } from "./requests.js";
 
 /** Wait between SSH banner probes while a guest boots. */
@@ -71,6 +72,8 @@ export class VmManager {
   private readonly crashes = new Map<string, number[]>();
   private readonly background = new Set<Promise<unknown>>();
   private readonly net: VmNetwork;
+  /** Whether QEMU and pasta start in systemd scopes (scope.ts), decided before the first start. */
+  private readonly scopes: VmScopes;
 
   constructor(
     private readonly cfg: ProvisionerConfig,
@@ -81,7 +84,8 @@ export class VmManager {
   ) {
     this.vmsDir = path.join(cfg.dataDir, "vms");
     fs.mkdirSync(this.vmsDir, { recursive: true });
-    this.net = new VmNetwork(cfg, store, this.vmsDir, this.resolved, log);
+    this.scopes = new VmScopes(cfg, log);
+    this.net = new VmNetwork(cfg, store, this.vmsDir, this.resolved, log, this.scopes);
   }
 
   runDir(name: string): string { return path.join(this.vmsDir, name); }
@@ -244,6 +248,7 @@ export class VmManager {
     const dir = this.runDir(name);
     const f = runFiles(dir);
     let pid = 0;
+    let scope: string | undefined;
     let consoleLog: ConsoleLog | null = null;
     try {
       await this.prepare(v, image, size);
@@ -253,7 +258,10 @@ export class VmManager {
       await fsp.rm(f.qmp, { force: true });
       await fsp.rm(f.consoleSock, { force: true });
       const args = buildQemuArgs({ name, uuid: v.uuid, runDir: dir, accel, size: withIoLimits(size, v.ioLimits), image, ports: NS_FORWARD_PORTS });
-      pid = await launchQemu(inOwnNamespace(this.cfg.qemuBinary, args), f.pid, this.cfg.launchTimeoutMs);
+      const cmd = inOwnNamespace(this.cfg.qemuBinary, args);
+      const manager = await this.scopes.manager();
+      scope = manager ? `${scopeUnitName("vm", name)}.scope` : undefined;
+      pid = await launchQemu(manager ? { ...cmd, ...inScope(manager, scope!, `capsul VM ${name} (QEMU)`, cmd), env: manager.env } : cmd, f.pid, this.cfg.launchTimeoutMs);
       const ports = await this.net.connect(v, pid);
       const qmp = await this.connectQmp(f.qmp);
       consoleLog = new ConsoleLog(f.console, this.cfg.consoleLogMaxBytes);
@@ -265,7 +273,7 @@ export class VmManager {
       this.store.updateVm(name, { state: "starting", accel, ports, message: null });
       const live = this.attach(name, pid, qmp, consoleLog, boot);
       this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach, this.record(name).https));
-      this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https });
+      this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https, scope });
       this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
     } catch (e) {
       const err = e as Error;

@@ -109,6 +109,7 @@ stage2)
   echo "kvm:x:991:" >> "$R/etc/group"
   echo "capsul:x:990:" >> "$R/etc/group"
   echo "capsul:x:990:990:capsul:/var/lib/capsul:/usr/sbin/nologin" >> "$R/etc/passwd"
+  echo "capsul:!:20000::::::" >> "$R/etc/shadow"
   mknod -m 660 "$R/dev/kvm" c 10 232; chgrp 991 "$R/dev/kvm"
   mknod -m 666 "$R/dev/net/tun" c 10 200
   ln -sf "$REPO/dist/cli/main.js" "$R/usr/local/bin/capsul"
@@ -117,8 +118,24 @@ stage2)
   for t in sysinit basic shutdown network-online multi-user sockets paths timers slices local-fs remote-fs network emergency rescue; do
     printf '[Unit]\nDescription=%s (empty in the sandbox)\n' "$t" > "$U/$t.target"
   done
-  printf '[Unit]\nDescription=capsul sandbox\nWants=systemd-journald.service\n' > "$U/capsul-sandbox.target"
+  # dbus.socket: a real machine's sockets.target starts it.
+  printf '[Unit]\nDescription=capsul sandbox\nWants=systemd-journald.service dbus.socket\n' > "$U/capsul-sandbox.target"
   cp /lib/systemd/system/systemd-journald.service /lib/systemd/system/systemd-journald.socket /lib/systemd/system/systemd-journald-dev-log.socket "$U/"
+  # The system bus and capsul's own service manager (what `loginctl enable-linger capsul`
+  # starts at boot): the cog puts each VM in a scope of that user manager, which asks
+  # the system manager over D-Bus to move the VM's QEMU into its cgroup tree.
+  cp /lib/systemd/system/dbus.service /lib/systemd/system/dbus.socket /lib/systemd/system/user@.service \
+    /lib/systemd/system/user-runtime-dir@.service /lib/systemd/system/user.slice "$U/"
+  cp -r /lib/systemd/system/user-.slice.d "$U/"
+  # The user manager inherits SYSTEMD_UNIT_PATH: its own, as empty as the system's.
+  UU=$R/etc/capsul-sandbox-user-units
+  rm -rf "$UU"; mkdir -p "$UU" "$U/user@.service.d"
+  for t in default basic sockets paths timers shutdown exit; do
+    printf '[Unit]\nDescription=%s (empty in the sandbox)\n' "$t" > "$UU/$t.target"
+  done
+  cp /usr/lib/systemd/user/app.slice /usr/lib/systemd/user/background.slice /usr/lib/systemd/user/session.slice "$UU/" 2>/dev/null || true
+  # XDG_RUNTIME_DIR: pam_systemd sets it on a real machine, through logind, which the sandbox lacks.
+  printf '[Service]\nEnvironment=SYSTEMD_UNIT_PATH=/etc/capsul-sandbox-user-units XDG_RUNTIME_DIR=/run/user/%%i\n' > "$U/user@.service.d/sandbox.conf"
   cp "$REPO"/deploy/*.service "$U/"
   cd "$R"; mkdir -p oldroot; pivot_root . oldroot; umount -l /oldroot; rmdir /oldroot
   for m in /:overlay /tmp:tmpfs /var/tmp:tmpfs /dev:tmpfs /var/lib:tmpfs; do

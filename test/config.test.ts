@@ -1,6 +1,6 @@
 import t from "tap";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse } from "yaml";
@@ -130,6 +130,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
     "hub.shutdown_grace", "cog.shutdown_grace",
     ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
+    "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval"].map((k) => `hub.worker.${k}`),
     "cog.reconnect.endpoint_gone_timeout",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
@@ -229,6 +230,8 @@ t.test("defaults are filled", async (t) => {
         heartbeatIntervalMs: 2000, timeoutMs: 10000,
       },
       accessLog: false,
+      workers: 1,
+      worker: { restartMinDelayMs: 200, restartMaxDelayMs: 10000, statsIntervalMs: 1000 },
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -580,6 +583,10 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_LOG_FORMAT", "log.format", "auto", same],
     ["DEFAULT_ACCESS_LOG", "hub.access_log", "false", bool],
     ["DEFAULT_SHUTDOWN_GRACE_MS", "hub.shutdown_grace", "30s", dur],
+    ["DEFAULT_HUB_WORKERS", "hub.workers", "1", int],
+    ["DEFAULT_WORKER_RESTART_MIN_DELAY_MS", "hub.worker.restart_min_delay", "200ms", dur],
+    ["DEFAULT_WORKER_RESTART_MAX_DELAY_MS", "hub.worker.restart_max_delay", "10s", dur],
+    ["DEFAULT_WORKER_STATS_INTERVAL_MS", "hub.worker.stats_interval", "1s", dur],
   ];
   for (const [name, path, text, read] of table) {
     t.equal(documentedDefault(path), text, `${path}: capsul.schema.json documents default ${text}`);
@@ -720,6 +727,31 @@ t.test("hub.endpoint and cog.reconnect.endpoint_gone_timeout: read, defaulted, a
   for (const [raw, message] of bad) {
     let err: unknown = null;
     try { parseConfig(raw); } catch (e) { err = e; }
+    t.ok(err instanceof ConfigError, `${message}: a ConfigError`);
+    t.match((err as Error).message, new RegExp(`^${message.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`), message);
+  }
+});
+
+t.test("hub.workers and hub.worker: read, auto, defaulted, and bad values named", async (t) => {
+  const hub = (extra: Record<string, unknown>) => parseConfig({ hub: { domain: "h.example", ...extra } }).hub!;
+  t.equal(hub({}).workers, 1, "default: one process");
+  t.equal(hub({ workers: 4 }).workers, 4);
+  t.equal(hub({ workers: "auto" }).workers, Math.min(availableParallelism(), 256), "auto: one per core");
+  t.same(hub({ worker: { restart_min_delay: "50ms", restart_max_delay: "2s", stats_interval: "250ms" } }).worker,
+    { restartMinDelayMs: 50, restartMaxDelayMs: 2000, statsIntervalMs: 250 });
+  const bad: [Record<string, unknown>, string][] = [
+    [{ workers: 0 }, "hub.workers: must be a whole number from 1 to 256, or auto (one per core), got 0"],
+    [{ workers: 1.5 }, "hub.workers: must be a whole number from 1 to 256, or auto (one per core), got 1.5"],
+    [{ workers: "all" }, 'hub.workers: must be a whole number from 1 to 256, or auto (one per core), got "all"'],
+    [{ workers: 257 }, "hub.workers: must be a whole number from 1 to 256"],
+    [{ worker: { restart_min_delay: "0s" } }, "hub.worker.restart_min_delay: must be greater than 0"],
+    [{ worker: { restart_min_delay: "5s", restart_max_delay: "1s" } }, "hub.worker.restart_max_delay: must be at least restart_min_delay (5s), got 1s"],
+    [{ worker: { stats_interval: "often" } }, 'hub.worker.stats_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
+    [{ worker: { restarts: 3 } }, "hub.worker.restarts"],
+  ];
+  for (const [extra, message] of bad) {
+    let err: unknown = null;
+    try { hub(extra); } catch (e) { err = e; }
     t.ok(err instanceof ConfigError, `${message}: a ConfigError`);
     t.match((err as Error).message, new RegExp(`^${message.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`), message);
   }

@@ -10,6 +10,11 @@ import { MemoryRouteSink } from "../tunnel-client/routesink.js";
 import { cleanupDataDir, sshKeypair, tempDataDir, testConfig } from "./helpers/vm.js";
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "vm-cli.ts");
+/**
+ * ~40 CLI runs, each a node start with tap's TypeScript loader: 5-6 s apiece on the
+ * shared 2-core machine at load 20+, which went past tap's default 240 s for the file.
+ */
+t.setTimeout(10 * 60_000);
 
 function capsul(args: string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript"));

@@ -29,6 +29,7 @@ t.test("defaults", async (t) => {
   t.equal(c.imageInspectCpuMs, 30_000);
   t.equal(c.consoleLogMaxBytes, MIB);
   t.equal(c.pastaBinary, "pasta");
+  t.equal(c.systemdScope, "auto");
   t.equal(c.sizes["f1-xxx"]!.memoryBytes, 16 * 1024 * MIB);
   t.ok(Object.isFrozen(c));
 });
@@ -42,8 +43,9 @@ t.test("values and overrides", async (t) => {
     vm_memory_overhead: "48MiB", import_dir: "images-in", import_allowed_cidrs: ["192.168.1.0/24", "fd00::/8"],
     import_max_redirects: 0, download_idle_timeout: "2m", image_inspect_memory: "512MiB", image_inspect_cpu_time: "5s",
     console_log_size: "256KiB", pasta_binary: "/opt/passt/pasta",
-    accept_moves_from: ["home1", "old-box"], max_archive_size: "100GiB", move_answer_timeout: "2m", move_verify_timeout: "1h", move_rate: "10MiB",
+    accept_moves_from: ["home1", "old-box"], max_archive_size: "100GiB", move_answer_timeout: "2m", move_verify_timeout: "1h", move_rate: "10MiB", systemd_scope: "off",
   }, "cog.provisioner", "/etc/capsul");
+  t.equal(c.systemdScope, "off");
   t.same(c.acceptMovesFrom, ["home1", "old-box"]);
   t.equal(c.maxArchiveBytes, 100 * 1024 * MIB);
   t.equal(c.moveAnswerTimeoutMs, 120_000);
@@ -82,6 +84,8 @@ t.test("errors name the key path", async (t) => {
     [{ vm_memory_overhead: "lots" }, /^cog\.provisioner\.vm_memory_overhead: /],
     [{ listen: "nope" }, /^cog\.provisioner\.listen: /],
     [{ accel: "xen" }, /^cog\.provisioner\.accel: must be auto, kvm or tcg/],
+    [{ systemd_scope: true }, /^cog\.provisioner\.systemd_scope: must be auto, on or off: true/],
+    [{ systemd_scope: "yes" }, /^cog\.provisioner\.systemd_scope: must be auto, on or off: "yes"/],
     [{ memory_overcommit_ratio: 0 }, /^cog\.provisioner\.memory_overcommit_ratio: /],
     [{ boot_timeout: "soon" }, /^cog\.provisioner\.boot_timeout: not a duration/],
     [{ boot_timeout: "0s" }, /^cog\.provisioner\.boot_timeout: at least 1s/],
@@ -166,7 +170,7 @@ t.test("capsul.yaml.example sets and documents every cog.provisioner key", async
     "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "quit_timeout", "crash_restarts",
     "crash_window", "import_dir", "import_allowed_cidrs", "import_max_redirects", "download_idle_timeout", "image_inspect_memory",
     "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups", "accept_moves_from", "max_archive_size", "move_answer_timeout",
-    "move_verify_timeout", "move_rate"];
+    "move_verify_timeout", "move_rate", "systemd_scope"];
   for (const k of keys) t.not(p[k], undefined, `example sets cog.provisioner.${k}`);
   t.same(Object.keys(p).filter((k) => !keys.includes(k)), [], "and nothing this list does not know");
   const c = parseProvisionerConfig(p, "cog.provisioner", path.dirname(file));

@@ -81,9 +81,12 @@ t.test("the units agree with the code", async (t) => {
     const stopMs = parseDurationMs(one(s, "TimeoutStopSec") ?? "90s");
     t.ok(stopMs > DEFAULT_SHUTDOWN_GRACE_MS, `${name}: TimeoutStopSec ${stopMs} ms > the default shutdown_grace ${DEFAULT_SHUTDOWN_GRACE_MS} ms`);
     t.equal(s.get("MemoryDenyWriteExecute"), undefined, `${name}: V8 generates code at run time`);
+    // cli/service.ts says READY=1 through systemd-notify, a child: its datagrams come from another pid.
+    t.equal(one(s, "Type"), "notify", `${name}: started means serving`);
+    t.equal(one(s, "NotifyAccess"), "all", `${name}: systemd-notify speaks for capsul`);
   }
   t.equal(one(hub, "AmbientCapabilities"), "CAP_NET_BIND_SERVICE", "the hub binds 80 and 443 unprivileged");
-  t.equal(one(cog, "KillMode"), "process", "a cog stop leaves QEMU running (until each VM gets its own scope)");
+  t.equal(cog.get("KillMode"), undefined, "control-group, the default: a cog stop ends every helper; VMs are in scopes of their own (provisioner/scope.ts)");
   t.equal(cog.get("PrivateDevices"), undefined, "the cog sees /dev/kvm");
   t.ok(cog.get("DeviceAllow")?.includes("/dev/kvm rw"), "and may open it");
 });

@@ -16,6 +16,7 @@ import { tarHeader, tarPadding, TAR_END } from "../provisioner/archive.js";
 import { startProvisioner, type Provisioner } from "../provisioner/index.js";
 import type { Cog } from "../tunnel-client/cog.js";
 import { capsul, inGuest, jsonLines } from "./helpers/backup.js";
+import { jsonStyle } from "./helpers/jsonstyle.js";
 import { cogConfig, enrolledCog, HUB_DOMAIN, hubConfig, startTestHub, testLogger, tmpDir } from "./helpers/cluster.js";
 import {
   api, authHeader, authorize, cleanupDataDir, importTestImage, run, sshKeypair, sshUntil, tempDataDir, testConfig, waitFor, waitForState,
@@ -133,6 +134,8 @@ t.test("export/import and move of a VM between two cogs through the hub", async 
     const r = await cli(home1, ["vm", "export", "web1", "-o", file, "--json"]);
     t.equal(r.code, 0, r.stderr);
     const { progress, result } = jsonLines(r.stdout);
+    // The one --json style of every command (test/cli-json.test.ts, which cannot run export, import or move without a second cog).
+    for (const line of r.stdout.trim().split("\n")) t.same(jsonStyle(JSON.parse(line)).problems, [], `vm export --json: ${line.slice(0, 100)}`);
     t.equal(result.exported.bytes, fs.statSync(file).size, "the file is what was sent");
     t.equal(result.exported.sha256, sha(fs.readFileSync(file)));
     t.ok(progress.length > 0 && progress.every((p) => p.phase === "export"), "progress lines");

@@ -1,0 +1,254 @@
+/**
+ * Hub workers on one machine (issue 12, hub.workers: N | auto). The primary process
+ * starts N workers with node:cluster; each is a full hub (gateway/hub.ts) registered
+ * as its own endpoint `<endpoint>-w<i>`, with the TLS server name `w<i>.<server_name>`.
+ *
+ * Public listeners (TLS, HTTP, raw TCP ports): the workers open them as a single hub
+ * would, and cluster shares one listening socket per address among them. The policy is
+ * SCHED_NONE: the primary binds the socket once and hands the listening handle to each
+ * worker, which accepts on it itself, so a visitor costs the primary nothing. The other
+ * policy, round-robin (Node's default on Linux), accepts every connection in the primary
+ * and sends its handle to a worker over IPC: a syscall pair and an IPC message per
+ * visitor in the primary, whose one core would then cap every worker together. The price
+ * of SCHED_NONE is balance: the kernel wakes whichever worker waits; a busy worker is not
+ * waiting, so load spreads toward idle ones, but an idle hub may land a burst on one.
+ *
+ * The tunnel port stays one port, held by the primary: a cog names the worker it wants in
+ * the TLS server name, so the primary peeks each tunnel connection's ClientHello (the
+ * visitors' parser and peek, bounded by hub.limits.client_hello_timeout and
+ * client_hello_max_bytes, under hub.tunnel.max_unauthenticated[_per_ip] while it peeks; its
+ * backlog is hub.tunnel.listen_backlog),
+ * and sends the raw socket with the bytes it read to that worker (Tunnels.adopt()), which
+ * puts them back in front before its TLS server reads. No server name, or one naming no
+ * worker (enrollment, a cog dialing the configured address, an older cog): worker 1, the
+ * bootstrap worker, whose welcome lists every worker's endpoint. A tunnel is one
+ * connection per cog and worker, so this is per cog, never per visitor.
+ *
+ * A worker that dies is started again under the same index (same endpoint name) after
+ * hub.worker.restart_min_delay, doubling per death in a row up to restart_max_delay; its
+ * cogs redial it with their own backoff. SIGHUP, SIGTERM and SIGINT reach the workers as
+ * IPC messages (reload, drain, cut), so a worker that also got the signal itself (a
+ * process-group Ctrl-C) drains once.
+ */
+import cluster, { type Worker } from "node:cluster";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import type { HubConfig } from "../config/types.js";
+import type { Logger } from "../lib/log.js";
+import { loadOrCreateHubPki } from "../certs/pki.js";
+import { ENDPOINT_NAME_RE } from "../config/endpoint.js";
+import { parseClientHello } from "./clienthello.js";
+import { peek } from "./peek.js";
+import { ThrottledLog, TunnelAdmission } from "./admission.js";
+import { listenOn } from "./listeners.js";
+import { hubNames } from "./hub.js";
+
+/** The environment variable that tells a forked process it is worker i (1-based). */
+export const WORKER_INDEX_ENV = "CAPSUL_HUB_WORKER";
+/** The primary's bound tunnel port, for a worker's endpoint address when the config says port 0. */
+export const WORKER_TUNNEL_PORT_ENV = "CAPSUL_HUB_TUNNEL_PORT";
+/** Where the primary writes each worker's pid, endpoint, restarts and visitor counters. */
+export const WORKERS_FILE = "hub-workers.json";
+
+/** Messages between the primary and a worker (process.send). */
+export type ToWorker =
+  | { type: "capsul-tunnel"; head: string }
+  | { type: "capsul-reload" }
+  | { type: "capsul-drain" }
+  | { type: "capsul-cut" };
+export type FromWorker =
+  | { type: "capsul-ready"; tls: number | null; http: number | null }
+  | { type: "capsul-stats"; active: number; total: number; routed: number; tunnels: number }
+  | { type: "capsul-reloaded"; ok: boolean; changed: string[]; restart: string[]; error: string | null; exit: number };
+
+/** Worker i's endpoint name: the hub's with `-w<i>`, the base cut so the whole stays a valid name. */
+export function workerEndpointName(base: string, i: number): string {
+  const suffix = `-w${i}`;
+  const name = base.slice(0, 63 - suffix.length).replace(/[.-]+$/, "") + suffix;
+  return ENDPOINT_NAME_RE.test(name) ? name : `hub${suffix}`;
+}
+
+/** Worker i's TLS server name: a label under the hub's (so the hub certificate can name it). */
+export function workerServerName(serverName: string, i: number): string {
+  return `w${i}.${serverName}`;
+}
+
+/**
+ * Worker i's configuration: its own endpoint (name, server name; port 0 advertised as the
+ * primary's bound tunnel port) and the tunnel listener as the primary started it, which a
+ * worker never binds, so a reload moving it is the primary's (it needs a restart).
+ */
+export function workerHubConfig(cfg: HubConfig, i: number, tunnelPort: number, startTunnel = cfg.listen.tunnel): HubConfig {
+  const ep = cfg.endpoint;
+  return {
+    ...cfg,
+    listen: { ...cfg.listen, tunnel: startTunnel },
+    endpoint: {
+      ...ep,
+      name: workerEndpointName(ep.name, i),
+      serverName: workerServerName(ep.serverName, i),
+      advertise: ep.advertise.port === 0 ? { host: ep.advertise.host, port: tunnelPort } : ep.advertise,
+    },
+  };
+}
+
+interface Slot {
+  index: number;
+  worker: Worker | null;
+  ready: boolean;
+  restarts: number;
+  /** Deaths in a row without a long enough life: the backoff exponent. */
+  streak: number;
+  readyAt: number;
+  stats: Omit<Extract<FromWorker, { type: "capsul-stats" }>, "type"> | null;
+  timer: NodeJS.Timeout | null;
+}
+
+export interface PrimaryHandle {
+  /** The one public tunnel port. */
+  readonly tunnelPort: number;
+  /** Resolves once every worker has been ready once, with the public ports worker 1 bound. */
+  readonly ready: Promise<{ tls: number | null; http: number | null }>;
+  /** Sends a message to every live worker; returns how many got it. */
+  broadcast(msg: ToWorker): number;
+  /** Live workers, for collecting replies. */
+  live(): Worker[];
+  /** Stops the tunnel listener and restarts; resolves when every worker has exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * The primary: binds the tunnel port, starts the workers, keeps them running, routes tunnel
+ * connections to them. Must run in the primary process (cluster.isPrimary).
+ */
+export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]): Promise<PrimaryHandle> {
+  const n = cfg.workers;
+  // Every worker's server name in the one certificate, issued here before any worker reads it
+  // (a worker only re-issues when a name it needs is missing, so N workers never race to write).
+  const names = [...hubNames(cfg)];
+  for (let i = 1; i <= n; i++) names.push(workerServerName(cfg.endpoint.serverName, i));
+  await loadOrCreateHubPki(cfg.dataDir, names);
+
+  const bySni = new Map<string, number>();
+  for (let i = 1; i <= n; i++) bySni.set(workerServerName(cfg.endpoint.serverName, i), i);
+  const slots: Slot[] = [];
+  for (let i = 1; i <= n; i++) slots.push({ index: i, worker: null, ready: false, restarts: 0, streak: 0, readyAt: 0, stats: null, timer: null });
+
+  const strangers = new ThrottledLog(log);
+  const admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, strangers);
+  let stopping = false;
+
+  const handOver = async (raw: net.Socket): Promise<void> => {
+    raw.on("error", () => {});
+    const ticket = admission.admit(raw.remoteAddress);
+    if (!ticket) { raw.destroy(); return; }
+    try {
+      const maxBytes = cfg.limits.clientHelloMaxBytes;
+      const out = await peek(raw, (b) => parseClientHello(b, maxBytes), { timeoutMs: cfg.limits.clientHelloTimeoutMs, maxBytes });
+      if (out.kind !== "ok") { raw.destroy(); return; }
+      const i = (out.value.sni !== null ? bySni.get(out.value.sni) : undefined) ?? 1;
+      const slot = slots[i - 1]!;
+      // A worker starting again: the cog's own backoff brings it back; nothing is queued here.
+      if (!slot.ready || !slot.worker || stopping) { raw.destroy(); return; }
+      // What the stream buffered after the peek paused it goes along too. (A TLS client sends
+      // nothing after its ClientHello until the server answers, and the hub takes no 0-RTT
+      // data, so this is empty in practice; the handle leaves with the send below.)
+      let head = out.bytes;
+      for (let more = raw.read() as Buffer | null; more !== null; more = raw.read() as Buffer | null) head = Buffer.concat([head, more]);
+      const msg: ToWorker = { type: "capsul-tunnel", head: head.toString("base64") };
+      // keepOpen false: once sent, the primary's copy of the socket is closed; the worker owns it.
+      slot.worker.send(msg, raw, (err) => { if (err) raw.destroy(); });
+    } finally {
+      ticket.release();
+    }
+  };
+  const server = net.createServer({ pauseOnConnect: true }, (raw) => void handOver(raw));
+  server.on("error", (err) => log.error("tunnel listener error", { error: err.message }));
+  const tunnelPort = await listenOn(server, cfg.listen.tunnel, cfg.tunnel.listenBacklog);
+
+  // The primary binds each shared public socket once and lends it to every worker (see above).
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  cluster.setupPrimary({ exec: argv[1], args: argv.slice(2), execArgv: process.execArgv });
+
+  const statsFile = path.join(cfg.dataDir, WORKERS_FILE);
+  const writeStats = (): void => {
+    const rows = slots.map((s) => ({
+      worker: s.index, endpoint: workerEndpointName(cfg.endpoint.name, s.index), server_name: workerServerName(cfg.endpoint.serverName, s.index),
+      pid: s.worker?.process.pid ?? null, ready: s.ready, restarts: s.restarts, ...(s.stats ?? {}),
+    }));
+    const tmp = `${statsFile}.${process.pid}.tmp`;
+    try {
+      fs.writeFileSync(tmp, JSON.stringify({ primary: process.pid, tunnel: tunnelPort, workers: rows }) + "\n");
+      fs.renameSync(tmp, statsFile);
+    } catch (err) {
+      log.warn("could not write the worker stats file", { file: statsFile, error: (err as Error).message });
+    }
+  };
+
+  let allReady: (ports: { tls: number | null; http: number | null }) => void;
+  const ready = new Promise<{ tls: number | null; http: number | null }>((r) => { allReady = r; });
+  let firstPorts: { tls: number | null; http: number | null } | null = null;
+  let exited: () => void = () => {};
+
+  const fork = (slot: Slot): void => {
+    slot.timer = null;
+    if (stopping) return;
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index), [WORKER_TUNNEL_PORT_ENV]: String(tunnelPort) });
+    slot.worker = w;
+    slot.ready = false;
+    log.info("worker started", { worker: slot.index, pid: w.process.pid });
+    w.on("message", (m: FromWorker) => {
+      if (m?.type === "capsul-ready") {
+        slot.ready = true;
+        slot.readyAt = Date.now();
+        log.info("worker ready", { worker: slot.index, pid: w.process.pid, endpoint: workerEndpointName(cfg.endpoint.name, slot.index) });
+        if (slot.index === 1 && firstPorts === null) firstPorts = { tls: m.tls, http: m.http };
+        if (firstPorts && slots.every((s) => s.ready)) allReady(firstPorts);
+        writeStats();
+      } else if (m?.type === "capsul-stats") {
+        const { type: _t, ...stats } = m;
+        slot.stats = stats;
+        writeStats();
+      }
+    });
+    w.on("exit", (code, signal) => {
+      if (slot.worker !== w) return;
+      slot.worker = null;
+      slot.ready = false;
+      if (stopping) {
+        log.info("worker exited", { worker: slot.index, code, signal: signal ?? undefined });
+        if (slots.every((s) => s.worker === null)) exited();
+        return;
+      }
+      // A worker that had run a while died of something new: start from the short delay again.
+      if (slot.readyAt && Date.now() - slot.readyAt >= cfg.worker.restartMaxDelayMs) slot.streak = 0;
+      const delayMs = Math.min(cfg.worker.restartMaxDelayMs, cfg.worker.restartMinDelayMs * 2 ** Math.min(slot.streak, 30));
+      slot.streak++;
+      slot.restarts++;
+      log.error("worker died; starting it again", { worker: slot.index, code, signal: signal ?? undefined, delayMs, restarts: slot.restarts });
+      writeStats();
+      slot.timer = setTimeout(() => fork(slot), delayMs);
+    });
+  };
+  for (const s of slots) fork(s);
+
+  const live = (): Worker[] => slots.flatMap((s) => (s.worker && s.worker.isConnected() ? [s.worker] : []));
+  return {
+    tunnelPort,
+    ready,
+    live,
+    broadcast(msg) {
+      const ws = live();
+      for (const w of ws) w.send(msg);
+      return ws.length;
+    },
+    stop() {
+      stopping = true;
+      server.close();
+      for (const s of slots) if (s.timer) { clearTimeout(s.timer); s.timer = null; }
+      if (slots.every((s) => s.worker === null)) return Promise.resolve();
+      return new Promise<void>((resolve) => { exited = resolve; });
+    },
+  };
+}
