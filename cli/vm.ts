@@ -32,6 +32,19 @@ interface GlobalOpts { api: string; dataDir: string; config?: string; json?: boo
 /** API statuses that mean "what you asked for is wrong" → exit code 2. */
 const USAGE_STATUSES = new Set([400, 413, 415]);
 
+/** The answer, or its error as one line (exit 2 for USAGE_STATUSES, else 1); an ndjson answer carries its errors inline. */
+async function checked(res: Response): Promise<Response> {
+  if (res.ok || res.headers.get("content-type")?.includes("ndjson")) return res;
+  const text = await res.text();
+  let msg = text.trim() || res.statusText;
+  try {
+    const j = JSON.parse(text) as { error?: { code?: string; message?: string } };
+    if (j.error?.message) msg = `${j.error.message} [${j.error.code}]`;
+  } catch { /* not JSON */ }
+  if (USAGE_STATUSES.has(res.status)) throw new ConfigError(msg);
+  throw new RuntimeError(msg);
+}
+
 class Api {
   constructor(private readonly base: string, private readonly token: string) {}
 
@@ -47,17 +60,7 @@ class Api {
       const why = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).message;
       throw new RuntimeError(`cannot reach the provisioner at ${this.base} (${why}); is \`capsul cog\` running with cog.provisioner?`);
     }
-    if (!res.ok && !res.headers.get("content-type")?.includes("ndjson")) {
-      const text = await res.text();
-      let msg = text.trim() || res.statusText;
-      try {
-        const j = JSON.parse(text) as { error?: { code?: string; message?: string } };
-        if (j.error?.message) msg = `${j.error.message} [${j.error.code}]`;
-      } catch { /* not JSON */ }
-      if (USAGE_STATUSES.has(res.status)) throw new ConfigError(msg);
-      throw new RuntimeError(msg);
-    }
-    return res;
+    return checked(res);
   }
 
   async raw(method: string, p: string, body: ReadableStream<Uint8Array> | null, headers: Record<string, string>): Promise<Response> {
@@ -70,17 +73,7 @@ class Api {
       const why = (e as { cause?: { code?: string; message?: string } }).cause?.message ?? (e as Error).message;
       throw new RuntimeError(`cannot reach the provisioner at ${this.base} (${why}); is \`capsul cog\` running with cog.provisioner?`);
     }
-    if (!res.ok && !res.headers.get("content-type")?.includes("ndjson")) {
-      const text = await res.text();
-      let msg = text.trim() || res.statusText;
-      try {
-        const j = JSON.parse(text) as { error?: { code?: string; message?: string } };
-        if (j.error?.message) msg = `${j.error.message} [${j.error.code}]`;
-      } catch { /* not JSON */ }
-      if (USAGE_STATUSES.has(res.status)) throw new ConfigError(msg);
-      throw new RuntimeError(msg);
-    }
-    return res;
+    return checked(res);
   }
 
   async json<T = any>(method: string, p: string, body?: unknown): Promise<T> {
