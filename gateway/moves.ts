@@ -23,6 +23,8 @@ type Msg = Record<string, unknown> & { type: string };
 export class MoveRelay {
   /** Moves under way per cog, as source or target. */
   private readonly active = new Map<string, number>();
+  /** Streams per cog still owing their move header: at most hub.tunnel.max_moves. */
+  private readonly pending = new Map<string, number>();
 
   constructor(
     private readonly cfg: HubConfig,
@@ -40,13 +42,31 @@ export class MoveRelay {
   /** A stream cog `from` opened after its hello: it must be a move, or it is reset. */
   onStream(from: string, src: MuxStream): void {
     src.on("error", () => {});
-    void this.relay(from, src).catch((err: Error) => {
+    // A cog may not park streams here: with max_moves streams already owing their header,
+    // a new one is reset at once, before it is read. (Moves under way are capped apart, with
+    // a "too many moves" answer the CLI can print, once the header is in: relay().)
+    const waiting = this.pending.get(from) ?? 0;
+    if (waiting >= this.cfg.tunnel.maxMoves) {
+      src.destroy();
+      return;
+    }
+    this.pending.set(from, waiting + 1);
+    let counted = true;
+    const settle = (): void => {
+      if (!counted) return;
+      counted = false;
+      const n = (this.pending.get(from) ?? 1) - 1;
+      if (n <= 0) this.pending.delete(from); else this.pending.set(from, n);
+    };
+    src.once("close", settle);
+    void this.relay(from, src, settle).catch((err: Error) => {
       this.log.warn("move stream refused", { cog: from, error: err.message });
       src.destroy();
-    });
+    }).finally(settle);
   }
 
-  private async relay(from: string, src: MuxStream): Promise<void> {
+  /** `headerRead`: called once the header is in (or the stream is given up), so the pending count drops. */
+  private async relay(from: string, src: MuxStream, headerRead: () => void): Promise<void> {
     const timeoutMs = this.cfg.tunnel.moveAnswerTimeoutMs;
     const refuse = (reason: string): void => {
       this.log.warn("move refused", { from, reason });
@@ -55,7 +75,7 @@ export class MoveRelay {
     const srcReader = new MessageReader<Msg>(src, MOVE_HEADER_MAX_BYTES);
     const timer = setTimeout(() => src.destroy(), timeoutMs);
     let raw: Msg | null;
-    try { raw = await srcReader.next(); } finally { clearTimeout(timer); }
+    try { raw = await srcReader.next(); } finally { clearTimeout(timer); headerRead(); }
     if (!raw) { src.destroy(); return; }
     const req = checkMoveRequest(raw);
     if (req.to === from) { refuse(`${req.vm} is already on cog ${from}`); return; }
