@@ -18,7 +18,7 @@
 #
 # Usage: systemd-sandbox.sh start STATE_DIR REPO [HOST_DIR:SANDBOX_DIR]...
 #          boots; the repository is at its own path inside (read-only), `capsul` is
-#          REPO/dist/cli/main.js in /usr/local/bin, a `capsul` user and a `kvm` group
+#          REPO/dist/cli/main.js (REPO also bound at /opt/capsul-repo) in /usr/local/bin, a `capsul` user and a `kvm` group
 #          exist; each HOST_DIR is bind-mounted read-only at SANDBOX_DIR
 #        systemd-sandbox.sh run STATE_DIR CMD...     runs CMD as root inside
 #        systemd-sandbox.sh stop STATE_DIR           kills it all (SIGKILL to its PID 1)
@@ -102,7 +102,9 @@ stage2)
   mount -t devpts -o newinstance,ptmxmode=0666 devpts "$R/dev/pts"; ln -s pts/ptmx "$R/dev/ptmx"
   mount -t tmpfs tmpfs "$R/dev/shm"
   for d in run tmp var/tmp var/lib var/log; do mount -t tmpfs tmpfs "$R/$d"; done
-  for p in "$REPO:$REPO" "$@"; do
+  # The repository at its own path, and at /opt/capsul-repo for the `capsul` on PATH: the units
+  # have PrivateTmp=yes, so a clone under /tmp (as CI may make) is out of a service's sight.
+  for p in "$REPO:$REPO" "$REPO:/opt/capsul-repo" "$@"; do
     mkdir -p "$R${p#*:}"; mount --bind "${p%%:*}" "$R${p#*:}"; mount -o remount,bind,ro "$R${p#*:}"
   done
   # The machine as README "Deploy" leaves it: a capsul user, /dev/kvm of group kvm, capsul on PATH.
@@ -112,7 +114,7 @@ stage2)
   echo "capsul:!:20000::::::" >> "$R/etc/shadow"
   mknod -m 660 "$R/dev/kvm" c 10 232; chgrp 991 "$R/dev/kvm"
   mknod -m 666 "$R/dev/net/tun" c 10 200
-  ln -sf "$REPO/dist/cli/main.js" "$R/usr/local/bin/capsul"
+  ln -sf /opt/capsul-repo/dist/cli/main.js "$R/usr/local/bin/capsul"
   U=$R/etc/capsul-sandbox-units
   rm -rf "$U"; mkdir -p "$U"
   for t in sysinit basic shutdown network-online multi-user sockets paths timers slices local-fs remote-fs network emergency rescue; do
