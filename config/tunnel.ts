@@ -132,7 +132,7 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
     { def: DEFAULT_RENEW_MIN_INTERVAL_MS, min: 0 }),
   move_answer_timeout: durationMs("A VM move: how long the hub waits for the source cog's move header, then for the target cog's consent, before it drops the move.",
     { def: DEFAULT_MOVE_ANSWER_TIMEOUT_MS, min: 1 }),
-  max_moves: int("VM moves one cog may have relayed through the hub at once, as source or target; more are refused (0 = no moves).",
+  max_moves: int("VM moves one cog may have relayed through the hub at once, as source or target; more are refused (0 = no moves). Also the streams a cog may have open that still owe their move header; one more is reset at once.",
     { def: DEFAULT_MAX_MOVES, min: 0 }),
   listen_backlog: int("Listen backlog of the tunnel port: connections the kernel queues until the hub accepts them, read at each bind (capped by net.core.somaxconn).",
     { def: DEFAULT_TUNNEL_LISTEN_BACKLOG, min: 1, max: MAX_LISTEN_BACKLOG }),
