@@ -1,34 +1,19 @@
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import t from "tap";
 import { table } from "../cli/common.js";
 import { silentLogger } from "../lib/log.js";
 import { startProvisioner } from "../provisioner/index.js";
 import { MemoryRouteSink } from "../tunnel-client/routesink.js";
+import { capsul } from "./helpers/backup.js";
 import { cleanupDataDir, sshKeypair, tempDataDir, testConfig } from "./helpers/vm.js";
 
-const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), "helpers", "vm-cli.ts");
 /**
  * ~40 CLI runs, each a node start with tap's TypeScript loader: 5-6 s apiece on the
  * shared 2-core machine at load 20+, which went past tap's default 240 s for the file.
  */
 t.setTimeout(10 * 60_000);
 
-function capsul(args: string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript"));
-  const env: Record<string, string | undefined> = { ...process.env, ...extraEnv };
-  delete env.NODE_OPTIONS;
-  delete env.CAPSUL_API_TOKEN;
-  if (extraEnv.CAPSUL_API_TOKEN) env.CAPSUL_API_TOKEN = extraEnv.CAPSUL_API_TOKEN;
-  const p = spawn(process.execPath, [...loader, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env });
-  let stdout = "";
-  let stderr = "";
-  p.stdout.on("data", (d: Buffer) => { stdout += d.toString(); });
-  p.stderr.on("data", (d: Buffer) => { stderr += d.toString(); });
-  return new Promise((resolve) => p.on("close", (code) => resolve({ code: code ?? 1, stdout, stderr })));
-}
 
 /**
  * The --json style of every capsul command (cli/common.ts printJson): one line,

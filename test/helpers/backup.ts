@@ -13,12 +13,16 @@ export function backupTestConfig(dataDir: string, backups: Record<string, unknow
   return testConfig(dataDir, { backups: parseBackupConfig({ agent_timeout: "20s", ...backups }, "backups", dataDir, dataDir), ...over });
 }
 
-/** `capsul vm …` (test/helpers/vm-cli.ts) against a provisioner; stdin is not a terminal. */
-export function capsul(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/**
+ * `capsul vm …` (test/helpers/vm-cli.ts) against a provisioner; stdin is not a terminal.
+ * The caller's CAPSUL_API_TOKEN never leaks in: only `extraEnv` may set one.
+ */
+export function capsul(args: string[], extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const loader = process.execArgv.filter((a) => a.includes("@tapjs/typescript"));
-  const env: Record<string, string | undefined> = { ...process.env };
+  const env: Record<string, string | undefined> = { ...process.env, ...extraEnv };
   delete env.NODE_OPTIONS;
   delete env.CAPSUL_API_TOKEN;
+  if (extraEnv.CAPSUL_API_TOKEN) env.CAPSUL_API_TOKEN = extraEnv.CAPSUL_API_TOKEN;
   const p = spawn(process.execPath, [...loader, CLI, ...args], { stdio: ["ignore", "pipe", "pipe"], env });
   let stdout = "";
   let stderr = "";
