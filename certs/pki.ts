@@ -447,12 +447,21 @@ export function peerAuthResult(socket: TLSSocket):
   // What the handshake already decoded: re-encoding peer.raw as PEM and parsing it again with
   // @peculiar/x509 was 42% of the hub's CPU per tunnel setup (issue 12, 7 ms per tunnel).
   const cn = peer.subject?.CN;
+  let out: { ok: true; cogName: string; serial: string; notBefore: Date; notAfter: Date };
   const notBefore = new Date(peer.valid_from);
   const notAfter = new Date(peer.valid_to);
   if (typeof cn === "string" && typeof peer.serialNumber === "string" && !Number.isNaN(notBefore.getTime()) && !Number.isNaN(notAfter.getTime())) {
-    return { ok: true, cogName: cn, serial: peer.serialNumber.toLowerCase(), notBefore, notAfter };
+    out = { ok: true, cogName: cn, serial: peer.serialNumber.toLowerCase(), notBefore, notAfter };
+  } else {
+    // Several CNs, or a date OpenSSL prints in a form Date cannot read: the full parse decides.
+    const info = certInfo(new X509Certificate(peer.raw).toString());
+    out = { ok: true, cogName: info.commonName, serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter };
   }
-  // Several CNs, or a date OpenSSL prints in a form Date cannot read: the full parse decides.
-  const info = certInfo(new X509Certificate(peer.raw).toString());
-  return { ok: true, cogName: info.commonName, serial: info.serial, notBefore: info.notBefore, notAfter: info.notAfter };
+  // OpenSSL checked the validity period during the full handshake only: a session resumed from
+  // a ticket (TLS 1.3 PSK) keeps that verdict however old it is, so the dates are checked here,
+  // on every connection, and a ticket never outlives its certificate.
+  const now = Date.now();
+  if (now > out.notAfter.getTime()) return { ok: false, code: "CERT_HAS_EXPIRED", reason: `client certificate has expired (CERT_HAS_EXPIRED, on ${out.notAfter.toISOString()})` };
+  if (now < out.notBefore.getTime()) return { ok: false, code: "CERT_NOT_YET_VALID", reason: "client certificate is not yet valid (check the clocks) (CERT_NOT_YET_VALID)" };
+  return out;
 }

@@ -42,6 +42,16 @@ export const DEFAULT_TUNNEL_LISTEN_BACKLOG = 1024;
 export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 30_000;
 /** Default of hub.tunnel.max_moves: VM moves one cog may have relayed at once, as source or target. */
 export const DEFAULT_MAX_MOVES = 2;
+/**
+ * Defaults of hub.tunnel.session_ticket_lifetime and session_ticket_rotation (gateway/ticketkeys.ts):
+ * a cog's ticket is as old as its last full handshake (a resumed one brings no new ticket), so a
+ * day covers hub restarts and worker deaths within a day of the cogs connecting; the key on disk
+ * sits next to the CA key, so a longer-lived key exposes nothing the file system does not already.
+ */
+export const DEFAULT_SESSION_TICKET_LIFETIME_MS = 86_400_000;
+export const DEFAULT_SESSION_TICKET_ROTATION_MS = 86_400_000;
+/** RFC 8446 §4.6.1: a ticket lifetime is at most 7 days (OpenSSL caps the hint it sends there too). */
+export const MAX_SESSION_TICKET_LIFETIME_MS = 7 * 86_400_000;
 /** Catches a slip of the finger: the kernel caps a listen backlog at net.core.somaxconn anyway. */
 export const MAX_LISTEN_BACKLOG = 65_535;
 // cog.tunnel only. tunnel-client/client.ts and enroll.ts export the same values as
@@ -136,11 +146,21 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
     { def: DEFAULT_MAX_MOVES, min: 0 }),
   listen_backlog: int("Listen backlog of the tunnel port: connections the kernel queues until the hub accepts them, read at each bind (capped by net.core.somaxconn).",
     { def: DEFAULT_TUNNEL_LISTEN_BACKLOG, min: 1, max: MAX_LISTEN_BACKLOG }),
+  session_ticket_lifetime: durationMs("How long a cog may resume its TLS session with a ticket instead of a full handshake (counted from its last full handshake; rounded up to whole seconds, at most 7d, at most session_ticket_rotation). Identity, expiry and revocation are checked on a resumed tunnel as on any other.",
+    // The upper bound is session_ticket_rotation, checked by the section.
+    { def: DEFAULT_SESSION_TICKET_LIFETIME_MS, min: 1, max: MAX_SESSION_TICKET_LIFETIME_MS }),
+  session_ticket_rotation: durationMs("Age at which the session ticket key (<data_dir>/tunnel-ticket.key, shared by a restarted hub and its workers) is replaced; tickets sealed under the old key get a full handshake.",
+    { def: DEFAULT_SESSION_TICKET_ROTATION_MS, min: 1 }),
 }, (o): HubTunnelTuning => {
   const shared = buildShared(o);
   // A per-source cap above the overall one could never be reached: surely a mix-up.
   const perIp = o.max_unauthenticated_per_ip ?? Math.min(DEFAULT_MAX_UNAUTHENTICATED_PER_IP, o.max_unauthenticated);
   if (perIp < 1 || perIp > o.max_unauthenticated) fail(["max_unauthenticated_per_ip"], `out of range (1-${o.max_unauthenticated}): ${perIp}`);
+  // Node's server opens tickets under its one current key only: a lifetime past the rotation
+  // would promise tickets the next rotation silently voids.
+  if (o.session_ticket_lifetime > o.session_ticket_rotation) {
+    fail(["session_ticket_lifetime"], `must be at most session_ticket_rotation (${fmtMs(o.session_ticket_rotation)}), got ${fmtMs(o.session_ticket_lifetime)}`);
+  }
   return {
     ...shared,
     controlHelloTimeoutMs: o.control_hello_timeout,
@@ -153,6 +173,8 @@ export const hubTunnelSchema = section("The hub's end of the tunnels: yamux tuni
     listenBacklog: o.listen_backlog,
     moveAnswerTimeoutMs: o.move_answer_timeout,
     maxMoves: o.max_moves,
+    sessionTicketLifetimeMs: o.session_ticket_lifetime,
+    sessionTicketRotationMs: o.session_ticket_rotation,
   };
 });
 

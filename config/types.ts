@@ -178,6 +178,10 @@ export interface HubTunnelTuning extends TunnelTuning {
   moveAnswerTimeoutMs: number;
   /** VM moves one cog may have relayed through the hub at once, as source or target; more are refused (0 = no moves). */
   maxMoves: number;
+  /** How long a cog may resume its TLS session with a ticket (from its last full handshake); at most sessionTicketRotationMs. */
+  sessionTicketLifetimeMs: number;
+  /** Age at which the shared session ticket key file is replaced (gateway/ticketkeys.ts). */
+  sessionTicketRotationMs: number;
 }
 
 /** cog.tunnel: the shared tuning plus what only the dialing end needs. */

@@ -190,6 +190,11 @@ export class HubMetrics implements VisitorObserver {
       emit({ reason: "max_unauthenticated_per_ip" }, admission.refused.perSource);
       for (const code of TUNNEL_REFUSAL_CODES) emit({ reason: code.replace("-", "_") }, counts.refused[code]);
     });
+    f.counter("capsul_hub_tunnel_handshakes_total", "TLS handshakes completed on the tunnel port: resumed from a session ticket (no certificate signature or chain check), or full.",
+      ["resumed"], (emit) => {
+        emit({ resumed: "true" }, counts.handshakes.resumed);
+        emit({ resumed: "false" }, counts.handshakes.full);
+      });
     f.counter("capsul_hub_control_messages_total", "Control messages from cogs: route sets applied or superseded by a newer one, certificate renewals done or refused.", ["outcome"], (emit) => {
       const c = counts.control;
       emit({ outcome: "routes_applied" }, c.applied);

@@ -29,6 +29,7 @@ import { ThrottledLog, TunnelAdmission, sourceKey, type AdmissionTicket } from "
 import { ControlChannel, newControlStats, type ControlContext, type ControlStats } from "./control.js";
 import { Issuance, normSerial, type PresentedCert } from "./issuance.js";
 import { EndpointRegistry } from "./endpoints.js";
+import { TicketKeys, tunnelSessionIdContext } from "./ticketkeys.js";
 import type { StoredRoute } from "./store/types.js";
 
 /**
@@ -86,7 +87,12 @@ function connKey(s: net.Socket): string {
 }
 
 /** Hub-wide counts since start (gateway/metrics.ts): tunnels refused, by the error code sent; what control streams did. */
-export interface TunnelCounts { refused: Record<ErrorCode, number>; control: ControlStats }
+export interface TunnelCounts {
+  refused: Record<ErrorCode, number>;
+  control: ControlStats;
+  /** Completed TLS handshakes on the tunnel port: full, or resumed from a session ticket (gateway/ticketkeys.ts). */
+  handshakes: { full: number; resumed: number };
+}
 
 /** Events: "attached" (cog: string, session: MuxSession) when a cog's tunnel is authenticated and in use. */
 export class Tunnels extends EventEmitter {
@@ -96,9 +102,13 @@ export class Tunnels extends EventEmitter {
   readonly counts: TunnelCounts = {
     refused: { "version": 0, "auth": 0, "revoked": 0, "bad-request": 0, "enroll": 0, "renew": 0 },
     control: newControlStats(),
+    handshakes: { full: 0, resumed: 0 },
   };
   private readonly listener: Listener;
   private tlsServer: tls.Server;
+  /** The session ticket key shared through the data dir (null until listen() loaded it: Node's own random key meanwhile). */
+  private readonly tickets: TicketKeys;
+  private ticketKey: Buffer | null = null;
   private watch: RevocationWatch | null = null;
   /** The poll interval the revocation watch runs at (hub.tunnel.revocation_poll_interval when it started). */
   private watchIntervalMs = 0;
@@ -138,6 +148,10 @@ export class Tunnels extends EventEmitter {
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
     this.moves = new MoveRelay(cfg, (c) => this.links.get(c)?.session ?? null, log.child("move"));
+    this.tickets = new TicketKeys(cfg.dataDir, () => this.cfg.tunnel.sessionTicketRotationMs, log, (key) => {
+      this.ticketKey = key;
+      this.tlsServer.setTicketKeys(key);
+    });
     this.tlsServer = this.makeTlsServer();
     this.listener = new Listener("hub.listen.tunnel", () => net.createServer((raw) => this.onTcp(raw)), log, () => this.cfg.tunnel.listenBacklog);
   }
@@ -155,6 +169,10 @@ export class Tunnels extends EventEmitter {
       rejectUnauthorized: false,
       minVersion: "TLSv1.3",
       handshakeTimeout: this.cfg.tunnel.handshakeTimeoutMs,
+      // Session resumption (gateway/ticketkeys.ts): the shared key, tickets bound to this CA.
+      ...(this.ticketKey ? { ticketKeys: this.ticketKey } : {}),
+      sessionTimeout: Math.ceil(this.cfg.tunnel.sessionTicketLifetimeMs / 1000),
+      sessionIdContext: tunnelSessionIdContext(this.pki.caCertPem),
     });
     server.on("secureConnection", (sock: tls.TLSSocket) => this.onConnection(sock));
     server.on("tlsClientError", (err, sock) => {
@@ -172,6 +190,9 @@ export class Tunnels extends EventEmitter {
   /** Opens the tunnel listener, or with `handedPort` (a worker) takes connections from adopt() only. */
   async listen(handedPort: number | null = null): Promise<number> {
     this.handedPort = handedPort;
+    // Before the first handshake: tickets a previous run (or another worker) sealed open with it.
+    this.ticketKey = await this.tickets.load();
+    this.tlsServer.setTicketKeys(this.ticketKey);
     if (handedPort === null) await this.listener.open(this.cfg.listen.tunnel);
     try {
       await this.store.markAllOffline();
@@ -181,6 +202,7 @@ export class Tunnels extends EventEmitter {
       await this.endpoints.start(this.boundPort);
     } catch (err) {
       this.listener.stop();
+      this.tickets.close();
       throw err;
     }
     return this.boundPort;
@@ -238,6 +260,7 @@ export class Tunnels extends EventEmitter {
     this.pki = pki;
     this.admission.setLimits(this.cfg.tunnel.maxUnauthenticated, this.cfg.tunnel.maxUnauthenticatedPerIp);
     this.tlsServer = this.makeTlsServer();
+    this.tickets.reschedule();
     await this.rewatch();
     // The endpoint's address follows public_tunnel_address and the tunnel port; under a new
     // name the live tunnels are recorded again (the old name's rows went with its row).
@@ -344,6 +367,8 @@ export class Tunnels extends EventEmitter {
     const ticket = this.handshaking.get(key);
     this.handshaking.delete(key);
     if (!ticket) { sock.destroy(); return; } // not from our listener (cannot happen), or already closed
+    if (sock.isSessionReused()) this.counts.handshakes.resumed++;
+    else this.counts.handshakes.full++;
     sock.setNoDelay(true);
     const tuning = this.cfg.tunnel;
     // Only a peer whose certificate chains to our CA will ever get visitor streams; a stranger's
@@ -399,12 +424,15 @@ export class Tunnels extends EventEmitter {
     const send = (m: HubMessage): void => { control.write(encodeMessage(m)); };
     const refuse = (m: HubMessage & { type: "error" }): void => {
       this.counts.refused[m.code]++;
-      this.strangers.warn(ticket.source, "tunnel refused", { remote, reason: m.message }, `tunnel refused: ${m.code}`);
+      this.strangers.warn(ticket.source, "tunnel refused", { remote, reason: m.message, resumed: sock.isSessionReused() }, `tunnel refused: ${m.code}`);
       control.end(encodeMessage(m));
       setTimeout(() => session.destroy(), REFUSAL_LINGER_MS).unref();
     };
-    // Identity comes from the certificate alone.
+    // Identity comes from the certificate alone: on a resumed session, the one the full
+    // handshake verified, which the ticket carries; expiry and revocation are checked below
+    // all the same (OpenSSL does not check a resumed session's certificate again).
     const auth = peerAuthResult(sock);
+    const resumed = sock.isSessionReused();
     if (!auth.ok && auth.code !== undefined) {
       // A certificate that failed verification: nothing this peer can say changes that.
       firstMessageIn();
@@ -476,7 +504,7 @@ export class Tunnels extends EventEmitter {
       endpoint: this.endpoints.name, endpoints: this.endpoints.list,
     });
     channel.welcomeSent();
-    this.log.info("cog connected", { cog, remote, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
+    this.log.info("cog connected", { cog, remote, resumed, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });
     for (const r of result.refused) this.log.warn("route refused", { cog, route: r.name, reason: r.reason });
     await channel.run();
     // The cog ended its side (it is leaving, after a GoAway): end ours, so that the
@@ -607,6 +635,7 @@ export class Tunnels extends EventEmitter {
 
   async close(): Promise<void> {
     this.closing = true;
+    this.tickets.close();
     await this.endpoints.close();
     await this.watch?.close();
     for (const cog of [...this.links.keys()]) {

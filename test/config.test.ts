@@ -128,6 +128,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
+    "hub.tunnel.session_ticket_lifetime", "hub.tunnel.session_ticket_rotation",
     "hub.shutdown_grace", "cog.shutdown_grace",
     ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
     "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval"].map((k) => `hub.worker.${k}`),
@@ -178,7 +179,7 @@ t.test("defaults are filled", async (t) => {
   const hubTunnel = {
     ...tunnel, controlHelloTimeoutMs: 10000, revocationPollIntervalMs: 500,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
-    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2, sessionTicketLifetimeMs: 86_400_000, sessionTicketRotationMs: 86_400_000,
   };
   const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
   const want: CapsulConfig = {
@@ -322,7 +323,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxQueuedControlFrames: 16384,
     controlHelloTimeoutMs: 2500, revocationPollIntervalMs: 50,
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
-    moveAnswerTimeoutMs: 30_000, maxMoves: 2,
+    moveAnswerTimeoutMs: 30_000, maxMoves: 2, sessionTicketLifetimeMs: 86_400_000, sessionTicketRotationMs: 86_400_000,
   });
   t.same(cog.hub, { host: "2001:db8::1", port: 7000 });
   t.equal(cog.routes[0]!.hostname, "*.apps.xn--bcher-kva.example", "lower-cased, trailing dot dropped");
@@ -392,6 +393,10 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { listen_backlog: "lots" } } }, 'hub.tunnel.listen_backlog: expected an integer, got a string "lots"'],
     [{ hub: { domain: "h.example", tunnel: { max_moves: -1 } } }, "hub.tunnel.max_moves: must be at least 0, got -1"],
     [{ hub: { domain: "h.example", tunnel: { move_answer_timeout: 0 } } }, "hub.tunnel.move_answer_timeout: must be greater than 0"],
+    [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: "8d" } } }, "hub.tunnel.session_ticket_lifetime: must be at most 7d, got 8d"],
+    [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: 0 } } }, "hub.tunnel.session_ticket_lifetime: must be greater than 0"],
+    [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: "2h", session_ticket_rotation: "1h" } } }, "hub.tunnel.session_ticket_lifetime: must be at most session_ticket_rotation (1h), got 2h"],
+    [{ hub: { domain: "h.example", tunnel: { session_ticket_rotation: "weekly" } } }, 'hub.tunnel.session_ticket_rotation: not a duration (use e.g. 500ms, 5s, 2m, 1h): "weekly"'],
   ];
   for (const [raw, message] of bad) {
     const err = errorOf(() => parseConfig(raw));
@@ -567,6 +572,8 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_TUNNEL_LISTEN_BACKLOG", "hub.tunnel.listen_backlog", "1024", int],
     ["DEFAULT_MOVE_ANSWER_TIMEOUT_MS", "hub.tunnel.move_answer_timeout", "30s", dur],
     ["DEFAULT_MAX_MOVES", "hub.tunnel.max_moves", "2", int],
+    ["DEFAULT_SESSION_TICKET_LIFETIME_MS", "hub.tunnel.session_ticket_lifetime", "1d", dur],
+    ["DEFAULT_SESSION_TICKET_ROTATION_MS", "hub.tunnel.session_ticket_rotation", "1d", dur],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "cog.tunnel.welcome_timeout", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "cog.tunnel.enroll_timeout", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "cog.tunnel.visitor_header_timeout", "10s", dur],

@@ -3,6 +3,14 @@
  * have one, and the hub's CA as the only trust anchor. The hub's certificate
  * must be a serverAuth leaf signed by that CA (another cog's client
  * certificate, also signed by it, can never pose as the hub).
+ *
+ * TLS 1.3 session resumption: the caller may offer the session ticket of its last tunnel to
+ * the same hub endpoint (`session`) and is given each new one (`onSession`). A hub that still
+ * has the ticket key (gateway/ticketkeys.ts: also after a restart) resumes without a
+ * certificate signature or chain check on either side; one that does not does a full
+ * handshake. Node checks the hub's identity only on a full handshake: a resumed session is
+ * with the hub that passed checkServerIdentity below when the ticket was issued (only it can
+ * open the ticket and prove the resumption secret).
  */
 import tls from "node:tls";
 import type { HostPort } from "../config/types.js";
@@ -22,6 +30,10 @@ export interface DialOptions {
   caPem?: string;
   keyPem?: string;
   certPem?: string;
+  /** A session ticket from an earlier tunnel to this endpoint, offered for resumption. */
+  session?: Buffer;
+  /** Each session ticket the hub sends on this tunnel (after a full handshake). */
+  onSession?: (ticket: Buffer) => void;
 }
 
 export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; session: MuxSession }> {
@@ -34,6 +46,7 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
       ca: opts.caPem,
       key: opts.keyPem,
       cert: opts.certPem,
+      session: opts.session,
       rejectUnauthorized: opts.caPem !== undefined,
       // The CA is ours alone, so any name is fine; what matters is the role.
       checkServerIdentity: (_host, cert) => {
@@ -42,6 +55,8 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
       },
     });
     socket.setNoDelay(true);
+    const onSession = opts.onSession;
+    if (onSession) socket.on("session", (ticket: Buffer) => onSession(ticket));
     const timer = setTimeout(() => socket.destroy(new Error(`TLS handshake with ${opts.hub.host}:${opts.hub.port} timed out`)), opts.tuning.handshakeTimeoutMs);
     socket.once("error", (err) => { clearTimeout(timer); reject(err); });
     socket.once("secureConnect", () => {

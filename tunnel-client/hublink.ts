@@ -62,6 +62,13 @@ export class HubLink {
   private attempt = 0;
   private wakeup: (() => void) | null = null;
   private loopDone: Promise<void> | null = null;
+  /**
+   * The TLS session ticket of this link's last full handshake, offered on the next dial
+   * (tunnel-client/dial.ts). Only in memory, and only for the address, server name,
+   * certificate and CA it was made with: a renewed certificate, a re-enrollment or a moved
+   * link does a full handshake. Dropped when the hub refuses the tunnel.
+   */
+  private resume: { where: string; ticket: Buffer; certPem: string; caPem: string } | null = null;
   /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
   private leave: ((why: "moved" | "draining") => void) | null = null;
 
@@ -181,9 +188,13 @@ export class HubLink {
   private async connectAndServe(left: Promise<"moved" | "draining">): Promise<RunOutcome> {
     const id = this.owner.identity();
     const cfg = this.owner.cfg;
+    const where = `${formatHostPort(this.target.hub)}|${this.target.serverName ?? ""}`;
+    const r = this.resume;
+    const offer = r && r.where === where && r.certPem === id.certPem && r.caPem === id.caPem ? r.ticket : undefined;
     const { socket, session } = await dialHub({
       hub: this.target.hub, serverName: this.target.serverName, tuning: cfg.tunnel,
-      caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem,
+      caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem, session: offer,
+      onSession: (ticket) => { this.resume = { where, ticket, certPem: id.certPem, caPem: id.caPem }; },
     });
     if (this.stopping()) { session.destroy(); return "draining"; }
     this.session = session;
@@ -207,6 +218,7 @@ export class HubLink {
     }
     if (!first) throw new Error("the hub closed the control stream");
     if (first.type === "error") {
+      this.resume = null; // the next attempt, if any, shows the hub our certificate afresh
       this.log.error(first.message, { code: first.code, hub: this.label });
       return "refused";
     }
@@ -216,7 +228,7 @@ export class HubLink {
     this.attempt = 0;
     this.log.info("connected to hub", {
       hub: this.label, endpoint: typeof first.endpoint === "string" ? first.endpoint : undefined,
-      cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length,
+      cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length, resumed: socket.isSessionReused(),
     });
     this.owner.welcomed(this, first, control);
     for (;;) {
