@@ -107,6 +107,28 @@ function startHub(cli: string, dir: string, profDir?: string): Proc {
     [...NODE_HEAP_FLAGS, ...prof, "--expose-gc", "--import", gcHook, cli, "hub", "-c", "capsul.yaml"], { cwd: dir });
 }
 
+/**
+ * The restarted hub's TLS handshakes on the tunnel port, resumed from a session ticket or full
+ * (capsul_hub_tunnel_handshakes_total on its admin listener); null from a hub without the metric.
+ */
+async function restartHandshakes(adminPort: number): Promise<{ resumed: number; full: number } | null> {
+  const text = await new Promise<string>((resolve) => {
+    http.get({ host: "127.0.0.1", port: adminPort, path: "/metrics" }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d: string) => { body += d; });
+      res.on("end", () => resolve(body));
+    }).on("error", () => resolve(""));
+  });
+  const count = (v: string): number | null => {
+    const m = new RegExp(`^capsul_hub_tunnel_handshakes_total\\{resumed="${v}"\\} (\\d+)`, "m").exec(text);
+    return m ? Number(m[1]) : null;
+  };
+  const resumed = count("true");
+  const full = count("false");
+  return resumed === null || full === null ? null : { resumed, full };
+}
+
 interface Mem { rss: number; heapUsed: number; external: number; arrayBuffers: number }
 
 /** Two full GCs in the hub, then its memory (bench/gc-hook.ts). */
@@ -181,7 +203,7 @@ async function main(): Promise<void> {
 
   const run = fs.mkdtempSync(path.join(os.tmpdir(), "capsul-tunnels-run-"));
   fs.cpSync(path.join(a.cache, "hub"), path.join(run, "data"), { recursive: true });
-  const [httpPort, tunnelPort] = [await freePort(), await freePort()];
+  const [httpPort, tunnelPort, adminPort] = [await freePort(), await freePort(), await freePort()];
   // Every cog dials from 127.0.0.1: the per-source cap on handshakes would turn this into a
   // test of that cap; real cogs come from as many addresses as there are homes.
   fs.writeFileSync(path.join(run, "capsul.yaml"), `hub:
@@ -191,6 +213,7 @@ async function main(): Promise<void> {
     tls: off
     http: 127.0.0.1:${httpPort}
     tunnel: 127.0.0.1:${tunnelPort}
+    admin: 127.0.0.1:${adminPort}
   limits:
     grace: 1s
   tunnel:
@@ -261,6 +284,7 @@ async function main(): Promise<void> {
   const backAt = Date.now();
   const backCount = since();
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
+  const handshakes = await restartHandshakes(adminPort);
   await sleep(SETTLE_MS);
   const routing2 = await routingCheck(httpPort, names, a.sample);
   const memBack = await gcMem(hub, ++gcN);
@@ -289,6 +313,7 @@ async function main(): Promise<void> {
     firstConnectS: firstS, hubCpuMsPerSetupFirst: (cpuFirst * 1000) / a.cogs,
     killToAllBackS: (backAt - k0) / 1000, readyToAllBackS: (backAt - readyAt) / 1000,
     hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
+    restartHandshakes: handshakes,
     rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
     rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
     idleCpuPct: idlePct, idleS: a.idleS,
