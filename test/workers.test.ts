@@ -168,6 +168,11 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   t.equal(after[0]!.pid, before[0]!.pid, "worker 1 was never restarted");
   for (const name of ["alpha", "beta"]) {
     await waitFor(`${name} back on worker 2`, () => cogs[name]!.proc.matching(/connected to hub .*endpoint=hub-w2/).length >= 2 || null);
+    // The restarted worker reads the ticket key the workers share in the data dir: the cog's
+    // ticket from its first tunnel to worker 2 resumes (gateway/ticketkeys.ts).
+    const w2 = cogs[name]!.proc.matching(/connected to hub .*endpoint=hub-w2/);
+    t.match(w2[0], /resumed=false/, `${name}'s first tunnel to worker 2: a full handshake`);
+    t.match(w2.at(-1), /resumed=true/, `${name}'s tunnel to the restarted worker 2: resumed`);
     t.same(await waitFor(`${name} on both workers again`, async () => {
       const eps = await endpointsOf(name);
       return eps.length === 2 ? eps : null;
