@@ -12,7 +12,9 @@
  *
  * Rotation: a key older than hub.tunnel.session_ticket_rotation (by the file's mtime) is
  * replaced by a fresh one; whichever process notices first writes it, the others see the
- * new mtime and load it. Node's tls.Server holds one ticket key and has no ticket-key
+ * new mtime and load it (two writing at once: the last rename wins, and the other process
+ * takes it at its next look, within TICKET_KEY_CHECK_INTERVAL_MS; meanwhile its new tickets
+ * only open in itself, and a cog with one of them does a full handshake elsewhere). Node's tls.Server holds one ticket key and has no ticket-key
  * callback, so a ticket sealed under the previous key is not opened any more: that cog does
  * one full handshake and connects as it would without resumption. To keep that from
  * cutting a ticket's life short by surprise, the config requires session_ticket_lifetime

@@ -268,11 +268,14 @@ t.test("a resuming ClientHello still carries the server name the primary routes 
   const parsed = parseClientHello(hello);
   t.equal(parsed.type === "ok" && parsed.sni, servername, "the worker's name is in the SNI");
   // pre_shared_key (extension 41, RFC 8446 §4.2.11) holds the ticket: the hello is a resumption.
-  t.ok(hasExtension(hello, 41), "the hello offers the ticket (pre_shared_key)");
+  t.ok(extension(hello, 41), "the hello offers the ticket (pre_shared_key)");
+  // psk_key_exchange_modes (45): only psk_dhe_ke (1), so a resumed tunnel still runs a fresh
+  // ECDHE and a stolen ticket key does not open recorded traffic.
+  t.same(extension(hello, 45), Buffer.from([1, 1]), "psk_dhe_ke only");
 });
 
-/** Whether a single-record ClientHello carries extension `type` (walks the structure of RFC 8446 §4.1.2). */
-function hasExtension(rec: Buffer, type: number): boolean {
+/** The data of extension `type` in a single-record ClientHello, or null (walks the structure of RFC 8446 §4.1.2). */
+function extension(rec: Buffer, type: number): Buffer | null {
   let i = 5 + 4 + 2 + 32; // record header, handshake header, legacy_version, random
   i += 1 + rec[i]!; // legacy_session_id
   i += 2 + rec.readUInt16BE(i); // cipher_suites
@@ -280,8 +283,9 @@ function hasExtension(rec: Buffer, type: number): boolean {
   const end = i + 2 + rec.readUInt16BE(i);
   i += 2;
   while (i + 4 <= end) {
-    if (rec.readUInt16BE(i) === type) return true;
-    i += 4 + rec.readUInt16BE(i + 2);
+    const len = rec.readUInt16BE(i + 2);
+    if (rec.readUInt16BE(i) === type) return rec.subarray(i + 4, i + 4 + len);
+    i += 4 + len;
   }
-  return false;
+  return null;
 }
