@@ -8,7 +8,8 @@
  * - the ticket key file: 0600, shared, a corrupt one gets one log line and a fresh key,
  *   rotation moves every process sharing the file to the new key;
  * - a revoked cog's resumption is refused after a restart while another cog resumes; a cog
- *   whose ticket is unknown (file deleted, corrupt) falls back to a full handshake;
+ *   whose ticket is unknown (file deleted, corrupt) or older than
+ *   hub.tunnel.session_ticket_lifetime falls back to a full handshake;
  * - a resuming ClientHello still names the worker in its SNI (gateway/workers.ts peeks it).
  */
 import t from "tap";
@@ -231,6 +232,27 @@ t.test("after a hub restart cogs resume; a revoked cog's resumption is refused; 
   await restart();
   await waitFor("keep back once more", () => connected("keep"));
   t.equal(connected("keep")!.fields.resumed, true, "the fresh key survived the restart");
+});
+
+t.test("a ticket older than hub.tunnel.session_ticket_lifetime gets a full handshake", async (t) => {
+  const dir = tmpDir("capsul-resume-life-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const tunnel = { keepalive_interval: "1s", keepalive_timeout: "3s", session_ticket_lifetime: "1s", session_ticket_rotation: "1h" };
+  const cfg0 = hubConfig(dir, { tunnel });
+  const lines: Line[] = [];
+  let hub: Hub = await startHub(cfg0, recorder(lines));
+  t.teardown(() => hub.close());
+  const port = hub.ports.tunnel;
+  const cfg = hubConfig(dir, { tunnel, listen: { tunnel: `127.0.0.1:${port}` } });
+  const cog = await enrolledCog(cfg0, hub, cogConfig(dir, "late", port, []), "late");
+  t.teardown(() => cog.close());
+  await hub.close();
+  await sleep(2_100); // past the ticket's 1 s (OpenSSL counts whole seconds)
+  lines.length = 0;
+  hub = await startHub(cfg, recorder(lines));
+  const back = await waitFor("the cog back", () => lines.find((l) => l.msg === "cog connected" && l.fields.cog === "late"));
+  t.equal(back.fields.resumed, false, "expired ticket: full handshake");
+  t.equal(hub.tunnels.counts.handshakes.resumed, 0);
 });
 
 t.test("a resuming ClientHello still carries the server name the primary routes workers by", async (t) => {
