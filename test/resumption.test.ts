@@ -120,6 +120,19 @@ t.test("tickets are bound to the CA: another CA's server (same ticket key) does 
   const one = await hubLike(t, pki, key);
   const { ticket } = await dial(one.port, pki, cog);
   t.equal((await dial(one.port, pki, cog, ticket!)).reused, true, "same CA: resumed");
+  // A tampered ticket (one byte of its sealed part flipped, as a man in the middle or a
+  // forger would send it): the hub's HMAC check fails, the handshake is a full one.
+  const probe = tls.connect({ host: "127.0.0.1", port: one.port, ca: pki.caCertPem, key: keyPem, cert: certPem, session: ticket!, checkServerIdentity: () => undefined });
+  probe.on("data", () => {});
+  await once(probe, "secureConnect");
+  const raw = probe.getTLSTicket()!;
+  probe.destroy();
+  const at = ticket!.indexOf(raw);
+  t.ok(at > 0, "the ticket sits inside the saved session");
+  const forged = Buffer.from(ticket!);
+  forged[at + raw.length - 40]! ^= 0x01;
+  t.equal((await dial(one.port, pki, cog, forged)).reused, false, "tampered ticket: full handshake");
+  t.ok(one.seen.at(-1)!.result.ok, "and the full handshake connects on the certificate");
   const other = await hubLike(t, pki, key, tunnelSessionIdContext("-----BEGIN CERTIFICATE-----\nanother CA\n"));
   t.equal((await dial(other.port, pki, cog, ticket!)).reused, false, "another CA: full handshake");
   t.equal(other.seen[0]!.reused, false);
@@ -156,6 +169,18 @@ t.test("the ticket key file: 0600, shared, corrupt → one log line and a fresh 
     t.match(warned[0]?.msg, /session ticket key file is corrupt/);
     t.equal(warned[0]?.fields.bytes, bad.length);
   }
+
+  // A directory where the file should be: it cannot be replaced; one error line, and the
+  // process goes on with a key of its own (its tickets open only in itself).
+  fs.rmSync(file);
+  fs.mkdirSync(file);
+  lines.length = 0;
+  const d = new TicketKeys(dir, () => 3_600_000, recorder(lines), () => {});
+  t.equal((await d.load()).length, TICKET_KEY_BYTES, "an unwritable key file: a key in memory");
+  d.close();
+  t.match(lines.filter((l) => l.level === "error").map((l) => l.msg), ["session ticket key not saved"]);
+  fs.rmSync(file, { recursive: true });
+  fs.writeFileSync(file, key, { mode: 0o600 });
 
   // Rotation: a short period; both "processes" end up on a new, common key.
   const start = fs.readFileSync(file);
