@@ -44,9 +44,9 @@ export const DEFAULT_MOVE_ANSWER_TIMEOUT_MS = 30_000;
 export const DEFAULT_MAX_MOVES = 2;
 /**
  * Defaults of hub.tunnel.session_ticket_lifetime and session_ticket_rotation (gateway/ticketkeys.ts):
- * a cog's ticket is as old as its last full handshake (a resumed one brings no new ticket), so a
- * day covers hub restarts and worker deaths within a day of the cogs connecting; the key on disk
- * sits next to the CA key, so a longer-lived key exposes nothing the file system does not already.
+ * a resumed handshake brings no new ticket, so cogs fetch one every cog.tunnel.session_refresh
+ * (12 h, half a day) and always hold one a restarted hub takes; the key on disk sits next to the
+ * CA key, so a day-old key exposes nothing the file system does not already.
  */
 export const DEFAULT_SESSION_TICKET_LIFETIME_MS = 86_400_000;
 export const DEFAULT_SESSION_TICKET_ROTATION_MS = 86_400_000;
@@ -60,6 +60,11 @@ export const DEFAULT_WELCOME_TIMEOUT_MS = 15_000;
 export const DEFAULT_ENROLL_TIMEOUT_MS = 20_000;
 export const DEFAULT_VISITOR_HEADER_TIMEOUT_MS = 10_000;
 export const DEFAULT_VISITOR_HEADER_MAX_BYTES = 4 * 1024;
+/**
+ * Default of cog.tunnel.session_refresh: half of hub.tunnel.session_ticket_lifetime's default,
+ * so a cog always holds a ticket a restarted hub still takes (tunnel-client/dial.ts fetchTicket).
+ */
+export const DEFAULT_SESSION_REFRESH_MS = 12 * 3_600_000;
 
 /** yamux spec.md "Flow Control": every stream starts with a 256 KiB window; a smaller maximum is meaningless. */
 export const MIN_STREAM_WINDOW_BYTES = 256 * 1024;
@@ -188,6 +193,8 @@ export const cogTunnelSchema = section("The cog's end of the tunnel: yamux tunin
     { def: DEFAULT_VISITOR_HEADER_MAX_BYTES, min: MIN_VISITOR_HEADER_MAX_BYTES }),
   accept_backlog: int("Visitor streams the hub opened that wait while the cog is not yet listening (between tunnel setup and its stream handler); further ones are refused with RST (0 refuses them all).",
     { def: DEFAULT_ACCEPT_BACKLOG, min: 0, max: MAX_MUX_INT }),
+  session_refresh: durationMs("While a tunnel is up, its TLS session ticket is fetched afresh (one full handshake on a side connection) once older than this, so that a restarted hub resumes the session; keep it under the hub's session_ticket_lifetime (0 = never: only the ticket of the last full handshake).",
+    { def: DEFAULT_SESSION_REFRESH_MS, min: 0, max: MAX_MUX_INT }),
 }, (o): CogTunnelTuning => ({
   ...buildShared(o),
   welcomeTimeoutMs: o.welcome_timeout,
@@ -195,4 +202,5 @@ export const cogTunnelSchema = section("The cog's end of the tunnel: yamux tunin
   visitorHeaderTimeoutMs: o.visitor_header_timeout,
   visitorHeaderMaxBytes: o.visitor_header_max_bytes,
   acceptBacklog: o.accept_backlog,
+  sessionRefreshMs: o.session_refresh,
 }));

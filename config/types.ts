@@ -200,6 +200,8 @@ export interface CogTunnelTuning extends TunnelTuning {
    * refuses any other stream a cog opens (gateway/tunnels.ts HUB_ACCEPT_BACKLOG).
    */
   acceptBacklog: number;
+  /** While a tunnel is up, its TLS session ticket is fetched afresh once older than this (0 = never). */
+  sessionRefreshMs: number;
 }
 
 /** hub.admin and cog.admin: limits of the admin listener (gateway/admin.ts, lib/adminhttp.ts). */

@@ -20,6 +20,10 @@
  * cutting a ticket's life short by surprise, the config requires session_ticket_lifetime
  * ≤ session_ticket_rotation (config/tunnel.ts).
  *
+ * A resumed handshake brings the cog no new ticket (OpenSSL renews only when a ticket-key
+ * callback asks, and Node has none), so cogs fetch a fresh one every cog.tunnel.session_refresh
+ * on a side connection (tunnel-client/dial.ts fetchTicket).
+ *
  * Nothing here decides who a cog is: a resumed session carries the certificate the full
  * handshake verified, and gateway/tunnels.ts checks it (identity, expiry, revocation by
  * serial) on every tunnel exactly as on a full handshake.

@@ -128,7 +128,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
-    "hub.tunnel.session_ticket_lifetime", "hub.tunnel.session_ticket_rotation",
+    "hub.tunnel.session_ticket_lifetime", "hub.tunnel.session_ticket_rotation", "cog.tunnel.session_refresh",
     "hub.shutdown_grace", "cog.shutdown_grace",
     ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
     "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval"].map((k) => `hub.worker.${k}`),
@@ -181,7 +181,7 @@ t.test("defaults are filled", async (t) => {
     maxUnauthenticated: 512, maxUnauthenticatedPerIp: 16, controlRatePerSec: 20, controlBurst: 100, renewMinIntervalMs: 3_600_000, listenBacklog: 1024,
     moveAnswerTimeoutMs: 30_000, maxMoves: 2, sessionTicketLifetimeMs: 86_400_000, sessionTicketRotationMs: 86_400_000,
   };
-  const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024 };
+  const cogTunnel = { ...tunnel, welcomeTimeoutMs: 15000, enrollTimeoutMs: 20000, visitorHeaderTimeoutMs: 10000, visitorHeaderMaxBytes: 4096, acceptBacklog: 1024, sessionRefreshMs: 43_200_000 };
   const want: CapsulConfig = {
     hub: {
       dataDir: "/var/lib/capsul/hub",
@@ -337,7 +337,7 @@ t.test("durations, sizes, addresses and names are parsed and normalized", async 
     maxStreamWindowBytes: 8388608, keepaliveIntervalMs: 15000, keepaliveTimeoutMs: 30000, handshakeTimeoutMs: 10000,
     maxAutoWindowBytes: 4294967295, acceptBacklog: 2147483647, maxFramePayloadBytes: 16384, writeBatchMaxBytes: 2147483647,
     closeLingerMs: 2147483647, maxQueuedControlFrames: 16384,
-    welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000,
+    welcomeTimeoutMs: 60000, enrollTimeoutMs: 45000, visitorHeaderTimeoutMs: 250, visitorHeaderMaxBytes: 2000, sessionRefreshMs: 43_200_000,
   });
   t.same(cog.provisioner!.listen, { host: "127.0.0.1", port: 7480 });
   t.equal(cfg.log.level, "debug");
@@ -396,6 +396,8 @@ t.test("the tunnel keys of one role: each is read on its own, the rest keep thei
     [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: "8d" } } }, "hub.tunnel.session_ticket_lifetime: must be at most 7d, got 8d"],
     [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: 0 } } }, "hub.tunnel.session_ticket_lifetime: must be greater than 0"],
     [{ hub: { domain: "h.example", tunnel: { session_ticket_lifetime: "2h", session_ticket_rotation: "1h" } } }, "hub.tunnel.session_ticket_lifetime: must be at most session_ticket_rotation (1h), got 2h"],
+    [{ cog: { tunnel: { session_refresh: "-1s" } } }, 'cog.tunnel.session_refresh: not a duration (use e.g. 500ms, 5s, 2m, 1h): "-1s"'],
+    [{ cog: { tunnel: { session_refresh: "30d" } } }, "cog.tunnel.session_refresh: must be at most 2147483647ms, got 30d"],
     [{ hub: { domain: "h.example", tunnel: { session_ticket_rotation: "weekly" } } }, 'hub.tunnel.session_ticket_rotation: not a duration (use e.g. 500ms, 5s, 2m, 1h): "weekly"'],
   ];
   for (const [raw, message] of bad) {
@@ -574,6 +576,7 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_MAX_MOVES", "hub.tunnel.max_moves", "2", int],
     ["DEFAULT_SESSION_TICKET_LIFETIME_MS", "hub.tunnel.session_ticket_lifetime", "1d", dur],
     ["DEFAULT_SESSION_TICKET_ROTATION_MS", "hub.tunnel.session_ticket_rotation", "1d", dur],
+    ["DEFAULT_SESSION_REFRESH_MS", "cog.tunnel.session_refresh", "12h", dur],
     ["DEFAULT_WELCOME_TIMEOUT_MS", "cog.tunnel.welcome_timeout", "15s", dur],
     ["DEFAULT_ENROLL_TIMEOUT_MS", "cog.tunnel.enroll_timeout", "20s", dur],
     ["DEFAULT_VISITOR_HEADER_TIMEOUT_MS", "cog.tunnel.visitor_header_timeout", "10s", dur],

@@ -9,7 +9,8 @@
  *   rotation moves every process sharing the file to the new key;
  * - a revoked cog's resumption is refused after a restart while another cog resumes; a cog
  *   whose ticket is unknown (file deleted, corrupt) or older than
- *   hub.tunnel.session_ticket_lifetime falls back to a full handshake;
+ *   hub.tunnel.session_ticket_lifetime falls back to a full handshake; a cog refreshes its
+ *   ticket (cog.tunnel.session_refresh) so that a long-lived tunnel still resumes;
  * - a resuming ClientHello still names the worker in its SNI (gateway/workers.ts peeks it).
  */
 import t from "tap";
@@ -278,6 +279,31 @@ t.test("a ticket older than hub.tunnel.session_ticket_lifetime gets a full hands
   const back = await waitFor("the cog back", () => lines.find((l) => l.msg === "cog connected" && l.fields.cog === "late"));
   t.equal(back.fields.resumed, false, "expired ticket: full handshake");
   t.equal(hub.tunnels.counts.handshakes.resumed, 0);
+});
+
+t.test("a cog refreshes its ticket while its tunnel is up: a hub restarted after the first ticket expired still resumes", async (t) => {
+  const dir = tmpDir("capsul-resume-refresh-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const tunnel = { keepalive_interval: "1s", keepalive_timeout: "3s", session_ticket_lifetime: "5s", session_ticket_rotation: "1h" };
+  const cfg0 = hubConfig(dir, { tunnel });
+  const lines: Line[] = [];
+  let hub: Hub = await startHub(cfg0, recorder(lines));
+  t.teardown(() => hub.close());
+  const port = hub.ports.tunnel;
+  const cfg = hubConfig(dir, { tunnel, listen: { tunnel: `127.0.0.1:${port}` } });
+  const cog = await enrolledCog(cfg0, hub, cogConfig(dir, "fresh", port, [], { session_refresh: "1s" }), "fresh");
+  t.teardown(() => cog.close());
+  lines.length = 0; // what the hub says from here on: the refreshes
+  // Enrollment and the tunnel are two full handshakes; then one per refresh (about every
+  // second). Six refreshes: the tunnel's own ticket (5 s) has expired by then.
+  await waitFor("six ticket refreshes", () => hub.tunnels.counts.handshakes.full >= 8 || null, { timeoutMs: 60_000 });
+  t.ok(hub.tunnels.links.get("fresh")?.session, "the tunnel stayed up through the refreshes");
+  t.same(lines.filter((l) => l.level === "warn" || l.level === "error").map((l) => [l.msg, l.fields]), [], "the side connections made the hub say nothing");
+  await hub.close();
+  lines.length = 0;
+  hub = await startHub(cfg, recorder(lines));
+  const back = await waitFor("the cog back", () => lines.find((l) => l.msg === "cog connected" && l.fields.cog === "fresh"));
+  t.equal(back.fields.resumed, true, "resumed with a refreshed ticket");
 });
 
 t.test("a resuming ClientHello still carries the server name the primary routes workers by", async (t) => {

@@ -36,24 +36,29 @@ export interface DialOptions {
   onSession?: (ticket: Buffer) => void;
 }
 
+/** The TLS connection both dialHub and fetchTicket make. */
+function connect(opts: DialOptions): tls.TLSSocket {
+  return tls.connect({
+    host: opts.hub.host,
+    port: opts.hub.port,
+    servername: opts.serverName ?? (/^[\d.]+$|:/.test(opts.hub.host) ? undefined : opts.hub.host),
+    minVersion: "TLSv1.3",
+    ca: opts.caPem,
+    key: opts.keyPem,
+    cert: opts.certPem,
+    session: opts.session,
+    rejectUnauthorized: opts.caPem !== undefined,
+    // The CA is ours alone, so any name is fine; what matters is the role.
+    checkServerIdentity: (_host, cert) => {
+      const eku = (cert as unknown as { ext_key_usage?: string[] }).ext_key_usage ?? [];
+      return eku.includes(OID_SERVER_AUTH) ? undefined : new AuthError("the hub presented a certificate that is not a server certificate");
+    },
+  });
+}
+
 export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; session: MuxSession }> {
   return new Promise((resolve, reject) => {
-    const socket = tls.connect({
-      host: opts.hub.host,
-      port: opts.hub.port,
-      servername: opts.serverName ?? (/^[\d.]+$|:/.test(opts.hub.host) ? undefined : opts.hub.host),
-      minVersion: "TLSv1.3",
-      ca: opts.caPem,
-      key: opts.keyPem,
-      cert: opts.certPem,
-      session: opts.session,
-      rejectUnauthorized: opts.caPem !== undefined,
-      // The CA is ours alone, so any name is fine; what matters is the role.
-      checkServerIdentity: (_host, cert) => {
-        const eku = (cert as unknown as { ext_key_usage?: string[] }).ext_key_usage ?? [];
-        return eku.includes(OID_SERVER_AUTH) ? undefined : new AuthError("the hub presented a certificate that is not a server certificate");
-      },
-    });
+    const socket = connect(opts);
     socket.setNoDelay(true);
     const onSession = opts.onSession;
     if (onSession) socket.on("session", (ticket: Buffer) => onSession(ticket));
@@ -77,6 +82,28 @@ export function dialHub(opts: DialOptions): Promise<{ socket: tls.TLSSocket; ses
         maxQueuedControlFrames: tuning.maxQueuedControlFrames,
       });
       resolve({ socket, session });
+    });
+  });
+}
+
+/**
+ * A fresh session ticket for a cog whose tunnel is up (tunnel-client/hublink.ts, every
+ * cog.tunnel.session_refresh): a full handshake on a side connection, the first ticket the
+ * hub sends, then a clean close before any control message. OpenSSL's TLS 1.3 server issues
+ * no ticket on a resumed handshake, so without this a cog's ticket is as old as its last full
+ * handshake, and a hub restarted after hub.tunnel.session_ticket_lifetime of uptime would
+ * resume nobody. Costs the hub one full handshake per cog and period.
+ */
+export function fetchTicket(opts: Omit<DialOptions, "session" | "onSession">): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(opts);
+    const timer = setTimeout(() => socket.destroy(new Error(`no session ticket from ${opts.hub.host}:${opts.hub.port} in time`)), opts.tuning.handshakeTimeoutMs);
+    socket.on("error", (err) => { clearTimeout(timer); reject(err); }); // after the ticket: nothing to say
+    socket.once("close", () => { clearTimeout(timer); reject(new Error("the hub closed the connection before sending a session ticket")); });
+    socket.once("session", (ticket: Buffer) => {
+      clearTimeout(timer);
+      resolve(ticket);
+      socket.end();
     });
   });
 }

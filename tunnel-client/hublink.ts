@@ -17,11 +17,18 @@ import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import { TUNNEL_PROTOCOL_VERSION, type HubMessage, type WireRoute } from "../protocol/control.js";
 import type { CogConfig } from "../config/types.js";
-import { dialHub } from "./dial.js";
+import { dialHub, fetchTicket } from "./dial.js";
 import type { CogIdentity } from "./identity.js";
 
 /** Backoff jitter: each delay is scaled by a random factor in [1 - J, 1 + J]. */
 export const RECONNECT_JITTER_RATIO = 0.25;
+/**
+ * A ticket refresh due at once (a tunnel resumed with a ticket older than
+ * cog.tunnel.session_refresh) waits a random part of this share of the period: after a hub
+ * restart, 1,000 cogs would otherwise all make their side full handshake in the same second,
+ * the storm resumption saved the hub from.
+ */
+export const SESSION_REFRESH_SPREAD_RATIO = 0.1;
 
 export type LinkState = "idle" | "connecting" | "connected" | "waiting" | "draining" | "closed";
 
@@ -66,9 +73,12 @@ export class HubLink {
    * The TLS session ticket of this link's last full handshake, offered on the next dial
    * (tunnel-client/dial.ts). Only in memory, and only for the address, server name,
    * certificate and CA it was made with: a renewed certificate, a re-enrollment or a moved
-   * link does a full handshake. Dropped when the hub refuses the tunnel.
+   * link does a full handshake. Dropped when the hub refuses the tunnel. `at`: when it came,
+   * for cog.tunnel.session_refresh.
    */
-  private resume: { where: string; ticket: Buffer; certPem: string; caPem: string } | null = null;
+  private resume: { where: string; ticket: Buffer; certPem: string; caPem: string; at: number } | null = null;
+  /** The next ticket refresh, while a tunnel is up (scheduleRefresh). */
+  private refreshTimer: NodeJS.Timeout | null = null;
   /** Ends the current tunnel's life on purpose (see RunOutcome); set while runOnce() runs. */
   private leave: ((why: "moved" | "draining") => void) | null = null;
 
@@ -109,6 +119,41 @@ export class HubLink {
   /** Sends the current route set if this link is connected. */
   sendRoutes(routes: WireRoute[]): void {
     if (this.state === "connected" && this.control) this.control.write(encodeMessage({ type: "routes", routes }));
+  }
+
+  /**
+   * While the tunnel is up, fetches a fresh session ticket (tunnel-client/dial.ts fetchTicket)
+   * once the one held is older than cog.tunnel.session_refresh, then every period; a failed
+   * fetch keeps the old ticket and tries again a period later.
+   */
+  private scheduleRefresh(): void {
+    const every = this.owner.cfg.tunnel.sessionRefreshMs;
+    if (every <= 0 || !this.resume || this.stopping()) return; // off, or a hub that sends no tickets
+    const due = this.resume.at + every - Date.now();
+    const delay = due > 0 ? due : Math.random() * every * SESSION_REFRESH_SPREAD_RATIO;
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => { void this.refresh(); }, delay);
+    this.refreshTimer.unref();
+  }
+
+  private async refresh(): Promise<void> {
+    this.refreshTimer = null;
+    if (this.current() !== "connected") return;
+    const id = this.owner.identity();
+    const target = this.target;
+    const where = `${formatHostPort(target.hub)}|${target.serverName ?? ""}`;
+    try {
+      const ticket = await fetchTicket({
+        hub: target.hub, serverName: target.serverName, tuning: this.owner.cfg.tunnel,
+        caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem,
+      });
+      this.resume = { where, ticket, certPem: id.certPem, caPem: id.caPem, at: Date.now() };
+      this.log.debug("session ticket refreshed", { hub: this.label, endpoint: this.name ?? undefined });
+    } catch (err) {
+      if (this.resume) this.resume.at = Date.now(); // try again a period from now
+      this.log.debug("session ticket refresh failed", { hub: this.label, endpoint: this.name ?? undefined, error: (err as Error).message });
+    }
+    if (this.current() === "connected" && this.refreshTimer === null) this.scheduleRefresh();
   }
 
   private backoffMs(): number {
@@ -182,6 +227,8 @@ export class HubLink {
       return await this.connectAndServe(left);
     } finally {
       this.leave = null;
+      if (this.refreshTimer) clearTimeout(this.refreshTimer);
+      this.refreshTimer = null;
     }
   }
 
@@ -194,7 +241,7 @@ export class HubLink {
     const { socket, session } = await dialHub({
       hub: this.target.hub, serverName: this.target.serverName, tuning: cfg.tunnel,
       caPem: id.caPem, keyPem: id.keyPem, certPem: id.certPem, session: offer,
-      onSession: (ticket) => { this.resume = { where, ticket, certPem: id.certPem, caPem: id.caPem }; },
+      onSession: (ticket) => { this.resume = { where, ticket, certPem: id.certPem, caPem: id.caPem, at: Date.now() }; },
     });
     if (this.stopping()) { session.destroy(); return "draining"; }
     this.session = session;
@@ -231,6 +278,7 @@ export class HubLink {
       cog: first.cog, remote: socket.remoteAddress, routes: first.accepted.length, resumed: socket.isSessionReused(),
     });
     this.owner.welcomed(this, first, control);
+    this.scheduleRefresh();
     for (;;) {
       const m = await Promise.race([reader.next().catch(() => null), leaving]);
       if (m === "goaway" || m === "moved" || m === "draining") return m;
