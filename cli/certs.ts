@@ -1,7 +1,8 @@
 /**
- * `capsul cog certs`: the certificates this cog holds for `tls: terminate`
- * routes, read from its data dir (names, issuer, expiry, renewal state, last
- * error). `--json` prints the same rows with snake_case keys and ISO-8601 times.
+ * `capsul cog certs` and `capsul hub certs`: the certificates ACME got for this cog's
+ * `tls: terminate` routes, or for the hub's admin listener (hub.admin.tls: acme), read
+ * from the data dir (names, issuer, expiry, renewal state, last error). `--json` prints
+ * the same rows with snake_case keys and ISO-8601 times.
  */
 import type { CertRow } from "../certs/acme.js";
 import { fmtDuration } from "../certs/acme-schedule.js";
@@ -22,8 +23,11 @@ function when(iso: string | null, nowMs: number): string {
   return d >= 0 ? `in ${fmtDuration(d)}` : `${fmtDuration(-d)} ago`;
 }
 
-export function certRowsTable(rows: readonly CertRow[], nowMs = Date.now()): string {
-  if (rows.length === 0) return "No certificates. A route with `tls: terminate` makes the cog get one (see capsul.yaml.example).";
+const NO_COG_CERTS = "No certificates. A route with `tls: terminate` makes the cog get one (see capsul.yaml.example).";
+export const NO_HUB_CERTS = "No certificates. hub.admin.tls: acme with hub.admin.hostname makes the hub get one for its admin listener (see capsul.yaml.example).";
+
+export function certRowsTable(rows: readonly CertRow[], nowMs = Date.now(), empty = NO_COG_CERTS): string {
+  if (rows.length === 0) return empty;
   const out = rows.map((r) => {
     const renewal = r.state === "scheduled" ? `scheduled, renews ${when(r.renewAt, nowMs)}`
       : r.state === "retrying" ? `retrying ${when(r.nextAttemptAt, nowMs)} (${r.failures} failed)`
