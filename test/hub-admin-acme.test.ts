@@ -1,0 +1,226 @@
+/**
+ * hub.admin.tls: acme against a real pebble. A real `capsul hub` process gets the
+ * certificate of its admin listener for hub.admin.hostname, answering the CA's
+ * challenge itself on its own public ports (HTTP-01 on hub.listen.http, TLS-ALPN-01 on
+ * hub.listen.tls); curl then reaches /healthz and the token-guarded API over TLS. With
+ * the CA unreachable the listener refuses handshakes (one log line per failure, the
+ * retries back off) until the CA is back; a renewal swaps the certificate for the next
+ * connection while an open one keeps working. And the hub answers challenges only for
+ * its admin hostname: a capsul's own challenge on the same ports still reaches the capsul.
+ */
+import t, { type Test } from "tap";
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import tls from "node:tls";
+import { loadOrCreateHubPki } from "../certs/pki.js";
+import { closeServer, cogConfig, enrolledCog, hubConfig, HUB_DOMAIN, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { hubDoc } from "./helpers/hubproc.js";
+import { AcmeFrontProxy, startPebble } from "./helpers/pebble.js";
+import { curl, freePort, freePortRange, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
+
+const ADMIN = `admin.${HUB_DOMAIN}`;
+const HUB_READY_RE = /hub ready tls=(\d+) http=(\d+) tunnel=(\d+) admin=(\d+)/;
+
+interface AdminHub { proc: CliProc; yaml: string; adminPort: number; dataDir: string }
+
+/** Starts `capsul hub` with its public ports pinned (where pebble validates) and the admin listener on 0.0.0.0 with tls: acme. */
+async function startAdminHub(t: Test, dir: string, ports: { tls: number; http: number }, acme: Record<string, unknown>, admin: Record<string, unknown> = {}): Promise<AdminHub> {
+  const pool = await freePortRange(2);
+  const doc = hubDoc(dir, pool.spec, { tls: ports.tls, http: ports.http, tunnel: 0 }, {
+    // The access log shows which public listener the CA's validator came in by, and that the hub answered it.
+    access_log: true,
+    admin: { tls: "acme", hostname: ADMIN, ...admin },
+    acme: { poll_interval: "100ms", retry_min_delay: "500ms", retry_max_delay: "4s", ...acme },
+  }) as { hub: { listen: Record<string, unknown>; data_dir: string } };
+  // Off loopback: the token is asked for (bound on every address; the test only dials 127.0.0.1).
+  doc.hub.listen.admin = "0.0.0.0:0";
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), doc);
+  const proc = spawnCli(t, "hub", ["hub", "-c", yaml]);
+  const m = await proc.waitLine(HUB_READY_RE);
+  return { proc, yaml, adminPort: Number(m[4]), dataDir: doc.hub.data_dir };
+}
+
+/** curl to the admin listener by its hostname, trusting only `rootFile`; `token` sends the bearer token. */
+function adminCurl(h: AdminHub, rootFile: string, urlPath: string, token?: string, more: string[] = []) {
+  return curl(["-sS", "--cacert", rootFile, "--resolve", `${ADMIN}:${h.adminPort}:127.0.0.1`,
+    ...(token ? ["-H", `Authorization: Bearer ${token}`] : []), ...more, `https://${ADMIN}:${h.adminPort}${urlPath}`]);
+}
+
+/** The serial of the certificate the admin listener presents now (checked against `caPem`). */
+function adminSerial(port: number, caPem: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host: "127.0.0.1", port, servername: ADMIN, ca: caPem }, () => {
+      const serial = s.getPeerCertificate().serialNumber;
+      s.end();
+      resolve(serial);
+    });
+    s.on("error", reject);
+  });
+}
+
+async function issuedBy(t: Test, challenge: "http-01" | "tls-alpn-01"): Promise<void> {
+  const dir = tmpDir(`capsul-hub-admin-${challenge}-`);
+  const ports = { tls: await freePort(), http: await freePort() };
+  const pebble = await startPebble(t, dir, { httpPort: ports.http, tlsPort: ports.tls });
+  const rootFile = path.join(dir, "pebble-root.pem");
+  fs.writeFileSync(rootFile, await pebble.rootPem());
+  const h = await startAdminHub(t, dir, ports, { directory_url: pebble.directoryUrl, ca_bundle: pebble.ca.caFile }, { challenge });
+  const issued = await h.proc.waitLine(/certificate issued .*name=admin\.hub\.test.*serial=([0-9A-F]+)/, { timeoutMs: 60_000 });
+  t.match(h.proc.matching(/ordering a certificate/)[0], `challenge=${challenge}`, `ordered with ${challenge}`);
+  const answered = h.proc.matching(/outcome=acme/);
+  t.ok(answered.length >= 1, "the CA's validator was answered by the hub itself");
+  for (const l of answered) t.match(l, challenge === "http-01" ? /listener=http .*host=admin\.hub\.test/ : /listener=tls .*host=admin\.hub\.test/, `on its public ${challenge === "http-01" ? "HTTP" : "TLS"} listener, for the admin hostname`);
+
+  const token = fs.readFileSync(path.join(h.dataDir, "admin-token"), "utf8").trim();
+  const health = await adminCurl(h, rootFile, "/healthz", token);
+  t.equal(health.code, 0, `curl https://${ADMIN}/healthz: ${health.stderr}`);
+  t.same(JSON.parse(health.stdout), { status: "ok", tunnels_up: 0 }, "/healthz over TLS with the certificate pebble issued");
+  const cogs = await adminCurl(h, rootFile, "/v1/cogs", token);
+  t.same(JSON.parse(cogs.stdout), { cogs: [] }, "the token-guarded API answers over TLS");
+  const noToken = await adminCurl(h, rootFile, "/v1/cogs", undefined, ["-o", "/dev/null", "-w", "%{http_code}"]);
+  t.equal(noToken.stdout, "401", "off loopback the token is still required");
+  const plain = await curl(["-sS", "-o", "/dev/null", "--max-time", "5", `http://127.0.0.1:${h.adminPort}/healthz`]);
+  t.not(plain.code, 0, "plain HTTP is not served on the admin port");
+
+  const certs = await runCli(["hub", "certs", "--json", "-c", h.yaml]);
+  t.equal(certs.code, 0, certs.stderr);
+  const [row] = JSON.parse(certs.stdout) as { name: string; serial: string; state: string; challenge: string; not_after: string }[];
+  t.equal(row?.name, ADMIN, "capsul hub certs lists the admin certificate");
+  t.equal(row?.serial, issued[1], "with the serial the hub logged");
+  t.equal(row?.challenge, challenge);
+  t.equal(row?.state, "scheduled", "and its renewal scheduled");
+  const metrics = await adminCurl(h, rootFile, "/metrics", token);
+  const m = /capsul_hub_certificate_expiry_timestamp_seconds\{kind="acme",name="admin\.hub\.test"\} (\d+)/.exec(metrics.stdout);
+  t.ok(m, "/metrics exports the admin certificate's expiry");
+  t.equal(Number(m?.[1]), Math.floor(Date.parse(row!.not_after) / 1000), "its not_after");
+  const mode = fs.statSync(path.join(h.dataDir, "acme", "certs", `${ADMIN}.json`)).mode & 0o777;
+  t.equal(mode, 0o600, "the certificate and its key are stored 0600");
+}
+
+t.test("HTTP-01: a capsul hub process gets its admin certificate through its own port 80; curl reaches the admin API over TLS", (t) => issuedBy(t, "http-01"));
+t.test("TLS-ALPN-01: the same through its own port 443", (t) => issuedBy(t, "tls-alpn-01"));
+
+t.test("the CA unreachable: handshakes refused until the first certificate, retries back off; renewal swaps for the next connection only", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-renew-");
+  const ports = { tls: await freePort(), http: await freePort() };
+  // Long enough for the steps between issuance and renewal, short enough to wait for (renewal at 2/3: ~16 s).
+  const pebble = await startPebble(t, dir, { httpPort: ports.http, tlsPort: ports.tls, validitySec: 24 });
+  const rootFile = path.join(dir, "pebble-root.pem");
+  const rootPem = await pebble.rootPem();
+  fs.writeFileSync(rootFile, rootPem);
+  const proxy = new AcmeFrontProxy(pebble);
+  await proxy.start();
+  await proxy.stop();
+  t.teardown(() => proxy.stop());
+
+  const h = await startAdminHub(t, dir, ports, { directory_url: proxy.directoryUrl, ca_bundle: pebble.ca.caFile });
+  const fail1 = await h.proc.waitLine(/cannot reach the ACME CA .*failures=1 .*nextTryIn=(\S+)/, { timeoutMs: 30_000 });
+  const fail2 = await h.proc.waitLine(/cannot reach the ACME CA .*failures=2 .*nextTryIn=(\S+)/, { timeoutMs: 30_000 });
+  const ms = (d: string): number => (d.endsWith("ms") ? Number(d.slice(0, -2)) : Number(d.slice(0, -1)) * 1000);
+  t.ok(ms(fail2[1]!) > ms(fail1[1]!), `the second retry waits longer (${fail1[1]} then ${fail2[1]})`);
+  t.equal(h.proc.matching(/cannot reach the ACME CA/).filter((l) => /failures=1 /.test(l)).length, 1, "one log line per failed order");
+  const refused = await curl(["-sS", "--cacert", rootFile, "--max-time", "5", "--resolve", `${ADMIN}:${h.adminPort}:127.0.0.1`, `https://${ADMIN}:${h.adminPort}/healthz`]);
+  t.not(refused.code, 0, "no certificate yet: the TLS handshake is refused");
+  t.match(refused.stderr, /SSL|TLS|alert/i, "by a TLS alert, not by a plain-HTTP answer");
+  t.ok(h.proc.alive, "the hub keeps running");
+
+  await proxy.start();
+  const first = await h.proc.waitLine(/certificate issued .*serial=([0-9A-F]+)/, { timeoutMs: 60_000 });
+  const token = fs.readFileSync(path.join(h.dataDir, "admin-token"), "utf8").trim();
+  t.equal((await adminCurl(h, rootFile, "/healthz", token)).code, 0, "once the CA is back, the listener serves its certificate");
+  t.equal(await adminSerial(h.adminPort, rootPem), first[1], "the one the hub logged");
+
+  // A keep-alive connection opened on the first certificate, used across the renewal.
+  const kept = tls.connect({ host: "127.0.0.1", port: h.adminPort, servername: ADMIN, ca: rootPem });
+  await new Promise<void>((resolve, reject) => { kept.once("secureConnect", () => resolve()); kept.once("error", reject); });
+  const keptSerial = kept.getPeerCertificate().serialNumber;
+  let keptBuf = "";
+  kept.setEncoding("utf8");
+  kept.on("data", (c: string) => { keptBuf += c; });
+  const ask = async (): Promise<string> => {
+    const from = keptBuf.length;
+    kept.write(`GET /healthz HTTP/1.1\r\nHost: ${ADMIN}\r\nAuthorization: Bearer ${token}\r\n\r\n`);
+    return waitFor("an answer on the kept connection", () => (/\{"status":"ok"[^}]*\}/.test(keptBuf.slice(from)) ? keptBuf.slice(from) : null));
+  };
+  t.match(await ask(), /200 OK/, "the kept connection works");
+  t.equal(keptSerial, first[1]);
+
+  // Used every second while the renewal comes (an idle keep-alive connection is closed after Node's 5 s anyway).
+  let second: string | null = null;
+  const deadline = Date.now() + 60_000;
+  while (second === null) {
+    if (Date.now() > deadline) throw new Error("no renewal within 60 s");
+    t.match(await ask(), /200 OK/);
+    second = h.proc.matching(/certificate issued .*serial=/).map((l) => /serial=([0-9A-F]+)/.exec(l)![1]!).find((s) => s !== first[1]) ?? null;
+    if (second === null) await new Promise((r) => setTimeout(r, 1000));
+  }
+  t.not(second, first[1], "renewed: a new certificate");
+  t.equal(await adminSerial(h.adminPort, rootPem), second, "the next connection gets the new certificate");
+  t.match(await ask(), /200 OK/, "the connection open across the renewal still works");
+  t.equal(kept.getPeerCertificate().serialNumber, first[1], "with the certificate it was made with");
+  kept.end();
+});
+
+t.test("the hub answers ACME challenges only for its admin hostname: a capsul's own reach the capsul", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-only-");
+  // The CA is unreachable (port 1): the order fails and waits an hour; the challenges below are put in by hand.
+  const hubCfg = hubConfig(dir, {
+    admin: { tls: "acme", hostname: ADMIN },
+    acme: { directory_url: "https://127.0.0.1:1/dir", retry_min_delay: "1h", retry_max_delay: "2h" },
+  });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const challenges = hub.adminTls.acme!.challenges;
+  t.equal(hub.visitors.acmeChallenges, challenges, "the public listeners answer from the hub's own ACME client");
+
+  const site = `site.home1.${HUB_DOMAIN}`;
+  const seen: string[] = [];
+  const backend = http.createServer((req, res) => { seen.push(`${req.headers.host} ${req.url}`); res.end(`capsul ${req.url}\n`); });
+  const backendPort = await listen(backend);
+  t.teardown(() => closeServer(backend));
+  const sitePki = await loadOrCreateHubPki(path.join(dir, "site"), [site]);
+  let siteAlpn = 0;
+  const siteTls = tls.createServer({ key: sitePki.hubKeyPem, cert: sitePki.hubCertPem, ALPNProtocols: ["acme-tls/1"] }, (s) => { siteAlpn++; s.end(); });
+  const siteTlsPort = await listen(siteTls);
+  t.teardown(() => closeServer(siteTls));
+  const cog = await enrolledCog(hubCfg, hub, cogConfig(dir, "home1", hub.ports.tunnel, [
+    { name: "site", kind: "http", hostname: site, target: `127.0.0.1:${backendPort}` },
+    { name: "site-tls", kind: "tls", hostname: site, target: `127.0.0.1:${siteTlsPort}` },
+    // A capsul route for the admin name itself: the hub's own challenge still wins there, other paths reach it.
+    { name: "admin-name", kind: "http", hostname: ADMIN, target: `127.0.0.1:${backendPort}` },
+  ]), "home1", { hostnames: [ADMIN] });
+  t.teardown(() => cog.close());
+
+  const adminPki = await loadOrCreateHubPki(path.join(dir, "alpn"), [ADMIN]);
+  challenges.addHttp(ADMIN, "tok1", "tok1.hub-key-authorization");
+  challenges.addAlpn(ADMIN, adminPki.hubKeyPem, adminPki.hubCertPem);
+  const httpPort = hub.ports.http!;
+  const ask = (name: string, token: string) => curl(["-sS", "--resolve", `${name}:${httpPort}:127.0.0.1`, `http://${name}:${httpPort}/.well-known/acme-challenge/${token}`]);
+
+  t.equal((await ask(ADMIN, "tok1")).stdout, "tok1.hub-key-authorization", "the admin hostname's token is answered by the hub");
+  t.equal((await ask(site, "tok1")).stdout, "capsul /.well-known/acme-challenge/tok1\n", "the same token on a capsul's hostname reaches the capsul");
+  t.equal((await ask(ADMIN, "other")).stdout, "capsul /.well-known/acme-challenge/other\n", "a token the hub does not hold passes to the route");
+  t.same(seen, [`${site}:${httpPort} /.well-known/acme-challenge/tok1`, `${ADMIN}:${httpPort} /.well-known/acme-challenge/other`], "the capsul saw exactly those two");
+
+  const alpn = (name: string): Promise<{ alpn: string | false; san: string }> => new Promise((resolve, reject) => {
+    const s = tls.connect({ host: "127.0.0.1", port: hub.ports.tls!, servername: name, ALPNProtocols: ["acme-tls/1"], rejectUnauthorized: false }, () => {
+      const out = { alpn: s.alpnProtocol ?? false, san: s.getPeerCertificate().subjectaltname ?? "" };
+      s.end();
+      resolve(out);
+    });
+    s.on("error", reject);
+  });
+  const onAdmin = await alpn(ADMIN);
+  t.equal(onAdmin.alpn, "acme-tls/1", "an acme-tls/1 handshake for the admin hostname is answered by the hub");
+  t.match(onAdmin.san, `DNS:${ADMIN}`, "with the challenge certificate");
+  t.equal(siteAlpn, 0);
+  const onSite = await alpn(site);
+  t.match(onSite.san, `DNS:${site}`, "for a capsul's hostname the capsul's own TLS server answers");
+  await waitFor("the capsul's TLS server to count the handshake", () => siteAlpn === 1);
+  t.equal(siteAlpn, 1, "and only that one reached the capsul");
+
+  challenges.removeHttp(ADMIN, "tok1");
+  challenges.removeAlpn(ADMIN);
+  t.equal((await ask(ADMIN, "tok1")).stdout, "capsul /.well-known/acme-challenge/tok1\n", "a closed challenge is no longer answered");
+});
