@@ -117,18 +117,18 @@ export class AcmeIssuer {
       }
       const keyAuthorization = await client.getChallengeKeyAuthorization(ch);
       if (challenge === "http-01") {
-        this.responder.addHttp(name, ch.token, keyAuthorization);
+        await this.responder.addHttp(name, ch.token, keyAuthorization);
       } else {
         const [keyPem, certPem] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, newEcKeyPem());
-        this.responder.addAlpn(name, keyPem.toString(), certPem.toString());
+        await this.responder.addAlpn(name, keyPem.toString(), certPem.toString());
       }
       try {
         step.now = "challenge";
         await client.completeChallenge(ch);
         await client.waitForValidStatus(ch);
       } finally {
-        if (challenge === "http-01") this.responder.removeHttp(name, ch.token);
-        else this.responder.removeAlpn(name);
+        if (challenge === "http-01") await this.responder.removeHttp(name, ch.token);
+        else await this.responder.removeAlpn(name);
       }
     }
     step.now = "finalize";

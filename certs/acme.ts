@@ -93,8 +93,17 @@ const msOf = (s: string | null): number | null => {
   return Number.isNaN(v) ? null : v;
 };
 
+/** Who else uses an AcmeManager than the cog: the hub's admin listener (gateway/admintls.ts). */
+export interface AcmeManagerOptions {
+  /** The capsul.yaml section of its config (cog.acme, hub.acme), as errors and log lines name its keys. */
+  section?: string;
+  /** Where the challenge answers go (default: a store of its own, read by whoever serves the challenges). */
+  challenges?: ChallengeStore;
+}
+
 export class AcmeManager extends EventEmitter {
-  readonly challenges = new ChallengeStore();
+  readonly challenges: ChallengeStore;
+  private readonly section: string;
   private readonly store: AcmeStore;
   private readonly slots = new Map<string, Slot>();
   private issuer: AcmeIssuer | null = null;
@@ -110,10 +119,11 @@ export class AcmeManager extends EventEmitter {
     dataDir: string,
     private readonly log: Logger,
     private readonly random: () => number = Math.random,
-    /** The capsul.yaml section of `cfg` (cog.acme, hub.acme), as errors and log lines name its keys. */
-    private readonly section = "cog.acme",
+    opts: AcmeManagerOptions = {},
   ) {
     super();
+    this.section = opts.section ?? "cog.acme";
+    this.challenges = opts.challenges ?? new ChallengeStore();
     this.cfg = { ...cfg };
     this.store = new AcmeStore(dataDir);
   }

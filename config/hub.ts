@@ -130,11 +130,9 @@ function buildGrants(
 }
 
 /**
- * hub.admin.tls: acme needs the admin listener, and the public listener its challenge comes
- * in by; one process orders and answers, so it cannot be split over hub.workers (each
- * worker would take a share of the CA's validation connections it holds no answer for).
+ * hub.admin.tls needs the admin listener; acme also the public listener its challenge comes in by.
  */
-function checkAdminTls(o: { admin: HubConfig["admin"]; listen: HubConfig["listen"]; workers: number }): void {
+function checkAdminTls(o: { admin: HubConfig["admin"]; listen: HubConfig["listen"] }): void {
   const a = o.admin;
   if (a.tls === "off") return;
   if (o.listen.admin === null) fail(["admin", "tls"], `tls: ${a.tls} needs hub.listen.admin (it is off)`);
@@ -144,9 +142,6 @@ function checkAdminTls(o: { admin: HubConfig["admin"]; listen: HubConfig["listen
   }
   if (a.challenge === "tls-alpn-01" && o.listen.tls === null) {
     fail(["admin", "challenge"], "tls-alpn-01 is answered on hub.listen.tls, which is off: turn it on, or use challenge: http-01");
-  }
-  if (o.workers > 1) {
-    fail(["admin", "tls"], `tls: acme is not supported with hub.workers above 1 (${o.workers}): the CA's validation connections would reach workers that hold no answer; use tls: files, or workers: 1`);
   }
 }
 

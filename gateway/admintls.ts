@@ -23,12 +23,53 @@ import fs from "node:fs";
 import tls from "node:tls";
 import type { HubConfig } from "../config/types.js";
 import { AcmeManager, type CertRow } from "../certs/acme.js";
+import { AcmeStore, certFacts } from "../certs/acme-store.js";
+import { ChallengeStore } from "../certs/challenges.js";
 import { RuntimeError } from "../lib/errors.js";
 import type { KeyPair } from "../lib/adminhttp.js";
 import type { Logger } from "../lib/log.js";
 
 /** The capsul.yaml section whose keys the ACME log lines name. */
 const HUB_ACME_SECTION = "hub.acme";
+
+/** What one hub worker tells the others about the admin certificate (gateway/workers.ts relays it). */
+export type AdminAcmeShare =
+  | { op: "http-add"; name: string; token: string; keyAuthorization: string }
+  | { op: "http-remove"; name: string; token: string }
+  | { op: "alpn-add"; name: string; keyPem: string; certPem: string }
+  | { op: "alpn-remove"; name: string }
+  | { op: "cert"; name: string; keyPem: string; chainPem: string };
+
+/**
+ * With hub.workers above 1 every worker serves the public ports and the admin listener
+ * (they share each socket), so the CA's validator and admin clients reach any of them.
+ * Worker 1 is the owner: it orders, and `send` passes each challenge answer (resolving
+ * once every other worker holds it, before the CA is told to validate) and each new
+ * certificate to the others, the followers, which only apply() what they are sent.
+ * Absent: a single hub, owner of everything.
+ */
+export type AdminTlsRole = { role: "owner"; send(share: AdminAcmeShare): Promise<void> } | { role: "follower" };
+
+/** The owner's challenge store: every change is also sent to the followers, and awaited. */
+class SharedChallenges extends ChallengeStore {
+  constructor(private readonly send: (share: AdminAcmeShare) => Promise<void>) { super(); }
+  override addHttp(name: string, token: string, keyAuthorization: string): Promise<void> {
+    super.addHttp(name, token, keyAuthorization);
+    return this.send({ op: "http-add", name, token, keyAuthorization });
+  }
+  override removeHttp(name: string, token: string): Promise<void> {
+    super.removeHttp(name, token);
+    return this.send({ op: "http-remove", name, token });
+  }
+  override addAlpn(name: string, keyPem: string, certPem: string): Promise<void> {
+    super.addAlpn(name, keyPem, certPem);
+    return this.send({ op: "alpn-add", name, keyPem, certPem });
+  }
+  override removeAlpn(name: string): Promise<void> {
+    super.removeAlpn(name);
+    return this.send({ op: "alpn-remove", name });
+  }
+}
 
 function readPem(file: string, key: string): string {
   try {
@@ -40,14 +81,21 @@ function readPem(file: string, key: string): string {
 
 /** Emits "certificate" (KeyPair) whenever the pair to serve changes. */
 export class AdminTls extends EventEmitter {
-  /** The ACME client (tls: acme), else null; its `challenges` are what the public listeners answer. */
+  /** The ACME client (tls: acme, in a single hub or worker 1), else null. */
   readonly acme: AcmeManager | null;
-  private files: KeyPair | null = null;
+  /** The challenge answers the public listeners serve (tls: acme), else null. */
+  readonly challenges: ChallengeStore | null;
+  /** A follower's certificate (from the data dir at start, then from the owner); the files' pair (tls: files). */
+  private pair: KeyPair | null = null;
   private lastSerial: string | null = null;
 
-  constructor(private readonly cfg: HubConfig, private readonly log: Logger) {
+  constructor(private readonly cfg: HubConfig, private readonly log: Logger, private readonly role: AdminTlsRole | null = null) {
     super();
-    this.acme = cfg.admin.tls === "acme" ? new AcmeManager(cfg.acme, cfg.dataDir, log, Math.random, HUB_ACME_SECTION) : null;
+    const acme = cfg.admin.tls === "acme";
+    const owner = role?.role !== "follower";
+    const challenges = !acme ? null : role?.role === "owner" ? new SharedChallenges(role.send) : new ChallengeStore();
+    this.challenges = challenges;
+    this.acme = acme && owner ? new AcmeManager(cfg.acme, cfg.dataDir, log, Math.random, { section: HUB_ACME_SECTION, challenges: challenges! }) : null;
   }
 
   get enabled(): boolean {
@@ -64,12 +112,18 @@ export class AdminTls extends EventEmitter {
       } catch (err) {
         throw new RuntimeError(`hub.admin.cert_file ${a.certFile} and key_file ${a.keyFile} do not make a certificate: ${(err as Error).message}`, { cause: err });
       }
-      this.files = pair;
+      this.pair = pair;
       return;
     }
-    if (!this.acme) return;
-    await this.acme.start();
-    this.acme.on("change", this.onChange);
+    if (a.tls !== "acme") return;
+    if (this.acme) {
+      await this.acme.start();
+      this.acme.on("change", this.onChange);
+      return;
+    }
+    // A follower starts with what the owner stored (it may have been restarted long after the order).
+    const stored = new AcmeStore(this.cfg.dataDir).loadCerts().certs.find((c) => c.name === a.hostname && c.directoryUrl === this.cfg.acme.directoryUrl);
+    if (stored) this.apply({ op: "cert", name: stored.name, keyPem: stored.keyPem, chainPem: stored.chainPem });
   }
 
   /** Starts ordering (or scheduling the renewal of) hub.admin.hostname: call once the public listener its challenge comes in by is open. */
@@ -78,13 +132,44 @@ export class AdminTls extends EventEmitter {
     this.acme?.setNames([{ name: a.hostname!, challenge: a.challenge, ready: true }]);
   }
 
+  /** A follower: what the owner sent (a malformed certificate is logged and ignored; the old one stays). */
+  apply(share: AdminAcmeShare): void {
+    const c = this.challenges;
+    if (c === null || share.name !== this.cfg.admin.hostname) return;
+    if (share.op === "http-add") c.addHttp(share.name, share.token, share.keyAuthorization);
+    else if (share.op === "http-remove") c.removeHttp(share.name, share.token);
+    else if (share.op === "alpn-add") c.addAlpn(share.name, share.keyPem, share.certPem);
+    else if (share.op === "alpn-remove") c.removeAlpn(share.name);
+    else {
+      let serial: string;
+      try {
+        tls.createSecureContext({ key: share.keyPem, cert: share.chainPem });
+        serial = certFacts(share.chainPem).serial;
+      } catch (err) {
+        this.log.warn("ignoring an admin certificate from worker 1 that does not load", { error: (err as Error).message });
+        return;
+      }
+      this.pair = { keyPem: share.keyPem, chainPem: share.chainPem };
+      if (serial !== this.lastSerial) {
+        this.lastSerial = serial;
+        this.emit("certificate", this.pair);
+      }
+    }
+  }
+
   /** The pair to serve now, or null (tls: acme before the first certificate). */
   current(): KeyPair | null {
-    if (this.files) return this.files;
+    if (this.pair) return this.pair;
     return this.acme?.keyPair(this.cfg.admin.hostname!) ?? null;
   }
 
-  /** The admin certificate's row (tls: acme), as `capsul hub certs` prints it; metrics read not_after. */
+  /** When the certificate served now expires (ms), or null: what /metrics exports. */
+  notAfterMs(): number | null {
+    const p = this.current();
+    return p ? certFacts(p.chainPem).notAfter.getTime() : null;
+  }
+
+  /** The admin certificate's rows (tls: acme, the owner), as `capsul hub certs` prints them. */
   list(): CertRow[] {
     return this.acme?.list() ?? [];
   }
@@ -95,6 +180,9 @@ export class AdminTls extends EventEmitter {
     if (!row?.serial || !pair || row.serial === this.lastSerial) return;
     this.lastSerial = row.serial;
     this.emit("certificate", pair);
+    if (this.role?.role === "owner") {
+      this.role.send({ op: "cert", name: row.name, ...pair }).catch(() => { /* logged by the primary; followers load it at their next start */ });
+    }
   };
 
   async close(): Promise<void> {

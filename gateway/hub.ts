@@ -13,7 +13,7 @@ import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { HubAdminListener } from "./admin.js";
-import { AdminTls } from "./admintls.js";
+import { AdminTls, type AdminTlsRole } from "./admintls.js";
 import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
@@ -60,6 +60,8 @@ export interface HubOptions {
    * hands connections over through hub.tunnels.adopt(); no tunnel listener is bound here.
    */
   handedTunnelPort?: number;
+  /** A hub worker: its part in the admin listener's ACME certificate (gateway/admintls.ts). */
+  adminTlsRole?: AdminTlsRole;
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -113,12 +115,9 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   // The admin API's invites read the live configuration (invite_ttl) and the PKI in force.
   const invite = (name: string, o: InviteOptions): Promise<InviteResult> => inviteIn(live, store, pki, name, o);
   // Its configuration is the start's (a reload that changes it is refused: gateway/reload.ts).
-  const adminTls = new AdminTls(cfg, log.child("acme"));
-  visitors.acmeChallenges = adminTls.acme?.challenges ?? null;
-  const unregisterExpiry = cfg.admin.tls === "acme" ? metrics.certificates.register("acme", cfg.admin.hostname!, () => {
-    const notAfter = adminTls.list().find((r) => r.name === cfg.admin.hostname)?.notAfter;
-    return notAfter ? Date.parse(notAfter) : null;
-  }) : () => {};
+  const adminTls = new AdminTls(cfg, log.child("acme"), opts.adminTlsRole ?? null);
+  visitors.acmeChallenges = adminTls.challenges;
+  const unregisterExpiry = cfg.admin.tls === "acme" ? metrics.certificates.register("acme", cfg.admin.hostname!, () => adminTls.notAfterMs()) : () => {};
   const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, tls: adminTls, log: log.child("admin") });
   const parts: HubParts = {
     live, store, tunnels, visitors, tls, http, tcp, admin, log, domains,

@@ -20,25 +20,30 @@ import { AcmeFrontProxy, startPebble } from "./helpers/pebble.js";
 import { curl, freePort, freePortRange, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
 const ADMIN = `admin.${HUB_DOMAIN}`;
-const HUB_READY_RE = /hub ready tls=(\d+) http=(\d+) tunnel=(\d+) admin=(\d+)/;
+/** A single hub's "hub ready", or a worker's "worker ready" (the primary's "hub ready" names no admin port). */
+const ADMIN_PORT_RE = /(?:hub|worker) ready tls=\d+ http=\d+ tunnel=\d+ admin=(\d+)/;
 
 interface AdminHub { proc: CliProc; yaml: string; adminPort: number; dataDir: string }
 
 /** Starts `capsul hub` with its public ports pinned (where pebble validates) and the admin listener on 0.0.0.0 with tls: acme. */
-async function startAdminHub(t: Test, dir: string, ports: { tls: number; http: number }, acme: Record<string, unknown>, admin: Record<string, unknown> = {}): Promise<AdminHub> {
+async function startAdminHub(
+  t: Test, dir: string, ports: { tls: number; http: number }, acme: Record<string, unknown>, admin: Record<string, unknown> = {}, extra: Record<string, unknown> = {},
+): Promise<AdminHub> {
   const pool = await freePortRange(2);
   const doc = hubDoc(dir, pool.spec, { tls: ports.tls, http: ports.http, tunnel: 0 }, {
     // The access log shows which public listener the CA's validator came in by, and that the hub answered it.
     access_log: true,
     admin: { tls: "acme", hostname: ADMIN, ...admin },
     acme: { poll_interval: "100ms", retry_min_delay: "500ms", retry_max_delay: "4s", ...acme },
+    ...extra,
   }) as { hub: { listen: Record<string, unknown>; data_dir: string } };
   // Off loopback: the token is asked for (bound on every address; the test only dials 127.0.0.1).
   doc.hub.listen.admin = "0.0.0.0:0";
   const yaml = writeYaml(path.join(dir, "hub.yaml"), doc);
   const proc = spawnCli(t, "hub", ["hub", "-c", yaml]);
-  const m = await proc.waitLine(HUB_READY_RE);
-  return { proc, yaml, adminPort: Number(m[4]), dataDir: doc.hub.data_dir };
+  const m = await proc.waitLine(ADMIN_PORT_RE);
+  await proc.waitLine(/hub ready/);
+  return { proc, yaml, adminPort: Number(m[1]), dataDir: doc.hub.data_dir };
 }
 
 /** curl to the admin listener by its hostname, trusting only `rootFile`; `token` sends the bearer token. */
@@ -171,7 +176,7 @@ t.test("the hub answers ACME challenges only for its admin hostname: a capsul's 
   });
   const hub = await startTestHub(hubCfg);
   t.teardown(() => hub.close());
-  const challenges = hub.adminTls.acme!.challenges;
+  const challenges = hub.adminTls.challenges!;
   t.equal(hub.visitors.acmeChallenges, challenges, "the public listeners answer from the hub's own ACME client");
 
   const site = `site.home1.${HUB_DOMAIN}`;
@@ -223,4 +228,45 @@ t.test("the hub answers ACME challenges only for its admin hostname: a capsul's 
   challenges.removeHttp(ADMIN, "tok1");
   challenges.removeAlpn(ADMIN);
   t.equal((await ask(ADMIN, "tok1")).stdout, "capsul /.well-known/acme-challenge/tok1\n", "a closed challenge is no longer answered");
+});
+
+t.test("hub.workers: 2: worker 1 orders, every worker answers the challenge and serves the certificate", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-workers-");
+  const ports = { tls: await freePort(), http: await freePort() };
+  const pebble = await startPebble(t, dir, { httpPort: ports.http, tlsPort: ports.tls });
+  const rootFile = path.join(dir, "pebble-root.pem");
+  fs.writeFileSync(rootFile, await pebble.rootPem());
+  // A dead worker stays dead for the rest of the test.
+  const h = await startAdminHub(t, dir, ports, { directory_url: pebble.directoryUrl, ca_bundle: pebble.ca.caFile }, {}, {
+    workers: 2, worker: { restart_min_delay: "5m", restart_max_delay: "10m" },
+  });
+  const issued = await h.proc.waitLine(/certificate issued .*serial=([0-9A-F]+)/, { timeoutMs: 60_000 });
+  t.equal(h.proc.matching(/ordering a certificate/).length, 1, "one worker ordered, once");
+  t.match(h.proc.matching(/ordering a certificate/)[0], /\[hub\/w1\/acme\]/, "worker 1");
+  const answered = h.proc.matching(/outcome=acme/).map((l) => /\[hub\/(w\d)\/access\]/.exec(l)?.[1]);
+  t.ok(answered.length >= 1, "the validator was answered");
+  // Which worker the kernel hands each validation to is its choice: with no share, one landing on worker 2 fails the order.
+  t.comment(`validation requests answered by: ${answered.join(", ")}`);
+  const token = fs.readFileSync(path.join(h.dataDir, "admin-token"), "utf8").trim();
+  const rootPem = fs.readFileSync(rootFile, "utf8");
+  // Worker 1 logs "issued" a moment before it hands the certificate on: wait until eight connections in a row have it.
+  await waitFor("eight connections in a row with the new certificate", async () => {
+    for (let i = 0; i < 8; i++) if (await adminSerial(h.adminPort, rootPem).catch(() => null) !== issued[1]) return false;
+    return true;
+  }, { timeoutMs: 10_000 });
+  for (let i = 0; i < 8; i++) {
+    t.equal(await adminSerial(h.adminPort, rootPem), issued[1], `connection ${i + 1}: whichever worker accepts it serves the new certificate`);
+  }
+
+  // Worker 2 started before the certificate existed: with worker 1 gone, it alone serves what worker 1 sent it.
+  const stats = JSON.parse(fs.readFileSync(path.join(h.dataDir, "hub-workers.json"), "utf8")) as { workers: { worker: number; pid: number }[] };
+  const w1 = stats.workers.find((w) => w.worker === 1)!.pid;
+  process.kill(w1, "SIGKILL");
+  await h.proc.waitLine(/worker died; starting it again .*worker=1/);
+  const health = await adminCurl(h, rootFile, "/healthz", token);
+  t.equal(health.code, 0, `curl through worker 2: ${health.stderr}`);
+  t.match(health.stdout, /"status":"ok"/, "worker 2 serves the admin API over TLS with the certificate worker 1 got");
+  t.equal(await adminSerial(h.adminPort, rootPem), issued[1], "the same certificate");
+  const metrics = await adminCurl(h, rootFile, "/metrics", token);
+  t.match(metrics.stdout, /capsul_hub_certificate_expiry_timestamp_seconds\{kind="acme",name="admin\.hub\.test"\} \d+/, "and exports its expiry");
 });
