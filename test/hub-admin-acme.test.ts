@@ -270,3 +270,30 @@ t.test("hub.workers: 2: worker 1 orders, every worker answers the challenge and 
   const metrics = await adminCurl(h, rootFile, "/metrics", token);
   t.match(metrics.stdout, /capsul_hub_certificate_expiry_timestamp_seconds\{kind="acme",name="admin\.hub\.test"\} \d+/, "and exports its expiry");
 });
+
+t.test("off loopback without TLS: one warning line at start; tls and hub.acme changes wait for a restart", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-plain-");
+  const pool = await freePortRange(2);
+  const doc = hubDoc(dir, pool.spec) as { hub: { listen: Record<string, unknown> } };
+  doc.hub.listen.admin = "0.0.0.0:0";
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), doc);
+  const proc = spawnCli(t, "hub", ["hub", "-c", yaml]);
+  await proc.waitLine(/hub ready/);
+  const warned = proc.matching(/admin listener is off loopback without TLS/);
+  t.equal(warned.length, 1, "one warning line");
+  t.match(warned[0], /WARN/);
+  t.match(warned[0], /hub\.admin\.tls/, "it names the key that fixes it");
+
+  // Loopback: nothing crosses a network, no warning.
+  const quiet = tmpDir("capsul-hub-admin-loopback-");
+  const proc2 = spawnCli(t, "hub2", ["hub", "-c", writeYaml(path.join(quiet, "hub.yaml"), hubDoc(quiet, (await freePortRange(2)).spec))]);
+  await proc2.waitLine(/hub ready/);
+  t.equal(proc2.matching(/without TLS/).length, 0, "no warning on loopback");
+
+  // A reload that turns TLS on is refused, naming the key; the hub keeps serving as before.
+  writeYaml(yaml, { hub: { ...doc.hub, admin: { tls: "acme", hostname: ADMIN } } });
+  const r = await runCli(["hub", "reload", "-c", yaml]);
+  t.not(r.code, 0, "capsul hub reload reports the refusal");
+  t.match(r.stderr + r.stdout, /hub\.admin\.tls: cannot change while capsul hub runs/);
+  t.ok(proc.alive, "the hub keeps running");
+});
