@@ -32,7 +32,6 @@ import type { RouteEntry, Router } from "./router.js";
 import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
 
-
 export interface VisitorStats {
   active: number;
   total: number;

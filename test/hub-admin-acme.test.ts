@@ -15,6 +15,7 @@ import path from "node:path";
 import tls from "node:tls";
 import { loadOrCreateHubPki } from "../certs/pki.js";
 import { closeServer, cogConfig, enrolledCog, hubConfig, HUB_DOMAIN, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { presentedSerial } from "./helpers/acme.js";
 import { hubDoc } from "./helpers/hubproc.js";
 import { AcmeFrontProxy, startPebble } from "./helpers/pebble.js";
 import { curl, freePort, freePortRange, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
@@ -53,16 +54,7 @@ function adminCurl(h: AdminHub, rootFile: string, urlPath: string, token?: strin
 }
 
 /** The serial of the certificate the admin listener presents now (checked against `caPem`). */
-function adminSerial(port: number, caPem: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = tls.connect({ host: "127.0.0.1", port, servername: ADMIN, ca: caPem }, () => {
-      const serial = s.getPeerCertificate().serialNumber;
-      s.end();
-      resolve(serial);
-    });
-    s.on("error", reject);
-  });
-}
+const adminSerial = (port: number, caPem: string): Promise<string> => presentedSerial(port, ADMIN, caPem);
 
 async function issuedBy(t: Test, challenge: "http-01" | "tls-alpn-01"): Promise<void> {
   const dir = tmpDir(`capsul-hub-admin-${challenge}-`);
@@ -85,6 +77,11 @@ async function issuedBy(t: Test, challenge: "http-01" | "tls-alpn-01"): Promise<
   t.same(JSON.parse(cogs.stdout), { cogs: [] }, "the token-guarded API answers over TLS");
   const noToken = await adminCurl(h, rootFile, "/v1/cogs", undefined, ["-o", "/dev/null", "-w", "%{http_code}"]);
   t.equal(noToken.stdout, "401", "off loopback the token is still required");
+  const origin = `https://${ADMIN}:${h.adminPort}`;
+  const sameOrigin = await adminCurl(h, rootFile, "/healthz", token, ["-o", "/dev/null", "-w", "%{http_code}", "-H", `Origin: ${origin}`]);
+  t.equal(sameOrigin.stdout, "200", "a GET from the listener's own https:// origin is allowed");
+  const post = await adminCurl(h, rootFile, "/v1/cogs/x/revoke", token, ["-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H", `Origin: ${origin}`]);
+  t.equal(post.stdout, "403", "a state-changing request with an Origin is refused, over TLS too");
   const plain = await curl(["-sS", "-o", "/dev/null", "--max-time", "5", `http://127.0.0.1:${h.adminPort}/healthz`]);
   t.not(plain.code, 0, "plain HTTP is not served on the admin port");
 
@@ -165,6 +162,13 @@ t.test("the CA unreachable: handshakes refused until the first certificate, retr
   t.match(await ask(), /200 OK/, "the connection open across the renewal still works");
   t.equal(kept.getPeerCertificate().serialNumber, first[1], "with the certificate it was made with");
   kept.end();
+
+  // The CA gone when the next renewal is due: one line per failed order, the certificate in hand keeps being served.
+  await proxy.stop();
+  const failed = await h.proc.waitLine(/cannot reach the ACME CA .*serving="?serial ([0-9A-F]+)/, { timeoutMs: 60_000 });
+  t.equal(failed[1], second, "the failure line says which certificate is still served");
+  t.equal(await adminSerial(h.adminPort, rootPem), second, "and the listener still serves it");
+  t.equal((await adminCurl(h, rootFile, "/healthz", token)).code, 0, "the admin API keeps answering over TLS");
 });
 
 t.test("the hub answers ACME challenges only for its admin hostname: a capsul's own reach the capsul", async (t) => {
