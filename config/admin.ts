@@ -44,7 +44,7 @@ export const hubAdminSchema = section("Limits of the hub's admin listener (hub.l
     { def: DEFAULT_ADMIN_COGS_CACHE_MS, min: 0, max: MAX_MUX_INT }),
   tls: choice("TLS on the admin listener: off (plain HTTP), acme (a certificate for hub.admin.hostname from hub.acme, its challenge answered on the hub's own public port 80 or 443), or files (cert_file and key_file). Default: off.",
     ADMIN_TLS_MODES, DEFAULT_ADMIN_TLS),
-  hostname: leaf({ description: "The name the admin listener's certificate is for (tls: acme); its DNS must point at the hub's public address. Also accepted as Host. Default: none.", type: ["string", "null"] },
+  hostname: leaf({ description: "The name the admin listener's certificate is for (tls: acme); its DNS must point at the hub's public address. Also accepted as Host (with tls: files, the certificate's names are, when this is not set). Default: none.", type: ["string", "null"] },
     (v) => (v == null ? null : hostname(v, ""))),
   challenge: choice(`How the hub proves hub.admin.hostname to the CA (tls: acme): http-01 on its public HTTP listener (hub.listen.http), tls-alpn-01 on its public TLS listener (hub.listen.tls). Default: ${DEFAULT_ADMIN_CHALLENGE}.`,
     ADMIN_CHALLENGES, DEFAULT_ADMIN_CHALLENGE),

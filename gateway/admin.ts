@@ -99,7 +99,7 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
   const listen = cfg.listen.admin!;
   const hostNames = [cfg.domain];
   if (!isWildcardAddress(listen.host)) hostNames.push(listen.host);
-  if (cfg.admin.hostname) hostNames.push(cfg.admin.hostname);
+  hostNames.push(...d.tls.hostNames());
   const app = gatedApp({
     hostNames,
     token: isLoopbackHost(listen.host) ? null : d.token,

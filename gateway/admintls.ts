@@ -163,6 +163,13 @@ export class AdminTls extends EventEmitter {
     return this.acme?.keyPair(this.cfg.admin.hostname!) ?? null;
   }
 
+  /** The names the admin listener answers as (Host), besides its addresses: hub.admin.hostname, or what cert_file names. */
+  hostNames(): string[] {
+    const a = this.cfg.admin;
+    if (a.hostname) return [a.hostname];
+    return a.tls === "files" && this.pair ? certFacts(this.pair.chainPem).names.filter((n) => !n.startsWith("*.")) : [];
+  }
+
   /** When the certificate served now expires (ms), or null: what /metrics exports. */
   notAfterMs(): number | null {
     const p = this.current();

@@ -301,3 +301,34 @@ t.test("off loopback without TLS: one warning line at start; tls and hub.acme ch
   t.match(r.stderr + r.stdout, /hub\.admin\.tls: cannot change while capsul hub runs/);
   t.ok(proc.alive, "the hub keeps running");
 });
+
+t.test("tls: files: the operator's certificate and key; a key that does not match is one line and no start", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-files-");
+  const own = await loadOrCreateHubPki(path.join(dir, "own-ca"), [ADMIN]);
+  const other = await loadOrCreateHubPki(path.join(dir, "other-ca"), [ADMIN]);
+  const f = (name: string, text: string): string => { fs.writeFileSync(path.join(dir, name), text, { mode: 0o600 }); return path.join(dir, name); };
+  const caFile = f("ca.pem", own.caCertPem);
+  const certFile = f("admin.crt", own.hubCertPem);
+  const keyFile = f("admin.key", own.hubKeyPem);
+  const wrongKey = f("wrong.key", other.hubKeyPem);
+
+  const write = (name: string, key: string): string => {
+    const doc = hubDoc(dir, "20000-20001", undefined, { admin: { tls: "files", cert_file: certFile, key_file: key } }) as { hub: { listen: Record<string, unknown>; data_dir: string } };
+    doc.hub.data_dir = path.join(dir, name);
+    return writeYaml(path.join(dir, `${name}.yaml`), doc);
+  };
+  const proc = spawnCli(t, "hub", ["hub", "-c", write("good", keyFile)]);
+  const m = await proc.waitLine(ADMIN_PORT_RE);
+  const port = Number(m[1]);
+  const r = await curl(["-sS", "--cacert", caFile, "--resolve", `${ADMIN}:${port}:127.0.0.1`, `https://${ADMIN}:${port}/healthz`]);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /"status":"ok"/, "the admin listener serves the operator's certificate");
+  t.equal(proc.matching(/without TLS/).length, 0);
+
+  const bad = spawnCli(t, "hub-bad", ["hub", "-c", write("bad", wrongKey)]);
+  const exit = await bad.waitExit();
+  t.not(exit.code, 0, "a key that does not match the certificate: the hub does not start");
+  const said = bad.matching(/hub\.admin\.cert_file/);
+  t.equal(said.length, 1, "one line says so");
+  t.match(said[0], /do not make a certificate/);
+});
