@@ -294,6 +294,10 @@ t.test("off loopback without TLS: one warning line at start; tls and hub.acme ch
   await proc2.waitLine(/hub ready/);
   t.equal(proc2.matching(/without TLS/).length, 0, "no warning on loopback");
 
+  const certs = await runCli(["hub", "certs", "-c", yaml]);
+  t.equal(certs.code, 0, certs.stderr);
+  t.match(certs.stdout, /^No certificates\. hub\.admin\.tls: acme/, "capsul hub certs says how to get one");
+
   // A reload that turns TLS on is refused, naming the key; the hub keeps serving as before.
   writeYaml(yaml, { hub: { ...doc.hub, admin: { tls: "acme", hostname: ADMIN } } });
   const r = await runCli(["hub", "reload", "-c", yaml]);
