@@ -336,3 +336,42 @@ t.test("tls: files: the operator's certificate and key; a key that does not matc
   t.equal(said.length, 1, "one line says so");
   t.match(said[0], /do not make a certificate/);
 });
+
+t.test("hub.workers: 2: an open TLS-ALPN-01 challenge is answered by every worker, and replayed to a worker that restarts mid-order", async (t) => {
+  const dir = tmpDir("capsul-hub-admin-replay-");
+  const ports = { tls: await freePort(), http: await freePort() };
+  const pebble = await startPebble(t, dir, { httpPort: ports.http, tlsPort: ports.tls });
+  // The proxy holds the "validate now" request: the challenge stays open as long as the order may last.
+  const proxy = new AcmeFrontProxy(pebble);
+  proxy.mode = "hold";
+  proxy.holdPath = /^\/chalZ\//;
+  await proxy.start();
+  t.teardown(() => proxy.stop());
+  const h = await startAdminHub(t, dir, ports, {
+    directory_url: proxy.directoryUrl, ca_bundle: pebble.ca.caFile, request_timeout: "2m", order_timeout: "3m",
+  }, { challenge: "tls-alpn-01" }, { workers: 2, worker: { restart_min_delay: "100ms", restart_max_delay: "200ms" } });
+  await waitFor("the challenge to be open (its validation held)", () => proxy.seen.some((s) => s.action === "held"), { timeoutMs: 30_000 });
+
+  const handshakes = async (what: string): Promise<void> => {
+    for (let i = 0; i < 10; i++) {
+      const got = await new Promise<{ alpn: string | false; san: string }>((resolve, reject) => {
+        const s = tls.connect({ host: "127.0.0.1", port: ports.tls, servername: ADMIN, ALPNProtocols: ["acme-tls/1"], rejectUnauthorized: false }, () => {
+          const out = { alpn: s.alpnProtocol ?? false, san: s.getPeerCertificate().subjectaltname ?? "" };
+          s.end();
+          resolve(out);
+        });
+        s.on("error", reject);
+      });
+      t.equal(got.alpn, "acme-tls/1", `${what}, handshake ${i + 1}: answered with acme-tls/1`);
+      t.equal(got.san, `DNS:${ADMIN}`, "and the challenge certificate");
+    }
+  };
+  await handshakes("both workers");
+
+  const stats = JSON.parse(fs.readFileSync(path.join(h.dataDir, "hub-workers.json"), "utf8")) as { workers: { worker: number; pid: number }[] };
+  process.kill(stats.workers.find((w) => w.worker === 2)!.pid, "SIGKILL");
+  await h.proc.waitLine(/worker died; starting it again .*worker=2/);
+  await waitFor("worker 2 ready again", () => h.proc.matching(/worker ready worker=2/).length >= 2, { timeoutMs: 30_000 });
+  await handshakes("after worker 2 restarted");
+  t.equal(h.proc.matching(/ordering a certificate/).length, 1, "still the one order, in worker 1");
+});
