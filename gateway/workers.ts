@@ -285,7 +285,7 @@ class AcmeRelay {
   constructor(private readonly slots: readonly Slot[], private readonly timeoutMs: number, private readonly log: Logger) {}
 
   relay(owner: Slot, ownerSeq: number, share: AdminAcmeShare): void {
-    const key = share.op.startsWith("http") ? `http ${share.name} ${(share as { token: string }).token}` : share.op.startsWith("alpn") ? `alpn ${share.name}` : `cert ${share.name}`;
+    const key = share.op === "http-add" || share.op === "http-remove" ? `http ${share.name} ${share.token}` : `${share.op.slice(0, 4)} ${share.name}`;
     if (share.op.endsWith("-remove")) this.state.delete(key);
     else this.state.set(key, share);
     const id = this.nextId++;
@@ -306,12 +306,24 @@ class AcmeRelay {
     if (w.waiting.size === 0) this.done(id);
   }
 
-  /** A worker exited: nobody waits for it. */
+  /**
+   * A worker exited: nobody waits for it. Worker 1's orders died with it (its next start
+   * orders again): the challenges it had open are withdrawn from the others.
+   */
   gone(slot: Slot): void {
     for (const [id, w] of this.waits) {
       if (w.owner === slot) { clearTimeout(w.timer); this.waits.delete(id); continue; }
       w.waiting.delete(slot.index);
       if (w.waiting.size === 0) this.done(id);
+    }
+    if (slot.index !== 1) return;
+    for (const [key, share] of this.state) {
+      let undo: AdminAcmeShare;
+      if (share.op === "http-add") undo = { op: "http-remove", name: share.name, token: share.token };
+      else if (share.op === "alpn-add") undo = { op: "alpn-remove", name: share.name };
+      else continue;
+      this.state.delete(key);
+      for (const s of this.slots) if (s.ready && s.worker?.isConnected()) s.worker.send({ type: "capsul-acme", seq: -1, share: undo } satisfies ToWorker);
     }
   }
 

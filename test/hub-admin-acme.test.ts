@@ -349,19 +349,20 @@ t.test("hub.workers: 2: an open TLS-ALPN-01 challenge is answered by every worke
   t.teardown(() => proxy.stop());
   const h = await startAdminHub(t, dir, ports, {
     directory_url: proxy.directoryUrl, ca_bundle: pebble.ca.caFile, request_timeout: "2m", order_timeout: "3m",
-  }, { challenge: "tls-alpn-01" }, { workers: 2, worker: { restart_min_delay: "100ms", restart_max_delay: "200ms" } });
+  }, { challenge: "tls-alpn-01" }, { workers: 2, worker: { restart_min_delay: "10s", restart_max_delay: "10s" } });
   await waitFor("the challenge to be open (its validation held)", () => proxy.seen.some((s) => s.action === "held"), { timeoutMs: 30_000 });
 
+  const handshake = (): Promise<{ alpn: string | false; san: string }> => new Promise((resolve, reject) => {
+    const s = tls.connect({ host: "127.0.0.1", port: ports.tls, servername: ADMIN, ALPNProtocols: ["acme-tls/1"], rejectUnauthorized: false }, () => {
+      const out = { alpn: s.alpnProtocol ?? false, san: s.getPeerCertificate().subjectaltname ?? "" };
+      s.end();
+      resolve(out);
+    });
+    s.on("error", reject);
+  });
   const handshakes = async (what: string): Promise<void> => {
     for (let i = 0; i < 10; i++) {
-      const got = await new Promise<{ alpn: string | false; san: string }>((resolve, reject) => {
-        const s = tls.connect({ host: "127.0.0.1", port: ports.tls, servername: ADMIN, ALPNProtocols: ["acme-tls/1"], rejectUnauthorized: false }, () => {
-          const out = { alpn: s.alpnProtocol ?? false, san: s.getPeerCertificate().subjectaltname ?? "" };
-          s.end();
-          resolve(out);
-        });
-        s.on("error", reject);
-      });
+      const got = await handshake();
       t.equal(got.alpn, "acme-tls/1", `${what}, handshake ${i + 1}: answered with acme-tls/1`);
       t.equal(got.san, `DNS:${ADMIN}`, "and the challenge certificate");
     }
@@ -374,4 +375,11 @@ t.test("hub.workers: 2: an open TLS-ALPN-01 challenge is answered by every worke
   await waitFor("worker 2 ready again", () => h.proc.matching(/worker ready worker=2/).length >= 2, { timeoutMs: 30_000 });
   await handshakes("after worker 2 restarted");
   t.equal(h.proc.matching(/ordering a certificate/).length, 1, "still the one order, in worker 1");
+
+  // Worker 1 dies mid-order: its open challenge is withdrawn from worker 2 (it orders afresh when it is back, 10 s on).
+  const w1 = (JSON.parse(fs.readFileSync(path.join(h.dataDir, "hub-workers.json"), "utf8")) as typeof stats).workers.find((w) => w.worker === 1)!.pid;
+  process.kill(w1, "SIGKILL");
+  await h.proc.waitLine(/worker died; starting it again .*worker=1/);
+  const refused = await waitFor("worker 2 to drop the dead order's challenge", () => handshake().then(() => null, (err: Error) => err.message), { timeoutMs: 5_000, intervalMs: 100 });
+  t.match(refused, /unrecognized name/, "an acme-tls/1 handshake for the admin name is no longer answered (no route for it)");
 });
