@@ -22,7 +22,7 @@ import { EventEmitter } from "node:events";
 import fs from "node:fs";
 import tls from "node:tls";
 import type { HubConfig } from "../config/types.js";
-import { AcmeManager, type CertRow } from "../certs/acme.js";
+import { AcmeManager } from "../certs/acme.js";
 import { AcmeStore, certFacts } from "../certs/acme-store.js";
 import { ChallengeStore } from "../certs/challenges.js";
 import { RuntimeError } from "../lib/errors.js";
@@ -176,11 +176,6 @@ export class AdminTls extends EventEmitter {
     return p ? certFacts(p.chainPem).notAfter.getTime() : null;
   }
 
-  /** The admin certificate's rows (tls: acme, the owner), as `capsul hub certs` prints them. */
-  list(): CertRow[] {
-    return this.acme?.list() ?? [];
-  }
-
   private readonly onChange = (): void => {
     const row = this.acme!.list().find((r) => r.name === this.cfg.admin.hostname);
     const pair = this.current();
@@ -188,7 +183,8 @@ export class AdminTls extends EventEmitter {
     this.lastSerial = row.serial;
     this.emit("certificate", pair);
     if (this.role?.role === "owner") {
-      this.role.send({ op: "cert", name: row.name, ...pair }).catch(() => { /* logged by the primary; followers load it at their next start */ });
+      // Nothing waits for it (the primary logs a worker that does not confirm); a worker started later reads the data dir.
+      void this.role.send({ op: "cert", name: row.name, ...pair });
     }
   };
 
