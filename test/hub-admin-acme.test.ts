@@ -329,6 +329,14 @@ t.test("tls: files: the operator's certificate and key; a key that does not matc
   t.match(r.stdout, /"status":"ok"/, "the admin listener serves the operator's certificate");
   t.equal(proc.matching(/without TLS/).length, 0);
 
+  const listed = await runCli(["hub", "certs", "--json", "-c", path.join(dir, "good.yaml")]);
+  t.equal(listed.code, 0, listed.stderr);
+  const [fileRow] = JSON.parse(listed.stdout) as { name: string; serial: string; state: string }[];
+  t.equal(fileRow?.name, ADMIN, "capsul hub certs lists the operator's certificate");
+  t.equal(fileRow?.state, "file", "as one capsul does not renew");
+  const table = await runCli(["hub", "certs", "-c", path.join(dir, "good.yaml")]);
+  t.match(table.stdout, /admin\.hub\.test .*file \(not renewed by capsul\)/);
+
   const bad = spawnCli(t, "hub-bad", ["hub", "-c", write("bad", wrongKey)]);
   const exit = await bad.waitExit();
   t.not(exit.code, 0, "a key that does not match the certificate: the hub does not start");
