@@ -66,6 +66,8 @@ export class AcmeIssuer {
     private readonly responder: ChallengeResponder,
     private readonly caPems: string[] | undefined,
     private readonly log: Logger,
+    /** The capsul.yaml section of `cfg` (cog.acme, hub.acme), as log lines name its keys. */
+    private readonly section = "cog.acme",
   ) {}
 
   /** Orders a certificate for `name`; `signal` abandons the order (the cog is stopping). */
@@ -77,11 +79,11 @@ export class AcmeIssuer {
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         ctx.abort.abort();
-        reject(new AcmeError(`no certificate within cog.acme.order_timeout (${fmtDuration(this.cfg.orderTimeoutMs)}); the order was at the ${step.now} step`, "timeout"));
+        reject(new AcmeError(`no certificate within ${this.section}.order_timeout (${fmtDuration(this.cfg.orderTimeoutMs)}); the order was at the ${step.now} step`, "timeout"));
       }, this.cfg.orderTimeoutMs);
       onAbort = () => {
         ctx.abort.abort();
-        reject(new AcmeError("the order was abandoned (the cog is stopping)", "timeout"));
+        reject(new AcmeError("the order was abandoned (capsul is stopping)", "timeout"));
       };
       if (signal?.aborted) onAbort();
       else signal?.addEventListener("abort", onAbort, { once: true });
@@ -115,18 +117,18 @@ export class AcmeIssuer {
       }
       const keyAuthorization = await client.getChallengeKeyAuthorization(ch);
       if (challenge === "http-01") {
-        this.responder.addHttp(name, ch.token, keyAuthorization);
+        await this.responder.addHttp(name, ch.token, keyAuthorization);
       } else {
         const [keyPem, certPem] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization, newEcKeyPem());
-        this.responder.addAlpn(name, keyPem.toString(), certPem.toString());
+        await this.responder.addAlpn(name, keyPem.toString(), certPem.toString());
       }
       try {
         step.now = "challenge";
         await client.completeChallenge(ch);
         await client.waitForValidStatus(ch);
       } finally {
-        if (challenge === "http-01") this.responder.removeHttp(name, ch.token);
-        else this.responder.removeAlpn(name);
+        if (challenge === "http-01") await this.responder.removeHttp(name, ch.token);
+        else await this.responder.removeAlpn(name);
       }
     }
     step.now = "finalize";
@@ -179,7 +181,7 @@ export class AcmeIssuer {
   private classify(err: Error, ctx: AcmeCallContext, step: string): AcmeError {
     const where = ctx.url ?? this.cfg.directoryUrl;
     if (!ctx.answered) {
-      const why = ctx.networkError ?? `no answer within cog.acme.request_timeout (${fmtDuration(this.cfg.requestTimeoutMs)})`;
+      const why = ctx.networkError ?? `no answer within ${this.section}.request_timeout (${fmtDuration(this.cfg.requestTimeoutMs)})`;
       return new AcmeError(`cannot reach the ACME CA at ${where}: ${why}`, "unreachable", null, { cause: err });
     }
     const answer = ctx.lastError;

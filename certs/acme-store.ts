@@ -60,7 +60,9 @@ export type RenewalState =
   /** A route wants the name, but the hub has not (yet) accepted the routes the challenge needs. */
   | "waiting"
   /** On disk, but no route terminates this name any more: kept, not renewed. */
-  | "unused";
+  | "unused"
+  /** The operator's own (hub.admin.tls: files): capsul serves it and never renews it. */
+  | "file";
 
 /** Per name, what survives a restart besides the certificate: so a Retry-After is still honoured after one. */
 export interface NameStatus {

@@ -93,8 +93,17 @@ const msOf = (s: string | null): number | null => {
   return Number.isNaN(v) ? null : v;
 };
 
+/** Who else uses an AcmeManager than the cog: the hub's admin listener (gateway/admintls.ts). */
+export interface AcmeManagerOptions {
+  /** The capsul.yaml section of its config (cog.acme, hub.acme), as errors and log lines name its keys. */
+  section?: string;
+  /** Where the challenge answers go (default: a store of its own, read by whoever serves the challenges). */
+  challenges?: ChallengeStore;
+}
+
 export class AcmeManager extends EventEmitter {
-  readonly challenges = new ChallengeStore();
+  readonly challenges: ChallengeStore;
+  private readonly section: string;
   private readonly store: AcmeStore;
   private readonly slots = new Map<string, Slot>();
   private issuer: AcmeIssuer | null = null;
@@ -110,8 +119,11 @@ export class AcmeManager extends EventEmitter {
     dataDir: string,
     private readonly log: Logger,
     private readonly random: () => number = Math.random,
+    opts: AcmeManagerOptions = {},
   ) {
     super();
+    this.section = opts.section ?? "cog.acme";
+    this.challenges = opts.challenges ?? new ChallengeStore();
     this.cfg = { ...cfg };
     this.store = new AcmeStore(dataDir);
   }
@@ -135,13 +147,13 @@ export class AcmeManager extends EventEmitter {
       try {
         bundle = fs.readFileSync(this.cfg.caBundle, "utf8");
       } catch (err) {
-        throw new RuntimeError(`cannot read cog.acme.ca_bundle ${this.cfg.caBundle}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+        throw new RuntimeError(`cannot read ${this.section}.ca_bundle ${this.cfg.caBundle}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
       }
-      if (!bundle.includes("-----BEGIN CERTIFICATE-----")) throw new RuntimeError(`cog.acme.ca_bundle ${this.cfg.caBundle} holds no PEM certificate`);
+      if (!bundle.includes("-----BEGIN CERTIFICATE-----")) throw new RuntimeError(`${this.section}.ca_bundle ${this.cfg.caBundle} holds no PEM certificate`);
       // Node's `ca` replaces the system roots; keep them, so a bundle adds trust and takes none away.
       caPems = [...tls.rootCertificates, bundle];
     }
-    this.issuer = new AcmeIssuer(this.cfg, this.store, this.challenges, caPems, this.log);
+    this.issuer = new AcmeIssuer(this.cfg, this.store, this.challenges, caPems, this.log, this.section);
     const { certs, bad } = this.store.loadCerts();
     for (const b of bad) this.log.warn("ignoring an unreadable certificate file; its name will be ordered again", { file: b.file, reason: b.reason });
     for (const c of certs) {
@@ -169,6 +181,12 @@ export class AcmeManager extends EventEmitter {
   /** The certificate to serve for `name`, or undefined when there is none (yet). */
   secureContext(name: string): tls.SecureContext | undefined {
     return this.slots.get(name)?.held?.context;
+  }
+
+  /** The key and chain held for `name` (PEM), or undefined: for a server that takes PEM (the hub's admin listener). */
+  keyPair(name: string): { keyPem: string; chainPem: string } | undefined {
+    const h = this.slots.get(name)?.held;
+    return h ? { keyPem: h.stored.keyPem, chainPem: h.stored.chainPem } : undefined;
   }
 
   /**

@@ -13,15 +13,20 @@ export const ACME_HTTP_CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 /** RFC 8737 §6.2: the ALPN protocol the validator offers, and the only one it accepts. */
 export const ACME_TLS_ALPN_PROTOCOL = "acme-tls/1";
 
-/** What the issuer needs from whoever answers the challenges. */
+/**
+ * What the issuer needs from whoever answers the challenges. The issuer awaits each call
+ * before it tells the CA to validate: a responder that must first pass the answer on to
+ * other processes (the hub's workers, gateway/admintls.ts) resolves once they hold it.
+ */
 export interface ChallengeResponder {
-  addHttp(name: string, token: string, keyAuthorization: string): void;
-  removeHttp(name: string, token: string): void;
-  addAlpn(name: string, keyPem: string, certPem: string): void;
-  removeAlpn(name: string): void;
+  addHttp(name: string, token: string, keyAuthorization: string): void | Promise<void>;
+  removeHttp(name: string, token: string): void | Promise<void>;
+  addAlpn(name: string, keyPem: string, certPem: string): void | Promise<void>;
+  removeAlpn(name: string): void | Promise<void>;
 }
 
 export class ChallengeStore implements ChallengeResponder {
+  // The store itself answers at once; subclasses may return a promise (see ChallengeResponder).
   private readonly http = new Map<string, Map<string, string>>();
   private readonly alpn = new Map<string, tls.SecureContext>();
 

@@ -12,6 +12,8 @@ import { fmtMs } from "../config/values.js";
 import { processRegistry } from "../lib/metrics.js";
 import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, table } from "./common.js";
 import { reportReload, requestReload, runService } from "./service.js";
+import { readCertRows } from "../certs/acme.js";
+import { certRowsJson, certRowsTable, fileCertRow, NO_HUB_CERTS } from "./certs.js";
 import { hubWorkerIndex, runHubPrimary, runHubWorker, workerRestartKeys } from "./hubworkers.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -154,6 +156,20 @@ export function registerHubCommands(program: Command): void {
         }
         process.stdout.write(table(rows[0]!, rows.slice(1)) + "\n");
       });
+    });
+
+  hub
+    .command("certs")
+    .description("list the admin listener's certificate (hub.admin.tls: acme, or files): names, issuer, expiry, renewal state, last error")
+    .option("-c, --config <file>", CONFIG_HELP)
+    .option("--json", "print JSON (snake_case keys, ISO-8601 times) instead of a table")
+    .action((opts: { config?: string; json?: boolean }) => {
+      const { cfg, file } = loadConfig(configOpt(opts));
+      const hubCfg = requireHub(cfg, file);
+      const rows = readCertRows(hubCfg.dataDir);
+      // tls: files: the operator's certificate, first (ACME rows above are from an earlier tls: acme).
+      if (hubCfg.admin.tls === "files") rows.unshift(fileCertRow(hubCfg.admin.certFile!));
+      process.stdout.write((opts.json ? JSON.stringify(certRowsJson(rows)) : certRowsTable(rows, Date.now(), NO_HUB_CERTS)) + "\n");
     });
 
   const ports = hub

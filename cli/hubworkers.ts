@@ -8,7 +8,8 @@ import type { CapsulConfig, HubConfig } from "../config/types.js";
 import { loadConfigFile } from "../config/config.js";
 import { sameValue } from "../config/reload.js";
 import type { Logger } from "../lib/log.js";
-import { startHub } from "../gateway/hub.js";
+import { startHub, type Hub } from "../gateway/hub.js";
+import type { AdminTlsRole } from "../gateway/admintls.js";
 import type { MuxSession } from "../protocol/mux.js";
 import {
   startPrimary, workerHubConfig, WORKER_INDEX_ENV, WORKER_TUNNEL_PORT_ENV,
@@ -52,12 +53,32 @@ function writeAtomic(file: string, data: string): void {
 export async function runHubWorker(i: number, cfg: CapsulConfig, hubCfg: HubConfig, file: string, log: Logger): Promise<void> {
   const tunnelPort = Number(process.env[WORKER_TUNNEL_PORT_ENV]);
   const start = hubCfg.listen.tunnel;
-  const h = await startHub(workerHubConfig(hubCfg, i, tunnelPort), log, { handedTunnelPort: tunnelPort });
-  process.on("message", (m: ToWorker, handle: unknown) => {
-    if (m?.type !== "capsul-tunnel" || !handle) return;
-    h.tunnels.adopt(handle as import("node:net").Socket, Buffer.from(m.head, "base64"));
-  });
   const send = (m: FromWorker): void => { process.send?.(m); };
+  // The admin certificate (hub.admin.tls: acme): worker 1 orders and shares, the others follow (gateway/admintls.ts).
+  let shareSeq = 0;
+  const acked = new Map<number, () => void>();
+  const adminTlsRole: AdminTlsRole = i !== 1 ? { role: "follower" } : {
+    role: "owner",
+    send: (share) => new Promise<void>((resolve) => {
+      const seq = ++shareSeq;
+      acked.set(seq, resolve);
+      send({ type: "capsul-acme", seq, share });
+    }),
+  };
+  let h: Hub | null = null;
+  // Before startHub: worker 1 starts ordering inside it and waits for the primary's acks.
+  process.on("message", (m: ToWorker, handle: unknown) => {
+    if (m?.type === "capsul-acme-ack") {
+      acked.get(m.seq)?.();
+      acked.delete(m.seq);
+    } else if (m?.type === "capsul-acme") {
+      h?.adminTls.apply(m.share);
+      if (m.seq >= 0) send({ type: "capsul-acme-ack", seq: m.seq });
+    } else if (m?.type === "capsul-tunnel" && handle && h) {
+      h.tunnels.adopt(handle as import("node:net").Socket, Buffer.from(m.head, "base64"));
+    }
+  });
+  h = await startHub(workerHubConfig(hubCfg, i, tunnelPort), log, { handedTunnelPort: tunnelPort, adminTlsRole });
   send({ type: "capsul-ready", tls: h.ports.tls, http: h.ports.http });
   const stats = setInterval(() => {
     const v = h.visitors.stats;

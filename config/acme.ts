@@ -3,6 +3,7 @@
  * `cog.terminate` (limits of the TLS the cog serves itself), and the route keys
  * `tls`, `challenge`, `redirect_http` and `hsts`: their schema, each default stated once.
  */
+import type { z } from "zod";
 import { ConfigError } from "../lib/errors.js";
 import { choice, custom, durationMs, fail, path, section, sizeBytes } from "./fields.js";
 import type { AcmeChallengeType, AcmeConfig, CogRoute, RouteTermination, TerminateConfig } from "./types.js";
@@ -73,7 +74,8 @@ function ratio(value: unknown, def: number, min: number, max: number): number {
   return value;
 }
 
-export const acmeSchema = section("The ACME client that gets certificates for `tls: terminate` routes (idle while no route terminates).", {
+/** The keys of an ACME client section: cog.acme and hub.acme share them (one definition, two sections). */
+const ACME_SHAPE = {
   directory_url: custom({
     description: `ACME directory URL (https); the shorthands letsencrypt and letsencrypt-staging name Let's Encrypt's. Default: ${DEFAULT_ACME_DIRECTORY}.`,
     default: DEFAULT_ACME_DIRECTORY, anyOf: [{ enum: Object.keys(DIRECTORY_SHORTHANDS) }, { type: "string", pattern: "^https://" }, { type: "null" }],
@@ -90,7 +92,9 @@ export const acmeSchema = section("The ACME client that gets certificates for `t
   request_timeout: durationMs("Deadline for one HTTP request to the CA.", { def: DEFAULT_ACME_REQUEST_TIMEOUT_MS, min: 1 }),
   order_timeout: durationMs("Deadline for one whole order: account, challenge, finalize, download.", { def: DEFAULT_ACME_ORDER_TIMEOUT_MS, min: 1 }),
   poll_interval: durationMs("First delay between polls of a pending challenge or order; doubled up to 8 times this.", { def: DEFAULT_ACME_POLL_INTERVAL_MS, min: 1 }),
-}, (o): AcmeConfig => {
+};
+
+function buildAcme(o: z.output<z.ZodObject<typeof ACME_SHAPE>>): AcmeConfig {
   if (o.retry_min_delay > o.retry_max_delay) fail(["retry_min_delay"], `must not exceed retry_max_delay (${fmtMs(o.retry_max_delay)})`);
   return {
     directoryUrl: o.directory_url,
@@ -103,7 +107,12 @@ export const acmeSchema = section("The ACME client that gets certificates for `t
     orderTimeoutMs: o.order_timeout,
     pollIntervalMs: o.poll_interval,
   };
-});
+}
+
+export const acmeSchema = section("The ACME client that gets certificates for `tls: terminate` routes (idle while no route terminates).", ACME_SHAPE, buildAcme);
+
+/** hub.acme: the same client, for the hub's own admin listener (hub.admin.tls: acme; idle otherwise). */
+export const hubAcmeSchema = section("The ACME client that gets the certificate of the hub's admin listener when hub.admin.tls is acme (idle otherwise).", ACME_SHAPE, buildAcme);
 
 export const terminateSchema = section("Limits of the TLS the cog terminates itself (`tls: terminate` routes).", {
   handshake_timeout: durationMs("Deadline for a visitor's ClientHello (or HTTP request head on the port-80 side) and TLS handshake.",

@@ -4,10 +4,10 @@
  * page (gateway/admin.ts, lib/adminhttp.ts). Each key's default and bounds are stated here once.
  */
 import { parseHostPort } from "../lib/hostname.js";
-import { durationMs, fail, HOST_PORT_JSON, int, leaf, section, sizeBytes } from "./fields.js";
+import { choice, durationMs, fail, HOST_PORT_JSON, int, leaf, path, section, sizeBytes } from "./fields.js";
 import { MAX_MUX_INT } from "./tunnel.js";
-import type { AdminLimits, HostPort, HubAdmin } from "./types.js";
-import { fmtMs } from "./values.js";
+import type { AcmeChallengeType, AdminLimits, AdminTlsMode, HostPort, HubAdmin } from "./types.js";
+import { fmtMs, hostname } from "./values.js";
 
 export const DEFAULT_HUB_ADMIN_LISTEN = "127.0.0.1:7444";
 export const DEFAULT_COG_ADMIN_LISTEN = "127.0.0.1:7445";
@@ -19,6 +19,13 @@ export const DEFAULT_ADMIN_MAX_CONNECTIONS = 64;
 export const DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES = 16 * 1024;
 export const DEFAULT_STATUS_REFRESH_MS = 5_000;
 export const DEFAULT_ADMIN_COGS_CACHE_MS = 2_000;
+/** hub.admin.tls: plain HTTP unless asked (on loopback nothing crosses a network). */
+export const DEFAULT_ADMIN_TLS: AdminTlsMode = "off";
+/** hub.admin.challenge: port 80 is what a hub opens anyway, and HTTP-01 needs nothing of port 443. */
+export const DEFAULT_ADMIN_CHALLENGE: AcmeChallengeType = "http-01";
+const ADMIN_TLS_MODES: readonly AdminTlsMode[] = ["off", "acme", "files"];
+const ADMIN_CHALLENGES: readonly AcmeChallengeType[] = ["http-01", "tls-alpn-01"];
+
 /** The status page reloads with <meta http-equiv="refresh" content="SECONDS">: whole seconds, at least one. */
 export const MIN_STATUS_REFRESH_MS = 1_000;
 
@@ -35,7 +42,22 @@ export const hubAdminSchema = section("Limits of the hub's admin listener (hub.l
     { def: DEFAULT_STATUS_REFRESH_MS, min: 1, max: MAX_MUX_INT }),
   cogs_cache: durationMs("How long the list of cogs read from the state store is reused by /metrics, the JSON API and the status page (live state is never cached); 0 reads it for every request.",
     { def: DEFAULT_ADMIN_COGS_CACHE_MS, min: 0, max: MAX_MUX_INT }),
+  tls: choice("TLS on the admin listener: off (plain HTTP), acme (a certificate for hub.admin.hostname from hub.acme, its challenge answered on the hub's own public port 80 or 443), or files (cert_file and key_file). Default: off.",
+    ADMIN_TLS_MODES, DEFAULT_ADMIN_TLS),
+  hostname: leaf({ description: "The name the admin listener's certificate is for (tls: acme); its DNS must point at the hub's public address. Also accepted as Host (with tls: files, the certificate's names are, when this is not set). Default: none.", type: ["string", "null"] },
+    (v) => (v == null ? null : hostname(v, ""))),
+  challenge: choice(`How the hub proves hub.admin.hostname to the CA (tls: acme): http-01 on its public HTTP listener (hub.listen.http), tls-alpn-01 on its public TLS listener (hub.listen.tls). Default: ${DEFAULT_ADMIN_CHALLENGE}.`,
+    ADMIN_CHALLENGES, DEFAULT_ADMIN_CHALLENGE),
+  cert_file: path("PEM certificate chain of the admin listener (tls: files), read at start. Default: none.", undefined),
+  key_file: path("PEM private key of cert_file (tls: files). Default: none.", undefined),
 }, (o): HubAdmin => {
+  if (o.tls === "acme" && o.hostname === null) fail(["hostname"], "required with tls: acme (the name the certificate is for; its DNS points at the hub)");
+  if (o.tls === "files") {
+    if (o.cert_file === null) fail(["cert_file"], "required with tls: files");
+    if (o.key_file === null) fail(["key_file"], "required with tls: files");
+  } else {
+    for (const key of ["cert_file", "key_file"] as const) if (o[key] !== null) fail([key], "only allowed with tls: files");
+  }
   if (o.status_refresh < MIN_STATUS_REFRESH_MS || o.status_refresh % 1000 !== 0) {
     fail(["status_refresh"], `must be whole seconds, at least 1s (the page reloads with <meta http-equiv="refresh">), got ${fmtMs(o.status_refresh)}`);
   }
@@ -45,6 +67,11 @@ export const hubAdminSchema = section("Limits of the hub's admin listener (hub.l
     maxRequestBodyBytes: o.max_request_body,
     statusRefreshMs: o.status_refresh,
     cogsCacheMs: o.cogs_cache,
+    tls: o.tls,
+    hostname: o.hostname,
+    challenge: o.challenge,
+    certFile: o.cert_file,
+    keyFile: o.key_file,
   };
 });
 

@@ -11,6 +11,7 @@ import {
 import { ConfigError } from "../lib/errors.js";
 import { bool, custom, durationMs, fail, int, leaf, listOf, optionalListener, path, PORT_RANGE_JSON, section, text } from "./fields.js";
 import { DEFAULT_HUB_ADMIN_LISTEN, hubAdminSchema } from "./admin.js";
+import { hubAcmeSchema } from "./acme.js";
 import { domainsSchema } from "./domains.js";
 import { endpointSchema, resolveEndpoint } from "./endpoint.js";
 import { hubLimitsSchema } from "./limits.js";
@@ -128,6 +129,22 @@ function buildGrants(
   return grants;
 }
 
+/**
+ * hub.admin.tls needs the admin listener; acme also the public listener its challenge comes in by.
+ */
+function checkAdminTls(o: { admin: HubConfig["admin"]; listen: HubConfig["listen"] }): void {
+  const a = o.admin;
+  if (a.tls === "off") return;
+  if (o.listen.admin === null) fail(["admin", "tls"], `tls: ${a.tls} needs hub.listen.admin (it is off)`);
+  if (a.tls !== "acme") return;
+  if (a.challenge === "http-01" && o.listen.http === null) {
+    fail(["admin", "challenge"], "http-01 is answered on hub.listen.http, which is off: turn it on, or use challenge: tls-alpn-01");
+  }
+  if (a.challenge === "tls-alpn-01" && o.listen.tls === null) {
+    fail(["admin", "challenge"], "tls-alpn-01 is answered on hub.listen.tls, which is off: turn it on, or use challenge: http-01");
+  }
+}
+
 export const hubSchema = section("The public hub; omit on a cog-only machine.", {
   data_dir: path("Directory for the hub's CA, certificates and SQLite state; relative paths are resolved against the file's directory.", DEFAULT_HUB_DATA_DIR),
   ...HUB_STORE_SHAPE,
@@ -145,6 +162,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   limits: hubLimitsSchema,
   tunnel: hubTunnelSchema,
   admin: hubAdminSchema,
+  acme: hubAcmeSchema,
   shutdown_grace: shutdownGrace("the hub stops accepting, sends GoAway to every cog and lets live visitor connections finish"),
   endpoint: endpointSchema,
   access_log: bool("One log line (info, component hub/access) per visitor connection when it ends: source, listener, route, cog, bytes both ways, duration, outcome; written once at close, never per chunk.",
@@ -152,6 +170,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
   workers: hubWorkersSchema,
   worker: hubWorkerSchema,
 }, (o): HubConfig => {
+  checkAdminTls(o);
   const publicTunnelAddress = o.public_tunnel_address ?? formatHostPort({ host: o.domain, port: o.listen.tunnel.port });
   return {
     dataDir: o.data_dir,
@@ -170,6 +189,7 @@ export const hubSchema = section("The public hub; omit on a cog-only machine.", 
     limits: o.limits,
     tunnel: o.tunnel,
     admin: o.admin,
+    acme: o.acme,
     shutdownGraceMs: o.shutdown_grace,
     endpoint: resolveEndpoint(o.endpoint, publicTunnelAddress, o.domain),
     accessLog: o.access_log,

@@ -28,7 +28,7 @@ const HUB_KEYS: KeyTable<Omit<HubConfig, "listen">> = {
   dataDir: "data_dir", store: "store", domain: "domain", publicTunnelAddress: "public_tunnel_address", cogs: "cogs",
   defaultGrants: "default_grants", defaultTcpPortsPerCog: "default_tcp_ports_per_cog", inviteTtlMs: "invite_ttl",
   cogCertTtlMs: "cog_cert_ttl", domains: "domains", limits: "limits", tunnel: "tunnel", shutdownGraceMs: "shutdown_grace", endpoint: "endpoint",
-  admin: "admin",
+  admin: "admin", acme: "acme",
   accessLog: "access_log",
   workers: "workers", worker: "worker",
 };

@@ -224,7 +224,19 @@ export interface HubAdmin extends AdminLimits {
    * bytes) is never cached; the admin API's own revoke and invite show at once.
    */
   cogsCacheMs: number;
+  /** TLS on the admin listener: off (plain HTTP), acme (certificate from hub.acme for `hostname`), files (certFile + keyFile). */
+  tls: AdminTlsMode;
+  /** The name the admin certificate is for (tls: acme); also accepted as Host. */
+  hostname: string | null;
+  /** How the hub proves `hostname` to the CA (tls: acme), on its own public HTTP or TLS listener. */
+  challenge: AcmeChallengeType;
+  /** PEM certificate chain and its key (tls: files), read at start. */
+  certFile: string | null;
+  keyFile: string | null;
 }
+
+/** hub.admin.tls */
+export type AdminTlsMode = "off" | "acme" | "files";
 
 /** A PostgreSQL server and database, as the hub.store URL names them. */
 export interface PostgresTarget {
@@ -315,6 +327,8 @@ export interface HubConfig {
   limits: HubLimits;
   tunnel: HubTunnelTuning;
   admin: HubAdmin;
+  /** The ACME client of the admin listener's certificate (hub.admin.tls: acme); same keys as cog.acme. */
+  acme: AcmeConfig;
   /**
    * On SIGTERM (or SIGINT) the hub stops accepting, sends GoAway to every cog and lets live
    * visitor connections finish for up to this long, then cuts the rest and exits 0

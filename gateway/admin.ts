@@ -19,8 +19,9 @@ import { ConfigError, RuntimeError } from "../lib/errors.js";
 import { COG_NAME_RE, formatHostPort, formatPortRange, isWildcardAddress, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import type { Logger } from "../lib/log.js";
 import { parseDurationMs } from "../lib/units.js";
-import { gatedApp, isLoopbackHost, serveAdmin, type AdminServer } from "../lib/adminhttp.js";
+import { gatedApp, isLoopbackHost, serveAdmin, type AdminServer, type KeyPair } from "../lib/adminhttp.js";
 import { cogsJson, invitesJson, statusJson } from "./adminviews.js";
+import type { AdminTls } from "./admintls.js";
 import type { ListenerChange } from "./listeners.js";
 import type { HubMetrics } from "./metrics.js";
 import type { HubStore } from "./store/types.js";
@@ -40,6 +41,8 @@ export interface HubAdminDeps {
   /** The token in <data_dir>/admin-token; asked for only when the listener is not on loopback. */
   token: string;
   invite: InviteFn;
+  /** The listener's certificate (hub.admin.tls); plain HTTP when it is off. */
+  tls: AdminTls;
   log: Logger;
 }
 
@@ -96,11 +99,13 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
   const listen = cfg.listen.admin!;
   const hostNames = [cfg.domain];
   if (!isWildcardAddress(listen.host)) hostNames.push(listen.host);
+  hostNames.push(...d.tls.hostNames());
   const app = gatedApp({
     hostNames,
     token: isLoopbackHost(listen.host) ? null : d.token,
     maxBodyBytes: cfg.admin.maxRequestBodyBytes,
     realm: `capsul hub ${cfg.domain}`,
+    secure: d.tls.enabled,
   });
   const meter = new TrafficMeter();
   const status = () => statusJson(cfg.domain, d.visitors.stats, metrics, tunnels);
@@ -162,11 +167,19 @@ export function buildHubAdminApp(d: HubAdminDeps): ReturnType<typeof gatedApp> {
 
 export async function startHubAdmin(d: HubAdminDeps): Promise<AdminServer> {
   const listen = d.cfg.listen.admin!;
-  const server = await serveAdmin(buildHubAdminApp(d), listen, d.cfg.admin, d.log);
+  const tls = d.tls.enabled ? { initial: d.tls.current() } : undefined;
+  const server = await serveAdmin(buildHubAdminApp(d), listen, d.cfg.admin, d.log, tls);
+  const loopback = isLoopbackHost(listen.host);
   d.log.info("admin listener ready", {
     // "auth", not "token": a field named token is a secret to the logger (lib/log.ts redaction).
-    url: server.url, auth: isLoopbackHost(listen.host) ? "not required (loopback)" : `required (${d.cfg.dataDir}/admin-token)`,
+    url: server.url, auth: loopback ? "not required (loopback)" : `required (${d.cfg.dataDir}/admin-token)`,
+    tls: d.cfg.admin.tls === "acme" ? `acme (${d.cfg.admin.hostname}${tls?.initial ? "" : ", no certificate yet: handshakes are refused until one is issued"})` : d.cfg.admin.tls,
   });
+  if (!loopback && !d.tls.enabled) {
+    d.log.warn("the admin listener is off loopback without TLS: its bearer token crosses the network in clear; set hub.admin.tls to acme (with hub.admin.hostname) or files", {
+      listen: formatHostPort(listen),
+    });
+  }
   return server;
 }
 
@@ -183,7 +196,10 @@ export class HubAdminListener {
   private server: AdminServer | null = null;
   private cfg: HubConfig | null = null;
 
-  constructor(private readonly deps: Omit<HubAdminDeps, "cfg" | "token">) {}
+  constructor(private readonly deps: Omit<HubAdminDeps, "cfg" | "token">) {
+    // A renewed certificate goes to whichever server is current, for its next handshake.
+    deps.tls.on("certificate", (pair: KeyPair) => this.server?.setCertificate(pair));
+  }
 
   get port(): number | null { return this.server?.port ?? null; }
 

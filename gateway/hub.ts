@@ -13,6 +13,7 @@ import { newInviteToken } from "../certs/tokens.js";
 import { ConfigError } from "../lib/errors.js";
 import { formatPortRange, normalizeHostnamePattern, parsePortRange } from "../lib/hostname.js";
 import { HubAdminListener } from "./admin.js";
+import { AdminTls, type AdminTlsRole } from "./admintls.js";
 import { DomainProofs } from "./domains.js";
 import { checkGrantsConsistent, checkNewGrants } from "./grants.js";
 import { HubMetrics } from "./metrics.js";
@@ -38,6 +39,8 @@ export interface Hub {
   readonly metrics: HubMetrics;
   /** Custom domains by DNS proof. */
   readonly domains: DomainProofs;
+  /** The admin listener's certificate (hub.admin.tls): files, or ACME for hub.admin.hostname. */
+  readonly adminTls: AdminTls;
   /** Bound ports (useful when the config asked for port 0); they follow reloads (null: listener off). */
   readonly ports: { readonly tls: number | null; readonly http: number | null; readonly tunnel: number; readonly admin: number | null };
   /** The configuration in force: what the hub started with, as later reloads changed it. */
@@ -57,6 +60,8 @@ export interface HubOptions {
    * hands connections over through hub.tunnels.adopt(); no tunnel listener is bound here.
    */
   handedTunnelPort?: number;
+  /** A hub worker: its part in the admin listener's ACME certificate (gateway/admintls.ts). */
+  adminTlsRole?: AdminTlsRole;
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -109,7 +114,11 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   const http = publicListener("hub.listen.http", (sock) => void visitors.onHttp(sock));
   // The admin API's invites read the live configuration (invite_ttl) and the PKI in force.
   const invite = (name: string, o: InviteOptions): Promise<InviteResult> => inviteIn(live, store, pki, name, o);
-  const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, log: log.child("admin") });
+  // Its configuration is the start's (a reload that changes it is refused: gateway/reload.ts).
+  const adminTls = new AdminTls(cfg, log.child("acme"), opts.adminTlsRole ?? null);
+  visitors.acmeChallenges = adminTls.challenges;
+  const unregisterExpiry = cfg.admin.tls === "acme" ? metrics.certificates.register("acme", cfg.admin.hostname!, () => adminTls.notAfterMs()) : () => {};
+  const admin = new HubAdminListener({ metrics, visitors, tunnels, store, invite, tls: adminTls, log: log.child("admin") });
   const parts: HubParts = {
     live, store, tunnels, visitors, tls, http, tcp, admin, log, domains,
     get pki() { return pki; },
@@ -120,6 +129,8 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   const cleanup = (): Promise<void> => {
     closed ??= (async () => {
       await admin.close();
+      await adminTls.close();
+      unregisterExpiry();
       metrics.close();
       await domains.close();
       visitors.closeAll();
@@ -135,6 +146,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     const tunnelPort = await tunnels.listen(opts.handedTunnelPort ?? null);
     await tls.open(live.listen.tls);
     await http.open(live.listen.http);
+    await adminTls.start();
     // A worker's "ready" is the primary's to announce, once every worker is (cli/hubworkers.ts).
     await admin.open(live);
     log.info(opts.handedTunnelPort === undefined ? "hub ready" : "worker ready", {
@@ -142,10 +154,12 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
     domains.start();
+    // The public listeners are open: the CA's validator can reach this hub now.
+    adminTls.begin();
     const t = tunnels;
     return {
       get pki() { return pki; },
-      store, router, tunnels: t, visitors, metrics, domains,
+      store, router, tunnels: t, visitors, metrics, domains, adminTls,
       ports: {
         get tls() { return tls.port; },
         get http() { return http.port; },

@@ -6,7 +6,8 @@
  * binding moved listeners, a tunnel certificate for new names) and is undone if any of
  * it fails; only then does the live configuration change and the parts pick it up.
  * What changes and for whom:
- * - hub.data_dir, hub.domain: refused (config/reload.ts HUB_FIXED_KEYS).
+ * - hub.data_dir, hub.domain: refused (config/reload.ts HUB_FIXED_KEYS); so are hub.acme and
+ *   hub.admin's tls, hostname, challenge, cert_file and key_file (gateway/admintls.ts is set up at start).
  * - hub.listen.tls / http / tunnel / tcp_host: that listener moves; the old socket stops
  *   accepting, the connections it accepted carry on (gateway/listeners.ts).
  * - hub.listen.admin, hub.admin: the admin listener serves an app built from the new values,
@@ -61,6 +62,14 @@ export interface HubReloadReport {
   changed: string[];
 }
 
+/** The first key of the admin listener's TLS (hub.admin.tls and its companions, hub.acme) that differs, or null. */
+function adminTlsKeyChanged(a: HubConfig, b: HubConfig): string | null {
+  for (const k of ["tls", "hostname", "challenge", "certFile", "keyFile"] as const) {
+    if (a.admin[k] !== b.admin[k]) return `hub.admin.${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
+  }
+  return sameValue(a.acme, b.acme) ? null : "hub.acme";
+}
+
 /** The keys whose change alters what some cog may announce. */
 const GRANT_KEYS = ["hub.cogs", "hub.default_grants", "hub.default_tcp_ports_per_cog", "hub.listen.tcp_ports", "hub.domains"];
 
@@ -68,6 +77,9 @@ export async function reloadHub(p: HubParts, next: HubConfig): Promise<HubReload
   const changed = changedHubKeys(p.live, next);
   const fixed = HUB_FIXED_KEYS.find((k) => changed.includes(k));
   if (fixed) throw new ConfigError(fixedKeyMessage(fixed, "hub"));
+  // The admin listener's certificate source is set up once, at start (gateway/admintls.ts).
+  const tlsKey = adminTlsKeyChanged(p.live, next);
+  if (tlsKey) throw new ConfigError(fixedKeyMessage(tlsKey, "hub"));
   if (changed.length === 0) return { changed };
   const grants = GRANT_KEYS.some((k) => changed.includes(k));
   // The same check as at start, against stored invites and every known cog: throws a ConfigError naming both grants.

@@ -13,6 +13,7 @@
  * is quotas.ts's; a throttled cog's visitors take protocol/throttle.ts's splice.
  */
 import net from "node:net";
+import tls from "node:tls";
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { encodeMessage } from "../protocol/messages.js";
@@ -22,6 +23,7 @@ import { spliceThrottled } from "../protocol/throttle.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { accessRecord, logAccess, type AccessOutcome, type AccessRecord } from "./accesslog.js";
 import { BufferBudget, type Pool, type Visit } from "./budget.js";
+import { ACME_HTTP_CHALLENGE_PREFIX, ACME_TLS_ALPN_PROTOCOL, type ChallengeStore } from "../certs/challenges.js";
 import { parseClientHello, TLS_ALERT_UNRECOGNIZED_NAME } from "./clienthello.js";
 import { httpErrorResponse, httpHeadPeekParser } from "./httphost.js";
 import { peek } from "./peek.js";
@@ -29,9 +31,6 @@ import { Quotas } from "./quotas.js";
 import type { RouteEntry, Router } from "./router.js";
 import { NO_VISITOR_OBSERVER, type VisitorObserver } from "./observer.js";
 import { RefusalLog, SourceLimits, sourceKey } from "./sources.js";
-
-/** ACME HTTP-01 answers the hub itself holds (token → key authorization). */
-export const ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/";
 
 export interface VisitorStats {
   active: number;
@@ -91,8 +90,13 @@ export class Visitors {
     overLimit: 0, overSourceLimit: 0, overUnpeekedLimit: 0, shed: 0, idleTimeout: 0,
     overCogStreams: 0, overRouteConnections: 0, throttled: 0,
   };
-  /** Tokens for ACME HTTP-01 challenges the hub answers itself. */
-  readonly acmeTokens = new Map<string, string>();
+  /**
+   * The ACME challenges the hub answers itself (its admin listener's certificate,
+   * gateway/admintls.ts), by hostname: an HTTP-01 token only on a request whose Host is
+   * that name, TLS-ALPN-01 only for a ClientHello with that SNI and ALPN acme-tls/1.
+   * Anything else, a capsul's own challenge included, is routed. Null: none.
+   */
+  acmeChallenges: ChallengeStore | null = null;
   /** Told of each peek's result and each forwarded visitor (gateway/metrics.ts). */
   observer: VisitorObserver = NO_VISITOR_OBSERVER;
   /** Windows and buffered bytes of the visitor streams (budget.ts). */
@@ -243,6 +247,10 @@ export class Visitors {
     }
     const sni = out.value.sni;
     if (conn.access !== null) conn.access.host = sni ?? undefined;
+    if (sni !== null && this.acmeChallenges !== null && out.value.alpn.includes(ACME_TLS_ALPN_PROTOCOL)) {
+      const context = this.acmeChallenges.alpnContext(sni);
+      if (context !== undefined) return this.answerAlpn(socket, conn, context, out.bytes);
+    }
     const entry = sni ? this.router.lookupHost("tls", sni) : undefined;
     if (!entry) {
       this.noRoute(conn, "tls", sni ?? undefined);
@@ -273,8 +281,8 @@ export class Visitors {
     }
     const { host, path } = out.value;
     if (conn.access !== null) conn.access.host = host ?? undefined;
-    if (path.startsWith(ACME_CHALLENGE_PREFIX)) {
-      const answer = this.acmeTokens.get(path.slice(ACME_CHALLENGE_PREFIX.length));
+    if (host !== null && this.acmeChallenges !== null && path.startsWith(ACME_HTTP_CHALLENGE_PREFIX)) {
+      const answer = this.acmeChallenges.httpAnswer(host, path.slice(ACME_HTTP_CHALLENGE_PREFIX.length));
       if (answer !== undefined) {
         ended(conn, "acme");
         socket.end(`HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(answer)}\r\nConnection: close\r\n\r\n${answer}`);
@@ -294,6 +302,21 @@ export class Visitors {
       socket.end(busy ? httpErrorResponse(503, "Service Unavailable", `The home server for ${host} is busy. Try again shortly.`)
         : httpErrorResponse(502, "Bad Gateway", `The home server for ${host} is offline. Try again shortly.`));
     });
+  }
+
+  /**
+   * RFC 8737: the hub's own TLS-ALPN-01 challenge. The handshake negotiates acme-tls/1
+   * with the challenge certificate (the validator checks it during the handshake), then the
+   * connection ends; no application data is read. Bounded by client_hello_timeout.
+   */
+  private answerAlpn(socket: net.Socket, conn: Conn, context: tls.SecureContext, hello: Buffer): void {
+    ended(conn, "acme");
+    socket.unshift(hello);
+    const sock = new tls.TLSSocket(socket, { isServer: true, secureContext: context, ALPNProtocols: [ACME_TLS_ALPN_PROTOCOL] });
+    const timer = setTimeout(() => socket.destroy(), this.cfg.limits.clientHelloTimeoutMs);
+    sock.on("error", () => socket.destroy());
+    sock.once("secure", () => sock.end());
+    sock.once("close", () => { clearTimeout(timer); socket.destroy(); });
   }
 
   async onTcp(socket: net.Socket, port: number): Promise<void> {

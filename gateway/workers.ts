@@ -35,6 +35,7 @@ import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import type { HubConfig } from "../config/types.js";
+import type { AdminAcmeShare } from "./admintls.js";
 import type { Logger } from "../lib/log.js";
 import { loadOrCreateHubPki } from "../certs/pki.js";
 import { ENDPOINT_NAME_RE } from "../config/endpoint.js";
@@ -56,8 +57,16 @@ export type ToWorker =
   | { type: "capsul-tunnel"; head: string }
   | { type: "capsul-reload" }
   | { type: "capsul-drain" }
-  | { type: "capsul-cut" };
+  | { type: "capsul-cut" }
+  /** To a follower: the admin certificate's challenge answer or certificate (seq -1: a replay at its start, no ack wanted). */
+  | { type: "capsul-acme"; seq: number; share: AdminAcmeShare }
+  /** To worker 1: every ready follower holds share `seq` (or did not confirm within hub.acme.request_timeout). */
+  | { type: "capsul-acme-ack"; seq: number };
 export type FromWorker =
+  /** From worker 1 (the admin certificate's owner): pass this to every other worker. */
+  | { type: "capsul-acme"; seq: number; share: AdminAcmeShare }
+  /** From a follower: it holds share `seq`. */
+  | { type: "capsul-acme-ack"; seq: number }
   | { type: "capsul-ready"; tls: number | null; http: number | null }
   | { type: "capsul-stats"; active: number; total: number; routed: number; tunnels: number }
   | { type: "capsul-reloaded"; ok: boolean; changed: string[]; restart: string[]; error: string | null; exit: number };
@@ -191,6 +200,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   let firstPorts: { tls: number | null; http: number | null } | null = null;
   let exited: () => void = () => {};
 
+  const acme = new AcmeRelay(slots, cfg.acme.requestTimeoutMs, log);
   const fork = (slot: Slot): void => {
     slot.timer = null;
     if (stopping) return;
@@ -205,7 +215,12 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
         log.info("worker ready", { worker: slot.index, pid: w.process.pid, endpoint: workerEndpointName(cfg.endpoint.name, slot.index) });
         if (slot.index === 1 && firstPorts === null) firstPorts = { tls: m.tls, http: m.http };
         if (firstPorts && slots.every((s) => s.ready)) allReady(firstPorts);
+        acme.replay(slot);
         writeStats();
+      } else if (m?.type === "capsul-acme") {
+        if (slot.index === 1) acme.relay(slot, m.seq, m.share);
+      } else if (m?.type === "capsul-acme-ack") {
+        acme.acked(slot, m.seq);
       } else if (m?.type === "capsul-stats") {
         const { type: _t, ...stats } = m;
         slot.stats = stats;
@@ -216,6 +231,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       if (slot.worker !== w) return;
       slot.worker = null;
       slot.ready = false;
+      acme.gone(slot);
       if (stopping) {
         log.info("worker exited", { worker: slot.index, code, signal: signal ?? undefined });
         if (slots.every((s) => s.worker === null)) exited();
@@ -251,4 +267,76 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       return new Promise<void>((resolve) => { exited = resolve; });
     },
   };
+}
+
+/**
+ * The admin certificate across workers (hub.admin.tls: acme, gateway/admintls.ts): worker 1
+ * sends each challenge answer and each new certificate here; the primary passes it to every
+ * other ready worker and tells worker 1 once all of them confirmed (or after
+ * hub.acme.request_timeout, logged), so the CA is told to validate only when any worker
+ * the validator reaches can answer. It keeps the open answers and the newest certificate
+ * and replays them to a worker that becomes ready (a restart mid-order).
+ */
+class AcmeRelay {
+  private readonly state = new Map<string, AdminAcmeShare>();
+  private readonly waits = new Map<number, { owner: Slot; ownerSeq: number; waiting: Set<number>; timer: NodeJS.Timeout }>();
+  private nextId = 1;
+
+  constructor(private readonly slots: readonly Slot[], private readonly timeoutMs: number, private readonly log: Logger) {}
+
+  relay(owner: Slot, ownerSeq: number, share: AdminAcmeShare): void {
+    const key = share.op === "http-add" || share.op === "http-remove" ? `http ${share.name} ${share.token}` : `${share.op.slice(0, 4)} ${share.name}`;
+    if (share.op.endsWith("-remove")) this.state.delete(key);
+    else this.state.set(key, share);
+    const id = this.nextId++;
+    const targets = this.slots.filter((s) => s !== owner && s.ready && s.worker?.isConnected());
+    const timer = setTimeout(() => {
+      this.log.warn("workers did not confirm the admin certificate's ACME share in time; going on", { op: share.op, workers: [...(this.waits.get(id)?.waiting ?? [])].join(",") });
+      this.done(id);
+    }, this.timeoutMs);
+    this.waits.set(id, { owner, ownerSeq, waiting: new Set(targets.map((s) => s.index)), timer });
+    for (const s of targets) s.worker!.send({ type: "capsul-acme", seq: id, share } satisfies ToWorker);
+    if (targets.length === 0) this.done(id);
+  }
+
+  acked(from: Slot, id: number): void {
+    const w = this.waits.get(id);
+    if (!w) return;
+    w.waiting.delete(from.index);
+    if (w.waiting.size === 0) this.done(id);
+  }
+
+  /**
+   * A worker exited: nobody waits for it. Worker 1's orders died with it (its next start
+   * orders again): the challenges it had open are withdrawn from the others.
+   */
+  gone(slot: Slot): void {
+    for (const [id, w] of this.waits) {
+      if (w.owner === slot) { clearTimeout(w.timer); this.waits.delete(id); continue; }
+      w.waiting.delete(slot.index);
+      if (w.waiting.size === 0) this.done(id);
+    }
+    if (slot.index !== 1) return;
+    for (const [key, share] of this.state) {
+      let undo: AdminAcmeShare;
+      if (share.op === "http-add") undo = { op: "http-remove", name: share.name, token: share.token };
+      else if (share.op === "alpn-add") undo = { op: "alpn-remove", name: share.name };
+      else continue;
+      this.state.delete(key);
+      for (const s of this.slots) if (s.ready && s.worker?.isConnected()) s.worker.send({ type: "capsul-acme", seq: -1, share: undo } satisfies ToWorker);
+    }
+  }
+
+  replay(slot: Slot): void {
+    if (slot.index === 1 || !slot.worker) return;
+    for (const share of this.state.values()) slot.worker.send({ type: "capsul-acme", seq: -1, share } satisfies ToWorker);
+  }
+
+  private done(id: number): void {
+    const w = this.waits.get(id);
+    if (!w) return;
+    clearTimeout(w.timer);
+    this.waits.delete(id);
+    if (w.owner.worker?.isConnected()) w.owner.worker.send({ type: "capsul-acme-ack", seq: w.ownerSeq } satisfies ToWorker);
+  }
 }

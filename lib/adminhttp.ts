@@ -20,6 +20,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { isIP, type AddressInfo } from "node:net";
 import type { Server } from "node:http";
+import https from "node:https";
 import { serve } from "@hono/node-server";
 import { Hono, type Context } from "hono";
 import { bodyLimit } from "hono/body-limit";
@@ -59,6 +60,8 @@ export interface GateOptions {
   maxBodyBytes: number;
   /** Shown by the browser's password prompt. */
   realm: string;
+  /** Served over TLS: a browser's same-origin Origin is https://. */
+  secure?: boolean;
 }
 
 const digest = (s: string): Buffer => createHash("sha256").update(s).digest();
@@ -95,7 +98,7 @@ export function gatedApp(opts: GateOptions): Hono {
     const origin = c.req.header("origin");
     if (origin !== undefined) {
       const safe = c.req.method === "GET" || c.req.method === "HEAD";
-      if (!safe || origin !== `http://${hostHeader}`) {
+      if (!safe || origin !== `${opts.secure ? "https" : "http"}://${hostHeader}`) {
         return refuse(c, 403, "browser_request", "requests from web pages (with an Origin header) are refused; use curl or the capsul CLI");
       }
     }
@@ -115,36 +118,56 @@ export function gatedApp(opts: GateOptions): Hono {
   return app;
 }
 
+/** A certificate chain and its key, PEM. */
+export interface KeyPair { keyPem: string; chainPem: string }
+
 export interface AdminServer {
   readonly port: number;
-  /** http://HOST:PORT as bound, for logs and the demo's instructions. */
+  /** http://HOST:PORT (https:// with TLS) as bound, for logs and the demo's instructions. */
   readonly url: string;
+  /**
+   * With TLS: the certificate for the next handshake (connections already open keep theirs).
+   * Before the first one, every handshake is refused with an alert and nothing else is read.
+   */
+  setCertificate(pair: KeyPair): void;
   /** Stops accepting (a reload moved the listener): requests in progress finish, idle keep-alive connections close. */
   stop(): void;
   close(): Promise<void>;
 }
 
-/** Serves `app` on `listen` with the request deadline and the connection cap of `limits`. */
+/**
+ * Serves `app` on `listen` with the request deadline and the connection cap of `limits`;
+ * over TLS when `tls` is given (its certificate, or null: none yet, see setCertificate).
+ */
 export async function serveAdmin(
   app: Hono,
   listen: { host: string; port: number },
   limits: { requestTimeoutMs: number; maxConnections: number },
   log: Logger,
+  tls?: { initial: KeyPair | null },
 ): Promise<AdminServer> {
   const checkMs = Math.max(1, Math.min(MAX_TIMEOUT_CHECK_INTERVAL_MS, Math.floor(limits.requestTimeoutMs / TIMEOUT_CHECKS_PER_DEADLINE)));
+  const serverOptions = {
+    requestTimeout: limits.requestTimeoutMs,
+    headersTimeout: limits.requestTimeoutMs,
+    connectionsCheckingInterval: checkMs,
+    // The TLS handshake has the same deadline as a request (Node's default is 120 s).
+    ...(tls ? { handshakeTimeout: limits.requestTimeoutMs, ...(tls.initial ? { key: tls.initial.keyPem, cert: tls.initial.chainPem } : {}) } : {}),
+  };
   const server = await new Promise<Server>((resolve, reject) => {
     const s = serve({
       fetch: app.fetch,
       hostname: listen.host,
       port: listen.port,
-      serverOptions: {
-        requestTimeout: limits.requestTimeoutMs,
-        headersTimeout: limits.requestTimeoutMs,
-        connectionsCheckingInterval: checkMs,
-      },
-    }, () => resolve(s as Server));
+      ...(tls ? { createServer: https.createServer } : {}),
+      serverOptions,
+    } as Parameters<typeof serve>[0], () => resolve(s as Server));
     s.once("error", reject);
   });
+  if (tls) {
+    // A handshake failing (no certificate yet, a scanner, a client that does not trust it) is the client's business.
+    server.on("tlsClientError", (err: Error) => log.debug("admin TLS handshake failed", { error: err.message }));
+  }
   server.maxConnections = limits.maxConnections;
   server.on("error", (err) => log.error("admin listener error", { error: err.message }));
   const addr = server.address() as AddressInfo;
@@ -152,7 +175,12 @@ export async function serveAdmin(
   let closing: Promise<void> | undefined;
   return {
     port: addr.port,
-    url: `http://${host}:${addr.port}`,
+    url: `${tls ? "https" : "http"}://${host}:${addr.port}`,
+    setCertificate: (pair) => {
+      if (!tls) return;
+      // Replaces the context of the next handshakes only: open connections keep the one they made.
+      (server as unknown as https.Server).setSecureContext({ key: pair.keyPem, cert: pair.chainPem });
+    },
     stop: () => {
       server.close();
       server.closeIdleConnections();

@@ -141,7 +141,7 @@ t.test("a VM's own ACME client gets certificates through the hub by HTTP-01 and 
   t.equal(s2.alpnHandshakes(), before + 2, "and the VM saw nothing of the cog's");
 
   // The hub answers no ACME token itself: its table (for its own use) stays empty.
-  t.equal(w.hub.visitors.acmeTokens.size, 0, "the hub intercepts nothing");
+  t.equal(w.hub.visitors.acmeChallenges, null, "the hub intercepts nothing (it answers challenges only for its own admin hostname, with hub.admin.tls: acme)");
   const none = await curl(["-o", "/dev/null", "-w", "%{http_code}", "--resolve", `nobody.home1.${HUB_DOMAIN}:${httpPort}:127.0.0.1`,
     `http://nobody.home1.${HUB_DOMAIN}:${httpPort}/.well-known/acme-challenge/cogtoken`]);
   t.equal(none.stdout, "404", "a token asked on a name nobody routes is not answered by anyone");

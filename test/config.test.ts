@@ -124,7 +124,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.max_auto_window", "hub.tunnel.max_frame_payload", "hub.tunnel.write_batch",
     "hub.tunnel.close_linger", "hub.tunnel.control_hello_timeout", "hub.tunnel.revocation_poll_interval",
     "hub.admin.request_timeout", "hub.admin.max_connections", "hub.admin.max_request_body", "hub.admin.status_refresh",
-    "hub.admin.cogs_cache",
+    "hub.admin.cogs_cache", "hub.admin.tls", "hub.admin.challenge", "hub.acme.directory_url",
     "cog.listen.admin", "cog.admin.request_timeout", "cog.admin.max_connections",
     "hub.tunnel.max_queued_control_frames", "hub.tunnel.max_unauthenticated", "hub.tunnel.max_unauthenticated_per_ip",
     "hub.tunnel.control_rate", "hub.tunnel.control_burst", "hub.tunnel.renew_min_interval", "hub.tunnel.listen_backlog", "cog.tunnel.max_queued_control_frames",
@@ -224,7 +224,15 @@ t.test("defaults are filled", async (t) => {
         cogBandwidthBurstBytes: 0,
       },
       tunnel: hubTunnel,
-      admin: { requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000, cogsCacheMs: 2000 },
+      admin: {
+        requestTimeoutMs: 10000, maxConnections: 64, maxRequestBodyBytes: 16384, statusRefreshMs: 5000, cogsCacheMs: 2000,
+        tls: "off", hostname: null, challenge: "http-01", certFile: null, keyFile: null,
+      },
+      // hub.acme has cog.acme's keys and defaults.
+      acme: {
+        directoryUrl: "https://acme-v02.api.letsencrypt.org/directory", caBundle: null, email: null, renewAtRatio: 2 / 3,
+        retryMinDelayMs: 300000, retryMaxDelayMs: 43200000, requestTimeoutMs: 30000, orderTimeoutMs: 300000, pollIntervalMs: 1000,
+      },
       shutdownGraceMs: 30000,
       endpoint: {
         name: defaultEndpointName(), advertise: { host: "hub.example.net", port: 7443 }, serverName: "hub.example.net",
@@ -535,6 +543,8 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_ADMIN_MAX_REQUEST_BODY_BYTES", "hub.admin.max_request_body", "16KiB", bytes],
     ["DEFAULT_STATUS_REFRESH_MS", "hub.admin.status_refresh", "5s", dur],
     ["DEFAULT_ADMIN_COGS_CACHE_MS", "hub.admin.cogs_cache", "2s", dur],
+    ["DEFAULT_ADMIN_TLS", "hub.admin.tls", "off", same],
+    ["DEFAULT_ADMIN_CHALLENGE", "hub.admin.challenge", "http-01", same],
     ["DEFAULT_HUB_DEFAULT_GRANTS", "hub.default_grants", "true", bool],
     ["DEFAULT_TCP_PORTS_PER_COG", "hub.default_tcp_ports_per_cog", "8", int],
     ["DEFAULT_INVITE_TTL_MS", "hub.invite_ttl", "1d", dur],
@@ -764,5 +774,42 @@ t.test("hub.workers and hub.worker: read, auto, defaulted, and bad values named"
     try { hub(extra); } catch (e) { err = e; }
     t.ok(err instanceof ConfigError, `${message}: a ConfigError`);
     t.match((err as Error).message, new RegExp(`^${message.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`), message);
+  }
+});
+
+t.test("hub.admin.tls and hub.acme: the admin listener's certificate; bad values are one line naming the key", async (t) => {
+  const hub = (admin: Record<string, unknown>, more: Record<string, unknown> = {}) => parseConfig({ hub: { domain: "hub.example.net", admin, ...more } }).hub!;
+  const acme = hub({ tls: "acme", hostname: "Admin.Hub.Example.net", challenge: "tls-alpn-01" }, { acme: { directory_url: "letsencrypt-staging", retry_min_delay: "1m" } });
+  t.equal(acme.admin.tls, "acme");
+  t.equal(acme.admin.hostname, "admin.hub.example.net", "the hostname is normalised");
+  t.equal(acme.admin.challenge, "tls-alpn-01");
+  t.equal(acme.acme.directoryUrl, A.LETSENCRYPT_STAGING_DIRECTORY_URL, "hub.acme reads cog.acme's shorthands");
+  t.equal(acme.acme.retryMinDelayMs, 60_000);
+  const files = hub({ tls: "files", cert_file: "admin.crt", key_file: "admin.key" });
+  t.match(files.admin.certFile, /admin\.crt$/);
+  t.match(files.admin.keyFile, /admin\.key$/);
+  // With workers: worker 1 orders and shares (gateway/admintls.ts); accepted.
+  t.equal(hub({ tls: "acme", hostname: "admin.hub.example.net" }, { workers: 2 }).workers, 2);
+
+  const bad: [Record<string, unknown>, Record<string, unknown>, string, string][] = [
+    [{ tls: "yes" }, {}, "hub.admin.tls", "expected one of off, acme, files"],
+    [{ tls: "acme" }, {}, "hub.admin.hostname", "required with tls: acme"],
+    [{ tls: "acme", hostname: "*.hub.example.net" }, {}, "hub.admin.hostname", "not a hostname"],
+    [{ tls: "acme", hostname: "a.example", challenge: "dns-01" }, {}, "hub.admin.challenge", "expected one of http-01, tls-alpn-01"],
+    [{ tls: "files", key_file: "k" }, {}, "hub.admin.cert_file", "required with tls: files"],
+    [{ tls: "files", cert_file: "c" }, {}, "hub.admin.key_file", "required with tls: files"],
+    [{ cert_file: "c" }, {}, "hub.admin.cert_file", "only allowed with tls: files"],
+    [{ tls: "acme", hostname: "a.example" }, { listen: { admin: "off" } }, "hub.admin.tls", "needs hub.listen.admin"],
+    [{ tls: "acme", hostname: "a.example" }, { listen: { http: "off" } }, "hub.admin.challenge", "http-01 is answered on hub.listen.http, which is off"],
+    [{ tls: "acme", hostname: "a.example", challenge: "tls-alpn-01" }, { listen: { tls: "off" } }, "hub.admin.challenge", "tls-alpn-01 is answered on hub.listen.tls, which is off"],
+    [{}, { acme: { directory_url: "http://ca.example/dir" } }, "hub.acme.directory_url", "must be an https:// URL"],
+    [{}, { acme: { retry_min_delay: "2h", retry_max_delay: "1h" } }, "hub.acme.retry_min_delay", "must not exceed retry_max_delay"],
+    [{}, { acme: { renew_at: 2 } }, "hub.acme.renew_at", "out of range"],
+  ];
+  for (const [admin, more, key, message] of bad) {
+    const err = errorOf(() => hub(admin, more));
+    t.ok(err.message.startsWith(`${key}: `), `${JSON.stringify({ admin, ...more })}: ${err.message}`);
+    t.ok(err.message.includes(message), `says: ${message}`);
+    t.notMatch(err.message, "\n", "one line");
   }
 });
