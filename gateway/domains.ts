@@ -123,6 +123,15 @@ export class DomainProofs {
   }
 
   /**
+   * True if the claim's value is the one derived now for the cog it was proven for (itself,
+   * or the cog it was carried from with a moved VM, gateway/carry.ts): a value derived under
+   * another hub CA counts for nothing.
+   */
+  private current(p: DomainProofRow): boolean {
+    return p.value === this.valueFor(p.proofCog ?? p.cog, p.hostname);
+  }
+
+  /**
    * May `cog` route `pattern`, which its grants do not cover? Stores a pending claim when
    * there is none and starts its first lookup; never waits for DNS.
    */
@@ -136,15 +145,18 @@ export class DomainProofs {
     if (grant) return { reason: `hostname ${pattern} overlaps ${describeGrant(grant)}; a DNS proof never takes a name out of another cog's grants` };
     const all = await this.store.allDomainProofs();
     const value = this.valueFor(cog, base);
-    const mine = all.find((p) => p.cog === cog && p.hostname === base && p.value === value);
+    let mine = all.find((p) => p.cog === cog && p.hostname === base && this.current(p));
+    // A claim carried here with a moved VM counts while its owner's record stands; once it is
+    // lost (or never was proven), this cog's own record is what the owner must publish.
+    if (mine?.proofCog && mine.state !== "verified") mine = undefined;
     const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
     // Proven on the name itself or on a name above it (`*.x` and `y.x` by a proof on `x`).
-    const covered = all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern));
+    const covered = all.some((p) => p.cog === cog && p.state === "verified" && this.current(p) && proofCovers(p.hostname, pattern));
     if (covered && !holder) return { ok: true };
     // The claim is stored (and looked up) even while another cog holds the name: when the
     // holder's record goes, this one's routes are re-applied (check()) and may take over.
     if (!mine && !covered) {
-      const claims = all.filter((p) => p.cog === cog).length;
+      const claims = all.filter((p) => p.cog === cog && p.hostname !== base).length;
       const max = this.cfg.domains.maxClaimsPerCog;
       if (claims >= max) return { reason: `${notGranted}; cog ${cog} already claims ${claims} names by DNS, its limit (hub.domains.max_claims_per_cog: ${max})` };
       await this.store.putDomainProof(cog, base, value);

@@ -4,11 +4,18 @@
  * target's move handler is the test's, so it can see every byte the hub lets
  * through. The whole move with QEMU is test/vm-move.test.ts.
  */
+import net from "node:net";
 import type { Duplex } from "node:stream";
-import t from "tap";
+import t, { type Test } from "tap";
+import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
-import type { MoveOffer } from "../protocol/move.js";
-import { cogConfig, enrolledCog, hubConfig, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { type MoveCarried, type MoveOffer, MOVE_RESULT_MAX_BYTES } from "../protocol/move.js";
+import type { Cog } from "../tunnel-client/cog.js";
+import type { PublishedRoute } from "../tunnel-client/routesink.js";
+import { closeServer, cogConfig, enrolledCog, httpBackend, hubConfig, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
+import { startDnsStub } from "./helpers/dnsstub.js";
+import { freePortRange } from "./helpers/procs.js";
+import { until } from "./helpers/rawpeer.js";
 
 t.setTimeout(120_000);
 
@@ -163,5 +170,190 @@ t.test("the hub relays a move only after the target consents, names the sender b
     b.client.setMoveHandler(null);
     const { first } = await send({ type: "move", to: "cog-b", vm: "web1", bytes: 10 }, Buffer.alloc(0), false);
     t.match(String(first?.reason), /cog-b runs no provisioner/);
+  });
+});
+
+// ---- what follows a moved VM (gateway/carry.ts) ----
+
+/** Quick DNS re-checks; the defaults are 5s / 30s / 10m / 60s. */
+const QUICK_DNS = { lookup_timeout: "500ms", pending_interval: "150ms", recheck_interval: "200ms", error_retry_interval: "200ms" };
+const BLOG = "blog.owner.example";
+
+function tcpRoute(name: string, target: number): PublishedRoute {
+  return { name, kind: "tcp", target: { host: "127.0.0.1", port: target }, proxyProtocol: "none" };
+}
+function httpRoute(name: string, hostname: string, target: number): PublishedRoute {
+  return { name, kind: "http", hostname, target: { host: "127.0.0.1", port: target }, proxyProtocol: "none" };
+}
+const portOf = (cog: Cog, route: string): number | undefined => {
+  const st = cog.client.status(route);
+  return st.state === "accepted" ? st.port : undefined;
+};
+const refusalOf = (cog: Cog, route: string): string => {
+  const st = cog.client.status(route);
+  return st.state === "refused" ? st.reason : "";
+};
+
+/** A TCP backend that answers every connection with `tag` and closes. */
+async function tagServer(t: Test, tag: string): Promise<number> {
+  const server = net.createServer((s) => { s.on("error", () => {}); s.end(tag); });
+  const port = await listen(server);
+  t.teardown(() => closeServer(server));
+  return port;
+}
+
+/** What a visitor reads from the hub's TCP port `port` (empty: closed without a word). */
+function readPort(port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host: "127.0.0.1" });
+    let out = "";
+    s.setEncoding("utf8");
+    s.on("data", (c: string) => { out += c; });
+    s.on("error", () => resolve(out));
+    s.on("close", () => resolve(out));
+  });
+}
+
+/** One HTTP request by Host through the hub's HTTP port: the whole answer. */
+function httpGet(port: number, host: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host: "127.0.0.1" }, () => s.write(`GET / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+    let out = "";
+    s.setEncoding("utf8");
+    s.on("data", (c: string) => { out += c; });
+    s.on("error", () => resolve(out));
+    s.on("close", () => resolve(out));
+  });
+}
+
+/** A target handler that accepts, reads the archive, and answers `verdict` at its end. */
+function answering(verdict: "done" | "failed"): (s: Duplex, o: MoveOffer, rest: Buffer) => void {
+  return (s, offer) => {
+    s.on("error", () => {});
+    s.on("data", () => {});
+    s.on("end", () => s.end(encodeMessage(verdict === "done" ? { type: "move-done", vm: { name: offer.vm } } : { type: "move-failed", code: "import_failed", reason: "bad disk" })));
+    s.resume();
+    s.write(encodeMessage({ type: "move-accept" }));
+  };
+}
+
+/** A whole move from `from`: header (with what to carry), `sent` of `bytes` archive bytes, then the hub's last word. */
+async function moveVm(from: Cog, to: string, vm: string, carry: { routes?: string[]; hostnames?: string[] }, bytes = 1000, sent = bytes): Promise<{ first: Msg | null; last: Msg | null }> {
+  const s = from.client.openMoveStream();
+  s.on("error", () => {});
+  const reader = new MessageReader<Msg>(s, MOVE_RESULT_MAX_BYTES);
+  s.write(encodeMessage({ type: "move", to, vm, bytes, ...carry }));
+  const first = await reader.next().catch(() => null);
+  if (first?.type !== "move-go") return { first, last: null };
+  s.end(Buffer.alloc(sent, 5));
+  return { first, last: await reader.next().catch(() => null) };
+}
+
+t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, failed, forged and over-quota moves change nothing", async (t) => {
+  const dir = tmpDir();
+  const dns = await startDnsStub(t);
+  const pool = await freePortRange(10);
+  const hubCfg = hubConfig(dir, { listen: { tcp_ports: [pool.spec] }, default_tcp_ports_per_cog: 3, domains: { resolver: dns.address, ...QUICK_DNS } });
+  const hub = await startTestHub(hubCfg);
+  t.teardown(() => hub.close());
+  const a = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-a", hub.ports.tunnel, []), "cog-a");
+  t.teardown(() => a.close());
+  const b = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-b", hub.ports.tunnel, []), "cog-b");
+  t.teardown(() => b.close());
+  const m = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-m", hub.ports.tunnel, []), "cog-m");
+  t.teardown(() => m.close());
+  const [tagA, tagB] = [await tagServer(t, "from-a"), await tagServer(t, "from-b")];
+  const [webA, webB] = [await httpBackend("web-a"), await httpBackend("web-b")];
+  t.teardown(() => webA.close());
+  t.teardown(() => webB.close());
+  const ca = hub.pki.caFingerprint;
+  const store = hub.store;
+
+  // web1 runs on cog-a: its SSH port, and blog.owner.example proven by DNS for cog-a.
+  await dns.setTxt(challengeName(BLOG), domainProofValue(ca, "cog-a", BLOG));
+  a.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagA), httpRoute("vm-web1-blog", BLOG, webA.port)]);
+  await until("web1's routes on cog-a", () => portOf(a, "vm-web1-ssh") !== undefined && a.client.status("vm-web1-blog").state === "accepted");
+  const port = portOf(a, "vm-web1-ssh")!;
+  t.equal(await readPort(port), "from-a");
+  // Stopped for the move: its routes go, its port assignment and its claim stay cog-a's.
+  a.client.withdraw("vm:web1");
+  await until("web1's routes withdrawn", () => a.client.status("vm-web1-ssh").state === "pending");
+  // The target publishes the imported VM before its verdict reaches the hub: a new port, the name refused.
+  b.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagB), httpRoute("vm-web1-blog", BLOG, webB.port)]);
+  await until("web1's routes on cog-b", () => portOf(b, "vm-web1-ssh") !== undefined && refusalOf(b, "vm-web1-blog") !== "");
+  const newPort = portOf(b, "vm-web1-ssh")!;
+  t.not(newPort, port, "cog-b got a new port for now");
+
+  await t.test("a refused move and a failed import leave the port and the name with the source", async (t) => {
+    b.client.setMoveHandler(recorder("refuse").handler);
+    const refused = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
+    t.equal(refused.first?.type, "move-refused");
+    b.client.setMoveHandler(answering("failed"));
+    const failed = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
+    t.equal(failed.last?.type, "move-failed");
+    t.equal(failed.last?.carried, undefined);
+    // A target that says done before the whole archive passed the hub imported nothing whole.
+    b.client.setMoveHandler(answering("done"));
+    const short = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] }, 1000, 400);
+    t.equal(short.last?.type, "move-done");
+    t.equal(short.last?.carried, undefined, "nothing carried for a move whose archive did not pass in full");
+    t.same(await store.portOwner(port), { cog: "cog-a", route: "vm-web1-ssh" });
+    t.equal(await store.portFor("cog-b", "vm-web1-ssh"), newPort);
+    t.same((await store.domainProofsFor(BLOG)).filter((p) => p.state === "verified").map((p) => p.cog), ["cog-a"]);
+  });
+
+  await t.test("another cog naming web1's route and name in its header gets none of them", async (t) => {
+    b.client.setMoveHandler(answering("done"));
+    const forged = await moveVm(m, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
+    t.equal(forged.last?.type, "move-done");
+    const carried = forged.last?.carried as MoveCarried;
+    t.same(carried.ports, [{ route: "vm-web1-ssh", port: null, state: "not-held" }]);
+    t.equal(carried.hostnames[0]?.state, "needs-proof");
+    t.match(String(carried.hostnames[0]?.reason), /cog cog-m held no DNS proof of it; create the DNS record _capsul-challenge\.blog\.owner\.example\. TXT/);
+    t.same(await store.portOwner(port), { cog: "cog-a", route: "vm-web1-ssh" }, "cog-a's port is untouched");
+    t.equal(await store.portFor("cog-b", "vm-web1-ssh"), newPort);
+    t.same((await store.domainProofsFor(BLOG)).filter((p) => p.state === "verified").map((p) => p.cog), ["cog-a"], "cog-a's claim is untouched");
+  });
+
+  await t.test("move-done: the port and the proven name follow, the target's new port is released, visitors reach the target", async (t) => {
+    b.client.setMoveHandler(answering("done"));
+    const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
+    t.equal(done.last?.type, "move-done");
+    const carried = done.last?.carried as MoveCarried;
+    t.same(carried.ports, [{ route: "vm-web1-ssh", port, state: "followed" }]);
+    t.same(carried.hostnames, [{ hostname: BLOG, state: "followed" }]);
+    t.same(await store.portOwner(port), { cog: "cog-b", route: "vm-web1-ssh" });
+    t.equal(await store.portOwner(newPort), undefined, "the port cog-b got meanwhile is free again");
+    t.equal(await store.portFor("cog-a", "vm-web1-ssh"), undefined);
+    await until("cog-b's route accepted on the old port", () => portOf(b, "vm-web1-ssh") === port);
+    t.equal(await readPort(port), "from-b", "the old port reaches the target");
+    t.equal(await readPort(newPort), "", "the meanwhile port is closed");
+    await until("cog-b's name accepted", () => b.client.status("vm-web1-blog").state === "accepted");
+    t.match(await httpGet(hub.ports.http!, BLOG), /web-b/);
+    const claim = (await store.domainProofsFor(BLOG)).find((p) => p.cog === "cog-b");
+    t.match(claim, { state: "verified", proofCog: "cog-a", value: domainProofValue(ca, "cog-a", BLOG) }, "the claim keeps the owner's record");
+    // The re-check keeps finding the record the owner made for cog-a.
+    const lookups = hub.domains.lookups;
+    await until("two re-checks", () => hub.domains.lookups >= lookups + 2);
+    t.equal(b.client.status("vm-web1-blog").state, "accepted", "still routed after re-checks");
+    // When the owner's record goes, the name is withdrawn, and cog-b is asked for its own record.
+    await dns.clearTxt(challengeName(BLOG));
+    await until("the name withdrawn", () => refusalOf(b, "vm-web1-blog") !== "");
+    await until("the refusal names cog-b's own record", () => refusalOf(b, "vm-web1-blog").includes(domainProofValue(ca, "cog-b", BLOG)));
+  });
+
+  await t.test("a port the target may not hold (its pool limit) stays with the source, and the move says why", async (t) => {
+    a.client.publish("vm:web3", [tcpRoute("vm-web3-ssh", tagA)]);
+    await until("web3 on cog-a", () => portOf(a, "vm-web3-ssh") !== undefined);
+    const p3 = portOf(a, "vm-web3-ssh")!;
+    a.client.withdraw("vm:web3");
+    b.client.publish("extra", [tcpRoute("x1", tagB), tcpRoute("x2", tagB)]);
+    await until("cog-b at its limit of 3", () => portOf(b, "x1") !== undefined && portOf(b, "x2") !== undefined);
+    b.client.setMoveHandler(answering("done"));
+    const done = await moveVm(a, "cog-b", "web3", { routes: ["vm-web3-ssh"] });
+    const carried = done.last?.carried as MoveCarried;
+    t.equal(carried.ports[0]?.state, "kept");
+    t.match(String(carried.ports[0]?.reason), /cog cog-b already holds 3 hub TCP ports, its limit \(hub\.default_tcp_ports_per_cog: 3\)/);
+    t.same(await store.portOwner(p3), { cog: "cog-a", route: "vm-web3-ssh" }, "the port stays with cog-a");
   });
 });
