@@ -31,7 +31,7 @@
  * the carried names leave the route set the source announced last, and the
  * target's last route set is applied again, so its route is accepted on the
  * old port and it is told so (a routes-result). Other endpoints (issue 12)
- * re-apply when the cogs announce again: see RouteTable's onFreed hook.
+ * learn it from the target, asked to announce its routes again (carry()).
  */
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
@@ -47,6 +47,7 @@ import type { HubStore } from "./store/types.js";
 export interface CarryControl {
   forget(routes: readonly string[], hostnames: readonly string[]): void;
   refresh(): Promise<void>;
+  askAnnounce(): void;
 }
 
 export class MoveCarrier {
@@ -90,8 +91,14 @@ export class MoveCarrier {
       }
       this.controlOf(from)?.forget(ports.filter((p) => p.state === "followed").map((p) => p.route), movedNames);
     }
-    // The target applies its routes again (a no-op when nothing moved): the port and names are its own now.
-    await this.controlOf(to)?.refresh();
+    // The target's routes are applied again here at once: the port and names are its own now.
+    // Every other endpoint (issue 12) holds the target's routes as it last announced them there,
+    // so the target is asked to announce again; each endpoint then claims the port and names for
+    // it, and releases the port it had got meanwhile. (The source's routes on them went when
+    // its VM stopped for the move; were it to announce the route again, it would get a new port.)
+    const target = this.controlOf(to);
+    await target?.refresh();
+    if (movedPorts.length || movedNames.length) target?.askAnnounce();
     return { ports, hostnames: names };
   }
 

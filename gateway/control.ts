@@ -195,6 +195,12 @@ export class ControlChannel {
     this.wanted = this.wanted.filter((r) => !routes.includes(r.name) && !(r.hostname !== undefined && hostnames.includes(r.hostname.toLowerCase())));
   }
 
+  /** Asks the cog to announce its routes again on every endpoint (a moved VM's port or names are its own now). */
+  askAnnounce(): void {
+    if (!this.welcomed || this.ctx.signal.aborted) return;
+    this.send({ type: "announce" });
+  }
+
   private async applyRoutes(wanted: WireRoute[]): Promise<void> {
     const { cog, log } = this.ctx;
     this.wanted = wanted;

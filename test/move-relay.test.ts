@@ -204,8 +204,11 @@ async function tagServer(t: Test, tag: string): Promise<number> {
 
 /** What a visitor reads from the hub's TCP port `port` (empty: closed without a word). */
 function readPort(port: number): Promise<string> {
+  return readPortAt("127.0.0.1", port);
+}
+function readPortAt(host: string, port: number): Promise<string> {
   return new Promise((resolve) => {
-    const s = net.connect({ port, host: "127.0.0.1" });
+    const s = net.connect({ port, host });
     let out = "";
     s.setEncoding("utf8");
     s.on("data", (c: string) => { out += c; });
@@ -356,4 +359,45 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
     t.match(String(carried.ports[0]?.reason), /cog cog-b already holds 3 hub TCP ports, its limit \(hub\.default_tcp_ports_per_cog: 3\)/);
     t.same(await store.portOwner(p3), { cog: "cog-a", route: "vm-web3-ssh" }, "the port stays with cog-a");
   });
+});
+
+t.test("two hub endpoints on one SQLite store: after a move through one, both serve the old port for the target", async (t) => {
+  const dir = tmpDir();
+  const pool = await freePortRange(6);
+  // Each endpoint has its own public TCP listeners: the second on another loopback address.
+  const endpoint = (name: string, tcpHost: string) => ({
+    endpoint: { name, advertise: "127.0.0.1:0", heartbeat_interval: "100ms", timeout: "1s" }, listen: { tcp_host: tcpHost, tcp_ports: [pool.spec] },
+  });
+  const cfgOne = hubConfig(dir, endpoint("one", "127.0.0.1"));
+  const one = await startTestHub(cfgOne);
+  t.teardown(() => one.close());
+  const two = await startTestHub(hubConfig(dir, endpoint("two", "127.0.0.2")));
+  t.teardown(() => two.close());
+  const a = await enrolledCog(cfgOne, one, cogConfig(dir, "cog-a", one.ports.tunnel, []), "cog-a");
+  t.teardown(() => a.close());
+  const b = await enrolledCog(cfgOne, one, cogConfig(dir, "cog-b", one.ports.tunnel, []), "cog-b");
+  t.teardown(() => b.close());
+  await until("both cogs on both endpoints", () => a.client.connectedEndpoints().length === 2 && b.client.connectedEndpoints().length === 2);
+  const [tagA, tagB] = [await tagServer(t, "from-a"), await tagServer(t, "from-b")];
+  const onBoth = (port: number, cog: string | undefined): boolean =>
+    one.router.lookupPort(port)?.cog === cog && two.router.lookupPort(port)?.cog === cog;
+
+  a.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagA)]);
+  await until("web1's port on cog-a", () => portOf(a, "vm-web1-ssh") !== undefined);
+  const port = portOf(a, "vm-web1-ssh")!;
+  await until("both endpoints route it to cog-a", () => onBoth(port, "cog-a"));
+  a.client.withdraw("vm:web1");
+  await until("withdrawn on both", () => onBoth(port, undefined));
+  b.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagB)]);
+  await until("a new port for cog-b", () => portOf(b, "vm-web1-ssh") !== undefined);
+  const newPort = portOf(b, "vm-web1-ssh")!;
+  await until("both endpoints route the new port to cog-b", () => onBoth(newPort, "cog-b"));
+
+  b.client.setMoveHandler(answering("done"));
+  const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"] });
+  t.same((done.last?.carried as MoveCarried).ports, [{ route: "vm-web1-ssh", port, state: "followed" }]);
+  await until("both endpoints route the old port to cog-b and the meanwhile port to nobody", () => onBoth(port, "cog-b") && onBoth(newPort, undefined));
+  t.equal(await readPortAt("127.0.0.1", port), "from-b", "endpoint one's listener reaches the target");
+  t.equal(await readPortAt("127.0.0.2", port), "from-b", "endpoint two's listener reaches the target");
+  t.equal(await readPortAt("127.0.0.2", newPort), "", "endpoint two closed the meanwhile port");
 });
