@@ -13,7 +13,7 @@ import { cogConfig, enrolledCog, httpBackend, hubConfig, tmpDir } from "./helper
 import { DnsRelay, startDnsStub } from "./helpers/dnsstub.js";
 import { capturingLogger, until } from "./helpers/rawpeer.js";
 import { runCli, waitFor } from "./helpers/procs.js";
-import { startHub } from "../gateway/hub.js";
+import { createInvite, startHub } from "../gateway/hub.js";
 import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import type { Cog } from "../tunnel-client/cog.js";
 
@@ -142,6 +142,12 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.equal(alice.client.status("blog").state, "accepted", "alice keeps the name");
   t.match(refusal(bob, "site"), "is held by cog alice");
   t.match(await get(httpPort, "blog.alice.example"), /alice-blog/, "still alice's");
+  // Nor does the operator grant a name a cog has proven: the invite is refused with one line naming the cog.
+  await t.rejects(createInvite(hubCfg, "carol", { hostnames: ["blog.alice.example"] }), {
+    message: "--hostname: \"blog.alice.example\" overlaps blog.alice.example, proven by DNS by cog alice; remove that claim first with: capsul hub domains remove blog.alice.example --cog alice",
+  });
+  await t.rejects(createInvite(hubCfg, "carol", { hostnames: ["*.shop.example"] }), { message: /overlaps shop\.example, proven by DNS by cog alice/ }, "a wildcard under a proven name");
+  t.equal((await hub.store.getCog("carol")), undefined, "nothing of the refused invite was stored");
   // A name under another cog's grant is never taken by a proof.
   const grabDefault = cogConfig(dir, "mallory", hub.ports.tunnel, [{ name: "steal", kind: "http", hostname: "www.alice.hub.test", target: `127.0.0.1:${bobBackend.port}` }]);
   const mallory = await enrolledCog(hubCfg, hub, grabDefault, "mallory");
