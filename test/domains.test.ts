@@ -172,6 +172,24 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.match(await get(httpPort, "blog.alice.example"), /alice-blog/);
   const rows = await hub.store.domainProofsOf("alice");
   t.same(rows.map((r) => [r.hostname, r.state]), [["blog.alice.example", "verified"], ["shop.example", "verified"]]);
+
+  // The operator lists the claims and removes one (capsul hub domains).
+  const hubYaml = path.join(dir, "hub.yaml");
+  fs.writeFileSync(hubYaml, `hub:\n  data_dir: ${hubCfg.dataDir}\n  domain: hub.test\n`);
+  const listedAll = JSON.parse((await runCli(["hub", "domains", "--json", "-c", hubYaml])).stdout) as Array<Record<string, unknown>>;
+  t.same(listedAll.map((r) => [r.hostname, r.cog]), [["alice.example", "bob"], ["blog.alice.example", "alice"], ["blog.alice.example", "bob"], ["shop.example", "alice"]]);
+  t.match(listedAll[1], { state: "verified", record: "_capsul-challenge.blog.alice.example", value, proven_for: "alice" });
+  t.match((await runCli(["hub", "domains", "-c", hubYaml])).stdout, /blog\.alice\.example\s+alice\s+proven\s+alice/);
+  const ambiguous = await runCli(["hub", "domains", "remove", "blog.alice.example", "-c", hubYaml]);
+  t.equal(ambiguous.code, 2, "two cogs claim it: whose?");
+  t.match(ambiguous.stderr, /^capsul: config error: 2 cogs claim blog\.alice\.example \(alice: verified, bob: \w+\); say whose with --cog$/m);
+  const nobody = await runCli(["hub", "domains", "remove", "blog.alice.example", "--cog", "carol", "-c", hubYaml]);
+  t.equal(nobody.code, 2);
+  t.match(nobody.stderr, /no cog named carol claims blog\.alice\.example/);
+  const removed = await runCli(["hub", "domains", "remove", "blog.alice.example", "--cog", "bob", "--json", "-c", hubYaml]);
+  t.equal(removed.code, 0, removed.stderr);
+  t.match(JSON.parse(removed.stdout), { removed: { hostname: "blog.alice.example", cog: "bob" } });
+  t.same((await hub.store.domainProofsFor("blog.alice.example")).map((p) => p.cog), ["alice"], "only bob's claim went");
 });
 
 t.test("a resolver that never answers: one log line, the proof keeps its state, lookups retry, nothing crashes", async (t) => {
