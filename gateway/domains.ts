@@ -16,9 +16,10 @@
  *   is stored (pending) and the refusal says exactly which record to create.
  *
  * Lookups go through node:dns's Resolver (c-ares) at hub.domains.resolver, or
- * the system's. A lookup that finds the value proves the claim; one that gets
- * an answer without it (NXDOMAIN, no TXT, other values) withdraws a proven
- * claim's routes; one that gets no answer (timeout, SERVFAIL, refused)
+ * the system's. A lookup that finds the value proves the claim; answers
+ * without it (NXDOMAIN, no TXT, other values) withdraw a proven claim's routes
+ * once hub.domains.missing_before_withdraw of them came in a row (looked up
+ * every pending_interval after the first); one that gets no answer (timeout, SERVFAIL, refused)
  * changes nothing and is tried again after error_retry_interval, with one log
  * line until an answer comes back. The claims of connected cogs are looked up
  * on a timer; a state change re-applies the cog's routes (hooks.changed), so
@@ -197,8 +198,10 @@ export class DomainProofs {
   private isDue(p: DomainProofRow, now: number): boolean {
     if (p.checkedAt === null) return true;
     const d = this.cfg.domains;
+    // A proven name whose record was just found missing is asked again soon: its routes stay
+    // until hub.domains.missing_before_withdraw misses in a row, and should not stay much longer.
     const interval = this.unanswered.has(key(p.cog, p.hostname)) ? d.errorRetryIntervalMs
-      : p.state === "verified" ? d.recheckIntervalMs : d.pendingIntervalMs;
+      : p.state === "verified" && p.misses === 0 ? d.recheckIntervalMs : d.pendingIntervalMs;
     return now - p.checkedAt >= interval;
   }
 
@@ -216,7 +219,7 @@ export class DomainProofs {
       const before = claims.find((p) => p.cog === cog)?.state;
       const r = await this.lookup(hostname, value);
       if (this.closed) return;
-      const after = await this.store.markDomainProofChecked(cog, hostname, r.outcome, r.error);
+      const after = await this.store.markDomainProofChecked(cog, hostname, r.outcome, r.error, Date.now(), this.cfg.domains.missingBeforeWithdraw);
       if (after === undefined) return; // the claim was removed meanwhile
       this.note(cog, hostname, before, after, r);
       if (after !== before) {
@@ -243,6 +246,9 @@ export class DomainProofs {
       return;
     }
     if (this.unanswered.delete(k)) this.log.info("custom domain lookups answered again", { cog, hostname, state: after });
+    if (r.outcome === "missing" && after === "verified") {
+      this.log.warn(`custom domain record missing (${r.error}); ${hostname} stays routed until ${this.cfg.domains.missingBeforeWithdraw} lookups in a row miss it (hub.domains.missing_before_withdraw), next in ${fmtMs(this.cfg.domains.pendingIntervalMs)}`, { cog, hostname });
+    }
     if (after === before) return;
     if (after === "verified") this.log.info("custom domain proven by DNS", { cog, hostname });
     else if (after === "lost") this.log.warn(`custom domain proof gone (${r.error}): routes for ${hostname} withdrawn until the record is back`, { cog, hostname });

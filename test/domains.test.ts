@@ -260,3 +260,32 @@ t.test("a cog announcing many names it does not own: claims stop at hub.domains.
   for (const i of [3, 4]) t.match(refusal(fran, `r${i}`), "cog fran already claims 3 names by DNS, its limit (hub.domains.max_claims_per_cog: 3)");
   t.same((await hub.store.domainProofsOf("fran")).map((p) => p.hostname), names.slice(0, 3), "nothing stored past the limit");
 });
+
+t.test("a proven name whose record goes missing keeps its route until hub.domains.missing_before_withdraw lookups in a row miss it", async (t) => {
+  const dir = tmpDir("capsul-domains-grace-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dns = await startDnsStub(t);
+  const hubLog = capturingLogger("hub");
+  // Re-checks every 200 ms, a missing record asked again every 150 ms: withdrawn at the 4th miss.
+  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, missing_before_withdraw: 4 } });
+  const hub = await startHub(hubCfg, hubLog.log);
+  t.teardown(() => hub.close());
+  const backend = await httpBackend("gina-site");
+  t.teardown(() => backend.close());
+  const gina = await enrolledCog(hubCfg, hub, cogConfig(dir, "gina", hub.ports.tunnel, [
+    { name: "site", kind: "http", hostname: "gina.example", target: `127.0.0.1:${backend.port}` },
+  ]), "gina");
+  t.teardown(() => gina.close());
+  await dns.setTxt(challengeName("gina.example"), domainProofValue(hub.pki.caFingerprint, "gina", "gina.example"));
+  await until("site accepted", () => gina.client.status("site").state === "accepted");
+
+  await dns.clearTxt(challengeName("gina.example"));
+  const claim = async () => (await hub.store.domainProofsFor("gina.example"))[0]!;
+  await waitFor("three misses in a row", async () => (await claim()).misses >= 3);
+  t.equal(gina.client.status("site").state, "accepted", "three misses of four: still routed");
+  t.match(await get(hub.ports.http!, "gina.example"), /gina-site/, "and visitors still reach it");
+  t.ok(hubLog.lines.some((l) => l.includes("custom domain record missing") && l.includes("stays routed until 4 lookups in a row miss it")), "a log line says why it is still routed");
+  await until("site withdrawn at the fourth", () => gina.client.status("site").state === "refused");
+  t.match(await claim(), { state: "lost", misses: 4 });
+  t.match(await get(hub.ports.http!, "gina.example"), /^HTTP\/1\.1 404/);
+});

@@ -249,7 +249,7 @@ for (const b of backends) {
       t.same((await s.liveEndpoints(0)).map((e) => e.name), ["hub-b"]);
 
       const row = (over: Partial<DomainProofRow>): DomainProofRow => ({
-        cog: "a", hostname: "blog.alice.net", value: "v1", state: "pending", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null, proofCog: null, ...over,
+        cog: "a", hostname: "blog.alice.net", value: "v1", state: "pending", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null, proofCog: null, misses: 0, ...over,
       });
       t.equal(await s.putDomainProof("a", "blog.alice.net", "v1", 100), true);
       t.same(await s.domainProofsFor("blog.alice.net"), [row({})]);
@@ -260,6 +260,17 @@ for (const b of backends) {
       t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 300 })]);
       t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "no-answer", "timed out", 400), "verified", "no answer keeps the state");
       t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 400, lastError: "timed out" })]);
+      // hub.domains.missing_before_withdraw: a proven claim is lost at the 3rd miss in a row, not before.
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 410, 3), "verified", "one miss of three");
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 420, 3), "verified", "two");
+      t.equal((await s.domainProofsOf("a"))[0]?.misses, 2);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 430, 3), "verified", "found again");
+      t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 430, checkedAt: 430 })], "found: the count starts over");
+      for (const at of [440, 450]) await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", at, 3);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "no-answer", "timed out", 455, 3), "verified", "no answer is not a miss");
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 460, 3), "lost", "the third miss in a row");
+      t.same(await s.domainProofsOf("a"), [row({ state: "lost", verifiedAt: 430, checkedAt: 460, lastError: "no TXT record", misses: 3 })]);
+      await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 300);
       t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 500), "lost", "proven, then gone");
       t.equal(await s.putDomainProof("b", "blog.alice.net", "v2", 600), true, "another cog may claim the same name");
       t.same((await s.domainProofsFor("blog.alice.net")).map((p) => [p.cog, p.state]), [["a", "lost"], ["b", "pending"]]);

@@ -71,6 +71,8 @@ export interface DomainProofRow {
    * cog and carried here with a moved VM (gateway/carry.ts). Null for a claim made here.
    */
   proofCog: string | null;
+  /** Lookups in a row that found the record of a proven claim missing (0 after one that found it). */
+  misses: number;
 }
 
 export type InviteCheck = { cog: string } | { problem: string };
@@ -211,11 +213,12 @@ export interface StoreOps {
   /** Every claim of every cog (the clash checks read them all: one small table). */
   allDomainProofs(): Promise<DomainProofRow[]>;
   /**
-   * Records a lookup: found makes the proof verified; missing makes a verified one lost (a
-   * pending one stays pending); no answer changes no state. `error` says why it was not found.
+   * Records a lookup: found makes the proof verified (and its misses 0); missing counts a miss
+   * of a verified one, which is lost at the `missesToLose`-th in a row (a pending one stays
+   * pending, a lost one lost); no answer changes no state. `error` says why it was not found.
    * Returns the state after.
    */
-  markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now?: number): Promise<DomainProofState | undefined>;
+  markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now?: number, missesToLose?: number): Promise<DomainProofState | undefined>;
   removeDomainProof(cog: string, hostname: string): Promise<boolean>;
   /**
    * A moved VM's proven name follows it: `from`'s verified claim on `hostname` becomes `to`'s,
