@@ -117,6 +117,7 @@ export function carriedLines(name: string, from: string, to: string, c: CarriedJ
   const where = `capsul vm show ${name} on ${to}`;
   if (!c) return [`its SSH port is the one ${to} gets from the hub (${where}); the hub did not carry ports or names (an older hub)`];
   const out: string[] = [];
+  if (c.ports.length === 0) out.push(`its SSH port is the one ${to} gets from the hub (${where})`);
   for (const p of c.ports) {
     const what = p.route?.endsWith("-ssh") ? "its SSH port" : `the hub port of route ${p.route}`;
     if (p.state === "followed") out.push(`${what} is still ${p.port}: it followed the VM to ${to}`);

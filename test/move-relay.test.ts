@@ -7,6 +7,7 @@
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import t, { type Test } from "tap";
+import { carriedLines } from "../cli/vmmove.js";
 import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import { type MoveCarried, type MoveOffer, MOVE_RESULT_MAX_BYTES } from "../protocol/move.js";
@@ -178,6 +179,7 @@ t.test("the hub relays a move only after the target consents, names the sender b
 /** Quick DNS re-checks; the defaults are 5s / 30s / 10m / 60s. */
 const QUICK_DNS = { lookup_timeout: "500ms", pending_interval: "150ms", recheck_interval: "200ms", error_retry_interval: "200ms" };
 const BLOG = "blog.owner.example";
+const GRANTED = "www.granted.example";
 
 function tcpRoute(name: string, target: number): PublishedRoute {
   return { name, kind: "tcp", target: { host: "127.0.0.1", port: target }, proxyProtocol: "none" };
@@ -259,7 +261,8 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
   const hubCfg = hubConfig(dir, { listen: { tcp_ports: [pool.spec] }, default_tcp_ports_per_cog: 3, domains: { resolver: dns.address, ...QUICK_DNS } });
   const hub = await startTestHub(hubCfg);
   t.teardown(() => hub.close());
-  const a = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-a", hub.ports.tunnel, []), "cog-a");
+  // cog-a holds a name by the operator's grant too: that one does not follow.
+  const a = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-a", hub.ports.tunnel, []), "cog-a", { hostnames: [GRANTED] });
   t.teardown(() => a.close());
   const b = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-b", hub.ports.tunnel, []), "cog-b");
   t.teardown(() => b.close());
@@ -313,6 +316,10 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
     t.same(carried.ports, [{ route: "vm-web1-ssh", port: null, state: "not-held" }]);
     t.equal(carried.hostnames[0]?.state, "needs-proof");
     t.match(String(carried.hostnames[0]?.reason), /cog cog-m held no DNS proof of it; create the DNS record _capsul-challenge\.blog\.owner\.example\. TXT/);
+    t.same(carriedLines("web1", "cog-m", "cog-b", carried), [
+      "its SSH port is the one cog-b gets from the hub (capsul vm show web1 on cog-b); cog-m held none for it",
+      `blog.owner.example: did not follow: cog cog-m held no DNS proof of it; create the DNS record _capsul-challenge.blog.owner.example. TXT "${domainProofValue(ca, "cog-b", BLOG)}" for cog cog-b`,
+    ], "what the CLI prints");
     t.same(await store.portOwner(port), { cog: "cog-a", route: "vm-web1-ssh" }, "cog-a's port is untouched");
     t.equal(await store.portFor("cog-b", "vm-web1-ssh"), newPort);
     t.same((await store.domainProofsFor(BLOG)).filter((p) => p.state === "verified").map((p) => p.cog), ["cog-a"], "cog-a's claim is untouched");
@@ -320,11 +327,20 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
 
   await t.test("move-done: the port and the proven name follow, the target's new port is released, visitors reach the target", async (t) => {
     b.client.setMoveHandler(answering("done"));
-    const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
+    const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG, GRANTED] });
     t.equal(done.last?.type, "move-done");
     const carried = done.last?.carried as MoveCarried;
     t.same(carried.ports, [{ route: "vm-web1-ssh", port, state: "followed" }]);
-    t.same(carried.hostnames, [{ hostname: BLOG, state: "followed" }]);
+    t.same(carried.hostnames, [
+      { hostname: BLOG, state: "followed" },
+      { hostname: GRANTED, state: "needs-grant", reason: "granted to cog cog-a by the hub operator; ask the hub operator to grant it to cog cog-b (hub.cogs in capsul.yaml)" },
+    ]);
+    t.same(carriedLines("web1", "cog-a", "cog-b", carried), [
+      `its SSH port is still ${port}: it followed the VM to cog-b`,
+      "blog.owner.example: followed (its DNS proof moved to cog-b; keep the TXT record as it is)",
+      "www.granted.example: did not follow: granted to cog cog-a by the hub operator; ask the hub operator to grant it to cog cog-b (hub.cogs in capsul.yaml)",
+    ], "what the CLI prints");
+    t.same((await hub.store.grants("cog-a")).hostnames, [GRANTED], "the operator's grant stays cog-a's");
     t.same(await store.portOwner(port), { cog: "cog-b", route: "vm-web1-ssh" });
     t.equal(await store.portOwner(newPort), undefined, "the port cog-b got meanwhile is free again");
     t.equal(await store.portFor("cog-a", "vm-web1-ssh"), undefined);
@@ -357,6 +373,9 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
     const carried = done.last?.carried as MoveCarried;
     t.equal(carried.ports[0]?.state, "kept");
     t.match(String(carried.ports[0]?.reason), /cog cog-b already holds 3 hub TCP ports, its limit \(hub\.default_tcp_ports_per_cog: 3\)/);
+    t.same(carriedLines("web3", "cog-a", "cog-b", carried), [
+      `its SSH port is a new one on cog-b (capsul vm show web3 on cog-b): hub port ${p3} stays with cog-a, because cog cog-b already holds 3 hub TCP ports, its limit (hub.default_tcp_ports_per_cog: 3)`,
+    ]);
     t.same(await store.portOwner(p3), { cog: "cog-a", route: "vm-web3-ssh" }, "the port stays with cog-a");
   });
 });
