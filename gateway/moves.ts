@@ -1,15 +1,19 @@
 /**
  * VM moves through the hub (PROTOCOL.md "Move stream", protocol/move.ts): a cog
  * opens a stream and asks to send a VM archive to another cog; the hub offers
- * it to that cog, naming the sender by its certificate, and splices the two
- * streams only after the target's explicit `move-accept`. Until then not a byte
- * of the archive reaches the target: what the source sends early waits in its
- * own stream's window (the reader stops at one header), and a refusal, a
- * timeout or a target that is not connected ends both streams.
+ * it to that cog, naming the sender by its certificate, and passes the archive
+ * on only after the target's explicit `move-accept`. Until then not a byte of
+ * the archive reaches the target: what the source sends early waits in its own
+ * stream's window (the reader stops at one header), and a refusal, a timeout
+ * or a target that is not connected ends both streams. After it, the archive
+ * flows one way (pump()) and the hub reads the target's verdict the other way:
+ * on a move-done for the whole archive, what the source held for the VM
+ * follows it (carry.ts) before the verdict is passed on.
  *
  * What the hub holds per move is bounded: the source stream's window
- * (hub.tunnel.max_auto_window at most) plus hub.limits.splice_queue per
- * direction; at most hub.tunnel.max_moves moves per cog run at once.
+ * (hub.tunnel.max_auto_window at most) plus hub.limits.splice_queue, and one
+ * verdict of at most MOVE_RESULT_MAX_BYTES; at most hub.tunnel.max_moves moves
+ * per cog run at once.
  */
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
