@@ -180,6 +180,8 @@ t.test("the hub relays a move only after the target consents, names the sender b
 const QUICK_DNS = { lookup_timeout: "500ms", pending_interval: "150ms", recheck_interval: "200ms", error_retry_interval: "200ms" };
 const BLOG = "blog.owner.example";
 const GRANTED = "www.granted.example";
+/** A name the target holds by its own grant. */
+const B_OWN = "www.b-own.example";
 
 function tcpRoute(name: string, target: number): PublishedRoute {
   return { name, kind: "tcp", target: { host: "127.0.0.1", port: target }, proxyProtocol: "none" };
@@ -264,7 +266,7 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
   // cog-a holds a name by the operator's grant too: that one does not follow.
   const a = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-a", hub.ports.tunnel, []), "cog-a", { hostnames: [GRANTED] });
   t.teardown(() => a.close());
-  const b = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-b", hub.ports.tunnel, []), "cog-b");
+  const b = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-b", hub.ports.tunnel, []), "cog-b", { hostnames: [B_OWN] });
   t.teardown(() => b.close());
   const m = await enrolledCog(hubCfg, hub, cogConfig(dir, "cog-m", hub.ports.tunnel, []), "cog-m");
   t.teardown(() => m.close());
@@ -327,18 +329,20 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
 
   await t.test("move-done: the port and the proven name follow, the target's new port is released, visitors reach the target", async (t) => {
     b.client.setMoveHandler(answering("done"));
-    const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG, GRANTED] });
+    const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG, GRANTED, B_OWN] });
     t.equal(done.last?.type, "move-done");
     const carried = done.last?.carried as MoveCarried;
     t.same(carried.ports, [{ route: "vm-web1-ssh", port, state: "followed" }]);
     t.same(carried.hostnames, [
       { hostname: BLOG, state: "followed" },
       { hostname: GRANTED, state: "needs-grant", reason: "granted to cog cog-a by the hub operator; ask the hub operator to grant it to cog cog-b (hub.cogs in capsul.yaml)" },
+      { hostname: B_OWN, state: "granted" },
     ]);
     t.same(carriedLines("web1", "cog-a", "cog-b", carried), [
       `its SSH port is still ${port}: it followed the VM to cog-b`,
       "blog.owner.example: followed (its DNS proof moved to cog-b; keep the TXT record as it is)",
       "www.granted.example: did not follow: granted to cog cog-a by the hub operator; ask the hub operator to grant it to cog cog-b (hub.cogs in capsul.yaml)",
+      "www.b-own.example: cog-b holds it by its own grant",
     ], "what the CLI prints");
     t.same((await hub.store.grants("cog-a")).hostnames, [GRANTED], "the operator's grant stays cog-a's");
     t.same(await store.portOwner(port), { cog: "cog-b", route: "vm-web1-ssh" });
