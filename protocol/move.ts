@@ -20,7 +20,7 @@
  * the target may hold. Naming anything else changes nothing.
  */
 
-import { COG_NAME_RE, normalizeHostname } from "../lib/hostname.js";
+import { COG_NAME_RE, normalizeHostnamePattern } from "../lib/hostname.js";
 import { ProtocolError } from "../lib/errors.js";
 
 /** The headers above are a few hundred bytes; this bounds what either end buffers for one. */
@@ -80,8 +80,9 @@ export function checkMoveRequest(raw: unknown): MoveRequest {
   if (m.type !== "move") throw new ProtocolError(`expected a move header, got ${JSON.stringify(m.type)}`);
   if (typeof m.to !== "string" || !COG_NAME_RE.test(m.to)) throw new ProtocolError("move: to is not a cog name");
   checkCommon(m);
-  const routes = stringList(m.routes, "routes", (r) => r.length > 0 && r.length <= ROUTE_NAME_MAX_CHARS);
-  const hostnames = stringList(m.hostnames, "hostnames", (h) => normalizeHostname(h) !== null).map((h) => normalizeHostname(h) as string);
+  const routes = [...new Set(stringList(m.routes, "routes", (r) => r.length > 0 && r.length <= ROUTE_NAME_MAX_CHARS))];
+  // Patterns: a VM's route may be for a wildcard (its proof is on the base name, gateway/carry.ts).
+  const hostnames = [...new Set(stringList(m.hostnames, "hostnames", (h) => normalizeHostnamePattern(h) !== null).map((h) => normalizeHostnamePattern(h) as string))];
   return { type: "move", to: m.to, vm: m.vm as string, bytes: m.bytes as number, routes, hostnames };
 }
 
@@ -90,7 +91,7 @@ function stringList(v: unknown, what: string, ok: (s: string) => boolean): strin
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw new ProtocolError(`move: ${what} is not a list`);
   for (const s of v) if (typeof s !== "string" || !ok(s)) throw new ProtocolError(`move: ${what} holds a bad entry`);
-  return [...new Set(v as string[])];
+  return v as string[];
 }
 
 export function checkMoveOffer(raw: unknown): MoveOffer {

@@ -10,7 +10,8 @@ import t, { type Test } from "tap";
 import { carriedLines } from "../cli/vmmove.js";
 import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
-import { type MoveCarried, type MoveOffer, MOVE_RESULT_MAX_BYTES } from "../protocol/move.js";
+import { checkMoveRequest, type MoveCarried, type MoveOffer, MOVE_RESULT_MAX_BYTES } from "../protocol/move.js";
+import { ProtocolError } from "../lib/errors.js";
 import type { Cog } from "../tunnel-client/cog.js";
 import type { PublishedRoute } from "../tunnel-client/routesink.js";
 import { closeServer, cogConfig, enrolledCog, httpBackend, hubConfig, listen, startTestHub, tmpDir } from "./helpers/cluster.js";
@@ -49,6 +50,16 @@ function recorder(answer: "accept" | "refuse"): { seen: Seen; handler: (s: Duple
 const RELAY_MEASURE_BYTES = 256 * 1024 * 1024;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+t.test("a move header's routes and hostnames: optional, deduplicated, normalized; a bad entry is a protocol error", async (t) => {
+  const base = { type: "move", to: "cog-b", vm: "web1", bytes: 10 };
+  t.same(checkMoveRequest(base), { ...base, routes: [], hostnames: [] }, "a source from before carrying names nothing");
+  t.same(checkMoveRequest({ ...base, routes: ["vm-web1-ssh", "vm-web1-ssh"], hostnames: ["Blog.Alice.NET.", "*.Shop.example", "blog.alice.net"] }),
+    { ...base, routes: ["vm-web1-ssh"], hostnames: ["blog.alice.net", "*.shop.example"] });
+  for (const bad of [{ routes: "vm-web1-ssh" }, { routes: [""] }, { routes: ["x".repeat(65)] }, { routes: [7] }, { hostnames: ["not a name"] }, { hostnames: ["a..b"] }, { hostnames: {} }]) {
+    t.throws(() => checkMoveRequest({ ...base, ...bad }), ProtocolError, JSON.stringify(bad));
+  }
+});
 
 t.test("the hub relays a move only after the target consents, names the sender by its certificate, and refuses the rest", async (t) => {
   const dir = tmpDir();
