@@ -3,12 +3,14 @@
  * custom-domain claims cogs made by DNS proof (gateway/domains.ts), as the
  * hub's state store holds them, and the operator's way to take one away.
  *
- * Removing a claim does not withdraw a live route at once: the running hub
- * applies it when the cog next announces its routes (as `hub ungrant`). A cog
- * that announces the name then claims it anew, refused until the record proves
- * it again: to give the name to another cog, grant it to that cog right after
- * (`hub invite --hostname`, refused while the claim stands), and a proof never
- * takes a name out of a grant. To cut a cog off at once, revoke it.
+ * The running hub notices a removed proven claim of a connected cog at its
+ * next sweep of the claims (gateway/domains.ts: every hub.domains.pending_interval, 30 s
+ * by default) and
+ * applies the cog's routes again: the name is then claimed anew, refused until
+ * the record proves it again. To give the name to another cog, grant it to
+ * that cog right after (`hub invite --hostname`, refused while the claim
+ * stands): a proof never takes a name out of a grant. To cut a cog off at
+ * once, revoke it.
  */
 import type { Command } from "commander";
 import type { HubConfig } from "../config/types.js";
@@ -61,7 +63,7 @@ export function registerHubDomainCommands(hub: Command, h: HubDomainHelpers): vo
 
   domains
     .command("remove")
-    .description("remove a cog's custom-domain claim (the running hub applies it when the cog next announces its routes)")
+    .description("remove a cog's custom-domain claim (a running hub withdraws the name within hub.domains.pending_interval, until DNS proves it again)")
     .argument("<name>", "the claimed hostname, as capsul hub domains lists it")
     .option("--cog <cog>", "whose claim (needed when several cogs claim the name)")
     .option("-c, --config <file>", h.configHelp)
@@ -88,7 +90,7 @@ export function registerHubDomainCommands(hub: Command, h: HubDomainHelpers): vo
           return;
         }
         process.stdout.write(`Removed cog ${claim.cog}'s claim on ${hostname} (${claim.state === "verified" ? "proven" : claim.state}). ` +
-          "The running hub applies it when the cog next announces its routes: the name is refused to it then until DNS proves it " +
+          "The running hub applies it within hub.domains.pending_interval: the name is refused to that cog until DNS proves it " +
           "again, or for good once another cog is granted it (capsul hub invite --hostname).\n");
       });
     });

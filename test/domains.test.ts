@@ -190,6 +190,17 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.equal(removed.code, 0, removed.stderr);
   t.match(JSON.parse(removed.stdout), { removed: { hostname: "blog.alice.example", cog: "bob" } });
   t.same((await hub.store.domainProofsFor("blog.alice.example")).map((p) => p.cog), ["alice"], "only bob's claim went");
+  // A proven claim removed while its cog is connected: the running hub re-applies the cog's routes
+  // at its next sweep, so the name is claimed anew and must be proven again (it is: the record stands).
+  const removedAt = Date.now();
+  const rmShop = await runCli(["hub", "domains", "remove", "shop.example", "-c", hubYaml]);
+  t.equal(rmShop.code, 0, rmShop.stderr);
+  t.match(rmShop.stdout, /^Removed cog alice's claim on shop\.example \(proven\)\. The running hub applies it within hub\.domains\.pending_interval/);
+  await waitFor("a new claim on shop.example, proven again", async () => {
+    const c = (await hub.store.domainProofsFor("shop.example"))[0];
+    return c && c.createdAt >= removedAt && c.state === "verified";
+  });
+  await until("shop accepted again", () => alice.client.status("shop").state === "accepted");
 });
 
 t.test("a resolver that never answers: one log line, the proof keeps its state, lookups retry, nothing crashes", async (t) => {
