@@ -176,7 +176,9 @@ function pump(src: MuxStream, dst: MuxStream, first: Buffer, maxQueuedBytes: num
     }
   });
   src.once("end", () => { if (!stopped) dst.end(); });
-  src.once("close", () => { if (!src.readableEnded && !stopped) dst.destroy(); });
+  // Before the verdict the hub has not ended the source's stream, so any close of it is a cut
+  // (its end sent, then given up waiting: the source's move_verify_timeout): the target's goes too.
+  src.once("close", () => { if (!stopped) dst.destroy(); });
   dst.once("close", () => { if (!dst.writableFinished && !stopped) src.destroy(); });
   src.resume();
   return {

@@ -157,6 +157,29 @@ t.test("the hub relays a move only after the target consents, names the sender b
     t.equal(third.first?.type, "move-go", "the slot is free again once the first move ended");
   });
 
+  await t.test("a target that never gives its verdict: when the source gives up, the hub resets the target's stream and frees the move", async (t) => {
+    let targetClosed = false;
+    b.client.setMoveHandler((s) => {
+      s.on("error", () => {});
+      s.on("close", () => { targetClosed = true; });
+      s.resume();
+      s.write(encodeMessage({ type: "move-accept" }));
+    });
+    const s = a.client.openMoveStream();
+    s.on("error", () => {});
+    const reader = new MessageReader<Msg>(s, 4096);
+    s.write(encodeMessage({ type: "move", to: "cog-b", vm: "web1", bytes: 4 }));
+    t.equal((await reader.next())?.type, "move-go");
+    s.end(Buffer.alloc(4, 1)); // the whole archive, then no verdict comes
+    await sleep(300);
+    t.notOk(targetClosed, "the hub waits for the verdict while the source does");
+    s.destroy(); // what the source's move_verify_timeout does
+    await until("the target's stream reset", () => targetClosed);
+    b.client.setMoveHandler(recorder("accept").handler);
+    const next = await send({ type: "move", to: "cog-b", vm: "web2", bytes: 4 }, Buffer.alloc(4), false);
+    t.equal(next.first?.type, "move-go", "the move slot is free again (max_moves 1)");
+  });
+
   await t.test("throughput of a relayed move (a comment, no timing assertion): 256 MiB from cog-a to cog-b", async (t) => {
     const r = recorder("accept");
     b.client.setMoveHandler(r.handler);
