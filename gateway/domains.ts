@@ -81,7 +81,7 @@ export class DomainProofs {
   private readonly inFlight = new Set<string>();
   /** Claims whose last lookup got no answer: retried after error_retry_interval, logged once. */
   private readonly unanswered = new Set<string>();
-  /** The proven names of each connected cog at the last sweep: one that vanished re-applies its routes. */
+  /** The proven names of each connected cog at the last sweep: a change re-applies its routes. */
   private readonly provenSeen = new Map<string, Set<string>>();
   /** Lookups done, for tests and logs. */
   lookups = 0;
@@ -184,25 +184,28 @@ export class DomainProofs {
   /** One pass over the claims of connected cogs: looks up those that are due. */
   async sweep(now = Date.now()): Promise<void> {
     const due: DomainProofRow[] = [];
-    const gone: string[] = [];
+    const changed: string[] = [];
     const live = this.hooks.liveCogs();
     try {
       for (const cog of live) {
         const claims = await this.store.domainProofsOf(cog);
         for (const p of claims) if (this.isDue(p, now)) due.push(p);
-        // A proven claim that left the store without a lookup (`capsul hub domains remove`, or
-        // carried away with a moved VM through another endpoint): the cog's routes go by it.
+        // The cog's proven names changed without a lookup of this endpoint: another endpoint
+        // proved or lost one (issue 12: each looks up the claims of the cogs connected to it,
+        // and only the one whose lookup changed the state re-applied), `capsul hub domains
+        // remove`, or a VM moved with its names. The cog's routes here follow. Seen for the
+        // first time (a cog just connected, this hub just started), a proven name counts as new.
         const proven = new Set(claims.filter((p) => p.state === "verified").map((p) => p.hostname));
-        const before = this.provenSeen.get(cog);
+        const before = this.provenSeen.get(cog) ?? new Set<string>();
         this.provenSeen.set(cog, proven);
-        if (before && [...before].some((h) => !proven.has(h))) gone.push(cog);
+        if (proven.size !== before.size || [...before].some((h) => !proven.has(h))) changed.push(cog);
       }
     } catch (err) {
       this.log.error("could not read custom-domain claims", { error: (err as Error).message });
       return;
     }
     for (const cog of this.provenSeen.keys()) if (!live.includes(cog)) this.provenSeen.delete(cog);
-    for (const cog of gone) this.hooks.changed(cog);
+    for (const cog of changed) this.hooks.changed(cog);
     for (let i = 0; i < due.length && !this.closed; i += DOMAIN_CHECK_CONCURRENCY) {
       await Promise.all(due.slice(i, i + DOMAIN_CHECK_CONCURRENCY).map((p) => this.check(p.cog, p.hostname, p.value)));
     }

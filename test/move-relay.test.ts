@@ -418,12 +418,14 @@ t.test("on move-done the VM's hub port and DNS-proven name follow it; refused, f
   });
 });
 
-t.test("two hub endpoints on one SQLite store: after a move through one, both serve the old port for the target", async (t) => {
+t.test("two hub endpoints on one SQLite store: after a move through one, both serve the old port and the proven name for the target", async (t) => {
   const dir = tmpDir();
   const pool = await freePortRange(6);
+  const dns = await startDnsStub(t);
   // Each endpoint has its own public TCP listeners: the second on another loopback address.
   const endpoint = (name: string, tcpHost: string) => ({
     endpoint: { name, advertise: "127.0.0.1:0", heartbeat_interval: "100ms", timeout: "1s" }, listen: { tcp_host: tcpHost, tcp_ports: [pool.spec] },
+    domains: { resolver: dns.address, ...QUICK_DNS },
   });
   const cfgOne = hubConfig(dir, endpoint("one", "127.0.0.1"));
   const one = await startTestHub(cfgOne);
@@ -436,25 +438,36 @@ t.test("two hub endpoints on one SQLite store: after a move through one, both se
   t.teardown(() => b.close());
   await until("both cogs on both endpoints", () => a.client.connectedEndpoints().length === 2 && b.client.connectedEndpoints().length === 2);
   const [tagA, tagB] = [await tagServer(t, "from-a"), await tagServer(t, "from-b")];
+  const [webA, webB] = [await httpBackend("web-a"), await httpBackend("web-b")];
+  t.teardown(() => webA.close());
+  t.teardown(() => webB.close());
   const onBoth = (port: number, cog: string | undefined): boolean =>
     one.router.lookupPort(port)?.cog === cog && two.router.lookupPort(port)?.cog === cog;
+  const nameOnBoth = (cog: string | undefined): boolean =>
+    one.router.lookupHost("http", BLOG)?.cog === cog && two.router.lookupHost("http", BLOG)?.cog === cog;
 
-  a.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagA)]);
+  await dns.setTxt(challengeName(BLOG), domainProofValue(one.pki.caFingerprint, "cog-a", BLOG));
+  a.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagA), httpRoute("vm-web1-blog", BLOG, webA.port)]);
   await until("web1's port on cog-a", () => portOf(a, "vm-web1-ssh") !== undefined);
   const port = portOf(a, "vm-web1-ssh")!;
-  await until("both endpoints route it to cog-a", () => onBoth(port, "cog-a"));
+  await until("both endpoints route its port and name to cog-a", () => onBoth(port, "cog-a") && nameOnBoth("cog-a"));
   a.client.withdraw("vm:web1");
-  await until("withdrawn on both", () => onBoth(port, undefined));
-  b.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagB)]);
+  await until("withdrawn on both", () => onBoth(port, undefined) && nameOnBoth(undefined));
+  b.client.publish("vm:web1", [tcpRoute("vm-web1-ssh", tagB), httpRoute("vm-web1-blog", BLOG, webB.port)]);
   await until("a new port for cog-b", () => portOf(b, "vm-web1-ssh") !== undefined);
   const newPort = portOf(b, "vm-web1-ssh")!;
   await until("both endpoints route the new port to cog-b", () => onBoth(newPort, "cog-b"));
+  t.ok(nameOnBoth(undefined), "the name is cog-a's: neither endpoint routes it to cog-b");
 
   b.client.setMoveHandler(answering("done"));
-  const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"] });
+  const done = await moveVm(a, "cog-b", "web1", { routes: ["vm-web1-ssh"], hostnames: [BLOG] });
   t.same((done.last?.carried as MoveCarried).ports, [{ route: "vm-web1-ssh", port, state: "followed" }]);
-  await until("both endpoints route the old port to cog-b and the meanwhile port to nobody", () => onBoth(port, "cog-b") && onBoth(newPort, undefined));
+  t.same((done.last?.carried as MoveCarried).hostnames, [{ hostname: BLOG, state: "followed" }]);
+  await until("both endpoints route the old port and the name to cog-b and the meanwhile port to nobody",
+    () => onBoth(port, "cog-b") && onBoth(newPort, undefined) && nameOnBoth("cog-b"));
   t.equal(await readPortAt("127.0.0.1", port), "from-b", "endpoint one's listener reaches the target");
   t.equal(await readPortAt("127.0.0.2", port), "from-b", "endpoint two's listener reaches the target");
   t.equal(await readPortAt("127.0.0.2", newPort), "", "endpoint two closed the meanwhile port");
+  t.match(await httpGet(one.ports.http!, BLOG), /web-b/, "endpoint one serves the name from the target");
+  t.match(await httpGet(two.ports.http!, BLOG), /web-b/, "endpoint two too");
 });
