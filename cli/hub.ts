@@ -14,6 +14,7 @@ import { exitOnBugs, isoTime, loadConfig, makeLogger, printJson, requireHub, tab
 import { reportReload, requestReload, runService } from "./service.js";
 import { readCertRows } from "../certs/acme.js";
 import { certRowsJson, certRowsTable, fileCertRow, NO_HUB_CERTS } from "./certs.js";
+import { registerHubDomainCommands } from "./hubdomains.js";
 import { hubWorkerIndex, runHubPrimary, runHubWorker, workerRestartKeys } from "./hubworkers.js";
 
 const CONFIG_HELP = "capsul.yaml to use (default ./capsul.yaml, then /etc/capsul/capsul.yaml)";
@@ -276,6 +277,8 @@ export function registerHubCommands(program: Command): void {
         process.stdout.write(`Removed grant ${JSON.stringify(value)} of cog "${name}". A connected cog loses routes under it when it next announces its routes; revoke it to cut it off at once.\n`);
       });
     });
+
+  registerHubDomainCommands(hub, { configOpt, withStore, ago, configHelp: CONFIG_HELP });
 
   hub
     .command("revoke")

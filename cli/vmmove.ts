@@ -101,8 +101,34 @@ export function registerMoveCommands(vm: Command, ctx: VmCliContext): void {
       ctx.out(`${name}: moved from cog ${m.from_cog} to cog ${m.to_cog} (${formatBytes(m.bytes)} sent in ${(m.send_ms / 1000).toFixed(1)} s, ` +
         `${m.bytes_per_sec ? `${formatBytes(m.bytes_per_sec)}/s` : "--"}; ${(m.duration_ms / 1000).toFixed(0)} s in all); ${r.vm.state ?? "starting"} there; the copy here is deleted`);
       if (m.hostname_after && m.hostname_after !== m.hostname_before) {
-        ctx.out(`its default hostname is now ${m.hostname_after} (was ${m.hostname_before}); its SSH port is the one ${m.to_cog} gets from the hub (capsul vm show ${name} on ${m.to_cog})`);
+        ctx.out(`its default hostname is now ${m.hostname_after} (was ${m.hostname_before})`);
       }
+      for (const line of carriedLines(name, m.from_cog, m.to_cog, m.carried)) ctx.out(line);
     });
+}
+
+interface CarriedJson {
+  ports: Array<{ route: string | null; port: number | null; state: string | null; reason: string | null }>;
+  hostnames: Array<{ hostname: string | null; state: string | null; reason: string | null }>;
+}
+
+/** One line per TCP route and custom hostname: what followed the VM to its new cog, and what it needs if not. */
+export function carriedLines(name: string, from: string, to: string, c: CarriedJson | null | undefined): string[] {
+  const where = `capsul vm show ${name} on ${to}`;
+  if (!c) return [`its SSH port is the one ${to} gets from the hub (${where}); the hub did not carry ports or names (an older hub)`];
+  const out: string[] = [];
+  if (c.ports.length === 0) out.push(`its SSH port is the one ${to} gets from the hub (${where})`);
+  for (const p of c.ports) {
+    const what = p.route?.endsWith("-ssh") ? "its SSH port" : `the hub port of route ${p.route}`;
+    if (p.state === "followed") out.push(`${what} is still ${p.port}: it followed the VM to ${to}`);
+    else if (p.state === "not-held") out.push(`${what} is the one ${to} gets from the hub (${where}); ${from} held none for it`);
+    else out.push(`${what} is a new one on ${to} (${where}): hub port ${p.port ?? "?"} stays with ${from}, because ${p.reason ?? "the hub said no"}`);
+  }
+  for (const h of c.hostnames) {
+    if (h.state === "followed") out.push(`${h.hostname}: followed (its DNS proof moved to ${to}; keep the TXT record as it is)`);
+    else if (h.state === "granted") out.push(`${h.hostname}: ${to} holds it by its own grant`);
+    else out.push(`${h.hostname}: did not follow: ${h.reason ?? "the hub said no"}`);
+  }
+  return out;
 }
 

@@ -31,6 +31,15 @@ export const DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS = 60_000;
  */
 export const DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG = 100;
 
+/**
+ * A proven name's record found missing this many lookups in a row before its routes are
+ * withdrawn: one missing answer from a resolver mid-change (a DNS panel that rewrites the
+ * zone, an authority that lags its secondary) must not take a site down. After the first
+ * miss the name is looked up every pending_interval, so with the defaults the routes go
+ * about 10 m + 2 x 30 s after the record does (the first miss comes at a recheck).
+ */
+export const DEFAULT_DOMAINS_MISSING_BEFORE_WITHDRAW = 3;
+
 /** Node's timers take at most 2^31-1 ms. */
 const TIMER_MAX_MS = 2 ** 31 - 1;
 
@@ -55,6 +64,8 @@ export const domainsSchema = section("Custom domains: hostnames outside a cog's 
   pending_interval: interval("How often an unproven (or lost) name of a connected cog is looked up again.", DEFAULT_DOMAINS_PENDING_INTERVAL_MS),
   recheck_interval: interval("How often a proven name is looked up again; a record that is gone withdraws its routes.", DEFAULT_DOMAINS_RECHECK_INTERVAL_MS),
   error_retry_interval: interval("After a lookup that got no answer (timeout, SERVFAIL), the next try comes this much later.", DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS),
+  missing_before_withdraw: int("Lookups in a row that find a proven name's record missing before its routes are withdrawn (1: at the first); after the first miss it is looked up every pending_interval.",
+    { def: DEFAULT_DOMAINS_MISSING_BEFORE_WITHDRAW, min: 1, max: 100 }),
   max_claims_per_cog: int("Names one cog may claim outside its grants, proven or not; a claim beyond it is refused.",
     { def: DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG, min: 1, max: 100_000 }),
 }, (o): DomainsConfig => ({
@@ -65,4 +76,5 @@ export const domainsSchema = section("Custom domains: hostnames outside a cog's 
   recheckIntervalMs: o.recheck_interval,
   errorRetryIntervalMs: o.error_retry_interval,
   maxClaimsPerCog: o.max_claims_per_cog,
+  missingBeforeWithdraw: o.missing_before_withdraw,
 }));

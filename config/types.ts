@@ -284,6 +284,8 @@ export interface DomainsConfig {
   errorRetryIntervalMs: number;
   /** Names one cog may claim outside its grants, proven or not; a claim beyond it is refused. */
   maxClaimsPerCog: number;
+  /** Lookups in a row that find a proven name's record missing before its routes are withdrawn. */
+  missingBeforeWithdraw: number;
 }
 
 export interface HubConfig {

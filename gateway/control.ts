@@ -186,6 +186,21 @@ export class ControlChannel {
     await this.applyRoutes(this.wanted);
   }
 
+  /**
+   * A VM moved away (gateway/carry.ts) and its port or names went with it: they leave the
+   * route set this cog announced last, so that a re-apply before the cog's own next announce
+   * (a reload, a DNS proof's change) does not give the cog a new port for a VM it no longer has.
+   */
+  forget(routes: readonly string[], hostnames: readonly string[]): void {
+    this.wanted = this.wanted.filter((r) => !routes.includes(r.name) && !(r.hostname !== undefined && hostnames.includes(r.hostname.toLowerCase())));
+  }
+
+  /** Asks the cog to announce its routes again on every endpoint (a moved VM's port or names are its own now). */
+  askAnnounce(): void {
+    if (!this.welcomed || this.ctx.signal.aborted) return;
+    this.send({ type: "announce" });
+  }
+
   private async applyRoutes(wanted: WireRoute[]): Promise<void> {
     const { cog, log } = this.ctx;
     this.wanted = wanted;

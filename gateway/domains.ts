@@ -16,9 +16,10 @@
  *   is stored (pending) and the refusal says exactly which record to create.
  *
  * Lookups go through node:dns's Resolver (c-ares) at hub.domains.resolver, or
- * the system's. A lookup that finds the value proves the claim; one that gets
- * an answer without it (NXDOMAIN, no TXT, other values) withdraws a proven
- * claim's routes; one that gets no answer (timeout, SERVFAIL, refused)
+ * the system's. A lookup that finds the value proves the claim; answers
+ * without it (NXDOMAIN, no TXT, other values) withdraw a proven claim's routes
+ * once hub.domains.missing_before_withdraw of them came in a row (looked up
+ * every pending_interval after the first); one that gets no answer (timeout, SERVFAIL, refused)
  * changes nothing and is tried again after error_retry_interval, with one log
  * line until an answer comes back. The claims of connected cogs are looked up
  * on a timer; a state change re-applies the cog's routes (hooks.changed), so
@@ -80,6 +81,8 @@ export class DomainProofs {
   private readonly inFlight = new Set<string>();
   /** Claims whose last lookup got no answer: retried after error_retry_interval, logged once. */
   private readonly unanswered = new Set<string>();
+  /** The proven names of each connected cog at the last sweep: a change re-applies its routes. */
+  private readonly provenSeen = new Map<string, Set<string>>();
   /** Lookups done, for tests and logs. */
   lookups = 0;
 
@@ -123,6 +126,15 @@ export class DomainProofs {
   }
 
   /**
+   * True if the claim's value is the one derived now for the cog it was proven for (itself,
+   * or the cog it was carried from with a moved VM, gateway/carry.ts): a value derived under
+   * another hub CA counts for nothing.
+   */
+  private current(p: DomainProofRow): boolean {
+    return p.value === this.valueFor(p.proofCog ?? p.cog, p.hostname);
+  }
+
+  /**
    * May `cog` route `pattern`, which its grants do not cover? Stores a pending claim when
    * there is none and starts its first lookup; never waits for DNS.
    */
@@ -136,15 +148,18 @@ export class DomainProofs {
     if (grant) return { reason: `hostname ${pattern} overlaps ${describeGrant(grant)}; a DNS proof never takes a name out of another cog's grants` };
     const all = await this.store.allDomainProofs();
     const value = this.valueFor(cog, base);
-    const mine = all.find((p) => p.cog === cog && p.hostname === base && p.value === value);
+    let mine = all.find((p) => p.cog === cog && p.hostname === base && this.current(p));
+    // A claim carried here with a moved VM counts while its owner's record stands; once it is
+    // lost (or never was proven), this cog's own record is what the owner must publish.
+    if (mine?.proofCog && mine.state !== "verified") mine = undefined;
     const holder = all.find((p) => p.cog !== cog && p.state === "verified" && proofOverlaps(p.hostname, pattern) && claimedBefore(p, mine));
     // Proven on the name itself or on a name above it (`*.x` and `y.x` by a proof on `x`).
-    const covered = all.some((p) => p.cog === cog && p.state === "verified" && p.value === this.valueFor(cog, p.hostname) && proofCovers(p.hostname, pattern));
+    const covered = all.some((p) => p.cog === cog && p.state === "verified" && this.current(p) && proofCovers(p.hostname, pattern));
     if (covered && !holder) return { ok: true };
     // The claim is stored (and looked up) even while another cog holds the name: when the
     // holder's record goes, this one's routes are re-applied (check()) and may take over.
     if (!mine && !covered) {
-      const claims = all.filter((p) => p.cog === cog).length;
+      const claims = all.filter((p) => p.cog === cog && p.hostname !== base).length;
       const max = this.cfg.domains.maxClaimsPerCog;
       if (claims >= max) return { reason: `${notGranted}; cog ${cog} already claims ${claims} names by DNS, its limit (hub.domains.max_claims_per_cog: ${max})` };
       await this.store.putDomainProof(cog, base, value);
@@ -169,14 +184,28 @@ export class DomainProofs {
   /** One pass over the claims of connected cogs: looks up those that are due. */
   async sweep(now = Date.now()): Promise<void> {
     const due: DomainProofRow[] = [];
+    const changed: string[] = [];
+    const live = this.hooks.liveCogs();
     try {
-      for (const cog of this.hooks.liveCogs()) {
-        for (const p of await this.store.domainProofsOf(cog)) if (this.isDue(p, now)) due.push(p);
+      for (const cog of live) {
+        const claims = await this.store.domainProofsOf(cog);
+        for (const p of claims) if (this.isDue(p, now)) due.push(p);
+        // The cog's proven names changed without a lookup of this endpoint: another endpoint
+        // proved or lost one (issue 12: each looks up the claims of the cogs connected to it,
+        // and only the one whose lookup changed the state re-applied), `capsul hub domains
+        // remove`, or a VM moved with its names. The cog's routes here follow. Seen for the
+        // first time (a cog just connected, this hub just started), a proven name counts as new.
+        const proven = new Set(claims.filter((p) => p.state === "verified").map((p) => p.hostname));
+        const before = this.provenSeen.get(cog) ?? new Set<string>();
+        this.provenSeen.set(cog, proven);
+        if (proven.size !== before.size || [...before].some((h) => !proven.has(h))) changed.push(cog);
       }
     } catch (err) {
       this.log.error("could not read custom-domain claims", { error: (err as Error).message });
       return;
     }
+    for (const cog of this.provenSeen.keys()) if (!live.includes(cog)) this.provenSeen.delete(cog);
+    for (const cog of changed) this.hooks.changed(cog);
     for (let i = 0; i < due.length && !this.closed; i += DOMAIN_CHECK_CONCURRENCY) {
       await Promise.all(due.slice(i, i + DOMAIN_CHECK_CONCURRENCY).map((p) => this.check(p.cog, p.hostname, p.value)));
     }
@@ -185,8 +214,10 @@ export class DomainProofs {
   private isDue(p: DomainProofRow, now: number): boolean {
     if (p.checkedAt === null) return true;
     const d = this.cfg.domains;
+    // A proven name whose record was just found missing is asked again soon: its routes stay
+    // until hub.domains.missing_before_withdraw misses in a row, and should not stay much longer.
     const interval = this.unanswered.has(key(p.cog, p.hostname)) ? d.errorRetryIntervalMs
-      : p.state === "verified" ? d.recheckIntervalMs : d.pendingIntervalMs;
+      : p.state === "verified" && p.misses === 0 ? d.recheckIntervalMs : d.pendingIntervalMs;
     return now - p.checkedAt >= interval;
   }
 
@@ -204,7 +235,7 @@ export class DomainProofs {
       const before = claims.find((p) => p.cog === cog)?.state;
       const r = await this.lookup(hostname, value);
       if (this.closed) return;
-      const after = await this.store.markDomainProofChecked(cog, hostname, r.outcome, r.error);
+      const after = await this.store.markDomainProofChecked(cog, hostname, r.outcome, r.error, Date.now(), this.cfg.domains.missingBeforeWithdraw);
       if (after === undefined) return; // the claim was removed meanwhile
       this.note(cog, hostname, before, after, r);
       if (after !== before) {
@@ -231,6 +262,9 @@ export class DomainProofs {
       return;
     }
     if (this.unanswered.delete(k)) this.log.info("custom domain lookups answered again", { cog, hostname, state: after });
+    if (r.outcome === "missing" && after === "verified") {
+      this.log.warn(`custom domain record missing (${r.error}); ${hostname} stays routed until ${this.cfg.domains.missingBeforeWithdraw} lookups in a row miss it (hub.domains.missing_before_withdraw), next in ${fmtMs(this.cfg.domains.pendingIntervalMs)}`, { cog, hostname });
+    }
     if (after === before) return;
     if (after === "verified") this.log.info("custom domain proven by DNS", { cog, hostname });
     else if (after === "lost") this.log.warn(`custom domain proof gone (${r.error}): routes for ${hostname} withdrawn until the record is back`, { cog, hostname });

@@ -240,6 +240,15 @@ export async function checkNewGrants(cfg: HubConfig, tx: StoreOps, cog: string, 
     const other = hostnameClash(cog, pattern, idx);
     if (other) throw new ConfigError(`${JSON.stringify(pattern)} overlaps ${describeGrant(other)}: two cogs may not be granted overlapping hostnames; ${undoHint(other)}`, "--hostname");
   }
+  // A name another cog has proven by DNS (gateway/domains.ts) is that cog's while the proof
+  // stands: the operator takes it away explicitly (capsul hub domains remove), not by a grant.
+  const proven = add.hostnames.length ? (await tx.allDomainProofs()).filter((p) => p.cog !== cog && p.state === "verified") : [];
+  for (const pattern of add.hostnames) {
+    const p = proven.find((c) => normalizedPatternsOverlap(c.hostname, pattern) || normalizedPatternsOverlap(`*.${c.hostname}`, pattern));
+    if (p) {
+      throw new ConfigError(`${JSON.stringify(pattern)} overlaps ${p.hostname}, proven by DNS by cog ${p.cog}; remove that claim first with: capsul hub domains remove ${p.hostname} --cog ${p.cog}`, "--hostname");
+    }
+  }
   for (const pattern of defaultGrantsOf(cfg, cog)) {
     const other = hostnameClash(cog, pattern, idx);
     if (other) {

@@ -1,22 +1,26 @@
 /**
  * VM moves through the hub (PROTOCOL.md "Move stream", protocol/move.ts): a cog
  * opens a stream and asks to send a VM archive to another cog; the hub offers
- * it to that cog, naming the sender by its certificate, and splices the two
- * streams only after the target's explicit `move-accept`. Until then not a byte
- * of the archive reaches the target: what the source sends early waits in its
- * own stream's window (the reader stops at one header), and a refusal, a
- * timeout or a target that is not connected ends both streams.
+ * it to that cog, naming the sender by its certificate, and passes the archive
+ * on only after the target's explicit `move-accept`. Until then not a byte of
+ * the archive reaches the target: what the source sends early waits in its own
+ * stream's window (the reader stops at one header), and a refusal, a timeout
+ * or a target that is not connected ends both streams. After it, the archive
+ * flows one way (pump()) and the hub reads the target's verdict the other way:
+ * on a move-done for the whole archive, what the source held for the VM
+ * follows it (carry.ts) before the verdict is passed on.
  *
  * What the hub holds per move is bounded: the source stream's window
- * (hub.tunnel.max_auto_window at most) plus hub.limits.splice_queue per
- * direction; at most hub.tunnel.max_moves moves per cog run at once.
+ * (hub.tunnel.max_auto_window at most) plus hub.limits.splice_queue, and one
+ * verdict of at most MOVE_RESULT_MAX_BYTES; at most hub.tunnel.max_moves moves
+ * per cog run at once.
  */
 import type { HubConfig } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
-import { checkMoveRequest, MOVE_HEADER_MAX_BYTES, MOVE_REASON_MAX_CHARS, reasonOf } from "../protocol/move.js";
-import { splice } from "../protocol/splice.js";
+import { checkMoveRequest, MOVE_HEADER_MAX_BYTES, MOVE_REASON_MAX_CHARS, MOVE_RESULT_MAX_BYTES, reasonOf } from "../protocol/move.js";
+import type { MoveCarrier } from "./carry.js";
 
 type Msg = Record<string, unknown> & { type: string };
 
@@ -31,6 +35,8 @@ export class MoveRelay {
     /** The live session of a cog, or null when it is not connected. */
     private readonly sessionOf: (cog: string) => MuxSession | null,
     private readonly log: Logger,
+    /** Moves what follows a VM on move-done (carry.ts); without one, nothing follows. */
+    private readonly carrier: MoveCarrier | null = null,
   ) {}
 
   private take(cog: string): void { this.active.set(cog, (this.active.get(cog) ?? 0) + 1); }
@@ -102,7 +108,7 @@ export class MoveRelay {
     let spliced = false;
     src.once("close", () => { if (!dst.destroyed && !spliced) dst.destroy(); });
     dst.write(encodeMessage({ type: "move-offer", from, vm: req.vm, bytes: req.bytes }));
-    const dstReader = new MessageReader<Msg>(dst, MOVE_HEADER_MAX_BYTES);
+    const dstReader = new MessageReader<Msg>(dst, MOVE_RESULT_MAX_BYTES);
     const answerTimer = setTimeout(() => dst.destroy(), timeoutMs);
     let answer: Msg | null = null;
     try { answer = await dstReader.next(); } catch { answer = null; } finally { clearTimeout(answerTimer); }
@@ -114,19 +120,73 @@ export class MoveRelay {
       return;
     }
     if (src.destroyed) { release(); dst.destroy(); return; }
-    // Consent given: the source may send, and from now on the hub only moves bytes.
+    // Consent given: the source may send, and from now on the hub moves the archive's bytes
+    // one way, and reads the target's verdict the other way (to act on a move-done).
     const started = Date.now();
     const early = srcReader.detach();
-    const late = dstReader.detach();
     src.write(encodeMessage({ type: "move-go" }));
-    if (late.length) src.write(late);
-    if (early.length) dst.write(early);
     spliced = true;
     this.log.info("move relayed: started", { from, to: req.to, vm: req.vm, bytes: req.bytes });
-    splice(src, dst, (err) => {
-      release();
-      const ms = Date.now() - started;
-      this.log.info("move relayed: ended", { from, to: req.to, vm: req.vm, bytes: req.bytes, ms, error: err?.message });
-    }, this.cfg.limits.spliceQueueBytes);
+    const flow = pump(src, dst, early, this.cfg.limits.spliceQueueBytes);
+    let verdict: Msg | null = null;
+    try {
+      verdict = await dstReader.next();
+    } catch {
+      verdict = null;
+    }
+    let error: string | undefined;
+    if (!verdict || src.destroyed) {
+      error = verdict ? "the source's stream was cut" : "the target ended the stream without a verdict";
+      src.destroy();
+      dst.destroy();
+    } else {
+      // Only a target that got the whole archive can have imported it: a move-done before the
+      // last byte carries nothing (and is passed on as the target's word, for the source to judge).
+      const passed = flow.moved();
+      flow.stop();
+      if (verdict.type === "move-done" && this.carrier && passed === req.bytes) {
+        verdict = { ...verdict, carried: await this.carrier.carry(from, req.to, req.routes, req.hostnames) };
+      }
+      if (verdict.type !== "move-done") error = `${String(verdict.type).slice(0, 40)}: ${reasonOf(verdict)}`;
+      src.end(encodeMessage(verdict));
+      dst.end();
+    }
+    release();
+    this.log.info("move relayed: ended", { from, to: req.to, vm: req.vm, bytes: req.bytes, passed: flow.moved(), ms: Date.now() - started, error });
   }
+}
+
+/**
+ * Moves `src`'s bytes into `dst` (after `first`, what was read before), ending `dst` when
+ * `src` ends, pausing `src` while `dst` has more than `maxQueuedBytes` queued; either side
+ * failing destroys the other. Returns a reader of the bytes moved so far.
+ */
+function pump(src: MuxStream, dst: MuxStream, first: Buffer, maxQueuedBytes: number): { moved(): number; stop(): void } {
+  let moved = first.length;
+  let stopped = false;
+  if (first.length) dst.write(first);
+  const resume = (): void => { src.resume(); };
+  src.on("data", (chunk: Buffer) => {
+    if (stopped) return; // the verdict is in: what the source still sends is dropped
+    moved += chunk.length;
+    dst.write(chunk);
+    if (dst.writableLength > maxQueuedBytes) {
+      src.pause();
+      dst.once("drain", resume);
+    }
+  });
+  src.once("end", () => { if (!stopped) dst.end(); });
+  // Before the verdict the hub has not ended the source's stream, so any close of it is a cut
+  // (its end sent, then given up waiting: the source's move_verify_timeout): the target's goes too.
+  src.once("close", () => { if (!stopped) dst.destroy(); });
+  dst.once("close", () => { if (!dst.writableFinished && !stopped) src.destroy(); });
+  src.resume();
+  return {
+    moved: () => moved,
+    stop: () => {
+      stopped = true;
+      dst.off("drain", resume);
+      src.resume();
+    },
+  };
 }

@@ -25,6 +25,7 @@
 import type { HubConfig, PortRange } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
 import type { AcceptedRoute, RefusedRoute, WireRoute } from "../protocol/control.js";
+import type { CarriedPort } from "../protocol/move.js";
 import { normalizeHostnamePattern } from "../lib/hostname.js";
 import { KeyedQueue } from "../lib/keyedqueue.js";
 import { grantsFor, inRanges, patternCovers, portGrants, type CogGrants } from "./grants.js";
@@ -259,6 +260,52 @@ export class RouteTable {
       if (!best || a.assignedAt < best.assignedAt) best = a;
     }
     return best;
+  }
+
+  /**
+   * A moved VM's TCP route `route` follows it from cog `from` to cog `to` (gateway/carry.ts):
+   * the port `from` holds for it becomes `to`'s, if `to` may hold it (inside its grant or the
+   * pool, not inside another cog's grant, within its pool limit counting the port instead of
+   * any it got for the route meanwhile, which is released). Otherwise nothing changes and the
+   * reason says why. The live routes follow in releaseCarried() and the target's re-apply.
+   */
+  async carryPort(from: string, to: string, route: string): Promise<CarriedPort> {
+    const grants = await grantsFor(this.cfg, this.store, to);
+    const othersRanges = (await portGrants(this.cfg, this.store)).filter((g) => g.cog !== to).map((g) => g.range);
+    const ctx: TcpContext = { grants, othersRanges, wanted: new Set([route]) };
+    return this.store.transaction(["ports"], async (tx): Promise<CarriedPort> => {
+      const port = (await tx.portFor(from, route)) ?? null;
+      if (port === null) return { route, port, state: "not-held" };
+      const why = this.notUsable(to, port, ctx);
+      if (why) return { route, port, state: "kept", reason: why };
+      if (grants.fromPool) {
+        const limit = this.cfg.defaultTcpPortsPerCog;
+        const held = (await tx.assignmentsOf(to)).filter((a) => a.route !== route && this.notUsable(to, a.port, ctx) === null);
+        if (held.length >= limit) {
+          return { route, port, state: "kept", reason: `cog ${to} already holds ${held.length} hub TCP ports, its limit (hub.default_tcp_ports_per_cog: ${limit})` };
+        }
+      }
+      const done = await tx.carryPort(from, to, route);
+      if (!done) return { route, port, state: "not-held" };
+      this.log.info("hub TCP port followed a moved VM", { from, to, route, port, released: done.released });
+      return { route, port, state: "followed" };
+    });
+  }
+
+  /**
+   * After a move carried `ports` and `hostnames` to another cog: `from`'s live routes on them
+   * (if any: its VM is stopped for the move, so usually none) leave the router, so that the
+   * target's re-apply can claim them. A port's listener is closed and reopened by that re-apply.
+   */
+  releaseCarried(from: string, ports: readonly number[], hostnames: readonly string[]): Promise<void> {
+    return this.queue.run(from, async () => {
+      for (const e of this.router.entriesOf(from)) {
+        const carried = e.kind === "tcp" ? e.port !== undefined && ports.includes(e.port) : e.pattern !== undefined && hostnames.includes(e.pattern);
+        if (!carried) continue;
+        this.router.release(e);
+        if (e.kind === "tcp" && e.port !== undefined) await this.closePort(e.port);
+      }
+    });
   }
 
   /** Stops serving a port; its assignment stays, stamped with when it was last served. */

@@ -10,6 +10,8 @@ import { EventEmitter } from "node:events";
 import net from "node:net";
 import tls from "node:tls";
 import type { HostPort, HubConfig } from "../config/types.js";
+import { MoveCarrier } from "./carry.js";
+import type { DomainProofs } from "./domains.js";
 import { MoveRelay } from "./moves.js";
 import type { Logger } from "../lib/log.js";
 import { ProtocolError } from "../lib/errors.js";
@@ -138,8 +140,8 @@ export class Tunnels extends EventEmitter {
     private pki: HubPki,
     private readonly routes: RouteTable,
     private readonly log: Logger,
-    /** Custom-domain claims, reported to each cog over its control stream (null: none). */
-    private readonly domains: ControlContext["domains"] = null,
+    /** Custom-domain claims, reported to each cog over its control stream, carried with moved VMs (null: none). */
+    private readonly domains: DomainProofs | null = null,
   ) {
     super();
     this.strangers = new ThrottledLog(log);
@@ -147,7 +149,8 @@ export class Tunnels extends EventEmitter {
     this.issuance = new Issuance(cfg, store, pki);
     this.endpoints = new EndpointRegistry(() => this.cfg.endpoint, store, log);
     this.endpoints.on("change", () => this.pushEndpoints());
-    this.moves = new MoveRelay(cfg, (c) => this.links.get(c)?.session ?? null, log.child("move"));
+    const carrier = new MoveCarrier(cfg, store, routes, domains, (c) => this.links.get(c)?.control ?? null, log.child("move"));
+    this.moves = new MoveRelay(cfg, (c) => this.links.get(c)?.session ?? null, log.child("move"), carrier);
     this.tickets = new TicketKeys(cfg.dataDir, () => this.cfg.tunnel.sessionTicketRotationMs, log, (key) => {
       this.ticketKey = key;
       this.tlsServer.setTicketKeys(key);

@@ -65,6 +65,12 @@ export type HubMessage =
   | { type: "renewed"; cert: string }
   /** The cog's custom-domain claims, whenever they may have changed; a cog that does not know it ignores it. */
   | { type: "domains"; proofs: WireDomainProof[] }
+  /**
+   * Send your route set again, on every endpoint: a VM moved here and the hub gave you its
+   * port or names (gateway/carry.ts); the other endpoints learn that from your announce.
+   * Added in protocol 1 without a bump: older cogs ignore unknown types.
+   */
+  | { type: "announce" }
   | { type: "error"; code: ErrorCode; message: string };
 
 /** First message on every visitor stream (hub → cog). */

@@ -1,9 +1,10 @@
 import { type Duplex, PassThrough } from "node:stream";
 import type { Logger } from "../lib/log.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
-import { type MoveOffer, MOVE_HEADER_MAX_BYTES, MOVE_REASON_MAX_CHARS, reasonOf } from "../protocol/move.js";
+import { type CarriedHostname, type CarriedPort, type MoveOffer, MOVE_REASON_MAX_CHARS, MOVE_RESULT_MAX_BYTES, reasonOf } from "../protocol/move.js";
 import { badRequest, conflict, notFound, ProvisionerError } from "./errors.js";
 import type { ProgressFn } from "./progress.js";
+import { vmHostname } from "./routes.js";
 import { type ExportDeps, importArchive, type PreparedExport, prepareExport, writeArchive } from "./vmexport.js";
 
 /**
@@ -39,6 +40,21 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () =
   ]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * What the hub said followed the VM, as the API and `capsul vm move --json` show it; null
+ * when the hub did not say (a hub from before carrying: nothing followed).
+ */
+function carriedJson(raw: unknown): { ports: Record<string, unknown>[]; hostnames: Record<string, unknown>[] } | null {
+  if (typeof raw !== "object" || raw === null) return null;
+  const c = raw as { ports?: unknown; hostnames?: unknown };
+  const list = <T>(v: unknown): T[] => (Array.isArray(v) ? (v as T[]).filter((x) => typeof x === "object" && x !== null) : []);
+  const text = (v: unknown): string | null => (typeof v === "string" ? v.slice(0, MOVE_REASON_MAX_CHARS) : null);
+  return {
+    ports: list<CarriedPort>(c.ports).map((p) => ({ route: text(p.route), port: typeof p.port === "number" ? p.port : null, state: text(p.state), reason: text(p.reason) })),
+    hostnames: list<CarriedHostname>(c.hostnames).map((h) => ({ hostname: text(h.hostname), state: text(h.state), reason: text(h.reason), record: text(h.record), value: text(h.value) })),
+  };
+}
+
 export class MoveManager {
   private readonly busy = new Set<string>();
 
@@ -70,11 +86,13 @@ export class MoveManager {
         await d.vms.stop(name);
       }
       prep = await prepareExport(d, name, onProgress);
+      const carry = this.carryOf(name);
       stream = this.tunnel.openMoveStream();
       const s = stream;
       s.on("error", () => {});
-      const reader = new MessageReader<Record<string, unknown> & { type: string }>(s, MOVE_HEADER_MAX_BYTES);
-      s.write(encodeMessage({ type: "move", to: req.to, vm: name, bytes: prep.totalBytes }));
+      // The hub's answers are headers, then the verdict it passes on (with what followed the VM).
+      const reader = new MessageReader<Record<string, unknown> & { type: string }>(s, MOVE_RESULT_MAX_BYTES);
+      s.write(encodeMessage({ type: "move", to: req.to, vm: name, bytes: prep.totalBytes, ...carry }));
       const go = await withTimeout(reader.next(), d.cfg.moveAnswerTimeoutMs, `the hub did not pass on ${req.to}'s answer`, () => s.destroy());
       if (!go) throw new ProvisionerError("move_failed", "the hub closed the move stream before answering", 502);
       if (go.type === "move-refused") throw conflict("move_refused", `the move was refused: ${reasonOf(go)}`);
@@ -106,8 +124,12 @@ export class MoveManager {
         bytes_per_sec: sendMs > 0 ? Math.round(prep.totalBytes / (sendMs / 1000)) : null,
         hostname_before: prep.manifest.vm.hostname, hostname_after: typeof moved.hostname === "string" ? moved.hostname : null, stopped: wasRunning,
       };
-      this.log.info("vm moved", { vm: name, ...move });
-      return { vm: moved, move };
+      const carried = carriedJson(res.carried);
+      this.log.info("vm moved", {
+        vm: name, ...move,
+        followed: carried ? [...carried.ports, ...carried.hostnames].filter((c) => c.state === "followed").map((c) => String(c.route ?? c.hostname)).join(",") : "",
+      });
+      return { vm: moved, move: { ...move, carried } };
     } catch (e) {
       stream?.destroy();
       const err = e instanceof ProvisionerError ? e : new ProvisionerError("move_failed", (e as Error).message, 502);
@@ -118,6 +140,19 @@ export class MoveManager {
       this.busy.delete(name);
       await prep?.cleanup();
     }
+  }
+
+  /**
+   * What the hub should move to the target with the VM (protocol/move.ts): its TCP routes by
+   * name (their hub ports), and its hostnames other than the default one, which names this
+   * cog and cannot follow.
+   */
+  private carryOf(name: string): { routes: string[]; hostnames: string[] } {
+    const { d } = this;
+    const routes = d.vms.publishedRoutes(name);
+    const own = vmHostname(name, { cogName: d.cogName, hubDomain: d.hubDomain, hubHost: "" });
+    const hostnames = routes.filter((r) => r.kind !== "tcp" && r.hostname !== undefined && r.hostname.toLowerCase() !== own).map((r) => (r.hostname as string).toLowerCase());
+    return { routes: routes.filter((r) => r.kind === "tcp").map((r) => r.name), hostnames: [...new Set(hostnames)] };
   }
 
   /** Target side: consent (accept_moves_from), then the import straight from the stream. */

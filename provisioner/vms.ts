@@ -5,8 +5,8 @@ import os from "node:os";
 import path from "node:path";
 import type { ProvisionerConfig, ProvisionerSize } from "../config/types.js";
 import type { Logger } from "../lib/log.js";
-import type { RouteSink } from "../tunnel-client/routesink.js";
-import type { ImageRecord, IoLimits, Store, VmRecord } from "./db.js";
+import type { PublishedRoute, RouteSink } from "../tunnel-client/routesink.js";
+import type { ImageRecord, IoLimits, Store, VmPorts, VmRecord } from "./db.js";
 import { prepareRunDir, imageVirtualSize } from "./disk.js";
 import { computeDrift, type DriftItem } from "./drift.js";
 import { type AccelDecision, decideAccel, probeSources } from "./accel.js";
@@ -91,6 +91,19 @@ export class VmManager {
   runDir(name: string): string { return path.join(this.vmsDir, name); }
 
   // ---------------------------------------------------------------- queries
+
+  /**
+   * The routes the VM publishes while it runs (names, kinds, hostnames; local ports as they
+   * were last, 0 if it never ran): what a move asks the hub to carry (move.ts).
+   */
+  publishedRoutes(name: string): PublishedRoute[] {
+    const v = this.record(name);
+    return this.routesFor(v, v.ports ?? { ssh: 0, http: 0, https: 0 });
+  }
+
+  private routesFor(v: VmRecord, ports: VmPorts): PublishedRoute[] {
+    return vmRoutes(v.name, ports, this.reach, v.https);
+  }
 
   private record(name: string): VmRecord {
     const v = this.store.getVm(name);
@@ -272,7 +285,7 @@ export class VmManager {
       await qmp.execute("cont");
       this.store.updateVm(name, { state: "starting", accel, ports, message: null });
       const live = this.attach(name, pid, qmp, consoleLog, boot);
-      this.sink.publish(routeOwner(name), vmRoutes(name, ports, this.reach, this.record(name).https));
+      this.sink.publish(routeOwner(name), this.routesFor(this.record(name), ports));
       this.log.info("vm started", { vm: name, pid, accel, ssh: ports.ssh, http: ports.http, https: ports.https, scope });
       this.spawnBackground(this.watchBoot(name, live.generation, ports.ssh));
     } catch (e) {
@@ -553,7 +566,7 @@ export class VmManager {
       if (v.desired === "stopped") { await this.stopLocked(v.name, true); return; }
       const ports = await this.net.readopt(v, pid);
       if (status.status === "paused") await qmp.execute("cont");
-      this.sink.publish(routeOwner(v.name), vmRoutes(v.name, ports, this.reach, v.https));
+      this.sink.publish(routeOwner(v.name), this.routesFor(v, ports));
       if (await sshBanner(ports.ssh, BANNER_TIMEOUT_MS)) {
         boot.sshAt = Date.now();
         this.store.updateVm(v.name, { state: "running", message: null });

@@ -22,6 +22,9 @@ import fs from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
 import { buildProgram } from "../cli/program.js";
+import { parseConfig } from "../config/config.js";
+import { openHubStore } from "../gateway/store/index.js";
+import { silentLogger } from "../lib/log.js";
 import { tmpDir } from "./helpers/cluster.js";
 import { jsonStyle } from "./helpers/jsonstyle.js";
 import { CLI, freePortRange, lines, runCli, runProgram, spawnCli, waitFor, writeYaml, type RunResult } from "./helpers/procs.js";
@@ -160,6 +163,13 @@ t.test("every command that prints has --json, and its JSON has the one style", {
   const added = await run("cog domains add", ["blog.example.net", "-c", cogYaml]) as { record: string };
   t.equal(added.record, "_capsul-challenge.blog.example.net");
   t.match(await run("cog domains", ["-c", cogYaml]), [{ hostname: "blog.example.net", state: "unannounced", checked_at: null }]);
+  // A custom-domain claim for `hub domains` (this hub takes no DNS proofs, so it is written straight into its store).
+  const store = await openHubStore(parseConfig({ hub: { data_dir: path.join(dir, "hub"), domain: DOMAIN } }).hub!, silentLogger);
+  await store.putDomainProof("home1", "blog.example.net", "v1");
+  await store.close();
+  const claims = await run("hub domains", ["-c", hubYaml]) as Array<{ hostname: string; cog: string; created_at: string }>;
+  t.match(claims, [{ hostname: "blog.example.net", cog: "home1", state: "pending" }]);
+  await run("hub domains remove", ["blog.example.net", "-c", hubYaml]);
   await run("hub grants", ["-c", hubYaml]);
   await run("hub ungrant", ["home1", "blog.example.org", "-c", hubYaml]);
   await run("hub ports release", [String(ports[0]!.port), "--force", "-c", hubYaml]);

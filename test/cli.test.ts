@@ -19,7 +19,7 @@ t.test("--help of every command exits 0 and documents its options", async (t) =>
   const cases: Array<[string[], RegExp[]]> = [
     [["--help"], [/Usage: capsul/, /--verbose/, /\bdemo\b/, /\bhub\b/, /\bcog\b/]],
     [["demo", "--help"], [/Usage: capsul demo/, /--log-level <level>/, /--json/]],
-    [["hub", "--help"], [/Usage: capsul hub/, /-c, --config <file>/, /invite/, /cogs/, /revoke/, /ports/, /grants/, /ungrant/]],
+    [["hub", "--help"], [/Usage: capsul hub/, /-c, --config <file>/, /invite/, /cogs/, /revoke/, /ports/, /grants/, /ungrant/, /domains/]],
     [["hub", "invite", "--help"], [/Usage: capsul hub invite \[options\] <name>/, /--hostname <pattern\.\.\.>/, /--tcp-ports <range\.\.\.>/, /--ttl <duration>/, /--json/, /-c, --config <file>/]],
     [["hub", "cogs", "--help"], [/Usage: capsul hub cogs/, /--json/, /-c, --config <file>/]],
     [["hub", "revoke", "--help"], [/Usage: capsul hub revoke \[options\] <name>/, /--json/, /-c, --config <file>/]],
@@ -27,6 +27,8 @@ t.test("--help of every command exits 0 and documents its options", async (t) =>
     [["hub", "ports", "release", "--help"], [/Usage: capsul hub ports release \[options\] <port>/, /--force/, /--json/, /-c, --config <file>/]],
     [["hub", "grants", "--help"], [/Usage: capsul hub grants/, /--json/, /-c, --config <file>/]],
     [["hub", "ungrant", "--help"], [/Usage: capsul hub ungrant \[options\] <name> <grant>/, /--json/, /-c, --config <file>/]],
+    [["hub", "domains", "--help"], [/Usage: capsul hub domains \[options\] \[command\]/, /--json/, /-c, --config <file>/, /remove \[options\] <name>/]],
+    [["hub", "domains", "remove", "--help"], [/Usage: capsul hub domains remove \[options\] <name>/, /--cog <cog>/, /--json/, /-c, --config <file>/]],
     [["cog", "--help"], [/Usage: capsul cog/, /-c, --config <file>/, /enroll/]],
     [["cog", "enroll", "--help"], [/Usage: capsul cog enroll/, /--hub <host:port>/, /--token <token>/, /--ca-fingerprint <sha256:hex>/, /--data-dir <dir>/, /--force/, /--json/]],
   ];
@@ -49,6 +51,9 @@ t.test("usage errors exit 2 with one line", async (t) => {
     [["hub", "invite", "Home1"], /^capsul: config error: not a cog name: "Home1"/],
     [["hub", "ports", "release"], /^error: missing required argument 'port'/],
     [["hub", "ports", "release", "20000-20001"], /^capsul: config error: <port>: one port, not a range: "20000-20001"/],
+    [["hub", "domains", "remove"], /^error: missing required argument 'name'/],
+    [["hub", "domains", "remove", "not a name"], /^capsul: config error: <name>: not a hostname: "not a name"/],
+    [["hub", "domains", "remove", "blog.example.net", "--cog", "Bad_Cog"], /^capsul: config error: --cog: not a cog name: "Bad_Cog"/],
   ];
   const results = await mapLimit(cases, PARALLEL, ([args]) => runCli(args));
   for (const [i, [args, re]] of cases.entries()) {

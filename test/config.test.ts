@@ -201,7 +201,7 @@ t.test("defaults are filled", async (t) => {
       defaultTcpPortsPerCog: 8,
       inviteTtlMs: 86400000,
       cogCertTtlMs: 7776000000,
-      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000, maxClaimsPerCog: 100 },
+      domains: { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30000, recheckIntervalMs: 600000, errorRetryIntervalMs: 60000, maxClaimsPerCog: 100, missingBeforeWithdraw: 3 },
       limits: {
         clientHelloTimeoutMs: 5000,
         clientHelloMaxBytes: 16409,
@@ -703,16 +703,19 @@ t.test("hub.domains (config/domains.ts): defaults are the ones capsul.schema.jso
     ["DEFAULT_DOMAINS_RECHECK_INTERVAL_MS", "recheck_interval", parseDurationMs("10m")],
     ["DEFAULT_DOMAINS_ERROR_RETRY_INTERVAL_MS", "error_retry_interval", parseDurationMs("60s")],
     ["DEFAULT_DOMAINS_MAX_CLAIMS_PER_COG", "max_claims_per_cog", 100],
+    ["DEFAULT_DOMAINS_MISSING_BEFORE_WITHDRAW", "missing_before_withdraw", 3],
   ];
   for (const [name, key, value] of table) {
     t.equal(D[name], value, name);
     const text = documentedDefault(`hub.domains.${key}`);
     t.ok(text, `hub.domains.${key} documents its default`);
-    t.equal(key === "max_claims_per_cog" ? Number(text) : typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${key}: the schema says ${text}`);
+    t.equal(key === "max_claims_per_cog" || key === "missing_before_withdraw" ? Number(text) : typeof value === "number" ? parseDurationMs(text) : typeof value === "boolean" ? text === "true" : text, value, `${key}: the schema says ${text}`);
   }
   t.same(Object.keys(D).filter((k) => k.startsWith("DEFAULT_")).sort(), table.map(([n]) => n).sort(), "every default is in the table");
   const d = parseConfig({ hub: { domain: "hub.example.net" } }).hub!.domains;
-  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000, maxClaimsPerCog: 100 });
+  t.same(d, { enabled: true, resolver: null, lookupTimeoutMs: 5000, pendingIntervalMs: 30_000, recheckIntervalMs: 600_000, errorRetryIntervalMs: 60_000, maxClaimsPerCog: 100, missingBeforeWithdraw: 3 });
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { missing_before_withdraw: 0 } } })).message, "hub.domains.missing_before_withdraw: out of range (1-100): 0");
+  t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { missing_before_withdraw: "often" } } })).path, "hub.domains.missing_before_withdraw");
   t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { max_claims_per_cog: 0 } } })).message, "hub.domains.max_claims_per_cog: out of range (1-100000): 0");
   t.same(parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: "[::1]:5353" } } }).hub!.domains.resolver, { host: "::1", port: 5353 });
   t.equal(errorOf(() => parseConfig({ hub: { domain: "hub.example.net", domains: { resolver: ":53" } } })).message,

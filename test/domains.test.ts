@@ -13,7 +13,7 @@ import { cogConfig, enrolledCog, httpBackend, hubConfig, tmpDir } from "./helper
 import { DnsRelay, startDnsStub } from "./helpers/dnsstub.js";
 import { capturingLogger, until } from "./helpers/rawpeer.js";
 import { runCli, waitFor } from "./helpers/procs.js";
-import { startHub } from "../gateway/hub.js";
+import { createInvite, startHub } from "../gateway/hub.js";
 import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import type { Cog } from "../tunnel-client/cog.js";
 
@@ -142,6 +142,12 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.equal(alice.client.status("blog").state, "accepted", "alice keeps the name");
   t.match(refusal(bob, "site"), "is held by cog alice");
   t.match(await get(httpPort, "blog.alice.example"), /alice-blog/, "still alice's");
+  // Nor does the operator grant a name a cog has proven: the invite is refused with one line naming the cog.
+  await t.rejects(createInvite(hubCfg, "carol", { hostnames: ["blog.alice.example"] }), {
+    message: "--hostname: \"blog.alice.example\" overlaps blog.alice.example, proven by DNS by cog alice; remove that claim first with: capsul hub domains remove blog.alice.example --cog alice",
+  });
+  await t.rejects(createInvite(hubCfg, "carol", { hostnames: ["*.shop.example"] }), { message: /overlaps shop\.example, proven by DNS by cog alice/ }, "a wildcard under a proven name");
+  t.equal((await hub.store.getCog("carol")), undefined, "nothing of the refused invite was stored");
   // A name under another cog's grant is never taken by a proof.
   const grabDefault = cogConfig(dir, "mallory", hub.ports.tunnel, [{ name: "steal", kind: "http", hostname: "www.alice.hub.test", target: `127.0.0.1:${bobBackend.port}` }]);
   const mallory = await enrolledCog(hubCfg, hub, grabDefault, "mallory");
@@ -166,6 +172,35 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.match(await get(httpPort, "blog.alice.example"), /alice-blog/);
   const rows = await hub.store.domainProofsOf("alice");
   t.same(rows.map((r) => [r.hostname, r.state]), [["blog.alice.example", "verified"], ["shop.example", "verified"]]);
+
+  // The operator lists the claims and removes one (capsul hub domains).
+  const hubYaml = path.join(dir, "hub.yaml");
+  fs.writeFileSync(hubYaml, `hub:\n  data_dir: ${hubCfg.dataDir}\n  domain: hub.test\n`);
+  const listedAll = JSON.parse((await runCli(["hub", "domains", "--json", "-c", hubYaml])).stdout) as Array<Record<string, unknown>>;
+  t.same(listedAll.map((r) => [r.hostname, r.cog]), [["alice.example", "bob"], ["blog.alice.example", "alice"], ["blog.alice.example", "bob"], ["shop.example", "alice"]]);
+  t.match(listedAll[1], { state: "verified", record: "_capsul-challenge.blog.alice.example", value, proven_for: "alice" });
+  t.match((await runCli(["hub", "domains", "-c", hubYaml])).stdout, /blog\.alice\.example\s+alice\s+proven\s+alice/);
+  const ambiguous = await runCli(["hub", "domains", "remove", "blog.alice.example", "-c", hubYaml]);
+  t.equal(ambiguous.code, 2, "two cogs claim it: whose?");
+  t.match(ambiguous.stderr, /^capsul: config error: 2 cogs claim blog\.alice\.example \(alice: verified, bob: \w+\); say whose with --cog$/m);
+  const nobody = await runCli(["hub", "domains", "remove", "blog.alice.example", "--cog", "carol", "-c", hubYaml]);
+  t.equal(nobody.code, 2);
+  t.match(nobody.stderr, /no cog named carol claims blog\.alice\.example/);
+  const removed = await runCli(["hub", "domains", "remove", "blog.alice.example", "--cog", "bob", "--json", "-c", hubYaml]);
+  t.equal(removed.code, 0, removed.stderr);
+  t.match(JSON.parse(removed.stdout), { removed: { hostname: "blog.alice.example", cog: "bob" } });
+  t.same((await hub.store.domainProofsFor("blog.alice.example")).map((p) => p.cog), ["alice"], "only bob's claim went");
+  // A proven claim removed while its cog is connected: the running hub re-applies the cog's routes
+  // at its next sweep, so the name is claimed anew and must be proven again (it is: the record stands).
+  const removedAt = Date.now();
+  const rmShop = await runCli(["hub", "domains", "remove", "shop.example", "-c", hubYaml]);
+  t.equal(rmShop.code, 0, rmShop.stderr);
+  t.match(rmShop.stdout, /^Removed cog alice's claim on shop\.example \(proven\)\. The running hub applies it within hub\.domains\.pending_interval/);
+  await waitFor("a new claim on shop.example, proven again", async () => {
+    const c = (await hub.store.domainProofsFor("shop.example"))[0];
+    return c && c.createdAt >= removedAt && c.state === "verified";
+  });
+  await until("shop accepted again", () => alice.client.status("shop").state === "accepted");
 });
 
 t.test("a resolver that never answers: one log line, the proof keeps its state, lookups retry, nothing crashes", async (t) => {
@@ -235,4 +270,33 @@ t.test("a cog announcing many names it does not own: claims stop at hub.domains.
   for (const i of [0, 1, 2]) t.match(refusal(fran, `r${i}`), `create the DNS record _capsul-challenge.${names[i]}.`);
   for (const i of [3, 4]) t.match(refusal(fran, `r${i}`), "cog fran already claims 3 names by DNS, its limit (hub.domains.max_claims_per_cog: 3)");
   t.same((await hub.store.domainProofsOf("fran")).map((p) => p.hostname), names.slice(0, 3), "nothing stored past the limit");
+});
+
+t.test("a proven name whose record goes missing keeps its route until hub.domains.missing_before_withdraw lookups in a row miss it", async (t) => {
+  const dir = tmpDir("capsul-domains-grace-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dns = await startDnsStub(t);
+  const hubLog = capturingLogger("hub");
+  // Re-checks every 200 ms, a missing record asked again every 150 ms: withdrawn at the 4th miss.
+  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, missing_before_withdraw: 4 } });
+  const hub = await startHub(hubCfg, hubLog.log);
+  t.teardown(() => hub.close());
+  const backend = await httpBackend("gina-site");
+  t.teardown(() => backend.close());
+  const gina = await enrolledCog(hubCfg, hub, cogConfig(dir, "gina", hub.ports.tunnel, [
+    { name: "site", kind: "http", hostname: "gina.example", target: `127.0.0.1:${backend.port}` },
+  ]), "gina");
+  t.teardown(() => gina.close());
+  await dns.setTxt(challengeName("gina.example"), domainProofValue(hub.pki.caFingerprint, "gina", "gina.example"));
+  await until("site accepted", () => gina.client.status("site").state === "accepted");
+
+  await dns.clearTxt(challengeName("gina.example"));
+  const claim = async () => (await hub.store.domainProofsFor("gina.example"))[0]!;
+  await waitFor("three misses in a row", async () => (await claim()).misses >= 3);
+  t.equal(gina.client.status("site").state, "accepted", "three misses of four: still routed");
+  t.match(await get(hub.ports.http!, "gina.example"), /gina-site/, "and visitors still reach it");
+  t.ok(hubLog.lines.some((l) => l.includes("custom domain record missing") && l.includes("stays routed until 4 lookups in a row miss it")), "a log line says why it is still routed");
+  await until("site withdrawn at the fourth", () => gina.client.status("site").state === "refused");
+  t.match(await claim(), { state: "lost", misses: 4 });
+  t.match(await get(hub.ports.http!, "gina.example"), /^HTTP\/1\.1 404/);
 });

@@ -249,7 +249,7 @@ for (const b of backends) {
       t.same((await s.liveEndpoints(0)).map((e) => e.name), ["hub-b"]);
 
       const row = (over: Partial<DomainProofRow>): DomainProofRow => ({
-        cog: "a", hostname: "blog.alice.net", value: "v1", state: "pending", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null, ...over,
+        cog: "a", hostname: "blog.alice.net", value: "v1", state: "pending", createdAt: 100, verifiedAt: null, checkedAt: null, lastError: null, proofCog: null, misses: 0, ...over,
       });
       t.equal(await s.putDomainProof("a", "blog.alice.net", "v1", 100), true);
       t.same(await s.domainProofsFor("blog.alice.net"), [row({})]);
@@ -260,6 +260,17 @@ for (const b of backends) {
       t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 300 })]);
       t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "no-answer", "timed out", 400), "verified", "no answer keeps the state");
       t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 300, checkedAt: 400, lastError: "timed out" })]);
+      // hub.domains.missing_before_withdraw: a proven claim is lost at the 3rd miss in a row, not before.
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 410, 3), "verified", "one miss of three");
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 420, 3), "verified", "two");
+      t.equal((await s.domainProofsOf("a"))[0]?.misses, 2);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 430, 3), "verified", "found again");
+      t.same(await s.domainProofsOf("a"), [row({ state: "verified", verifiedAt: 430, checkedAt: 430 })], "found: the count starts over");
+      for (const at of [440, 450]) await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", at, 3);
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "no-answer", "timed out", 455, 3), "verified", "no answer is not a miss");
+      t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 460, 3), "lost", "the third miss in a row");
+      t.same(await s.domainProofsOf("a"), [row({ state: "lost", verifiedAt: 430, checkedAt: 460, lastError: "no TXT record", misses: 3 })]);
+      await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 300);
       t.equal(await s.markDomainProofChecked("a", "blog.alice.net", "missing", "no TXT record", 500), "lost", "proven, then gone");
       t.equal(await s.putDomainProof("b", "blog.alice.net", "v2", 600), true, "another cog may claim the same name");
       t.same((await s.domainProofsFor("blog.alice.net")).map((p) => [p.cog, p.state]), [["a", "lost"], ["b", "pending"]]);
@@ -270,6 +281,42 @@ for (const b of backends) {
       t.equal(await s.removeDomainProof("a", "shop.alice.net"), false);
       t.equal(await s.removeDomainProof("b", "blog.alice.net"), true);
       t.same((await s.domainProofsFor("blog.alice.net")).map((p) => p.cog), ["a"], "only b's claim went");
+
+      // A moved VM's proven name follows it (gateway/carry.ts): only a verified claim of the source.
+      t.equal(await s.carryDomainProof("a", "b", "blog.alice.net"), false, "a pending claim does not follow");
+      await s.markDomainProofChecked("a", "blog.alice.net", "found", null, 900);
+      await s.putDomainProof("b", "blog.alice.net", "vb", 950);
+      t.equal(await s.carryDomainProof("c", "b", "blog.alice.net"), false, "a cog without a claim carries nothing");
+      t.equal(await s.carryDomainProof("a", "b", "blog.alice.net"), true);
+      t.same(await s.domainProofsFor("blog.alice.net"), [row({ cog: "b", value: "v3", createdAt: 700, state: "verified", verifiedAt: 900, checkedAt: 900, proofCog: "a" })],
+        "the claim is b's now, with a's value, state and place; b's own pending claim gave way");
+      t.equal(await s.carryDomainProof("b", "c", "blog.alice.net"), true);
+      t.equal((await s.domainProofsOf("c"))[0]?.proofCog, "a", "moved again, it still names the cog its value is for");
+      t.equal(await s.putDomainProof("c", "blog.alice.net", "vc", 1000), true, "the cog's own value replaces it");
+      t.same(await s.domainProofsOf("c"), [row({ cog: "c", value: "vc", createdAt: 1000 })], "as a new pending claim of its own");
+    });
+
+    t.test("a moved VM's TCP port follows it: one transaction, the target's meanwhile port released", async (t) => {
+      const s = await open(t, (await b.fresh(t)).cfg);
+      await s.assignPort("a", "vm-web1-ssh", 20001, 100);
+      await s.assignPort("b", "vm-web1-ssh", 20007, 200);
+      await s.assignPort("c", "other", 20009, 300);
+      t.equal(await s.carryPort("c", "b", "vm-web1-ssh"), undefined, "a cog holding no port for the route carries nothing");
+      t.equal(await s.carryPort("a", "b", "other"), undefined, "nor one naming another cog's route");
+      t.same(await s.allAssignments(), [
+        { port: 20001, cog: "a", route: "vm-web1-ssh", assignedAt: 100 }, { port: 20007, cog: "b", route: "vm-web1-ssh", assignedAt: 200 },
+        { port: 20009, cog: "c", route: "other", assignedAt: 300 },
+      ]);
+      t.same(await s.carryPort("a", "b", "vm-web1-ssh", 400), { port: 20001, released: 20007 });
+      t.same(await s.allAssignments(), [{ port: 20001, cog: "b", route: "vm-web1-ssh", assignedAt: 400 }, { port: 20009, cog: "c", route: "other", assignedAt: 300 }]);
+      t.same(await s.carryPort("b", "a", "vm-web1-ssh", 500), { port: 20001, released: null }, "and back, to a cog that got none meanwhile");
+      t.same(await s.portOwner(20001), { cog: "a", route: "vm-web1-ssh" });
+      // Inside a transaction that fails afterwards, nothing of it stays.
+      await t.rejects(s.transaction(["ports"], async (tx) => {
+        await tx.carryPort("a", "b", "vm-web1-ssh");
+        throw new Error("later step failed");
+      }), { message: "later step failed" });
+      t.same(await s.portOwner(20001), { cog: "a", route: "vm-web1-ssh" }, "rolled back");
     });
 
     t.test("a revoke by another connection, or by this one, reaches the watcher", async (t) => {

@@ -274,6 +274,8 @@ t.test("export/import and move of a VM between two cogs through the hub", async 
     t.same(leftovers(home1.dataDir), []);
     await waitFor("home1 to reconnect", async () => home1.cog.client.state === "connected", 60_000);
     await check(t, home1, "web1 back on home1 after the cut");
+    t.equal(await hubSshPort(home1, "web1"), port1, "a failed move leaves the SSH port with home1");
+    t.same(await hub.store.portOwner(port1), { cog: "home1", route: "vm-web1-ssh" });
     home1.prov.reconfigure(home1.cfg, new Set());
   });
 
@@ -282,9 +284,13 @@ t.test("export/import and move of a VM between two cogs through the hub", async 
     t.equal(r.code, 0, r.stderr);
     t.match(r.stdout, /^web1: moved from cog home1 to cog home2 \(.* sent in .* s, .*\/s; \d+ s in all\); .* there; the copy here is deleted$/m);
     t.match(r.stdout, new RegExp(`its default hostname is now web1\\.home2\\.${HUB_DOMAIN.replace(".", "\\.")} \\(was web1\\.home1\\.${HUB_DOMAIN.replace(".", "\\.")}\\)`));
+    t.match(r.stdout, new RegExp(`^its SSH port is still ${port1}: it followed the VM to home2$`, "m"));
     t.comment(`move through the hub: ${r.stdout.split("\n")[0]}`);
     t.equal((await api(home1.prov.url, "GET", "/v1/vms/web1")).status, 404, "gone from home1");
     await check(t, home2, "moved to home2");
+    t.equal(await hubSshPort(home2, "web1"), port1, "SSH answers through the hub on the same port as before the move");
+    t.same(await hub.store.portOwner(port1), { cog: "home2", route: "vm-web1-ssh" }, "the hub assigns that port to home2 now");
+    t.same((await hub.store.assignmentsOf("home2")).map((a) => a.port), [port1], "the port home2 got at the import earlier is released");
     await waitFor("the hub to forget web1.home1", async () => hub.router.lookupHost("tls", `web1.home1.${HUB_DOMAIN}`) === undefined, 30_000);
     t.equal(hub.router.lookupHost("tls", `web1.home2.${HUB_DOMAIN}`)?.cog, "home2", "the hub routes the new hostname to home2");
     t.same(leftovers(home1.dataDir), []);

@@ -328,6 +328,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     else if (m.type === "renewed") await this.onRenewed(m.cert);
     else if (m.type === "endpoints") this.onEndpoints(m.endpoints);
     else if (m.type === "domains") await this.onDomains(m.proofs);
+    else if (m.type === "announce") this.routesChanged();
     else if (m.type === "error") {
       if (m.code === "renew") this.renewing = null;
       this.log.error(m.message, { code: m.code });

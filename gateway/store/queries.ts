@@ -36,7 +36,7 @@ interface CogDbRow { name: string; created_at: number; revoked_at: number | null
 interface AssignmentDbRow { port: number; cog: string; route: string; assigned_at: number }
 interface ProofDbRow {
   cog: string; hostname: string; value: string; state: DomainProofState; created_at: number;
-  verified_at: number | null; checked_at: number | null; last_error: string | null;
+  verified_at: number | null; checked_at: number | null; last_error: string | null; proof_cog: string | null; misses: number;
 }
 
 const ASSIGNMENT_COLUMNS = "port, cog, route, assigned_at";
@@ -46,7 +46,7 @@ interface EndpointDbRow { name: string; tunnel_address: string; server_name: str
 function endpoint(r: EndpointDbRow): EndpointRow {
   return { name: r.name, tunnelAddress: r.tunnel_address, serverName: r.server_name, startedAt: r.started_at, heartbeatAt: r.heartbeat_at };
 }
-const PROOF_COLUMNS = "cog, hostname, value, state, created_at, verified_at, checked_at, last_error";
+const PROOF_COLUMNS = "cog, hostname, value, state, created_at, verified_at, checked_at, last_error, proof_cog, misses";
 
 function assignment(r: AssignmentDbRow): PortAssignment {
   return { port: r.port, cog: r.cog, route: r.route, assignedAt: r.assigned_at };
@@ -55,7 +55,7 @@ function assignment(r: AssignmentDbRow): PortAssignment {
 function proof(r: ProofDbRow): DomainProofRow {
   return {
     cog: r.cog, hostname: r.hostname, value: r.value, state: r.state, createdAt: r.created_at,
-    verifiedAt: r.verified_at, checkedAt: r.checked_at, lastError: r.last_error,
+    verifiedAt: r.verified_at, checkedAt: r.checked_at, lastError: r.last_error, proofCog: r.proof_cog, misses: r.misses,
   };
 }
 
@@ -289,6 +289,17 @@ export class StoreQueries implements StoreOps {
     });
   }
 
+  async carryPort(from: string, to: string, route: string, now = Date.now()): Promise<{ port: number; released: number | null } | undefined> {
+    return this.atomically(["ports"], async (q) => {
+      const port = await q.portFor(from, route);
+      if (port === undefined) return undefined;
+      const dropped = await q.x.get<{ port: number }>("DELETE FROM tcp_ports WHERE cog = ? AND route = ? RETURNING port", [to, route]);
+      const n = await q.x.run("UPDATE tcp_ports SET cog = ?, assigned_at = ? WHERE port = ? AND cog = ? AND route = ?", [to, now, port, from, route]);
+      if (n !== 1) throw new Error(`hub port ${port} is no longer assigned to cog ${from}'s route ${route}`);
+      return { port, released: dropped?.port ?? null };
+    });
+  }
+
   async releasePort(cog: string, route: string): Promise<void> {
     await this.x.run("DELETE FROM tcp_ports WHERE cog = ? AND route = ?", [cog, route]);
   }
@@ -391,7 +402,7 @@ export class StoreQueries implements StoreOps {
     return (await this.x.run(
       `INSERT INTO domain_proofs (hostname, cog, value, state, created_at) VALUES (?, ?, ?, 'pending', ?)
        ON CONFLICT (hostname, cog) DO UPDATE SET value = excluded.value, state = 'pending', created_at = excluded.created_at,
-         verified_at = NULL, checked_at = NULL, last_error = NULL
+         verified_at = NULL, checked_at = NULL, last_error = NULL, proof_cog = NULL, misses = 0
        WHERE domain_proofs.value <> excluded.value`,
       [hostname, cog, value, now])) > 0;
   }
@@ -408,17 +419,34 @@ export class StoreQueries implements StoreOps {
     return (await this.x.all<ProofDbRow>(`SELECT ${PROOF_COLUMNS} FROM domain_proofs ORDER BY hostname, created_at, cog`)).map(proof);
   }
 
-  async markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now = Date.now()): Promise<DomainProofState | undefined> {
+  async markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now = Date.now(), missesToLose = 1): Promise<DomainProofState | undefined> {
     const where = "WHERE hostname = ? AND cog = ?";
     if (outcome === "found") {
-      await this.x.run(`UPDATE domain_proofs SET state = 'verified', verified_at = ?, checked_at = ?, last_error = NULL ${where}`, [now, now, hostname, cog]);
+      await this.x.run(`UPDATE domain_proofs SET state = 'verified', verified_at = ?, checked_at = ?, last_error = NULL, misses = 0 ${where}`, [now, now, hostname, cog]);
     } else if (outcome === "missing") {
-      await this.x.run(`UPDATE domain_proofs SET state = CASE WHEN state = 'pending' THEN 'pending' ELSE 'lost' END, checked_at = ?, last_error = ? ${where}`,
-        [now, error, hostname, cog]);
+      // Every SET expression reads the row as it was (both dialects): misses + 1 is this miss.
+      await this.x.run(
+        `UPDATE domain_proofs SET
+           state = CASE WHEN state = 'verified' AND misses + 1 < ? THEN 'verified' WHEN state = 'pending' THEN 'pending' ELSE 'lost' END,
+           misses = CASE WHEN state = 'verified' THEN misses + 1 ELSE misses END,
+           checked_at = ?, last_error = ? ${where}`,
+        [missesToLose, now, error, hostname, cog]);
     } else {
       await this.x.run(`UPDATE domain_proofs SET checked_at = ?, last_error = ? ${where}`, [now, error, hostname, cog]);
     }
     return (await this.x.get<{ state: DomainProofState }>(`SELECT state FROM domain_proofs ${where}`, [hostname, cog]))?.state;
+  }
+
+  async carryDomainProof(from: string, to: string, hostname: string): Promise<boolean> {
+    return this.atomically([], async (q) => {
+      const held = await q.x.get<{ cog: string }>("SELECT cog FROM domain_proofs WHERE hostname = ? AND cog = ? AND state = 'verified'", [hostname, from]);
+      if (!held) return false;
+      // The target's own claim on the name (pending since it announced the VM's routes) gives way to the proven one.
+      await q.x.run("DELETE FROM domain_proofs WHERE hostname = ? AND cog = ?", [hostname, to]);
+      // created_at is kept: the claim's place among other cogs' claims on the name is the owner's, not the cog's.
+      await q.x.run("UPDATE domain_proofs SET cog = ?, proof_cog = COALESCE(proof_cog, ?) WHERE hostname = ? AND cog = ?", [to, from, hostname, from]);
+      return true;
+    });
   }
 
   async removeDomainProof(cog: string, hostname: string): Promise<boolean> {

@@ -130,6 +130,15 @@ export const MIGRATIONS: readonly Migration[] = [
   // 4: an endpoint is (name, dial address, TLS server name): hub workers behind one address
   // differ by server name only. Existing rows (none were ever written before this) get ''.
   `ALTER TABLE endpoints ADD COLUMN server_name TEXT NOT NULL DEFAULT '';`,
+
+  // 5: a proven claim carried to another cog with a moved VM (gateway/carry.ts) keeps the TXT
+  // value its owner published, derived from the name of the cog it was proven for; proof_cog
+  // names that cog (NULL: the claim's own cog), so the value is still checked as derived.
+  `ALTER TABLE domain_proofs ADD COLUMN proof_cog TEXT;`,
+
+  // 6: a proven claim is lost only after hub.domains.missing_before_withdraw lookups in a row
+  // found its record missing; misses counts them (0 after a lookup that found it).
+  `ALTER TABLE domain_proofs ADD COLUMN misses INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -66,6 +66,13 @@ export interface DomainProofRow {
   checkedAt: number | null;
   /** Why the last lookup did not find it (missing, or no answer); null after a lookup that found it. */
   lastError: string | null;
+  /**
+   * The cog whose name `value` is derived from, when not `cog`: the claim was proven for that
+   * cog and carried here with a moved VM (gateway/carry.ts). Null for a claim made here.
+   */
+  proofCog: string | null;
+  /** Lookups in a row that found the record of a proven claim missing (0 after one that found it). */
+  misses: number;
 }
 
 export type InviteCheck = { cog: string } | { problem: string };
@@ -156,6 +163,13 @@ export interface StoreOps {
   /** Replaces the route's assignment (if any) by `port`, atomically. */
   reassignPort(cog: string, route: string, port: number, now?: number): Promise<void>;
   releasePort(cog: string, route: string): Promise<void>;
+  /**
+   * A moved VM's port follows it: the assignment of `from`'s `route` becomes `to`'s (same
+   * route name), replacing whatever port `to` held for that route, in one transaction under
+   * the ports lock. Undefined (nothing changed) when `from` holds no port for `route`.
+   * The caller checks that `to` may hold it (grants, pool limit).
+   */
+  carryPort(from: string, to: string, route: string, now?: number): Promise<{ port: number; released: number | null } | undefined>;
   /** Drops the assignment of one port, whoever holds it (`capsul hub ports release`). */
   releasePortNumber(port: number): Promise<PortAssignment | undefined>;
 
@@ -199,12 +213,19 @@ export interface StoreOps {
   /** Every claim of every cog (the clash checks read them all: one small table). */
   allDomainProofs(): Promise<DomainProofRow[]>;
   /**
-   * Records a lookup: found makes the proof verified; missing makes a verified one lost (a
-   * pending one stays pending); no answer changes no state. `error` says why it was not found.
+   * Records a lookup: found makes the proof verified (and its misses 0); missing counts a miss
+   * of a verified one, which is lost at the `missesToLose`-th in a row (a pending one stays
+   * pending, a lost one lost); no answer changes no state. `error` says why it was not found.
    * Returns the state after.
    */
-  markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now?: number): Promise<DomainProofState | undefined>;
+  markDomainProofChecked(cog: string, hostname: string, outcome: DomainLookupOutcome, error: string | null, now?: number, missesToLose?: number): Promise<DomainProofState | undefined>;
   removeDomainProof(cog: string, hostname: string): Promise<boolean>;
+  /**
+   * A moved VM's proven name follows it: `from`'s verified claim on `hostname` becomes `to`'s,
+   * with its value, state and times (proofCog remembers whose value it is), replacing any
+   * claim `to` had on the name. False (nothing changed) when `from` holds no verified claim on it.
+   */
+  carryDomainProof(from: string, to: string, hostname: string): Promise<boolean>;
 }
 
 /** A running revocation watch; see HubStore.watchRevocations. */
