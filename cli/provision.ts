@@ -7,6 +7,34 @@ import type { Logger } from "../lib/log.js";
 import type { CogExtras } from "../tunnel-client/cog.js";
 import type { Provisioner } from "../provisioner/index.js";
 import { PROVISIONER_START_ONLY_FIELDS } from "../config/reload.js";
+import { challengeName, domainProofValue } from "../protocol/domainproof.js";
+import { addDomain, forgetDomain, readDomainReport } from "../tunnel-client/domains.js";
+import type { CogDomains } from "../provisioner/vmdomains.js";
+
+/**
+ * A VM's custom domains through the cog's own domain machinery: the proof value of
+ * its enrollment (what `capsul cog domains add` prints), the hub's last report (the
+ * running cog saves it in its data dir), and the `capsul cog domains` list. A name a
+ * route in capsul.yaml names stays on that list when a VM lets go of it.
+ */
+function cogDomains(cfg: CogConfig, identity: { name: string; caFingerprint: string }, log: Logger): CogDomains {
+  return {
+    proof: (hostname) => ({ record: challengeName(hostname), value: domainProofValue(identity.caFingerprint, identity.name, hostname) }),
+    report: () => {
+      try {
+        return readDomainReport(cfg.dataDir)?.proofs ?? [];
+      } catch (e) {
+        log.warn("cannot read the hub's custom-domain report", { err: (e as Error).message });
+        return [];
+      }
+    },
+    remember: async (hostname) => { await addDomain(cfg.dataDir, hostname); },
+    forget: async (hostname) => {
+      if (cfg.routes.some((r) => r.hostname === hostname)) return;
+      await forgetDomain(cfg.dataDir, hostname);
+    },
+  };
+}
 
 export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
   const pcfg = cfg.provisioner;
@@ -27,6 +55,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
         tunnel: client,
         logger: log.child("provisioner"),
         registry,
+        domains: cogDomains(cfg, identity, log),
       });
       running = p;
       log.info("provisioner API ready", { url: p.url });

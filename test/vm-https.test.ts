@@ -72,7 +72,7 @@ t.test("--https terminate: the cog holds the certificate and sends plain HTTP to
   // What `capsul vm show` reports for each.
   const rec = (name: string, https: "terminate" | "passthrough"): VmRecord => ({
     name, uuid: "u", image: "i", size: "s", sshKeys: [], desired: "running", state: "running", message: null, accel: null,
-    ports, ioLimits: null, https, createdAt: "", updatedAt: "",
+    ports, ioLimits: null, https, domains: [], createdAt: "", updatedAt: "",
   });
   const shown1 = vmReach(rec("web1", "terminate"), "root", reach, cog.client) as { https: string; routes: { http: { state: string } } };
   t.equal(shown1.https, "terminate");
