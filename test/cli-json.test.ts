@@ -242,6 +242,10 @@ async function vmCommands(t: Test, run: Run, outputs: Map<string, RunResult>, co
 
   t.match(await run("vm list", c), [{ name: "web1", state: "running" }]);
   t.match(await run("vm show", ["web1", ...c]), { name: "web1", hostname: `web1.home1.${DOMAIN}` });
+  // Custom domains: the last of these three is the output the style check reads.
+  t.match(await run("vm domains", ["web1", "add", "shop.example.net", ...c]), { vm: "web1", domain: { hostname: "shop.example.net", proof: { record: "_capsul-challenge.shop.example.net" } } });
+  t.match(await run("vm domains", ["web1", ...c]), { vm: "web1", domains: [{ hostname: "shop.example.net" }] });
+  t.match(await run("vm domains", ["web1", "remove", "shop.example.net", ...c]), { vm: "web1", removed: "shop.example.net" });
   t.match(await run("vm console", ["web1", ...c]), { vm: "web1", console: /\S/ }, "the console has the boot log");
   t.match(await run("vm reboot", ["web1", "--force", "--wait", "ssh", ...c]), { vm: { name: "web1", state: "running" }, reboot: { graceful: false } });
   t.match(await run("vm stop", ["web1", "--force", ...c]), { vm: { name: "web1", state: "stopped" } });
