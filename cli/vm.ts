@@ -154,7 +154,8 @@ function describeVm(vm: any): string {
   if (vm.message) lines.push(["message", vm.message]);
   lines.push(["uuid", vm.uuid], ["created", vm.created_at]);
   const w = Math.max(...lines.map(([k]) => k.length));
-  return lines.map(([k, v]) => `${(k ? k + ":" : "").padEnd(w + 1)} ${v}`).join("\n");
+  // A value of several lines (a domain's TXT record) continues under the value column.
+  return lines.map(([k, v]) => `${(k ? k + ":" : "").padEnd(w + 1)} ${v.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`).join("\n");
 }
 
 function describeBoot(b: { started_at: string | null; ssh_at: string | null; cloud_init: string | null; cloud_init_done_at: string | null }): string {

@@ -42,7 +42,7 @@ export function describeDomains(domains: DomainView[] | undefined): Array<[strin
     lines.push(["domain", `${d.url} ${domainStateText(d)}`]);
     if (d.state === "waiting-for-dns-proof" || d.state === "not-published" || d.state === "pending") {
       const hint = proofHint(d);
-      if (hint) lines.push(["", hint.replace(/\n/g, "\n  ")]);
+      if (hint) lines.push(["", hint]);
     }
   }
   return lines;

@@ -22,7 +22,7 @@ import {
   buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, launchQemu, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
 import { type Reach, routeOwner, vmReach, vmRoutes } from "./routes.js";
-import { checkVmDomains, type CogDomains, operatorGranted } from "./vmdomains.js";
+import { checkVmDomains, type CogDomains, domainsFreeFor, operatorGranted } from "./vmdomains.js";
 import { inScope, scopeUnitName, VmScopes } from "./scope.js";
 import type { CreateRequest } from "./requests.js";
 
@@ -513,6 +513,11 @@ export class VmManager {
       this.log.info("vm domains changed", { vm: name, domains: domains.join(",") || "(none)" });
       return now;
     });
+  }
+
+  /** Of `domains`, those VM `name` may have on this cog now (restore.ts), and why each other one may not. */
+  freeDomains(name: string, domains: readonly string[]): ReturnType<typeof domainsFreeFor> {
+    return domainsFreeFor(name, domains, this.store.listVms(), this.reach);
   }
 
   /**
