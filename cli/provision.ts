@@ -33,6 +33,7 @@ function cogDomains(cfg: CogConfig, identity: { name: string; caFingerprint: str
       if (cfg.routes.some((r) => r.hostname === hostname)) return;
       await forgetDomain(cfg.dataDir, hostname);
     },
+    cogRoute: (hostname) => cfg.routes.find((r) => r.hostname === hostname)?.name ?? null,
   };
 }
 

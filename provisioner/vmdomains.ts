@@ -12,7 +12,8 @@
  * Rules checked here, each with its own error: a valid exact hostname (no
  * wildcard: the cog's ACME answers HTTP-01/TLS-ALPN-01 only, and a wildcard
  * certificate needs DNS-01), not the VM's own default hostname nor another VM's,
- * not twice on one VM, not on another VM of this cog, at most max_domains_per_vm.
+ * not twice on one VM, not on another VM of this cog nor a route of its capsul.yaml,
+ * at most max_domains_per_vm.
  */
 import { normalizeHostname } from "../lib/hostname.js";
 import type { WireDomainProof } from "../protocol/control.js";
@@ -31,6 +32,8 @@ export interface CogDomains {
   remember(hostname: string): Promise<void>;
   /** Takes `hostname` off that list, unless a route in capsul.yaml names it (then `capsul cog domains` keeps it). */
   forget(hostname: string): Promise<void>;
+  /** The name of a route in the cog's capsul.yaml for exactly `hostname`, if any: a VM may not take that name too. */
+  cogRoute(hostname: string): string | null;
 }
 
 /** A domain's state as `capsul vm show` prints it. */
@@ -52,7 +55,9 @@ export function parseVmDomain(raw: unknown, field: string): string {
  * Checks `domains` (already normalised) for VM `vm` against the VM itself and the
  * other VMs of this cog: duplicates, default hostnames, another VM's domains, the limit.
  */
-export function checkVmDomains(vm: string, domains: readonly string[], others: readonly VmRecord[], r: Reach, maxPerVm: number): void {
+export function checkVmDomains(
+  vm: string, domains: readonly string[], others: readonly VmRecord[], r: Reach, maxPerVm: number, cog: CogDomains | null = null,
+): void {
   if (domains.length > maxPerVm) {
     throw conflict("too_many_domains", `VM ${vm} would have ${domains.length} domains; at most ${maxPerVm} per VM (cog.provisioner.max_domains_per_vm)`);
   }
@@ -61,6 +66,8 @@ export function checkVmDomains(vm: string, domains: readonly string[], others: r
     if (seen.has(d)) throw badRequest("duplicate_domain", `${d} is given twice for VM ${vm}`);
     seen.add(d);
     if (d === vmHostname(vm, r)) throw badRequest("duplicate_domain", `${d} is VM ${vm}'s default hostname already; it needs no domain entry`);
+    const route = cog?.cogRoute(d);
+    if (route) throw conflict("domain_taken", `${d} is the hostname of route ${route} in this cog's capsul.yaml`);
     for (const o of others) {
       if (o.name === vm) continue;
       if (d === vmHostname(o.name, r)) throw conflict("domain_taken", `${d} is the default hostname of VM ${o.name} on this cog`);

@@ -191,7 +191,7 @@ export class VmManager {
     if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
     if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
     const domains = req.domains ?? [];
-    checkVmDomains(req.name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm);
+    checkVmDomains(req.name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm, this.cogDomains);
     this.checkMemory(req.name, size);
     const uuid = from.uuid ?? randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
@@ -505,7 +505,7 @@ export class VmManager {
       if (v.state === "deleting") throw conflict("vm_busy", `VM ${name} is being deleted`);
       // Computed from the record read under the lock: two adds at once both land.
       const domains = change(v.domains);
-      checkVmDomains(name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm);
+      checkVmDomains(name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm, this.cogDomains);
       this.store.updateVm(name, { domains });
       await this.noteClaims(domains.filter((d) => !v.domains.includes(d)), v.domains.filter((d) => !domains.includes(d)));
       const now = this.record(name);

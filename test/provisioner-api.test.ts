@@ -293,6 +293,8 @@ t.test("VM custom domains: checked on create and on add/remove, with the TXT rec
     report: () => [],
     remember: async (h) => { await addDomain(cogDir, h); },
     forget: async (h) => { await forgetDomain(cogDir, h); },
+    // As cli/provision.ts answers from cog.routes: this cog's capsul.yaml routes www.alice.net itself.
+    cogRoute: (h) => (h === "www.alice.net" ? "site" : null),
   };
   const { base, pub, raw } = await setup(t, { hostMemoryBytes: 4096 * MIB, maxDomainsPerVm: 3 }, cog);
   t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
@@ -333,6 +335,7 @@ t.test("VM custom domains: checked on create and on add/remove, with the TXT rec
   const add: Array<[string, string, unknown, number, string, RegExp]> = [
     ["another VM's domain", "vm2", { domain: "blog.alice.net" }, 409, "domain_taken", /already a domain of VM vm1 on this cog/],
     ["another VM's default hostname", "vm2", { domain: "vm1.home1.hub.example" }, 409, "domain_taken", /default hostname of VM vm1/],
+    ["a capsul.yaml route's hostname", "vm2", { domain: "www.alice.net" }, 409, "domain_taken", /hostname of route site in this cog's capsul.yaml/],
     ["the same one again", "vm1", { domain: "BLOG.alice.net" }, 400, "duplicate_domain", /given twice/],
     ["a bad hostname", "vm1", { domain: "-x.alice.net" }, 400, "bad_domain", /not a hostname/],
     ["no domain", "vm1", {}, 400, "bad_domain", /domain: a hostname/],

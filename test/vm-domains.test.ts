@@ -48,7 +48,8 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   const cogYaml = writeYaml(path.join(dir, "cog.yaml"), {
     cog: {
       data_dir: path.join(dir, "cog"),
-      routes: [],
+      // A site of the cog's own, never dialled: its hostname is not a VM's to take.
+      routes: [{ name: "site", kind: "http", hostname: "www.alice.test", target: "127.0.0.1:9" }],
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       listen: { admin: "127.0.0.1:0" },
@@ -123,6 +124,11 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   t.match((await cli(["vm", "show", "web1"])).stdout, /domain:\s+https:\/\/blog\.alice\.test\/ accepted/);
   const plain = await curl(["--resolve", `${custom}:${httpPort}:127.0.0.1`, `http://${custom}:${httpPort}/`]);
   t.equal(plain.stdout.trim(), "web1", "http:// of the custom domain reaches the VM's port 80 too");
+
+  // A name the cog's capsul.yaml routes is refused, in one line.
+  const taken = await cli(["vm", "domains", "web1", "add", "www.alice.test"]);
+  t.equal(taken.code, 1);
+  t.equal(taken.stderr, "capsul: www.alice.test is the hostname of route site in this cog's capsul.yaml [domain_taken]\n");
 
   // Remove: the routes go, the name no longer reaches the VM; the default hostname stays.
   const removed = await cli(["vm", "domains", "web1", "remove", custom, "--json"]);
