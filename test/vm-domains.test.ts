@@ -125,6 +125,14 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   const plain = await curl(["--resolve", `${custom}:${httpPort}:127.0.0.1`, `http://${custom}:${httpPort}/`]);
   t.equal(plain.stdout.trim(), "web1", "http:// of the custom domain reaches the VM's port 80 too");
 
+  // The cog restarts (the VM keeps running): the provisioner re-adopts it and publishes the domain again from its record.
+  await cog.stop();
+  const cog2 = await startCogProc(t, "home1", cogYaml);
+  await waitFor("the custom domain accepted again after the restart", async () => (await show()).domains?.[0]?.state === "accepted", { timeoutMs: 60_000 });
+  const page3 = await waitFor(`HTTPS to ${custom} after the restart`, async () => { const r = await https(custom); return r.code === 0 ? r : null; }, { timeoutMs: 60_000 });
+  t.equal(page3.stdout.trim(), "web1", "the re-adopted VM answers on its custom domain");
+  t.match(cog2.text(), /re-adopted running vm vm=web1/, "the VM was re-adopted, not rebooted");
+
   // A name the cog's capsul.yaml routes is refused, in one line.
   const taken = await cli(["vm", "domains", "web1", "add", "www.alice.test"]);
   t.equal(taken.code, 1);
