@@ -45,11 +45,12 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   fs.writeFileSync(rootFile, await pebble.rootPem());
 
   const provPort = (await freePortRange(1, 33000, 34000)).from;
-  const cogYaml = writeYaml(path.join(dir, "cog.yaml"), {
+  const cogSite = { name: "site", kind: "http", hostname: "www.alice.test", target: "127.0.0.1:9" };
+  const cogDoc = (routes: unknown[]) => ({
     cog: {
       data_dir: path.join(dir, "cog"),
       // A site of the cog's own, never dialled: its hostname is not a VM's to take.
-      routes: [{ name: "site", kind: "http", hostname: "www.alice.test", target: "127.0.0.1:9" }],
+      routes,
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       listen: { admin: "127.0.0.1:0" },
@@ -57,6 +58,7 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
       provisioner: { listen: `127.0.0.1:${provPort}`, data_dir: provDir, accel: "tcg", sizes: { t1: { vcpus: 1, memory: "160MiB", disk: "1GiB" } } },
     },
   });
+  const cogYaml = writeYaml(path.join(dir, "cog.yaml"), cogDoc([cogSite]));
   await enrollCog(t, hub, "home1", cogYaml);
   const cog = await startCogProc(t, "home1", cogYaml);
   const c = ["-c", cogYaml];
@@ -137,6 +139,12 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   const taken = await cli(["vm", "domains", "web1", "add", "www.alice.test"]);
   t.equal(taken.code, 1);
   t.equal(taken.stderr, "capsul: www.alice.test is the hostname of route site in this cog's capsul.yaml [domain_taken]\n");
+  // Also a route added by a reload of capsul.yaml.
+  writeYaml(cogYaml, cogDoc([cogSite, { name: "shop", kind: "http", hostname: "shop.alice.test", target: "127.0.0.1:9" }]));
+  const reloaded = await cli(["cog", "reload"]);
+  t.equal(reloaded.code, 0, reloaded.stderr);
+  const taken2 = await cli(["vm", "domains", "web1", "add", "shop.alice.test"]);
+  t.equal(taken2.stderr, "capsul: shop.alice.test is the hostname of route shop in this cog's capsul.yaml [domain_taken]\n", "the reloaded routes count");
 
   // Remove: the routes go, the name no longer reaches the VM; the default hostname stays.
   const removed = await cli(["vm", "domains", "web1", "remove", custom, "--json"]);
