@@ -53,6 +53,11 @@ export function domainRowsTable(rows: readonly DomainRow[]): string {
     rows.map((r) => [r.hostname, STATE_TEXT[r.state], r.record, r.value, r.lastError ?? "-"]));
 }
 
+/** The record as `capsul cog domains add` and `capsul vm domains add` print it, to paste into a zone. */
+export function recordLine(hostname: string, value: string): string {
+  return `    ${challengeName(hostname)}.  TXT  "${value}"`;
+}
+
 export function registerDomainCommands(cog: Command, configHelp: string): void {
   const configOf = (opts: { config?: string }): string | undefined => opts.config ?? cog.opts<{ config?: string }>().config;
   const domains = cog
@@ -90,7 +95,7 @@ export function registerDomainCommands(cog: Command, configHelp: string): void {
       }
       process.stdout.write(
         `To prove that cog "${id.name}" controls ${hostname}${pattern !== hostname ? ` (and so ${pattern})` : ""}, create this DNS record:\n\n` +
-        `    ${challengeName(hostname)}.  TXT  "${value}"\n\n` +
+        `${recordLine(hostname, value)}\n\n` +
         `Then point ${pattern} at the hub (a CNAME to ${id.hubDomain}, or its address) and name it in a route of this cog.\n` +
         `The hub looks the record up while the cog is connected (every 30s by default, hub.domains.pending_interval);\n` +
         `\`capsul cog domains\` shows where the proof stands. Keep the record: when it disappears the route is withdrawn.\n`,

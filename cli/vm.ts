@@ -14,6 +14,7 @@ import { formatBytes, parseDurationMs } from "../lib/units.js";
 import { clock, readyLine, WAIT_UNTIL, waitReady, type WaitUntil } from "./vmwait.js";
 import { registerBackupCommands } from "./vmbackup.js";
 import { registerMoveCommands } from "./vmmove.js";
+import { describeDomains, proofInstructions, registerDomainsCommand } from "./vmdomains.js";
 
 export const DEFAULT_API_URL = "http://127.0.0.1:7480";
 export const DEFAULT_PROVISIONER_DATA_DIR = "/var/lib/capsul/provisioner";
@@ -146,13 +147,15 @@ function describeVm(vm: any): string {
     ["url", vm.url],
     ["https", vm.https === "terminate" ? "terminate (the cog holds the certificate; plain HTTP to the VM's port 80)" : "passthrough (the VM holds its certificate)"],
     ["ssh", vm.ssh_command ?? "(waiting for the hub to assign a port)"],
+    ...describeDomains(vm.domains),
   ];
   if (vm.boot) lines.push(["boot", describeBoot(vm.boot)]);
   if (vm.local) lines.push(["ssh (on this cog)", vm.local.ssh_command], ["http (on this cog)", `http://${vm.local.http}/`], ["https (on this cog)", `https://${vm.local.https}/`]);
   if (vm.message) lines.push(["message", vm.message]);
   lines.push(["uuid", vm.uuid], ["created", vm.created_at]);
   const w = Math.max(...lines.map(([k]) => k.length));
-  return lines.map(([k, v]) => `${(k + ":").padEnd(w + 1)} ${v}`).join("\n");
+  // A value of several lines (a domain's TXT record) continues under the value column.
+  return lines.map(([k, v]) => `${(k ? k + ":" : "").padEnd(w + 1)} ${v.replace(/\n/g, `\n${" ".repeat(w + 2)}`)}`).join("\n");
 }
 
 function describeBoot(b: { started_at: string | null; ssh_at: string | null; cloud_init: string | null; cloud_init_done_at: string | null }): string {
@@ -216,17 +219,22 @@ export function registerVmCommands(program: Command): void {
     .requiredOption("--image <image>", "image name (capsul image list)")
     .option("--size <size>", "size (GET /v1/sizes)", "f1-s")
     .option("--ssh-key <key-or-file>", "OpenSSH public key or a file of them (repeatable; default ~/.ssh/id_*.pub)", (v: string, acc: string[]) => [...acc, v], [] as string[])
-    .option("--https <mode>", "passthrough: the VM holds its own certificate (TLS reaches its port 443); terminate: the cog gets one by ACME and sends plain HTTP to the VM's port 80", "passthrough"))
-    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; https: string } & WaitFlags, cmd: Command) => {
+    .option("--https <mode>", "passthrough: the VM holds its own certificate (TLS reaches its port 443); terminate: the cog gets one by ACME and sends plain HTTP to the VM's port 80", "passthrough")
+    .option("--domain <hostname>", "a custom domain of the VM, published like its default hostname (repeatable; outside the cog's grants it needs the DNS TXT record printed)",
+      (v: string, acc: string[]) => [...acc, v], [] as string[]))
+    .action(async (name: string, o: { image: string; size: string; sshKey: string[]; https: string; domain: string[] } & WaitFlags, cmd: Command) => {
       if (o.https !== "passthrough" && o.https !== "terminate") throw new ConfigError(`--https: expected terminate or passthrough, got ${JSON.stringify(o.https)}`);
       const { api: a, opts } = api(cmd);
       const wait = o.wait ? waitOpts(o, Boolean(opts.json)) : null;
       const files = o.sshKey.length ? o.sshKey : defaultKeyFiles();
       if (files.length === 0) throw new ConfigError("no SSH key: pass --ssh-key FILE (none in ~/.ssh)");
-      const { vm: v } = await a.json("POST", "/v1/vms", { name, image: o.image, size: o.size, ssh_keys: readKeys(files), https: o.https });
-      if (!wait) { if (opts.json) printJson(v); else out(`${name}: ${v.state} (capsul vm show ${name})`); return; }
+      const body: Record<string, unknown> = { name, image: o.image, size: o.size, ssh_keys: readKeys(files), https: o.https };
+      if (o.domain.length) body.domains = o.domain;
+      const { vm: v } = await a.json("POST", "/v1/vms", body);
+      const how = proofInstructions(v.domains ?? []);
+      if (!wait) { if (opts.json) printJson(v); else out(`${name}: ${v.state} (capsul vm show ${name})${how ? `\n\n${how}` : ""}`); return; }
       const r = await waitReady(getVm(a), name, wait);
-      if (opts.json) printJson(r.vm); else out(`${readyLine(name, r.vm, r.elapsedMs)}\n${describeVm(r.vm)}`);
+      if (opts.json) printJson(r.vm); else out(`${readyLine(name, r.vm, r.elapsedMs)}\n${describeVm(r.vm)}${how ? `\n\n${how}` : ""}`);
     });
 
   vm.command("list").description("list VMs").action(async (_o: unknown, cmd: Command) => {
@@ -301,6 +309,7 @@ export function registerVmCommands(program: Command): void {
 
   registerBackupCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
   registerMoveCommands(vm, { api, out, usageStatuses: USAGE_STATUSES });
+  registerDomainsCommand(vm, { api, out, usageStatuses: USAGE_STATUSES });
 
   const image = common(program.command("image").description("manage the VM image catalogue of this cog"));
 

@@ -86,6 +86,8 @@ export function registerMoveCommands(vm: Command, ctx: VmCliContext): void {
       ctx.out(`${r.vm.name}: imported from cog ${i.from_cog} (${i.from_name}, ${formatBytes(i.bytes)}); ${r.vm.state}; ` +
         `${i.same_instance ? "same cloud-init instance (host keys kept)" : "a new cloud-init instance (another VM here has its instance id)"}`);
       ctx.out(`hostname: ${r.vm.hostname}${i.from_hostname && i.from_hostname !== r.vm.hostname ? ` (was ${i.from_hostname})` : ""}`);
+      for (const d of r.vm.domains ?? []) ctx.out(`domain: ${d.hostname} (capsul vm show ${r.vm.name} says where its proof stands)`);
+      for (const d of i.domains_dropped ?? []) ctx.out(`domain dropped: ${d.domain} (${d.why})`);
     });
 
   vm.command("move <name>")

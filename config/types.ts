@@ -565,6 +565,8 @@ export interface ProvisionerConfig {
   maxVms: number;
   /** Most SSH keys per VM (default 32). */
   maxSshKeys: number;
+  /** Most custom domains per VM (default 16). */
+  maxDomainsPerVm: number;
   /** After QMP quit (the stop deadline passed), how long before SIGKILL (default 5s). */
   quitTimeoutMs: number;
   /** A VM whose QEMU dies unexpectedly is restarted at most this often per crashWindowMs, then left in error (default 3; 0 never restarts). */

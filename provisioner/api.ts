@@ -10,6 +10,7 @@ import type { ImageRecord, Store } from "./db.js";
 import { apiGuard } from "./apiguard.js";
 import type { BackupManager } from "./backup.js";
 import { registerBackupRoutes } from "./backupapi.js";
+import { registerDomainRoutes } from "./domainsapi.js";
 import { registerArchiveRoutes, registerArchiveUpload } from "./exportapi.js";
 import type { MoveManager } from "./move.js";
 import type { ExportDeps } from "./vmexport.js";
@@ -109,7 +110,7 @@ export function buildApi(d: ApiDeps): Hono {
 
   app.get("/v1/vms", (c) => c.json({ vms: vms.list() }));
   app.post("/v1/vms", async (c) => {
-    const req = validateCreateRequest(await jsonBody(c), cfg.maxSshKeys);
+    const req = validateCreateRequest(await jsonBody(c), cfg.maxSshKeys, cfg.maxDomainsPerVm);
     return c.json({ vm: await vms.create(req) }, 202);
   });
   app.get("/v1/vms/:name", (c) => c.json({ vm: vms.get(nameParam(c)) }));
@@ -139,6 +140,7 @@ export function buildApi(d: ApiDeps): Hono {
   });
   app.get("/v1/vms/:name/console", async (c) => c.text(await vms.consoleTail(nameParam(c))));
   registerBackupRoutes(app, d.backups, { jsonBody, nameParam });
+  registerDomainRoutes(app, vms, { jsonBody, nameParam });
   registerArchiveRoutes(app, d.archives, d.moves, { jsonBody, nameParam });
 
   app.get("/v1/images", (c) => c.json({ images: images.list().map((i) => imageView(i, store)) }));

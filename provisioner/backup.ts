@@ -208,7 +208,7 @@ export class BackupManager {
       rec = {
         id: String(seq), seq, kind: d.full ? "full" : "incremental", parent: d.parent?.id ?? null, file,
         createdAt: new Date(job.startedAt).toISOString(), durationMs: Date.now() - begun, bytes, dataBytes: job.bytes,
-        virtualBytes: disk.virtualBytes, sha256, consistency, online, vm: { uuid: v.uuid, image: v.image, size: v.size, sshKeys: v.sshKeys, https: v.https },
+        virtualBytes: disk.virtualBytes, sha256, consistency, online, vm: { uuid: v.uuid, image: v.image, size: v.size, sshKeys: v.sshKeys, https: v.https, domains: v.domains },
       };
       m.backups.push(rec);
       m.resetReason = null;

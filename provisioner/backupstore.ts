@@ -37,7 +37,11 @@ export type BackupKind = "full" | "incremental";
 
 /** What a restore needs to recreate the VM the backup was taken from. */
 /** `https`: the VM's HTTPS mode (absent in backups made before `--https`: passthrough). */
-export interface BackupVmInfo { uuid: string; image: string; size: string; sshKeys: string[]; https?: HttpsMode }
+export interface BackupVmInfo {
+  uuid: string; image: string; size: string; sshKeys: string[]; https?: HttpsMode;
+  /** Custom domains at backup time (absent in backups from before them); a restore as a new VM keeps the free ones. */
+  domains?: string[];
+}
 
 export interface BackupRecord {
   id: string;
@@ -97,6 +101,7 @@ function checkRecord(r: unknown, i: number): BackupRecord {
   const vm = b!.vm;
   if (!vm || !isStr(vm.uuid) || !isStr(vm.image) || !isStr(vm.size) || !Array.isArray(vm.sshKeys) || !vm.sshKeys.every(isStr)) bad("bad vm");
   if (vm?.https !== undefined && !HTTPS_MODES.includes(vm.https)) bad("bad vm https");
+  if (vm?.domains !== undefined && (!Array.isArray(vm.domains) || !vm.domains.every(isStr))) bad("bad vm domains");
   return b as BackupRecord;
 }
 

@@ -56,6 +56,8 @@ export const DEFAULT_IMAGE_INSPECT_MEMORY_BYTES = 1024 * MIB;
 export const DEFAULT_IMAGE_INSPECT_CPU_MS = 30_000;
 export const DEFAULT_MAX_VMS = 64;
 export const DEFAULT_MAX_SSH_KEYS = 32;
+/** Custom domains per VM: each costs the hub a route or two and, outside the cog's grants, a DNS claim (hub.domains.max_claims_per_cog is 100). */
+export const DEFAULT_MAX_DOMAINS_PER_VM = 16;
 export const DEFAULT_QUIT_TIMEOUT_MS = 5000;
 export const DEFAULT_CRASH_RESTARTS = 3;
 export const DEFAULT_CRASH_WINDOW_MS = 10 * 60_000;
@@ -249,6 +251,7 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
   console_tail: sizeBytes("Tail of the serial console returned by GET /v1/vms/:name/console.", { def: DEFAULT_CONSOLE_TAIL_BYTES, min: 0 }),
   max_vms: count("Most VMs this cog holds, whatever their state.", DEFAULT_MAX_VMS, 1, 10_000),
   max_ssh_keys: count("Most SSH keys per VM.", DEFAULT_MAX_SSH_KEYS, 1, 1000),
+  max_domains_per_vm: count("Most custom domains per VM (capsul vm create --domain, capsul vm domains add).", DEFAULT_MAX_DOMAINS_PER_VM, 0, 1000),
   quit_timeout: durationMs("After QMP quit (the stop deadline passed), how long before SIGKILL.", { def: DEFAULT_QUIT_TIMEOUT_MS, min: 0 }),
   crash_restarts: count("A VM whose QEMU dies unexpectedly is restarted at most this often per crash_window, then left in error (0 never restarts).",
     DEFAULT_CRASH_RESTARTS, 0, 100),
@@ -315,6 +318,7 @@ export const provisionerSchema = section("The VM provisioner (absent, null or fa
     consoleTailBytes: o.console_tail,
     maxVms: o.max_vms,
     maxSshKeys: o.max_ssh_keys,
+    maxDomainsPerVm: o.max_domains_per_vm,
     quitTimeoutMs: o.quit_timeout,
     crashRestarts: o.crash_restarts,
     crashWindowMs: o.crash_window,

@@ -36,6 +36,8 @@ export interface VmRecord {
   ioLimits: IoLimits | null;
   /** Chosen at create time (`capsul vm create --https`); default passthrough. */
   https: HttpsMode;
+  /** Custom domains (`capsul vm domains`), normalised, in the order added; each published like the default hostname. */
+  domains: string[];
   createdAt: string;
   updatedAt: string;
 }
@@ -87,12 +89,14 @@ const MIGRATIONS: string[] = [
    ALTER TABLE vms ADD COLUMN io_bps INTEGER;`,
   // 3: `capsul vm create --https terminate|passthrough` (issue 10); VMs from before pass TLS through, as they did.
   `ALTER TABLE vms ADD COLUMN https TEXT NOT NULL DEFAULT 'passthrough' CHECK (https IN ('passthrough', 'terminate'));`,
+  // 4: custom domains per VM (`capsul vm create --domain`, `capsul vm domains`), a JSON array; VMs from before have none.
+  `ALTER TABLE vms ADD COLUMN domains TEXT NOT NULL DEFAULT '[]';`,
 ];
 
 interface VmRow {
   name: string; uuid: string; image: string; size: string; ssh_keys: string; desired: string; state: string;
   message: string | null; accel: string | null; port_ssh: number | null; port_http: number | null; port_https: number | null;
-  io_iops: number | null; io_bps: number | null; https: string;
+  io_iops: number | null; io_bps: number | null; https: string; domains: string;
   created_at: string; updated_at: string;
 }
 interface ImageRow { name: string; format: string; files: string; cmdline: string | null; ssh_user: string; created_at: string }
@@ -105,8 +109,19 @@ function vmFromRow(r: VmRow): VmRecord {
     ports: r.port_ssh && r.port_http && r.port_https ? { ssh: r.port_ssh, http: r.port_http, https: r.port_https } : null,
     ioLimits: r.io_iops !== null && r.io_bps !== null ? { iops: r.io_iops, bps: r.io_bps } : null,
     https: r.https === "terminate" ? "terminate" : "passthrough",
+    domains: parseDomains(r.domains),
     createdAt: r.created_at, updatedAt: r.updated_at,
   };
+}
+
+/** The domains column: a JSON array of strings; anything else (a hand-edited row) reads as none rather than failing every listing. */
+function parseDomains(text: string): string[] {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return Array.isArray(v) ? v.filter((d): d is string => typeof d === "string") : [];
+  } catch {
+    return [];
+  }
 }
 
 function imageFromRow(r: ImageRow): ImageRecord {
@@ -154,13 +169,13 @@ export class Store {
   insertVm(v: Omit<VmRecord, "createdAt" | "updatedAt" | "ioLimits">): void {
     const now = new Date().toISOString();
     this.db.prepare(
-      `INSERT INTO vms (name, uuid, image, size, ssh_keys, desired, state, message, accel, port_ssh, port_http, port_https, https, created_at, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO vms (name, uuid, image, size, ssh_keys, desired, state, message, accel, port_ssh, port_http, port_https, https, domains, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ).run(v.name, v.uuid, v.image, v.size, JSON.stringify(v.sshKeys), v.desired, v.state, v.message, v.accel,
-      v.ports?.ssh ?? null, v.ports?.http ?? null, v.ports?.https ?? null, v.https, now, now);
+      v.ports?.ssh ?? null, v.ports?.http ?? null, v.ports?.https ?? null, v.https, JSON.stringify(v.domains), now, now);
   }
 
-  updateVm(name: string, patch: Partial<Pick<VmRecord, "desired" | "state" | "message" | "accel" | "ports" | "ioLimits">>): void {
+  updateVm(name: string, patch: Partial<Pick<VmRecord, "desired" | "state" | "message" | "accel" | "ports" | "ioLimits" | "domains">>): void {
     const sets: string[] = [];
     const args: unknown[] = [];
     if (patch.desired !== undefined) { sets.push("desired = ?"); args.push(patch.desired); }
@@ -175,6 +190,7 @@ export class Store {
       sets.push("io_iops = ?", "io_bps = ?");
       args.push(patch.ioLimits?.iops ?? null, patch.ioLimits?.bps ?? null);
     }
+    if (patch.domains !== undefined) { sets.push("domains = ?"); args.push(JSON.stringify(patch.domains)); }
     sets.push("updated_at = ?");
     args.push(new Date().toISOString(), name);
     this.db.prepare(`UPDATE vms SET ${sets.join(", ")} WHERE name = ?`).run(...args);

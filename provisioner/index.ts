@@ -15,6 +15,7 @@ import { ImageCatalogue } from "./images.js";
 import { processAlive, procCmdline } from "./qemu.js";
 import { MoveManager, type MoveTunnel } from "./move.js";
 import type { ExportDeps } from "./vmexport.js";
+import type { CogDomains } from "./vmdomains.js";
 import { registerVmMetrics } from "./metrics.js";
 import { VmManager } from "./vms.js";
 
@@ -32,6 +33,8 @@ export interface ProvisionerOptions {
   tunnel?: MoveTunnel;
   /** The cog's registry: the VM metrics join it and /metrics renders all of it. Default: one of its own. */
   registry?: Registry;
+  /** The cog's side of VMs' custom domains (proof records, the hub's report); without it `vm show` prints no TXT record. */
+  domains?: CogDomains;
 }
 
 export interface Provisioner {
@@ -114,7 +117,7 @@ export async function startProvisioner(opts: ProvisionerOptions): Promise<Provis
   const store = new Store(path.join(cfg.dataDir, "provisioner.db"));
   const images = new ImageCatalogue(cfg, store, log);
   const reach = { cogName: opts.cogName, hubDomain: opts.hubDomain, hubHost: opts.hubHost };
-  const vms = new VmManager(cfg, store, opts.sink, reach, log);
+  const vms = new VmManager(cfg, store, opts.sink, reach, log, opts.domains ?? null);
   const backups = new BackupManager(cfg, store, vms, log.child("backup"));
   const token = loadOrCreateToken(cfg.dataDir, log);
   const closing = new AbortController();

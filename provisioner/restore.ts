@@ -154,7 +154,10 @@ export async function restoreBackup(d: RestoreDeps, name: string, req: RestoreRe
     } else {
       // Its own uuid, unless another VM has it meanwhile (a restore of a copy, then of the original).
       const uuid = target === name && !d.db.listVms().some((v) => v.uuid === rec.vm.uuid) ? rec.vm.uuid : undefined;
-      await d.vms.create({ name: target, image: rec.vm.image, size: rec.vm.size, sshKeys: rec.vm.sshKeys, https: rec.vm.https ?? "passthrough" }, { disk: tmp, uuid });
+      // Its domains too, those no other VM here has now (a copy beside the original gets none).
+      const domains = d.vms.freeDomains(target, rec.vm.domains ?? []);
+      for (const x of domains.dropped) d.log.info("restore: custom domain not taken", { vm: target, domain: x.domain, why: x.why });
+      await d.vms.create({ name: target, image: rec.vm.image, size: rec.vm.size, sshKeys: rec.vm.sshKeys, https: rec.vm.https ?? "passthrough", domains: domains.kept }, { disk: tmp, uuid });
       if (target === name) {
         m.resetReason = `the disk was restored from backup ${rec.id} at ${when}`;
         await d.store.save(m);

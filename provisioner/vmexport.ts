@@ -14,6 +14,8 @@ import { type ImageCatalogue, notSelfContained } from "./images.js";
 import { ProgressMeter, type ProgressFn, type ProgressPhase } from "./progress.js";
 import { runFiles } from "./qemu.js";
 import { flattenQcow2 } from "./restore.js";
+import { domainRouteNames } from "./routes.js";
+import { domainsFreeFor, parseVmDomain } from "./vmdomains.js";
 import { seedFiles } from "./seed.js";
 import { runTool } from "./tools.js";
 import type { VmManager } from "./vms.js";
@@ -41,6 +43,8 @@ import type { VmManager } from "./vms.js";
 export const ARCHIVE_FORMAT = "capsul-vm-archive";
 export const ARCHIVE_VERSION = 1;
 export const MANIFEST_NAME = "manifest.json";
+/** vm.domains in a manifest: the largest max_domains_per_vm a cog may set; the importing cog's own limit applies after. */
+export const MANIFEST_MAX_DOMAINS = 1000;
 /** A manifest is ~2 KiB with 32 SSH keys; anything near this is not one. */
 export const MANIFEST_MAX_BYTES = 1024 * 1024;
 /** Staging dirs of exports and imports, under the data dir. */
@@ -58,7 +62,11 @@ export interface ArchiveManifest {
   version: number;
   created_at: string;
   source_cog: string;
-  vm: { name: string; uuid: string; size: string; ssh_keys: string[]; ssh_user: string; hostname: string; routes: string[]; https?: HttpsMode };
+  vm: {
+    name: string; uuid: string; size: string; ssh_keys: string[]; ssh_user: string; hostname: string; routes: string[]; https?: HttpsMode;
+    /** Custom domains (`capsul vm domains`); absent in archives from before them. */
+    domains?: string[];
+  };
   image: { name: string; format: string; files: Record<string, { sha256: string; bytes: number }> };
   disk: { format: "qcow2"; virtual_bytes: number; flattened: true };
   parts: ArchivePart[];
@@ -131,7 +139,9 @@ export async function prepareExport(d: ExportDeps, name: string, onProgress?: Pr
       format: ARCHIVE_FORMAT, version: ARCHIVE_VERSION, created_at: new Date().toISOString(), source_cog: d.cogName,
       vm: {
         name: v.name, uuid: v.uuid, size: v.size, ssh_keys: v.sshKeys, ssh_user: image.sshUser, https: v.https,
-        hostname: `${v.name}.${d.cogName}.${d.hubDomain}`.toLowerCase(), routes: [`vm-${v.name}-https`, `vm-${v.name}-http`, `vm-${v.name}-ssh`],
+        hostname: `${v.name}.${d.cogName}.${d.hubDomain}`.toLowerCase(),
+        routes: [`vm-${v.name}-https`, `vm-${v.name}-http`, `vm-${v.name}-ssh`, ...v.domains.flatMap((dom) => Object.values(domainRouteNames(v.name, dom)))],
+        domains: v.domains,
       },
       image: { name: image.name, format: image.format, files: imageFiles(image) },
       disk: { format: "qcow2", virtual_bytes: virtualBytes, flattened: true },
@@ -198,6 +208,17 @@ export function validateManifest(raw: unknown, maxArchiveBytes: number, maxSshKe
   if (typeof vm.size !== "string" || !NAME_RE.test(vm.size)) bad("vm.size is not a size name");
   // Absent in archives from before `vm create --https`: those VMs pass TLS through.
   if (vm.https !== undefined && !HTTPS_MODES.includes(vm.https as HttpsMode)) bad(`vm.https must be ${HTTPS_MODES.join(" or ")}`);
+  if (vm.domains !== undefined) {
+    if (!Array.isArray(vm.domains) || vm.domains.length > MANIFEST_MAX_DOMAINS) bad(`vm.domains: a list of at most ${MANIFEST_MAX_DOMAINS} hostnames`);
+    (vm.domains as unknown[]).forEach((dom, i) => {
+      try {
+        if (parseVmDomain(dom, `vm.domains[${i}]`) !== dom) bad(`vm.domains[${i}]: not in normal form (lower case, no trailing dot)`);
+      } catch (e) {
+        if (e instanceof ProvisionerError && e.code === "bad_domain") bad(e.message);
+        throw e;
+      }
+    });
+  }
   if (!Array.isArray(vm.ssh_keys) || vm.ssh_keys.length > maxSshKeys || !vm.ssh_keys.every((k) => typeof k === "string" && k.length < 16384 && !/[\r\n\0]/.test(k))) {
     bad(`vm.ssh_keys: at most ${maxSshKeys} one-line keys`);
   }
@@ -311,9 +332,18 @@ export async function importArchive(d: ExportDeps, src: Readable, opts: ImportOp
     if (problem) throw new ProvisionerError("archive_invalid", `disk.qcow2: ${problem}`, 400);
     if ((info["virtual-size"] ?? Infinity) > size.diskBytes) throw new ProvisionerError("archive_invalid", `disk.qcow2 is larger than size ${m.vm.size}'s disk`, 400);
     const uuid = d.db.listVms().some((v) => v.uuid === m.vm.uuid) ? undefined : m.vm.uuid;
-    const vm = await d.vms.create({ name, image: image.name, size: m.vm.size, sshKeys: m.vm.ssh_keys, https: m.vm.https ?? "passthrough" }, { disk, uuid });
+    // A domain another VM here has stays with that VM; the import says which it dropped.
+    const domains = domainsFreeFor(name, m.vm.domains ?? [], d.db.listVms(), { cogName: d.cogName, hubDomain: d.hubDomain, hubHost: "" });
+    for (const x of domains.dropped) d.log.warn("import: custom domain dropped", { vm: name, domain: x.domain, why: x.why });
+    const vm = await d.vms.create({ name, image: image.name, size: m.vm.size, sshKeys: m.vm.ssh_keys, https: m.vm.https ?? "passthrough", domains: domains.kept }, { disk, uuid });
     d.log.info("vm imported", { vm: name, from_cog: m.source_cog, from_name: m.vm.name, same_uuid: uuid !== undefined, bytes: total });
-    return { vm, imported: { from_cog: m.source_cog, from_name: m.vm.name, from_hostname: m.vm.hostname, same_instance: uuid !== undefined, bytes: total } };
+    return {
+      vm,
+      imported: {
+        from_cog: m.source_cog, from_name: m.vm.name, from_hostname: m.vm.hostname, same_instance: uuid !== undefined, bytes: total,
+        domains_dropped: domains.dropped,
+      },
+    };
   } finally {
     await fsp.rm(stage, { recursive: true, force: true });
   }

@@ -22,6 +22,7 @@ import {
   buildQemuArgs, DISK_BACKEND_QOM_PATH, isQemuOf, launchQemu, processAlive, readPidFile, runFiles,
 } from "./qemu.js";
 import { type Reach, routeOwner, vmReach, vmRoutes } from "./routes.js";
+import { checkVmDomains, type CogDomains, domainsFreeFor, operatorGranted } from "./vmdomains.js";
 import { inScope, scopeUnitName, VmScopes } from "./scope.js";
 import type { CreateRequest } from "./requests.js";
 
@@ -81,6 +82,8 @@ export class VmManager {
     private readonly sink: RouteSink,
     private readonly reach: Reach,
     private readonly log: Logger,
+    /** The cog's side of custom domains (proof values, the hub's report); null for a provisioner alone. */
+    readonly cogDomains: CogDomains | null = null,
   ) {
     this.vmsDir = path.join(cfg.dataDir, "vms");
     fs.mkdirSync(this.vmsDir, { recursive: true });
@@ -102,7 +105,7 @@ export class VmManager {
   }
 
   private routesFor(v: VmRecord, ports: VmPorts): PublishedRoute[] {
-    return vmRoutes(v.name, ports, this.reach, v.https);
+    return vmRoutes(v.name, ports, this.reach, v.https, v.domains);
   }
 
   private record(name: string): VmRecord {
@@ -120,7 +123,7 @@ export class VmManager {
       io_limits: size ? { iops: withIoLimits(size, v.ioLimits).diskIopsPerSec, bps: withIoLimits(size, v.ioLimits).diskBytesPerSec } : null,
       pid: this.live.get(v.name)?.pid ?? null, boot: this.live.get(v.name)?.boot.view() ?? null,
       created_at: v.createdAt, updated_at: v.updatedAt,
-      ...vmReach(v, img?.sshUser ?? "root", this.reach, this.sink),
+      ...vmReach(v, img?.sshUser ?? "root", this.reach, this.sink, { published: this.live.has(v.name), cog: this.cogDomains }),
     };
   }
 
@@ -200,12 +203,14 @@ export class VmManager {
     // all pass the count (or the name, or the memory) before any of them is recorded.
     if (this.store.getVm(req.name)) throw conflict("vm_exists", `a VM named ${req.name} already exists`);
     if (this.store.listVms().length >= this.cfg.maxVms) throw conflict("too_many_vms", `this cog holds at most ${this.cfg.maxVms} VMs`);
+    const domains = req.domains ?? [];
+    checkVmDomains(req.name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm, this.cogDomains);
     this.checkMemory(req.name, size);
     const uuid = from.uuid ?? randomUUID();
     // The row is the reservation: from here on the name is taken (SQLite's primary key).
     this.store.insertVm({
       name: req.name, uuid, image: image.name, size: req.size, sshKeys: req.sshKeys, desired: "running",
-      state: "creating", message: null, accel: null, ports: null, https: req.https,
+      state: "creating", message: null, accel: null, ports: null, https: req.https, domains,
     });
     try {
       if (from.disk) {
@@ -218,7 +223,8 @@ export class VmManager {
       this.store.deleteVm(req.name);
       throw e;
     }
-    this.log.info("vm created", { vm: req.name, image: image.name, size: req.size, https: req.https });
+    await this.noteClaims(domains, []);
+    this.log.info("vm created", { vm: req.name, image: image.name, size: req.size, https: req.https, domains: domains.join(",") || undefined });
     const view = this.get(req.name);
     this.spawnBackground(this.withLock(req.name, () => this.startLocked(req.name)));
     return view;
@@ -498,6 +504,54 @@ export class VmManager {
     this.log.info("vm io limits changed", { vm: name, iops, bps });
   }
 
+  /**
+   * Changes a VM's custom domains (vmdomains.ts checks them against every VM of
+   * this cog) and, when it runs, publishes its routes again: a new domain is
+   * announced (and so claimed at the hub), a removed one withdrawn. Under the VM's
+   * lock, so a start in between publishes either the old set or the new one.
+   */
+  async setDomainsWith(name: string, change: (have: readonly string[]) => string[]): Promise<VmRecord> {
+    this.record(name);
+    return this.withLock(name, async () => {
+      const v = this.record(name);
+      if (v.state === "deleting") throw conflict("vm_busy", `VM ${name} is being deleted`);
+      // Computed from the record read under the lock: two adds at once both land.
+      const domains = change(v.domains);
+      checkVmDomains(name, domains, this.store.listVms(), this.reach, this.cfg.maxDomainsPerVm, this.cogDomains);
+      this.store.updateVm(name, { domains });
+      await this.noteClaims(domains.filter((d) => !v.domains.includes(d)), v.domains.filter((d) => !domains.includes(d)));
+      const now = this.record(name);
+      if (this.live.has(name) && now.ports) this.sink.publish(routeOwner(name), this.routesFor(now, now.ports));
+      this.log.info("vm domains changed", { vm: name, domains: domains.join(",") || "(none)" });
+      return now;
+    });
+  }
+
+  /** Of `domains`, those VM `name` may have on this cog now (restore.ts), and why each other one may not. */
+  freeDomains(name: string, domains: readonly string[]): ReturnType<typeof domainsFreeFor> {
+    return domainsFreeFor(name, domains, this.store.listVms(), this.reach);
+  }
+
+  /**
+   * Keeps `capsul cog domains` in step (CogDomains remember/forget): a name that needs a
+   * DNS proof is listed there from the moment a VM has it. Only a listing: a failure is
+   * logged, never the request's error.
+   */
+  private async noteClaims(added: readonly string[], removed: readonly string[]): Promise<void> {
+    const cog = this.cogDomains;
+    if (!cog) return;
+    for (const [list, what] of [[added, "remember"], [removed, "forget"]] as const) {
+      for (const d of list) {
+        if (operatorGranted(d, this.reach)) continue;
+        try {
+          await (what === "remember" ? cog.remember(d) : cog.forget(d));
+        } catch (e) {
+          this.log.warn(`could not ${what} the custom domain for capsul cog domains`, { domain: d, err: (e as Error).message });
+        }
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- delete
 
   /** Kills QEMU (the disk goes anyway), withdraws routes, removes the run dir, then the record. */
@@ -521,6 +575,7 @@ export class VmManager {
     this.sink.withdraw(routeOwner(name));
     await fsp.rm(this.runDir(name), { recursive: true, force: true });
     this.store.deleteVm(name);
+    await this.noteClaims([], v.domains);
     this.log.info("vm deleted", { vm: name });
   }
 

@@ -252,6 +252,9 @@ async function vmCommands(t: Test, run: Run, outputs: Map<string, RunResult>, co
 
   t.match(await run("vm list", c), [{ name: "web1", state: "running" }]);
   t.match(await run("vm show", ["web1", ...c]), { name: "web1", hostname: `web1.home1.${DOMAIN}` });
+  // Custom domains (removed after the restore below; that last run is the output the style check reads).
+  t.match(await run("vm domains", ["web1", "add", "shop.example.net", ...c]), { vm: "web1", domain: { hostname: "shop.example.net", proof: { record: "_capsul-challenge.shop.example.net" } } });
+  t.match(await run("vm domains", ["web1", ...c]), { vm: "web1", domains: [{ hostname: "shop.example.net" }] });
   t.match(await run("vm console", ["web1", ...c]), { vm: "web1", console: /\S/ }, "the console has the boot log");
   t.match(await run("vm reboot", ["web1", "--force", "--wait", "ssh", ...c]), { vm: { name: "web1", state: "running" }, reboot: { graceful: false } });
   t.match(await run("vm stop", ["web1", "--force", ...c]), { vm: { name: "web1", state: "stopped" } });
@@ -259,9 +262,12 @@ async function vmCommands(t: Test, run: Run, outputs: Map<string, RunResult>, co
   t.match(backup, { backup: { kind: "full", consistency: "stopped" } }, "a backup of the stopped VM");
   const list = await run("vm backups", ["web1", ...c]) as { backups: Array<{ id: string }> };
   t.same(list.backups.map((b) => b.id), [backup.backup.id]);
-  t.match(await run("vm restore", ["web1", "--from", backup.backup.id, "--as", "web2", ...c]), { vm: { name: "web2" }, backup: { id: backup.backup.id } });
+  const copy = await run("vm restore", ["web1", "--from", backup.backup.id, "--as", "web2", ...c]) as { vm: { domains: unknown[] } };
+  t.match(copy, { vm: { name: "web2" }, backup: { id: backup.backup.id } });
+  t.same(copy.vm.domains, [], "the restored copy leaves web1's domain to web1 (one VM per name on a cog)");
   // At once: the copy's boot would only slow web1's down.
   await run("vm delete", ["web2", ...c]);
+  t.match(await run("vm domains", ["web1", "remove", "shop.example.net", ...c]), { vm: "web1", removed: "shop.example.net" });
   // --wait on a terminal: one status line rewritten in place, with the state and the time waited.
   const tty = await runProgram("script", ["-qec", [process.execPath, CLI, "vm", "start", "web1", "--wait", "ssh", ...c].join(" "), "/dev/null"], VM_STEP_TIMEOUT_MS);
   t.equal(tty.code, 0, tty.stdout);

@@ -8,12 +8,15 @@ import { silentLogger } from "../lib/log.js";
 import { Store } from "../provisioner/db.js";
 import { startProvisioner } from "../provisioner/index.js";
 import { MemoryRouteSink } from "../tunnel-client/routesink.js";
+import { addDomain, forgetDomain, readAddedDomains } from "../tunnel-client/domains.js";
+import { challengeName, domainProofValue } from "../protocol/domainproof.js";
+import type { CogDomains } from "../provisioner/vmdomains.js";
 import { api, authHeader, authorize, cleanupDataDir, run, sshKeypair, tempDataDir, testConfig, waitFor } from "./helpers/vm.js";
 
 // No VM boots here: QEMU is /bin/false, so every start fails fast and cheaply.
 const MIB = 1024 * 1024;
 
-async function setup(t: Test, over: Parameters<typeof testConfig>[1] = {}) {
+async function setup(t: Test, over: Parameters<typeof testConfig>[1] = {}, domains?: CogDomains) {
   const dataDir = tempDataDir();
   const sink = new MemoryRouteSink();
   const cfg = testConfig(dataDir, {
@@ -22,7 +25,7 @@ async function setup(t: Test, over: Parameters<typeof testConfig>[1] = {}) {
     sizes: { ...testConfig(dataDir).sizes, big: { vcpus: 1, memoryBytes: 1024 * MIB, diskBytes: 1024 * MIB, diskIopsPerSec: 0, diskBytesPerSec: 0 } },
     ...over,
   });
-  const prov = await startProvisioner({ config: cfg, cogName: "home1", hubDomain: "hub.example", hubHost: "hub.example", sink, logger: silentLogger });
+  const prov = await startProvisioner({ config: cfg, cogName: "home1", hubDomain: "hub.example", hubHost: "hub.example", sink, logger: silentLogger, domains });
   t.teardown(async () => { await prov.close(); cleanupDataDir(dataDir); });
   authorize(prov.url, dataDir);
   const { pub } = sshKeypair(dataDir);
@@ -234,11 +237,14 @@ t.test("state from before run-time disk limits were stored opens, migrates, and 
   old.close();
   const store = new Store(file);
   t.teardown(() => store.close());
-  t.equal(store.db.pragma("user_version", { simple: true }), 3, "migrated");
+  t.equal(store.db.pragma("user_version", { simple: true }), 4, "migrated");
   const v = store.getVm("web1")!;
   t.same([v.uuid, v.state, v.ports], ["u-1", "running", { ssh: 2201, http: 2202, https: 2203 }], "the VM is intact");
   t.equal(v.ioLimits, null, "no run-time limits: the size's apply");
   t.equal(v.https, "passthrough", "a VM from before --https passes TLS through, as it did");
+  t.same(v.domains, [], "a VM from before custom domains has none");
+  store.updateVm("web1", { domains: ["blog.alice.net"] });
+  t.same(store.getVm("web1")!.domains, ["blog.alice.net"], "domains are stored");
   store.updateVm("web1", { ioLimits: { iops: 100, bps: 0 } });
   t.same(store.getVm("web1")!.ioLimits, { iops: 100, bps: 0 }, "stored (0 = unlimited)");
   store.updateVm("web1", { state: "stopped" });
@@ -275,4 +281,126 @@ t.test("max_vms holds against concurrent creates (the check and the insert do no
   const dup = await Promise.all([1, 2, 3].map(() => api(base, "POST", "/v1/vms", { name: "same", image: "disk", size: "t1", ssh_keys: [pub] })));
   t.same(dup.map((r) => r.status).sort(), [202, 409, 409], dup.map((r) => r.text).join(" "));
   t.ok(dup.filter((r) => r.status === 409).every((r) => isError(r, "vm_exists")));
+});
+
+t.test("VM custom domains: checked on create and on add/remove, with the TXT record to create; the cog's list follows", async (t) => {
+  // The cog's side as cli/provision.ts wires it: the proof value of its enrollment, its domains-added.json.
+  const cogDir = tempDataDir();
+  t.teardown(() => fs.rmSync(cogDir, { recursive: true, force: true }));
+  const ca = "sha256:" + "ab".repeat(32);
+  const cog: CogDomains = {
+    proof: (h) => ({ record: challengeName(h), value: domainProofValue(ca, "home1", h) }),
+    report: () => [],
+    remember: async (h) => { await addDomain(cogDir, h); },
+    forget: async (h) => { await forgetDomain(cogDir, h); },
+    // As cli/provision.ts answers from cog.routes: this cog's capsul.yaml routes www.alice.net itself.
+    cogRoute: (h) => (h === "www.alice.net" ? "site" : null),
+  };
+  const { base, pub, raw } = await setup(t, { hostMemoryBytes: 4096 * MIB, maxDomainsPerVm: 3 }, cog);
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const ok = { name: "vm1", image: "disk", size: "t1", ssh_keys: [pub] };
+  const bad: Array<[string, unknown, number, string, RegExp]> = [
+    ["domains not a list", "blog.alice.net", 400, "bad_domain", /domains: a list of hostnames/],
+    ["a wildcard", ["*.alice.net"], 400, "bad_domain", /wildcard/],
+    ["not a hostname", ["blog alice.net"], 400, "bad_domain", /domains\[0\]: not a hostname/],
+    ["a non-ASCII name", ["blog.\u212Alice.net"], 400, "bad_domain", /not a hostname/],
+    ["a single label", ["localhost"], 400, "bad_domain", /single label/],
+    ["not a string", [42], 400, "bad_domain", /domains\[0\]: a hostname/],
+    ["twice (after normalising)", ["blog.alice.net", "Blog.Alice.NET."], 400, "duplicate_domain", /blog.alice.net is given twice/],
+    ["its own default hostname", ["vm1.home1.hub.example"], 400, "duplicate_domain", /default hostname already/],
+    ["over max_domains_per_vm", ["a.x.net", "b.x.net", "c.x.net", "d.x.net"], 400, "too_many_domains", /at most 3 per VM \(cog.provisioner.max_domains_per_vm\)/],
+  ];
+  for (const [what, domains, status, code, msg] of bad) {
+    const r = await api(base, "POST", "/v1/vms", { ...ok, domains });
+    t.equal(r.status, status, `${what}: ${r.text}`);
+    t.ok(isError(r, code), `${what}: code ${code}`);
+    t.match(r.body.error?.message, msg, `${what}: says why`);
+  }
+  t.same((await api(base, "GET", "/v1/vms")).body.vms, [], "no VM recorded by a refused create");
+
+  const c = await api(base, "POST", "/v1/vms", { ...ok, domains: ["Blog.Alice.NET.", "www.home1.hub.example"] });
+  t.equal(c.status, 202, c.text);
+  const [blog, www] = c.body.vm.domains;
+  t.match(blog, { hostname: "blog.alice.net", url: "https://blog.alice.net/", state: String },
+    "normalised (lower case, no trailing dot)");
+  t.same(blog.proof, { record: "_capsul-challenge.blog.alice.net", type: "TXT", value: domainProofValue(ca, "home1", "blog.alice.net") },
+    "the TXT record capsul cog domains add prints for this cog");
+  t.equal(www.proof, null, "a name under the hub's domain is the operator's to grant: no TXT record");
+  t.same(readAddedDomains(cogDir), ["blog.alice.net"], "capsul cog domains lists the name that needs a proof");
+  // QEMU is /bin/false: the VM never runs, so nothing is published and vm show says so.
+  await waitFor("vm1 in error", async () => (await api(base, "GET", "/v1/vms/vm1")).body.vm.state === "error", 30_000);
+  t.match((await api(base, "GET", "/v1/vms/vm1/domains")).body, { vm: "vm1", domains: [{ hostname: "blog.alice.net", state: "not-published" }, { hostname: "www.home1.hub.example" }] });
+
+  t.equal((await api(base, "POST", "/v1/vms", { ...ok, name: "vm2" })).status, 202);
+  const add: Array<[string, string, unknown, number, string, RegExp]> = [
+    ["another VM's domain", "vm2", { domain: "blog.alice.net" }, 409, "domain_taken", /already a domain of VM vm1 on this cog/],
+    ["another VM's default hostname", "vm2", { domain: "vm1.home1.hub.example" }, 409, "domain_taken", /default hostname of VM vm1/],
+    ["a capsul.yaml route's hostname", "vm2", { domain: "www.alice.net" }, 409, "domain_taken", /hostname of route site in this cog's capsul.yaml/],
+    ["the same one again", "vm1", { domain: "BLOG.alice.net" }, 400, "duplicate_domain", /given twice/],
+    ["a bad hostname", "vm1", { domain: "-x.alice.net" }, 400, "bad_domain", /not a hostname/],
+    ["no domain", "vm1", {}, 400, "bad_domain", /domain: a hostname/],
+    ["an unknown field", "vm1", { domain: "x.alice.net", force: true }, 400, "bad_request", /unknown field "force"/],
+    ["an unknown VM", "nope", { domain: "x.alice.net" }, 404, "vm_not_found", /no VM named/],
+  ];
+  for (const [what, vm, body, status, code, msg] of add) {
+    const r = await api(base, "POST", `/v1/vms/${vm}/domains`, body);
+    t.equal(r.status, status, `add ${what}: ${r.text}`);
+    t.ok(isError(r, code), `add ${what}: code ${code}`);
+    t.match(r.body.error?.message, msg, `add ${what}: says why`);
+  }
+  const added = await api(base, "POST", "/v1/vms/vm1/domains", { domain: "shop.alice.net" });
+  t.equal(added.status, 201, added.text);
+  t.match(added.body, { vm: "vm1", domain: { hostname: "shop.alice.net", proof: { record: "_capsul-challenge.shop.alice.net" } } });
+  const full = await api(base, "POST", "/v1/vms/vm1/domains", { domain: "more.alice.net" });
+  t.equal(full.status, 409, full.text);
+  t.ok(isError(full, "too_many_domains"));
+  t.match(full.body.error.message, /at most 3 per VM \(cog.provisioner.max_domains_per_vm\)/);
+  t.same((await api(base, "GET", "/v1/vms/vm1")).body.vm.domains.map((d: { hostname: string }) => d.hostname),
+    ["blog.alice.net", "www.home1.hub.example", "shop.alice.net"], "a refused add changed nothing");
+
+  const missing = await api(base, "DELETE", "/v1/vms/vm1/domains/nope.alice.net");
+  t.equal(missing.status, 404);
+  t.ok(isError(missing, "domain_not_found"));
+  const rm = await api(base, "DELETE", "/v1/vms/vm1/domains/blog.alice.net");
+  t.equal(rm.status, 200, rm.text);
+  t.same(rm.body, { vm: "vm1", removed: "blog.alice.net" });
+  t.same(readAddedDomains(cogDir), ["shop.alice.net"], "a removed name leaves capsul cog domains");
+  const moved = await api(base, "POST", "/v1/vms/vm2/domains", { domain: "blog.alice.net" });
+  t.equal(moved.status, 201, `once vm1 let go of it, vm2 may have it: ${moved.text}`);
+  t.equal((await api(base, "DELETE", "/v1/vms/vm2")).status, 200);
+  t.same(readAddedDomains(cogDir), ["shop.alice.net"], "deleting a VM forgets its domains too");
+});
+
+t.test("a VM's custom domains travel in its export archive; an import keeps those no other VM here has", async (t) => {
+  const { base, pub, raw } = await setup(t, { hostMemoryBytes: 4096 * MIB });
+  t.equal((await api(base, "POST", "/v1/images", { name: "disk", source: raw })).status, 201);
+  const c = await api(base, "POST", "/v1/vms", { name: "vm1", image: "disk", size: "t1", ssh_keys: [pub], https: "terminate", domains: ["blog.alice.net", "shop.alice.net"] });
+  t.equal(c.status, 202, c.text);
+  await waitFor("vm1 in error", async () => (await api(base, "GET", "/v1/vms/vm1")).body.vm.state === "error", 30_000);
+  t.equal((await api(base, "POST", "/v1/vms/vm1/stop")).status, 200);
+  const exported = await fetch(`${base}/v1/vms/vm1/export`, { headers: authHeader(base) });
+  t.equal(exported.status, 200);
+  const archive = Buffer.from(await exported.arrayBuffer());
+  const manifest = JSON.parse(archive.subarray(512, 512 + parseInt(archive.subarray(124, 136).toString("ascii").trim(), 8)).toString("utf8"));
+  t.same(manifest.vm.domains, ["blog.alice.net", "shop.alice.net"], "the manifest carries the domains");
+  t.equal(manifest.vm.routes.length, 7, "and names their routes (https + http per domain) with the default three");
+
+  const importAs = (as: string) => fetch(`${base}/v1/vms/import?as=${as}`, {
+    method: "POST", headers: { ...authHeader(base), "content-type": "application/x-tar" }, body: archive,
+  }).then(async (r) => ({ status: r.status, body: await r.json() as any }));
+  // vm1 still holds both names on this cog: the copy gets none, and the answer says why.
+  const copy = await importAs("vm2");
+  t.equal(copy.status, 201, JSON.stringify(copy.body));
+  t.same(copy.body.vm.domains, [], "no domain is taken from the VM that has it");
+  t.same(copy.body.imported.domains_dropped, [
+    { domain: "blog.alice.net", why: "VM vm1 on this cog has it" }, { domain: "shop.alice.net", why: "VM vm1 on this cog has it" },
+  ]);
+  t.equal((await api(base, "DELETE", "/v1/vms/vm2")).status, 200);
+  t.equal((await api(base, "DELETE", "/v1/vms/vm1")).status, 200);
+  // As on another cog: nothing holds them, so the imported VM keeps them (and its https mode).
+  const kept = await importAs("vm3");
+  t.equal(kept.status, 201, JSON.stringify(kept.body));
+  t.same(kept.body.vm.domains.map((d: { hostname: string }) => d.hostname), ["blog.alice.net", "shop.alice.net"], "the import keeps the domains");
+  t.equal(kept.body.vm.https, "terminate");
+  t.same(kept.body.imported.domains_dropped, []);
 });

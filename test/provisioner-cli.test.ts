@@ -103,6 +103,29 @@ t.test("capsul vm / capsul image against a provisioner", async (t) => {
   t.match(r.stdout, /^name:\s+web1$/m);
   t.match(r.stdout, /^url:\s+https:\/\/web1\.home1\.hub\.example\/$/m);
 
+  // Custom domains: add, list, show, the errors as one line each, remove.
+  r = await capsul(["vm", "domains", "web1", "add", "Blog.Example.NET", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, "web1: domain blog.example.net added (not published (the VM is not running))\n");
+  r = await capsul(["vm", "domains", "web1", ...g]);
+  t.match(r.stdout, /^DOMAIN\s+STATE\s+TXT RECORD\s+VALUE\nblog\.example\.net\s+not published \(the VM is not running\)\s+-\s+-\n$/);
+  r = await capsul(["vm", "show", "web1", ...g]);
+  t.match(r.stdout, /^domain:\s+https:\/\/blog\.example\.net\/ not published \(the VM is not running\)$/m);
+  r = await capsul(["vm", "domains", "web1", "add", "bad host", ...g]);
+  t.equal(r.code, 2, "a bad hostname is a usage error");
+  t.equal(r.stderr, 'capsul: config error: domain: not a hostname: "bad host" (letters, digits, dashes and dots, at most 253 characters) [bad_domain]\n');
+  r = await capsul(["vm", "domains", "web1", "rename", "x.example.net", ...g]);
+  t.equal(r.code, 2);
+  t.equal(r.stderr, 'capsul: config error: vm domains: expected add or remove, got "rename"\n');
+  r = await capsul(["vm", "create", "web5", "--image", "base", "--size", "t1", "--ssh-key", `${key}.pub`, "--domain", "blog.example.net", ...g]);
+  t.equal(r.code, 1, "another VM's domain is refused (a conflict, not a usage error)");
+  t.match(r.stderr, /^capsul: blog\.example\.net is already a domain of VM web1 on this cog .*\[domain_taken\]\n$/);
+  r = await capsul(["vm", "domains", "web1", "remove", "blog.example.net", ...g]);
+  t.equal(r.code, 0, r.stderr);
+  t.equal(r.stdout, "web1: domain blog.example.net removed; its routes are withdrawn\n");
+  r = await capsul(["vm", "domains", "web1", ...g]);
+  t.equal(r.stdout, "web1 has no custom domains (capsul vm domains web1 add DOMAIN)\n");
+
   // Errors: one line, exit 2 for a refused request, 1 for runtime failures.
   r = await capsul(["vm", "create", "web2", "--image", "base", "--size", "t1", "--ssh-key", "ssh-ed25519 nope", ...g]);
   t.equal(r.code, 2);

@@ -102,6 +102,8 @@ t.test("errors name the key path", async (t) => {
     [{ qemu_binary: "-evil" }, /^cog\.provisioner\.qemu_binary: /],
     [{ max_vms: 1.5 }, /^cog\.provisioner\.max_vms: /],
     [{ crash_restarts: -1 }, /^cog\.provisioner\.crash_restarts: /],
+    [{ max_domains_per_vm: -1 }, /^cog\.provisioner\.max_domains_per_vm: /],
+    [{ max_domains_per_vm: "many" }, /^cog\.provisioner\.max_domains_per_vm: /],
     [{ quit_timeout: "later" }, /^cog\.provisioner\.quit_timeout: not a duration/],
     [{ import_dir: "" }, /^cog\.provisioner\.import_dir: must be a path/],
     [{ import_dir: 7 }, /^cog\.provisioner\.import_dir: must be a path/],
@@ -167,7 +169,7 @@ t.test("capsul.yaml.example sets and documents every cog.provisioner key", async
   const p = (parse(fs.readFileSync(file, "utf8")) as { cog: { provisioner: Record<string, unknown> } }).cog.provisioner;
   const keys = ["listen", "data_dir", "accel", "sizes", "host_memory", "memory_overcommit_ratio", "vm_memory_overhead", "qemu_binary",
     "qemu_img_binary", "genisoimage_binary", "boot_timeout", "boot_timeout_tcg", "stop_timeout", "reboot_timeout", "launch_timeout", "qmp_timeout", "kvm_probe_timeout",
-    "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "quit_timeout", "crash_restarts",
+    "tool_timeout", "max_request_body", "max_image_size", "console_tail", "max_vms", "max_ssh_keys", "max_domains_per_vm", "quit_timeout", "crash_restarts",
     "crash_window", "import_dir", "import_allowed_cidrs", "import_max_redirects", "download_idle_timeout", "image_inspect_memory",
     "image_inspect_cpu_time", "console_log_size", "pasta_binary", "backups", "accept_moves_from", "max_archive_size", "move_answer_timeout",
     "move_verify_timeout", "move_rate", "systemd_scope"];

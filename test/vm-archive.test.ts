@@ -87,6 +87,17 @@ t.test("manifest checks: names, order, numbers, limits", async (t) => {
     [{ parts: [{ name: "disk.qcow2", bytes: -1, sha256: sha }, ...(manifest().parts as unknown[]).slice(1)] }, /parts\[0\]: bytes and sha256 required/],
     [{ image: { name: "tiny", files: { kernel: { sha256: "nope", bytes: 1 } } } }, /image.files.kernel: sha256 and bytes required/],
   ];
+  // Custom domains: absent in archives from before them (accepted above); when there, exact normalised hostnames.
+  const vmWith = (domains: unknown): Record<string, unknown> => ({ vm: { ...(manifest().vm as object), domains } });
+  t.same(validateManifest(manifest(vmWith(["blog.alice.net"])), 2 ** 40, 32).vm.domains, ["blog.alice.net"]);
+  bad.push(
+    [vmWith("blog.alice.net"), /vm.domains: a list of at most 1000 hostnames/],
+    [vmWith(Array(1001).fill("a.example")), /vm.domains: a list of at most 1000 hostnames/],
+    [vmWith(["*.alice.net"]), /vm.domains\[0\]: .*wildcard/],
+    [vmWith(["blog.alice.net", "bad host"]), /vm.domains\[1\]: not a hostname/],
+    [vmWith(["Blog.Alice.net"]), /vm.domains\[0\]: not in normal form/],
+    [vmWith([7]), /vm.domains\[0\]: a hostname/],
+  );
   for (const [over, msg] of bad) t.throws(() => validateManifest(manifest(over), 2 ** 40, 32), msg);
   t.throws(() => validateManifest(manifest(), 11, 32), { code: "archive_too_large", message: /declares 12 bytes, over this cog's max_archive_size \(11\)/ });
   t.throws(() => validateManifest(manifest({ vm: { ...(manifest().vm as object), ssh_keys: ["k1", "k2"] } }), 2 ** 40, 1), /at most 1 one-line keys/);

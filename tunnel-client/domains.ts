@@ -57,3 +57,11 @@ export async function addDomain(dataDir: string, hostname: string): Promise<bool
   await writeSecretFile(path.join(dataDir, DOMAINS_ADDED_FILE), JSON.stringify([...have, hostname].sort(), null, 2) + "\n");
   return true;
 }
+
+/** Forgets a name remembered by addDomain (a VM's domain was removed); false if it was not there. */
+export async function forgetDomain(dataDir: string, hostname: string): Promise<boolean> {
+  const have = readAddedDomains(dataDir);
+  if (!have.includes(hostname)) return false;
+  await writeSecretFile(path.join(dataDir, DOMAINS_ADDED_FILE), JSON.stringify(have.filter((h) => h !== hostname), null, 2) + "\n");
+  return true;
+}
