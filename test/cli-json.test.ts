@@ -154,6 +154,7 @@ t.test("every command that prints has --json, and its JSON has the one style", {
   await run("config check", ["-c", hubYaml]);
   t.same(await run("hub certs", ["-c", hubYaml]), [], "no hub.admin.tls: acme or files, no admin certificate");
   t.same(await run("cog certs", ["-c", cogYaml]), [], "no tls: terminate route, no certificate");
+  t.same(await run("hub certs", ["-c", hubYaml]), [], "hub.admin.tls is off: no admin certificate");
   const cogs = await run("hub cogs", ["-c", hubYaml]) as Array<{ name: string; online: boolean; endpoints: string[]; last_seen_at: string; cert_expires_at: string; routes: string[] }>;
   t.equal(cogs[0]?.online, true);
   t.same(cogs[0]?.endpoints, [defaultEndpointName()], "connected to the one hub, by its default endpoint name");
