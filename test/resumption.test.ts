@@ -200,30 +200,47 @@ t.test("the ticket key file: 0600, shared, corrupt → one log line and a fresh 
   t.pass("a rotated key reached both processes and the file");
 });
 
-t.test("after a hub restart cogs resume; a revoked cog's resumption is refused; an unknown ticket falls back to a full handshake", async (t) => {
-  const dir = tmpDir("capsul-resume-hub-");
+/**
+ * A hub on a fresh data dir whose restarts keep its tunnel port (the cogs dial it again),
+ * with everything it logs since the last restart in `lines`.
+ */
+async function restartableHub(t: Tap.Test, prefix: string, tunnel: Record<string, string> = {}) {
+  const dir = tmpDir(prefix);
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const cfg0 = hubConfig(dir);
+  const tun = { keepalive_interval: "1s", keepalive_timeout: "3s", ...tunnel };
+  const cfg0 = hubConfig(dir, { tunnel: tun });
   const lines: Line[] = [];
   let hub: Hub = await startHub(cfg0, recorder(lines));
   t.teardown(() => hub.close());
   const port = hub.ports.tunnel;
-  const cfg = hubConfig(dir, { listen: { tunnel: `127.0.0.1:${port}` } });
-  const keep = await enrolledCog(cfg0, hub, cogConfig(dir, "keep", port, []), "keep");
-  t.teardown(() => keep.close());
-  const gone = await enrolledCog(cfg0, hub, cogConfig(dir, "gone", port, []), "gone");
-  t.teardown(() => gone.close());
-  t.equal(hub.tunnels.counts.handshakes.resumed, 0, "first connections: full handshakes");
-  t.equal(fs.statSync(path.join(cfg0.dataDir, TICKET_KEY_FILE)).mode & 0o777, 0o600, "the hub's ticket key file is 0600");
-
-  const connected = (cog: string) => lines.find((l) => l.msg === "cog connected" && l.fields.cog === cog);
-  /** Restarts the hub on the same data dir and port; `between` runs while it is down. */
-  const restart = async (between: () => Promise<void> | void = () => {}) => {
-    await hub.close();
-    await between();
-    lines.length = 0;
-    hub = await startHub(cfg, recorder(lines));
+  const cfg = hubConfig(dir, { tunnel: tun, listen: { tunnel: `127.0.0.1:${port}` } });
+  return {
+    dir, cfg0, cfg, port, lines,
+    get hub(): Hub { return hub; },
+    /** An enrolled cog dialing this hub, closed at the test's end. */
+    async cog(name: string, tunnelKeys: Record<string, unknown> = {}) {
+      const c = await enrolledCog(cfg0, hub, cogConfig(dir, name, port, [], tunnelKeys), name);
+      t.teardown(() => c.close());
+      return c;
+    },
+    connected: (cog: string) => lines.find((l) => l.msg === "cog connected" && l.fields.cog === cog),
+    /** Restarts the hub on the same data dir and port; `between` runs while it is down. */
+    async restart(between: () => Promise<void> | void = () => {}) {
+      await hub.close();
+      await between();
+      lines.length = 0;
+      hub = await startHub(cfg, recorder(lines));
+    },
   };
+}
+
+t.test("after a hub restart cogs resume; a revoked cog's resumption is refused; an unknown ticket falls back to a full handshake", async (t) => {
+  const h = await restartableHub(t, "capsul-resume-hub-");
+  const { cfg, cfg0, lines, connected, restart } = h;
+  const keep = await h.cog("keep");
+  const gone = await h.cog("gone");
+  t.equal(h.hub.tunnels.counts.handshakes.resumed, 0, "first connections: full handshakes");
+  t.equal(fs.statSync(path.join(cfg0.dataDir, TICKET_KEY_FILE)).mode & 0o777, 0o600, "the hub's ticket key file is 0600");
 
   // 1. Revoke "gone" while the hub is down; both cogs come back with their tickets.
   await restart(async () => {
@@ -236,17 +253,17 @@ t.test("after a hub restart cogs resume; a revoked cog's resumption is refused; 
   const refusal = await waitFor("gone's tunnel refused", () => lines.find((l) => l.msg === "tunnel refused"));
   t.equal(refusal.fields.resumed, true, "gone offered its ticket and the TLS session was resumed…");
   t.match(String(refusal.fields.reason), /revoked/, "…and the tunnel refused all the same: revoked");
-  t.notOk(hub.tunnels.links.get("gone")?.session, "gone has no tunnel");
-  t.ok(hub.tunnels.links.get("keep")?.session, "keep has its tunnel");
-  t.ok(hub.tunnels.counts.handshakes.resumed >= 2, "both handshakes were resumed");
-  t.ok(hub.tunnels.counts.refused.revoked >= 1);
+  t.notOk(h.hub.tunnels.links.get("gone")?.session, "gone has no tunnel");
+  t.ok(h.hub.tunnels.links.get("keep")?.session, "keep has its tunnel");
+  t.ok(h.hub.tunnels.counts.handshakes.resumed >= 2, "both handshakes were resumed");
+  t.ok(h.hub.tunnels.counts.refused.revoked >= 1);
   await gone.close();
 
   // 2. The key file deleted: keep's ticket is unknown, it does a full handshake and connects.
   await restart(() => fs.rmSync(path.join(cfg.dataDir, TICKET_KEY_FILE)));
   await waitFor("keep back after the key file was deleted", () => connected("keep"));
   t.equal(connected("keep")!.fields.resumed, false, "unknown ticket: full handshake");
-  t.equal(hub.tunnels.counts.handshakes.full, 1);
+  t.equal(h.hub.tunnels.counts.handshakes.full, 1);
 
   // 3. A corrupt key file: one line, a fresh key, a full handshake again.
   await restart(() => fs.writeFileSync(path.join(cfg.dataDir, TICKET_KEY_FILE), "not a key"));
@@ -261,48 +278,26 @@ t.test("after a hub restart cogs resume; a revoked cog's resumption is refused; 
 });
 
 t.test("a ticket older than hub.tunnel.session_ticket_lifetime gets a full handshake", async (t) => {
-  const dir = tmpDir("capsul-resume-life-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const tunnel = { keepalive_interval: "1s", keepalive_timeout: "3s", session_ticket_lifetime: "1s", session_ticket_rotation: "1h" };
-  const cfg0 = hubConfig(dir, { tunnel });
-  const lines: Line[] = [];
-  let hub: Hub = await startHub(cfg0, recorder(lines));
-  t.teardown(() => hub.close());
-  const port = hub.ports.tunnel;
-  const cfg = hubConfig(dir, { tunnel, listen: { tunnel: `127.0.0.1:${port}` } });
-  const cog = await enrolledCog(cfg0, hub, cogConfig(dir, "late", port, []), "late");
-  t.teardown(() => cog.close());
-  await hub.close();
-  await sleep(2_100); // past the ticket's 1 s (OpenSSL counts whole seconds)
-  lines.length = 0;
-  hub = await startHub(cfg, recorder(lines));
-  const back = await waitFor("the cog back", () => lines.find((l) => l.msg === "cog connected" && l.fields.cog === "late"));
+  const h = await restartableHub(t, "capsul-resume-life-", { session_ticket_lifetime: "1s", session_ticket_rotation: "1h" });
+  await h.cog("late");
+  await h.restart(() => sleep(2_100)); // past the ticket's 1 s (OpenSSL counts whole seconds)
+  const back = await waitFor("the cog back", () => h.connected("late"));
   t.equal(back.fields.resumed, false, "expired ticket: full handshake");
-  t.equal(hub.tunnels.counts.handshakes.resumed, 0);
+  t.equal(h.hub.tunnels.counts.handshakes.resumed, 0);
 });
 
 t.test("a cog refreshes its ticket while its tunnel is up: a hub restarted after the first ticket expired still resumes", async (t) => {
-  const dir = tmpDir("capsul-resume-refresh-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const tunnel = { keepalive_interval: "1s", keepalive_timeout: "3s", session_ticket_lifetime: "5s", session_ticket_rotation: "1h" };
-  const cfg0 = hubConfig(dir, { tunnel });
-  const lines: Line[] = [];
-  let hub: Hub = await startHub(cfg0, recorder(lines));
-  t.teardown(() => hub.close());
-  const port = hub.ports.tunnel;
-  const cfg = hubConfig(dir, { tunnel, listen: { tunnel: `127.0.0.1:${port}` } });
-  const cog = await enrolledCog(cfg0, hub, cogConfig(dir, "fresh", port, [], { session_refresh: "1s" }), "fresh");
-  t.teardown(() => cog.close());
+  const h = await restartableHub(t, "capsul-resume-refresh-", { session_ticket_lifetime: "5s", session_ticket_rotation: "1h" });
+  const { lines } = h;
+  await h.cog("fresh", { session_refresh: "1s" });
   lines.length = 0; // what the hub says from here on: the refreshes
   // Enrollment and the tunnel are two full handshakes; then one per refresh (about every
   // second). Six refreshes: the tunnel's own ticket (5 s) has expired by then.
-  await waitFor("six ticket refreshes", () => hub.tunnels.counts.handshakes.full >= 8 || null, { timeoutMs: 60_000 });
-  t.ok(hub.tunnels.links.get("fresh")?.session, "the tunnel stayed up through the refreshes");
+  await waitFor("six ticket refreshes", () => h.hub.tunnels.counts.handshakes.full >= 8 || null, { timeoutMs: 60_000 });
+  t.ok(h.hub.tunnels.links.get("fresh")?.session, "the tunnel stayed up through the refreshes");
   t.same(lines.filter((l) => l.level === "warn" || l.level === "error").map((l) => [l.msg, l.fields]), [], "the side connections made the hub say nothing");
-  await hub.close();
-  lines.length = 0;
-  hub = await startHub(cfg, recorder(lines));
-  const back = await waitFor("the cog back", () => lines.find((l) => l.msg === "cog connected" && l.fields.cog === "fresh"));
+  await h.restart();
+  const back = await waitFor("the cog back", () => h.connected("fresh"));
   t.equal(back.fields.resumed, true, "resumed with a refreshed ticket");
 });
 
