@@ -129,6 +129,16 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/** A process's CPU seconds plus those of its live children (a hub's workers); 0 for one that is gone. */
+export function treeCpuSeconds(pid: number): number {
+  let total = 0;
+  try { total = cpuSeconds(pid); } catch { return 0; }
+  let kids: string[] = [];
+  try { kids = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean); } catch { /* no children file */ }
+  for (const k of kids) total += treeCpuSeconds(Number(k));
+  return total;
+}
+
 /** Samples the max VmRSS of some pids every `everyMs` until stopped. */
 export function rssSampler(pids: number[], everyMs = 200): { stop(): number[] } {
   const max = pids.map((p) => rssBytes(p));

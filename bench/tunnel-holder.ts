@@ -4,7 +4,10 @@
  * keepalive) with one http route `<cog>.<domain>` to a backend of its own that answers
  * with the cog's name, so a visitor can tell which cog served it.
  *
- *   node dist/bench/tunnel-holder.js STATE.json FROM TO HUB_PORT
+ *   node dist/bench/tunnel-holder.js STATE.json FROM TO HUB_PORT [ENDPOINTS]
+ *
+ * ENDPOINTS (default 1): a cog counts as connected once it has a tunnel to that many hub
+ * endpoints (a hub with `workers: N` has N, and every cog keeps a tunnel to each).
  *
  * Talks to the bench by lines. Out (stdout, JSON): {"ready":n} once the backends listen;
  * {"connected":c,"since":s} when it changes (c: clients connected now, s: clients that
@@ -58,7 +61,8 @@ async function main(): Promise<void> {
   let dataDirToRemove = "";
   process.once("exit", () => { if (dataDirToRemove) fs.rmSync(dataDirToRemove, { recursive: true, force: true }); });
   process.once("SIGTERM", () => process.exit(0));
-  const [stateFile, fromS, toS, hubPortS] = process.argv.slice(2);
+  const [stateFile, fromS, toS, hubPortS, endpointsS] = process.argv.slice(2);
+  const endpoints = Number(endpointsS ?? "1");
   if (!stateFile || !fromS || !toS || !hubPortS) {
     process.stderr.write("usage: node dist/bench/tunnel-holder.js STATE.json FROM TO HUB_PORT\n");
     process.exit(2);
@@ -68,8 +72,11 @@ async function main(): Promise<void> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "capsul-holder-"));
   dataDirToRemove = dataDir;
   const held: Held[] = [];
-  let connected = 0;
   let since = new Set<string>();
+  /** Cogs seen not connected since the last epoch: only their return counts in `since`. */
+  let wentDown = new Set<string>();
+  // Counted when reported (every HOLDER_REPORT_EVERY_MS), from each client's live links.
+  const up = (h: Held): boolean => h.client.connectedEndpoints().length >= endpoints;
   for (const id of state.cogs.slice(Number(fromS), Number(toS))) {
     const be = await backend(id.name);
     const cfg = parseConfig({
@@ -84,14 +91,17 @@ async function main(): Promise<void> {
       keyPem: id.keyPem, certPem: id.certPem, caPem: state.caPem,
     };
     const client = new TunnelClient(cfg, identity, cfg.hub!, countingLogger, cfg.dataDir);
-    client.on("connected", () => { connected++; since.add(id.name); });
-    client.on("disconnected", () => { connected--; });
     held.push({ name: id.name, client, server: be.server });
   }
   out({ ready: held.length });
 
   let last = "";
   const report = setInterval(() => {
+    let connected = 0;
+    for (const h of held) {
+      if (!up(h)) wentDown.add(h.name);
+      else { connected++; if (wentDown.has(h.name)) since.add(h.name); }
+    }
     const now = JSON.stringify({ connected, since: since.size });
     if (now !== last) { last = now; process.stdout.write(now + "\n"); }
   }, HOLDER_REPORT_EVERY_MS);
@@ -103,6 +113,7 @@ async function main(): Promise<void> {
       for (const h of held) h.client.start();
     } else if (cmd === "epoch") {
       since = new Set();
+      wentDown = new Set();
       last = "";
     } else if (cmd === "keep") {
       const k = Number(arg);
@@ -111,7 +122,6 @@ async function main(): Promise<void> {
         await h.client.close();
         await new Promise<void>((resolve) => h.server.close(() => resolve()));
       }));
-      connected = held.filter((h) => h.client.connected).length;
       out({ kept: held.length });
     } else if (cmd === "warnings") {
       out({ warnings: Object.fromEntries(warnings) });

@@ -12,6 +12,12 @@
  *
  *   node dist/bench/tunnels.js [--cogs 1000] [--holders 2] [--cli dist/cli/main.js] [--keep 10]
  *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE] [--cpu-prof-dir DIR]
+ *        [--workers N [--need K]]
+ *
+ * `--workers N` runs the hub with `hub.workers: N`: every cog keeps a tunnel to each worker and
+ * counts as connected (and back) only with all N (or K of them: `--need 1` is "reachable"); hub CPU is the primary's and its workers'
+ * together; memory figures are the primary's alone, and the handshake counts (one worker's
+ * /metrics) are not read.
  *
  * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there.
  *
@@ -34,7 +40,7 @@ import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr } from "../certs/pki.js
 import { normSerial } from "../gateway/issuance.js";
 import { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { silentLogger } from "../lib/log.js";
-import { BENCH_NOFILE, cpuSeconds, sleep, startProc, type Proc } from "./procs.js";
+import { BENCH_NOFILE, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
@@ -50,7 +56,7 @@ const AFTER_DROP_SETTLE_MS = 4_000;
 const SETTLE_MS = 2_000;
 const GC_HOOK_TIMEOUT_MS = 30_000;
 
-interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string }
+interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string; workers: number; need: number }
 
 function args(): Args {
   const { values: v } = parseArgs({
@@ -59,12 +65,14 @@ function args(): Args {
       cli: { type: "string", default: DEFAULT_CLI }, keep: { type: "string", default: "10" },
       "idle-s": { type: "string", default: "20" }, sample: { type: "string", default: "50" },
       "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" }, "cpu-prof-dir": { type: "string" },
+      workers: { type: "string", default: "1" }, need: { type: "string" },
     },
   });
   const cogs = Number(v.cogs);
   return {
     cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
     sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cpuProf: v["cpu-prof-dir"], cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
+    workers: Number(v.workers), need: Number(v.need ?? v.workers),
   };
 }
 
@@ -142,9 +150,9 @@ const mb = (m: Mem): Record<string, number> => Object.fromEntries(Object.entries
 
 interface Holder { child: ChildProcess; connected: number; since: number; send(cmd: string): void; next(key: string): Promise<Record<string, number>> }
 
-function startHolder(stateFile: string, from: number, to: number, hubPort: number): Holder {
+function startHolder(stateFile: string, from: number, to: number, hubPort: number, endpoints: number): Holder {
   const script = path.join(HERE, "tunnel-holder.js");
-  const child = spawn("bash", ["-c", `ulimit -n ${BENCH_NOFILE} && exec "$@"`, "bash", process.execPath, script, stateFile, String(from), String(to), String(hubPort)],
+  const child = spawn("bash", ["-c", `ulimit -n ${BENCH_NOFILE} && exec "$@"`, "bash", process.execPath, script, stateFile, String(from), String(to), String(hubPort), String(endpoints)],
     { stdio: ["pipe", "pipe", "inherit"] });
   const waiting: Array<{ key: string; resolve: (m: Record<string, number>) => void }> = [];
   const h: Holder = {
@@ -209,6 +217,8 @@ async function main(): Promise<void> {
   fs.writeFileSync(path.join(run, "capsul.yaml"), `hub:
   data_dir: ./data
   domain: ${DOMAIN}
+  # What the welcome tells cogs to dial (every worker's endpoint, with workers): loopback, not the bench domain.
+  public_tunnel_address: 127.0.0.1:${tunnelPort}
   listen:
     tls: off
     http: 127.0.0.1:${httpPort}
@@ -219,7 +229,7 @@ async function main(): Promise<void> {
   tunnel:
     max_unauthenticated: ${Math.max(512, a.cogs + 16)}
     max_unauthenticated_per_ip: ${Math.max(512, a.cogs + 16)}
-`);
+${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   const stateFile = path.join(run, "state.json");
   fs.writeFileSync(stateFile, JSON.stringify({ ...state, cogs: state.cogs.slice(0, a.cogs) }));
   const names = state.cogs.slice(0, a.cogs).map((c) => c.name);
@@ -239,7 +249,7 @@ async function main(): Promise<void> {
   const rssEmpty = memEmpty.rss;
 
   const per = Math.ceil(a.cogs / a.holders);
-  for (let i = 0; i < a.holders; i++) holders.push(startHolder(stateFile, i * per, Math.min(a.cogs, (i + 1) * per), tunnelPort));
+  for (let i = 0; i < a.holders; i++) holders.push(startHolder(stateFile, i * per, Math.min(a.cogs, (i + 1) * per), tunnelPort, a.need));
   await Promise.all(holders.map((h) => h.next("ready")));
   const connected = (): number => holders.reduce((s, h) => s + h.connected, 0);
   const since = (): number => holders.reduce((s, h) => s + h.since, 0);
@@ -284,7 +294,7 @@ async function main(): Promise<void> {
   const backAt = Date.now();
   const backCount = since();
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
-  const handshakes = await restartHandshakes(adminPort);
+  const handshakes = a.workers > 1 ? null : await restartHandshakes(adminPort);
   await sleep(SETTLE_MS);
   const routing2 = await routingCheck(httpPort, names, a.sample);
   const memBack = await gcMem(hub, ++gcN);
@@ -309,7 +319,7 @@ async function main(): Promise<void> {
 
   const MB = 1e6;
   const result = {
-    cogs: a.cogs, holders: a.holders, cli: a.cli, load: os.loadavg().map((l) => l.toFixed(2)).join(" "),
+    cogs: a.cogs, holders: a.holders, workers: a.workers, need: a.need, cli: a.cli, load: os.loadavg().map((l) => l.toFixed(2)).join(" "),
     firstConnectS: firstS, hubCpuMsPerSetupFirst: (cpuFirst * 1000) / a.cogs,
     killToAllBackS: (backAt - k0) / 1000, readyToAllBackS: (backAt - readyAt) / 1000,
     hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
