@@ -36,7 +36,7 @@ import { parseHostPort } from "../lib/hostname.js";
 import { waitForClose } from "../lib/closewait.js";
 import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
 import { HubLink, type LinkOwner } from "./hublink.js";
-import { saveDomainReport } from "./domains.js";
+import { readReleases, saveDomainReport, settleReleases } from "./domains.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
@@ -321,6 +321,29 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     if (m.endpoints !== undefined) this.onEndpoints(m.endpoints);
     this.emit("connected", m);
     void this.maybeRenew(link, control);
+    this.releaseDomains(); // names given up while no tunnel was up
+  }
+
+  /**
+   * Sends the names marked for release (tunnel-client/domains.ts forgetDomain) to every
+   * connected hub that takes them; they stay marked until a hub's report no longer lists
+   * them, so a cog offline now sends them after its next welcome. Deferred a tick: a
+   * route withdrawal of this tick (routesChanged) goes first, and the hub keeps a claim a
+   * route it still has needs. Never throws.
+   */
+  releaseDomains(): void {
+    setImmediate(() => {
+      if (this.state === "closed") return;
+      let names: string[];
+      try {
+        names = readReleases(this.dataDir);
+      } catch (err) {
+        this.log.warn("cannot read the custom domains to release", { error: (err as Error).message });
+        return;
+      }
+      if (names.length === 0) return;
+      for (const l of this.links) l.sendRelease(names);
+    });
   }
 
   async message(_link: HubLink, m: HubMessage): Promise<void> {
@@ -449,6 +472,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     }
     try {
       await saveDomainReport(this.dataDir, proofs);
+      await settleReleases(this.dataDir, proofs);
     } catch (err) {
       this.log.warn("could not save the hub's custom-domain report", { error: (err as Error).message });
     }
