@@ -33,7 +33,7 @@ import type { HubConfig } from "../config/types.js";
 import { fmtMs } from "../config/values.js";
 import type { Logger } from "../lib/log.js";
 import { formatHostPort, normalizeHostnamePattern, normalizedPatternsOverlap } from "../lib/hostname.js";
-import type { WireDomainProof, WireRoute } from "../protocol/control.js";
+import { REFUSAL_DOMAIN_UNPROVEN, type WireDomainProof, type WireRoute } from "../protocol/control.js";
 import { challengeName, describeRecord, domainProofValue } from "../protocol/domainproof.js";
 import { describeGrant, otherCogsGrantOver, patternCovers } from "./grants.js";
 import type { DomainLookupOutcome, DomainProofRow, DomainProofState, HubStore } from "./store/types.js";
@@ -50,7 +50,7 @@ export interface DomainHooks {
   checked(cog: string): void;
 }
 
-export type DomainDecision = { ok: true } | { reason: string };
+export type DomainDecision = { ok: true } | { reason: string; code?: string };
 export interface LookupResult { outcome: DomainLookupOutcome; error: string | null }
 
 /** The name a pattern's proof is on: `*.x.example` and `x.example` both need `x.example`. */
@@ -170,7 +170,10 @@ export class DomainProofs {
     const lost = mine?.state === "lost" ? "; the record was there before and is gone now" : "";
     const last = mine?.lastError ? `; last lookup: ${mine.lastError}` : "";
     const wild = pattern.startsWith("*.") ? ` (a wildcard needs the proof on ${base})` : "";
-    return { reason: `${notGranted}; to prove you control ${base}${wild}, create the DNS record ${describeRecord(base, value)}; the hub looks it up every ${interval}${lost}${last}` };
+    return {
+      reason: `${notGranted}; to prove you control ${base}${wild}, create the DNS record ${describeRecord(base, value)}; the hub looks it up every ${interval}${lost}${last}`,
+      code: REFUSAL_DOMAIN_UNPROVEN,
+    };
   }
 
   /**

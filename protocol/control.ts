@@ -17,7 +17,14 @@ export interface WireRoute {
 }
 /** A route the hub accepted; tcp routes carry the hub port assigned. */
 export interface AcceptedRoute extends WireRoute { port?: number }
-export interface RefusedRoute { name: string; reason: string }
+/**
+ * A route the hub refused. `code`, when present, says why for a program (`reason` is for
+ * people): "domain_unproven" = outside the cog's grants and waiting for its DNS proof
+ * (gateway/domains.ts). Absent from older hubs; a cog falls back to the text.
+ */
+export interface RefusedRoute { name: string; reason: string; code?: string }
+/** RefusedRoute.code of a hostname waiting for its DNS proof. */
+export const REFUSAL_DOMAIN_UNPROVEN = "domain_unproven";
 /**
  * A hub endpoint (issue 12): one hub process a cog keeps a tunnel to. `address` is the
  * host:port to dial, `serverName` the TLS SNI to send: several endpoints may share one

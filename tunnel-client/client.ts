@@ -270,7 +270,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   private applyResult(accepted: AcceptedRoute[], refused: RefusedRoute[]): void {
     for (const a of accepted) this.statuses.set(a.name, { state: "accepted", port: a.port });
     for (const r of refused) {
-      this.statuses.set(r.name, { state: "refused", reason: r.reason });
+      this.statuses.set(r.name, typeof r.code === "string" ? { state: "refused", reason: r.reason, code: r.code } : { state: "refused", reason: r.reason });
       this.log.warn("hub refused route", { route: r.name, reason: r.reason });
     }
     this.emit("routes", { accepted, refused });
