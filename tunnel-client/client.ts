@@ -264,6 +264,10 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       if (this.state === "closed" || this.state === "draining") return;
       const routes = this.wireRoutes();
       for (const l of this.links) l.sendRoutes(routes);
+      // A name given up with this withdrawal (a VM's domain removed: the provisioner forgets
+      // it before it publishes the routes without it) is released after them: the hub keeps
+      // a claim a route it still has needs.
+      this.sendReleases();
     });
   }
 
@@ -327,23 +331,25 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
   /**
    * Sends the names marked for release (tunnel-client/domains.ts forgetDomain) to every
    * connected hub that takes them; they stay marked until a hub's report no longer lists
-   * them, so a cog offline now sends them after its next welcome. Deferred a tick: a
-   * route withdrawal of this tick (routesChanged) goes first, and the hub keeps a claim a
-   * route it still has needs. Never throws.
+   * them, so a cog offline now sends them after its next welcome. Deferred a tick, and
+   * sent again after each route update: the hub keeps a claim a route it still has needs,
+   * so a withdrawal must reach it first. Never throws.
    */
   releaseDomains(): void {
-    setImmediate(() => {
-      if (this.state === "closed") return;
-      let names: string[];
-      try {
-        names = readReleases(this.dataDir);
-      } catch (err) {
-        this.log.warn("cannot read the custom domains to release", { error: (err as Error).message });
-        return;
-      }
-      if (names.length === 0) return;
-      for (const l of this.links) l.sendRelease(names);
-    });
+    setImmediate(() => this.sendReleases());
+  }
+
+  private sendReleases(): void {
+    if (this.state === "closed") return;
+    let names: string[];
+    try {
+      names = readReleases(this.dataDir);
+    } catch (err) {
+      this.log.warn("cannot read the custom domains to release", { error: (err as Error).message });
+      return;
+    }
+    if (names.length === 0) return;
+    for (const l of this.links) l.sendRelease(names);
   }
 
   async message(_link: HubLink, m: HubMessage): Promise<void> {
