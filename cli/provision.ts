@@ -18,7 +18,7 @@ import type { CogDomains } from "../provisioner/vmdomains.js";
  * route in capsul.yaml names stays on that list when a VM lets go of it. `routes()`:
  * the cog's routes as configured now (a reload may change them).
  */
-function cogDomains(dataDir: string, routes: () => readonly CogRoute[], identity: { name: string; caFingerprint: string }, log: Logger): CogDomains {
+function cogDomains(dataDir: string, routes: () => readonly CogRoute[], identity: { name: string; caFingerprint: string }, log: Logger, release: () => void): CogDomains {
   return {
     proof: (hostname) => ({ record: challengeName(hostname), value: domainProofValue(identity.caFingerprint, identity.name, hostname) }),
     report: () => {
@@ -33,6 +33,7 @@ function cogDomains(dataDir: string, routes: () => readonly CogRoute[], identity
     forget: async (hostname) => {
       if (routes().some((r) => r.hostname === hostname)) return;
       await forgetDomain(dataDir, hostname);
+      release(); // the hub deletes the cog's claim on it (a `domains-release`), now or after the next welcome
     },
     cogRoute: (hostname) => routes().find((r) => r.hostname === hostname)?.name ?? null,
   };
@@ -59,7 +60,7 @@ export function provisionerExtras(cfg: CogConfig, log: Logger): CogExtras {
         tunnel: client,
         logger: log.child("provisioner"),
         registry,
-        domains: cogDomains(cfg.dataDir, () => routes, identity, log),
+        domains: cogDomains(cfg.dataDir, () => routes, identity, log, () => client.releaseDomains()),
       });
       running = p;
       log.info("provisioner API ready", { url: p.url });

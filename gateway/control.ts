@@ -19,7 +19,7 @@ import { TokenBucket } from "../lib/tokenbucket.js";
 import type { MuxStream } from "../protocol/mux.js";
 import { encodeMessage, type MessageReader } from "../protocol/messages.js";
 import {
-  checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireEndpoint, type WireRoute,
+  checkDomainsRelease, checkWireRoutes, type AcceptedRoute, type CogMessage, type HubMessage, type WireDomainProof, type WireEndpoint, type WireRoute,
 } from "../protocol/control.js";
 import type { Issuance, PresentedCert } from "./issuance.js";
 import type { RouteTable } from "./routes.js";
@@ -53,7 +53,12 @@ export interface ControlContext {
   /** Hub-wide counts every channel adds to as well (Tunnels.counts.control, for gateway/metrics.ts). */
   totals?: ControlStats;
   /** The cog's custom-domain claims (gateway/domains.ts), or null when hub.domains is off. */
-  domains: { readonly enabled: boolean; reportOf(cog: string): Promise<WireDomainProof[]> } | null;
+  domains: {
+    readonly enabled: boolean;
+    reportOf(cog: string): Promise<WireDomainProof[]>;
+    /** Deletes `cog`'s own claims on `hostnames` that no route in `wanted` still needs; returns the names released. */
+    release(cog: string, hostnames: readonly string[], wanted: readonly WireRoute[]): Promise<string[]>;
+  } | null;
 }
 
 /** Counts for tests, logs and metrics: what the loop did with what it read. */
@@ -137,6 +142,11 @@ export class ControlChannel {
         absorb(); // what arrived while we waited for a token
         this.bucket.tryTake();
         await this.applyRoutes(wanted);
+      } else if (m.type === "domains-release") {
+        const hostnames = checkDomainsRelease(m.hostnames);
+        if (!(await this.ready())) return;
+        this.bucket.tryTake();
+        await this.release(hostnames);
       } else if (m.type === "renew") {
         if (!(await this.ready())) return;
         this.bucket.tryTake();
@@ -216,6 +226,23 @@ export class ControlChannel {
     }
     this.lastRefused = refused;
     await this.sendDomains();
+  }
+
+  /**
+   * The cog gave names up (a `domains-release`): its own claims on them go, as
+   * `capsul hub domains remove` does, and its routes are applied again at once (a
+   * route refused for a claim over the limit may be accepted now) and it is told.
+   */
+  private async release(hostnames: string[]): Promise<void> {
+    const domains = this.ctx.domains;
+    if (!domains) return; // hub.domains off: there is nothing to release here
+    const released = await domains.release(this.ctx.cog, hostnames, this.wanted);
+    if (released.length === 0 || this.ctx.signal.aborted) {
+      await this.sendDomains();
+      return;
+    }
+    this.ctx.log.info("custom-domain claims released by the cog", { cog: this.ctx.cog, hostnames: released.join(",") });
+    await this.refresh();
   }
 
   /** After the welcome went out: from now on the cog may be sent other messages. */

@@ -32,8 +32,8 @@ import dns from "node:dns";
 import type { HubConfig } from "../config/types.js";
 import { fmtMs } from "../config/values.js";
 import type { Logger } from "../lib/log.js";
-import { formatHostPort, normalizedPatternsOverlap } from "../lib/hostname.js";
-import type { WireDomainProof } from "../protocol/control.js";
+import { formatHostPort, normalizeHostnamePattern, normalizedPatternsOverlap } from "../lib/hostname.js";
+import { REFUSAL_DOMAIN_UNPROVEN, type WireDomainProof, type WireRoute } from "../protocol/control.js";
 import { challengeName, describeRecord, domainProofValue } from "../protocol/domainproof.js";
 import { describeGrant, otherCogsGrantOver, patternCovers } from "./grants.js";
 import type { DomainLookupOutcome, DomainProofRow, DomainProofState, HubStore } from "./store/types.js";
@@ -50,7 +50,7 @@ export interface DomainHooks {
   checked(cog: string): void;
 }
 
-export type DomainDecision = { ok: true } | { reason: string };
+export type DomainDecision = { ok: true } | { reason: string; code?: string };
 export interface LookupResult { outcome: DomainLookupOutcome; error: string | null }
 
 /** The name a pattern's proof is on: `*.x.example` and `x.example` both need `x.example`. */
@@ -170,7 +170,34 @@ export class DomainProofs {
     const lost = mine?.state === "lost" ? "; the record was there before and is gone now" : "";
     const last = mine?.lastError ? `; last lookup: ${mine.lastError}` : "";
     const wild = pattern.startsWith("*.") ? ` (a wildcard needs the proof on ${base})` : "";
-    return { reason: `${notGranted}; to prove you control ${base}${wild}, create the DNS record ${describeRecord(base, value)}; the hub looks it up every ${interval}${lost}${last}` };
+    return {
+      reason: `${notGranted}; to prove you control ${base}${wild}, create the DNS record ${describeRecord(base, value)}; the hub looks it up every ${interval}${lost}${last}`,
+      code: REFUSAL_DOMAIN_UNPROVEN,
+    };
+  }
+
+  /**
+   * The cog gave these names up (a `domains-release`): deletes its own claim on each (a
+   * wildcard's is on its base), never another cog's and never a grant (those live
+   * elsewhere). A name a route in `wanted` (the cog's last announced set) still needs is
+   * kept: deleting it would withdraw that route until DNS proves it again. Other cogs'
+   * claims on a released name are re-applied, as a lookup that changes a state does, so
+   * one held back by this claim takes over at once. Returns the names released.
+   */
+  async release(cog: string, hostnames: readonly string[], wanted: readonly WireRoute[]): Promise<string[]> {
+    const released: string[] = [];
+    for (const raw of hostnames) {
+      const pattern = normalizeHostnamePattern(raw);
+      if (pattern === null) continue;
+      const base = proofBase(pattern);
+      if (wanted.some((r) => r.hostname !== undefined && proofCovers(base, r.hostname.toLowerCase()))) continue;
+      const others = (await this.store.domainProofsFor(base)).filter((p) => p.cog !== cog);
+      if (!(await this.store.removeDomainProof(cog, base))) continue;
+      this.unanswered.delete(key(cog, base));
+      released.push(base);
+      for (const o of others) this.hooks.changed(o.cog);
+    }
+    return released;
   }
 
   /** What `cog` is told about its claims (the `domains` control message). */

@@ -42,7 +42,7 @@ export interface ApplyResult { accepted: AcceptedRoute[]; refused: RefusedRoute[
 
 /** Decides on hostnames outside a cog's grants (gateway/domains.ts: DNS proofs). */
 export interface DomainGate {
-  decide(cog: string, pattern: string): Promise<{ ok: true } | { reason: string }>;
+  decide(cog: string, pattern: string): Promise<{ ok: true } | { reason: string; code?: string }>;
 }
 
 /** What a cog's TCP routes are checked against, read once per announce. */
@@ -54,7 +54,7 @@ interface TcpContext {
   wanted: Set<string>;
 }
 
-type TcpOutcome = { entry: RouteEntry } | { reason: string };
+type TcpOutcome = { entry: RouteEntry } | { reason: string; code?: string };
 
 /** What a cog is told when the hub's own state failed on its route; the details go to the hub's log. */
 export const ROUTE_STATE_ERROR_REASON = "the hub could not record this route (hub-side error, see the hub's log); it will be retried with the next announce";
@@ -105,7 +105,7 @@ export class RouteTable {
         this.log.error("route could not be applied", { cog, route: r.name, error: (err as Error).message });
         res = { reason: ROUTE_STATE_ERROR_REASON };
       }
-      if ("reason" in res) { refused.push({ name: r.name, reason: res.reason }); continue; }
+      if ("reason" in res) { refused.push(res.code ? { name: r.name, reason: res.reason, code: res.code } : { name: r.name, reason: res.reason }); continue; }
       keep.push(res.entry);
       accepted.push(res.entry.kind === "tcp"
         ? { name: r.name, kind: "tcp", port: res.entry.port }

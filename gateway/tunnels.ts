@@ -504,7 +504,7 @@ export class Tunnels extends EventEmitter {
     if (session.closed) return;
     send({
       type: "welcome", protocol: TUNNEL_PROTOCOL_VERSION, cog, domain: this.cfg.domain, accepted: result.accepted, refused: result.refused,
-      endpoint: this.endpoints.name, endpoints: this.endpoints.list,
+      endpoint: this.endpoints.name, endpoints: this.endpoints.list, domainsRelease: true,
     });
     channel.welcomeSent();
     this.log.info("cog connected", { cog, remote, resumed, routes: result.accepted.length, refused: result.refused.length, software: String(first.software).slice(0, SOFTWARE_LOG_MAX_CHARS) });

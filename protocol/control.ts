@@ -17,7 +17,14 @@ export interface WireRoute {
 }
 /** A route the hub accepted; tcp routes carry the hub port assigned. */
 export interface AcceptedRoute extends WireRoute { port?: number }
-export interface RefusedRoute { name: string; reason: string }
+/**
+ * A route the hub refused. `code`, when present, says why for a program (`reason` is for
+ * people): "domain_unproven" = outside the cog's grants and waiting for its DNS proof
+ * (gateway/domains.ts). Absent from older hubs; a cog falls back to the text.
+ */
+export interface RefusedRoute { name: string; reason: string; code?: string }
+/** RefusedRoute.code of a hostname waiting for its DNS proof. */
+export const REFUSAL_DOMAIN_UNPROVEN = "domain_unproven";
 /**
  * A hub endpoint (issue 12): one hub process a cog keeps a tunnel to. `address` is the
  * host:port to dial, `serverName` the TLS SNI to send: several endpoints may share one
@@ -47,7 +54,13 @@ export type CogMessage =
   | { type: "hello"; protocol: number; software: string; routes: WireRoute[] }
   | { type: "routes"; routes: WireRoute[] }
   | { type: "enroll"; protocol: number; token: string; csr: string }
-  | { type: "renew"; csr: string };
+  | { type: "renew"; csr: string }
+  /**
+   * The cog gave these names up (a VM's domain removed, a VM deleted): the hub deletes this
+   * cog's own claims on them (gateway/domains.ts release). Sent only to a hub whose welcome
+   * said `domainsRelease: true` (an older hub drops the tunnel on a type it does not know).
+   */
+  | { type: "domains-release"; hostnames: string[] };
 
 /** "renew": a renewal was refused (not due, renewed too recently, bad CSR); the only code after which the tunnel stays up. */
 export type ErrorCode = "version" | "auth" | "revoked" | "bad-request" | "enroll" | "renew";
@@ -57,6 +70,8 @@ export type HubMessage =
     type: "welcome"; protocol: number; cog: string; domain: string; accepted: AcceptedRoute[]; refused: RefusedRoute[];
     /** The name of the endpoint that answered, and every live endpoint (absent from hubs before issue 12). */
     endpoint?: string; endpoints?: WireEndpoint[];
+    /** The hub takes `domains-release` messages (absent from older hubs: the cog keeps its releases for later). */
+    domainsRelease?: boolean;
   }
   /** The live endpoints changed; the whole list (added in protocol 1 without a bump: older cogs ignore unknown types). */
   | { type: "endpoints"; endpoints: WireEndpoint[] }
@@ -120,6 +135,21 @@ export function checkWireRoutes(v: unknown): WireRoute[] {
       out.port = r.port;
     }
     return out;
+  });
+}
+
+/** Names in one `domains-release` message; a cog with more sends several. */
+export const DOMAINS_RELEASE_MAX = 64;
+/** The longest DNS name (RFC 1035: 253 characters in text form). */
+export const HOSTNAME_MAX_CHARS = 253;
+
+/** Validates a `domains-release` message's names (shape only; the hub normalizes them); throws ProtocolError. */
+export function checkDomainsRelease(v: unknown): string[] {
+  if (!Array.isArray(v)) throw new ProtocolError("domains-release.hostnames must be a list");
+  if (v.length > DOMAINS_RELEASE_MAX) throw new ProtocolError(`domains-release: ${v.length} names, at most ${DOMAINS_RELEASE_MAX} in one message`);
+  return v.map((h, i) => {
+    if (typeof h !== "string" || h.length === 0 || h.length > HOSTNAME_MAX_CHARS) throw new ProtocolError(`domains-release.hostnames[${i}] is not a hostname of 1 to ${HOSTNAME_MAX_CHARS} characters`);
+    return h;
   });
 }
 

@@ -16,7 +16,7 @@
  * at most max_domains_per_vm.
  */
 import { normalizeHostname } from "../lib/hostname.js";
-import type { WireDomainProof } from "../protocol/control.js";
+import { REFUSAL_DOMAIN_UNPROVEN, type WireDomainProof } from "../protocol/control.js";
 import { badRequest, conflict } from "./errors.js";
 import type { VmRecord } from "./db.js";
 import type { RouteStatus } from "../tunnel-client/routesink.js";
@@ -118,7 +118,9 @@ export function domainState(hostname: string, route: RouteStatus | null, report:
   if (route.state === "accepted") return { state: "accepted", reason: null };
   if (route.state === "pending") return { state: "pending", reason: "waiting for the hub's answer" };
   const claim = report.find((p) => p.hostname === hostname);
-  if (claim?.state !== "verified" && /create the DNS record/.test(route.reason)) {
+  // The hub's code says it; a hub before RefusedRoute.code only says it in the text.
+  const unproven = route.code !== undefined ? route.code === REFUSAL_DOMAIN_UNPROVEN : /create the DNS record/.test(route.reason);
+  if (claim?.state !== "verified" && unproven) {
     return { state: "waiting-for-dns-proof", reason: claim?.lastError ?? route.reason };
   }
   return { state: "refused", reason: route.reason };

@@ -95,6 +95,7 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   // 1. Without the record: refused, and the refusal names the exact record to create.
   t.match(refusal(alice, "blog"), `is not granted to cog alice; to prove you control blog.alice.example, create the DNS record _capsul-challenge.blog.alice.example. TXT "${value}"`);
   t.match(refusal(alice, "shop"), `a wildcard needs the proof on shop.example`);
+  t.match(alice.client.status("blog"), { state: "refused", code: "domain_unproven" }, "the refusal's code says it too (protocol/control.ts RefusedRoute)");
   t.match(refusal(alice, "shop"), `_capsul-challenge.shop.example. TXT "${domainProofValue(hub.pki.caFingerprint, "alice", "shop.example")}"`);
   t.match(await get(httpPort, "blog.alice.example"), /^HTTP\/1\.1 404/, "no route: the hub's 404");
 
@@ -136,6 +137,7 @@ t.test("a custom domain: refused without the TXT record, routed with it, withdra
   t.teardown(() => bob.close());
   t.match(refusal(bob, "site"), "is held by cog alice (proven by DNS on blog.alice.example)");
   t.match(refusal(bob, "grab"), "is held by cog alice");
+  t.notOk("code" in bob.client.status("site"), "held by another cog: no DNS record would help, no domain_unproven code");
   // The owner publishes bob's value too (challtestsrv keeps both): bob's claim is proven, but alice's came first.
   await dns.setTxt(challengeName("blog.alice.example"), domainProofValue(hub.pki.caFingerprint, "bob", "blog.alice.example"));
   await waitFor("bob's claim proven", async () => (await hub.store.domainProofsFor("blog.alice.example")).find((p) => p.cog === "bob")?.state === "verified");

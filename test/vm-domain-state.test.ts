@@ -36,3 +36,10 @@ t.test("refused for another reason: refused, with the hub's reason", async (t) =
   const underHub = `hostname x.hub.example is not granted to cog home1; names under the hub's domain hub.example are granted by the hub operator only`;
   t.same(domainState("x.hub.example", { state: "refused", reason: underHub }, []), { state: "refused", reason: underHub });
 });
+
+t.test("the hub's refusal code decides when it sends one; the text is only the fallback for older hubs", async (t) => {
+  t.same(domainState(host, { state: "refused", reason: "some other wording", code: "domain_unproven" }, []),
+    { state: "waiting-for-dns-proof", reason: "some other wording" }, "the code, whatever the text says");
+  t.same(domainState(host, { state: "refused", reason: needsRecord, code: "some_newer_code" }, []),
+    { state: "refused", reason: needsRecord }, "another code: the text is not read");
+});

@@ -156,4 +156,10 @@ t.test("vm create --https terminate --domain: the TXT record, refused until DNS 
   t.not((await https(custom)).code, 0, "no HTTPS for the removed domain");
   t.same((await show()).domains, [], "vm show lists no domain");
   t.equal((await https(web1)).stdout.trim(), "web1", "the default hostname still serves");
+  // The cog told the hub (domains-release): its claim is gone, `capsul hub domains` no longer lists it.
+  const claimed = async (): Promise<boolean> => {
+    const r = await runCli(["hub", "domains", "--json", "-c", hubYaml]);
+    return r.code === 0 && !(JSON.parse(r.stdout) as Array<{ hostname: string }>).some((c) => c.hostname === custom);
+  };
+  await waitFor("the hub to release the cog's claim", claimed, { timeoutMs: 30_000 });
 });

@@ -36,7 +36,7 @@ import { parseHostPort } from "../lib/hostname.js";
 import { waitForClose } from "../lib/closewait.js";
 import { checkWireEndpoints, type WireEndpoint } from "../protocol/control.js";
 import { HubLink, type LinkOwner } from "./hublink.js";
-import { saveDomainReport } from "./domains.js";
+import { readReleases, saveDomainReport, settleReleases } from "./domains.js";
 import { saveKeyAndCert, type CogIdentity } from "./identity.js";
 import type { PublishedRoute, RouteSink, RouteStatus } from "./routesink.js";
 import { connectTarget, type Target, type TargetOptions } from "./target.js";
@@ -264,13 +264,17 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
       if (this.state === "closed" || this.state === "draining") return;
       const routes = this.wireRoutes();
       for (const l of this.links) l.sendRoutes(routes);
+      // A name given up with this withdrawal (a VM's domain removed: the provisioner forgets
+      // it before it publishes the routes without it) is released after them: the hub keeps
+      // a claim a route it still has needs.
+      this.sendReleases();
     });
   }
 
   private applyResult(accepted: AcceptedRoute[], refused: RefusedRoute[]): void {
     for (const a of accepted) this.statuses.set(a.name, { state: "accepted", port: a.port });
     for (const r of refused) {
-      this.statuses.set(r.name, { state: "refused", reason: r.reason });
+      this.statuses.set(r.name, typeof r.code === "string" ? { state: "refused", reason: r.reason, code: r.code } : { state: "refused", reason: r.reason });
       this.log.warn("hub refused route", { route: r.name, reason: r.reason });
     }
     this.emit("routes", { accepted, refused });
@@ -321,6 +325,31 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     if (m.endpoints !== undefined) this.onEndpoints(m.endpoints);
     this.emit("connected", m);
     void this.maybeRenew(link, control);
+    this.releaseDomains(); // names given up while no tunnel was up
+  }
+
+  /**
+   * Sends the names marked for release (tunnel-client/domains.ts forgetDomain) to every
+   * connected hub that takes them; they stay marked until a hub's report no longer lists
+   * them, so a cog offline now sends them after its next welcome. Deferred a tick, and
+   * sent again after each route update: the hub keeps a claim a route it still has needs,
+   * so a withdrawal must reach it first. Never throws.
+   */
+  releaseDomains(): void {
+    setImmediate(() => this.sendReleases());
+  }
+
+  private sendReleases(): void {
+    if (this.state === "closed") return;
+    let names: string[];
+    try {
+      names = readReleases(this.dataDir);
+    } catch (err) {
+      this.log.warn("cannot read the custom domains to release", { error: (err as Error).message });
+      return;
+    }
+    if (names.length === 0) return;
+    for (const l of this.links) l.sendRelease(names);
   }
 
   async message(_link: HubLink, m: HubMessage): Promise<void> {
@@ -449,6 +478,7 @@ export class TunnelClient extends EventEmitter implements RouteSink, LinkOwner {
     }
     try {
       await saveDomainReport(this.dataDir, proofs);
+      await settleReleases(this.dataDir, proofs);
     } catch (err) {
       this.log.warn("could not save the hub's custom-domain report", { error: (err as Error).message });
     }

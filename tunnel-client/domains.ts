@@ -4,7 +4,10 @@
  * - domains.json: the hub's last `domains` report (written by the running
  *   cog each time the hub sends one), with when it arrived;
  * - domains-added.json: names given to `capsul cog domains add`, so the list
- *   shows them before any route names them.
+ *   shows them before any route names them;
+ * - domains-release.json: names the cog gave up whose claims the hub has not
+ *   released yet. Sent in a `domains-release` at once if a tunnel is up, else after
+ *   the next welcome; a name leaves the file when the hub's report no longer lists it.
  * Written with writeSecretFile (temp + rename): a reader never sees half a file.
  */
 import fs from "node:fs";
@@ -15,6 +18,7 @@ import { RuntimeError } from "../lib/errors.js";
 
 export const DOMAINS_REPORT_FILE = "domains.json";
 export const DOMAINS_ADDED_FILE = "domains-added.json";
+export const DOMAINS_RELEASE_FILE = "domains-release.json";
 
 export interface DomainReport { receivedAt: number; proofs: WireDomainProof[] }
 
@@ -58,10 +62,37 @@ export async function addDomain(dataDir: string, hostname: string): Promise<bool
   return true;
 }
 
-/** Forgets a name remembered by addDomain (a VM's domain was removed); false if it was not there. */
+/**
+ * Forgets a name remembered by addDomain (a VM's domain was removed) and marks it for
+ * release at the hub (readReleases); false if it was not on the list.
+ */
 export async function forgetDomain(dataDir: string, hostname: string): Promise<boolean> {
+  const release = readReleases(dataDir);
+  if (!release.includes(hostname)) await writeReleases(dataDir, [...release, hostname]);
   const have = readAddedDomains(dataDir);
   if (!have.includes(hostname)) return false;
   await writeSecretFile(path.join(dataDir, DOMAINS_ADDED_FILE), JSON.stringify(have.filter((h) => h !== hostname), null, 2) + "\n");
   return true;
+}
+
+/** Names given up whose claims the hub may still hold. */
+export function readReleases(dataDir: string): string[] {
+  const v = readJson(path.join(dataDir, DOMAINS_RELEASE_FILE));
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
+}
+
+async function writeReleases(dataDir: string, names: string[]): Promise<void> {
+  await writeSecretFile(path.join(dataDir, DOMAINS_RELEASE_FILE), JSON.stringify([...names].sort(), null, 2) + "\n");
+}
+
+/**
+ * The hub reported the cog's claims: a name marked for release that the report no longer
+ * lists (a wildcard's claim is on its base) is released, and leaves the file. Returns what is left.
+ */
+export async function settleReleases(dataDir: string, proofs: readonly WireDomainProof[]): Promise<string[]> {
+  const release = readReleases(dataDir);
+  const claimed = new Set(proofs.map((p) => p.hostname));
+  const left = release.filter((h) => claimed.has(h.startsWith("*.") ? h.slice(2) : h));
+  if (left.length !== release.length) await writeReleases(dataDir, left);
+  return left;
 }

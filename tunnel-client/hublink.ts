@@ -15,7 +15,7 @@ import type { Logger } from "../lib/log.js";
 import { formatHostPort } from "../lib/hostname.js";
 import type { MuxSession, MuxStream } from "../protocol/mux.js";
 import { encodeMessage, MessageReader } from "../protocol/messages.js";
-import { TUNNEL_PROTOCOL_VERSION, type HubMessage, type WireRoute } from "../protocol/control.js";
+import { DOMAINS_RELEASE_MAX, TUNNEL_PROTOCOL_VERSION, type HubMessage, type WireRoute } from "../protocol/control.js";
 import type { CogConfig } from "../config/types.js";
 import { dialHub, fetchTicket } from "./dial.js";
 import type { CogIdentity } from "./identity.js";
@@ -119,6 +119,18 @@ export class HubLink {
   /** Sends the current route set if this link is connected. */
   sendRoutes(routes: WireRoute[]): void {
     if (this.state === "connected" && this.control) this.control.write(encodeMessage({ type: "routes", routes }));
+  }
+
+  /** Set from each welcome: the hub takes `domains-release` (an older one would drop the tunnel). */
+  releases = false;
+
+  /** Asks the hub to release this cog's claims on `hostnames`, if connected to a hub that takes it; false if not sent. */
+  sendRelease(hostnames: string[]): boolean {
+    if (this.state !== "connected" || !this.control || !this.releases) return false;
+    for (let i = 0; i < hostnames.length; i += DOMAINS_RELEASE_MAX) {
+      this.control.write(encodeMessage({ type: "domains-release", hostnames: hostnames.slice(i, i + DOMAINS_RELEASE_MAX) }));
+    }
+    return true;
   }
 
   /**
@@ -272,6 +284,7 @@ export class HubLink {
     if (first.type !== "welcome") throw new Error(`unexpected first message from the hub: ${first.type}`);
     if (this.stopping()) return "draining";
     this.state = "connected";
+    this.releases = first.domainsRelease === true;
     this.attempt = 0;
     this.log.info("connected to hub", {
       hub: this.label, endpoint: typeof first.endpoint === "string" ? first.endpoint : undefined,

@@ -12,7 +12,8 @@ export type PublishedRoute = CogRoute;
 export type RouteStatus =
   | { state: "pending" }
   | { state: "accepted"; port?: number }
-  | { state: "refused"; reason: string };
+  /** `code`: the hub's RefusedRoute.code, when it sent one (protocol/control.ts). */
+  | { state: "refused"; reason: string; code?: string };
 
 export interface RouteSink {
   /** Replace the whole set of routes owned by `owner` (e.g. "vm:web1"). */
