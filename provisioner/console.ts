@@ -58,6 +58,22 @@ export class ConsoleLog {
     });
   }
 
+  /**
+   * Once QEMU has exited: reads what it wrote last up to the socket's end (the guest's final
+   * "reboot: Power down" can still be in the socket buffer when the exit is seen), waiting at
+   * most `timeoutMs`, then closes.
+   */
+  async closeAtEnd(timeoutMs: number): Promise<void> {
+    const s = this.sock;
+    if (s !== null && !s.destroyed) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        s.once("close", () => { clearTimeout(timer); resolve(); });
+      });
+    }
+    this.close();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -32,6 +32,8 @@ export const BOOT_POLL_INTERVAL_MS = 1000;
 export const BOOT_SLOW_POLL_INTERVAL_MS = 5000;
 /** One SSH banner probe: through hostfwd the guest answers in milliseconds once sshd runs. */
 export const BANNER_TIMEOUT_MS = 3000;
+/** After QEMU exits, how long its console socket may take to deliver its last bytes (console.ts closeAtEnd). */
+export const CONSOLE_END_TIMEOUT_MS = 1000;
 /** QMP connection attempts right after launch or on re-adoption (the socket exists once QEMU daemonized). */
 export const QMP_CONNECT_ATTEMPTS = 5;
 /** Pause before restarting a crashed VM. */
@@ -358,7 +360,7 @@ export class VmManager {
     }
     this.live.delete(name);
     this.sink.withdraw(routeOwner(name));
-    live.console?.close();
+    await live.console?.closeAtEnd(CONSOLE_END_TIMEOUT_MS);
     await this.withLock(name, () => stopPasta(runFiles(this.runDir(name)).pasta));
     if (live.guestShutdown) {
       this.store.updateVm(name, { state: "stopped", desired: "stopped", message: "powered off from inside the guest" });
@@ -442,7 +444,7 @@ export class VmManager {
       force: !graceful, stopTimeoutMs: this.cfg.stopTimeoutMs, quitTimeoutMs: this.cfg.quitTimeoutMs,
     }, this.log, name);
     live.qmp.close();
-    live.console?.close();
+    await live.console?.closeAtEnd(CONSOLE_END_TIMEOUT_MS);
     this.live.delete(name);
     const f = runFiles(this.runDir(name));
     await stopPasta(f.pasta);
