@@ -9,6 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { cogConfig, enrolledCog, httpBackend, hubConfig, startConnectedCog, tmpDir } from "./helpers/cluster.js";
 import { startDnsStub } from "./helpers/dnsstub.js";
+import { domainsHub, QUICK_DOMAINS } from "./helpers/domainshub.js";
 import { capturingLogger, cogIdentity, helloTunnel, until, within } from "./helpers/rawpeer.js";
 import { runCli, waitFor } from "./helpers/procs.js";
 import { startHub } from "../gateway/hub.js";
@@ -18,7 +19,6 @@ import { DOMAINS_RELEASE_MAX } from "../protocol/control.js";
 import { forgetDomain, readReleases } from "../tunnel-client/domains.js";
 import type { Cog } from "../tunnel-client/cog.js";
 
-const QUICK = { lookup_timeout: "500ms", pending_interval: "150ms", recheck_interval: "200ms", error_retry_interval: "200ms" };
 
 function refusal(cog: Cog, route: string): string {
   const st = cog.client.status(route);
@@ -33,12 +33,7 @@ async function vmLetsGo(cog: Cog, dataDir: string, owner: string, hostname: stri
 }
 
 t.test("a name the cog gives up: its claim leaves the store and capsul hub domains, the claim limit frees up, a held-back cog takes the name at once", async (t) => {
-  const dir = tmpDir("capsul-release-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, max_claims_per_cog: 1 } });
-  const hub = await startHub(hubCfg, capturingLogger("hub").log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-release-", { max_claims_per_cog: 1 });
   const backend = await httpBackend("rel");
   t.teardown(() => backend.close());
   const target = `127.0.0.1:${backend.port}`;
@@ -76,12 +71,7 @@ t.test("a name the cog gives up: its claim leaves the store and capsul hub domai
 });
 
 t.test("a name given up while the cog is offline is released after its next welcome", async (t) => {
-  const dir = tmpDir("capsul-release-offline-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK } });
-  const hub = await startHub(hubCfg, capturingLogger("hub").log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-release-offline-");
   const cfg = cogConfig(dir, "carol", hub.ports.tunnel, []);
   const carol = await enrolledCog(hubCfg, hub, cfg, "carol");
   carol.client.publish("vm:x", [{ name: "x", kind: "http", hostname: "x.off.example", target: "127.0.0.1:9" }]);
@@ -97,13 +87,7 @@ t.test("a name given up while the cog is offline is released after its next welc
 });
 
 t.test("attacks: a release of another cog's claim changes nothing; a malformed or oversized release drops that tunnel with one log line", async (t) => {
-  const dir = tmpDir("capsul-release-attack-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubLog = capturingLogger("hub");
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK } });
-  const hub = await startHub(hubCfg, hubLog.log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-release-attack-");
   const backend = await httpBackend("alice");
   t.teardown(() => backend.close());
   const alice = await enrolledCog(hubCfg, hub, cogConfig(dir, "alice", hub.ports.tunnel, [

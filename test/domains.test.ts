@@ -11,6 +11,7 @@ import net from "node:net";
 import path from "node:path";
 import { cogConfig, enrolledCog, httpBackend, hubConfig, tmpDir } from "./helpers/cluster.js";
 import { DnsRelay, startDnsStub } from "./helpers/dnsstub.js";
+import { domainsHub, QUICK_DOMAINS } from "./helpers/domainshub.js";
 import { capturingLogger, until } from "./helpers/rawpeer.js";
 import { runCli, waitFor } from "./helpers/procs.js";
 import { createInvite, startHub } from "../gateway/hub.js";
@@ -18,7 +19,6 @@ import { challengeName, domainProofValue } from "../protocol/domainproof.js";
 import type { Cog } from "../tunnel-client/cog.js";
 
 /** Quick lookups for tests; the defaults are 5s / 30s / 10m / 60s. */
-const QUICK = { lookup_timeout: "500ms", pending_interval: "150ms", recheck_interval: "200ms", error_retry_interval: "200ms" };
 
 /** One HTTP/1.1 request on a fresh connection to the hub's HTTP port; resolves the whole answer. */
 function get(port: number, host: string, urlPath = "/"): Promise<string> {
@@ -72,13 +72,7 @@ function refusal(cog: Cog, route: string): string {
 }
 
 t.test("a custom domain: refused without the TXT record, routed with it, withdrawn when it goes; another cog is refused; a wildcard needs its base", async (t) => {
-  const dir = tmpDir("capsul-domains-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubLog = capturingLogger("hub");
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK } });
-  const hub = await startHub(hubCfg, hubLog.log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-domains-");
   const backend = await httpBackend("alice-blog");
   const bobBackend = await httpBackend("bob-site");
   t.teardown(async () => { await backend.close(); await bobBackend.close(); });
@@ -212,7 +206,7 @@ t.test("a resolver that never answers: one log line, the proof keeps its state, 
   const relay = new DnsRelay(dns.port);
   await relay.start(t);
   const hubLog = capturingLogger("hub");
-  const hubCfg = hubConfig(dir, { domains: { resolver: relay.address, ...QUICK } });
+  const hubCfg = hubConfig(dir, { domains: { resolver: relay.address, ...QUICK_DOMAINS } });
   const hub = await startHub(hubCfg, hubLog.log);
   t.teardown(() => hub.close());
   const backend = await httpBackend("site");
@@ -244,12 +238,7 @@ t.test("a resolver that never answers: one log line, the proof keeps its state, 
 });
 
 t.test("hub.domains.enabled: false: only grants count", async (t) => {
-  const dir = tmpDir("capsul-domains-off-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubCfg = hubConfig(dir, { domains: { enabled: false, resolver: dns.address, ...QUICK } });
-  const hub = await startHub(hubCfg, capturingLogger("hub").log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-domains-off-", { enabled: false });
   await dns.setTxt(challengeName("www.example.net"), domainProofValue(hub.pki.caFingerprint, "dave", "www.example.net"));
   const daveCfg = cogConfig(dir, "dave", hub.ports.tunnel, [{ name: "www", kind: "http", hostname: "www.example.net", target: "127.0.0.1:9" }]);
   const dave = await enrolledCog(hubCfg, hub, daveCfg, "dave");
@@ -259,12 +248,7 @@ t.test("hub.domains.enabled: false: only grants count", async (t) => {
 });
 
 t.test("a cog announcing many names it does not own: claims stop at hub.domains.max_claims_per_cog", async (t) => {
-  const dir = tmpDir("capsul-domains-flood-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, max_claims_per_cog: 3 } });
-  const hub = await startHub(hubCfg, capturingLogger("hub").log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-domains-flood-", { max_claims_per_cog: 3 });
   const names = ["a", "b", "c", "d", "e"].map((l) => `${l}.flood.example`);
   const routes = names.map((h, i) => ({ name: `r${i}`, kind: "http", hostname: h, target: "127.0.0.1:9" }));
   const fran = await enrolledCog(hubCfg, hub, cogConfig(dir, "fran", hub.ports.tunnel, routes), "fran");
@@ -275,14 +259,8 @@ t.test("a cog announcing many names it does not own: claims stop at hub.domains.
 });
 
 t.test("a proven name whose record goes missing keeps its route until hub.domains.missing_before_withdraw lookups in a row miss it", async (t) => {
-  const dir = tmpDir("capsul-domains-grace-");
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const dns = await startDnsStub(t);
-  const hubLog = capturingLogger("hub");
   // Re-checks every 200 ms, a missing record asked again every 150 ms: withdrawn at the 4th miss.
-  const hubCfg = hubConfig(dir, { domains: { resolver: dns.address, ...QUICK, missing_before_withdraw: 4 } });
-  const hub = await startHub(hubCfg, hubLog.log);
-  t.teardown(() => hub.close());
+  const { dir, dns, hubLog, hubCfg, hub } = await domainsHub(t, "capsul-domains-grace-", { missing_before_withdraw: 4 });
   const backend = await httpBackend("gina-site");
   t.teardown(() => backend.close());
   const gina = await enrolledCog(hubCfg, hub, cogConfig(dir, "gina", hub.ports.tunnel, [
