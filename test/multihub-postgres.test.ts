@@ -18,14 +18,12 @@
  * - hub C started while the cogs run is dialed by them without a restart.
  */
 import t, { type Test } from "tap";
-import { createHash } from "node:crypto";
 import fs from "node:fs";
-import net from "node:net";
 import path from "node:path";
+import { bulkBackend, BulkReader } from "./helpers/bulk.js";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
 import { CONNECTED_RE, cogYaml, DOMAIN, listCogs, READY_RE, type CogRow } from "./helpers/hubproc.js";
 import { startPostgres } from "./helpers/pgcluster.js";
-import { prng } from "./helpers/prng.js";
 import { curl, freePortRange, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
 const pgc = await startPostgres(t);
@@ -71,41 +69,6 @@ async function curlVia(hub: Hub, host: string): Promise<{ code: number | null; b
   return { code: r.code, body: r.stdout, stderr: r.stderr };
 }
 
-/** The bulk backend: every connection gets the same BULK_BYTES of pseudo-random data, then FIN. */
-async function bulkBackend(): Promise<{ port: number; sha256: string; close(): Promise<void> }> {
-  const data = Buffer.alloc(BULK_BYTES);
-  const rnd = prng(12);
-  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(Math.floor(rnd() * 2 ** 32) >>> 0, i);
-  const sha256 = createHash("sha256").update(data).digest("hex");
-  const server = net.createServer((s) => { s.on("error", () => {}); s.end(data); });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  return { port: (server.address() as net.AddressInfo).port, sha256, close: () => new Promise((r) => server.close(() => r())) };
-}
-
-/** A download through a hub's TCP port: reads a little, pauses until `resume()`, then reads to the end. */
-function download(addr: string, port: number): { paused: Promise<void>; resume(): void; done: Promise<{ bytes: number; sha256: string; error: string | null }> } {
-  const hash = createHash("sha256");
-  let bytes = 0;
-  let error: string | null = null;
-  const s = net.connect({ host: addr, port });
-  let onPaused!: () => void;
-  const paused = new Promise<void>((r) => { onPaused = r; });
-  let pausedOnce = false;
-  s.on("data", (c: Buffer) => {
-    hash.update(c);
-    bytes += c.length;
-    if (bytes >= READ_BEFORE_PAUSE_BYTES && !pausedOnce) {
-      pausedOnce = true;
-      s.pause();
-      onPaused();
-    }
-  });
-  s.on("error", (e) => { error = e.message; });
-  const done = new Promise<{ bytes: number; sha256: string; error: string | null }>((resolve) => {
-    s.on("close", () => resolve({ bytes, sha256: hash.digest("hex"), error }));
-  });
-  return { paused, resume: () => s.resume(), done };
-}
 
 const endpointsOf = async (yaml: string, cog: string): Promise<string[]> => ((await listCogs(yaml)).find((c) => c.name === cog)?.endpoints ?? []);
 
@@ -122,7 +85,7 @@ t.test("two hubs on one PostgreSQL: cogs on both, a hub killed, restarted, a rev
   t.equal(fs.readFileSync(path.join(dir, "hub-b", "pki", "ca.crt"), "utf8"), fs.readFileSync(path.join(dir, "hub-a", "pki", "ca.crt"), "utf8"), "one CA");
 
   const web = await httpBackend("mh-http");
-  const bulk = await bulkBackend();
+  const bulk = await bulkBackend(BULK_BYTES, 12);
   t.teardown(async () => { await web.close(); await bulk.close(); });
   const cogs: Record<string, { yaml: string; proc: CliProc; host: string }> = {};
   for (const name of ["alpha", "beta"]) {
@@ -162,9 +125,9 @@ t.test("two hubs on one PostgreSQL: cogs on both, a hub killed, restarted, a rev
     t.equal(got.body, `mh-http ${cogs.alpha!.host}:${hub.ports.http} /\n`, `the hostname answers on ${hub.name}`);
   }
   // The same TCP port on both hubs: each hub's listener on its own address, both to alpha.
-  const onA = download(a.addr, alphaPort);
-  const onB = download(b.addr, alphaPort);
-  await Promise.all([onA.paused, onB.paused]);
+  const onA = new BulkReader(alphaPort, a.addr);
+  const onB = new BulkReader(alphaPort, b.addr);
+  await Promise.all([onA.pauseAfter(READ_BEFORE_PAUSE_BYTES), onB.pauseAfter(READ_BEFORE_PAUSE_BYTES)]);
   t.pass(`port ${alphaPort} answers on ${a.addr} and ${b.addr}; both transfers are under way`);
 
   // kill -9 of A mid-transfer: only A's visitor notices.

@@ -11,13 +11,12 @@
  *   it again, the cogs reconnect to it, and the hub keeps answering meanwhile.
  */
 import t from "tap";
-import { createHash } from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import { bulkBackend, BulkReader } from "./helpers/bulk.js";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
 import { CONNECTED_RE, cogYaml, DOMAIN, listCogs, READY_RE } from "./helpers/hubproc.js";
-import { prng } from "./helpers/prng.js";
 import { curl, freePortRange, pidAlive, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
 /** Bytes each download carries: a paused reader leaves most of it in flight when a worker dies. */
@@ -32,36 +31,6 @@ const MAX_DOWNLOADS = 12;
 interface WorkerRow { worker: number; endpoint: string; pid: number | null; ready: boolean; restarts: number; active?: number; routed?: number; tunnels?: number }
 interface WorkersFile { primary: number; tunnel: number; workers: WorkerRow[] }
 
-async function bulkBackend(): Promise<{ port: number; sha256: string; close(): Promise<void> }> {
-  const data = Buffer.alloc(BULK_BYTES);
-  const rnd = prng(7);
-  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(Math.floor(rnd() * 2 ** 32) >>> 0, i);
-  const sha256 = createHash("sha256").update(data).digest("hex");
-  const server = net.createServer((s) => { s.on("error", () => {}); s.end(data); });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
-  return { port: (server.address() as net.AddressInfo).port, sha256, close: () => new Promise((r) => server.close(() => r())) };
-}
-
-function download(port: number): { paused: Promise<void>; resume(): void; done: Promise<{ bytes: number; sha256: string }> } {
-  const hash = createHash("sha256");
-  let bytes = 0;
-  const s = net.connect({ host: "127.0.0.1", port });
-  let onPaused!: () => void;
-  const paused = new Promise<void>((r) => { onPaused = r; });
-  let pausedOnce = false;
-  s.on("data", (c: Buffer) => {
-    hash.update(c);
-    bytes += c.length;
-    if (bytes >= READ_BEFORE_PAUSE_BYTES && !pausedOnce) {
-      pausedOnce = true;
-      s.pause();
-      onPaused();
-    }
-  });
-  s.on("error", () => {});
-  const done = new Promise<{ bytes: number; sha256: string }>((resolve) => s.on("close", () => resolve({ bytes, sha256: hash.digest("hex") })));
-  return { paused, resume: () => s.resume(), done };
-}
 
 t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread, a worker killed and restarted", async (t) => {
   const dir = tmpDir("capsul-workers-");
@@ -87,7 +56,7 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   t.equal(stats().workers.length, 2, "two workers");
 
   const web = await httpBackend("wk-http");
-  const bulk = await bulkBackend();
+  const bulk = await bulkBackend(BULK_BYTES, 7);
   t.teardown(async () => { await web.close(); await bulk.close(); });
   const cogs: Record<string, { proc: CliProc; host: string }> = {};
   for (const name of ["alpha", "beta"]) {
@@ -132,12 +101,12 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
 
   // Downloads through alpha's TCP port until each worker carries one.
   const alphaPort = Number((await listCogs(yaml)).find((c) => c.name === "alpha")!.routes.find((r) => r.startsWith("tcp:"))!.slice(4));
-  const downloads: ReturnType<typeof download>[] = [];
+  const downloads: BulkReader[] = [];
   let active: number[] = [0, 0];
   while (downloads.length < MAX_DOWNLOADS && !active.every((n) => n > 0)) {
-    const d = download(alphaPort);
+    const d = new BulkReader(alphaPort);
     downloads.push(d);
-    await d.paused;
+    await d.pauseAfter(READ_BEFORE_PAUSE_BYTES);
     active = await waitFor("the download counted", () => {
       const a = stats().workers.map((w) => w.active ?? 0);
       return a[0]! + a[1]! === downloads.length ? a : null;
