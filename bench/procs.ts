@@ -129,14 +129,30 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/** The live children of a process (a hub primary's workers); [] for none, or a process that is gone. */
+export function childPids(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return []; // no children file: the process is gone
+  }
+}
+
 /** A process's CPU seconds plus those of its live children (a hub's workers); 0 for one that is gone. */
 export function treeCpuSeconds(pid: number): number {
   let total = 0;
   try { total = cpuSeconds(pid); } catch { return 0; }
-  let kids: string[] = [];
-  try { kids = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean); } catch { /* no children file */ }
-  for (const k of kids) total += treeCpuSeconds(Number(k));
+  for (const k of childPids(pid)) total += treeCpuSeconds(k);
   return total;
+}
+
+/**
+ * A process's own CPU seconds (utime+stime of its threads, not its children's: a hub primary
+ * apart from its workers), NaN for one that is gone, so a figure taken from a dead pid shows
+ * as null in a JSON result rather than as a plausible 0.
+ */
+export function ownCpuSeconds(pid: number): number {
+  try { return cpuSeconds(pid); } catch { return NaN; }
 }
 
 /** Samples the max VmRSS of some pids every `everyMs` until stopped. */

@@ -8,18 +8,48 @@
  *   are back (from the kill, and from the new hub's ready line), and the new hub's CPU per tunnel;
  * - hub RSS per tunnel after GC (bench/gc-hook.ts, SIGUSR2), RSS after all but KEEP drop,
  *   and the hub's idle CPU with N tunnels up (keepalives only);
- * - routing: SAMPLE visitors (HTTP, Host: <cog>.<domain>) must each get their own cog's name.
+ * - routing: SAMPLE visitors (HTTP, Host: <cog>.<domain>) must each get their own cog's name;
+ * - what visitors see during the storm (bench/visitor-probe.ts), see "probe" below.
  *
  *   node dist/bench/tunnels.js [--cogs 1000] [--holders 2] [--cli dist/cli/main.js] [--keep 10]
  *        [--idle-s 20] [--sample 50] [--back-timeout-s 120] [--cache DIR] [--json FILE] [--cpu-prof-dir DIR]
- *        [--workers N [--need K]]
+ *        [--workers N [--need K]] [--kill hub|worker:I]
+ *        [--probe-conc 8] [--probe-timeout-ms 5000] [--probe-gap-ms 50]
  *
  * `--workers N` runs the hub with `hub.workers: N`: every cog keeps a tunnel to each worker and
- * counts as connected (and back) only with all N (or K of them: `--need 1` is "reachable"); hub CPU is the primary's and its workers'
- * together; memory figures are the primary's alone, and the handshake counts (one worker's
- * /metrics) are not read.
+ * counts as connected (and back) only with all N (or K of them: `--need 1` is "reachable"); hub CPU
+ * (hubCpuMsPerSetup*) is the primary's and its workers' together, and cpuMsPerTunnel{First,Storm}ByRole
+ * splits it: the primary's own CPU (not its children's: it peeks each tunnel's ClientHello and
+ * hands the socket over) and each worker's (w1, w2, ...), in ms per tunnel, over the first connect
+ * and over "ready -> all back"; memory figures are the primary's alone, and the handshake counts
+ * (one worker's /metrics) are not read.
  *
- * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there.
+ * `--kill hub` (the default): `kill -9` of the whole hub (the primary and its workers at once),
+ * then a new hub on the same ports and data; "ready" is its `hub ready` line.
+ * `--kill worker:I` (workers >= 2, every worker needed): `kill -9` of worker I alone (its pid from
+ * <data_dir>/hub-workers.json); the primary starts it again by itself and the other workers keep
+ * their tunnels. A cog counts as back once it has a tunnel to every worker again (the holders
+ * count a cog that lost one endpoint as down, so backAfterRestart reaching N says all N lost
+ * theirs to worker I and got it back). "ready" is when the primary logged `worker ready` for
+ * worker I with a new pid (or its file said so first: killedWorker.readySeenIn). killedWorker:
+ * the restart's timeline (startedAfterKillS: the primary's `worker started`; readyAfterKillS),
+ * bootCpuS (the new worker's CPU until ready), totalCpuMsPerTunnel (its whole CPU until all
+ * back, per tunnel), and primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it
+ * turns the dead worker's cogs away until it is ready). The hub is not restarted: memory figures
+ * go on with the same primary.
+ *
+ * probe (`--probe-conc 0`: none): from PROBE_LEAD_MS before the kill until all cogs are back +
+ * PROBE_TAIL_MS, C loops GET / with Host: <random cog>.<domain> on the hub's HTTP port, a new
+ * connection each, each within --probe-timeout-ms, pausing --probe-gap-ms after an ok one (50 ms:
+ * ~100-160 visits/s, a few % of a core in the hub; 0 is a tight loop, ~500/s at 100 cogs, whose
+ * visitors then weigh on the storm's CPU figures, which include serving them either way).
+ * ok: 200 with the cog's name as body; failures counted by kind (connection error code,
+ * `timeout`, `status N`, `wrong body`) with up to 5 examples; latencyMs of the ok ones (a visit
+ * held by the hub's grace hold until its cog is back is ok, and slow); troubleS: from the kill
+ * to the end of the last failed visit ("visitors saw trouble for X s").
+ *
+ * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there;
+ * with `--kill worker:I` the first hub's processes do (the killed worker's is lost, its successor writes one).
  *
  * `--cli` runs another checkout's hub (A/B: the holders always run this tree's cog code).
  * Enrollment of N cogs (keys, certificates signed by a bench CA, rows in hub.db) is done once
@@ -40,8 +70,9 @@ import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr } from "../certs/pki.js
 import { normSerial } from "../gateway/issuance.js";
 import { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { silentLogger } from "../lib/log.js";
-import { BENCH_NOFILE, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
+import { BENCH_NOFILE, childPids, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
+import { VisitorProbe, type ProbeResult } from "./visitor-probe.js";
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 const DEFAULT_CLI = path.resolve(HERE, "..", "cli", "main.js");
@@ -55,8 +86,32 @@ const AFTER_DROP_SETTLE_MS = 4_000;
 /** Quiet time before the RSS-after-connect sample (the status writes of the storm settle). */
 const SETTLE_MS = 2_000;
 const GC_HOOK_TIMEOUT_MS = 30_000;
+/** The probe starts this long before the kill (its visits then all succeed: the baseline), and the holders' epoch as well. */
+const PROBE_LEAD_MS = 500;
+/** The probe goes on this long after all cogs are back: trouble that outlasts the storm shows. */
+const PROBE_TAIL_MS = 1_000;
+/** How often hub-workers.json is read while waiting for a worker (the primary rewrites it on each change). */
+const WORKERS_POLL_MS = 10;
 
-interface Args { cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string; workers: number; need: number }
+/** What the storm starts with: `kill -9` of the whole hub (and a restart), or of one worker (the primary restarts it). */
+type Kill = { kind: "hub" } | { kind: "worker"; index: number };
+
+interface Args {
+  cogs: number; holders: number; cli: string; keep: number; idleS: number; sample: number; backTimeoutS: number; cpuProf?: string; cache: string; json?: string; workers: number; need: number;
+  kill: Kill; probeConc: number; probeTimeoutMs: number; probeGapMs: number;
+}
+
+function parseKill(v: string, workers: number, need: number): Kill {
+  if (v === "hub") return { kind: "hub" };
+  const m = /^worker:(\d+)$/.exec(v);
+  if (!m) throw new Error(`--kill: hub or worker:I, got ${JSON.stringify(v)}`);
+  const index = Number(m[1]);
+  if (workers < 2) throw new Error("--kill worker:I needs --workers 2 or more (with one worker, kill the hub)");
+  if (index < 1 || index > workers) throw new Error(`--kill worker:${index}: the workers are 1..${workers}`);
+  // With fewer, a cog keeps counting as connected through the other workers and never comes "back".
+  if (need !== workers) throw new Error(`--kill worker:I counts a cog back once it has a tunnel to every worker again: leave --need out (it is ${need}, workers ${workers})`);
+  return { kind: "worker", index };
+}
 
 function args(): Args {
   const { values: v } = parseArgs({
@@ -66,13 +121,18 @@ function args(): Args {
       "idle-s": { type: "string", default: "20" }, sample: { type: "string", default: "50" },
       "back-timeout-s": { type: "string", default: "120" }, cache: { type: "string" }, json: { type: "string" }, "cpu-prof-dir": { type: "string" },
       workers: { type: "string", default: "1" }, need: { type: "string" },
+      kill: { type: "string", default: "hub" }, "probe-conc": { type: "string", default: "8" },
+      "probe-timeout-ms": { type: "string", default: "5000" }, "probe-gap-ms": { type: "string", default: "50" },
     },
   });
   const cogs = Number(v.cogs);
+  const workers = Number(v.workers);
+  const need = Number(v.need ?? v.workers);
   return {
     cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
     sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cpuProf: v["cpu-prof-dir"], cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
-    workers: Number(v.workers), need: Number(v.need ?? v.workers),
+    workers, need, kill: parseKill(v.kill!, workers, need),
+    probeConc: Number(v["probe-conc"]), probeTimeoutMs: Number(v["probe-timeout-ms"]), probeGapMs: Number(v["probe-gap-ms"]),
   };
 }
 
@@ -202,6 +262,60 @@ async function routingCheck(port: number, names: string[], sample: number): Prom
   return { ok, wrong };
 }
 
+/** A row of <data_dir>/hub-workers.json (gateway/workers.ts), the fields read here. */
+interface WorkerRow { worker: number; pid: number | null; ready: boolean; restarts: number }
+
+function readWorkers(dataDir: string): { primary: number; workers: WorkerRow[] } | null {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")) as { primary: number; workers: WorkerRow[] };
+  } catch {
+    return null; // not written yet (the primary renames it into place, so never half a file)
+  }
+}
+
+/** The workers of the primary `pid` once all are ready (its file, not a previous hub's). */
+async function readyWorkers(dataDir: string, pid: number, n: number): Promise<Array<WorkerRow & { pid: number }>> {
+  let f = readWorkers(dataDir);
+  const ok = (): boolean => f !== null && f.primary === pid && f.workers.length === n && f.workers.every((w) => w.ready && w.pid !== null);
+  await until("hub-workers.json to list every worker ready", () => ok() || ((f = readWorkers(dataDir)), ok()),
+    async () => JSON.stringify(f), READY_TIMEOUT_MS);
+  return f!.workers as Array<WorkerRow & { pid: number }>;
+}
+
+/** Own CPU seconds of the primary and of each worker (w1, w2, ...): where the hub's work lands. */
+function roleCpu(primary: number, workers: ReadonlyArray<{ worker: number; pid: number }>): Record<string, number> {
+  const r: Record<string, number> = { primary: ownCpuSeconds(primary) };
+  for (const w of workers) r[`w${w.worker}`] = ownCpuSeconds(w.pid);
+  return r;
+}
+
+/** ms of CPU per tunnel by role between two roleCpu() readings (null: a process gone in between). */
+function perTunnelMs(after: Record<string, number>, before: Record<string, number>, n: number): Record<string, number | null> {
+  return Object.fromEntries(Object.keys(after).map((k) => {
+    const ms = ((after[k]! - (before[k] ?? NaN)) * 1000) / Math.max(1, n);
+    return [k, Number.isFinite(ms) ? Math.round(ms * 1000) / 1000 : null];
+  }));
+}
+
+/** Calls `on` with each JSON log line the hub prints from now on; returns the unsubscribe. */
+function watchLog(hub: Proc, on: (line: Record<string, unknown>) => void): () => void {
+  const streams = [hub.child.stdout!, hub.child.stderr!];
+  const offs = streams.map((st) => {
+    let rest = "";
+    const f = (b: Buffer): void => {
+      const lines = (rest + b.toString()).split("\n");
+      rest = lines.pop()!;
+      for (const l of lines) {
+        if (!l.startsWith("{")) continue;
+        try { on(JSON.parse(l) as Record<string, unknown>); } catch { /* not a log line */ }
+      }
+    };
+    st.on("data", f);
+    return () => st.off("data", f);
+  });
+  return () => offs.forEach((off) => off());
+}
+
 async function main(): Promise<void> {
   const a = args();
   const t0 = Date.now();
@@ -234,15 +348,20 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   fs.writeFileSync(stateFile, JSON.stringify({ ...state, cogs: state.cogs.slice(0, a.cogs) }));
   const names = state.cogs.slice(0, a.cogs).map((c) => c.name);
 
-  let hub = startHub(a.cli, run);
+  const dataDir = path.join(run, "data");
+  const victim = a.kill.kind === "worker" ? a.kill.index : 0;
+  // Killing one worker, the hub is not restarted: the profile is of the first one's processes (a restarted worker writes its own).
+  let hub = startHub(a.cli, run, victim ? a.cpuProf : undefined);
   const holders: Holder[] = [];
-  // On any way out (a timeout included): no hub, holder or run directory is left behind.
+  // On any way out (a timeout, an error, a signal): no hub, worker, holder or run directory is left behind.
   process.once("exit", () => {
     for (const h of holders) h.child.kill("SIGTERM"); // the holder removes its data dir on the way out
-    try { process.kill(hub.pid, "SIGKILL"); } catch { /* already gone */ }
+    for (const pid of [...childPids(hub.pid), hub.pid]) { try { process.kill(pid, "SIGKILL"); } catch { /* already gone */ } }
     fs.rmSync(run, { recursive: true, force: true });
   });
+  for (const [sig, n] of [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]] as const) process.once(sig, () => process.exit(128 + n));
   await hub.waitFor(/hub ready/);
+  let workerRows = a.workers > 1 ? await readyWorkers(dataDir, hub.pid, a.workers) : [];
   let gcN = 0;
   await sleep(SETTLE_MS);
   const memEmpty = await gcMem(hub, ++gcN);
@@ -260,12 +379,14 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
 
   // 1. First connect: all N dial at once.
   const cpu0 = cpuSeconds(hub.pid);
+  const role0 = roleCpu(hub.pid, workerRows);
   const c0 = Date.now();
   for (const h of holders) h.send("start");
   await until("all cogs connected", () => connected() >= a.cogs, why);
   const firstS = (Date.now() - c0) / 1000;
   const cpuFirst = cpuSeconds(hub.pid) - cpu0;
-  process.stderr.write(`first connect: ${a.cogs} in ${firstS.toFixed(1)} s, hub CPU ${((cpuFirst * 1000) / a.cogs).toFixed(2)} ms per tunnel\n`);
+  const cpuFirstByRole = a.workers > 1 ? perTunnelMs(roleCpu(hub.pid, workerRows), role0, a.cogs) : null;
+  process.stderr.write(`first connect: ${a.cogs} in ${firstS.toFixed(1)} s, hub CPU ${((cpuFirst * 1000) / a.cogs).toFixed(2)} ms per tunnel${cpuFirstByRole ? ` ${JSON.stringify(cpuFirstByRole)}` : ""}\n`);
   await sleep(SETTLE_MS);
   const memUp = await gcMem(hub, ++gcN);
   const rssUp = memUp.rss;
@@ -276,17 +397,60 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   await sleep(a.idleS * 1000);
   const idlePct = ((cpuSeconds(hub.pid) - i0) / a.idleS) * 100;
 
-  // 3. kill -9, restart on the same ports and data.
+  // 3. The storm: kill -9 of the hub (restarted on the same ports and data) or of one worker
+  // (the primary starts it again), with visitors probing from just before the kill.
+  const probe = a.probeConc > 0
+    ? new VisitorProbe({ port: httpPort, domain: DOMAIN, names, conc: a.probeConc, timeoutMs: a.probeTimeoutMs, gapMs: a.probeGapMs })
+    : null;
   for (const h of holders) h.send("epoch");
-  await sleep(100); // the epoch reaches the holders before the first reconnect
-  const k0 = Date.now();
-  process.kill(hub.pid, "SIGKILL");
-  await hub.stop();
-  hub = startHub(a.cli, run, a.cpuProf);
-  gcN = 0;
-  await hub.waitFor(/hub ready/);
-  const readyAt = Date.now();
+  await sleep(PROBE_LEAD_MS); // the epoch reaches the holders before the first reconnect; the probe's baseline
+  let killed: Record<string, unknown> | null = null;
+  let k0: number;
+  let readyAt: number;
+  const kRole = roleCpu(hub.pid, workerRows.filter((w) => w.worker !== victim));
+  if (!victim) {
+    // The whole hub: the primary and its workers at once (they would follow it out anyway, on their IPC channel's close).
+    const pids = [...childPids(hub.pid), hub.pid];
+    k0 = Date.now();
+    for (const pid of pids) { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } }
+    await hub.stop();
+    await until("the killed hub's workers to be gone", () => pids.every((pid) => !fs.existsSync(`/proc/${pid}`)), async () => pids.join(" "), READY_TIMEOUT_MS);
+    hub = startHub(a.cli, run, a.cpuProf);
+    gcN = 0;
+    await hub.waitFor(/hub ready/);
+    readyAt = Date.now();
+    if (a.workers > 1) workerRows = await readyWorkers(dataDir, hub.pid, a.workers);
+  } else {
+    const old = workerRows.find((w) => w.worker === victim)!;
+    let startedAt = 0;
+    let readyLog = 0;
+    let readyFile = 0;
+    let newPid = 0;
+    const unwatch = watchLog(hub, (l) => {
+      if (l.worker !== victim || l.pid === old.pid) return;
+      if (l.msg === "worker started" && !startedAt) startedAt = Date.now();
+      if (l.msg === "worker ready" && !readyLog) { readyLog = Date.now(); newPid = Number(l.pid); }
+    });
+    k0 = Date.now();
+    process.kill(old.pid, "SIGKILL");
+    // The primary's "worker ready" line, or its file turning ready with a new pid: whichever is seen first.
+    await until(`worker ${victim} ready again`, () => {
+      if (readyLog) return true;
+      const row = readWorkers(dataDir)?.workers.find((w) => w.worker === victim);
+      if (row?.ready && row.pid !== null && row.pid !== old.pid) { readyFile = Date.now(); newPid = row.pid; return true; }
+      return false;
+    }, async () => hub.output().slice(-3000), READY_TIMEOUT_MS);
+    readyAt = Date.now();
+    unwatch();
+    workerRows = workerRows.map((w) => (w.worker === victim ? { ...w, pid: newPid } : w));
+    killed = {
+      worker: victim, oldPid: old.pid, newPid, readySeenIn: readyLog ? "log" : "file",
+      startedAfterKillS: startedAt ? (startedAt - k0) / 1000 : null, readyAfterKillS: ((readyLog || readyFile) - k0) / 1000,
+      bootCpuS: ownCpuSeconds(newPid),
+    };
+  }
   const cpuR0 = cpuSeconds(hub.pid);
+  const rRole = roleCpu(hub.pid, workerRows);
   // Not all back in time is a result, not a failure: say how many were, and why not the rest.
   let notBack = "";
   await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why, a.backTimeoutS * 1000)
@@ -294,7 +458,21 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   const backAt = Date.now();
   const backCount = since();
   const cpuBack = cpuSeconds(hub.pid) - cpuR0;
+  const bRole = roleCpu(hub.pid, workerRows);
+  const cpuStormByRole = a.workers > 1 ? perTunnelMs(bRole, rRole, backCount) : null;
+  if (killed) {
+    // From the kill: the primary turned the dead worker's cogs away until it was ready, then handed their tunnels over.
+    killed.primaryCpuMsPerTunnelFromKill = perTunnelMs(bRole, kRole, backCount).primary;
+    // Its whole life so far, its start included (bootCpuS): all it cost to bring its cogs back.
+    killed.totalCpuMsPerTunnel = Math.round(((bRole[`w${victim}`]! * 1000) / Math.max(1, backCount)) * 1000) / 1000;
+  }
   const handshakes = a.workers > 1 ? null : await restartHandshakes(adminPort);
+  let probed: ProbeResult | null = null;
+  if (probe) {
+    await sleep(PROBE_TAIL_MS);
+    probed = await probe.stop(k0);
+  }
+  process.stderr.write(`storm (kill ${victim ? `worker ${victim}` : "hub"}): ${backCount} back ${((backAt - k0) / 1000).toFixed(1)} s after the kill, ${((backAt - readyAt) / 1000).toFixed(1)} s after ready${probed ? `; visitors ${probed.ok}/${probed.total} ok, trouble for ${probed.troubleS ?? 0} s` : ""}\n`);
   await sleep(SETTLE_MS);
   const routing2 = await routingCheck(httpPort, names, a.sample);
   const memBack = await gcMem(hub, ++gcN);
@@ -323,6 +501,9 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     firstConnectS: firstS, hubCpuMsPerSetupFirst: (cpuFirst * 1000) / a.cogs,
     killToAllBackS: (backAt - k0) / 1000, readyToAllBackS: (backAt - readyAt) / 1000,
     hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
+    kill: victim ? `worker:${victim}` : "hub", killedWorker: killed,
+    cpuMsPerTunnelFirstByRole: cpuFirstByRole, cpuMsPerTunnelStormByRole: cpuStormByRole,
+    probe: probed,
     restartHandshakes: handshakes,
     rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
     rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
