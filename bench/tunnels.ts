@@ -73,6 +73,7 @@ import { silentLogger } from "../lib/log.js";
 import { BENCH_NOFILE, childPids, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
 import { VisitorProbe, type ProbeResult } from "./visitor-probe.js";
+import { perTunnelMs, readWorkers, readyWorkers, roleCpu, watchLog } from "./hub-workers.js";
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 const DEFAULT_CLI = path.resolve(HERE, "..", "cli", "main.js");
@@ -90,8 +91,6 @@ const GC_HOOK_TIMEOUT_MS = 30_000;
 const PROBE_LEAD_MS = 500;
 /** The probe goes on this long after all cogs are back: trouble that outlasts the storm shows. */
 const PROBE_TAIL_MS = 1_000;
-/** How often hub-workers.json is read while waiting for a worker (the primary rewrites it on each change). */
-const WORKERS_POLL_MS = 10;
 
 /** What the storm starts with: `kill -9` of the whole hub (and a restart), or of one worker (the primary restarts it). */
 type Kill = { kind: "hub" } | { kind: "worker"; index: number };
@@ -260,60 +259,6 @@ async function routingCheck(port: number, names: string[], sample: number): Prom
     else wrong.push(`${names[i]} -> ${got.slice(0, 80)}`);
   }
   return { ok, wrong };
-}
-
-/** A row of <data_dir>/hub-workers.json (gateway/workers.ts), the fields read here. */
-interface WorkerRow { worker: number; pid: number | null; ready: boolean; restarts: number }
-
-function readWorkers(dataDir: string): { primary: number; workers: WorkerRow[] } | null {
-  try {
-    return JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")) as { primary: number; workers: WorkerRow[] };
-  } catch {
-    return null; // not written yet (the primary renames it into place, so never half a file)
-  }
-}
-
-/** The workers of the primary `pid` once all are ready (its file, not a previous hub's). */
-async function readyWorkers(dataDir: string, pid: number, n: number): Promise<Array<WorkerRow & { pid: number }>> {
-  let f = readWorkers(dataDir);
-  const ok = (): boolean => f !== null && f.primary === pid && f.workers.length === n && f.workers.every((w) => w.ready && w.pid !== null);
-  await until("hub-workers.json to list every worker ready", () => ok() || ((f = readWorkers(dataDir)), ok()),
-    async () => JSON.stringify(f), READY_TIMEOUT_MS);
-  return f!.workers as Array<WorkerRow & { pid: number }>;
-}
-
-/** Own CPU seconds of the primary and of each worker (w1, w2, ...): where the hub's work lands. */
-function roleCpu(primary: number, workers: ReadonlyArray<{ worker: number; pid: number }>): Record<string, number> {
-  const r: Record<string, number> = { primary: ownCpuSeconds(primary) };
-  for (const w of workers) r[`w${w.worker}`] = ownCpuSeconds(w.pid);
-  return r;
-}
-
-/** ms of CPU per tunnel by role between two roleCpu() readings (null: a process gone in between). */
-function perTunnelMs(after: Record<string, number>, before: Record<string, number>, n: number): Record<string, number | null> {
-  return Object.fromEntries(Object.keys(after).map((k) => {
-    const ms = ((after[k]! - (before[k] ?? NaN)) * 1000) / Math.max(1, n);
-    return [k, Number.isFinite(ms) ? Math.round(ms * 1000) / 1000 : null];
-  }));
-}
-
-/** Calls `on` with each JSON log line the hub prints from now on; returns the unsubscribe. */
-function watchLog(hub: Proc, on: (line: Record<string, unknown>) => void): () => void {
-  const streams = [hub.child.stdout!, hub.child.stderr!];
-  const offs = streams.map((st) => {
-    let rest = "";
-    const f = (b: Buffer): void => {
-      const lines = (rest + b.toString()).split("\n");
-      rest = lines.pop()!;
-      for (const l of lines) {
-        if (!l.startsWith("{")) continue;
-        try { on(JSON.parse(l) as Record<string, unknown>); } catch { /* not a log line */ }
-      }
-    };
-    st.on("data", f);
-    return () => st.off("data", f);
-  });
-  return () => offs.forEach((off) => off());
 }
 
 async function main(): Promise<void> {

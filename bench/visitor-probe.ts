@@ -17,7 +17,7 @@ import { sleep } from "./procs.js";
 
 /** After a failed visit the loop waits this long: a refused connect returns in ~0.1 ms. */
 export const PROBE_FAIL_PAUSE_MS = 20;
-/** Failure examples kept (the first ones; the counts per kind cover the rest). */
+/** Failure examples kept: the first of each kind, in time order (the counts per kind cover the rest). */
 export const PROBE_MAX_EXAMPLES = 5;
 /** The ok body is a cog's name (`cog123`); longer bodies only matter as an example's start. */
 const PROBE_BODY_MAX_CHARS = 200;
@@ -40,8 +40,10 @@ export interface ProbeResult {
   total: number; ok: number; failed: number;
   /** Failures by kind: `error ECONNREFUSED`, `timeout`, `status 502`, `wrong body`, ... */
   failures: Record<string, number>;
-  /** Up to PROBE_MAX_EXAMPLES: `+S s (took MS ms) cog: what`, S from the kill to the visit's end. */
+  /** The first failure of each kind, up to PROBE_MAX_EXAMPLES: `+S s (took MS ms) cog: what`, S from the kill to the visit's end. */
   examples: string[];
+  /** The last failure, as an example: what visitors saw at the end of the trouble. */
+  lastFailure: string | null;
   /** Of the ok visits, in ms. */
   latencyMs: { p50: number; p99: number; max: number } | null;
   /** From the kill to the end of the first / last failed visit (null: none failed). */
@@ -86,8 +88,9 @@ export class VisitorProbe {
   private ok = 0;
   private readonly okMs: number[] = [];
   private readonly failures = new Map<string, number>();
-  /** Failures as [end time (epoch ms), took ms, cog, what], only the first PROBE_MAX_EXAMPLES. */
-  private readonly examples: Array<[number, number, string, string]> = [];
+  /** The first failure of each kind as [end time (epoch ms), took ms, cog, what]. */
+  private readonly examples = new Map<string, [number, number, string, string]>();
+  private lastExample: [number, number, string, string] | null = null;
   private firstFailAt = 0;
   private lastFailAt = 0;
 
@@ -117,10 +120,9 @@ export class VisitorProbe {
       this.failures.set(kind, (this.failures.get(kind) ?? 0) + 1);
       if (this.firstFailAt === 0) this.firstFailAt = now;
       this.lastFailAt = now;
-      if (this.examples.length < PROBE_MAX_EXAMPLES) {
-        const what = "error" in out ? kind : `${kind} ${JSON.stringify(out.body.slice(0, 60))}`;
-        this.examples.push([now, took, cog, what]);
-      }
+      const what = "error" in out ? kind : `${kind} ${JSON.stringify(out.body.slice(0, 60))}`;
+      this.lastExample = [now, took, cog, what];
+      if (!this.examples.has(kind)) this.examples.set(kind, this.lastExample);
       await sleep(PROBE_FAIL_PAUSE_MS);
     }
   }
@@ -132,12 +134,14 @@ export class VisitorProbe {
     const sorted = this.okMs.sort((x, y) => x - y);
     const round = (ms: number): number => Math.round(ms * 10) / 10;
     const s = (at: number): number | null => (at === 0 ? null : (at - killAt) / 1000);
+    const show = ([at, took, cog, what]: [number, number, string, string]): string => `+${((at - killAt) / 1000).toFixed(2)} s (took ${Math.round(took)} ms) ${cog}: ${what}`;
     return {
       conc: this.o.conc, timeoutMs: this.o.timeoutMs, gapMs: this.o.gapMs,
       durationS: (Date.now() - this.startedAt) / 1000,
       total: this.total, ok: this.ok, failed: this.total - this.ok,
       failures: Object.fromEntries([...this.failures].sort((x, y) => y[1] - x[1])),
-      examples: this.examples.map(([at, took, cog, what]) => `+${((at - killAt) / 1000).toFixed(2)} s (took ${Math.round(took)} ms) ${cog}: ${what}`),
+      examples: [...this.examples.values()].slice(0, PROBE_MAX_EXAMPLES).map(show),
+      lastFailure: this.lastExample && show(this.lastExample),
       latencyMs: sorted.length === 0 ? null : { p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)), max: round(sorted[sorted.length - 1]!) },
       firstFailAfterKillS: s(this.firstFailAt),
       troubleS: s(this.lastFailAt),
