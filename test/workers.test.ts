@@ -54,6 +54,9 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   const ports = { tls: Number(m[1]), http: Number(m[2]), tunnel: Number(m[3]) };
   const stats = (): WorkersFile => JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")) as WorkersFile;
   t.equal(stats().workers.length, 2, "two workers");
+  // The primary makes the session ticket key before any worker starts: workers making it at
+  // once would each seal tickets with a key of their own (the last rename wins the file).
+  t.same(hub.matching(/session ticket key (created|replaced|rotated)/).map((l) => /\[(hub[^\]]*)\]/.exec(l)?.[1]), ["hub"], "one ticket key, made by the primary");
 
   const web = await httpBackend("wk-http");
   const bulk = await bulkBackend(BULK_BYTES, 7);
