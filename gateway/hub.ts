@@ -68,8 +68,8 @@ export interface HubOptions {
   /** A hub worker: its part in the admin listener's ACME certificate (gateway/admintls.ts). */
   adminTlsRole?: AdminTlsRole;
   /**
-   * A hub worker started again while another serves (gateway/warmup.ts): tunnels, admin
-   * listener and store as usual, but no public listener until openPublic().
+   * A hub worker started again while another serves (gateway/warmup.ts): tunnels and store
+   * as usual, but no public listener (nor the admin listener, shared like them) until openPublic().
    */
   holdPublic?: boolean;
 }
@@ -165,7 +165,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
     }
     await adminTls.start();
     // A worker's "ready" is the primary's to announce, once every worker is (cli/hubworkers.ts).
-    await admin.open(live);
+    if (!held) await admin.open(live);
     log.info(opts.handedTunnelPort === undefined ? "hub ready" : held ? "worker up, public listeners held" : "worker ready", {
       tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
     });
@@ -191,12 +191,15 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
         if (!held || ending) return;
         held = false;
         // A listener that cannot bind now fails the worker as it would have at start: the
-        // primary starts it again (with the others serving meanwhile).
+        // primary starts it again (with the others serving meanwhile). The admin listener
+        // waits too, and they open in the start's order: node:cluster matches a worker's
+        // listen on port 0 to the others' by the order of its calls for that address.
         await tls.open(live.listen.tls);
         await http.open(live.listen.http);
+        await admin.open(live);
         await tcp.release();
-        if (ending) { tls.stop(); http.stop(); tcp.stopAll(); return; }
-        log.info("worker ready", { tls: tls.port ?? "off", http: http.port ?? "off", tcp_ports: tcp.ports.length });
+        if (ending) { tls.stop(); http.stop(); tcp.stopAll(); await admin.close(); return; }
+        log.info("worker ready", { tls: tls.port ?? "off", http: http.port ?? "off", admin: admin.port ?? "off", tcp_ports: tcp.ports.length });
       },
       close: cleanup,
     };

@@ -241,6 +241,8 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
     slot.stats = null;
     log.info("worker started", { worker: slot.index, pid: w.process.pid, ...(warmupCogs > 0 ? { warmup_cogs: warmupCogs } : {}) });
     w.on("message", (m: FromWorker) => {
+      // Started while the hub began to shut down: the drain it was sent came before it listened.
+      if ((m?.type === "capsul-tunnels" || m?.type === "capsul-ready") && stopping) w.send({ type: "capsul-drain" } satisfies ToWorker);
       if (m?.type === "capsul-tunnels") {
         slot.tunnels = true;
         // The serving ones may have died before this worker listened for the primary.

@@ -1,7 +1,7 @@
 /**
  * A hub worker started again warms up before it takes visitors (hub.worker.warmup,
  * gateway/warmup.ts): real `capsul hub` with workers: 2 and two real cogs, all child
- * processes of the CLI. The cogs redial slowly (reconnect 2 s), and the hub holds no
+ * processes of the CLI. The cogs redial slowly (reconnect 4 s), and the hub holds no
  * visitor for a missing cog (grace 0), so a visitor handed to a worker that has no tunnel
  * to its cog yet fails at once: without the warm-up, the kernel hands the restarted worker
  * its share of the visitors while its cogs are still away.
@@ -15,16 +15,16 @@ import t from "tap";
 import fs from "node:fs";
 import path from "node:path";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
-import { CONNECTED_RE, DOMAIN, READY_RE } from "./helpers/hubproc.js";
-import { curl, freePortRange, pidAlive, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
+import { cogYaml, DOMAIN, enrollCog, READY_RE, startCogProc } from "./helpers/hubproc.js";
+import { curl, freePortRange, pidAlive, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
 /** A cog's redial delay after a drop (min = max): the window in which worker 2 warms. */
-const COG_REDIAL = "2s";
+const COG_REDIAL = "4s";
 /** hub.worker.warmup here: long enough that the cogs' return, not the clock, ends the first warm-up. */
-const WARMUP = "8s";
-/** Visitors sent while worker 2 warms: a few rounds of concurrent ones, as the kernel spreads them. */
-const ROUNDS = 3;
-const PER_ROUND = 16;
+const WARMUP = "12s";
+/** Visitors sent while worker 2 warms: rounds of concurrent ones (the kernel spreads them), while it still warms after each. */
+const MAX_ROUNDS = 4;
+const PER_ROUND = 12;
 /** Visitors after the warm-up, until worker 2 has taken some. */
 const AFTER_VISITORS = 40;
 
@@ -41,7 +41,7 @@ t.test("a restarted worker takes no visitor until its cogs are back", async (t) 
     hub: {
       data_dir: dataDir,
       domain: DOMAIN,
-      listen: { tls: `127.0.0.1:${fixed.from}`, http: `127.0.0.1:${fixed.to}`, tunnel: "127.0.0.1:0" },
+      listen: { tls: `127.0.0.1:${fixed.from}`, http: `127.0.0.1:${fixed.to}`, tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" },
       limits: { grace: "0s", client_hello_timeout: "1s", http_header_timeout: "1s" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       endpoint: { name: "hub", advertise: "127.0.0.1:0", heartbeat_interval: "500ms", timeout: "2s" },
@@ -59,23 +59,10 @@ t.test("a restarted worker takes no visitor until its cogs are back", async (t) 
   const cogs: Record<string, { proc: CliProc; host: string }> = {};
   for (const name of ["alpha", "beta"]) {
     const host = `www.${name}.${DOMAIN}`;
-    const cy = writeYaml(path.join(dir, `cog-${name}.yaml`), {
-      cog: {
-        data_dir: path.join(dir, `cog-${name}`),
-        routes: [{ name: "site", kind: "http", hostname: host, target: `127.0.0.1:${web.port}` }],
-        reconnect: { min_delay: COG_REDIAL, max_delay: COG_REDIAL },
-        tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
-        listen: { admin: "127.0.0.1:0" },
-      },
-    });
-    const inv = await runCli(["hub", "invite", name, "--json", "-c", yaml]);
-    t.equal(inv.code, 0, inv.stderr);
-    const invite = JSON.parse(inv.stdout) as { token: string; ca_fingerprint: string };
-    const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", cy]);
-    t.equal(en.code, 0, en.stderr);
-    const proc = spawnCli(t, `cog-${name}`, ["cog", "-c", cy]);
-    await proc.waitLine(CONNECTED_RE);
-    cogs[name] = { proc, host };
+    const cy = cogYaml(dir, name, [{ name: "site", kind: "http", hostname: host, target: `127.0.0.1:${web.port}` }],
+      { reconnect: { min_delay: COG_REDIAL, max_delay: COG_REDIAL } });
+    await enrollCog(t, { yaml, ports }, name, cy);
+    cogs[name] = { proc: await startCogProc(t, name, cy), host };
   }
   await waitFor("both cogs on both workers", () => stats().workers.every((w) => w.tunnels === 2) || null);
 
@@ -96,12 +83,20 @@ t.test("a restarted worker takes no visitor until its cogs are back", async (t) 
     return r.pid !== null && r.pid !== victim && r.warming === true && pidAlive(r.pid) ? r : null;
   });
   await hub.waitLine(/\[hub\/w2\] warming up: visitors stay with the other workers until this one's cogs are back cogs=2/, { from: mark });
-  let served = 0;
-  for (let round = 0; round < ROUNDS; round++) served += await visitors(PER_ROUND);
-  const during = row(2);
+  // Only rounds that ended with worker 2 still warming count (on a loaded machine the cogs'
+  // redial may end the warm-up within a round; its visitors are served either way).
+  const counted: number[] = [];
+  let during = row(2);
+  for (let round = 0; round < MAX_ROUNDS; round++) {
+    const ok = await visitors(PER_ROUND);
+    const now = row(2);
+    if (!now.warming) break;
+    counted.push(ok);
+    during = now;
+  }
+  t.ok(counted.length > 0, `${counted.length} rounds of ${PER_ROUND} visitors while worker 2 warmed (its cogs redial after ${COG_REDIAL})`);
   t.equal(during.pid, fresh.pid, "the same worker 2 throughout");
-  t.equal(during.warming, true, `worker 2 was still warming after the ${ROUNDS * PER_ROUND} visitors (its cogs redial after ${COG_REDIAL})`);
-  t.equal(served, ROUNDS * PER_ROUND, "every visitor during the warm-up was served");
+  t.equal(counted.reduce((a, b) => a + b, 0), counted.length * PER_ROUND, "every visitor during the warm-up was served");
   t.equal(during.total ?? 0, 0, "the warming worker took no visitor");
   t.equal(row(1).pid !== null && pidAlive(row(1).pid!), true, "worker 1 served them");
 
@@ -129,7 +124,7 @@ t.test("a restarted worker takes no visitor until its cogs are back", async (t) 
   const over = await hub.waitLine(/\[hub\/w2\] warm-up over before all cogs were back: taking visitors cogs=(\d) of=2 ms=(\d+)/, { from: mark, timeoutMs: 30_000 });
   t.equal(over[1], "1", "alpha came back, beta did not");
   // A timer may fire a millisecond before Date.now() says its time is up.
-  t.ok(Number(over[2]) >= 7_990, `it waited hub.worker.warmup (${over[2]} ms)`);
+  t.ok(Number(over[2]) >= 11_990, `it waited hub.worker.warmup (${over[2]} ms)`);
   await hub.waitLine(/worker ready worker=2 /, { from: mark });
   t.ok(await visit(cogs.alpha!.host), "alpha is served after that warm-up");
   process.kill(beta, "SIGCONT");
