@@ -12,9 +12,10 @@ import { startHub, type Hub } from "../gateway/hub.js";
 import type { AdminTlsRole } from "../gateway/admintls.js";
 import type { MuxSession } from "../protocol/mux.js";
 import {
-  startPrimary, workerHubConfig, WORKER_INDEX_ENV, WORKER_TUNNEL_PORT_ENV,
+  startPrimary, workerHubConfig, WORKER_INDEX_ENV, WORKER_TUNNEL_PORT_ENV, WORKER_WARMUP_COGS_ENV,
   type FromWorker, type ToWorker,
 } from "../gateway/workers.js";
+import { warmUp, type Warmup } from "../gateway/warmup.js";
 import { sdNotify } from "../lib/sdnotify.js";
 import { pidFile, reloadResultFile, RELOAD_WAIT_TIMEOUT_MS, runService, type ReloadResult } from "./service.js";
 
@@ -66,6 +67,10 @@ export async function runHubWorker(i: number, cfg: CapsulConfig, hubCfg: HubConf
     }),
   };
   let h: Hub | null = null;
+  // Started again while others serve: warm up first (gateway/warmup.ts).
+  const warmupCogs = hubCfg.worker.warmupMs > 0 ? Number(process.env[WORKER_WARMUP_COGS_ENV] ?? 0) || 0 : 0;
+  let warmup: Warmup | null = null;
+  let serveNow = false;
   // Before startHub: worker 1 starts ordering inside it and waits for the primary's acks.
   process.on("message", (m: ToWorker, handle: unknown) => {
     if (m?.type === "capsul-acme-ack") {
@@ -76,10 +81,12 @@ export async function runHubWorker(i: number, cfg: CapsulConfig, hubCfg: HubConf
       if (m.seq >= 0) send({ type: "capsul-acme-ack", seq: m.seq });
     } else if (m?.type === "capsul-tunnel" && handle && h) {
       h.tunnels.adopt(handle as import("node:net").Socket, Buffer.from(m.head, "base64"));
+    } else if (m?.type === "capsul-serve") {
+      serveNow = true;
+      warmup?.serveNow();
     }
   });
-  h = await startHub(workerHubConfig(hubCfg, i, tunnelPort), log, { handedTunnelPort: tunnelPort, adminTlsRole });
-  send({ type: "capsul-ready", tls: h.ports.tls, http: h.ports.http });
+  h = await startHub(workerHubConfig(hubCfg, i, tunnelPort), log, { handedTunnelPort: tunnelPort, adminTlsRole, holdPublic: warmupCogs > 0 });
   const stats = setInterval(() => {
     const v = h.visitors.stats;
     let tunnels = 0;
@@ -87,6 +94,22 @@ export async function runHubWorker(i: number, cfg: CapsulConfig, hubCfg: HubConf
     send({ type: "capsul-stats", active: v.active, total: v.total, routed: v.routed, tunnels });
   }, hubCfg.worker.statsIntervalMs);
   stats.unref();
+  let draining = false;
+  const ready = (): void => send({ type: "capsul-ready", tls: h.ports.tls, http: h.ports.http });
+  if (warmupCogs > 0) {
+    // Not awaited: the service below answers the primary's drain and reload meanwhile.
+    const w = warmUp(h.tunnels, warmupCogs, hubCfg.worker.warmupMs, log);
+    warmup = w;
+    if (serveNow) w.serveNow();
+    send({ type: "capsul-tunnels" });
+    void w.done.then(() => h.openPublic()).then(() => { if (!draining) ready(); }, (err: Error) => {
+      // As a listener failing at start would: the primary starts this worker again.
+      log.error("worker could not open its public listeners after the warm-up", { error: err.message });
+      process.exit(1);
+    });
+  } else {
+    ready();
+  }
   await runService({
     role: "hub", file, dataDir: hubCfg.dataDir, underPrimary: true,
     reload: async (next) => {
@@ -95,7 +118,7 @@ export async function runHubWorker(i: number, cfg: CapsulConfig, hubCfg: HubConf
       return { ...report, restart: [] };
     },
     graceMs: () => h.config.shutdownGraceMs,
-    drain: (graceMs, cutNow) => h.drain(graceMs, cutNow),
+    drain: (graceMs, cutNow) => { draining = true; return h.drain(graceMs, cutNow); },
     close: async () => { clearInterval(stats); await h.close(); },
   }, cfg, log);
   process.exit(0);

@@ -30,7 +30,7 @@ export * from "./hub.js";
 export * from "./limits.js";
 export * from "./tunnel.js";
 export { DEFAULT_ENDPOINT_HEARTBEAT_INTERVAL_MS, DEFAULT_ENDPOINT_TIMEOUT_MS } from "./endpoint.js";
-export { DEFAULT_HUB_WORKERS, DEFAULT_WORKER_RESTART_MAX_DELAY_MS, DEFAULT_WORKER_RESTART_MIN_DELAY_MS, DEFAULT_WORKER_STATS_INTERVAL_MS } from "./workers.js";
+export { DEFAULT_HUB_WORKERS, DEFAULT_WORKER_RESTART_MAX_DELAY_MS, DEFAULT_WORKER_RESTART_MIN_DELAY_MS, DEFAULT_WORKER_STATS_INTERVAL_MS, DEFAULT_WORKER_WARMUP_MS } from "./workers.js";
 export { DEFAULT_HUB_STORE, DEFAULT_STORE_BUSY_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS, DEFAULT_STORE_POOL_SIZE } from "./store.js";
 
 const LOG_LEVELS: readonly CapsulConfig["log"]["level"][] = ["debug", "info", "warn", "error"];

@@ -364,6 +364,8 @@ export interface HubWorkerConfig {
   restartMaxDelayMs: number;
   /** How often each worker sends its visitor counters to the primary, which writes them to <data_dir>/hub-workers.json. */
   statsIntervalMs: number;
+  /** Longest warm-up of a worker started again while another serves: its public listeners wait for its cogs (gateway/warmup.ts); 0: none. */
+  warmupMs: number;
 }
 
 /**

@@ -20,6 +20,13 @@ export const DEFAULT_WORKER_RESTART_MIN_DELAY_MS = 200;
 export const DEFAULT_WORKER_RESTART_MAX_DELAY_MS = 10_000;
 /** Default of hub.worker.stats_interval: how often a worker reports its visitor counters. */
 export const DEFAULT_WORKER_STATS_INTERVAL_MS = 1_000;
+/**
+ * Default of hub.worker.warmup: the longest a worker started again keeps visitors with the
+ * others while its cogs redial it. 1,000 cogs resumed in 3–7 s in bench/tunnels.ts, and a
+ * cog's backoff puts its attempts near 0.5, 1.5, 3.5 and 7.5 s after the drop: 10 s covers
+ * the fourth; longer only delays the worker's share of visitors if some cog never returns.
+ */
+export const DEFAULT_WORKER_WARMUP_MS = 10_000;
 
 /** hub.workers: a whole number 1..MAX_HUB_WORKERS, or `auto` (os.availableParallelism()). */
 export function parseHubWorkers(value: unknown, cores: number = os.availableParallelism()): number {
@@ -44,9 +51,11 @@ export const hubWorkerSchema = section("How the primary process looks after its 
     { def: DEFAULT_WORKER_RESTART_MAX_DELAY_MS, min: 1 }),
   stats_interval: durationMs("How often each worker reports its counters, which the primary writes to <data_dir>/hub-workers.json.",
     { def: DEFAULT_WORKER_STATS_INTERVAL_MS, min: 1 }),
+  warmup: durationMs("A worker started again while others serve takes no visitor until as many cogs are back on it as the busiest other worker holds, or this long at most (0: takes visitors at once, each held in the grace period until its cog is back).",
+    { def: DEFAULT_WORKER_WARMUP_MS, min: 0 }),
 }, (o): HubWorkerConfig => {
   if (o.restart_max_delay < o.restart_min_delay) {
     fail(["restart_max_delay"], `must be at least restart_min_delay (${fmtMs(o.restart_min_delay)}), got ${fmtMs(o.restart_max_delay)}`);
   }
-  return { restartMinDelayMs: o.restart_min_delay, restartMaxDelayMs: o.restart_max_delay, statsIntervalMs: o.stats_interval };
+  return { restartMinDelayMs: o.restart_min_delay, restartMaxDelayMs: o.restart_max_delay, statsIntervalMs: o.stats_interval, warmupMs: o.warmup };
 });

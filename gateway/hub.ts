@@ -49,6 +49,11 @@ export interface Hub {
   reload(next: HubConfig): Promise<HubReloadReport>;
   /** Stops accepting and waits for live visitors up to `graceMs` (gateway/drain.ts); close() afterwards cuts the rest. */
   drain(graceMs: number, cutNow?: AbortSignal): Promise<DrainReport>;
+  /**
+   * Started with `holdPublic`: opens the public listeners (TLS, HTTP, the TCP ports routes
+   * asked for meanwhile). Does nothing otherwise, or once draining or closed.
+   */
+  openPublic(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -62,6 +67,11 @@ export interface HubOptions {
   handedTunnelPort?: number;
   /** A hub worker: its part in the admin listener's ACME certificate (gateway/admintls.ts). */
   adminTlsRole?: AdminTlsRole;
+  /**
+   * A hub worker started again while another serves (gateway/warmup.ts): tunnels and store
+   * as usual, but no public listener (nor the admin listener, shared like them) until openPublic().
+   */
+  holdPublic?: boolean;
 }
 
 /** The names the hub's tunnel certificate carries. */
@@ -126,7 +136,12 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   };
 
   let closed: Promise<void> | null = null;
+  let held = opts.holdPublic === true;
+  /** Draining or closed: no public listener opens any more (openPublic() in flight undoes its own). */
+  let ending = false;
+  if (held) tcp.hold();
   const cleanup = (): Promise<void> => {
+    ending = true;
     closed ??= (async () => {
       await admin.close();
       await adminTls.close();
@@ -144,12 +159,14 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   };
   try {
     const tunnelPort = await tunnels.listen(opts.handedTunnelPort ?? null);
-    await tls.open(live.listen.tls);
-    await http.open(live.listen.http);
+    if (!held) {
+      await tls.open(live.listen.tls);
+      await http.open(live.listen.http);
+    }
     await adminTls.start();
     // A worker's "ready" is the primary's to announce, once every worker is (cli/hubworkers.ts).
-    await admin.open(live);
-    log.info(opts.handedTunnelPort === undefined ? "hub ready" : "worker ready", {
+    if (!held) await admin.open(live);
+    log.info(opts.handedTunnelPort === undefined ? "hub ready" : held ? "worker up, public listeners held" : "worker ready", {
       tls: tls.port ?? "off", http: http.port ?? "off", tunnel: tunnelPort, admin: admin.port ?? "off", ca: pki.caFingerprint, store: store.location,
     });
     for (const w of osLimitWarnings(live)) log.warn(w.msg, w.fields);
@@ -169,7 +186,21 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
       },
       config: live,
       reload: (next) => reloadHub(parts, next),
-      drain: (graceMs, cutNow) => drainHub(parts, graceMs, cutNow),
+      drain: (graceMs, cutNow) => { ending = true; return drainHub(parts, graceMs, cutNow); },
+      openPublic: async () => {
+        if (!held || ending) return;
+        held = false;
+        // A listener that cannot bind now fails the worker as it would have at start: the
+        // primary starts it again (with the others serving meanwhile). The admin listener
+        // waits too, and they open in the start's order: node:cluster matches a worker's
+        // listen on port 0 to the others' by the order of its calls for that address.
+        await tls.open(live.listen.tls);
+        await http.open(live.listen.http);
+        await admin.open(live);
+        await tcp.release();
+        if (ending) { tls.stop(); http.stop(); tcp.stopAll(); await admin.close(); return; }
+        log.info("worker ready", { tls: tls.port ?? "off", http: http.port ?? "off", admin: admin.port ?? "off", tcp_ports: tcp.ports.length });
+      },
       close: cleanup,
     };
   } catch (err) {

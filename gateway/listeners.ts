@@ -153,6 +153,11 @@ export class Listener {
 export class TcpListeners {
   private readonly listeners = new Map<number, Listener>();
   private stopped = false;
+  /**
+   * While held (a hub worker warming up, gateway/warmup.ts), the ports routes ask for: they
+   * open at release(), so no visitor reaches this process before its cogs are back.
+   */
+  private held: Set<number> | null = null;
 
   constructor(private host: string, private readonly onConn: (s: net.Socket, port: number) => void, private readonly log: Logger, private readonly backlog: Backlog = LISTEN_BACKLOG) {}
 
@@ -169,6 +174,7 @@ export class TcpListeners {
     if (this.listeners.has(port)) return;
     // Draining: a route applied now must not open a port nobody will close.
     if (this.stopped) throw new RuntimeError("the hub is shutting down");
+    if (this.held) { this.held.add(port); return; }
     const l = this.listener(port);
     try {
       await l.open({ host: this.host, port });
@@ -182,6 +188,7 @@ export class TcpListeners {
   }
 
   close(port: number): void {
+    if (this.held?.delete(port)) return;
     const l = this.listeners.get(port);
     if (!l) return;
     this.listeners.delete(port);
@@ -207,8 +214,31 @@ export class TcpListeners {
     };
   }
 
+  /** From now until release(), open() only notes the port. */
+  hold(): void {
+    this.held ??= new Set();
+  }
+
+  /**
+   * Opens every port noted while held. A port another worker already listens on is shared
+   * (cluster), so a failure here is rare (the port taken meanwhile by another program): it
+   * is logged, and the route stays without a listener on this worker until it is applied again.
+   */
+  async release(): Promise<void> {
+    const ports = this.held;
+    this.held = null;
+    for (const port of ports ?? []) {
+      try {
+        await this.open(port);
+      } catch (err) {
+        this.log.error("tcp port could not open after the warm-up", { port, error: (err as Error).message });
+      }
+    }
+  }
+
   /** Stops accepting on every port (drain); no port opens any more. */
   stopAll(): void {
+    this.held = null;
     this.stopped = true;
     for (const l of this.listeners.values()) l.stop();
     this.listeners.clear();

@@ -26,7 +26,10 @@
  *
  * A worker that dies is started again under the same index (same endpoint name) after
  * hub.worker.restart_min_delay, doubling per death in a row up to restart_max_delay; its
- * cogs redial it with their own backoff. SIGHUP, SIGTERM and SIGINT reach the workers as
+ * cogs redial it with their own backoff. While another worker serves, the new one warms up
+ * (gateway/warmup.ts): it takes tunnels at once but opens its public listeners only once
+ * its cogs are back (hub.worker.warmup at most), so the visitors meanwhile go to workers
+ * that hold their cogs' tunnels, and a worker's death is noticed by its own visitors only. SIGHUP, SIGTERM and SIGINT reach the workers as
  * IPC messages (reload, drain, cut), so a worker that also got the signal itself (a
  * process-group Ctrl-C) drains once.
  */
@@ -43,6 +46,7 @@ import { parseClientHello } from "./clienthello.js";
 import { peek } from "./peek.js";
 import { ThrottledLog, TunnelAdmission } from "./admission.js";
 import { listenOn } from "./listeners.js";
+import { TicketKeys } from "./ticketkeys.js";
 import { hubNames } from "./hub.js";
 
 /** The environment variable that tells a forked process it is worker i (1-based). */
@@ -51,6 +55,11 @@ export const WORKER_INDEX_ENV = "CAPSUL_HUB_WORKER";
 export const WORKER_TUNNEL_PORT_ENV = "CAPSUL_HUB_TUNNEL_PORT";
 /** Where the primary writes each worker's pid, endpoint, restarts and visitor counters. */
 export const WORKERS_FILE = "hub-workers.json";
+/**
+ * Set for a worker started again while another serves: how many cogs to wait for before it
+ * opens its public listeners (gateway/warmup.ts); absent or 0: it opens them at once.
+ */
+export const WORKER_WARMUP_COGS_ENV = "CAPSUL_HUB_WORKER_WARMUP_COGS";
 
 /** Messages between the primary and a worker (process.send). */
 export type ToWorker =
@@ -58,6 +67,8 @@ export type ToWorker =
   | { type: "capsul-reload" }
   | { type: "capsul-drain" }
   | { type: "capsul-cut" }
+  /** To a warming worker: no other worker serves visitors now; open the public listeners. */
+  | { type: "capsul-serve" }
   /** To a follower: the admin certificate's challenge answer or certificate (seq -1: a replay at its start, no ack wanted). */
   | { type: "capsul-acme"; seq: number; share: AdminAcmeShare }
   /** To worker 1: every ready follower holds share `seq` (or did not confirm within hub.acme.request_timeout). */
@@ -67,6 +78,8 @@ export type FromWorker =
   | { type: "capsul-acme"; seq: number; share: AdminAcmeShare }
   /** From a follower: it holds share `seq`. */
   | { type: "capsul-acme-ack"; seq: number }
+  /** A warming worker takes tunnels now; its public listeners wait (gateway/warmup.ts). */
+  | { type: "capsul-tunnels" }
   | { type: "capsul-ready"; tls: number | null; http: number | null }
   | { type: "capsul-stats"; active: number; total: number; routed: number; tunnels: number }
   | { type: "capsul-reloaded"; ok: boolean; changed: string[]; restart: string[]; error: string | null; exit: number };
@@ -105,7 +118,11 @@ export function workerHubConfig(cfg: HubConfig, i: number, tunnelPort: number, s
 interface Slot {
   index: number;
   worker: Worker | null;
+  /** Serving: its public listeners are open. */
   ready: boolean;
+  /** Takes tunnel connections: ready, or warming up (gateway/warmup.ts). */
+  tunnels: boolean;
+  warming: boolean;
   restarts: number;
   /** Deaths in a row without a long enough life: the backoff exponent. */
   streak: number;
@@ -138,11 +155,17 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   const names = [...hubNames(cfg)];
   for (let i = 1; i <= n; i++) names.push(workerServerName(cfg.endpoint.serverName, i));
   await loadOrCreateHubPki(cfg.dataDir, names);
+  // Likewise the tunnel's session ticket key: N workers creating it at once would each seal
+  // tickets with their own key until the last rename won, and a worker started again later
+  // (reading the file) could not open the tickets its predecessor sealed.
+  const tickets = new TicketKeys(cfg.dataDir, () => cfg.tunnel.sessionTicketRotationMs, log, () => {});
+  await tickets.load();
+  tickets.close();
 
   const bySni = new Map<string, number>();
   for (let i = 1; i <= n; i++) bySni.set(workerServerName(cfg.endpoint.serverName, i), i);
   const slots: Slot[] = [];
-  for (let i = 1; i <= n; i++) slots.push({ index: i, worker: null, ready: false, restarts: 0, streak: 0, readyAt: 0, stats: null, timer: null });
+  for (let i = 1; i <= n; i++) slots.push({ index: i, worker: null, ready: false, tunnels: false, warming: false, restarts: 0, streak: 0, readyAt: 0, stats: null, timer: null });
 
   const strangers = new ThrottledLog(log);
   const admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, strangers);
@@ -159,7 +182,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       const i = (out.value.sni !== null ? bySni.get(out.value.sni) : undefined) ?? 1;
       const slot = slots[i - 1]!;
       // A worker starting again: the cog's own backoff brings it back; nothing is queued here.
-      if (!slot.ready || !slot.worker || stopping) { raw.destroy(); return; }
+      if (!slot.tunnels || !slot.worker || stopping) { raw.destroy(); return; }
       // What the stream buffered after the peek paused it goes along too. (A TLS client sends
       // nothing after its ClientHello until the server answers, and the hub takes no 0-RTT
       // data, so this is empty in practice; the handle leaves with the send below.)
@@ -184,7 +207,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   const writeStats = (): void => {
     const rows = slots.map((s) => ({
       worker: s.index, endpoint: workerEndpointName(cfg.endpoint.name, s.index), server_name: workerServerName(cfg.endpoint.serverName, s.index),
-      pid: s.worker?.process.pid ?? null, ready: s.ready, restarts: s.restarts, ...(s.stats ?? {}),
+      pid: s.worker?.process.pid ?? null, ready: s.ready, warming: s.warming, restarts: s.restarts, ...(s.stats ?? {}),
     }));
     const tmp = `${statsFile}.${process.pid}.tmp`;
     try {
@@ -204,13 +227,31 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   const fork = (slot: Slot): void => {
     slot.timer = null;
     if (stopping) return;
-    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index), [WORKER_TUNNEL_PORT_ENV]: String(tunnelPort) });
+    // Started again while others serve: it warms up until it holds as many cogs as the
+    // busiest of them did at their last report (gateway/warmup.ts).
+    const serving = slots.filter((s) => s !== slot && s.ready);
+    const warmupCogs = cfg.worker.warmupMs > 0 ? Math.max(0, ...serving.map((s) => s.stats?.tunnels ?? 0)) : 0;
+    const w = cluster.fork({
+      [WORKER_INDEX_ENV]: String(slot.index), [WORKER_TUNNEL_PORT_ENV]: String(tunnelPort), [WORKER_WARMUP_COGS_ENV]: String(warmupCogs),
+    });
     slot.worker = w;
     slot.ready = false;
-    log.info("worker started", { worker: slot.index, pid: w.process.pid });
+    slot.tunnels = false;
+    slot.warming = warmupCogs > 0;
+    slot.stats = null;
+    log.info("worker started", { worker: slot.index, pid: w.process.pid, ...(warmupCogs > 0 ? { warmup_cogs: warmupCogs } : {}) });
     w.on("message", (m: FromWorker) => {
-      if (m?.type === "capsul-ready") {
+      // Started while the hub began to shut down: the drain it was sent came before it listened.
+      if ((m?.type === "capsul-tunnels" || m?.type === "capsul-ready") && stopping) w.send({ type: "capsul-drain" } satisfies ToWorker);
+      if (m?.type === "capsul-tunnels") {
+        slot.tunnels = true;
+        // The serving ones may have died before this worker listened for the primary.
+        if (!slots.some((s) => s.ready)) w.send({ type: "capsul-serve" } satisfies ToWorker);
+        writeStats();
+      } else if (m?.type === "capsul-ready") {
         slot.ready = true;
+        slot.tunnels = true;
+        slot.warming = false;
         slot.readyAt = Date.now();
         log.info("worker ready", { worker: slot.index, pid: w.process.pid, endpoint: workerEndpointName(cfg.endpoint.name, slot.index) });
         if (slot.index === 1 && firstPorts === null) firstPorts = { tls: m.tls, http: m.http };
@@ -231,7 +272,13 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       if (slot.worker !== w) return;
       slot.worker = null;
       slot.ready = false;
+      slot.tunnels = false;
+      slot.warming = false;
       acme.gone(slot);
+      // The last serving worker is gone: a warming one serves now rather than nobody.
+      if (!slots.some((s) => s.ready)) {
+        for (const s of slots) if (s.warming && s.worker?.isConnected()) s.worker.send({ type: "capsul-serve" } satisfies ToWorker);
+      }
       if (stopping) {
         log.info("worker exited", { worker: slot.index, code, signal: signal ?? undefined });
         if (slots.every((s) => s.worker === null)) exited();

@@ -16,7 +16,7 @@ import net from "node:net";
 import path from "node:path";
 import { bulkBackend, BulkReader } from "./helpers/bulk.js";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
-import { CONNECTED_RE, cogYaml, DOMAIN, listCogs, READY_RE } from "./helpers/hubproc.js";
+import { cogYaml, DOMAIN, enrollCog, listCogs, READY_RE, startCogProc } from "./helpers/hubproc.js";
 import { curl, freePortRange, pidAlive, runCli, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
 /** Bytes each download carries: a paused reader leaves most of it in flight when a worker dies. */
@@ -41,7 +41,7 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
     hub: {
       data_dir: dataDir,
       domain: DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool.spec] },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [pool.spec] },
       limits: { grace: "10s", client_hello_timeout: "1s", http_header_timeout: "1s" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       endpoint: { name: "hub", advertise: "127.0.0.1:0", heartbeat_interval: "500ms", timeout: "2s" },
@@ -54,6 +54,9 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   const ports = { tls: Number(m[1]), http: Number(m[2]), tunnel: Number(m[3]) };
   const stats = (): WorkersFile => JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")) as WorkersFile;
   t.equal(stats().workers.length, 2, "two workers");
+  // The primary makes the session ticket key before any worker starts: workers making it at
+  // once would each seal tickets with a key of their own (the last rename wins the file).
+  t.same(hub.matching(/session ticket key (created|replaced|rotated)/).map((l) => /\[(hub[^\]]*)\]/.exec(l)?.[1]), ["hub"], "one ticket key, made by the primary");
 
   const web = await httpBackend("wk-http");
   const bulk = await bulkBackend(BULK_BYTES, 7);
@@ -65,15 +68,9 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
       { name: "site", kind: "http", hostname: host, target: `127.0.0.1:${web.port}` },
       { name: "bulk", kind: "tcp", target: `127.0.0.1:${bulk.port}` },
     ]);
-    const inv = await runCli(["hub", "invite", name, "--json", "-c", yaml]);
-    t.equal(inv.code, 0, inv.stderr);
-    const invite = JSON.parse(inv.stdout) as { token: string; ca_fingerprint: string };
     // Enrollment through the one tunnel port, without a server name: the bootstrap worker.
-    const en = await runCli(["cog", "enroll", "--hub", `127.0.0.1:${ports.tunnel}`, "--token", invite.token, "--ca-fingerprint", invite.ca_fingerprint, "-c", cy]);
-    t.equal(en.code, 0, en.stderr);
-    const proc = spawnCli(t, `cog-${name}`, ["cog", "-c", cy]);
-    await proc.waitLine(CONNECTED_RE);
-    cogs[name] = { proc, host };
+    await enrollCog(t, { yaml, ports }, name, cy);
+    cogs[name] = { proc: await startCogProc(t, name, cy), host };
   }
   const endpointsOf = async (cog: string): Promise<string[]> => ((await listCogs(yaml)).find((c) => c.name === cog)?.endpoints ?? []);
   for (const name of ["alpha", "beta"]) {
@@ -131,6 +128,10 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
 
   await hub.waitLine(/worker died; starting it again worker=2 code=null signal=SIGKILL/, { from: mark });
   await hub.waitLine(/worker ready worker=2 /, { from: mark });
+  // Its listeners are the shared ones: with port 0, node:cluster pairs a worker's listen calls
+  // with the others' by their order, so a warm-up opening them in another order swapped them.
+  const w2ready = await hub.waitLine(/\[hub\/w2\] worker ready tls=(\d+) http=(\d+) admin=(\d+)/, { from: mark });
+  t.same([Number(w2ready[1]), Number(w2ready[2])], [ports.tls, ports.http], "the restarted worker 2 listens on the hub's TLS and HTTP ports");
   const after = stats().workers;
   t.not(after[1]!.pid, victim.pid, "worker 2 runs under a new pid");
   t.equal(after[1]!.restarts, 1, "one restart counted");
@@ -165,7 +166,7 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
     hub: {
       data_dir: path.join(dir, "hub"),
       domain: DOMAIN,
-      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [] },
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0", tcp_host: "127.0.0.1", tcp_ports: [] },
       // The primary's peek reuses the visitors' bounds and the tunnel's unauthenticated caps.
       limits: { client_hello_timeout: "3s", client_hello_max_bytes: "4KiB" },
       tunnel: { max_unauthenticated_per_ip: 3 },

@@ -44,7 +44,7 @@ export async function startHubProc(t: Teardown, yaml: string, label = "hub"): Pr
   return { proc, yaml, ports: { tls: Number(m[1]), http: Number(m[2]), tunnel: Number(m[3]) } };
 }
 
-export function cogYaml(dir: string, name: string, routes: unknown[]): string {
+export function cogYaml(dir: string, name: string, routes: unknown[], extra: Record<string, unknown> = {}): string {
   return writeYaml(path.join(dir, `cog-${name}.yaml`), {
     cog: {
       data_dir: path.join(dir, `cog-${name}`),
@@ -52,12 +52,13 @@ export function cogYaml(dir: string, name: string, routes: unknown[]): string {
       reconnect: { min_delay: "100ms", max_delay: "500ms" },
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       listen: { admin: "127.0.0.1:0" },
+      ...extra,
     },
   });
 }
 
 /** `capsul hub invite NAME --json`, then `capsul cog enroll …` with what it printed. */
-export async function enrollCog(t: Test, hub: RunningHub, name: string, yaml: string): Promise<void> {
+export async function enrollCog(t: Test, hub: Pick<RunningHub, "yaml"> & { ports: Pick<HubPorts, "tunnel"> }, name: string, yaml: string): Promise<void> {
   const inv = await runCli(["hub", "invite", name, "--json", "-c", hub.yaml]);
   t.equal(inv.code, 0, `invite ${name}: ${inv.stderr}`);
   const invite = JSON.parse(inv.stdout) as { cog: string; token: string; ca_fingerprint: string };
