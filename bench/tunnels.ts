@@ -30,16 +30,19 @@
  * <data_dir>/hub-workers.json); the primary starts it again by itself and the other workers keep
  * their tunnels. A cog counts as back once it has a tunnel to every worker again (the holders
  * count a cog that lost one endpoint as down, so backAfterRestart reaching N says all N lost
- * theirs to worker I and got it back). "ready" is when the primary logged `worker ready` for
- * worker I with a new pid (or its file said so first: killedWorker.readySeenIn). killedWorker:
- * the restart's timeline (startedAfterKillS: the primary's `worker started`; readyAfterKillS),
- * bootCpuS (the new worker's CPU until ready), totalCpuMsPerTunnel (its whole CPU until all
- * back, per tunnel), and primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it
- * turns the dead worker's cogs away until it is ready). The hub is not restarted: memory figures
- * go on with the same primary.
+ * theirs to worker I and got it back). "ready" is when the new worker takes tunnels again: its
+ * own "warming up" line (gateway/warmup.ts: its public listeners wait until its cogs are back),
+ * or, when it does not warm up, the primary's `worker ready` line for it with a new pid (or
+ * the file's ready flag, whichever is seen first). killedWorker: the timeline from the kill
+ * (startedAfterKillS: the primary's `worker started`; tunnelsAfterKillS: "ready" above;
+ * servingAfterKillS: `worker ready`, its public listeners open, after the warm-up), bootCpuS
+ * (the new worker's CPU until ready), totalCpuMsPerTunnel (its whole CPU until all back, per
+ * tunnel), and primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it turns the
+ * dead worker's cogs away until the new one takes tunnels). The hub is not restarted: memory
+ * figures go on with the same primary.
  *
- * probe (`--probe-conc 0`: none): from PROBE_LEAD_MS before the kill until all cogs are back +
- * PROBE_TAIL_MS, C loops GET / with Host: <random cog>.<domain> on the hub's HTTP port, a new
+ * probe (`--probe-conc 0`: none): from PROBE_LEAD_MS before the kill until all cogs are back
+ * (and a killed worker serves again) + PROBE_TAIL_MS, C loops GET / with Host: <random cog>.<domain> on the hub's HTTP port, a new
  * connection each, each within --probe-timeout-ms, pausing --probe-gap-ms after an ok one (50 ms:
  * ~100-160 visits/s, a few % of a core in the hub; 0 is a tight loop, ~500/s at 100 cogs, whose
  * visitors then weigh on the storm's CPU figures, which include serving them either way).
@@ -73,7 +76,7 @@ import { silentLogger } from "../lib/log.js";
 import { BENCH_NOFILE, childPids, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
 import { VisitorProbe, type ProbeResult } from "./visitor-probe.js";
-import { perTunnelMs, readWorkers, readyWorkers, roleCpu, watchLog } from "./hub-workers.js";
+import { perTunnelMs, readWorkers, readyWorkers, roleCpu, watchLog, WORKERS_POLL_MS } from "./hub-workers.js";
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 const DEFAULT_CLI = path.resolve(HERE, "..", "cli", "main.js");
@@ -350,6 +353,8 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   for (const h of holders) h.send("epoch");
   await sleep(PROBE_LEAD_MS); // the epoch reaches the holders before the first reconnect; the probe's baseline
   let killed: Record<string, unknown> | null = null;
+  /** Once all are back, with --kill worker:I: waits for the worker to serve, stops watching it. */
+  let stormEnd: (() => Promise<void>) | null = null;
   let k0: number;
   let readyAt: number;
   const kRole = roleCpu(hub.pid, workerRows.filter((w) => w.worker !== victim));
@@ -367,31 +372,44 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     if (a.workers > 1) workerRows = await readyWorkers(dataDir, hub.pid, a.workers);
   } else {
     const old = workerRows.find((w) => w.worker === victim)!;
-    let startedAt = 0;
-    let readyLog = 0;
-    let readyFile = 0;
+    // Moments after the kill (epoch ms, 0: not seen): the primary's "worker started"; the new
+    // worker's own "warming up" (it takes tunnels, its public listeners wait: gateway/warmup.ts);
+    // serving: the primary's "worker ready" line or its file's ready flag with the new pid.
+    const t = { started: 0, warming: 0, readyLog: 0, readyFile: 0 };
     let newPid = 0;
     const unwatch = watchLog(hub, (l) => {
+      if (l.component === `hub/w${victim}` && typeof l.msg === "string" && l.msg.startsWith("warming up") && !t.warming) t.warming = Date.now();
       if (l.worker !== victim || l.pid === old.pid) return;
-      if (l.msg === "worker started" && !startedAt) startedAt = Date.now();
-      if (l.msg === "worker ready" && !readyLog) { readyLog = Date.now(); newPid = Number(l.pid); }
+      if (l.msg === "worker started" && !t.started) { t.started = Date.now(); newPid = Number(l.pid); }
+      if (l.msg === "worker ready" && !t.readyLog) { t.readyLog = Date.now(); newPid = Number(l.pid); }
     });
+    const poll = setInterval(() => {
+      const row = readWorkers(dataDir)?.workers.find((w) => w.worker === victim);
+      if (row?.ready && row.pid !== null && row.pid !== old.pid && !t.readyFile) { t.readyFile = Date.now(); newPid = row.pid; }
+    }, WORKERS_POLL_MS);
+    const serving = (): number => Math.min(t.readyLog || Infinity, t.readyFile || Infinity);
     k0 = Date.now();
     process.kill(old.pid, "SIGKILL");
-    // The primary's "worker ready" line, or its file turning ready with a new pid: whichever is seen first.
-    await until(`worker ${victim} ready again`, () => {
-      if (readyLog) return true;
-      const row = readWorkers(dataDir)?.workers.find((w) => w.worker === victim);
-      if (row?.ready && row.pid !== null && row.pid !== old.pid) { readyFile = Date.now(); newPid = row.pid; return true; }
-      return false;
-    }, async () => hub.output().slice(-3000), READY_TIMEOUT_MS);
-    readyAt = Date.now();
-    unwatch();
+    // "Ready" as for a restarted hub: it takes its cogs' tunnels again (warming up, or serving
+    // at once when it does not warm up).
+    await until(`worker ${victim} to take tunnels again`, () => t.warming > 0 || serving() < Infinity, async () => hub.output().slice(-3000), READY_TIMEOUT_MS);
+    readyAt = Math.min(t.warming || Infinity, serving());
     workerRows = workerRows.map((w) => (w.worker === victim ? { ...w, pid: newPid } : w));
     killed = {
-      worker: victim, oldPid: old.pid, newPid, readySeenIn: readyLog ? "log" : "file",
-      startedAfterKillS: startedAt ? (startedAt - k0) / 1000 : null, readyAfterKillS: ((readyLog || readyFile) - k0) / 1000,
+      worker: victim, oldPid: old.pid, newPid,
+      startedAfterKillS: t.started ? (t.started - k0) / 1000 : null,
+      tunnelsAfterKillS: (readyAt - k0) / 1000, warmedUp: t.warming > 0,
       bootCpuS: ownCpuSeconds(newPid),
+    };
+    // Filled in once all are back (serving may come later than the tunnels: the warm-up).
+    stormEnd = async () => {
+      await until(`worker ${victim} to serve`, () => serving() < Infinity, async () => hub.output().slice(-3000), READY_TIMEOUT_MS)
+        .catch(() => { /* not serving within the time: null below */ });
+      unwatch();
+      clearInterval(poll);
+      const at = serving();
+      killed!.servingAfterKillS = at < Infinity ? (at - k0) / 1000 : null;
+      killed!.servingSeenIn = at === Infinity ? null : t.readyLog === at ? "log" : "file";
     };
   }
   const cpuR0 = cpuSeconds(hub.pid);
@@ -412,6 +430,7 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     killed.totalCpuMsPerTunnel = Math.round(((bRole[`w${victim}`]! * 1000) / Math.max(1, backCount)) * 1000) / 1000;
   }
   const handshakes = a.workers > 1 ? null : await restartHandshakes(adminPort);
+  if (stormEnd) await stormEnd();
   let probed: ProbeResult | null = null;
   if (probe) {
     await sleep(PROBE_TAIL_MS);
