@@ -42,8 +42,8 @@
  * figures go on with the same primary.
  *
  * probe (`--probe-conc 0`: none): from PROBE_LEAD_MS before the kill until all cogs are back
- * (and a killed worker serves again) + PROBE_TAIL_MS, C loops GET / with Host: <random cog>.<domain> on the hub's HTTP port, a new
- * connection each, each within --probe-timeout-ms, pausing --probe-gap-ms after an ok one (50 ms:
+ * (and a killed worker serves again) + PROBE_TAIL_MS, C loops GET / with Host: <random cog>.<domain>
+ * on the hub's HTTP port, a new connection each, each within --probe-timeout-ms, pausing --probe-gap-ms after an ok one (50 ms:
  * ~100-160 visits/s, a few % of a core in the hub; 0 is a tight loop, ~500/s at 100 cogs, whose
  * visitors then weigh on the storm's CPU figures, which include serving them either way).
  * ok: 200 with the cog's name as body; failures counted by kind (connection error code,
@@ -130,11 +130,16 @@ function args(): Args {
   const cogs = Number(v.cogs);
   const workers = Number(v.workers);
   const need = Number(v.need ?? v.workers);
+  const count = (k: "probe-conc" | "probe-timeout-ms" | "probe-gap-ms", min: number): number => {
+    const n = Number(v[k]);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${k}: a whole number from ${min}, got ${JSON.stringify(v[k])}`);
+    return n;
+  };
   return {
     cogs, holders: Number(v.holders), cli: path.resolve(v.cli!), keep: Number(v.keep), idleS: Number(v["idle-s"]),
     sample: Number(v.sample), backTimeoutS: Number(v["back-timeout-s"]), cpuProf: v["cpu-prof-dir"], cache: v.cache ?? path.join(os.tmpdir(), `capsul-bench-tunnels-${cogs}`), json: v.json,
     workers, need, kill: parseKill(v.kill!, workers, need),
-    probeConc: Number(v["probe-conc"]), probeTimeoutMs: Number(v["probe-timeout-ms"]), probeGapMs: Number(v["probe-gap-ms"]),
+    probeConc: count("probe-conc", 0), probeTimeoutMs: count("probe-timeout-ms", 1), probeGapMs: count("probe-gap-ms", 0),
   };
 }
 
