@@ -37,8 +37,10 @@
  * (startedAfterKillS: the primary's `worker started`; tunnelsAfterKillS: "ready" above;
  * servingAfterKillS: `worker ready`, its public listeners open, after the warm-up), bootCpuS
  * (the new worker's CPU until ready), totalCpuMsPerTunnel (its whole CPU until all back, per
- * tunnel), and primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it turns the
- * dead worker's cogs away until the new one takes tunnels). The hub is not restarted: memory
+ * tunnel), primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it turns the
+ * dead worker's cogs away until the new one takes tunnels), othersCpuSKillToReady (CPU
+ * seconds of the primary and the surviving workers from the kill to "ready") and
+ * holdersCpuSKillToReady (the holders', i.e. the cogs' side, over the same time). The hub is not restarted: memory
  * figures go on with the same primary.
  *
  * probe (`--probe-conc 0`: none): from PROBE_LEAD_MS before the kill until all cogs are back
@@ -363,6 +365,8 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   let k0: number;
   let readyAt: number;
   const kRole = roleCpu(hub.pid, workerRows.filter((w) => w.worker !== victim));
+  const holdersCpu = (): number => holders.reduce((sum, h) => sum + ownCpuSeconds(h.child.pid!), 0);
+  const kHolders = holdersCpu();
   if (!victim) {
     // The whole hub: the primary and its workers at once (they would follow it out anyway, on their IPC channel's close).
     const pids = [...childPids(hub.pid), hub.pid];
@@ -419,6 +423,7 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   }
   const cpuR0 = cpuSeconds(hub.pid);
   const rRole = roleCpu(hub.pid, workerRows);
+  const rHolders = holdersCpu();
   // Not all back in time is a result, not a failure: say how many were, and why not the rest.
   let notBack = "";
   await until("all cogs back", () => since() >= a.cogs && connected() >= a.cogs, why, a.backTimeoutS * 1000)
@@ -431,6 +436,10 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   if (killed) {
     // From the kill: the primary turned the dead worker's cogs away until it was ready, then handed their tunnels over.
     killed.primaryCpuMsPerTunnelFromKill = perTunnelMs(bRole, kRole, backCount).primary;
+    // While the new worker started: what the primary and the surviving workers did meanwhile (seconds).
+    killed.othersCpuSKillToReady = Object.fromEntries(Object.keys(kRole).map((k) => [k, Math.round((rRole[k]! - kRole[k]!) * 1000) / 1000]));
+    // The cogs' side meanwhile (all holders together): their redials, turned away by the primary until then.
+    killed.holdersCpuSKillToReady = Math.round((rHolders - kHolders) * 1000) / 1000;
     // Its whole life so far, its start included (bootCpuS): all it cost to bring its cogs back.
     killed.totalCpuMsPerTunnel = Math.round(((bRole[`w${victim}`]! * 1000) / Math.max(1, backCount)) * 1000) / 1000;
   }

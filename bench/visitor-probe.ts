@@ -44,6 +44,8 @@ export interface ProbeResult {
   examples: string[];
   /** The last failure, as an example: what visitors saw at the end of the trouble. */
   lastFailure: string | null;
+  /** The PROBE_MAX_EXAMPLES slowest ok visits, as the examples (held by a grace hold, or a busy hub or cog). */
+  slowest: string[];
   /** Of the ok visits, in ms. */
   latencyMs: { p50: number; p99: number; max: number } | null;
   /** From the kill to the end of the first / last failed visit (null: none failed). */
@@ -91,6 +93,8 @@ export class VisitorProbe {
   /** The first failure of each kind as [end time (epoch ms), took ms, cog, what]. */
   private readonly examples = new Map<string, [number, number, string, string]>();
   private lastExample: [number, number, string, string] | null = null;
+  /** The slowest ok visits so far, slowest first, at most PROBE_MAX_EXAMPLES. */
+  private readonly slow: Array<[number, number, string, string]> = [];
   private firstFailAt = 0;
   private lastFailAt = 0;
 
@@ -113,6 +117,11 @@ export class VisitorProbe {
       if (kind === null) {
         this.ok++;
         this.okMs.push(took);
+        if (this.slow.length < PROBE_MAX_EXAMPLES || took > this.slow[this.slow.length - 1]![1]) {
+          this.slow.push([Date.now(), took, cog, "ok"]);
+          this.slow.sort((x, y) => y[1] - x[1]);
+          this.slow.length = Math.min(this.slow.length, PROBE_MAX_EXAMPLES);
+        }
         if (gapMs > 0) await sleep(gapMs);
         continue;
       }
@@ -142,6 +151,7 @@ export class VisitorProbe {
       failures: Object.fromEntries([...this.failures].sort((x, y) => y[1] - x[1])),
       examples: [...this.examples.values()].slice(0, PROBE_MAX_EXAMPLES).map(show),
       lastFailure: this.lastExample && show(this.lastExample),
+      slowest: this.slow.map(show),
       latencyMs: sorted.length === 0 ? null : { p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)), max: round(sorted[sorted.length - 1]!) },
       firstFailAfterKillS: s(this.firstFailAt),
       troubleS: s(this.lastFailAt),
