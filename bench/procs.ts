@@ -138,6 +138,18 @@ export function childPids(pid: number): number[] {
   }
 }
 
+/**
+ * Whether a process still runs: a zombie (state Z, dead and waiting to be reaped, which an
+ * orphan's reaper may take a second or more to do) holds no socket or file any more, so it
+ * counts as gone.
+ */
+export function isRunning(pid: number): boolean {
+  let stat: string;
+  try { stat = readFileSync(`/proc/${pid}/stat`, "utf8"); } catch { return false; }
+  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return state !== "Z" && state !== "X";
+}
+
 /** A process's CPU seconds plus those of its live children (a hub's workers); 0 for one that is gone. */
 export function treeCpuSeconds(pid: number): number {
   let total = 0;

@@ -75,7 +75,7 @@ import { createKeyAndCsr, loadOrCreateHubPki, signCogCsr } from "../certs/pki.js
 import { normSerial } from "../gateway/issuance.js";
 import { SqliteHubStore } from "../gateway/store/sqlite.js";
 import { silentLogger } from "../lib/log.js";
-import { BENCH_NOFILE, childPids, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
+import { BENCH_NOFILE, childPids, isRunning, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
 import { VisitorProbe, type ProbeResult } from "./visitor-probe.js";
 import { perTunnelMs, readWorkers, readyWorkers, roleCpu, watchLog, WORKERS_POLL_MS } from "./hub-workers.js";
@@ -373,7 +373,8 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     k0 = Date.now();
     for (const pid of pids) { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } }
     await hub.stop();
-    await until("the killed hub's workers to be gone", () => pids.every((pid) => !fs.existsSync(`/proc/${pid}`)), async () => pids.join(" "), READY_TIMEOUT_MS);
+    // Gone, not reaped: orphaned workers are reaped by whatever adopted them, here 1.5 s later.
+    await until("the killed hub's workers to be gone", () => !pids.some(isRunning), async () => pids.join(" "), READY_TIMEOUT_MS);
     hub = startHub(a.cli, run, a.cpuProf);
     gcN = 0;
     await hub.waitFor(/hub ready/);
