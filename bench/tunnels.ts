@@ -53,6 +53,9 @@
  * held by the hub's grace hold until its cog is back is ok, and slow); troubleS: from the kill
  * to the end of the last failed visit ("visitors saw trouble for X s").
  *
+ * cogWarnings: the holders' cog warnings after the storm, counted by message (why cogs were slow
+ * to come back: refused dials, handshake errors; the first connect's are in it too).
+ *
  * `--cpu-prof-dir`: the restarted hub (reconnect storm, drop) writes a V8 CPU profile there;
  * with `--kill worker:I` the first hub's processes do (the killed worker's is lost, its successor writes one).
  *
@@ -78,7 +81,7 @@ import { silentLogger } from "../lib/log.js";
 import { BENCH_NOFILE, childPids, isRunning, ownCpuSeconds, READY_TIMEOUT_MS, sleep, startProc, treeCpuSeconds as cpuSeconds, type Proc } from "./procs.js";
 import type { BenchState } from "./tunnel-holder.js";
 import { VisitorProbe, type ProbeResult } from "./visitor-probe.js";
-import { perTunnelMs, readWorkers, readyWorkers, roleCpu, watchLog, WORKERS_POLL_MS } from "./hub-workers.js";
+import { killWorker, perTunnelMs, readyWorkers, roleCpu } from "./hub-workers.js";
 
 const HERE = path.dirname(new URL(import.meta.url).pathname);
 const DEFAULT_CLI = path.resolve(HERE, "..", "cli", "main.js");
@@ -382,45 +385,11 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     if (a.workers > 1) workerRows = await readyWorkers(dataDir, hub.pid, a.workers);
   } else {
     const old = workerRows.find((w) => w.worker === victim)!;
-    // Moments after the kill (epoch ms, 0: not seen): the primary's "worker started"; the new
-    // worker's own "warming up" (it takes tunnels, its public listeners wait: gateway/warmup.ts);
-    // serving: the primary's "worker ready" line or its file's ready flag with the new pid.
-    const t = { started: 0, warming: 0, readyLog: 0, readyFile: 0 };
-    let newPid = 0;
-    const unwatch = watchLog(hub, (l) => {
-      if (l.component === `hub/w${victim}` && typeof l.msg === "string" && l.msg.startsWith("warming up") && !t.warming) t.warming = Date.now();
-      if (l.worker !== victim || l.pid === old.pid) return;
-      if (l.msg === "worker started" && !t.started) { t.started = Date.now(); newPid = Number(l.pid); }
-      if (l.msg === "worker ready" && !t.readyLog) { t.readyLog = Date.now(); newPid = Number(l.pid); }
-    });
-    const poll = setInterval(() => {
-      const row = readWorkers(dataDir)?.workers.find((w) => w.worker === victim);
-      if (row?.ready && row.pid !== null && row.pid !== old.pid && !t.readyFile) { t.readyFile = Date.now(); newPid = row.pid; }
-    }, WORKERS_POLL_MS);
-    const serving = (): number => Math.min(t.readyLog || Infinity, t.readyFile || Infinity);
-    k0 = Date.now();
-    process.kill(old.pid, "SIGKILL");
-    // "Ready" as for a restarted hub: it takes its cogs' tunnels again (warming up, or serving
-    // at once when it does not warm up).
-    await until(`worker ${victim} to take tunnels again`, () => t.warming > 0 || serving() < Infinity, async () => hub.output().slice(-3000), READY_TIMEOUT_MS);
-    readyAt = Math.min(t.warming || Infinity, serving());
-    workerRows = workerRows.map((w) => (w.worker === victim ? { ...w, pid: newPid } : w));
-    killed = {
-      worker: victim, oldPid: old.pid, newPid,
-      startedAfterKillS: t.started ? (t.started - k0) / 1000 : null,
-      tunnelsAfterKillS: (readyAt - k0) / 1000, warmedUp: t.warming > 0,
-      bootCpuS: ownCpuSeconds(newPid),
-    };
-    // Filled in once all are back (serving may come later than the tunnels: the warm-up).
-    stormEnd = async () => {
-      await until(`worker ${victim} to serve`, () => serving() < Infinity, async () => hub.output().slice(-3000), READY_TIMEOUT_MS)
-        .catch(() => { /* not serving within the time: null below */ });
-      unwatch();
-      clearInterval(poll);
-      const at = serving();
-      killed!.servingAfterKillS = at < Infinity ? (at - k0) / 1000 : null;
-      killed!.servingSeenIn = at === Infinity ? null : t.readyLog === at ? "log" : "file";
-    };
+    const k = await killWorker(hub, dataDir, victim, old.pid);
+    ({ k0, readyAt } = k);
+    workerRows = workerRows.map((w) => (w.worker === victim ? { ...w, pid: k.newPid } : w));
+    killed = k.info;
+    stormEnd = k.finish;
   }
   const cpuR0 = cpuSeconds(hub.pid);
   const rRole = roleCpu(hub.pid, workerRows);
@@ -446,6 +415,11 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   }
   const handshakes = a.workers > 1 ? null : await restartHandshakes(adminPort);
   if (stormEnd) await stormEnd();
+  // Why cogs were slow to come back, counted by message (since the holders started: the first connect's too).
+  const cogWarnings: Record<string, number> = {};
+  for (const w of await Promise.all(holders.map((h) => { h.send("warnings"); return h.next("warnings"); }))) {
+    for (const [msg, n] of Object.entries((w as unknown as { warnings: Record<string, number> }).warnings)) cogWarnings[msg] = (cogWarnings[msg] ?? 0) + n;
+  }
   let probed: ProbeResult | null = null;
   if (probe) {
     await sleep(PROBE_TAIL_MS);
@@ -482,7 +456,7 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
     hubCpuMsPerSetupRestart: (cpuBack * 1000) / Math.max(1, backCount), backAfterRestart: backCount, notBack,
     kill: victim ? `worker:${victim}` : "hub", killedWorker: killed,
     cpuMsPerTunnelFirstByRole: cpuFirstByRole, cpuMsPerTunnelStormByRole: cpuStormByRole,
-    probe: probed,
+    probe: probed, cogWarnings,
     restartHandshakes: handshakes,
     rssEmptyMB: rssEmpty / MB, rssUpMB: rssUp / MB, rssPerTunnelKB: (rssUp - rssEmpty) / a.cogs / 1000,
     rssAfterRestartMB: rssBack / MB, rssAfterDropMB: rssDropped / MB, kept: a.keep,
