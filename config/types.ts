@@ -366,6 +366,8 @@ export interface HubWorkerConfig {
   statsIntervalMs: number;
   /** Longest warm-up of a worker started again while another serves: its public listeners wait for its cogs (gateway/warmup.ts); 0: none. */
   warmupMs: number;
+  /** How long a tunnel connection for a worker that is starting waits for it at the primary; 0: closed at once. */
+  handoffWaitMs: number;
 }
 
 /**

@@ -27,6 +27,13 @@ export const DEFAULT_WORKER_STATS_INTERVAL_MS = 1_000;
  * the fourth; longer only delays the worker's share of visitors if some cog never returns.
  */
 export const DEFAULT_WORKER_WARMUP_MS = 10_000;
+/**
+ * Default of hub.worker.handoff_wait: how long the primary keeps a tunnel connection for a
+ * worker that is starting (restart_min_delay 200 ms plus ~1 s to boot here). Under the cog's
+ * own tunnel.handshake_timeout (10 s), so a wait that ends in a hand-off is still one the cog
+ * waits for.
+ */
+export const DEFAULT_WORKER_HANDOFF_WAIT_MS = 5_000;
 
 /** hub.workers: a whole number 1..MAX_HUB_WORKERS, or `auto` (os.availableParallelism()). */
 export function parseHubWorkers(value: unknown, cores: number = os.availableParallelism()): number {
@@ -53,9 +60,11 @@ export const hubWorkerSchema = section("How the primary process looks after its 
     { def: DEFAULT_WORKER_STATS_INTERVAL_MS, min: 1 }),
   warmup: durationMs("A worker started again while others serve takes no visitor until as many cogs are back on it as the busiest other worker holds, or this long at most (0: takes visitors at once, each held in the grace period until its cog is back).",
     { def: DEFAULT_WORKER_WARMUP_MS, min: 0 }),
+  handoff_wait: durationMs("A tunnel connection for a worker that is starting (again) waits this long at the primary for it, under hub.tunnel.max_unauthenticated, instead of being closed into the cog's backoff (0: closed at once).",
+    { def: DEFAULT_WORKER_HANDOFF_WAIT_MS, min: 0 }),
 }, (o): HubWorkerConfig => {
   if (o.restart_max_delay < o.restart_min_delay) {
     fail(["restart_max_delay"], `must be at least restart_min_delay (${fmtMs(o.restart_min_delay)}), got ${fmtMs(o.restart_max_delay)}`);
   }
-  return { restartMinDelayMs: o.restart_min_delay, restartMaxDelayMs: o.restart_max_delay, statsIntervalMs: o.stats_interval, warmupMs: o.warmup };
+  return { restartMinDelayMs: o.restart_min_delay, restartMaxDelayMs: o.restart_max_delay, statsIntervalMs: o.stats_interval, warmupMs: o.warmup, handoffWaitMs: o.handoff_wait };
 });

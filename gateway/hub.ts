@@ -139,7 +139,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
   let held = opts.holdPublic === true;
   /** Draining or closed: no public listener opens any more (openPublic() in flight undoes its own). */
   let ending = false;
-  if (held) tcp.hold();
+  if (held) { tcp.hold(); tunnels.deferRestoredGrace(); }
   const cleanup = (): Promise<void> => {
     ending = true;
     closed ??= (async () => {
@@ -198,6 +198,7 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
         await http.open(live.listen.http);
         await admin.open(live);
         await tcp.release();
+        tunnels.startRestoredGrace();
         if (ending) { tls.stop(); http.stop(); tcp.stopAll(); await admin.close(); return; }
         log.info("worker ready", { tls: tls.port ?? "off", http: http.port ?? "off", admin: admin.port ?? "off", tcp_ports: tcp.ports.length });
       },

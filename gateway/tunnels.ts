@@ -117,6 +117,12 @@ export class Tunnels extends EventEmitter {
   /** Status writes for `capsul hub cogs`, in order per cog: an old "online" must not land after "offline". */
   private readonly statusWrites = new KeyedQueue();
   private closing = false;
+  /**
+   * A warming worker's restored links (gateway/warmup.ts): their grace starts when visitors
+   * can reach it (startRestoredGrace()), not at its start, or a warm-up longer than the grace
+   * would leave a cog that is late answered "no route" rather than held.
+   */
+  private restoredWaiting: CogLink[] | null = null;
   /** Draining (stopAccepting): a tunnel that completes its hello now is told GoAway at once, like the others. */
   private draining = false;
   private readonly strangers: ThrottledLog;
@@ -326,11 +332,25 @@ export class Tunnels extends EventEmitter {
       this.links.set(cog, link);
       restoring.push(this.routes.restore(cog, stored).then((n) => {
         held += n;
-        if (!link.session && this.links.get(cog) === link) this.startGrace(link);
+        if (link.session || this.links.get(cog) !== link) return;
+        if (this.restoredWaiting) this.restoredWaiting.push(link);
+        else this.startGrace(link);
       }));
     }
     await Promise.all(restoring);
     if (byCog.size) this.log.info("known routes held for their cogs", { cogs: byCog.size, routes: held, graceMs: this.cfg.limits.graceMs });
+  }
+
+  /** Before listen(): the restored links' grace waits for startRestoredGrace() (a warming worker). */
+  deferRestoredGrace(): void {
+    this.restoredWaiting ??= [];
+  }
+
+  /** Visitors can reach this hub now: the grace of restored links whose cog is not back begins. */
+  startRestoredGrace(): void {
+    const links = this.restoredWaiting ?? [];
+    this.restoredWaiting = null;
+    for (const link of links) if (!link.session && this.links.get(link.cog) === link && !link.graceTimer) this.startGrace(link);
   }
 
   /** The live endpoints changed: every connected cog hears it on its control stream. */

@@ -44,7 +44,7 @@ import { loadOrCreateHubPki } from "../certs/pki.js";
 import { ENDPOINT_NAME_RE } from "../config/endpoint.js";
 import { parseClientHello } from "./clienthello.js";
 import { peek } from "./peek.js";
-import { ThrottledLog, TunnelAdmission } from "./admission.js";
+import { ThrottledLog, TunnelAdmission, type AdmissionTicket } from "./admission.js";
 import { listenOn } from "./listeners.js";
 import { TicketKeys } from "./ticketkeys.js";
 import { hubNames } from "./hub.js";
@@ -115,8 +115,18 @@ export function workerHubConfig(cfg: HubConfig, i: number, tunnelPort: number, s
   };
 }
 
+/** A tunnel connection peeked for a worker that is starting: it waits for it (hub.worker.handoff_wait). */
+interface Waiting {
+  raw: net.Socket;
+  head: Buffer;
+  ticket: AdmissionTicket;
+  timer: NodeJS.Timeout;
+}
+
 interface Slot {
   index: number;
+  /** Tunnel connections waiting for this worker to take tunnels. */
+  waiting: Set<Waiting>;
   worker: Worker | null;
   /** Serving: its public listeners are open. */
   ready: boolean;
@@ -165,34 +175,56 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   const bySni = new Map<string, number>();
   for (let i = 1; i <= n; i++) bySni.set(workerServerName(cfg.endpoint.serverName, i), i);
   const slots: Slot[] = [];
-  for (let i = 1; i <= n; i++) slots.push({ index: i, worker: null, ready: false, tunnels: false, warming: false, restarts: 0, streak: 0, readyAt: 0, stats: null, timer: null });
+  for (let i = 1; i <= n; i++) slots.push({ index: i, waiting: new Set(), worker: null, ready: false, tunnels: false, warming: false, restarts: 0, streak: 0, readyAt: 0, stats: null, timer: null });
 
   const strangers = new ThrottledLog(log);
   const admission = new TunnelAdmission(cfg.tunnel.maxUnauthenticated, cfg.tunnel.maxUnauthenticatedPerIp, strangers);
   let stopping = false;
 
+  const pass = (slot: Slot, raw: net.Socket, head: Buffer): void => {
+    const msg: ToWorker = { type: "capsul-tunnel", head: head.toString("base64") };
+    // keepOpen false: once sent, the primary's copy of the socket is closed; the worker owns it.
+    slot.worker!.send(msg, raw, (err) => { if (err) raw.destroy(); });
+  };
+  const unwait = (slot: Slot, w: Waiting): boolean => {
+    if (!slot.waiting.delete(w)) return false;
+    clearTimeout(w.timer);
+    w.ticket.release();
+    return true;
+  };
+  /** The worker takes tunnels now: what waited for it goes to it, oldest first. */
+  const flush = (slot: Slot): void => {
+    for (const w of [...slot.waiting]) if (unwait(slot, w)) pass(slot, w.raw, w.head);
+  };
   const handOver = async (raw: net.Socket): Promise<void> => {
     raw.on("error", () => {});
     const ticket = admission.admit(raw.remoteAddress);
     if (!ticket) { raw.destroy(); return; }
+    let kept = false;
     try {
       const maxBytes = cfg.limits.clientHelloMaxBytes;
       const out = await peek(raw, (b) => parseClientHello(b, maxBytes), { timeoutMs: cfg.limits.clientHelloTimeoutMs, maxBytes });
       if (out.kind !== "ok") { raw.destroy(); return; }
       const i = (out.value.sni !== null ? bySni.get(out.value.sni) : undefined) ?? 1;
       const slot = slots[i - 1]!;
-      // A worker starting again: the cog's own backoff brings it back; nothing is queued here.
-      if (!slot.tunnels || !slot.worker || stopping) { raw.destroy(); return; }
+      if (stopping) { raw.destroy(); return; }
       // What the stream buffered after the peek paused it goes along too. (A TLS client sends
       // nothing after its ClientHello until the server answers, and the hub takes no 0-RTT
       // data, so this is empty in practice; the handle leaves with the send below.)
       let head = out.bytes;
       for (let more = raw.read() as Buffer | null; more !== null; more = raw.read() as Buffer | null) head = Buffer.concat([head, more]);
-      const msg: ToWorker = { type: "capsul-tunnel", head: head.toString("base64") };
-      // keepOpen false: once sent, the primary's copy of the socket is closed; the worker owns it.
-      slot.worker.send(msg, raw, (err) => { if (err) raw.destroy(); });
+      if (slot.tunnels && slot.worker) { pass(slot, raw, head); return; }
+      // Its worker is starting (again, after a death): the connection waits for it, up to
+      // hub.worker.handoff_wait and still under the unauthenticated caps, rather than being
+      // closed into the cog's backoff (0.5, 1.5, 3.5 s...): the cogs that redialed while it
+      // booted (~1 s) are served the moment it takes tunnels. The tunnel port stays open through
+      // a worker's death, so nothing of the dial is lost.
+      if (cfg.worker.handoffWaitMs <= 0) { raw.destroy(); return; }
+      const w: Waiting = { raw, head, ticket, timer: setTimeout(() => { if (unwait(slot, w)) raw.destroy(); }, cfg.worker.handoffWaitMs) };
+      slot.waiting.add(w);
+      kept = true;
     } finally {
-      ticket.release();
+      if (!kept) ticket.release();
     }
   };
   const server = net.createServer({ pauseOnConnect: true }, (raw) => void handOver(raw));
@@ -245,6 +277,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       if ((m?.type === "capsul-tunnels" || m?.type === "capsul-ready") && stopping) w.send({ type: "capsul-drain" } satisfies ToWorker);
       if (m?.type === "capsul-tunnels") {
         slot.tunnels = true;
+        flush(slot);
         // The serving ones may have died before this worker listened for the primary.
         if (!slots.some((s) => s.ready)) w.send({ type: "capsul-serve" } satisfies ToWorker);
         writeStats();
@@ -252,6 +285,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
         slot.ready = true;
         slot.tunnels = true;
         slot.warming = false;
+        flush(slot);
         slot.readyAt = Date.now();
         log.info("worker ready", { worker: slot.index, pid: w.process.pid, endpoint: workerEndpointName(cfg.endpoint.name, slot.index) });
         if (slot.index === 1 && firstPorts === null) firstPorts = { tls: m.tls, http: m.http };
@@ -309,6 +343,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
     stop() {
       stopping = true;
       server.close();
+      for (const s of slots) for (const w of [...s.waiting]) if (unwait(s, w)) w.raw.destroy();
       for (const s of slots) if (s.timer) { clearTimeout(s.timer); s.timer = null; }
       if (slots.every((s) => s.worker === null)) return Promise.resolve();
       return new Promise<void>((resolve) => { exited = resolve; });

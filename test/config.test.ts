@@ -131,7 +131,7 @@ t.test("capsul.yaml.example parses, has hub and cog, and documents every key", a
     "hub.tunnel.session_ticket_lifetime", "hub.tunnel.session_ticket_rotation", "cog.tunnel.session_refresh",
     "hub.shutdown_grace", "cog.shutdown_grace",
     ...["name", "advertise", "server_name", "heartbeat_interval", "timeout"].map((k) => `hub.endpoint.${k}`),
-    "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval", "warmup"].map((k) => `hub.worker.${k}`),
+    "hub.workers", ...["restart_min_delay", "restart_max_delay", "stats_interval", "warmup", "handoff_wait"].map((k) => `hub.worker.${k}`),
     "cog.reconnect.endpoint_gone_timeout",
     "cog.data_dir", "cog.hub", "cog.routes.0.name", "cog.routes.0.kind", "cog.routes.0.hostname", "cog.routes.0.target",
     "cog.routes.1.proxy_protocol", "cog.routes.2.port", "cog.reconnect.min_delay", "cog.reconnect.max_delay",
@@ -240,7 +240,7 @@ t.test("defaults are filled", async (t) => {
       },
       accessLog: false,
       workers: 1,
-      worker: { restartMinDelayMs: 200, restartMaxDelayMs: 10000, statsIntervalMs: 1000, warmupMs: 10000 },
+      worker: { restartMinDelayMs: 200, restartMaxDelayMs: 10000, statsIntervalMs: 1000, warmupMs: 10000, handoffWaitMs: 5000 },
     },
     cog: {
       dataDir: "/var/lib/capsul/cog",
@@ -608,6 +608,7 @@ t.test("every default constant is the default capsul.schema.json documents for i
     ["DEFAULT_WORKER_RESTART_MAX_DELAY_MS", "hub.worker.restart_max_delay", "10s", dur],
     ["DEFAULT_WORKER_STATS_INTERVAL_MS", "hub.worker.stats_interval", "1s", dur],
     ["DEFAULT_WORKER_WARMUP_MS", "hub.worker.warmup", "10s", dur],
+    ["DEFAULT_WORKER_HANDOFF_WAIT_MS", "hub.worker.handoff_wait", "5s", dur],
   ];
   for (const [name, path, text, read] of table) {
     t.equal(documentedDefault(path), text, `${path}: capsul.schema.json documents default ${text}`);
@@ -761,8 +762,8 @@ t.test("hub.workers and hub.worker: read, auto, defaulted, and bad values named"
   t.equal(hub({}).workers, 1, "default: one process");
   t.equal(hub({ workers: 4 }).workers, 4);
   t.equal(hub({ workers: "auto" }).workers, Math.min(availableParallelism(), 256), "auto: one per core");
-  t.same(hub({ worker: { restart_min_delay: "50ms", restart_max_delay: "2s", stats_interval: "250ms", warmup: "3s" } }).worker,
-    { restartMinDelayMs: 50, restartMaxDelayMs: 2000, statsIntervalMs: 250, warmupMs: 3000 });
+  t.same(hub({ worker: { restart_min_delay: "50ms", restart_max_delay: "2s", stats_interval: "250ms", warmup: "3s", handoff_wait: "2s" } }).worker,
+    { restartMinDelayMs: 50, restartMaxDelayMs: 2000, statsIntervalMs: 250, warmupMs: 3000, handoffWaitMs: 2000 });
   t.equal(hub({ worker: { warmup: "0s" } }).worker.warmupMs, 0, "warmup 0: a restarted worker takes visitors at once");
   const bad: [Record<string, unknown>, string][] = [
     [{ workers: 0 }, "hub.workers: must be a whole number from 1 to 256, or auto (one per core), got 0"],
@@ -773,6 +774,7 @@ t.test("hub.workers and hub.worker: read, auto, defaulted, and bad values named"
     [{ worker: { restart_min_delay: "5s", restart_max_delay: "1s" } }, "hub.worker.restart_max_delay: must be at least restart_min_delay (5s), got 1s"],
     [{ worker: { stats_interval: "often" } }, 'hub.worker.stats_interval: not a duration (use e.g. 500ms, 5s, 2m, 1h): "often"'],
     [{ worker: { warmup: "-1s" } }, 'hub.worker.warmup: not a duration (use e.g. 500ms, 5s, 2m, 1h): "-1s"'],
+    [{ worker: { handoff_wait: "soon" } }, 'hub.worker.handoff_wait: not a duration (use e.g. 500ms, 5s, 2m, 1h): "soon"'],
     [{ worker: { restarts: 3 } }, "hub.worker.restarts"],
   ];
   for (const [extra, message] of bad) {

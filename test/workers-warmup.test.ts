@@ -9,12 +9,15 @@
  * - kill -9 of worker 2: while it warms, every visitor is served (by worker 1), and the
  *   new worker 2 counts none; once both cogs are back it says so and takes visitors;
  * - a cog that does not come back: the warm-up ends at hub.worker.warmup, with a warning;
- * - the last serving worker dies while another warms: the warming one serves at once.
+ * - the last serving worker dies while another warms: the warming one serves at once;
+ * - in process: a held hub (holdPublic) opens no listener, and the routes it restored from
+ *   the store hold their visitors for the grace counted from openPublic(), not from its start.
  */
 import t from "tap";
 import fs from "node:fs";
 import path from "node:path";
-import { httpBackend, tmpDir } from "./helpers/cluster.js";
+import { cogConfig, enrolledCog, hubConfig, HUB_DOMAIN, httpBackend, startConnectedCog, startTestHub, testLogger, tmpDir } from "./helpers/cluster.js";
+import { startHub } from "../gateway/hub.js";
 import { cogYaml, DOMAIN, enrollCog, READY_RE, startCogProc } from "./helpers/hubproc.js";
 import { curl, freePortRange, pidAlive, spawnCli, waitFor, writeYaml, type CliProc } from "./helpers/procs.js";
 
@@ -142,4 +145,42 @@ t.test("a restarted worker takes no visitor until its cogs are back", async (t) 
   hub.child.kill("SIGTERM");
   const { code } = await hub.waitExit();
   t.equal(code, 0, "the primary exits 0 after its workers drained");
+});
+
+/** hub.limits.grace of the in-process test below, and how long its hub stays held (longer). */
+const HELD_GRACE_MS = 3_000;
+const HELD_FOR_MS = 4_000;
+
+t.test("a held hub's restored routes wait for their cogs from when it takes visitors, not from its start", async (t) => {
+  const dir = tmpDir("capsul-warmgrace-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const web = await httpBackend("held");
+  t.teardown(() => web.close());
+  const tunnelPort = (await freePortRange(1)).from;
+  const hubCfg = hubConfig(dir, { limits: { grace: `${HELD_GRACE_MS}ms` }, listen: { tunnel: `127.0.0.1:${tunnelPort}` } });
+  const host = `www.alpha.${HUB_DOMAIN}`;
+  const cogCfg = cogConfig(dir, "alpha", tunnelPort, [{ name: "site", kind: "http", hostname: host, target: `127.0.0.1:${web.port}` }]);
+
+  // A first hub learns alpha's route (the store keeps it), then both go away.
+  const first = await startTestHub(hubCfg);
+  const cog = await enrolledCog(hubCfg, first, cogCfg, "alpha");
+  await cog.close();
+  await first.close();
+
+  // The next hub starts held, as a warming worker does: tunnels and store, no public listener.
+  const hub = await startHub(hubCfg, testLogger("hub"), { holdPublic: true });
+  t.teardown(() => hub.close());
+  t.equal(hub.ports.http, null, "held: no HTTP listener");
+  t.equal(hub.ports.admin, null, "held: no admin listener");
+  await new Promise((r) => setTimeout(r, HELD_FOR_MS)); // longer than the grace
+  await hub.openPublic();
+  t.type(hub.ports.http, "number", "open after openPublic()");
+
+  // alpha is not back: its visitor is held for the grace, counted from now, and served once it is.
+  const visit = curl(["-s", "--resolve", `${host}:${hub.ports.http}:127.0.0.1`, `http://${host}:${hub.ports.http}/`]);
+  await new Promise((r) => setTimeout(r, 200));
+  const back = await startConnectedCog(cogCfg, "alpha");
+  t.teardown(() => back.close());
+  const r = await visit;
+  t.equal(r.stdout, `held ${host}:${hub.ports.http} /\n`, `the visitor waited for alpha and was served (${r.stderr.trim() || "ok"})`);
 });

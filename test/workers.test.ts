@@ -46,7 +46,9 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
       tunnel: { keepalive_interval: "1s", keepalive_timeout: "3s" },
       endpoint: { name: "hub", advertise: "127.0.0.1:0", heartbeat_interval: "500ms", timeout: "2s" },
       workers: 2,
-      worker: { restart_min_delay: "100ms", restart_max_delay: "1s", stats_interval: "100ms" },
+      // A worker starts again 1 s after its death: the cogs redial it (100-500 ms) while it is
+      // down, and their dials wait at the primary for it (hub.worker.handoff_wait).
+      worker: { restart_min_delay: "1s", restart_max_delay: "2s", stats_interval: "100ms" },
     },
   });
   const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
@@ -115,6 +117,7 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
   const before = stats().workers;
   const victim = before[1]!;
   const mark = hub.out.stderr.length;
+  const cogMarks = Object.fromEntries(Object.entries(cogs).map(([name, c]) => [name, c.proc.out.stderr.length]));
   process.kill(victim.pid!, "SIGKILL");
   await waitFor("worker 2 gone", () => !pidAlive(victim.pid!) || null);
   const during = await curl(["--resolve", `${cogs.beta!.host}:${ports.http}:127.0.0.1`, `http://${cogs.beta!.host}:${ports.http}/`]);
@@ -143,6 +146,11 @@ t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread,
     const w2 = cogs[name]!.proc.matching(/connected to hub .*endpoint=hub-w2/);
     t.match(w2[0], /resumed=false/, `${name}'s first tunnel to worker 2: a full handshake`);
     t.match(w2.at(-1), /resumed=true/, `${name}'s tunnel to the restarted worker 2: resumed`);
+    // Its one redial while worker 2 was down waited at the primary and became this tunnel:
+    // no dial was refused into the cog's backoff.
+    const from = cogMarks[name]!;
+    t.equal(cogs[name]!.proc.matching(/tunnel to hub failed .*endpoint=hub-w2/, "stderr", from).length, 0, `${name}: no dial to worker 2 failed while it restarted`);
+    t.equal(cogs[name]!.proc.matching(/reconnecting .*endpoint=hub-w2/, "stderr", from).length, 1, `${name}: one redial of worker 2, held until it took tunnels`);
     t.same(await waitFor(`${name} on both workers again`, async () => {
       const eps = await endpointsOf(name);
       return eps.length === 2 ? eps : null;
