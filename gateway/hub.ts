@@ -194,9 +194,10 @@ export async function startHub(cfg: HubConfig, log: Logger, opts: HubOptions = {
         // primary starts it again (with the others serving meanwhile). The admin listener
         // waits too, and they open in the start's order: node:cluster matches a worker's
         // listen on port 0 to the others' by the order of its calls for that address.
-        await tls.open(live.listen.tls);
-        await http.open(live.listen.http);
-        await admin.open(live);
+        // (A reload during the warm-up that moved a listener has opened that one already.)
+        if (!tls.accepting) await tls.open(live.listen.tls);
+        if (!http.accepting) await http.open(live.listen.http);
+        if (admin.port === null) await admin.open(live);
         await tcp.release();
         tunnels.startRestoredGrace();
         if (ending) { tls.stop(); http.stop(); tcp.stopAll(); await admin.close(); return; }

@@ -26,12 +26,15 @@
  *
  * A worker that dies is started again under the same index (same endpoint name) after
  * hub.worker.restart_min_delay, doubling per death in a row up to restart_max_delay; its
- * cogs redial it with their own backoff. While another worker serves, the new one warms up
- * (gateway/warmup.ts): it takes tunnels at once but opens its public listeners only once
- * its cogs are back (hub.worker.warmup at most), so the visitors meanwhile go to workers
- * that hold their cogs' tunnels, and a worker's death is noticed by its own visitors only. SIGHUP, SIGTERM and SIGINT reach the workers as
- * IPC messages (reload, drain, cut), so a worker that also got the signal itself (a
- * process-group Ctrl-C) drains once.
+ * cogs redial it with their own backoff, and their dials meanwhile wait at the primary for
+ * it (hub.worker.handoff_wait) rather than being closed. While another worker serves, the
+ * new one warms up (gateway/warmup.ts): it takes tunnels at once but opens its public
+ * listeners only once its cogs are back (hub.worker.warmup at most), so the visitors
+ * meanwhile go to workers that hold their cogs' tunnels, and a worker's death is noticed
+ * by its own visitors only.
+ *
+ * SIGHUP, SIGTERM and SIGINT reach the workers as IPC messages (reload, drain, cut), so a
+ * worker that also got the signal itself (a process-group Ctrl-C) drains once.
  */
 import cluster, { type Worker } from "node:cluster";
 import fs from "node:fs";
