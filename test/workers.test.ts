@@ -13,6 +13,7 @@
 import t from "tap";
 import fs from "node:fs";
 import net from "node:net";
+import tls from "node:tls";
 import path from "node:path";
 import { bulkBackend, BulkReader } from "./helpers/bulk.js";
 import { httpBackend, tmpDir } from "./helpers/cluster.js";
@@ -247,4 +248,46 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
   t.same([...report.changed].sort(), ["hub.shutdown_grace", "hub.workers"], "the workers' change and the primary's");
   t.same(report.restart_needed, ["hub.workers"], "the number of workers takes a restart");
   t.equal(hub.matching(/\[hub\/w\d\] configuration reloaded .*hub\.shutdown_grace/).length, 2, "each worker applied it");
+});
+
+t.test("a tunnel connection waiting for a restarting worker is bounded: the unauthenticated caps, then hub.worker.handoff_wait", async (t) => {
+  const dir = tmpDir("capsul-workers-wait-");
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dataDir = path.join(dir, "hub");
+  const yaml = writeYaml(path.join(dir, "hub.yaml"), {
+    hub: {
+      data_dir: dataDir,
+      domain: DOMAIN,
+      listen: { tls: "127.0.0.1:0", http: "127.0.0.1:0", tunnel: "127.0.0.1:0", admin: "127.0.0.1:0" },
+      tunnel: { max_unauthenticated_per_ip: 3 },
+      endpoint: { name: "hub", advertise: "127.0.0.1:0" },
+      workers: 2,
+      // Worker 2 stays down far longer than a connection may wait for it.
+      worker: { restart_min_delay: "30s", restart_max_delay: "30s", handoff_wait: "1s" },
+    },
+  });
+  const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
+  const port = Number((await hub.waitLine(READY_RE))[3]);
+  const w2 = (JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")) as WorkersFile).workers[1]!;
+  const mark = hub.out.stderr.length;
+  process.kill(w2.pid!, "SIGKILL");
+  await hub.waitLine(/worker died; starting it again worker=2 .*delayMs=30000/, { from: mark });
+
+  // A stranger's ClientHellos naming worker 2 while it is down: the primary keeps them for it.
+  const hello = (from = "127.0.0.1"): { closed: Promise<void>; isClosed(): boolean } => {
+    const sock = tls.connect({ host: "127.0.0.1", port, localAddress: from, servername: `w2.${DOMAIN}`, rejectUnauthorized: false });
+    sock.on("error", () => {});
+    let closed = false;
+    return { closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
+  };
+  const sentinel = hello("127.0.0.2");
+  await new Promise((r) => setTimeout(r, 200)); // its hello is in and waiting
+  const four = [hello(), hello(), hello(), hello()];
+  await Promise.race(four.map((c) => c.closed));
+  t.equal(four.filter((c) => c.isClosed()).length, 1, "one of four from one source was closed at once: the waiting ones count against max_unauthenticated_per_ip");
+  t.notOk(sentinel.isClosed(), "while an earlier waiting connection still waited");
+  await Promise.all([sentinel.closed, ...four.map((c) => c.closed)]);
+  t.pass("every waiting connection was closed");
+  t.equal(hub.matching(/worker started worker=2/, "stderr", mark).length, 0, "at hub.worker.handoff_wait, long before worker 2 came back");
+  t.ok(pidAlive(JSON.parse(fs.readFileSync(path.join(dataDir, "hub-workers.json"), "utf8")).primary as number), "the primary runs on");
 });
