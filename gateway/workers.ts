@@ -50,6 +50,7 @@ import { peek } from "./peek.js";
 import { ThrottledLog, TunnelAdmission, type AdmissionTicket } from "./admission.js";
 import { listenOn } from "./listeners.js";
 import { TicketKeys } from "./ticketkeys.js";
+import { openHubStore } from "./store/index.js";
 import { hubNames } from "./hub.js";
 
 /** The environment variable that tells a forked process it is worker i (1-based). */
@@ -174,6 +175,10 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   const tickets = new TicketKeys(cfg.dataDir, () => cfg.tunnel.sessionTicketRotationMs, log, () => {});
   await tickets.load();
   tickets.close();
+  // And the store: its migrations and SQLite's switch to WAL, which N workers opening a fresh
+  // data dir at once would race for (a worker died at its first start with "database is locked").
+  const store = await openHubStore(cfg, log.child("store"));
+  await store.close();
 
   const bySni = new Map<string, number>();
   for (let i = 1; i <= n; i++) bySni.set(workerServerName(cfg.endpoint.serverName, i), i);

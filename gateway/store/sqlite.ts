@@ -137,8 +137,11 @@ export class SqliteHubStore extends StoreQueries implements HubStore {
     gates.set(gateKey, gate);
     gate.connections++;
     try {
-      db.pragma("journal_mode = WAL");
+      // busy_timeout first: switching a fresh file to WAL takes a lock that another process
+      // opening it at that moment holds, and without the timeout that fails at once
+      // ("database is locked": a hub worker died so at its first start).
       db.pragma(`busy_timeout = ${Math.round(opts.busyTimeoutMs)}`);
+      db.pragma("journal_mode = WAL");
       db.pragma("foreign_keys = ON");
       const x = new SqliteExecutor(db, gate);
       if ((await schemaVersion(x)) !== SCHEMA_VERSION) {
