@@ -37,8 +37,9 @@
  * (startedAfterKillS: the primary's `worker started`; tunnelsAfterKillS: "ready" above;
  * servingAfterKillS: `worker ready`, its public listeners open, after the warm-up), bootCpuS
  * (the new worker's CPU until ready), totalCpuMsPerTunnel (its whole CPU until all back, per
- * tunnel), primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it turns the
- * dead worker's cogs away until the new one takes tunnels), othersCpuSKillToReady (CPU
+ * tunnel), primaryCpuMsPerTunnelFromKill (the primary's own, kill -> all back: it peeks the
+ * dead worker's cogs' redials and keeps them until the new one takes tunnels, hub.worker.handoff_wait,
+ * then hands them over), othersCpuSKillToReady (CPU
  * seconds of the primary and the surviving workers from the kill to "ready") and
  * holdersCpuSKillToReady (the holders', i.e. the cogs' side, over the same time). The hub is not restarted: memory
  * figures go on with the same primary.
@@ -404,11 +405,11 @@ ${a.workers > 1 ? `  workers: ${a.workers}\n` : ""}`);
   const bRole = roleCpu(hub.pid, workerRows);
   const cpuStormByRole = a.workers > 1 ? perTunnelMs(bRole, rRole, backCount) : null;
   if (killed) {
-    // From the kill: the primary turned the dead worker's cogs away until it was ready, then handed their tunnels over.
+    // From the kill: the primary kept the dead worker's cogs' redials until it was ready, then handed their tunnels over.
     killed.primaryCpuMsPerTunnelFromKill = perTunnelMs(bRole, kRole, backCount).primary;
     // While the new worker started: what the primary and the surviving workers did meanwhile (seconds).
     killed.othersCpuSKillToReady = Object.fromEntries(Object.keys(kRole).map((k) => [k, Math.round((rRole[k]! - kRole[k]!) * 1000) / 1000]));
-    // The cogs' side meanwhile (all holders together): their redials, turned away by the primary until then.
+    // The cogs' side meanwhile (all holders together): their redials, waiting at the primary until then.
     killed.holdersCpuSKillToReady = Math.round((rHolders - kHolders) * 1000) / 1000;
     // Its whole life so far, its start included (bootCpuS): all it cost to bring its cogs back.
     killed.totalCpuMsPerTunnel = Math.round(((bRole[`w${victim}`]! * 1000) / Math.max(1, backCount)) * 1000) / 1000;

@@ -264,6 +264,11 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
   let exited: () => void = () => {};
 
   const acme = new AcmeRelay(slots, cfg.acme.requestTimeoutMs, log);
+  /** No worker serves visitors: the warming ones serve now rather than nobody (gateway/warmup.ts). */
+  const serveIfNoneReady = (): void => {
+    if (slots.some((s) => s.ready)) return;
+    for (const s of slots) if (s.warming && s.worker?.isConnected()) s.worker.send({ type: "capsul-serve" } satisfies ToWorker);
+  };
   const fork = (slot: Slot): void => {
     slot.timer = null;
     if (stopping) return;
@@ -287,7 +292,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
         slot.tunnels = true;
         flush(slot);
         // The serving ones may have died before this worker listened for the primary.
-        if (!slots.some((s) => s.ready)) w.send({ type: "capsul-serve" } satisfies ToWorker);
+        serveIfNoneReady();
         writeStats();
       } else if (m?.type === "capsul-ready") {
         slot.ready = true;
@@ -317,10 +322,7 @@ export async function startPrimary(cfg: HubConfig, log: Logger, argv: string[]):
       slot.tunnels = false;
       slot.warming = false;
       acme.gone(slot);
-      // The last serving worker is gone: a warming one serves now rather than nobody.
-      if (!slots.some((s) => s.ready)) {
-        for (const s of slots) if (s.warming && s.worker?.isConnected()) s.worker.send({ type: "capsul-serve" } satisfies ToWorker);
-      }
+      serveIfNoneReady();
       if (stopping) {
         log.info("worker exited", { worker: slot.index, code, signal: signal ?? undefined });
         if (slots.every((s) => s.worker === null)) exited();

@@ -32,6 +32,13 @@ const MAX_DOWNLOADS = 12;
 interface WorkerRow { worker: number; endpoint: string; pid: number | null; ready: boolean; restarts: number; active?: number; routed?: number; tunnels?: number }
 interface WorkersFile { primary: number; tunnel: number; workers: WorkerRow[] }
 
+/** A client socket to the primary's tunnel port, and whether (and when) the hub closed it. */
+function watched<S extends net.Socket>(sock: S): { sock: S; closed: Promise<void>; isClosed(): boolean } {
+  sock.on("error", () => {});
+  let closed = false;
+  return { sock, closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
+}
+
 
 t.test("workers: 2 behind one tunnel port: cogs on each worker, visitors spread, a worker killed and restarted", async (t) => {
   const dir = tmpDir("capsul-workers-");
@@ -187,12 +194,7 @@ t.test("the primary's tunnel peek is bounded: a silent connection, an oversized 
   const yaml = writeYaml(path.join(dir, "hub.yaml"), doc());
   const hub = spawnCli(t, "hub", ["hub", "-c", yaml]);
   const port = Number((await hub.waitLine(READY_RE))[3]);
-  const open = (from = "127.0.0.1"): { sock: net.Socket; closed: Promise<void>; isClosed(): boolean } => {
-    const sock = net.connect({ host: "127.0.0.1", port, localAddress: from });
-    sock.on("error", () => {});
-    let closed = false;
-    return { sock, closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
-  };
+  const open = (from = "127.0.0.1"): ReturnType<typeof watched> => watched(net.connect({ host: "127.0.0.1", port, localAddress: from }));
   const connected = (s: net.Socket): Promise<void> => new Promise((r) => (s.readyState === "open" ? r() : s.once("connect", () => r())));
 
   // Four silent connections from one source: the cap is three, so one is closed at once
@@ -274,12 +276,8 @@ t.test("a tunnel connection waiting for a restarting worker is bounded: the unau
   await hub.waitLine(/worker died; starting it again worker=2 .*delayMs=30000/, { from: mark });
 
   // A stranger's ClientHellos naming worker 2 while it is down: the primary keeps them for it.
-  const hello = (from = "127.0.0.1"): { closed: Promise<void>; isClosed(): boolean } => {
-    const sock = tls.connect({ host: "127.0.0.1", port, localAddress: from, servername: `w2.${DOMAIN}`, rejectUnauthorized: false });
-    sock.on("error", () => {});
-    let closed = false;
-    return { closed: new Promise((r) => sock.on("close", () => { closed = true; r(); })), isClosed: () => closed };
-  };
+  const hello = (from = "127.0.0.1"): ReturnType<typeof watched> =>
+    watched(tls.connect({ host: "127.0.0.1", port, localAddress: from, servername: `w2.${DOMAIN}`, rejectUnauthorized: false }));
   const sentinel = hello("127.0.0.2");
   await new Promise((r) => setTimeout(r, 200)); // its hello is in and waiting
   const four = [hello(), hello(), hello(), hello()];
